@@ -1,0 +1,391 @@
+//! The Session actor: one per WebSocket connection.
+//!
+//! Owns: the connection's identity, the rooms it has joined, its frame rate limiter and
+//! its [`Outbox`] (the write half). The transport's read loop decodes each client frame
+//! and casts it here with an [`InflightPermit`]; the Session answers every request
+//! through the outbox, in the order the frames arrived.
+//!
+//! Parent: the SessionSupervisor. Watched (monitored) by Presence and by every Room it
+//! joins, which is how they learn that it ended. When this actor ends for any reason
+//! its state is dropped, and with it a guard that closes the socket.
+//!
+//! Client mistakes become replies with a code; no handler returns `Err` for them.
+
+use super::outbox::{CloseOnDrop, Outbox};
+use super::presence::PresenceMessage;
+use super::room::{JoinRequest, RoomMessage};
+use super::room_supervisor::RoomSupervisorMessage;
+use super::{ask, AskError, NodeContext};
+use crate::protocol::{
+    encode, ClientFrame, ErrorBody, ErrorCode, FrameError, ReplyData, Request, RoomName,
+    ServerFrame, UserInfo, PROTOCOL_VERSION,
+};
+use governor::{clock::Clock, DefaultDirectRateLimiter, Quota, RateLimiter};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor_cluster::RactorMessage;
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use tokio::sync::OwnedSemaphorePermit;
+
+/// How many times a join looks the room up again when the room it found had just
+/// stopped (an idle room retiring at that moment).
+const JOIN_ATTEMPTS: usize = 3;
+
+/// Held while a frame waits in the Session's mailbox. The read loop takes one before
+/// it forwards a frame and stops reading while none is free, so a flooding client is
+/// slowed by TCP instead of growing the mailbox.
+pub type InflightPermit = OwnedSemaphorePermit;
+
+/// What a Room or Presence keeps of a session: how to watch it and how to reach it.
+#[derive(Clone, Debug)]
+pub struct SessionHandle {
+    pub actor: ActorRef<SessionMessage>,
+    pub outbox: Outbox,
+    pub user: UserInfo,
+}
+
+/// Messages to a Session.
+#[derive(RactorMessage)]
+pub enum SessionMessage {
+    /// A frame from the client, decoded (or not) by the read loop.
+    Inbound(Result<ClientFrame, FrameError>, InflightPermit),
+    /// The user's display name changed (a rename on any of its connections).
+    NameChanged(String),
+    /// Presence restarted: register again.
+    Reregister,
+}
+
+/// Arguments to start a Session.
+pub struct SessionArgs {
+    pub id: String,
+    pub user: UserInfo,
+    pub outbox: Outbox,
+}
+
+/// The Session actor; holds only the node context.
+pub struct SessionActor {
+    pub(crate) ctx: Arc<NodeContext>,
+}
+
+/// What changes during a session.
+pub struct SessionState {
+    id: String,
+    user: UserInfo,
+    outbox: Outbox,
+    rooms: HashMap<RoomName, ActorRef<RoomMessage>>,
+    limiter: Option<DefaultDirectRateLimiter>,
+    _close_on_drop: CloseOnDrop,
+}
+
+impl Actor for SessionActor {
+    type Msg = SessionMessage;
+    type State = SessionState;
+    type Arguments = SessionArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: SessionArgs,
+    ) -> Result<SessionState, ActorProcessingErr> {
+        let settings = &self.ctx.settings;
+        let welcome = ServerFrame::Welcome {
+            session: args.id.clone(),
+            user: args.user.clone(),
+            node: settings.node.name.clone(),
+            protocol: PROTOCOL_VERSION,
+            heartbeat_ms: settings.heartbeat.interval_ms,
+        };
+        // The queue is empty at this point, so the welcome always fits.
+        let _ = args.outbox.push(encode(&welcome));
+        let limiter = NonZeroU32::new(settings.limits.frames_per_second).map(|rate| {
+            let burst = NonZeroU32::new(settings.limits.frames_burst).unwrap_or(rate);
+            RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
+        });
+        let state = SessionState {
+            id: args.id,
+            user: args.user,
+            _close_on_drop: args.outbox.close_on_drop(),
+            outbox: args.outbox,
+            rooms: HashMap::new(),
+            limiter,
+        };
+        self.register(&myself, &state);
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: SessionMessage,
+        state: &mut SessionState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            SessionMessage::Inbound(Ok(frame), _permit) => {
+                if let Some(reply) = self.on_request(&myself, state, frame).await {
+                    let _ = state.outbox.push(encode(&reply));
+                }
+            }
+            SessionMessage::Inbound(Err(bad), _permit) => {
+                let _ = state
+                    .outbox
+                    .push(encode(&ServerFrame::failure(bad.reference, bad.error)));
+            }
+            SessionMessage::NameChanged(name) => {
+                state.user.name = name.clone();
+                for room in state.rooms.values() {
+                    let _ = room.cast(RoomMessage::Rename {
+                        user_id: state.user.id.clone(),
+                        name: name.clone(),
+                    });
+                }
+            }
+            SessionMessage::Reregister => self.register(&myself, state),
+        }
+        Ok(())
+    }
+}
+
+impl SessionActor {
+    fn register(&self, myself: &ActorRef<SessionMessage>, state: &SessionState) {
+        if let Some(presence) = self.ctx.presence() {
+            let _ = presence.cast(PresenceMessage::Register(SessionHandle {
+                actor: myself.clone(),
+                outbox: state.outbox.clone(),
+                user: state.user.clone(),
+            }));
+        }
+    }
+
+    /// Handles one request; returns the frame to send back, if any.
+    async fn on_request(
+        &self,
+        myself: &ActorRef<SessionMessage>,
+        state: &mut SessionState,
+        frame: ClientFrame,
+    ) -> Option<ServerFrame> {
+        let ClientFrame { reference, request } = frame;
+        if let Some(limiter) = &state.limiter {
+            if let Err(not_until) = limiter.check() {
+                let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+                let retry_after_ms = (wait.as_millis() as u64).max(1);
+                return Some(ServerFrame::failure(
+                    reference,
+                    ErrorBody::rate_limited(retry_after_ms),
+                ));
+            }
+        }
+        let kind = request.kind();
+        let answer = match request {
+            Request::Ping => return Some(ServerFrame::Pong { reference }),
+            Request::Join { room, since } => self.join(myself, state, room, since).await,
+            Request::Leave { room } => self.leave(myself, state, room).await,
+            Request::Publish { room, content } => {
+                self.publish(myself, state, room, content).await
+            }
+            Request::Typing { room } => match state.rooms.get(&room) {
+                Some(actor) => {
+                    let _ = actor.cast(RoomMessage::Typing {
+                        session: myself.get_id(),
+                    });
+                    if reference.is_none() {
+                        // Typing is fire-and-forget unless the client asks for a reply.
+                        return None;
+                    }
+                    Ok(ReplyData::Empty {})
+                }
+                None => Err(not_joined(&room)),
+            },
+            Request::History {
+                room,
+                before,
+                limit,
+            } => match state.rooms.get(&room) {
+                Some(actor) => {
+                    let session = myself.get_id();
+                    ask(actor, |reply| RoomMessage::History {
+                        session,
+                        before,
+                        limit,
+                        reply,
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(unavailable(e)))
+                }
+                None => Err(not_joined(&room)),
+            },
+            Request::Presence { room } => match state.rooms.get(&room) {
+                Some(actor) => ask(actor, |reply| RoomMessage::Presence { reply })
+                    .await
+                    .map_err(unavailable),
+                None => Err(not_joined(&room)),
+            },
+            Request::Direct { to, content } => self.direct(state, to, content).await,
+            Request::Rename { name } => self.rename(state, name).await,
+        };
+        if let Err(error) = &answer {
+            tracing::debug!(session = %state.id, user = %state.user.id, kind, code = error.code.as_str(), "request refused");
+        }
+        Some(match answer {
+            Ok(data) => ServerFrame::ok(reference, data),
+            Err(error) => ServerFrame::failure(reference, error),
+        })
+    }
+
+    async fn join(
+        &self,
+        myself: &ActorRef<SessionMessage>,
+        state: &mut SessionState,
+        room: RoomName,
+        since: Option<u64>,
+    ) -> Result<ReplyData, ErrorBody> {
+        let max_rooms = self.ctx.settings.limits.max_rooms_per_session;
+        if !state.rooms.contains_key(&room) && state.rooms.len() >= max_rooms {
+            return Err(ErrorBody::new(
+                ErrorCode::TooManyRooms,
+                format!("a connection may join at most {max_rooms} rooms"),
+            ));
+        }
+        let rooms = self.ctx.rooms().ok_or_else(|| unavailable(AskError::Gone))?;
+        let mut last_error = AskError::Gone;
+        for _ in 0..JOIN_ATTEMPTS {
+            let actor = match state.rooms.get(&room) {
+                Some(actor) => actor.clone(),
+                None => {
+                    let name = room.clone();
+                    ask(&rooms, |reply| RoomSupervisorMessage::Get { room: name, reply })
+                        .await
+                        .map_err(unavailable)?
+                        .map_err(|e| ErrorBody::new(ErrorCode::Internal, e))?
+                }
+            };
+            let request = JoinRequest {
+                session: SessionHandle {
+                    actor: myself.clone(),
+                    outbox: state.outbox.clone(),
+                    user: state.user.clone(),
+                },
+                since,
+            };
+            match ask(&actor, |reply| RoomMessage::Join { request, reply }).await {
+                Ok(Ok(data)) => {
+                    state.rooms.insert(room, actor);
+                    return Ok(data);
+                }
+                Ok(Err(refused)) => return Err(refused),
+                Err(e) => {
+                    // The room stopped under us: forget it and look it up afresh.
+                    state.rooms.remove(&room);
+                    last_error = e;
+                }
+            }
+        }
+        Err(unavailable(last_error))
+    }
+
+    async fn leave(
+        &self,
+        myself: &ActorRef<SessionMessage>,
+        state: &mut SessionState,
+        room: RoomName,
+    ) -> Result<ReplyData, ErrorBody> {
+        let actor = state.rooms.remove(&room).ok_or_else(|| not_joined(&room))?;
+        let session = myself.get_id();
+        // A room that is gone has forgotten us already; leaving it still succeeds.
+        let _ = ask(&actor, |reply| RoomMessage::Leave { session, reply }).await;
+        Ok(ReplyData::Leave {
+            room: room.to_string(),
+        })
+    }
+
+    async fn publish(
+        &self,
+        myself: &ActorRef<SessionMessage>,
+        state: &mut SessionState,
+        room: RoomName,
+        content: String,
+    ) -> Result<ReplyData, ErrorBody> {
+        self.check_content(&content)?;
+        let actor = state.rooms.get(&room).ok_or_else(|| not_joined(&room))?;
+        let session = myself.get_id();
+        let from = state.user.clone();
+        match ask(actor, |reply| RoomMessage::Publish {
+            session,
+            from,
+            content,
+            reply,
+        })
+        .await
+        {
+            Ok(answer) => answer,
+            Err(e) => {
+                if e == AskError::Gone {
+                    state.rooms.remove(&room);
+                }
+                Err(unavailable(e))
+            }
+        }
+    }
+
+    async fn direct(
+        &self,
+        state: &SessionState,
+        to: String,
+        content: String,
+    ) -> Result<ReplyData, ErrorBody> {
+        self.check_content(&content)?;
+        let presence = self.ctx.presence().ok_or_else(|| unavailable(AskError::Gone))?;
+        let from = state.user.clone();
+        ask(&presence, |reply| PresenceMessage::Direct {
+            from,
+            to,
+            content,
+            reply,
+        })
+        .await
+        .unwrap_or_else(|e| Err(unavailable(e)))
+    }
+
+    async fn rename(&self, state: &SessionState, name: String) -> Result<ReplyData, ErrorBody> {
+        let presence = self.ctx.presence().ok_or_else(|| unavailable(AskError::Gone))?;
+        let user_id = state.user.id.clone();
+        let user = ask(&presence, |reply| PresenceMessage::Rename {
+            user_id,
+            name,
+            reply,
+        })
+        .await
+        .map_err(unavailable)?;
+        Ok(ReplyData::Rename { user })
+    }
+
+    fn check_content(&self, content: &str) -> Result<(), ErrorBody> {
+        let max = self.ctx.settings.limits.max_message_chars;
+        if content.trim().is_empty() {
+            return Err(ErrorBody::new(
+                ErrorCode::BadRequest,
+                "content must not be empty",
+            ));
+        }
+        if content.chars().count() > max {
+            return Err(ErrorBody::new(
+                ErrorCode::TooLong,
+                format!("content is limited to {max} characters"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn not_joined(room: &RoomName) -> ErrorBody {
+    ErrorBody::new(ErrorCode::NotJoined, format!("join {room} first"))
+}
+
+fn unavailable(error: AskError) -> ErrorBody {
+    let message = match error {
+        AskError::Gone => "the room or service stopped; try again",
+        AskError::Timeout => "the node did not answer in time; try again",
+    };
+    ErrorBody::new(ErrorCode::Internal, message)
+}
+

@@ -1,0 +1,110 @@
+//! The SessionSupervisor: parent of every Session actor.
+//!
+//! Owns: the set of live sessions. The transport asks it to `Open` a Session for each
+//! accepted WebSocket.
+//!
+//! When a child stops (its connection closed): it is forgotten. When a child fails (a
+//! panic): it is logged and forgotten, never restarted, since its socket closed with it
+//! (the Session's state holds a guard that closes the socket with 1011). Rooms and
+//! Presence learn of either through their monitors.
+
+use super::session::{SessionActor, SessionArgs, SessionMessage};
+use super::NodeContext;
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor_cluster::RactorMessage;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Messages to the SessionSupervisor.
+#[derive(RactorMessage)]
+pub enum SessionSupervisorMessage {
+    /// Start a Session for a new connection.
+    Open {
+        args: SessionArgs,
+        reply: RpcReplyPort<Result<ActorRef<SessionMessage>, String>>,
+    },
+    /// Presence restarted: every session registers again.
+    ReregisterAll,
+    /// How many sessions are live.
+    Count { reply: RpcReplyPort<usize> },
+}
+
+/// The SessionSupervisor actor.
+pub struct SessionSupervisor {
+    pub(crate) ctx: Arc<NodeContext>,
+}
+
+/// Live sessions.
+#[derive(Default)]
+pub struct SessionSupervisorState {
+    sessions: HashMap<ActorId, ActorRef<SessionMessage>>,
+}
+
+impl Actor for SessionSupervisor {
+    type Msg = SessionSupervisorMessage;
+    type State = SessionSupervisorState;
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        _args: (),
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(SessionSupervisorState::default())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: SessionSupervisorMessage,
+        state: &mut SessionSupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            SessionSupervisorMessage::Open { args, reply } => {
+                let handler = SessionActor {
+                    ctx: self.ctx.clone(),
+                };
+                let answer = match Actor::spawn_linked(None, handler, args, myself.get_cell()).await
+                {
+                    Ok((actor, _)) => {
+                        state.sessions.insert(actor.get_id(), actor.clone());
+                        Ok(actor)
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "could not start a session");
+                        Err("could not start the session".to_owned())
+                    }
+                };
+                let _ = reply.send(answer);
+            }
+            SessionSupervisorMessage::ReregisterAll => {
+                for session in state.sessions.values() {
+                    let _ = session.cast(SessionMessage::Reregister);
+                }
+            }
+            SessionSupervisorMessage::Count { reply } => {
+                let _ = reply.send(state.sessions.len());
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut SessionSupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match event {
+            SupervisionEvent::ActorTerminated(cell, ..) => {
+                state.sessions.remove(&cell.get_id());
+            }
+            SupervisionEvent::ActorFailed(cell, error) => {
+                state.sessions.remove(&cell.get_id());
+                tracing::error!(error = %error, "session failed; its connection was closed");
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}

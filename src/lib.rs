@@ -1,0 +1,27 @@
+//! hubbub: an actor-model chat node.
+//!
+//! Clients speak a JSON protocol over WebSocket; every connection, room and the
+//! presence registry is a ractor actor on a runtime of its own, in one supervision
+//! tree. The map of the crate, outside in:
+//!
+//! - [`config`]: typed settings, layered defaults < file < `HUBBUB_SECTION__KEY`.
+//! - [`transport`]: actix-web routes; the WebSocket upgrade and per-connection read loop.
+//! - [`protocol`]: the wire format v1 (pure serde types; no I/O).
+//! - [`actors`]: the supervision tree (node, sessions, rooms, presence) and each
+//!   connection's bounded outbound queue.
+//! - [`behaviour`]: the `RoomBehaviour` trait developers implement to change rooms.
+//! - [`app`]: builds a node from settings; [`telemetry`]: logs.
+//!
+//! docs/architecture.md draws the tree and follows one message through it.
+
+pub mod actors;
+pub mod app;
+pub mod behaviour;
+pub mod config;
+pub mod protocol;
+pub mod telemetry;
+pub mod transport;
+
+pub use app::Application;
+pub use behaviour::{Behaviours, Rejection, RoomBehaviour};
+pub use config::Settings;

@@ -1,0 +1,81 @@
+//! The `hubbub` binary: parses arguments, loads settings, runs a node.
+
+use clap::{Parser, Subcommand};
+use hubbub::config::{self, ConfigSource};
+use hubbub::Application;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// An actor-model clustered chat node.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Configuration file (TOML). Without it and without HUBBUB_CONFIG, built-in
+    /// defaults apply. HUBBUB_SECTION__KEY environment variables override both.
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node (the default).
+    Serve,
+    /// Load and validate the configuration, then exit.
+    CheckConfig,
+    /// Print a commented configuration with every key at its default.
+    DefaultConfig,
+}
+
+/// Exit code for a configuration that does not load or validate.
+const EXIT_BAD_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let source = ConfigSource::from_args(cli.config);
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::DefaultConfig => {
+            print!("{}", config::default_config_toml());
+            ExitCode::SUCCESS
+        }
+        Command::CheckConfig => match config::load(&source) {
+            Ok(settings) => {
+                println!(
+                    "ok: configuration is valid (node {}, http {})",
+                    settings.node.name, settings.node.http_addr
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("hubbub: invalid configuration:\n{e}");
+                ExitCode::from(EXIT_BAD_CONFIG)
+            }
+        },
+        Command::Serve => {
+            let settings = match config::load(&source) {
+                Ok(settings) => settings,
+                Err(e) => {
+                    eprintln!("hubbub: invalid configuration:\n{e}");
+                    return ExitCode::from(EXIT_BAD_CONFIG);
+                }
+            };
+            if let Err(e) = hubbub::telemetry::init(&settings.log) {
+                eprintln!("hubbub: cannot start logging: {e}");
+                return ExitCode::from(EXIT_BAD_CONFIG);
+            }
+            match actix_web::rt::System::new().block_on(serve(settings)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "hubbub stopped with an error");
+                    eprintln!("hubbub: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+async fn serve(settings: hubbub::Settings) -> std::io::Result<()> {
+    Application::build(settings)?.run_until_stopped().await
+}

@@ -1,0 +1,294 @@
+//! Decoding of client frames.
+//!
+//! Every way a frame can be wrong maps to an [`ErrorCode`]; decoding never panics and
+//! keeps the frame's `ref` whenever it can be read, so the error can still be a reply.
+//! Unknown fields are ignored, so clients may send fields a newer node understands.
+
+use super::codes::{ErrorBody, ErrorCode};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::fmt;
+
+/// Longest `ref` string a client may send; longer ones are a `bad_request`.
+const MAX_REF_CHARS: usize = 128;
+/// Longest display name, in characters.
+pub const MAX_NAME_CHARS: usize = 64;
+/// Longest user id, in characters.
+pub const MAX_USER_ID_CHARS: usize = 64;
+/// Largest `limit` a history request may ask for; larger values are clamped.
+pub const MAX_HISTORY_LIMIT: u32 = 1000;
+
+/// The `ref` a client attaches to a frame: a string or a number, echoed in the reply.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(transparent)]
+pub struct Ref(Value);
+
+/// A room name, checked against `[A-Za-z0-9_.:-]{1,64}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct RoomName(String);
+
+impl RoomName {
+    /// Checks a room name; the error says what is wrong with it.
+    pub fn parse(name: &str) -> Result<Self, ErrorBody> {
+        let valid_chars = name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'));
+        if name.is_empty() || name.len() > 64 || !valid_chars {
+            return Err(ErrorBody::new(
+                ErrorCode::InvalidRoom,
+                "room names are 1 to 64 characters of A-Z a-z 0-9 _ . : -",
+            ));
+        }
+        Ok(Self(name.to_owned()))
+    }
+
+    /// The name as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RoomName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What a client asks for. Content lengths are checked by the session, which knows the
+/// node's limits; everything else about the frame's shape is checked here.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    Join {
+        room: RoomName,
+        since: Option<u64>,
+    },
+    Leave {
+        room: RoomName,
+    },
+    Publish {
+        room: RoomName,
+        content: String,
+    },
+    Typing {
+        room: RoomName,
+    },
+    History {
+        room: RoomName,
+        before: Option<u64>,
+        limit: Option<u32>,
+    },
+    Presence {
+        room: RoomName,
+    },
+    Direct {
+        to: String,
+        content: String,
+    },
+    Rename {
+        name: String,
+    },
+    Ping,
+}
+
+impl Request {
+    /// The frame's `type`, for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Join { .. } => "join",
+            Self::Leave { .. } => "leave",
+            Self::Publish { .. } => "publish",
+            Self::Typing { .. } => "typing",
+            Self::History { .. } => "history",
+            Self::Presence { .. } => "presence",
+            Self::Direct { .. } => "direct",
+            Self::Rename { .. } => "rename",
+            Self::Ping => "ping",
+        }
+    }
+}
+
+/// A decoded client frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientFrame {
+    pub reference: Option<Ref>,
+    pub request: Request,
+}
+
+/// A frame that could not be decoded, with the `ref` if it could be read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FrameError {
+    pub reference: Option<Ref>,
+    pub error: ErrorBody,
+}
+
+#[derive(Deserialize)]
+struct RoomFields {
+    room: String,
+}
+
+#[derive(Deserialize)]
+struct JoinFields {
+    room: String,
+    since: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct PublishFields {
+    room: String,
+    content: String,
+}
+
+#[derive(Deserialize)]
+struct HistoryFields {
+    room: String,
+    before: Option<u64>,
+    limit: Option<u32>,
+}
+
+#[derive(Deserialize)]
+struct DirectFields {
+    to: String,
+    content: String,
+}
+
+#[derive(Deserialize)]
+struct RenameFields {
+    name: String,
+}
+
+/// Decodes one text frame.
+pub fn decode_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
+    let bad = |reference: Option<Ref>, message: String| FrameError {
+        reference,
+        error: ErrorBody::new(ErrorCode::BadRequest, message),
+    };
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| bad(None, format!("frame is not valid JSON: {e}")))?;
+    let Value::Object(object) = &value else {
+        return Err(bad(None, "frame must be a JSON object".to_owned()));
+    };
+    let reference = match object.get("ref") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.chars().count() <= MAX_REF_CHARS => {
+            Some(Ref(Value::String(s.clone())))
+        }
+        Some(n @ Value::Number(_)) => Some(Ref(n.clone())),
+        Some(_) => {
+            return Err(bad(
+                None,
+                format!("`ref` must be a number or a string of at most {MAX_REF_CHARS} characters"),
+            ))
+        }
+    };
+    let kind = match object.get("type") {
+        Some(Value::String(kind)) => kind.as_str(),
+        Some(_) => return Err(bad(reference, "`type` must be a string".to_owned())),
+        None => return Err(bad(reference, "frame has no `type`".to_owned())),
+    };
+    let request = decode_request(kind, &value).map_err(|error| FrameError {
+        reference: reference.clone(),
+        error,
+    })?;
+    Ok(ClientFrame { reference, request })
+}
+
+fn decode_request(kind: &str, value: &Value) -> Result<Request, ErrorBody> {
+    Ok(match kind {
+        "join" => {
+            let f: JoinFields = fields(kind, value)?;
+            Request::Join {
+                room: RoomName::parse(&f.room)?,
+                since: f.since,
+            }
+        }
+        "leave" => Request::Leave {
+            room: room_of(kind, value)?,
+        },
+        "publish" => {
+            let f: PublishFields = fields(kind, value)?;
+            Request::Publish {
+                room: RoomName::parse(&f.room)?,
+                content: f.content,
+            }
+        }
+        "typing" => Request::Typing {
+            room: room_of(kind, value)?,
+        },
+        "history" => {
+            let f: HistoryFields = fields(kind, value)?;
+            Request::History {
+                room: RoomName::parse(&f.room)?,
+                before: f.before,
+                limit: f.limit,
+            }
+        }
+        "presence" => Request::Presence {
+            room: room_of(kind, value)?,
+        },
+        "direct" => {
+            let f: DirectFields = fields(kind, value)?;
+            Request::Direct {
+                to: validate_user_id(&f.to)?,
+                content: f.content,
+            }
+        }
+        "rename" => {
+            let f: RenameFields = fields(kind, value)?;
+            Request::Rename {
+                name: validate_display_name(&f.name)?,
+            }
+        }
+        "ping" => Request::Ping,
+        other => {
+            let shown: String = other.chars().take(32).collect();
+            return Err(ErrorBody::new(
+                ErrorCode::UnknownType,
+                format!("unknown frame type `{shown}`"),
+            ));
+        }
+    })
+}
+
+fn fields<T: for<'de> Deserialize<'de>>(kind: &str, value: &Value) -> Result<T, ErrorBody> {
+    T::deserialize(value)
+        .map_err(|e| ErrorBody::new(ErrorCode::BadRequest, format!("bad `{kind}` frame: {e}")))
+}
+
+fn room_of(kind: &str, value: &Value) -> Result<RoomName, ErrorBody> {
+    let f: RoomFields = fields(kind, value)?;
+    RoomName::parse(&f.room)
+}
+
+/// Checks a user id (`?user=` or a direct message's `to`): 1 to 64 characters of
+/// `A-Z a-z 0-9 _ . : @ -`.
+pub fn validate_user_id(id: &str) -> Result<String, ErrorBody> {
+    let valid_chars = id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'@' | b'-'));
+    if id.is_empty() || id.len() > MAX_USER_ID_CHARS || !valid_chars {
+        return Err(ErrorBody::new(
+            ErrorCode::BadRequest,
+            "user ids are 1 to 64 characters of A-Z a-z 0-9 _ . : @ -",
+        ));
+    }
+    Ok(id.to_owned())
+}
+
+/// Checks and trims a display name: 1 to 64 characters, no control characters.
+pub fn validate_display_name(name: &str) -> Result<String, ErrorBody> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().any(char::is_control) {
+        return Err(ErrorBody::new(
+            ErrorCode::BadRequest,
+            "a name must be non-empty and have no control characters",
+        ));
+    }
+    if name.chars().count() > MAX_NAME_CHARS {
+        return Err(ErrorBody::new(
+            ErrorCode::TooLong,
+            format!("a name is at most {MAX_NAME_CHARS} characters"),
+        ));
+    }
+    Ok(name.to_owned())
+}

@@ -1,0 +1,28 @@
+//! Wire protocol v1: the JSON frames between a client and a node.
+//!
+//! Pure: serde types, decoding and encoding, no I/O and no actors. `client` decodes
+//! what a client sends into a [`ClientFrame`] or a [`FrameError`] carrying an error
+//! code; `server` holds every frame a node sends; `codes` names the error codes and the
+//! WebSocket close codes. docs/protocol.md documents each frame and
+//! tests/protocol_golden.rs pins its exact JSON: fields may be added, never renamed.
+
+mod client;
+mod codes;
+mod server;
+
+pub use client::{
+    decode_client_frame, validate_display_name, validate_user_id, ClientFrame, FrameError, Ref, MAX_HISTORY_LIMIT, MAX_NAME_CHARS,
+    Request, RoomName,
+};
+pub use codes::{close, ErrorBody, ErrorCode};
+pub use server::{
+    encode, ChatMessage, DirectFrame, Member, ReplyData, ServerFrame, UserInfo, PROTOCOL_VERSION,
+};
+
+/// Milliseconds since the Unix epoch, the unit of every `ts` field.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,83 @@
+//! Routes and the actix-web server.
+
+use super::websocket;
+use crate::actors::NodeContext;
+use actix_web::{dev::Server, web, App, HttpResponse, HttpServer};
+use serde_json::json;
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+
+/// The chat page, embedded in the binary.
+const CHAT_PAGE: &str = include_str!("chat.html");
+
+/// What every request handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub ctx: Arc<NodeContext>,
+    /// One permit per open WebSocket, `limits.max_connections` in all.
+    pub connections: Arc<Semaphore>,
+    /// False until the node can take clients, and again once it starts draining.
+    pub ready: Arc<AtomicBool>,
+}
+
+impl AppState {
+    /// State for a node whose actor system is running.
+    pub fn new(ctx: Arc<NodeContext>) -> Self {
+        let max = ctx.settings.limits.max_connections;
+        Self {
+            ctx,
+            connections: Arc::new(Semaphore::new(max)),
+            ready: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// WebSocket connections open right now.
+    pub fn open_connections(&self) -> usize {
+        self.ctx.settings.limits.max_connections - self.connections.available_permits()
+    }
+}
+
+/// Starts serving on an already bound listener; the returned server runs until it is
+/// stopped or the process gets SIGINT / SIGTERM.
+pub fn serve(listener: TcpListener, state: AppState) -> std::io::Result<Server> {
+    let data = web::Data::new(state);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .route("/", web::get().to(chat_page))
+            .route("/ws", web::get().to(websocket::upgrade))
+            .route("/healthz", web::get().to(healthz))
+            .route("/readyz", web::get().to(readyz))
+    })
+    .shutdown_timeout(5)
+    .listen(listener)?
+    .run();
+    Ok(server)
+}
+
+async fn chat_page() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(CHAT_PAGE)
+}
+
+/// Alive: the process answers HTTP.
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+/// Ready: the actor system is up and the node is not draining.
+async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let actors_up = state.ctx.sessions().is_some() && state.ctx.rooms().is_some();
+    if state.ready.load(Ordering::Acquire) && actors_up {
+        HttpResponse::Ok().json(json!({
+            "status": "ready",
+            "node": state.ctx.settings.node.name,
+            "connections": state.open_connections(),
+        }))
+    } else {
+        HttpResponse::ServiceUnavailable().json(json!({"status": "not ready"}))
+    }
+}

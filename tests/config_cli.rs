@@ -1,0 +1,233 @@
+//! The configuration commands of the real `hubbub` binary: `default-config` prints the
+//! template, `check-config` validates defaults < file < environment and exits 0 (`ok`
+//! on stdout) or 2 (the problem, naming key and reason, on stderr).
+//!
+//! Every command runs with the `HUBBUB_` variables of the caller's environment removed,
+//! so the tests do not depend on how they are invoked.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Exit code of `check-config` when the configuration is invalid or unreadable.
+const EXIT_INVALID_CONFIG: i32 = 2;
+
+/// The binary with no `HUBBUB_` variables inherited from the caller.
+fn hubbub() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_hubbub"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().to_uppercase().starts_with("HUBBUB_") {
+            command.env_remove(&name);
+        }
+    }
+    command.env_remove("HUBBUB_CONFIG");
+    command
+}
+
+fn run(command: &mut Command) -> Output {
+    command.output().expect("run the hubbub binary")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Asserts `check-config` accepted the configuration.
+fn assert_ok(output: &Output) {
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "stdout: {}\nstderr: {}",
+        stdout(output),
+        stderr(output)
+    );
+    assert!(
+        stdout(output).lines().any(|line| line.starts_with("ok")),
+        "no line starting with `ok` in stdout: {}",
+        stdout(output)
+    );
+}
+
+/// Asserts `check-config` rejected the configuration and its stderr names every one of
+/// `expected`; returns stderr.
+fn assert_rejected(output: &Output, expected: &[&str]) -> String {
+    let err = stderr(output);
+    assert_eq!(
+        output.status.code(),
+        Some(EXIT_INVALID_CONFIG),
+        "stdout: {}\nstderr: {err}",
+        stdout(output)
+    );
+    for needle in expected {
+        assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
+    }
+    err
+}
+
+/// A config file under the temp dir with a name unique to this process and test,
+/// removed on drop.
+struct TempConfig(PathBuf);
+
+impl TempConfig {
+    fn new(text: &str) -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "hubbub-config-cli-{}-{}.toml",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&path, text).expect("write temp config");
+        Self(path)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempConfig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn default_config_prints_the_template() {
+    let output = run(hubbub().arg("default-config"));
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
+    assert_eq!(stdout(&output), hubbub::config::default_config_toml());
+}
+
+#[test]
+fn printed_default_config_passes_check_config() {
+    let printed = run(hubbub().arg("default-config"));
+    assert_eq!(
+        printed.status.code(),
+        Some(0),
+        "stderr: {}",
+        stderr(&printed)
+    );
+    let file = TempConfig::new(&stdout(&printed));
+    assert_ok(&run(hubbub()
+        .args(["check-config", "--config"])
+        .arg(file.path())));
+}
+
+#[test]
+fn check_config_without_a_file_validates_the_defaults() {
+    assert_ok(&run(hubbub().arg("check-config")));
+}
+
+#[test]
+fn check_config_accepts_the_example_cluster_file() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/cluster.toml");
+    assert_ok(&run(hubbub().args(["check-config", "--config", path])));
+}
+
+#[test]
+fn check_config_accepts_a_valid_file() {
+    let file = TempConfig::new("[limits]\nmax_connections = 5\n");
+    assert_ok(&run(hubbub()
+        .args(["check-config", "--config"])
+        .arg(file.path())));
+}
+
+#[test]
+fn check_config_rejects_an_invalid_value_naming_key_and_reason() {
+    let file = TempConfig::new("[limits]\nmax_connections = 0\n");
+    assert_rejected(
+        &run(hubbub().args(["check-config", "--config"]).arg(file.path())),
+        &["limits.max_connections", "at least 1"],
+    );
+}
+
+#[test]
+fn check_config_reports_every_problem() {
+    let file = TempConfig::new(
+        "[limits]\nmax_connections = 0\n\n[heartbeat]\ninterval_ms = 1000\ntimeout_ms = 500\n",
+    );
+    assert_rejected(
+        &run(hubbub().args(["check-config", "--config"]).arg(file.path())),
+        &["limits.max_connections", "heartbeat.timeout_ms"],
+    );
+}
+
+#[test]
+fn check_config_rejects_a_wrong_type_naming_the_key() {
+    let file = TempConfig::new("[limits]\nmax_connections = \"abc\"\n");
+    assert_rejected(
+        &run(hubbub().args(["check-config", "--config"]).arg(file.path())),
+        &["limits.max_connections", "abc"],
+    );
+}
+
+#[test]
+fn check_config_rejects_an_unknown_key_naming_it() {
+    let file = TempConfig::new("[limits]\nmax_conections = 5\n");
+    assert_rejected(
+        &run(hubbub().args(["check-config", "--config"]).arg(file.path())),
+        &["max_conections"],
+    );
+}
+
+#[test]
+fn check_config_rejects_a_missing_file_naming_it() {
+    let path = std::env::temp_dir().join(format!(
+        "hubbub-config-cli-{}-missing.toml",
+        std::process::id()
+    ));
+    let shown = path.display().to_string();
+    assert_rejected(
+        &run(hubbub().args(["check-config", "--config"]).arg(&path)),
+        &[shown.as_str()],
+    );
+}
+
+#[test]
+fn check_config_reads_the_file_named_by_hubbub_config() {
+    let file = TempConfig::new("[rooms]\nhistory = 0\n");
+    assert_rejected(
+        &run(hubbub()
+            .arg("check-config")
+            .env("HUBBUB_CONFIG", file.path())),
+        &["rooms.history"],
+    );
+
+    let valid = TempConfig::new("[rooms]\nhistory = 10\n");
+    assert_ok(&run(hubbub()
+        .arg("check-config")
+        .env("HUBBUB_CONFIG", valid.path())));
+}
+
+#[test]
+fn check_config_prefers_the_flag_to_hubbub_config() {
+    let invalid = TempConfig::new("[rooms]\nhistory = 0\n");
+    let valid = TempConfig::new("[rooms]\nhistory = 10\n");
+    assert_ok(&run(hubbub()
+        .args(["check-config", "--config"])
+        .arg(valid.path())
+        .env("HUBBUB_CONFIG", invalid.path())));
+}
+
+#[test]
+fn environment_overrides_reach_check_config() {
+    assert_rejected(
+        &run(hubbub()
+            .arg("check-config")
+            .env("HUBBUB_LIMITS__MAX_CONNECTIONS", "0")),
+        &["limits.max_connections"],
+    );
+}
+
+#[test]
+fn environment_overrides_the_file() {
+    let file = TempConfig::new("[limits]\nmax_connections = 0\n");
+    assert_ok(&run(hubbub()
+        .args(["check-config", "--config"])
+        .arg(file.path())
+        .env("HUBBUB_LIMITS__MAX_CONNECTIONS", "5")));
+}
