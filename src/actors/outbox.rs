@@ -88,7 +88,11 @@ impl Outbox {
 
     /// Closes after the frames already queued have been written.
     pub fn close_after_queued(&self, code: u16, reason: &str) {
-        if self.tx.try_send(Outbound::Close(code, reason.to_owned())).is_err() {
+        if self
+            .tx
+            .try_send(Outbound::Close(code, reason.to_owned()))
+            .is_err()
+        {
             self.close_now(code, reason);
         }
     }
@@ -216,7 +220,10 @@ mod tests {
         assert!(outbox.is_closed());
         assert_eq!(outbox.push("d".into()), Err(PushError::Closed));
         let reason = outbox.shared.reason.lock().unwrap().clone();
-        assert_eq!(reason, Some((close::SLOW_CONSUMER, "slow consumer".to_owned())));
+        assert_eq!(
+            reason,
+            Some((close::SLOW_CONSUMER, "slow consumer".to_owned()))
+        );
     }
 
     #[test]

@@ -135,8 +135,8 @@ impl Actor for PresenceActor {
         event: SupervisionEvent,
         state: &mut PresenceState,
     ) -> Result<(), ActorProcessingErr> {
-        if let SupervisionEvent::ActorTerminated(cell, ..) | SupervisionEvent::ActorFailed(cell, _) =
-            event
+        if let SupervisionEvent::ActorTerminated(cell, ..)
+        | SupervisionEvent::ActorFailed(cell, _) = event
         {
             let id = cell.get_id();
             if let Some(user_id) = state.user_of.remove(&id) {
@@ -163,12 +163,7 @@ fn rename(user: &mut OnlineUser, name: String) {
 }
 
 impl PresenceState {
-    fn direct(
-        &self,
-        from: UserInfo,
-        to: &str,
-        content: String,
-    ) -> Result<ReplyData, ErrorBody> {
+    fn direct(&self, from: UserInfo, to: &str, content: String) -> Result<ReplyData, ErrorBody> {
         let Some(target) = self.users.get(to) else {
             return Err(ErrorBody::new(
                 ErrorCode::UserOffline,

@@ -19,7 +19,9 @@ use crate::protocol::{
     encode, now_ms, ChatMessage, ErrorBody, ErrorCode, Member, ReplyData, RoomName, ServerFrame,
     UserInfo,
 };
-use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{
+    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent,
+};
 use ractor_cluster::RactorMessage;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -65,9 +67,14 @@ pub enum RoomMessage {
         reply: RpcReplyPort<ReplyData>,
     },
     /// A member's display name changed.
-    Rename { user_id: String, name: String },
+    Rename {
+        user_id: String,
+        name: String,
+    },
     /// The idle timer armed when the room emptied has fired.
-    IdleCheck { generation: u64 },
+    IdleCheck {
+        generation: u64,
+    },
 }
 
 /// Arguments to start a Room.
@@ -201,8 +208,8 @@ impl Actor for RoomActor {
         state: &mut RoomState,
     ) -> Result<(), ActorProcessingErr> {
         // Only monitored Sessions send us events: however one ended, it has left.
-        if let SupervisionEvent::ActorTerminated(cell, ..) | SupervisionEvent::ActorFailed(cell, _) =
-            event
+        if let SupervisionEvent::ActorTerminated(cell, ..)
+        | SupervisionEvent::ActorFailed(cell, _) = event
         {
             if state.remove_connection(&cell.get_id()).is_some() {
                 self.arm_idle_timer(&myself, state);

@@ -180,9 +180,7 @@ impl SessionActor {
             Request::Ping => return Some(ServerFrame::Pong { reference }),
             Request::Join { room, since } => self.join(myself, state, room, since).await,
             Request::Leave { room } => self.leave(myself, state, room).await,
-            Request::Publish { room, content } => {
-                self.publish(myself, state, room, content).await
-            }
+            Request::Publish { room, content } => self.publish(myself, state, room, content).await,
             Request::Typing { room } => match state.rooms.get(&room) {
                 Some(actor) => {
                     let _ = actor.cast(RoomMessage::Typing {
@@ -246,17 +244,23 @@ impl SessionActor {
                 format!("a connection may join at most {max_rooms} rooms"),
             ));
         }
-        let rooms = self.ctx.rooms().ok_or_else(|| unavailable(AskError::Gone))?;
+        let rooms = self
+            .ctx
+            .rooms()
+            .ok_or_else(|| unavailable(AskError::Gone))?;
         let mut last_error = AskError::Gone;
         for _ in 0..JOIN_ATTEMPTS {
             let actor = match state.rooms.get(&room) {
                 Some(actor) => actor.clone(),
                 None => {
                     let name = room.clone();
-                    ask(&rooms, |reply| RoomSupervisorMessage::Get { room: name, reply })
-                        .await
-                        .map_err(unavailable)?
-                        .map_err(|e| ErrorBody::new(ErrorCode::Internal, e))?
+                    ask(&rooms, |reply| RoomSupervisorMessage::Get {
+                        room: name,
+                        reply,
+                    })
+                    .await
+                    .map_err(unavailable)?
+                    .map_err(|e| ErrorBody::new(ErrorCode::Internal, e))?
                 }
             };
             let request = JoinRequest {
@@ -334,7 +338,10 @@ impl SessionActor {
         content: String,
     ) -> Result<ReplyData, ErrorBody> {
         self.check_content(&content)?;
-        let presence = self.ctx.presence().ok_or_else(|| unavailable(AskError::Gone))?;
+        let presence = self
+            .ctx
+            .presence()
+            .ok_or_else(|| unavailable(AskError::Gone))?;
         let from = state.user.clone();
         ask(&presence, |reply| PresenceMessage::Direct {
             from,
@@ -347,7 +354,10 @@ impl SessionActor {
     }
 
     async fn rename(&self, state: &SessionState, name: String) -> Result<ReplyData, ErrorBody> {
-        let presence = self.ctx.presence().ok_or_else(|| unavailable(AskError::Gone))?;
+        let presence = self
+            .ctx
+            .presence()
+            .ok_or_else(|| unavailable(AskError::Gone))?;
         let user_id = state.user.id.clone();
         let user = ask(&presence, |reply| PresenceMessage::Rename {
             user_id,
@@ -388,4 +398,3 @@ fn unavailable(error: AskError) -> ErrorBody {
     };
     ErrorBody::new(ErrorCode::Internal, message)
 }
-

@@ -145,7 +145,9 @@ mod tests {
             name: "Reader".into(),
         };
         let news = behaviours.for_room(&room("news:today"));
-        assert!(news.on_publish(&room("news:today"), &reader, "hi".into()).is_err());
+        assert!(news
+            .on_publish(&room("news:today"), &reader, "hi".into())
+            .is_err());
         let other = behaviours.for_room(&room("lobby"));
         assert_eq!(
             other.on_publish(&room("lobby"), &reader, "oh darn".into()),

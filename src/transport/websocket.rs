@@ -65,7 +65,11 @@ pub async fn upgrade(
         user: user.clone(),
         outbox: outbox.clone(),
     };
-    let session = match ask(&sessions, |reply| SessionSupervisorMessage::Open { args, reply }).await
+    let session = match ask(&sessions, |reply| SessionSupervisorMessage::Open {
+        args,
+        reply,
+    })
+    .await
     {
         Ok(Ok(session)) => session,
         _ => {
@@ -137,6 +141,8 @@ async fn read_loop(
                     ProtocolError::Io(e) if e.to_string().contains("continuation size") => {
                         (close::MESSAGE_TOO_BIG, "frame too big")
                     }
+                    // The connection dropped mid-frame: the client is gone.
+                    ProtocolError::Io(_) => break,
                     _ => (close::PROTOCOL_ERROR, "protocol error"),
                 };
                 tracing::debug!(%error, code, "closing on a websocket protocol error");
@@ -196,7 +202,9 @@ mod tests {
             ErrorCode::BadRequest
         );
         assert_eq!(
-            user_from_query(&format!("name={}", "x".repeat(65))).unwrap_err().code,
+            user_from_query(&format!("name={}", "x".repeat(65)))
+                .unwrap_err()
+                .code,
             ErrorCode::TooLong
         );
     }

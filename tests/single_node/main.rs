@@ -1,0 +1,5 @@
+//! Integration tests of one node: a real node on port 0, real WebSocket clients.
+
+mod support;
+
+mod chat;
