@@ -186,10 +186,8 @@ impl SessionActor {
                     let _ = actor.cast(RoomMessage::Typing {
                         session: myself.get_id(),
                     });
-                    if reference.is_none() {
-                        // Typing is fire-and-forget unless the client asks for a reply.
-                        return None;
-                    }
+                    // Typing is fire-and-forget unless the client asks for a reply.
+                    reference.as_ref()?;
                     Ok(ReplyData::Empty {})
                 }
                 None => Err(not_joined(&room)),

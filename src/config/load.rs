@@ -112,7 +112,7 @@ pub fn default_config_toml() -> &'static str {
 
 /// Loads and validates settings from `source` and the process environment.
 pub fn load(source: &ConfigSource) -> Result<Settings, ConfigError> {
-    load_with_env(source, std::env::vars_os().filter_map(utf8_pair))
+    load_with_env(source, std::env::vars_os().map(lossy_pair))
 }
 
 /// Loads and validates settings from `source` and the given environment variables, so
@@ -152,10 +152,13 @@ pub fn load_with_env(
     Ok(settings)
 }
 
-/// Drops variables that would not survive `std::env::vars` (non-UTF-8); the config crate
-/// would skip them too.
-fn utf8_pair((key, value): (OsString, OsString)) -> Option<(String, String)> {
-    Some((key.into_string().ok()?, value.into_string().ok()?))
+/// `std::env::vars` would panic on a variable that is not UTF-8. Read lossily instead:
+/// such a `HUBBUB_` variable then fails loading or validation by name, not silently.
+fn lossy_pair((key, value): (OsString, OsString)) -> (String, String) {
+    (
+        key.to_string_lossy().into_owned(),
+        value.to_string_lossy().into_owned(),
+    )
 }
 
 /// The `HUBBUB_` variables that override settings, keyed as the environment has them.
