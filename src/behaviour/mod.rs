@@ -76,6 +76,31 @@ pub trait RoomBehaviour: Send + Sync + 'static {
     }
 }
 
+/// A shared behaviour (for example one that keeps counters the rest of the program
+/// reads) is a behaviour too.
+impl<T: RoomBehaviour> RoomBehaviour for Arc<T> {
+    fn authorize_join(&self, room: &RoomName, user: &UserInfo) -> Result<(), Rejection> {
+        (**self).authorize_join(room, user)
+    }
+
+    fn on_publish(
+        &self,
+        room: &RoomName,
+        from: &UserInfo,
+        content: String,
+    ) -> Result<String, Rejection> {
+        (**self).on_publish(room, from, content)
+    }
+
+    fn on_join(&self, room: &RoomName, member: &Member) {
+        (**self).on_join(room, member)
+    }
+
+    fn on_leave(&self, room: &RoomName, member: &Member) {
+        (**self).on_leave(room, member)
+    }
+}
+
 /// The default behaviour: anyone may join and publish; content is kept as sent.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct PlainChat;
