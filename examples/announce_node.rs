@@ -1,0 +1,28 @@
+//! A node whose `news:*` rooms are announce-only (only the user `editor` may publish)
+//! and whose `kids:*` rooms mask a few words. Everything else is plain chat.
+//!
+//! ```sh
+//! cargo run --example announce_node -- [--config cluster.toml]
+//! ```
+
+use hubbub::behaviour::{AnnounceOnly, WordFilter};
+use hubbub::config::{load, ConfigSource};
+use hubbub::{Application, Behaviours};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let path = std::env::args()
+        .skip_while(|a| a != "--config")
+        .nth(1)
+        .map(Into::into);
+    let settings = load(&ConfigSource::from_args(path))?;
+    hubbub::telemetry::init(&settings.log)?;
+    let behaviours = Behaviours::new()
+        .with("news:*", AnnounceOnly::new(["editor"]))?
+        .with("kids:*", WordFilter::new(["darn", "heck"]))?;
+    actix_web::rt::System::new().block_on(async {
+        Application::build_with(settings, behaviours)?
+            .run_until_stopped()
+            .await
+    })?;
+    Ok(())
+}
