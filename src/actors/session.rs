@@ -17,7 +17,7 @@ use super::room::{JoinRequest, RoomMessage};
 use super::room_supervisor::RoomSupervisorMessage;
 use super::{ask, AskError, NodeContext};
 use crate::protocol::{
-    encode, ClientFrame, ErrorBody, ErrorCode, FrameError, ReplyData, Request, RoomName,
+    close, encode, ClientFrame, ErrorBody, ErrorCode, FrameError, ReplyData, Request, RoomName,
     ServerFrame, UserInfo, PROTOCOL_VERSION,
 };
 use governor::{clock::Clock, DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -54,6 +54,11 @@ pub enum SessionMessage {
     NameChanged(String),
     /// Presence restarted: register again.
     Reregister,
+    /// The node is going away: send `goodbye`, then close with 1012 once it is out.
+    Goodbye {
+        reason: String,
+        reconnect_after_ms: u64,
+    },
 }
 
 /// Arguments to start a Session.
@@ -141,6 +146,19 @@ impl Actor for SessionActor {
                 }
             }
             SessionMessage::Reregister => self.register(&myself, state),
+            SessionMessage::Goodbye {
+                reason,
+                reconnect_after_ms,
+            } => {
+                let goodbye = ServerFrame::Goodbye {
+                    reason: reason.clone(),
+                    reconnect_after_ms,
+                };
+                let _ = state.outbox.push(encode(&goodbye));
+                state
+                    .outbox
+                    .close_after_queued(close::SERVICE_RESTART, &reason);
+            }
         }
         Ok(())
     }

@@ -25,6 +25,10 @@ pub enum SessionSupervisorMessage {
     },
     /// Presence restarted: every session registers again.
     ReregisterAll,
+    /// The node is shutting down: every session says goodbye and closes with 1012.
+    /// Each client is told to wait a different time, up to `spread_ms`, so they do not
+    /// all reconnect at once.
+    Drain { reason: String, spread_ms: u64 },
     /// How many sessions are live.
     Count { reply: RpcReplyPort<usize> },
 }
@@ -80,6 +84,20 @@ impl Actor for SessionSupervisor {
             SessionSupervisorMessage::ReregisterAll => {
                 for session in state.sessions.values() {
                     let _ = session.cast(SessionMessage::Reregister);
+                }
+            }
+            SessionSupervisorMessage::Drain { reason, spread_ms } => {
+                tracing::info!(
+                    sessions = state.sessions.len(),
+                    "saying goodbye to every session"
+                );
+                for session in state.sessions.values() {
+                    let jitter =
+                        (uuid::Uuid::new_v4().as_u128() % u128::from(spread_ms.max(1))) as u64;
+                    let _ = session.cast(SessionMessage::Goodbye {
+                        reason: reason.clone(),
+                        reconnect_after_ms: jitter,
+                    });
                 }
             }
             SessionSupervisorMessage::Count { reply } => {

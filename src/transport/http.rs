@@ -39,8 +39,8 @@ impl AppState {
     }
 }
 
-/// Starts serving on an already bound listener; the returned server runs until it is
-/// stopped or the process gets SIGINT / SIGTERM.
+/// Starts serving on an already bound listener; the returned server runs until its
+/// handle stops it.
 pub fn serve(listener: TcpListener, state: AppState) -> std::io::Result<Server> {
     let data = web::Data::new(state);
     let server = HttpServer::new(move || {
@@ -51,7 +51,9 @@ pub fn serve(listener: TcpListener, state: AppState) -> std::io::Result<Server> 
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
     })
-    .shutdown_timeout(5)
+    // The Application owns shutdown (signals, then a drain of the WebSockets).
+    .disable_signals()
+    .shutdown_timeout(1)
     .listen(listener)?
     .run();
     Ok(server)

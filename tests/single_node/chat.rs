@@ -352,3 +352,26 @@ async fn a_guest_gets_a_generated_id() {
     let id = guest.user_id();
     assert!(id.starts_with("guest-"), "{id}");
 }
+
+#[tokio::test]
+async fn shutdown_says_goodbye_then_closes_with_1012() {
+    let mut node = TestNode::start().await;
+    let mut a = node.connect("a", "A").await;
+    let mut b = node.connect("b", "B").await;
+    a.join("lobby").await;
+    b.join("lobby").await;
+    let addr = node.addr;
+    let stopping = tokio::spawn(async move { node.shut_down().await });
+    for client in [&mut a, &mut b] {
+        let code = client.expect_close().await;
+        let goodbye = client.expect_type("goodbye").await;
+        assert_eq!(goodbye["reason"], "shutdown");
+        assert!(goodbye["reconnect_after_ms"]
+            .as_u64()
+            .is_some_and(|ms| ms < 2_000));
+        assert_eq!(code, Some(1012));
+    }
+    stopping.await.unwrap().expect("a clean stop");
+    // Stopped means stopped: nothing listens any more.
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}

@@ -27,12 +27,18 @@ pub fn test_settings() -> Settings {
     settings.node.name = "test-node".to_owned();
     settings.node.http_addr = "127.0.0.1:0".parse().unwrap();
     settings.log.level = "warn".to_owned();
+    if let Ok(level) = std::env::var("TEST_LOG") {
+        settings.log.level = level;
+        let _ = hubbub::telemetry::init(&settings.log);
+    }
     settings
 }
 
 /// A node running in this test's runtime.
 pub struct TestNode {
     pub addr: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    stopped: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
 impl TestNode {
@@ -52,8 +58,27 @@ impl TestNode {
     pub async fn start_with(settings: Settings, behaviours: Behaviours) -> Self {
         let app = Application::build_with(settings, behaviours).expect("node builds");
         let addr = app.local_addr();
-        tokio::spawn(app.run_until_stopped());
-        Self { addr }
+        let (shutdown, signal) = tokio::sync::oneshot::channel::<()>();
+        let stopped = tokio::spawn(app.run(async move {
+            let _ = signal.await;
+        }));
+        Self {
+            addr,
+            shutdown: Some(shutdown),
+            stopped: Some(stopped),
+        }
+    }
+
+    /// Shuts the node down as SIGTERM would (a drain) and waits until it has stopped.
+    pub async fn shut_down(&mut self) -> std::io::Result<()> {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        let stopped = self.stopped.take().expect("the node was running");
+        timeout(DEADLINE, stopped)
+            .await
+            .expect("the node stops in time")
+            .expect("the node task did not panic")
     }
 
     pub fn ws_url(&self, query: &str) -> String {
@@ -73,6 +98,20 @@ impl TestNode {
     pub async fn get(&self, path: &str) -> (u16, String) {
         http_get(self.addr, path, &[]).await
     }
+
+    /// Tries a WebSocket upgrade with a raw query string; a refused upgrade gives its
+    /// HTTP status and JSON body instead of a client.
+    pub async fn try_connect(&self, query: &str) -> Result<Client, Refusal> {
+        Client::try_connect(self, query).await
+    }
+}
+
+/// An upgrade the node answered with an HTTP error instead of switching protocols.
+#[derive(Debug)]
+pub struct Refusal {
+    pub status: u16,
+    /// The response body parsed as JSON (`Null` when it is not JSON).
+    pub body: Value,
 }
 
 /// A minimal HTTP/1.1 GET over a raw socket, so tests need no HTTP client crate.
@@ -130,6 +169,39 @@ impl Client {
         };
         client.welcome = client.expect_type("welcome").await;
         client
+    }
+
+    /// Like [`Client::connect`], but an upgrade refused with an HTTP error status is an
+    /// `Err` carrying the status and body; any other failure panics.
+    pub async fn try_connect(node: &TestNode, query: &str) -> Result<Self, Refusal> {
+        use tokio_tungstenite::tungstenite::Error;
+        let connected = timeout(
+            DEADLINE,
+            tokio_tungstenite::connect_async(node.ws_url(query)),
+        )
+        .await
+        .expect("connect in time");
+        match connected {
+            Ok((ws, _)) => {
+                let mut client = Self {
+                    ws,
+                    welcome: Value::Null,
+                    pending: VecDeque::new(),
+                    next_ref: 0,
+                };
+                client.welcome = client.expect_type("welcome").await;
+                Ok(client)
+            }
+            Err(Error::Http(response)) => Err(Refusal {
+                status: response.status().as_u16(),
+                body: response
+                    .body()
+                    .as_deref()
+                    .and_then(|b| serde_json::from_slice(b).ok())
+                    .unwrap_or(Value::Null),
+            }),
+            Err(e) => panic!("websocket upgrade failed without an HTTP answer: {e}"),
+        }
     }
 
     pub fn user_id(&self) -> String {
@@ -200,6 +272,19 @@ impl Client {
     /// answering has been read (into `pending`) when this returns.
     pub async fn barrier(&mut self, room: &str) {
         self.ok(json!({"type": "presence", "room": room})).await;
+    }
+
+    /// Forgets every frame read and not yet consumed; returns how many there were.
+    /// For tests that make the server send many frames they do not look at one by one.
+    pub fn discard_pending(&mut self) -> usize {
+        let discarded = self.pending.len();
+        self.pending.clear();
+        discarded
+    }
+
+    /// The next frame, whatever its type (a pending one first).
+    pub async fn next_frame(&mut self) -> Value {
+        self.expect(|_| true, "any frame").await
     }
 
     /// Frames read so far and not yet consumed that match `pred`.
