@@ -1,0 +1,902 @@
+//! Golden tests of wire protocol v1: the exact JSON of every frame.
+//!
+//! Pure: the library's protocol module only, no node and no network. Each server frame
+//! is encoded and compared with a literal twice, as a JSON value (what it means) and as
+//! a string (what clients see, field order included). Each client frame is decoded
+//! from a literal, and every way decoding can fail is pinned to its error code.
+//! docs/protocol.md describes the same frames; fields may be added, never renamed, so
+//! a change that breaks a literal here breaks clients.
+
+use hubbub::protocol::{
+    close, decode_client_frame, encode, validate_display_name, validate_user_id, ChatMessage,
+    ClientFrame, DirectFrame, ErrorBody, ErrorCode, FrameError, Member, Ref, ReplyData, Request,
+    RoomName, ServerFrame, UserInfo, MAX_HISTORY_LIMIT, MAX_NAME_CHARS, PROTOCOL_VERSION,
+};
+use serde_json::{json, Value};
+
+// ---------------------------------------------------------------------------------
+// Fixtures and helpers
+// ---------------------------------------------------------------------------------
+
+const MESSAGE_ID: &str = "01912f4e-7b3a-7c21-9d4e-5a6b7c8d9e0f";
+const DIRECT_ID: &str = "01912f4e-7b3b-7000-8000-000000000001";
+const TS: u64 = 1_722_500_000_000;
+
+fn user(id: &str, name: &str) -> UserInfo {
+    UserInfo {
+        id: id.to_owned(),
+        name: name.to_owned(),
+    }
+}
+
+fn member(id: &str, name: &str, connections: u32) -> Member {
+    Member {
+        id: id.to_owned(),
+        name: name.to_owned(),
+        connections,
+    }
+}
+
+fn chat_message(seq: u64, content: &str) -> ChatMessage {
+    ChatMessage {
+        room: "lobby".to_owned(),
+        id: MESSAGE_ID.to_owned(),
+        seq,
+        from: user("alice", "Alice"),
+        content: content.to_owned(),
+        ts: TS,
+    }
+}
+
+fn room(name: &str) -> RoomName {
+    RoomName::parse(name).expect("a valid room name")
+}
+
+/// `Ref` has no public constructor; a client's ref is only ever read from a frame, so
+/// the tests read one the same way.
+fn reference(json_ref: &str) -> Option<Ref> {
+    let text = format!(r#"{{"type":"ping","ref":{json_ref}}}"#);
+    let frame = decode_client_frame(&text).expect("a ping with a valid ref decodes");
+    assert!(frame.reference.is_some(), "{json_ref} is a ref");
+    frame.reference
+}
+
+/// Encodes `frame` and checks it against `expected`, as JSON and byte for byte.
+#[track_caller]
+fn pin(frame: &ServerFrame, expected: &str) {
+    let encoded = encode(frame);
+    let text: &str = &encoded;
+    let got: Value = serde_json::from_str(text).expect("encode gives JSON");
+    let want: Value = serde_json::from_str(expected).expect("the literal is JSON");
+    assert_eq!(got, want, "frame content differs");
+    assert_eq!(text, expected, "frame text (field order) differs");
+}
+
+#[track_caller]
+fn decoded(text: &str) -> ClientFrame {
+    match decode_client_frame(text) {
+        Ok(frame) => frame,
+        Err(e) => panic!("{text} should decode, got {e:?}"),
+    }
+}
+
+#[track_caller]
+fn request(text: &str) -> Request {
+    decoded(text).request
+}
+
+#[track_caller]
+fn refused(text: &str) -> FrameError {
+    match decode_client_frame(text) {
+        Ok(frame) => panic!("{text} should be refused, got {frame:?}"),
+        Err(e) => e,
+    }
+}
+
+/// The frame is refused with `code`, and the `ref` it kept serialises to `kept_ref`
+/// (`Value::Null` when none was kept).
+#[track_caller]
+fn refused_with(text: &str, code: ErrorCode, kept_ref: Value) {
+    let e = refused(text);
+    assert_eq!(e.error.code, code, "code for {text}: {e:?}");
+    assert_eq!(e.error.retry_after_ms, None);
+    assert!(!e.error.message.is_empty(), "a message for {text}");
+    assert_eq!(ref_json(&e.reference), kept_ref, "ref kept for {text}");
+}
+
+fn ref_json(reference: &Option<Ref>) -> Value {
+    serde_json::to_value(reference).expect("a ref serialises")
+}
+
+// ---------------------------------------------------------------------------------
+// Server frames
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn welcome() {
+    pin(
+        &ServerFrame::Welcome {
+            session: "9f1c2d3e4b5a69788796a5b4c3d2e1f0".to_owned(),
+            user: user("alice", "Alice"),
+            node: "node-a".to_owned(),
+            protocol: PROTOCOL_VERSION,
+            heartbeat_ms: 25000,
+        },
+        r#"{"type":"welcome","session":"9f1c2d3e4b5a69788796a5b4c3d2e1f0","user":{"id":"alice","name":"Alice"},"node":"node-a","protocol":1,"heartbeat_ms":25000}"#,
+    );
+}
+
+#[test]
+fn reply_join() {
+    pin(
+        &ServerFrame::ok(
+            reference("1"),
+            ReplyData::Join {
+                room: "lobby".to_owned(),
+                seq: 3,
+                history: vec![chat_message(3, "hello")],
+                members: vec![member("alice", "Alice", 2), member("bob", "Bob", 1)],
+                gap: false,
+            },
+        ),
+        r#"{"type":"reply","ref":1,"ok":true,"data":{"room":"lobby","seq":3,"history":[{"room":"lobby","id":"01912f4e-7b3a-7c21-9d4e-5a6b7c8d9e0f","seq":3,"from":{"id":"alice","name":"Alice"},"content":"hello","ts":1722500000000}],"members":[{"id":"alice","name":"Alice","connections":2},{"id":"bob","name":"Bob","connections":1}],"gap":false}}"#,
+    );
+}
+
+#[test]
+fn reply_join_of_a_fresh_room_with_a_gap() {
+    pin(
+        &ServerFrame::ok(
+            reference("\"j-1\""),
+            ReplyData::Join {
+                room: "lobby".to_owned(),
+                seq: 0,
+                history: vec![],
+                members: vec![member("alice", "Alice", 1)],
+                gap: true,
+            },
+        ),
+        r#"{"type":"reply","ref":"j-1","ok":true,"data":{"room":"lobby","seq":0,"history":[],"members":[{"id":"alice","name":"Alice","connections":1}],"gap":true}}"#,
+    );
+}
+
+#[test]
+fn reply_leave() {
+    pin(
+        &ServerFrame::ok(
+            reference("2"),
+            ReplyData::Leave {
+                room: "lobby".to_owned(),
+            },
+        ),
+        r#"{"type":"reply","ref":2,"ok":true,"data":{"room":"lobby"}}"#,
+    );
+}
+
+#[test]
+fn reply_publish() {
+    pin(
+        &ServerFrame::ok(
+            reference("3"),
+            ReplyData::Publish {
+                id: MESSAGE_ID.to_owned(),
+                seq: 4,
+                ts: TS,
+            },
+        ),
+        r#"{"type":"reply","ref":3,"ok":true,"data":{"id":"01912f4e-7b3a-7c21-9d4e-5a6b7c8d9e0f","seq":4,"ts":1722500000000}}"#,
+    );
+}
+
+#[test]
+fn reply_history() {
+    pin(
+        &ServerFrame::ok(
+            reference("4"),
+            ReplyData::History {
+                room: "lobby".to_owned(),
+                messages: vec![chat_message(1, "first"), chat_message(2, "second")],
+            },
+        ),
+        r#"{"type":"reply","ref":4,"ok":true,"data":{"room":"lobby","messages":[{"room":"lobby","id":"01912f4e-7b3a-7c21-9d4e-5a6b7c8d9e0f","seq":1,"from":{"id":"alice","name":"Alice"},"content":"first","ts":1722500000000},{"room":"lobby","id":"01912f4e-7b3a-7c21-9d4e-5a6b7c8d9e0f","seq":2,"from":{"id":"alice","name":"Alice"},"content":"second","ts":1722500000000}]}}"#,
+    );
+}
+
+#[test]
+fn reply_presence() {
+    pin(
+        &ServerFrame::ok(
+            reference("5"),
+            ReplyData::Presence {
+                room: "lobby".to_owned(),
+                members: vec![member("alice", "Alice", 1), member("bob", "Bob", 3)],
+            },
+        ),
+        r#"{"type":"reply","ref":5,"ok":true,"data":{"room":"lobby","members":[{"id":"alice","name":"Alice","connections":1},{"id":"bob","name":"Bob","connections":3}]}}"#,
+    );
+}
+
+#[test]
+fn reply_direct() {
+    pin(
+        &ServerFrame::ok(
+            reference("6"),
+            ReplyData::Direct {
+                id: DIRECT_ID.to_owned(),
+                ts: TS,
+                delivered: 2,
+            },
+        ),
+        r#"{"type":"reply","ref":6,"ok":true,"data":{"id":"01912f4e-7b3b-7000-8000-000000000001","ts":1722500000000,"delivered":2}}"#,
+    );
+}
+
+#[test]
+fn reply_rename() {
+    pin(
+        &ServerFrame::ok(
+            reference("7"),
+            ReplyData::Rename {
+                user: user("alice", "Alicia"),
+            },
+        ),
+        r#"{"type":"reply","ref":7,"ok":true,"data":{"user":{"id":"alice","name":"Alicia"}}}"#,
+    );
+}
+
+#[test]
+fn reply_empty_for_typing() {
+    pin(
+        &ServerFrame::ok(reference("\"t-1\""), ReplyData::Empty {}),
+        r#"{"type":"reply","ref":"t-1","ok":true,"data":{}}"#,
+    );
+}
+
+#[test]
+fn a_successful_reply_without_ref_has_no_ref_field() {
+    pin(
+        &ServerFrame::ok(
+            None,
+            ReplyData::Leave {
+                room: "lobby".to_owned(),
+            },
+        ),
+        r#"{"type":"reply","ok":true,"data":{"room":"lobby"}}"#,
+    );
+}
+
+#[test]
+fn a_failure_with_ref_is_a_reply() {
+    pin(
+        &ServerFrame::failure(
+            reference("\"r-9\""),
+            ErrorBody::new(ErrorCode::NotJoined, "join lobby first"),
+        ),
+        r#"{"type":"reply","ref":"r-9","ok":false,"error":{"code":"not_joined","message":"join lobby first"}}"#,
+    );
+}
+
+#[test]
+fn a_failure_without_ref_is_an_error_frame() {
+    pin(
+        &ServerFrame::failure(
+            None,
+            ErrorBody::new(ErrorCode::BadRequest, "frame must be a JSON object"),
+        ),
+        r#"{"type":"error","error":{"code":"bad_request","message":"frame must be a JSON object"}}"#,
+    );
+}
+
+#[test]
+fn rate_limited_carries_retry_after_ms() {
+    pin(
+        &ServerFrame::failure(reference("8"), ErrorBody::rate_limited(120)),
+        r#"{"type":"reply","ref":8,"ok":false,"error":{"code":"rate_limited","message":"too many frames; slow down","retry_after_ms":120}}"#,
+    );
+    pin(
+        &ServerFrame::failure(None, ErrorBody::rate_limited(20)),
+        r#"{"type":"error","error":{"code":"rate_limited","message":"too many frames; slow down","retry_after_ms":20}}"#,
+    );
+}
+
+#[test]
+fn message() {
+    pin(
+        &ServerFrame::Message(chat_message(4, "hello")),
+        r#"{"type":"message","room":"lobby","id":"01912f4e-7b3a-7c21-9d4e-5a6b7c8d9e0f","seq":4,"from":{"id":"alice","name":"Alice"},"content":"hello","ts":1722500000000}"#,
+    );
+}
+
+#[test]
+fn content_is_escaped_as_json_and_non_ascii_is_sent_as_utf8() {
+    pin(
+        &ServerFrame::Message(chat_message(5, "say \"hi\"\n\t✓ ünïcode \u{1}")),
+        r#"{"type":"message","room":"lobby","id":"01912f4e-7b3a-7c21-9d4e-5a6b7c8d9e0f","seq":5,"from":{"id":"alice","name":"Alice"},"content":"say \"hi\"\n\t✓ ünïcode \u0001","ts":1722500000000}"#,
+    );
+}
+
+#[test]
+fn typing() {
+    pin(
+        &ServerFrame::Typing {
+            room: "lobby".to_owned(),
+            user: user("alice", "Alice"),
+        },
+        r#"{"type":"typing","room":"lobby","user":{"id":"alice","name":"Alice"}}"#,
+    );
+}
+
+#[test]
+fn presence_diff_join_and_leave() {
+    pin(
+        &ServerFrame::PresenceDiff {
+            room: "lobby".to_owned(),
+            joins: vec![member("bob", "Bob", 1)],
+            leaves: vec![],
+        },
+        r#"{"type":"presence_diff","room":"lobby","joins":[{"id":"bob","name":"Bob","connections":1}],"leaves":[]}"#,
+    );
+    pin(
+        &ServerFrame::PresenceDiff {
+            room: "lobby".to_owned(),
+            joins: vec![],
+            leaves: vec![member("bob", "Bob", 0)],
+        },
+        r#"{"type":"presence_diff","room":"lobby","joins":[],"leaves":[{"id":"bob","name":"Bob","connections":0}]}"#,
+    );
+}
+
+#[test]
+fn direct() {
+    pin(
+        &ServerFrame::Direct(DirectFrame {
+            id: DIRECT_ID.to_owned(),
+            from: user("alice", "Alice"),
+            content: "psst".to_owned(),
+            ts: TS,
+        }),
+        r#"{"type":"direct","id":"01912f4e-7b3b-7000-8000-000000000001","from":{"id":"alice","name":"Alice"},"content":"psst","ts":1722500000000}"#,
+    );
+}
+
+#[test]
+fn renamed() {
+    pin(
+        &ServerFrame::Renamed {
+            room: "lobby".to_owned(),
+            user: user("alice", "Alicia"),
+            old_name: "Alice".to_owned(),
+        },
+        r#"{"type":"renamed","room":"lobby","user":{"id":"alice","name":"Alicia"},"old_name":"Alice"}"#,
+    );
+}
+
+#[test]
+fn pong_with_and_without_ref() {
+    pin(
+        &ServerFrame::Pong {
+            reference: reference("7"),
+        },
+        r#"{"type":"pong","ref":7}"#,
+    );
+    pin(
+        &ServerFrame::Pong {
+            reference: reference("\"p-1\""),
+        },
+        r#"{"type":"pong","ref":"p-1"}"#,
+    );
+    pin(&ServerFrame::Pong { reference: None }, r#"{"type":"pong"}"#);
+}
+
+#[test]
+fn goodbye() {
+    pin(
+        &ServerFrame::Goodbye {
+            reason: "shutdown".to_owned(),
+            reconnect_after_ms: 1500,
+        },
+        r#"{"type":"goodbye","reason":"shutdown","reconnect_after_ms":1500}"#,
+    );
+}
+
+#[test]
+fn refs_are_echoed_as_sent() {
+    // Integers (negative and up to u64::MAX) and strings come back verbatim.
+    for (sent, echoed) in [
+        ("0", r#"{"type":"pong","ref":0}"#),
+        ("-42", r#"{"type":"pong","ref":-42}"#),
+        (
+            "18446744073709551615",
+            r#"{"type":"pong","ref":18446744073709551615}"#,
+        ),
+        ("1.5", r#"{"type":"pong","ref":1.5}"#),
+        (r#""""#, r#"{"type":"pong","ref":""}"#),
+        (r#""ünï \"q\"""#, r#"{"type":"pong","ref":"ünï \"q\""}"#),
+    ] {
+        pin(
+            &ServerFrame::Pong {
+                reference: reference(sent),
+            },
+            echoed,
+        );
+    }
+    // Other number spellings keep their value, not their spelling.
+    let encoded = encode(&ServerFrame::Pong {
+        reference: reference("1e3"),
+    });
+    let value: Value = serde_json::from_str(&encoded).unwrap();
+    assert_eq!(value["ref"].as_f64(), Some(1000.0));
+}
+
+#[test]
+fn a_frame_that_fails_to_decode_is_answered_with_its_ref_when_it_had_one() {
+    // What the Session sends for a frame decode_client_frame refused.
+    let answer = |text: &str| {
+        let e = refused(text);
+        encode(&ServerFrame::failure(e.reference, e.error)).to_string()
+    };
+    assert_eq!(
+        answer(r#"{"type":"join","room":"no spaces","ref":"j1"}"#),
+        r#"{"type":"reply","ref":"j1","ok":false,"error":{"code":"invalid_room","message":"room names are 1 to 64 characters of A-Z a-z 0-9 _ . : -"}}"#
+    );
+    assert_eq!(
+        answer(r#"{"type":"join","room":"no spaces"}"#),
+        r#"{"type":"error","error":{"code":"invalid_room","message":"room names are 1 to 64 characters of A-Z a-z 0-9 _ . : -"}}"#
+    );
+    assert_eq!(
+        answer(r#"{"type":"subscribe","ref":3}"#),
+        r#"{"type":"reply","ref":3,"ok":false,"error":{"code":"unknown_type","message":"unknown frame type `subscribe`"}}"#
+    );
+    // A `ref` that is itself invalid cannot be echoed.
+    assert!(answer(r#"{"type":"ping","ref":true}"#)
+        .starts_with(r#"{"type":"error","error":{"code":"bad_request","#));
+}
+
+// ---------------------------------------------------------------------------------
+// Client frames: decoding
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn join_with_and_without_since() {
+    assert_eq!(
+        request(r#"{"type":"join","room":"lobby"}"#),
+        Request::Join {
+            room: room("lobby"),
+            since: None,
+        }
+    );
+    assert_eq!(
+        request(r#"{"type":"join","room":"lobby","since":42}"#),
+        Request::Join {
+            room: room("lobby"),
+            since: Some(42),
+        }
+    );
+    assert_eq!(
+        request(r#"{"type":"join","room":"lobby","since":null}"#),
+        Request::Join {
+            room: room("lobby"),
+            since: None,
+        }
+    );
+    assert_eq!(
+        request(r#"{"type":"join","room":"lobby","since":0}"#),
+        Request::Join {
+            room: room("lobby"),
+            since: Some(0),
+        }
+    );
+}
+
+#[test]
+fn leave() {
+    assert_eq!(
+        request(r#"{"type":"leave","room":"lobby"}"#),
+        Request::Leave {
+            room: room("lobby")
+        }
+    );
+}
+
+#[test]
+fn publish() {
+    assert_eq!(
+        request(r#"{"type":"publish","room":"lobby","content":"hello \"you\" ✓"}"#),
+        Request::Publish {
+            room: room("lobby"),
+            content: "hello \"you\" ✓".to_owned(),
+        }
+    );
+    // Content length and emptiness are the Session's to check (it knows the limits):
+    // decoding keeps content exactly as sent, untrimmed.
+    assert_eq!(
+        request(r#"{"type":"publish","room":"lobby","content":"  "}"#),
+        Request::Publish {
+            room: room("lobby"),
+            content: "  ".to_owned(),
+        }
+    );
+}
+
+#[test]
+fn typing_request() {
+    assert_eq!(
+        request(r#"{"type":"typing","room":"lobby"}"#),
+        Request::Typing {
+            room: room("lobby")
+        }
+    );
+}
+
+#[test]
+fn history_with_optional_fields_present_and_absent() {
+    assert_eq!(
+        request(r#"{"type":"history","room":"lobby"}"#),
+        Request::History {
+            room: room("lobby"),
+            before: None,
+            limit: None,
+        }
+    );
+    assert_eq!(
+        request(r#"{"type":"history","room":"lobby","before":120,"limit":20}"#),
+        Request::History {
+            room: room("lobby"),
+            before: Some(120),
+            limit: Some(20),
+        }
+    );
+    assert_eq!(
+        request(r#"{"type":"history","room":"lobby","limit":5000}"#),
+        Request::History {
+            room: room("lobby"),
+            before: None,
+            limit: Some(5000),
+        },
+        "a limit above the maximum decodes; the room clamps it"
+    );
+    assert_eq!(MAX_HISTORY_LIMIT, 1000);
+}
+
+#[test]
+fn presence_request() {
+    assert_eq!(
+        request(r#"{"type":"presence","room":"lobby"}"#),
+        Request::Presence {
+            room: room("lobby")
+        }
+    );
+}
+
+#[test]
+fn direct_request() {
+    assert_eq!(
+        request(r#"{"type":"direct","to":"bob@example.org","content":"psst"}"#),
+        Request::Direct {
+            to: "bob@example.org".to_owned(),
+            content: "psst".to_owned(),
+        }
+    );
+}
+
+#[test]
+fn rename_trims_the_name() {
+    assert_eq!(
+        request(r#"{"type":"rename","name":"  Alicia Q. "}"#),
+        Request::Rename {
+            name: "Alicia Q.".to_owned()
+        }
+    );
+}
+
+#[test]
+fn ping() {
+    assert_eq!(request(r#"{"type":"ping"}"#), Request::Ping);
+}
+
+#[test]
+fn ref_is_a_number_or_a_string_and_null_means_none() {
+    let frame = decoded(r#"{"type":"ping","ref":7}"#);
+    assert_eq!(frame.request, Request::Ping);
+    assert_eq!(ref_json(&frame.reference), json!(7));
+
+    let frame = decoded(r#"{"ref":"abc-1","type":"join","room":"lobby"}"#);
+    assert_eq!(
+        frame.request,
+        Request::Join {
+            room: room("lobby"),
+            since: None,
+        }
+    );
+    assert_eq!(ref_json(&frame.reference), json!("abc-1"));
+
+    assert_eq!(decoded(r#"{"type":"ping"}"#).reference, None);
+    assert_eq!(decoded(r#"{"type":"ping","ref":null}"#).reference, None);
+
+    // At most 128 characters (not bytes).
+    let longest = "é".repeat(128);
+    let frame = decoded(&format!(r#"{{"type":"ping","ref":"{longest}"}}"#));
+    assert_eq!(ref_json(&frame.reference), json!(longest));
+}
+
+#[test]
+fn unknown_fields_are_ignored() {
+    let frame = decoded(
+        r#"{"type":"publish","room":"lobby","content":"hi","ref":1,"v":2,"extra":{"a":[1]}}"#,
+    );
+    assert_eq!(
+        frame.request,
+        Request::Publish {
+            room: room("lobby"),
+            content: "hi".to_owned(),
+        }
+    );
+    assert_eq!(ref_json(&frame.reference), json!(1));
+}
+
+#[test]
+fn room_names_at_the_edges() {
+    let longest = "a".repeat(64);
+    assert_eq!(
+        request(&format!(r#"{{"type":"join","room":"{longest}"}}"#)),
+        Request::Join {
+            room: room(&longest),
+            since: None,
+        }
+    );
+    assert_eq!(
+        request(r#"{"type":"join","room":"A-z_0.9:x"}"#),
+        Request::Join {
+            room: room("A-z_0.9:x"),
+            since: None,
+        }
+    );
+}
+
+// ---------------------------------------------------------------------------------
+// Client frames: every way decoding fails
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn not_json_or_not_an_object_is_bad_request() {
+    for text in [
+        "",
+        "hello",
+        "{",
+        r#"{"type":"ping",}"#,
+        "[]",
+        r#"["ping"]"#,
+        r#""ping""#,
+        "42",
+        "null",
+        "true",
+    ] {
+        refused_with(text, ErrorCode::BadRequest, Value::Null);
+    }
+}
+
+#[test]
+fn a_missing_or_non_string_type_is_bad_request_and_keeps_the_ref() {
+    refused_with("{}", ErrorCode::BadRequest, Value::Null);
+    refused_with(r#"{"ref":1}"#, ErrorCode::BadRequest, json!(1));
+    refused_with(
+        r#"{"type":null,"ref":"a"}"#,
+        ErrorCode::BadRequest,
+        json!("a"),
+    );
+    refused_with(r#"{"type":7,"ref":"a"}"#, ErrorCode::BadRequest, json!("a"));
+    refused_with(r#"{"type":["ping"]}"#, ErrorCode::BadRequest, Value::Null);
+}
+
+#[test]
+fn a_bad_ref_is_bad_request_and_is_not_kept() {
+    let too_long = "x".repeat(129);
+    for text in [
+        r#"{"type":"ping","ref":true}"#.to_owned(),
+        r#"{"type":"ping","ref":{"id":1}}"#.to_owned(),
+        r#"{"type":"ping","ref":[1]}"#.to_owned(),
+        format!(r#"{{"type":"ping","ref":"{too_long}"}}"#),
+        // The ref is checked before anything else.
+        r#"{"ref":false}"#.to_owned(),
+        r#"{"type":"nonsense","ref":false}"#.to_owned(),
+    ] {
+        refused_with(&text, ErrorCode::BadRequest, Value::Null);
+    }
+}
+
+#[test]
+fn missing_fields_are_bad_request() {
+    for text in [
+        r#"{"type":"join","ref":1}"#,
+        r#"{"type":"leave","ref":1}"#,
+        r#"{"type":"publish","room":"lobby","ref":1}"#,
+        r#"{"type":"publish","content":"hi","ref":1}"#,
+        r#"{"type":"typing","ref":1}"#,
+        r#"{"type":"history","ref":1}"#,
+        r#"{"type":"presence","ref":1}"#,
+        r#"{"type":"direct","content":"hi","ref":1}"#,
+        r#"{"type":"direct","to":"bob","ref":1}"#,
+        r#"{"type":"rename","ref":1}"#,
+    ] {
+        refused_with(text, ErrorCode::BadRequest, json!(1));
+    }
+}
+
+#[test]
+fn mistyped_fields_are_bad_request() {
+    for text in [
+        r#"{"type":"join","room":5,"ref":"m"}"#,
+        r#"{"type":"join","room":null,"ref":"m"}"#,
+        r#"{"type":"join","room":"lobby","since":-1,"ref":"m"}"#,
+        r#"{"type":"join","room":"lobby","since":"3","ref":"m"}"#,
+        r#"{"type":"join","room":"lobby","since":1.5,"ref":"m"}"#,
+        r#"{"type":"leave","room":["lobby"],"ref":"m"}"#,
+        r#"{"type":"publish","room":"lobby","content":5,"ref":"m"}"#,
+        r#"{"type":"publish","room":"lobby","content":null,"ref":"m"}"#,
+        r#"{"type":"typing","room":true,"ref":"m"}"#,
+        r#"{"type":"history","room":"lobby","before":"9","ref":"m"}"#,
+        r#"{"type":"history","room":"lobby","limit":-1,"ref":"m"}"#,
+        r#"{"type":"history","room":"lobby","limit":4294967296,"ref":"m"}"#,
+        r#"{"type":"presence","room":{},"ref":"m"}"#,
+        r#"{"type":"direct","to":7,"content":"hi","ref":"m"}"#,
+        r#"{"type":"direct","to":"bob","content":["hi"],"ref":"m"}"#,
+        r#"{"type":"rename","name":5,"ref":"m"}"#,
+    ] {
+        refused_with(text, ErrorCode::BadRequest, json!("m"));
+    }
+}
+
+#[test]
+fn an_unknown_type_is_unknown_type_and_keeps_the_ref() {
+    refused_with(
+        r#"{"type":"subscribe","ref":3}"#,
+        ErrorCode::UnknownType,
+        json!(3),
+    );
+    refused_with(r#"{"type":""}"#, ErrorCode::UnknownType, Value::Null);
+    // Types are case-sensitive.
+    refused_with(r#"{"type":"PING"}"#, ErrorCode::UnknownType, Value::Null);
+    // The message quotes at most 32 characters of the type.
+    let e = refused(&format!(r#"{{"type":"{}"}}"#, "x".repeat(500)));
+    assert_eq!(e.error.code, ErrorCode::UnknownType);
+    assert_eq!(
+        e.error.message,
+        format!("unknown frame type `{}`", "x".repeat(32))
+    );
+}
+
+#[test]
+fn a_bad_room_name_is_invalid_room_for_every_room_request() {
+    let too_long = "a".repeat(65);
+    for bad in [
+        "",
+        "has space",
+        "a/b",
+        "é",
+        "lobby!",
+        "#general",
+        too_long.as_str(),
+    ] {
+        for template in [
+            r#"{"type":"join","room":ROOM,"ref":"r"}"#,
+            r#"{"type":"leave","room":ROOM,"ref":"r"}"#,
+            r#"{"type":"publish","room":ROOM,"content":"hi","ref":"r"}"#,
+            r#"{"type":"typing","room":ROOM,"ref":"r"}"#,
+            r#"{"type":"history","room":ROOM,"ref":"r"}"#,
+            r#"{"type":"presence","room":ROOM,"ref":"r"}"#,
+        ] {
+            let text = template.replace("ROOM", &json!(bad).to_string());
+            refused_with(&text, ErrorCode::InvalidRoom, json!("r"));
+        }
+    }
+}
+
+#[test]
+fn a_bad_direct_target_is_bad_request() {
+    let too_long = "u".repeat(65);
+    for to in ["", "bob smith", "bob/1", "bøb", too_long.as_str()] {
+        let text = format!(
+            r#"{{"type":"direct","to":{},"content":"hi","ref":2}}"#,
+            json!(to)
+        );
+        refused_with(&text, ErrorCode::BadRequest, json!(2));
+    }
+}
+
+#[test]
+fn rename_names_that_are_empty_control_or_too_long() {
+    for name in ["", "   ", "a\nb", "tab\there", "bell\u{7}"] {
+        let text = format!(r#"{{"type":"rename","name":{},"ref":4}}"#, json!(name));
+        refused_with(&text, ErrorCode::BadRequest, json!(4));
+    }
+    let too_long = "n".repeat(MAX_NAME_CHARS + 1);
+    refused_with(
+        &format!(r#"{{"type":"rename","name":"{too_long}","ref":4}}"#),
+        ErrorCode::TooLong,
+        json!(4),
+    );
+    // 64 characters, counted after trimming and in characters, not bytes.
+    let longest = "é".repeat(MAX_NAME_CHARS);
+    assert_eq!(
+        request(&format!(r#"{{"type":"rename","name":"  {longest}  "}}"#)),
+        Request::Rename { name: longest }
+    );
+}
+
+// ---------------------------------------------------------------------------------
+// Codes and constants
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn error_codes_serialise_to_their_documented_names() {
+    let documented = [
+        (ErrorCode::BadRequest, "bad_request"),
+        (ErrorCode::UnknownType, "unknown_type"),
+        (ErrorCode::InvalidRoom, "invalid_room"),
+        (ErrorCode::TooLong, "too_long"),
+        (ErrorCode::NotJoined, "not_joined"),
+        (ErrorCode::TooManyRooms, "too_many_rooms"),
+        (ErrorCode::UserOffline, "user_offline"),
+        (ErrorCode::Forbidden, "forbidden"),
+        (ErrorCode::RateLimited, "rate_limited"),
+        (ErrorCode::Internal, "internal"),
+    ];
+    for (code, name) in documented {
+        assert_eq!(serde_json::to_value(code).unwrap(), json!(name));
+        assert_eq!(code.as_str(), name);
+        assert_eq!(
+            encode(&ServerFrame::failure(None, ErrorBody::new(code, "m"))).to_string(),
+            format!(r#"{{"type":"error","error":{{"code":"{name}","message":"m"}}}}"#)
+        );
+    }
+}
+
+#[test]
+fn close_codes_have_their_documented_values() {
+    assert_eq!(close::NORMAL, 1000);
+    assert_eq!(close::PROTOCOL_ERROR, 1002);
+    assert_eq!(close::MESSAGE_TOO_BIG, 1009);
+    assert_eq!(close::INTERNAL_ERROR, 1011);
+    assert_eq!(close::SERVICE_RESTART, 1012);
+    assert_eq!(close::TOKEN_EXPIRED, 4001);
+    assert_eq!(close::HEARTBEAT_TIMEOUT, 4008);
+    assert_eq!(close::SLOW_CONSUMER, 4009);
+}
+
+#[test]
+fn protocol_version_and_limits() {
+    assert_eq!(PROTOCOL_VERSION, 1);
+    assert_eq!(MAX_NAME_CHARS, 64);
+    assert_eq!(MAX_HISTORY_LIMIT, 1000);
+}
+
+#[test]
+fn upgrade_query_validation() {
+    // `?user=`: 1 to 64 characters of A-Z a-z 0-9 _ . : @ -
+    for ok in ["alice", "a", "Bob_1.x:y@z-w", &"u".repeat(64)] {
+        assert_eq!(validate_user_id(ok).as_deref(), Ok(ok));
+    }
+    for bad in ["", "a b", "ünï", "a/b", "a+b", &"u".repeat(65)] {
+        assert_eq!(
+            validate_user_id(bad).map_err(|e| e.code),
+            Err(ErrorCode::BadRequest),
+            "{bad:?}"
+        );
+    }
+    // `?name=`: trimmed, then 1 to 64 characters with no control characters.
+    assert_eq!(
+        validate_display_name("  Alice A. ").as_deref(),
+        Ok("Alice A.")
+    );
+    for bad in ["", "  ", "a\u{0}b", "line\r\nbreak"] {
+        assert_eq!(
+            validate_display_name(bad).map_err(|e| e.code),
+            Err(ErrorCode::BadRequest),
+            "{bad:?}"
+        );
+    }
+    assert_eq!(
+        validate_display_name(&"n".repeat(65)).map_err(|e| e.code),
+        Err(ErrorCode::TooLong)
+    );
+}
