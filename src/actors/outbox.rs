@@ -99,10 +99,15 @@ impl Outbox {
 
     /// Closes at once, dropping whatever is still queued.
     pub fn close_now(&self, code: u16, reason: &str) {
+        self.record_reason(code, reason);
+        self.shared.closing.cancel();
+    }
+
+    /// Keeps the first close reason given.
+    fn record_reason(&self, code: u16, reason: &str) {
         if let Ok(mut slot) = self.shared.reason.lock() {
             slot.get_or_insert_with(|| (code, reason.to_owned()));
         }
-        self.shared.closing.cancel();
     }
 
     /// True once the connection is closing or closed.
@@ -224,6 +229,15 @@ mod tests {
             reason,
             Some((close::SLOW_CONSUMER, "slow consumer".to_owned()))
         );
+    }
+
+    #[test]
+    fn a_queued_close_keeps_its_reason_when_the_session_drops() {
+        let (outbox, _rx) = detached(2);
+        outbox.close_after_queued(close::SERVICE_RESTART, "shutdown");
+        drop(outbox.close_on_drop());
+        let reason = outbox.shared.reason.lock().unwrap().clone();
+        assert_eq!(reason.map(|r| r.0), Some(close::SERVICE_RESTART));
     }
 
     #[test]

@@ -42,6 +42,11 @@ pub enum PresenceMessage {
         user_id: String,
         reply: RpcReplyPort<u32>,
     },
+    /// The user's current display name, if it is online.
+    NameOf {
+        user_id: String,
+        reply: RpcReplyPort<Option<String>>,
+    },
 }
 
 /// The Presence actor; holds only the node context.
@@ -117,6 +122,9 @@ impl Actor for PresenceActor {
                     rename(user, name.clone());
                 }
                 let _ = reply.send(UserInfo { id: user_id, name });
+            }
+            PresenceMessage::NameOf { user_id, reply } => {
+                let _ = reply.send(state.users.get(&user_id).map(|u| u.name.clone()));
             }
             PresenceMessage::Connections { user_id, reply } => {
                 let count = state

@@ -243,11 +243,12 @@ impl RoomState {
         request: JoinRequest,
     ) -> Result<ReplyData, ErrorBody> {
         let JoinRequest { session, since } = request;
-        self.behaviour
-            .authorize_join(&self.name, &session.user)
-            .map_err(ErrorBody::from)?;
         let id = session.actor.get_id();
         if !self.connections.contains_key(&id) {
+            // A re-join of a connection already in the room only refreshes its data.
+            self.behaviour
+                .authorize_join(&self.name, &session.user)
+                .map_err(ErrorBody::from)?;
             myself.get_cell().monitor(session.actor.get_cell());
             self.idle_generation += 1;
             self.connections.insert(

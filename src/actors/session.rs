@@ -65,6 +65,9 @@ pub enum SessionMessage {
 pub struct SessionArgs {
     pub id: String,
     pub user: UserInfo,
+    /// False when the client gave no name: it then takes the name the user already
+    /// has on its other connections, if any.
+    pub name_given: bool,
     pub outbox: Outbox,
 }
 
@@ -91,9 +94,22 @@ impl Actor for SessionActor {
     async fn pre_start(
         &self,
         myself: ActorRef<Self::Msg>,
-        args: SessionArgs,
+        mut args: SessionArgs,
     ) -> Result<SessionState, ActorProcessingErr> {
         let settings = &self.ctx.settings;
+        if !args.name_given {
+            if let Some(presence) = self.ctx.presence() {
+                let user_id = args.user.id.clone();
+                if let Ok(Some(name)) = ask(&presence, |reply| PresenceMessage::NameOf {
+                    user_id,
+                    reply,
+                })
+                .await
+                {
+                    args.user.name = name;
+                }
+            }
+        }
         let welcome = ServerFrame::Welcome {
             session: args.id.clone(),
             user: args.user.clone(),
@@ -132,9 +148,14 @@ impl Actor for SessionActor {
                 }
             }
             SessionMessage::Inbound(Err(bad), _permit) => {
+                // Undecodable frames count against the rate limit like any other.
+                let error = match rate_limited(state) {
+                    Some(limited) => limited,
+                    None => bad.error,
+                };
                 let _ = state
                     .outbox
-                    .push(encode(&ServerFrame::failure(bad.reference, bad.error)));
+                    .push(encode(&ServerFrame::failure(bad.reference, error)));
             }
             SessionMessage::NameChanged(name) => {
                 state.user.name = name.clone();
@@ -183,15 +204,8 @@ impl SessionActor {
         frame: ClientFrame,
     ) -> Option<ServerFrame> {
         let ClientFrame { reference, request } = frame;
-        if let Some(limiter) = &state.limiter {
-            if let Err(not_until) = limiter.check() {
-                let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
-                let retry_after_ms = (wait.as_millis() as u64).max(1);
-                return Some(ServerFrame::failure(
-                    reference,
-                    ErrorBody::rate_limited(retry_after_ms),
-                ));
-            }
+        if let Some(limited) = rate_limited(state) {
+            return Some(ServerFrame::failure(reference, limited));
         }
         let kind = request.kind();
         let answer = match request {
@@ -201,9 +215,13 @@ impl SessionActor {
             Request::Publish { room, content } => self.publish(myself, state, room, content).await,
             Request::Typing { room } => match state.rooms.get(&room) {
                 Some(actor) => {
-                    let _ = actor.cast(RoomMessage::Typing {
+                    let typing = RoomMessage::Typing {
                         session: myself.get_id(),
-                    });
+                    };
+                    if actor.cast(typing).is_err() {
+                        state.rooms.remove(&room);
+                        return Some(ServerFrame::failure(reference, unavailable(AskError::Gone)));
+                    }
                     // Typing is fire-and-forget unless the client asks for a reply.
                     reference.as_ref()?;
                     Ok(ReplyData::Empty {})
@@ -217,21 +235,22 @@ impl SessionActor {
             } => match state.rooms.get(&room) {
                 Some(actor) => {
                     let session = myself.get_id();
-                    ask(actor, |reply| RoomMessage::History {
+                    let answer = ask(actor, |reply| RoomMessage::History {
                         session,
                         before,
                         limit,
                         reply,
                     })
-                    .await
-                    .unwrap_or_else(|e| Err(unavailable(e)))
+                    .await;
+                    forget_if_gone(state, &room, answer).and_then(|inner| inner)
                 }
                 None => Err(not_joined(&room)),
             },
             Request::Presence { room } => match state.rooms.get(&room) {
-                Some(actor) => ask(actor, |reply| RoomMessage::Presence { reply })
-                    .await
-                    .map_err(unavailable),
+                Some(actor) => {
+                    let answer = ask(actor, |reply| RoomMessage::Presence { reply }).await;
+                    forget_if_gone(state, &room, answer)
+                }
                 None => Err(not_joined(&room)),
             },
             Request::Direct { to, content } => self.direct(state, to, content).await,
@@ -329,22 +348,14 @@ impl SessionActor {
         let actor = state.rooms.get(&room).ok_or_else(|| not_joined(&room))?;
         let session = myself.get_id();
         let from = state.user.clone();
-        match ask(actor, |reply| RoomMessage::Publish {
+        let answer = ask(actor, |reply| RoomMessage::Publish {
             session,
             from,
             content,
             reply,
         })
-        .await
-        {
-            Ok(answer) => answer,
-            Err(e) => {
-                if e == AskError::Gone {
-                    state.rooms.remove(&room);
-                }
-                Err(unavailable(e))
-            }
-        }
+        .await;
+        forget_if_gone(state, &room, answer).and_then(|inner| inner)
     }
 
     async fn direct(
@@ -401,6 +412,29 @@ impl SessionActor {
         }
         Ok(())
     }
+}
+
+/// Checks the connection's frame rate; the error to answer with when it is over.
+fn rate_limited(state: &SessionState) -> Option<ErrorBody> {
+    let limiter = state.limiter.as_ref()?;
+    let not_until = limiter.check().err()?;
+    let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+    Some(ErrorBody::rate_limited((wait.as_millis() as u64).max(1)))
+}
+
+/// Maps a failed ask to a room into `internal`; a room that is gone (it failed) is
+/// forgotten, so the client can join it afresh.
+fn forget_if_gone<T>(
+    state: &mut SessionState,
+    room: &RoomName,
+    answer: Result<T, AskError>,
+) -> Result<T, ErrorBody> {
+    answer.map_err(|e| {
+        if e == AskError::Gone {
+            state.rooms.remove(room);
+        }
+        unavailable(e)
+    })
 }
 
 fn not_joined(room: &RoomName) -> ErrorBody {

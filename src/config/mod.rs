@@ -55,7 +55,8 @@ pub struct LimitSettings {
     /// Frames per second one connection may send, sustained; excess frames get a
     /// `rate_limited` reply. 0 turns the limit off.
     pub frames_per_second: u32,
-    /// Frames one connection may send in a burst above `frames_per_second`.
+    /// Frames one connection may send at once before the sustained rate applies (the
+    /// size of its token bucket).
     pub frames_burst: u32,
 }
 

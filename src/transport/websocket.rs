@@ -42,8 +42,8 @@ pub async fn upgrade(
     if !state.ready.load(Ordering::Acquire) {
         return Ok(refuse_unavailable("the node is not accepting connections"));
     }
-    let user = match user_from_query(req.query_string()) {
-        Ok(user) => user,
+    let (user, name_given) = match user_from_query(req.query_string()) {
+        Ok(found) => found,
         Err(error) => return Ok(HttpResponse::BadRequest().json(json!({ "error": error }))),
     };
     let Ok(permit) = state.connections.clone().try_acquire_owned() else {
@@ -63,6 +63,7 @@ pub async fn upgrade(
     let args = SessionArgs {
         id: session_id.clone(),
         user: user.clone(),
+        name_given,
         outbox: outbox.clone(),
     };
     let session = match ask(&sessions, |reply| SessionSupervisorMessage::Open {
@@ -93,18 +94,20 @@ fn refuse_unavailable(message: &str) -> HttpResponse {
 }
 
 /// Reads `user` and `name` from the query; a guest id is made up when `user` is absent.
-fn user_from_query(query: &str) -> Result<UserInfo, ErrorBody> {
+/// The second value is false when no `name` was given (the name is then the user's
+/// current one if it is online, else its id).
+fn user_from_query(query: &str) -> Result<(UserInfo, bool), ErrorBody> {
     let params = web::Query::<HashMap<String, String>>::from_query(query)
         .map_err(|e| ErrorBody::new(ErrorCode::BadRequest, format!("bad query string: {e}")))?;
     let id = match params.get("user") {
         Some(id) => validate_user_id(id)?,
         None => format!("guest-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
     };
-    let name = match params.get("name") {
-        Some(name) => validate_display_name(name)?,
-        None => id.clone(),
+    let (name, name_given) = match params.get("name") {
+        Some(name) => (validate_display_name(name)?, true),
+        None => (id.clone(), false),
     };
-    Ok(UserInfo { id, name })
+    Ok((UserInfo { id, name }, name_given))
 }
 
 struct ReadLimits {
@@ -192,11 +195,13 @@ mod tests {
 
     #[test]
     fn query_gives_user_or_a_guest() {
-        let user = user_from_query("user=alice&name=Alice%20A").unwrap();
+        let (user, given) = user_from_query("user=alice&name=Alice%20A").unwrap();
         assert_eq!((user.id.as_str(), user.name.as_str()), ("alice", "Alice A"));
-        let guest = user_from_query("").unwrap();
+        assert!(given);
+        let (guest, given) = user_from_query("").unwrap();
         assert!(guest.id.starts_with("guest-"));
         assert_eq!(guest.name, guest.id);
+        assert!(!given);
         assert_eq!(
             user_from_query("user=a%20b").unwrap_err().code,
             ErrorCode::BadRequest

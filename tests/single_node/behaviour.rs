@@ -133,6 +133,15 @@ async fn a_panicking_behaviour_fails_its_room_not_the_node() {
         .request(json!({"type": "publish", "room": "fragile", "content": "boom"}))
         .await;
     assert_eq!(reply["error"]["code"], "internal");
+    // Another member holding the failed room gets `internal` once, then may rejoin.
+    let reply = b
+        .request(json!({"type": "history", "room": "fragile"}))
+        .await;
+    assert_eq!(reply["error"]["code"], "internal");
+    let reply = b
+        .request(json!({"type": "history", "room": "fragile"}))
+        .await;
+    assert_eq!(reply["error"]["code"], "not_joined");
     // The failed room is dropped by the session; joining again starts it afresh.
     let data = a.join("fragile").await;
     assert_eq!(data["seq"], 0);

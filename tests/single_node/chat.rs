@@ -375,3 +375,20 @@ async fn shutdown_says_goodbye_then_closes_with_1012() {
     // Stopped means stopped: nothing listens any more.
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
+
+#[tokio::test]
+async fn a_connection_without_a_name_takes_the_users_current_name() {
+    let node = TestNode::start().await;
+    let mut first = node.connect("alice", "Alice").await;
+    first.join("lobby").await;
+    let second = Client::connect(&node, "user=alice").await;
+    assert_eq!(
+        second.welcome["user"],
+        json!({"id": "alice", "name": "Alice"})
+    );
+    first.barrier("lobby").await;
+    assert!(
+        first.seen(|f| f["type"] == "renamed").is_empty(),
+        "a nameless tab renamed the user"
+    );
+}
