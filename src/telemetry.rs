@@ -1,6 +1,7 @@
 //! Tracing output: JSON lines or pretty text, filtered by `log.level`.
 
 use crate::config::{LogFormat, LogSettings};
+use std::io::IsTerminal;
 use tracing_subscriber::{fmt, EnvFilter};
 
 /// Installs the global subscriber. Call once, early in `main`.
@@ -13,7 +14,9 @@ pub fn init(log: &LogSettings) -> Result<(), String> {
             .flatten_event(true)
             .with_current_span(false)
             .try_init(),
-        LogFormat::Pretty => builder.try_init(),
+        LogFormat::Pretty => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
     };
     installed.map_err(|e| e.to_string())
 }

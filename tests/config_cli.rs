@@ -231,3 +231,79 @@ fn environment_overrides_the_file() {
         .arg(file.path())
         .env("HUBBUB_LIMITS__MAX_CONNECTIONS", "5")));
 }
+
+/// The configuration guide, which quotes `hubbub default-config` and has a reference
+/// table of every key.
+const CONFIGURATION_DOC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/configuration.md");
+
+/// The bodies of the ```toml fenced blocks of a Markdown text, each ending in a newline
+/// as a printed file does.
+fn toml_blocks(markdown: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut open: Option<String> = None;
+    for line in markdown.lines() {
+        match open.as_mut() {
+            None if line.trim_end() == "```toml" => open = Some(String::new()),
+            None => {}
+            Some(_) if line.trim_end() == "```" => blocks.extend(open.take()),
+            Some(body) => {
+                body.push_str(line);
+                body.push('\n');
+            }
+        }
+    }
+    blocks
+}
+
+#[test]
+fn configuration_doc_quotes_default_config_and_documents_every_key() {
+    let fix = "update docs/configuration.md: paste the output of \
+               `cargo run -q -- default-config` into the ```toml block under \
+               \"## The default configuration\", and give every key a row in the \
+               reference table";
+    let printed = run(hubbub().arg("default-config"));
+    assert_eq!(
+        printed.status.code(),
+        Some(0),
+        "stderr: {}",
+        stderr(&printed)
+    );
+    let template = stdout(&printed);
+    let doc = std::fs::read_to_string(CONFIGURATION_DOC)
+        .unwrap_or_else(|e| panic!("cannot read {CONFIGURATION_DOC}: {e}; {fix}"));
+
+    assert!(
+        toml_blocks(&doc).contains(&template),
+        "docs/configuration.md has no ```toml block holding the output of \
+         `hubbub default-config` verbatim; {fix}"
+    );
+
+    // Keys the template sets, plus those it leaves commented out (`node.name`, whose
+    // default is the host name), which only the defaults themselves list.
+    let parsed: toml::Table = template.parse().expect("default-config prints TOML");
+    let defaults = toml::Table::try_from(hubbub::Settings::default()).expect("defaults serialise");
+    let mut keys = std::collections::BTreeSet::new();
+    for table in [&parsed, &defaults] {
+        for (section, entries) in table {
+            let entries = entries.as_table().expect("every section is a table");
+            keys.extend(entries.keys().map(|key| format!("{section}.{key}")));
+        }
+    }
+    assert!(keys.contains("node.name"), "{keys:?}");
+
+    let table_rows: Vec<&str> = doc
+        .lines()
+        .filter(|line| line.trim_start().starts_with('|'))
+        .collect();
+    let missing: Vec<&String> = keys
+        .iter()
+        .filter(|key| {
+            let cell = format!("`{key}`");
+            !table_rows.iter().any(|row| row.contains(&cell))
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/configuration.md's reference table lacks {missing:?}; {fix}"
+    );
+}

@@ -16,7 +16,7 @@ use super::session::SessionHandle;
 use super::NodeContext;
 use crate::behaviour::RoomBehaviour;
 use crate::protocol::{
-    encode, now_ms, ChatMessage, ErrorBody, ErrorCode, Member, ReplyData, RoomName, ServerFrame,
+    encode, now_ms, ChatMessage, MAX_HISTORY_LIMIT, ErrorBody, ErrorCode, Member, ReplyData, RoomName, ServerFrame,
     UserInfo,
 };
 use ractor::{
@@ -293,7 +293,19 @@ impl RoomState {
     }
 
     /// The messages a joining client gets, and whether some it asked for are gone.
+    /// At most [`MAX_HISTORY_LIMIT`] (the newest) come in a join reply; a resume that
+    /// this cuts short reports a gap, and older messages are a `history` request away.
     fn resume_from(&self, since: Option<u64>) -> (Vec<ChatMessage>, bool) {
+        let (messages, gap) = self.resume_all(since);
+        let cap = MAX_HISTORY_LIMIT as usize;
+        if messages.len() <= cap {
+            return (messages, gap);
+        }
+        let cut = messages.len() - cap;
+        (messages[cut..].to_vec(), gap || since.is_some())
+    }
+
+    fn resume_all(&self, since: Option<u64>) -> (Vec<ChatMessage>, bool) {
         let Some(since) = since else {
             return (self.history.iter().cloned().collect(), false);
         };
@@ -379,7 +391,7 @@ impl RoomState {
     fn history_page(&self, before: Option<u64>, limit: Option<u32>) -> ReplyData {
         let limit = limit
             .unwrap_or(DEFAULT_HISTORY_LIMIT)
-            .clamp(1, crate::protocol::MAX_HISTORY_LIMIT) as usize;
+            .clamp(1, MAX_HISTORY_LIMIT) as usize;
         let before = before.unwrap_or(u64::MAX);
         let older: Vec<&ChatMessage> = self.history.iter().filter(|m| m.seq < before).collect();
         let start = older.len().saturating_sub(limit);
