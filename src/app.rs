@@ -7,6 +7,7 @@
 
 use crate::actors::{start_node, NodeContext, NodeHandle, SessionSupervisorMessage};
 use crate::behaviour::Behaviours;
+use crate::cluster::Cluster;
 use crate::config::Settings;
 use crate::transport::{serve, AppState};
 use actix_web::dev::Server;
@@ -35,7 +36,15 @@ impl Application {
     pub fn build_with(settings: Settings, behaviours: Behaviours) -> std::io::Result<Self> {
         let listener = TcpListener::bind(settings.node.http_addr)?;
         let addr = listener.local_addr()?;
-        let ctx = Arc::new(NodeContext::new(settings, behaviours));
+        let cluster = settings.cluster.enabled.then(|| {
+            Arc::new(Cluster::new(
+                &settings.node.name,
+                Duration::from_millis(settings.cluster.heartbeat_ms),
+                Duration::from_millis(settings.cluster.failure_timeout_ms),
+                cluster_size(&settings),
+            ))
+        });
+        let ctx = Arc::new(NodeContext::new(settings, behaviours, cluster));
         let node = start_node(ctx.clone())?;
         let state = AppState::new(ctx);
         let server = serve(listener, state.clone())?;
@@ -105,6 +114,17 @@ impl Application {
         tracing::info!("hubbub stopped");
         result
     }
+}
+
+/// How many nodes the cluster has, as far as configuration tells: the distinct
+/// addresses among the seeds and this node's own. Quorum is a majority of it (or of
+/// the nodes seen, when more have been seen).
+fn cluster_size(settings: &Settings) -> usize {
+    let own = settings.cluster.advertise_addr();
+    let mut addrs: std::collections::BTreeSet<&str> =
+        settings.cluster.seeds.iter().map(String::as_str).collect();
+    addrs.insert(own.as_str());
+    addrs.len()
 }
 
 /// The longest a drain waits for clients to go before the node stops anyway.

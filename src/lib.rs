@@ -10,6 +10,7 @@
 //! - [`actors`]: the supervision tree (node, sessions, rooms, presence) and each
 //!   connection's bounded outbound queue.
 //! - [`behaviour`]: the `RoomBehaviour` trait developers implement to change rooms.
+//! - [`cluster`]: membership, failure detection, the wire between nodes, ownership.
 //! - [`app`]: builds a node from settings; [`telemetry`]: logs.
 //!
 //! docs/architecture.md draws the tree and follows one message through it.
@@ -17,6 +18,7 @@
 pub mod actors;
 pub mod app;
 pub mod behaviour;
+pub mod cluster;
 pub mod config;
 pub mod protocol;
 pub mod telemetry;

@@ -14,6 +14,10 @@ struct Cli {
     /// defaults apply. HUBBUB_SECTION__KEY environment variables override both.
     #[arg(long, global = true, value_name = "PATH")]
     config: Option<PathBuf>,
+    /// The node to run as, by name, when the file describes a whole cluster with
+    /// [[nodes]] entries. `check-config` without it checks every node.
+    #[arg(long, global = true, value_name = "NAME")]
+    node: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -34,26 +38,30 @@ const EXIT_BAD_CONFIG: u8 = 2;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let source = ConfigSource::from_args(cli.config);
+    let node = cli.node.as_deref();
     match cli.command.unwrap_or(Command::Serve) {
         Command::DefaultConfig => {
             print!("{}", config::default_config_toml());
             ExitCode::SUCCESS
         }
-        Command::CheckConfig => match config::load(&source) {
-            Ok(settings) => {
-                println!(
-                    "ok: configuration is valid (node {}, http {})",
-                    settings.node.name, settings.node.http_addr
-                );
-                ExitCode::SUCCESS
+        Command::CheckConfig => {
+            let loaded = match node {
+                Some(node) => config::load(&source, Some(node)).map(|settings| vec![settings]),
+                None => config::load_every_node(&source),
+            };
+            match loaded {
+                Ok(every) => {
+                    print_valid(&every);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("hubbub: invalid configuration:\n{e}");
+                    ExitCode::from(EXIT_BAD_CONFIG)
+                }
             }
-            Err(e) => {
-                eprintln!("hubbub: invalid configuration:\n{e}");
-                ExitCode::from(EXIT_BAD_CONFIG)
-            }
-        },
+        }
         Command::Serve => {
-            let settings = match config::load(&source) {
+            let settings = match config::load(&source, node) {
                 Ok(settings) => settings,
                 Err(e) => {
                     eprintln!("hubbub: invalid configuration:\n{e}");
@@ -74,6 +82,37 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// `check-config`'s report: one line for one node, else a line per node under `ok`.
+fn print_valid(every: &[hubbub::Settings]) {
+    match every {
+        [one] => println!("ok: configuration is valid ({})", describe(one)),
+        _ => {
+            println!("ok: configuration is valid for {} nodes", every.len());
+            for settings in every {
+                println!("  {}", describe(settings));
+            }
+        }
+    }
+}
+
+/// Who a node is and where it listens; never the cookie.
+fn describe(settings: &hubbub::Settings) -> String {
+    let mut text = format!(
+        "node {}, http {}",
+        settings.node.name, settings.node.http_addr
+    );
+    let cluster = &settings.cluster;
+    if cluster.enabled {
+        text.push_str(&format!(
+            ", cluster {} advertised as {}, seeds [{}]",
+            cluster.bind,
+            cluster.advertise_addr(),
+            cluster.seeds.join(", ")
+        ));
+    }
+    text
 }
 
 async fn serve(settings: hubbub::Settings) -> std::io::Result<()> {

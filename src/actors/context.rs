@@ -2,18 +2,25 @@
 //! references to the long-lived actors (which change when a supervisor restarts one).
 
 use super::presence::PresenceMessage;
+use super::room::RoomMessage;
 use super::room_supervisor::RoomSupervisorMessage;
 use super::session_supervisor::SessionSupervisorMessage;
 use crate::behaviour::Behaviours;
+use crate::cluster::membership::MembershipMessage;
+use crate::cluster::Cluster;
 use crate::config::Settings;
 use ractor::ActorRef;
-use std::sync::RwLock;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 /// Shared, read-mostly state of one node. Held in an `Arc` by every actor.
 pub struct NodeContext {
     pub settings: Settings,
     pub behaviours: Behaviours,
+    /// The cluster handle; None when `cluster.enabled` is false.
+    pub cluster: Option<Arc<Cluster>>,
     refs: RwLock<Refs>,
+    rooms_by_name: RwLock<HashMap<String, ActorRef<RoomMessage>>>,
 }
 
 #[derive(Default, Clone)]
@@ -21,16 +28,25 @@ struct Refs {
     presence: Option<ActorRef<PresenceMessage>>,
     rooms: Option<ActorRef<RoomSupervisorMessage>>,
     sessions: Option<ActorRef<SessionSupervisorMessage>>,
+    membership: Option<ActorRef<MembershipMessage>>,
 }
 
 impl NodeContext {
     /// A context whose actor references are filled in by the NodeSupervisor.
-    pub fn new(settings: Settings, behaviours: Behaviours) -> Self {
+    pub fn new(settings: Settings, behaviours: Behaviours, cluster: Option<Arc<Cluster>>) -> Self {
         Self {
             settings,
             behaviours,
+            cluster,
             refs: RwLock::new(Refs::default()),
+            rooms_by_name: RwLock::new(HashMap::new()),
         }
+    }
+
+    /// The running Room actors by room name, kept by the RoomSupervisor so that the
+    /// cluster Endpoint can reach a room without a detour through it.
+    pub fn room_directory(&self) -> RoomDirectory<'_> {
+        RoomDirectory(&self.rooms_by_name)
     }
 
     fn read(&self) -> Refs {
@@ -58,6 +74,15 @@ impl NodeContext {
         self.read().sessions
     }
 
+    /// The Membership actor, when clustered and started.
+    pub fn membership(&self) -> Option<ActorRef<MembershipMessage>> {
+        self.read().membership
+    }
+
+    pub(crate) fn set_membership(&self, actor: Option<ActorRef<MembershipMessage>>) {
+        self.write(|r| r.membership = actor);
+    }
+
     pub(crate) fn set_presence(&self, actor: Option<ActorRef<PresenceMessage>>) {
         self.write(|r| r.presence = actor);
     }
@@ -68,5 +93,40 @@ impl NodeContext {
 
     pub(crate) fn set_sessions(&self, actor: Option<ActorRef<SessionSupervisorMessage>>) {
         self.write(|r| r.sessions = actor);
+    }
+}
+
+/// Read and (for the RoomSupervisor) write access to the running rooms by name.
+pub struct RoomDirectory<'a>(&'a RwLock<HashMap<String, ActorRef<RoomMessage>>>);
+
+impl RoomDirectory<'_> {
+    /// The room's actor, if it runs on this node.
+    pub fn get(&self, room: &str) -> Option<ActorRef<RoomMessage>> {
+        self.0
+            .read()
+            .ok()
+            .and_then(|rooms| rooms.get(room).cloned())
+    }
+
+    /// The names of the running rooms.
+    pub fn names(&self) -> Vec<String> {
+        self.0
+            .read()
+            .map(|rooms| rooms.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn insert(&self, room: &str, actor: ActorRef<RoomMessage>) {
+        if let Ok(mut rooms) = self.0.write() {
+            rooms.insert(room.to_owned(), actor);
+        }
+    }
+
+    pub(crate) fn remove(&self, room: &str, id: ractor::ActorId) {
+        if let Ok(mut rooms) = self.0.write() {
+            if rooms.get(room).map(|r| r.get_id()) == Some(id) {
+                rooms.remove(room);
+            }
+        }
     }
 }

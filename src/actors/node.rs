@@ -4,8 +4,9 @@
 //! the actor system (beside actix's workers), spawns the NodeSupervisor there, and
 //! returns a [`NodeHandle`] once the tree is up.
 //!
-//! The NodeSupervisor starts, in order, Presence, the RoomSupervisor and the
-//! SessionSupervisor, and publishes their references in the [`NodeContext`].
+//! The NodeSupervisor starts, in order, Presence, the RoomSupervisor, the
+//! SessionSupervisor and (when clustered) the ClusterSupervisor, and publishes their
+//! references in the [`NodeContext`].
 //! When a child stops or fails while the node is running, it is restarted:
 //! - Presence: restarted empty, then every Session registers again, so direct
 //!   messages and renames keep working.
@@ -13,6 +14,8 @@
 //!   sessions get an `internal` reply the next time they use a lost room.
 //! - SessionSupervisor: restarted empty; its Sessions died with it and their sockets
 //!   closed with 1011; clients reconnect and resume with `since`.
+//! - ClusterSupervisor: restarted; peers see this node leave and come back, and its
+//!   rooms move and recover as after any view change (docs/cluster.md).
 //!
 //! A child that keeps failing is restarted at most [`MAX_RESTARTS`] times within
 //! [`RESTART_WINDOW`]; past that the node supervisor stops, and the process exits
@@ -22,6 +25,7 @@ use super::presence::PresenceActor;
 use super::room_supervisor::RoomSupervisor;
 use super::session_supervisor::{SessionSupervisor, SessionSupervisorMessage};
 use super::NodeContext;
+use crate::cluster::supervisor::ClusterSupervisor;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use ractor_cluster::RactorMessage;
 use std::sync::Arc;
@@ -41,6 +45,7 @@ enum Child {
     Presence,
     Rooms,
     Sessions,
+    Cluster,
 }
 
 struct NodeSupervisor {
@@ -51,6 +56,8 @@ struct NodeState {
     presence: ActorCell,
     rooms: ActorCell,
     sessions: ActorCell,
+    /// The ClusterSupervisor, when clustered.
+    cluster: Option<ActorCell>,
     restarts: Vec<(Child, Instant)>,
 }
 
@@ -84,6 +91,12 @@ impl NodeSupervisor {
                 ctx.set_sessions(Some(actor.clone()));
                 actor.get_cell()
             }
+            Child::Cluster => {
+                let (actor, _) =
+                    Actor::spawn_linked(None, ClusterSupervisor { ctx: ctx.clone() }, (), parent)
+                        .await?;
+                actor.get_cell()
+            }
         })
     }
 }
@@ -102,6 +115,11 @@ impl Actor for NodeSupervisor {
             presence: self.start_child(&myself, Child::Presence).await?,
             rooms: self.start_child(&myself, Child::Rooms).await?,
             sessions: self.start_child(&myself, Child::Sessions).await?,
+            // Last: the cluster routes peer traffic to the actors above.
+            cluster: match self.ctx.cluster {
+                Some(_) => Some(self.start_child(&myself, Child::Cluster).await?),
+                None => None,
+            },
             restarts: Vec::new(),
         })
     }
@@ -135,6 +153,8 @@ impl Actor for NodeSupervisor {
             Child::Rooms
         } else if id == state.sessions.get_id() {
             Child::Sessions
+        } else if state.cluster.as_ref().map(|c| c.get_id()) == Some(id) {
+            Child::Cluster
         } else {
             return Ok(());
         };
@@ -160,6 +180,7 @@ impl Actor for NodeSupervisor {
             }
             Child::Rooms => state.rooms = restarted,
             Child::Sessions => state.sessions = restarted,
+            Child::Cluster => state.cluster = Some(restarted),
         }
         Ok(())
     }

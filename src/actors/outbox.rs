@@ -88,6 +88,7 @@ impl Outbox {
 
     /// Closes after the frames already queued have been written.
     pub fn close_after_queued(&self, code: u16, reason: &str) {
+        self.record_reason(code, reason);
         if self
             .tx
             .try_send(Outbound::Close(code, reason.to_owned()))

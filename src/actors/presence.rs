@@ -6,18 +6,30 @@
 //! hears of it). Room presence lives in each Room; this actor answers "is this user
 //! online, and where".
 //!
+//! In a cluster, a direct message is delivered here and sent once to every other node
+//! in the view, whose Presence delivers it to the target's connections there; the
+//! reply counts every connection reached (or says `user_offline` when none was), and
+//! waits at most [`DIRECT_TIMEOUT`] for the others. A rename is announced to every
+//! node the same way.
+//!
 //! Parent: the NodeSupervisor. Monitors every Session, so a session that ends for any
 //! reason is forgotten at once.
 
 use super::session::{SessionHandle, SessionMessage};
 use super::NodeContext;
+use crate::cluster::wire::Body;
 use crate::protocol::{
     encode, now_ms, DirectFrame, ErrorBody, ErrorCode, ReplyData, ServerFrame, UserInfo,
 };
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use ractor_cluster::RactorMessage;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
+
+/// The longest a direct message waits for other nodes to say how many connections
+/// they reached.
+pub const DIRECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Messages to Presence.
 #[derive(RactorMessage)]
@@ -47,12 +59,102 @@ pub enum PresenceMessage {
         user_id: String,
         reply: RpcReplyPort<Option<String>>,
     },
+    /// Presence traffic from another node.
+    Remote { from: String, body: Body },
+    /// A cluster direct message stops waiting for the nodes that have not answered.
+    DirectTimeout { req: u64 },
 }
 
 /// The Presence actor; holds only the node context.
 pub struct PresenceActor {
-    #[allow(dead_code)]
     pub(crate) ctx: Arc<NodeContext>,
+}
+
+impl PresenceActor {
+    fn direct(
+        &self,
+        myself: &ActorRef<PresenceMessage>,
+        state: &mut PresenceState,
+        from: UserInfo,
+        to: String,
+        content: String,
+        reply: RpcReplyPort<Result<ReplyData, ErrorBody>>,
+    ) {
+        let frame = DirectFrame {
+            id: uuid::Uuid::now_v7().to_string(),
+            from,
+            content,
+            ts: now_ms(),
+        };
+        let (id, ts) = (frame.id.clone(), frame.ts);
+        let bytes = encode(&ServerFrame::Direct(frame));
+        let delivered = state.deliver(&to, &bytes);
+        let mut pending = PendingDirect {
+            to,
+            id,
+            ts,
+            delivered,
+            waiting: BTreeSet::new(),
+            reply,
+        };
+        if let Some(cluster) = &self.ctx.cluster {
+            let req = cluster.next_req();
+            let view = cluster.view();
+            for node in view.members.keys().filter(|n| **n != cluster.me) {
+                let body = Body::Direct {
+                    req,
+                    to: pending.to.clone(),
+                    frame: bytes.to_string(),
+                };
+                if cluster.send(node, body) {
+                    pending.waiting.insert(node.clone());
+                }
+            }
+            if !pending.waiting.is_empty() {
+                state.pending.insert(req, pending);
+                myself.send_after(DIRECT_TIMEOUT, move || PresenceMessage::DirectTimeout {
+                    req,
+                });
+                return;
+            }
+        }
+        pending.finish();
+    }
+
+    fn remote(&self, state: &mut PresenceState, from: String, body: Body) {
+        match body {
+            Body::Direct { req, to, frame } => {
+                let delivered = state.deliver(&to, &bytestring::ByteString::from(frame));
+                if let Some(cluster) = &self.ctx.cluster {
+                    cluster.send(&from, Body::DirectResult { req, delivered });
+                }
+            }
+            Body::DirectResult { req, delivered } => {
+                let done = match state.pending.get_mut(&req) {
+                    Some(pending) => {
+                        if pending.waiting.remove(&from) {
+                            pending.delivered += delivered;
+                        }
+                        pending.waiting.is_empty()
+                    }
+                    None => false,
+                };
+                if done {
+                    if let Some(pending) = state.pending.remove(&req) {
+                        pending.finish();
+                    }
+                }
+            }
+            Body::UserRenamed { user } => {
+                if let Some(online) = state.users.get_mut(&user.id) {
+                    if online.name != user.name {
+                        rename(online, user.name);
+                    }
+                }
+            }
+            other => tracing::debug!(kind = other.kind(), "unexpected presence traffic dropped"),
+        }
+    }
 }
 
 struct OnlineUser {
@@ -65,6 +167,36 @@ struct OnlineUser {
 pub struct PresenceState {
     users: HashMap<String, OnlineUser>,
     user_of: HashMap<ActorId, String>,
+    /// Direct messages waiting for other nodes' counts.
+    pending: HashMap<u64, PendingDirect>,
+}
+
+struct PendingDirect {
+    to: String,
+    id: String,
+    ts: u64,
+    delivered: u32,
+    waiting: BTreeSet<String>,
+    reply: RpcReplyPort<Result<ReplyData, ErrorBody>>,
+}
+
+impl PendingDirect {
+    fn finish(self) {
+        let answer = if self.delivered == 0 {
+            Err(offline(&self.to))
+        } else {
+            Ok(ReplyData::Direct {
+                id: self.id,
+                ts: self.ts,
+                delivered: self.delivered,
+            })
+        };
+        let _ = self.reply.send(answer);
+    }
+}
+
+fn offline(user: &str) -> ErrorBody {
+    ErrorBody::new(ErrorCode::UserOffline, format!("{user} is not connected"))
 }
 
 impl Actor for PresenceActor {
@@ -110,9 +242,7 @@ impl Actor for PresenceActor {
                 to,
                 content,
                 reply,
-            } => {
-                let _ = reply.send(state.direct(from, &to, content));
-            }
+            } => self.direct(&myself, state, from, to, content, reply),
             PresenceMessage::Rename {
                 user_id,
                 name,
@@ -121,7 +251,19 @@ impl Actor for PresenceActor {
                 if let Some(user) = state.users.get_mut(&user_id) {
                     rename(user, name.clone());
                 }
-                let _ = reply.send(UserInfo { id: user_id, name });
+                let user = UserInfo { id: user_id, name };
+                if let Some(cluster) = &self.ctx.cluster {
+                    let view = cluster.view();
+                    let others = view.members.keys().filter(|n| **n != cluster.me);
+                    cluster.send_to_all(others, Body::UserRenamed { user: user.clone() });
+                }
+                let _ = reply.send(user);
+            }
+            PresenceMessage::Remote { from, body } => self.remote(state, from, body),
+            PresenceMessage::DirectTimeout { req } => {
+                if let Some(pending) = state.pending.remove(&req) {
+                    pending.finish();
+                }
             }
             PresenceMessage::NameOf { user_id, reply } => {
                 let _ = reply.send(state.users.get(&user_id).map(|u| u.name.clone()));
@@ -171,32 +313,14 @@ fn rename(user: &mut OnlineUser, name: String) {
 }
 
 impl PresenceState {
-    fn direct(&self, from: UserInfo, to: &str, content: String) -> Result<ReplyData, ErrorBody> {
-        let Some(target) = self.users.get(to) else {
-            return Err(ErrorBody::new(
-                ErrorCode::UserOffline,
-                format!("{to} is not connected"),
-            ));
-        };
-        let frame = DirectFrame {
-            id: uuid::Uuid::now_v7().to_string(),
-            from,
-            content,
-            ts: now_ms(),
-        };
-        let (id, ts) = (frame.id.clone(), frame.ts);
-        let bytes = encode(&ServerFrame::Direct(frame));
-        let delivered = target
-            .sessions
-            .values()
-            .filter(|s| s.outbox.push(bytes.clone()).is_ok())
-            .count() as u32;
-        if delivered == 0 {
-            return Err(ErrorBody::new(
-                ErrorCode::UserOffline,
-                format!("{to} is not connected"),
-            ));
-        }
-        Ok(ReplyData::Direct { id, ts, delivered })
+    /// Pushes an encoded frame to every connection of `user` here; how many took it.
+    fn deliver(&self, user: &str, frame: &bytestring::ByteString) -> u32 {
+        self.users.get(user).map_or(0, |target| {
+            target
+                .sessions
+                .values()
+                .filter(|s| s.outbox.push(frame.clone()).is_ok())
+                .count() as u32
+        })
     }
 }

@@ -6,6 +6,10 @@
 //! it second, so no new join can reach a stopping room (a join already on its way
 //! fails and the Session looks the room up again).
 //!
+//! In a cluster it also receives room traffic from peers for rooms not running here
+//! (starting the room when the traffic may create it, answering a recovery with
+//! "nothing held" otherwise), and forwards every new view to every room.
+//!
 //! When a child stops: it is forgotten. When a child fails (a panic in a behaviour):
 //! it is forgotten and logged; it is not restarted, because its history and members
 //! died with it. The next join starts it afresh, and sessions still holding the failed
@@ -13,6 +17,8 @@
 
 use super::room::{RoomActor, RoomArgs, RoomMessage};
 use super::NodeContext;
+use crate::cluster::wire::Body;
+use crate::cluster::View;
 use crate::protocol::RoomName;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use ractor_cluster::RactorMessage;
@@ -31,6 +37,16 @@ pub enum RoomSupervisorMessage {
     Retire { room: RoomName, id: ActorId },
     /// How many rooms are running.
     Count { reply: RpcReplyPort<usize> },
+    /// The running rooms this node owns in its current view.
+    Owned { reply: RpcReplyPort<Vec<String>> },
+    /// Room traffic from a peer for a room whose actor was not found.
+    Remote {
+        room: String,
+        from: String,
+        body: Body,
+    },
+    /// Membership published a new view.
+    ViewChanged(Arc<View>),
 }
 
 /// The RoomSupervisor actor.
@@ -43,15 +59,97 @@ pub struct RoomSupervisor {
 pub struct RoomSupervisorState {
     rooms: HashMap<RoomName, ActorRef<RoomMessage>>,
     names: HashMap<ActorId, RoomName>,
+    view: Option<Arc<View>>,
 }
 
 impl RoomSupervisorState {
-    fn forget(&mut self, id: &ActorId) -> Option<RoomName> {
+    fn forget(&mut self, ctx: &NodeContext, id: &ActorId) -> Option<RoomName> {
         let name = self.names.remove(id)?;
         if self.rooms.get(&name).map(|r| r.get_id()) == Some(*id) {
             self.rooms.remove(&name);
         }
+        ctx.room_directory().remove(name.as_str(), *id);
         Some(name)
+    }
+}
+
+impl RoomSupervisor {
+    /// The room's actor, started if it is not running.
+    async fn get_or_start(
+        &self,
+        myself: &ActorRef<RoomSupervisorMessage>,
+        state: &mut RoomSupervisorState,
+        room: RoomName,
+    ) -> Result<ActorRef<RoomMessage>, String> {
+        if let Some(actor) = state.rooms.get(&room) {
+            return Ok(actor.clone());
+        }
+        let args = RoomArgs {
+            name: room.clone(),
+            supervisor: myself.clone(),
+        };
+        let handler = RoomActor {
+            ctx: self.ctx.clone(),
+        };
+        match Actor::spawn_linked(None, handler, args, myself.get_cell()).await {
+            Ok((actor, _)) => {
+                state.names.insert(actor.get_id(), room.clone());
+                self.ctx
+                    .room_directory()
+                    .insert(room.as_str(), actor.clone());
+                state.rooms.insert(room, actor.clone());
+                Ok(actor)
+            }
+            Err(e) => {
+                tracing::error!(room = %room, error = %e, "could not start room");
+                Err("could not start the room".to_owned())
+            }
+        }
+    }
+
+    /// Peer traffic for a room that is not running here.
+    async fn remote(
+        &self,
+        myself: &ActorRef<RoomSupervisorMessage>,
+        state: &mut RoomSupervisorState,
+        room: String,
+        from: String,
+        body: Body,
+    ) {
+        let Ok(name) = RoomName::parse(&room) else {
+            tracing::warn!(%from, "dropped room traffic with an invalid room name");
+            return;
+        };
+        let creates = match &body {
+            Body::RoomJoin { .. }
+            | Body::RoomPublish { .. }
+            | Body::RoomTyping { .. }
+            | Body::RoomRename { .. } => true,
+            Body::RoomMember { connections, .. } => *connections > 0,
+            Body::RecoverRequest { view, .. } if !state.rooms.contains_key(&name) => {
+                // Nothing held here for this room.
+                let ready = state.view.as_ref().is_some_and(|v| v.id == *view);
+                if let Some(cluster) = &self.ctx.cluster {
+                    cluster.send(
+                        &from,
+                        Body::RecoverState {
+                            room,
+                            view: *view,
+                            ready,
+                            replica: None,
+                        },
+                    );
+                }
+                return;
+            }
+            _ => state.rooms.contains_key(&name),
+        };
+        if !creates {
+            return;
+        }
+        if let Ok(actor) = self.get_or_start(myself, state, name).await {
+            let _ = actor.cast(RoomMessage::Remote { from, body });
+        }
     }
 }
 
@@ -62,10 +160,27 @@ impl Actor for RoomSupervisor {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         _args: (),
     ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(RoomSupervisorState::default())
+        let mut state = RoomSupervisorState::default();
+        if let Some(cluster) = &self.ctx.cluster {
+            state.view = Some(cluster.view());
+            // Forward every view change until this supervisor stops.
+            let mut views = cluster.subscribe();
+            tokio::spawn(async move {
+                while views.changed().await.is_ok() {
+                    let view = views.borrow_and_update().clone();
+                    if myself
+                        .cast(RoomSupervisorMessage::ViewChanged(view))
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            });
+        }
+        Ok(state)
     }
 
     async fn handle(
@@ -76,33 +191,14 @@ impl Actor for RoomSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             RoomSupervisorMessage::Get { room, reply } => {
-                if let Some(actor) = state.rooms.get(&room) {
-                    let _ = reply.send(Ok(actor.clone()));
-                    return Ok(());
-                }
-                let args = RoomArgs {
-                    name: room.clone(),
-                    supervisor: myself.clone(),
-                };
-                let handler = RoomActor {
-                    ctx: self.ctx.clone(),
-                };
-                match Actor::spawn_linked(None, handler, args, myself.get_cell()).await {
-                    Ok((actor, _)) => {
-                        state.names.insert(actor.get_id(), room.clone());
-                        state.rooms.insert(room, actor.clone());
-                        let _ = reply.send(Ok(actor));
-                    }
-                    Err(e) => {
-                        tracing::error!(room = %room, error = %e, "could not start room");
-                        let _ = reply.send(Err("could not start the room".to_owned()));
-                    }
-                }
+                let answer = self.get_or_start(&myself, state, room).await;
+                let _ = reply.send(answer);
             }
             RoomSupervisorMessage::Retire { room, id } => {
                 if state.rooms.get(&room).map(|r| r.get_id()) == Some(id) {
                     if let Some(actor) = state.rooms.remove(&room) {
                         state.names.remove(&id);
+                        self.ctx.room_directory().remove(room.as_str(), id);
                         tracing::debug!(room = %room, "room retired after idle ttl");
                         actor.stop(Some("idle".to_owned()));
                     }
@@ -110,6 +206,29 @@ impl Actor for RoomSupervisor {
             }
             RoomSupervisorMessage::Count { reply } => {
                 let _ = reply.send(state.rooms.len());
+            }
+            RoomSupervisorMessage::Owned { reply } => {
+                let me = self.ctx.cluster.as_ref().map(|c| c.me.clone());
+                let mut owned: Vec<String> = state
+                    .rooms
+                    .keys()
+                    .filter(|room| match (&state.view, &me) {
+                        (Some(view), Some(me)) => view.owner_of(room.as_str()) == Some(me.as_str()),
+                        _ => true,
+                    })
+                    .map(|room| room.to_string())
+                    .collect();
+                owned.sort();
+                let _ = reply.send(owned);
+            }
+            RoomSupervisorMessage::Remote { room, from, body } => {
+                self.remote(&myself, state, room, from, body).await;
+            }
+            RoomSupervisorMessage::ViewChanged(view) => {
+                state.view = Some(view.clone());
+                for room in state.rooms.values() {
+                    let _ = room.cast(RoomMessage::ViewChanged(view.clone()));
+                }
             }
         }
         Ok(())
@@ -123,10 +242,10 @@ impl Actor for RoomSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         match event {
             SupervisionEvent::ActorTerminated(cell, ..) => {
-                state.forget(&cell.get_id());
+                state.forget(&self.ctx, &cell.get_id());
             }
             SupervisionEvent::ActorFailed(cell, error) => {
-                if let Some(room) = state.forget(&cell.get_id()) {
+                if let Some(room) = state.forget(&self.ctx, &cell.get_id()) {
                     tracing::error!(room = %room, error = %error, "room failed; it starts afresh on the next join");
                 }
             }

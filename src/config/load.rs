@@ -1,21 +1,27 @@
 //! Loading and validating `Settings`.
 //!
 //! Owns: choosing where configuration comes from ([`ConfigSource`]), layering built-in
-//! defaults < TOML file < `HUBBUB_SECTION__KEY` environment variables, checking the
-//! result against the rules every limit must satisfy ([`Settings::validate`]), and the
-//! commented template that `hubbub default-config` prints ([`default_config_toml`]).
+//! defaults < TOML file < the file's `[[nodes]]` entry chosen with `--node` <
+//! `HUBBUB_SECTION__KEY` environment variables, checking the result against the rules
+//! every limit must satisfy ([`Settings::validate`]), and the commented template that
+//! `hubbub default-config` prints ([`default_config_toml`]).
 //!
 //! Must not know: how the settings are used. It never reads anything but the file it is
-//! given and the environment it is handed, and it never panics on what it reads: every
-//! mistake becomes a [`ConfigError`] that names the key and the reason.
+//! given and the environment it is handed (validation only checks that the TLS files
+//! `[cluster.tls]` names exist), and it never panics on what it reads: every mistake
+//! becomes a [`ConfigError`] that names the key and the reason.
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
+use std::net::{IpAddr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use config::{Config, Environment, FileFormat, Format, Map, Source, Value, ValueKind};
 
-use super::{HeartbeatSettings, LimitSettings, LogSettings, NodeSettings, RoomSettings, Settings};
+use super::{
+    ClusterSettings, HeartbeatSettings, LimitSettings, LogSettings, NodeEntry, NodeSettings,
+    RoomSettings, Settings,
+};
 
 /// Environment variable naming the config file when `--config` is not given.
 pub const CONFIG_PATH_ENV: &str = "HUBBUB_CONFIG";
@@ -27,6 +33,11 @@ const ENV_PREFIX_SEPARATOR: &str = "_";
 /// Between a section and its key (`LIMITS__MAX_CONNECTIONS`). Two underscores, because
 /// keys themselves contain one.
 const ENV_SEPARATOR: &str = "__";
+/// Settings whose environment variable holds a list: `HUBBUB_CLUSTER__SEEDS=a:1,b:2`.
+const ENV_LIST_KEYS: &[&str] = &["cluster.seeds"];
+const ENV_LIST_SEPARATOR: char = ',';
+/// Settings of optional tables, which the defaults lack, that the environment may set.
+const OPTIONAL_SETTINGS: &[&str] = &["cluster.tls.cert", "cluster.tls.key", "cluster.tls.ca"];
 
 /// Bytes of a frame that are envelope (type, room, ids) rather than message content.
 const FRAME_ENVELOPE_BYTES: usize = 1024;
@@ -38,6 +49,9 @@ const MAX_OUTBOUND_QUEUE: usize = 1_000_000;
 const MAX_ROOM_HISTORY: usize = 100_000;
 const MIN_HEARTBEAT_INTERVAL_MS: u64 = 100;
 const MAX_NODE_NAME_CHARS: usize = 64;
+const MIN_CLUSTER_HEARTBEAT_MS: u64 = 10;
+/// Heartbeats a peer must miss in a row before it is declared down.
+const MISSED_HEARTBEATS_BEFORE_DOWN: u64 = 3;
 
 /// The commented template with every setting at its default.
 const DEFAULT_CONFIG_TOML: &str = include_str!("default.toml");
@@ -94,6 +108,25 @@ pub enum ConfigError {
     /// the caller can put its own above.
     #[error("{}", .0.join("\n"))]
     Invalid(Vec<String>),
+    /// The file describes several nodes (`[[nodes]]`) and `--node` chose none.
+    #[error(
+        "this file describes {} nodes ({}): choose one with --node NAME",
+        names.len(),
+        names.join(", ")
+    )]
+    NodeNotChosen { names: Vec<String> },
+    /// `--node` names no `[[nodes]]` entry.
+    #[error(
+        "--node {name}: no [[nodes]] entry has that name; the file describes {}",
+        names.join(", ")
+    )]
+    UnknownNode { name: String, names: Vec<String> },
+    /// `--node` was given, but the configuration has no `[[nodes]]` to choose from.
+    #[error(
+        "--node {name}: the configuration has no [[nodes]] entries to choose from; \
+         leave out --node, or describe every node in [[nodes]]"
+    )]
+    NoNodes { name: String },
 }
 
 impl From<config::ConfigError> for ConfigError {
@@ -110,46 +143,270 @@ pub fn default_config_toml() -> &'static str {
     DEFAULT_CONFIG_TOML
 }
 
-/// Loads and validates settings from `source` and the process environment.
-pub fn load(source: &ConfigSource) -> Result<Settings, ConfigError> {
-    load_with_env(source, std::env::vars_os().map(lossy_pair))
+/// Loads and validates the settings of one node from `source` and the process
+/// environment. `node` is the `--node` choice: the `[[nodes]]` entry to run as when the
+/// file describes a whole cluster.
+pub fn load(source: &ConfigSource, node: Option<&str>) -> Result<Settings, ConfigError> {
+    load_with_env(source, node, std::env::vars_os().map(lossy_pair))
 }
 
-/// Loads and validates settings from `source` and the given environment variables, so
-/// tests can supply an environment without touching the process's.
+/// Loads and validates the settings of one node from `source` and the given environment
+/// variables, so tests can supply an environment without touching the process's.
 ///
-/// Layers, later wins: built-in defaults, the file (if any), then `HUBBUB_SECTION__KEY`
-/// variables (`HUBBUB_LIMITS__MAX_CONNECTIONS=5`). Variables without the `HUBBUB_` prefix
-/// are ignored, and so is `HUBBUB_CONFIG`, which names the file rather than a setting.
-/// Any other `HUBBUB_` variable must name a setting.
+/// Layers, later wins: built-in defaults, the file (if any), the file's `[[nodes]]`
+/// entry named by `node`, then `HUBBUB_SECTION__KEY` variables
+/// (`HUBBUB_LIMITS__MAX_CONNECTIONS=5`). Variables without the `HUBBUB_` prefix are
+/// ignored, and so is `HUBBUB_CONFIG`, which names the file rather than a setting. Any
+/// other `HUBBUB_` variable must name a setting.
+///
+/// A file with `[[nodes]]` needs `node` to name one of them ([`ConfigError::NodeNotChosen`],
+/// [`ConfigError::UnknownNode`]); `node` without `[[nodes]]` is [`ConfigError::NoNodes`].
 pub fn load_with_env(
     source: &ConfigSource,
+    node: Option<&str>,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Settings, ConfigError> {
-    let defaults = Config::try_from(&Settings::default())?;
-    let overrides = setting_overrides(env, &defaults)?;
-
-    let mut builder = Config::builder().add_source(defaults.clone());
-    if let ConfigSource::File(path) = source {
-        builder = builder.add_source(TomlFile::read(path)?);
+    let layers = Layers::read(source, env)?;
+    let base = layers.settings(None)?;
+    if base.nodes.is_empty() {
+        if let Some(name) = node {
+            return Err(ConfigError::NoNodes {
+                name: name.to_owned(),
+            });
+        }
+        base.validate()?;
+        return Ok(base);
     }
-    // No `try_parsing`: the config crate already parses a string into a number when the
-    // field is a number, and parsing up front would turn a node called `007` into `7`.
-    let environment = Environment::with_prefix(ENV_PREFIX)
-        .prefix_separator(ENV_PREFIX_SEPARATOR)
-        .separator(ENV_SEPARATOR)
-        .source(Some(overrides));
-    let merged = builder.add_source(environment).build()?;
-    let not_integers = non_integer_counts(&merged, &defaults);
-    if !not_integers.is_empty() {
-        return Err(ConfigError::Parse {
-            message: not_integers.join("\n"),
+    let Some(name) = node else {
+        return Err(ConfigError::NodeNotChosen {
+            names: entry_names(&base.nodes),
         });
+    };
+    let Some(entry) = base.nodes.iter().find(|entry| entry.name == name) else {
+        return Err(ConfigError::UnknownNode {
+            name: name.to_owned(),
+            names: entry_names(&base.nodes),
+        });
+    };
+    let (settings, problems) = layers.resolve(entry, &base.nodes)?;
+    if problems.is_empty() {
+        Ok(settings)
+    } else {
+        Err(ConfigError::Invalid(problems))
     }
-    let settings: Settings = merged.try_deserialize()?;
+}
 
-    settings.validate()?;
-    Ok(settings)
+/// Loads and validates every node `source` describes, with the process environment;
+/// what `check-config` without `--node` checks.
+pub fn load_every_node(source: &ConfigSource) -> Result<Vec<Settings>, ConfigError> {
+    load_every_node_with_env(source, std::env::vars_os().map(lossy_pair))
+}
+
+/// [`load_every_node`] with the environment passed in.
+///
+/// Without `[[nodes]]` this is the one node [`load_with_env`] loads. With them, each
+/// entry is resolved in turn (as `--node` would) and the settings of every node are
+/// returned in file order; problems of all of them are reported together, each once.
+pub fn load_every_node_with_env(
+    source: &ConfigSource,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Vec<Settings>, ConfigError> {
+    let layers = Layers::read(source, env)?;
+    let base = layers.settings(None)?;
+    if base.nodes.is_empty() {
+        base.validate()?;
+        return Ok(vec![base]);
+    }
+    let mut every = Vec::with_capacity(base.nodes.len());
+    let mut problems: Vec<String> = Vec::new();
+    for entry in &base.nodes {
+        let (settings, entry_problems) = layers.resolve(entry, &base.nodes)?;
+        // Problems of shared settings (and of the entries themselves) are the same for
+        // every node; say each once.
+        for problem in entry_problems {
+            if !problems.contains(&problem) {
+                problems.push(problem);
+            }
+        }
+        every.push(settings);
+    }
+    if problems.is_empty() {
+        Ok(every)
+    } else {
+        Err(ConfigError::Invalid(problems))
+    }
+}
+
+fn entry_names(entries: &[NodeEntry]) -> Vec<String> {
+    entries.iter().map(|entry| entry.name.clone()).collect()
+}
+
+/// Everything settings are built from, read once: the defaults, the file and the
+/// environment. [`Layers::settings`] stacks them, with a `[[nodes]]` entry between
+/// the file and the environment when one is chosen.
+struct Layers {
+    defaults: Config,
+    file: Option<TomlFile>,
+    /// `HUBBUB_` variables of single values, keyed as the environment has them.
+    env_values: Map<String, String>,
+    /// `HUBBUB_` variables of lists (`HUBBUB_CLUSTER__SEEDS=a:1,b:2`), already split.
+    env_lists: ValueLayer,
+}
+
+impl Layers {
+    fn read(
+        source: &ConfigSource,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let defaults = Config::try_from(&Settings::default())?;
+        let (env_values, env_lists) = setting_overrides(env, &defaults)?;
+        let file = match source {
+            ConfigSource::File(path) => Some(TomlFile::read(path)?),
+            ConfigSource::Defaults => None,
+        };
+        Ok(Self {
+            defaults,
+            file,
+            env_values,
+            env_lists,
+        })
+    }
+
+    /// Defaults < file < `entry` (if any) < environment, deserialised but not validated.
+    fn settings(&self, entry: Option<ValueLayer>) -> Result<Settings, ConfigError> {
+        let mut builder = Config::builder().add_source(self.defaults.clone());
+        if let Some(file) = &self.file {
+            builder = builder.add_source(file.clone());
+        }
+        if let Some(entry) = entry {
+            builder = builder.add_source(entry);
+        }
+        // No `try_parsing`: the config crate already parses a string into a number when
+        // the field is a number, and parsing up front would turn a node called `007`
+        // into `7`. For the same reason lists are split by us, not by the crate, whose
+        // list splitting only works with `try_parsing`.
+        let environment = Environment::with_prefix(ENV_PREFIX)
+            .prefix_separator(ENV_PREFIX_SEPARATOR)
+            .separator(ENV_SEPARATOR)
+            .source(Some(self.env_values.clone()));
+        let merged = builder
+            .add_source(environment)
+            .add_source(self.env_lists.clone())
+            .build()?;
+        let not_integers = non_integer_counts(&merged, &self.defaults);
+        if !not_integers.is_empty() {
+            return Err(ConfigError::Parse {
+                message: not_integers.join("\n"),
+            });
+        }
+        Ok(merged.try_deserialize()?)
+    }
+
+    /// The settings of the node `entry` (one of `all`) describes, and their problems.
+    ///
+    /// The entry's own fields are checked under `nodes[i].…`. While any entry is broken,
+    /// a problem of a key the entry fed (say `node.name` from a bad `nodes[1].name`)
+    /// would only repeat it, so those are left out.
+    fn resolve(
+        &self,
+        entry: &NodeEntry,
+        all: &[NodeEntry],
+    ) -> Result<(Settings, Vec<String>), ConfigError> {
+        let settings = self.settings(Some(self.entry_layer(entry, all)))?;
+        let problems = settings.problems();
+        if !problems.iter().any(|problem| problem.starts_with("nodes[")) {
+            return Ok((settings, problems));
+        }
+        let fed = self.keys_fed_by_entries();
+        let problems = problems
+            .into_iter()
+            .filter(|problem| {
+                let key = problem.split_once(": ").map_or("", |(key, _)| key);
+                !fed.contains(&key)
+            })
+            .collect();
+        Ok((settings, problems))
+    }
+
+    /// The settings a chosen `[[nodes]]` entry gives: its name, addresses, the cluster
+    /// turned on and, unless the file sets `cluster.seeds`, the advertised address of
+    /// every entry in `all` as the seeds (a node may list itself).
+    fn entry_layer(&self, entry: &NodeEntry, all: &[NodeEntry]) -> ValueLayer {
+        let origin = format!("[[nodes]] entry {:?}", entry.name);
+        let text = |value: String| Value::new(Some(&origin), ValueKind::String(value));
+        let mut values = Map::new();
+        values.insert("node.name".to_owned(), text(entry.name.clone()));
+        values.insert(
+            "node.http_addr".to_owned(),
+            text(entry.http_addr.to_string()),
+        );
+        values.insert("cluster.bind".to_owned(), text(entry.bind.to_string()));
+        values.insert(
+            "cluster.advertise".to_owned(),
+            text(entry.advertise.clone()),
+        );
+        values.insert(
+            "cluster.enabled".to_owned(),
+            Value::new(Some(&origin), ValueKind::Boolean(true)),
+        );
+        if !self.file_sets_seeds() {
+            let seeds = all.iter().map(|node| text(node.advertise_addr())).collect();
+            values.insert(
+                "cluster.seeds".to_owned(),
+                Value::new(Some(&origin), ValueKind::Array(seeds)),
+            );
+        }
+        ValueLayer(values)
+    }
+
+    /// Whether the file gives `cluster.seeds` itself, which then wins over the seeds
+    /// `[[nodes]]` imply.
+    fn file_sets_seeds(&self) -> bool {
+        let Some(tree) = self.file.as_ref().and_then(|file| file.collect().ok()) else {
+            return false;
+        };
+        matches!(
+            tree.get("cluster").map(|cluster| &cluster.kind),
+            Some(ValueKind::Table(cluster)) if cluster.contains_key("seeds")
+        )
+    }
+
+    /// The keys whose value comes from the chosen `[[nodes]]` entry: those it sets that
+    /// the environment does not.
+    fn keys_fed_by_entries(&self) -> Vec<&'static str> {
+        let mut keys = vec![
+            "node.name",
+            "node.http_addr",
+            "cluster.bind",
+            "cluster.advertise",
+        ];
+        if !self.file_sets_seeds() {
+            keys.push("cluster.seeds");
+        }
+        let from_env: Vec<String> = self
+            .env_values
+            .keys()
+            .map(|name| env_path(name).unwrap_or_default())
+            .chain(self.env_lists.0.keys().cloned())
+            .collect();
+        keys.retain(|key| !from_env.iter().any(|path| path == key));
+        keys
+    }
+}
+
+/// Settings given as values rather than text: a chosen `[[nodes]]` entry, or lists
+/// from the environment. Keys are dotted paths (`cluster.seeds`).
+#[derive(Debug, Clone, Default)]
+struct ValueLayer(Map<String, Value>);
+
+impl Source for ValueLayer {
+    fn clone_into_box(&self) -> Box<dyn Source + Send + Sync> {
+        Box::new(self.clone())
+    }
+
+    fn collect(&self) -> Result<Map<String, Value>, config::ConfigError> {
+        Ok(self.0.clone())
+    }
 }
 
 /// `std::env::vars` would panic on a variable that is not UTF-8. Read lossily instead:
@@ -161,26 +418,47 @@ fn lossy_pair((key, value): (OsString, OsString)) -> (String, String) {
     )
 }
 
-/// The `HUBBUB_` variables that override settings, keyed as the environment has them.
-/// A variable that names no setting is an error naming the variable, which is clearer
+/// The setting path (`limits.max_connections`) a `HUBBUB_` variable name stands for;
+/// `None` for a variable without the prefix.
+fn env_path(name: &str) -> Option<String> {
+    let prefix = format!("{ENV_PREFIX}{ENV_PREFIX_SEPARATOR}").to_lowercase();
+    let lower = name.to_lowercase();
+    let key = lower.strip_prefix(&prefix)?;
+    Some(key.replace(ENV_SEPARATOR, "."))
+}
+
+/// The `HUBBUB_` variables that override settings: single values keyed as the
+/// environment has them, and lists (keys in [`ENV_LIST_KEYS`]) split on commas. A
+/// variable that names no setting is an error naming the variable, which is clearer
 /// than the unknown-field error deserialisation would give.
 fn setting_overrides(
     env: impl IntoIterator<Item = (String, String)>,
     defaults: &Config,
-) -> Result<Map<String, String>, ConfigError> {
-    let prefix = format!("{ENV_PREFIX}{ENV_PREFIX_SEPARATOR}").to_lowercase();
+) -> Result<(Map<String, String>, ValueLayer), ConfigError> {
     let mut overrides = Map::new();
+    let mut lists = ValueLayer::default();
     let mut unknown = Vec::new();
     for (name, value) in env {
-        let lower = name.to_lowercase();
-        let Some(key) = lower.strip_prefix(&prefix) else {
+        let Some(path) = env_path(&name) else {
             continue;
         };
-        if lower == CONFIG_PATH_ENV.to_lowercase() {
+        if name.eq_ignore_ascii_case(CONFIG_PATH_ENV) {
             continue;
         }
-        let path = key.replace(ENV_SEPARATOR, ".");
-        if is_setting(defaults, &path) {
+        if ENV_LIST_KEYS.contains(&path.as_str()) {
+            let origin = "the environment".to_owned();
+            // Spaces around items are dropped, and so are empty items, so an empty
+            // variable is an empty list.
+            let items = value
+                .split(ENV_LIST_SEPARATOR)
+                .map(str::trim)
+                .filter(|item| !item.is_empty())
+                .map(|item| Value::new(Some(&origin), ValueKind::String(item.to_owned())))
+                .collect();
+            lists
+                .0
+                .insert(path, Value::new(Some(&origin), ValueKind::Array(items)));
+        } else if is_setting(defaults, &path) {
             overrides.insert(name, value);
         } else {
             unknown.push(format!(
@@ -190,7 +468,7 @@ fn setting_overrides(
         }
     }
     if unknown.is_empty() {
-        Ok(overrides)
+        Ok((overrides, lists))
     } else {
         unknown.sort();
         Err(ConfigError::Parse {
@@ -201,6 +479,9 @@ fn setting_overrides(
 
 /// Whether `path` (`section.key`) names a leaf of the settings tree.
 fn is_setting(defaults: &Config, path: &str) -> bool {
+    if OPTIONAL_SETTINGS.contains(&path) {
+        return true;
+    }
     let Some((section, key)) = path.split_once('.') else {
         return false;
     };
@@ -334,6 +615,8 @@ impl Settings {
         check_rooms(&self.rooms, &mut problems);
         check_heartbeat(&self.heartbeat, &mut problems);
         check_log(&self.log, &mut problems);
+        check_cluster(&self.cluster, &mut problems);
+        check_nodes(&self.nodes, &mut problems);
         problems.0
     }
 }
@@ -349,15 +632,19 @@ impl Problems {
 }
 
 fn check_node(node: &NodeSettings, problems: &mut Problems) {
-    let name = &node.name;
+    check_node_name("node.name", &node.name, problems);
+}
+
+/// The rule for a node's name, wherever it is given (`node.name`, `nodes[i].name`).
+fn check_node_name(key: &str, name: &str, problems: &mut Problems) {
     if name.is_empty() {
-        problems.add("node.name", "must not be empty");
+        problems.add(key, "must not be empty");
         return;
     }
     let chars = name.chars().count();
     if chars > MAX_NODE_NAME_CHARS {
         problems.add(
-            "node.name",
+            key,
             format_args!("must be at most {MAX_NODE_NAME_CHARS} characters, not {chars}"),
         );
     }
@@ -368,7 +655,7 @@ fn check_node(node: &NodeSettings, problems: &mut Problems) {
     if !bad.is_empty() {
         let bad: String = bad.into_iter().collect();
         problems.add(
-            "node.name",
+            key,
             format_args!("may only contain ASCII letters, digits, `_`, `.` and `-`, not {bad:?}"),
         );
     }
@@ -481,10 +768,239 @@ fn check_log(log: &LogSettings, problems: &mut Problems) {
     }
 }
 
+fn check_cluster(cluster: &ClusterSettings, problems: &mut Problems) {
+    if !cluster.advertise.is_empty() {
+        if let Err(reason) = check_dialable(&cluster.advertise) {
+            problems.add(
+                "cluster.advertise",
+                format_args!("{:?} {reason}", cluster.advertise),
+            );
+        }
+    } else if cluster.enabled && cluster.bind.ip().is_unspecified() {
+        problems.add(
+            "cluster.advertise",
+            format_args!(
+                "must be set when cluster.bind ({}) listens on every interface: peers \
+                 cannot dial that address, so give the host:port they should dial",
+                cluster.bind
+            ),
+        );
+    }
+    if cluster.enabled && cluster.cookie.is_blank() {
+        problems.add(
+            "cluster.cookie",
+            "is required when cluster.enabled is true: every node of the cluster must \
+             present the same secret (set it in the file or with HUBBUB_CLUSTER__COOKIE)",
+        );
+    }
+    for (i, seed) in cluster.seeds.iter().enumerate() {
+        if let Err(reason) = check_dialable(seed) {
+            problems.add(
+                "cluster.seeds",
+                format_args!("seed {} {seed:?} {reason}", i + 1),
+            );
+        }
+    }
+    if cluster.heartbeat_ms < MIN_CLUSTER_HEARTBEAT_MS {
+        problems.add(
+            "cluster.heartbeat_ms",
+            format_args!(
+                "must be at least {MIN_CLUSTER_HEARTBEAT_MS}, not {}",
+                cluster.heartbeat_ms
+            ),
+        );
+    }
+    let least_timeout = cluster
+        .heartbeat_ms
+        .saturating_mul(MISSED_HEARTBEATS_BEFORE_DOWN);
+    if cluster.failure_timeout_ms < least_timeout {
+        problems.add(
+            "cluster.failure_timeout_ms",
+            format_args!(
+                "must be at least {MISSED_HEARTBEATS_BEFORE_DOWN} × cluster.heartbeat_ms \
+                 ({MISSED_HEARTBEATS_BEFORE_DOWN} × {} = {least_timeout}), not {}: a peer \
+                 must miss several heartbeats in a row before it is declared down, so one \
+                 late heartbeat does not split the cluster",
+                cluster.heartbeat_ms, cluster.failure_timeout_ms
+            ),
+        );
+    }
+    if let Some(tls) = &cluster.tls {
+        for (key, path) in [
+            ("cluster.tls.cert", &tls.cert),
+            ("cluster.tls.key", &tls.key),
+            ("cluster.tls.ca", &tls.ca),
+        ] {
+            if let Err(reason) = check_readable_file(path) {
+                problems.add(key, reason);
+            }
+        }
+    }
+}
+
+/// Why `path` cannot be a PEM file to read at start-up, if it cannot.
+fn check_readable_file(path: &Path) -> Result<(), String> {
+    if path.as_os_str().is_empty() {
+        return Err("must name a file".to_owned());
+    }
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() => Ok(()),
+        Ok(_) => Err(format!("{} is not a file", path.display())),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            Err(format!("file {} not found", path.display()))
+        }
+        Err(error) => Err(format!("file {} cannot be read: {error}", path.display())),
+    }
+}
+
+/// Why `addr` is not a `host:port` a peer can dial, if it is not. The host is a name
+/// (letters, digits, `-`, `.`, `_`), an IPv4 address or a bracketed IPv6 address, and
+/// neither it nor the port may be the "any" placeholder.
+fn check_dialable(addr: &str) -> Result<(), String> {
+    const EXAMPLE: &str = "e.g. \"10.0.0.5:4370\" or \"node-a.internal:4370\"";
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Err(format!("is not host:port ({EXAMPLE})"));
+    };
+    let ip = if let Some(inner) = host.strip_prefix('[') {
+        let Some(Ok(ip)) = inner.strip_suffix(']').map(str::parse::<Ipv6Addr>) else {
+            return Err(format!(
+                "has host {host:?}, which is not a bracketed IPv6 address"
+            ));
+        };
+        Some(IpAddr::V6(ip))
+    } else if host.contains(':') {
+        return Err("has an IPv6 host without brackets (write \"[::1]:4370\")".to_owned());
+    } else if host.is_empty() {
+        return Err(format!("has no host ({EXAMPLE})"));
+    } else if !host
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+    {
+        return Err(format!(
+            "has host {host:?}, which is not a host name or IP address"
+        ));
+    } else {
+        host.parse::<IpAddr>().ok()
+    };
+    if ip.is_some_and(|ip| ip.is_unspecified()) {
+        return Err(format!(
+            "has host {host}, which means every interface and cannot be dialled"
+        ));
+    }
+    match port.parse::<u16>() {
+        Ok(0) => Err("has port 0, which cannot be dialled".to_owned()),
+        Ok(_) => Ok(()),
+        Err(_) => Err(format!(
+            "has port {port:?}, which is not a number from 1 to 65535"
+        )),
+    }
+}
+
+/// The `[[nodes]]` entries: each one's own fields, then that no two clash. Names,
+/// and the addresses peers dial, must differ between all entries; listen addresses
+/// only between entries on the same host (the same advertised host), so a file may
+/// give every node `0.0.0.0:4370` on machines of its own.
+fn check_nodes(entries: &[NodeEntry], problems: &mut Problems) {
+    for (i, entry) in entries.iter().enumerate() {
+        check_node_name(&format!("nodes[{i}].name"), &entry.name, problems);
+        if !entry.advertise.is_empty() {
+            if let Err(reason) = check_dialable(&entry.advertise) {
+                problems.add(
+                    &format!("nodes[{i}].advertise"),
+                    format_args!("{:?} {reason}", entry.advertise),
+                );
+            }
+        } else if entry.bind.port() == 0 {
+            problems.add(
+                &format!("nodes[{i}].bind"),
+                format_args!(
+                    "has port 0, which peers cannot dial: give it a port, or set \
+                     nodes[{i}].advertise"
+                ),
+            );
+        } else if entry.bind.ip().is_unspecified() {
+            problems.add(
+                &format!("nodes[{i}].advertise"),
+                format_args!(
+                    "must be set when bind ({}) listens on every interface: peers cannot \
+                     dial that address, so give the host:port they should dial",
+                    entry.bind
+                ),
+            );
+        }
+    }
+    for (i, entry) in entries.iter().enumerate() {
+        let earlier = &entries[..i];
+        let clash = |same: &dyn Fn(&NodeEntry) -> bool| {
+            earlier
+                .iter()
+                .position(same)
+                .map(|j| format!("nodes[{j}] ({})", entries[j].name))
+        };
+        if let Some(other) = clash(&|e| e.name == entry.name) {
+            problems.add(
+                &format!("nodes[{i}].name"),
+                format_args!(
+                    "{:?} is also the name of {other}; --node chooses an entry by name, \
+                     so names must be unique",
+                    entry.name
+                ),
+            );
+        }
+        let host = advertised_host(entry);
+        let same_host = |e: &NodeEntry| advertised_host(e).eq_ignore_ascii_case(&host);
+        if entry.http_addr.port() != 0 {
+            if let Some(other) = clash(&|e| same_host(e) && e.http_addr == entry.http_addr) {
+                problems.add(
+                    &format!("nodes[{i}].http_addr"),
+                    format_args!(
+                        "{} is also the http_addr of {other} on the same host",
+                        entry.http_addr
+                    ),
+                );
+            }
+        }
+        if entry.bind.port() != 0 {
+            if let Some(other) = clash(&|e| same_host(e) && e.bind == entry.bind) {
+                problems.add(
+                    &format!("nodes[{i}].bind"),
+                    format_args!(
+                        "{} is also the bind of {other} on the same host",
+                        entry.bind
+                    ),
+                );
+            }
+        }
+        // Two entries without an advertise of their own advertise their binds, whose
+        // clash is reported above.
+        let advertise = entry.advertise_addr();
+        let explicit = |e: &NodeEntry| !(entry.advertise.is_empty() && e.advertise.is_empty());
+        if let Some(other) = clash(&|e| explicit(e) && e.advertise_addr() == advertise) {
+            problems.add(
+                &format!("nodes[{i}].advertise"),
+                format_args!(
+                    "{advertise} is also the address peers dial for {other}; each node \
+                     needs its own"
+                ),
+            );
+        }
+    }
+}
+
+/// The host part of the address peers dial for `entry`, which tells the entries that
+/// share a machine.
+fn advertised_host(entry: &NodeEntry) -> String {
+    let addr = entry.advertise_addr();
+    addr.rsplit_once(':')
+        .map_or(addr.as_str(), |(host, _)| host)
+        .to_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::LogFormat;
+    use crate::config::{LogFormat, Secret};
+    use std::net::SocketAddr;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn no_env() -> Vec<(String, String)> {
@@ -526,7 +1042,7 @@ mod tests {
 
     fn load_toml(text: &str, env: Vec<(String, String)>) -> Result<Settings, ConfigError> {
         let file = TempToml::new(text);
-        load_with_env(&file.source(), env)
+        load_with_env(&file.source(), None, env)
     }
 
     /// The problems `validate` reports for settings changed by `change`.
@@ -569,7 +1085,8 @@ mod tests {
 
     #[test]
     fn defaults_only_gives_the_built_in_defaults() {
-        let settings = load_with_env(&ConfigSource::Defaults, no_env()).expect("defaults load");
+        let settings =
+            load_with_env(&ConfigSource::Defaults, None, no_env()).expect("defaults load");
         assert_eq!(settings, Settings::default());
     }
 
@@ -606,6 +1123,7 @@ mod tests {
     fn env_keys_with_underscores_reach_nested_settings() {
         let settings = load_with_env(
             &ConfigSource::Defaults,
+            None,
             env(&[
                 ("HUBBUB_LIMITS__MAX_CONNECTIONS", "5"),
                 ("HUBBUB_NODE__HTTP_ADDR", "0.0.0.0:9000"),
@@ -632,6 +1150,7 @@ mod tests {
     fn env_string_settings_keep_their_text() {
         let settings = load_with_env(
             &ConfigSource::Defaults,
+            None,
             env(&[("HUBBUB_NODE__NAME", "007")]),
         )
         .expect("env loads");
@@ -642,6 +1161,7 @@ mod tests {
     fn config_path_variable_and_foreign_variables_are_not_settings() {
         let settings = load_with_env(
             &ConfigSource::Defaults,
+            None,
             env(&[
                 ("HUBBUB_CONFIG", "/somewhere/hubbub.toml"),
                 ("PATH", "/usr/bin"),
@@ -656,6 +1176,7 @@ mod tests {
     fn unknown_hubbub_variable_names_the_variable() {
         let error = load_with_env(
             &ConfigSource::Defaults,
+            None,
             env(&[("HUBBUB_LIMITS__MAX_CONECTIONS", "5"), ("HUBBUB_LOG", "x")]),
         )
         .expect_err("unknown variables fail");
@@ -673,6 +1194,7 @@ mod tests {
     fn bad_env_value_names_the_key() {
         let error = load_with_env(
             &ConfigSource::Defaults,
+            None,
             env(&[("HUBBUB_LIMITS__MAX_CONNECTIONS", "lots")]),
         )
         .expect_err("non-number fails");
@@ -684,7 +1206,7 @@ mod tests {
     #[test]
     fn bad_value_type_in_file_names_the_key_and_file() {
         let file = TempToml::new("[limits]\nmax_connections = \"abc\"\n");
-        let error = load_with_env(&file.source(), no_env()).expect_err("string is no count");
+        let error = load_with_env(&file.source(), None, no_env()).expect_err("string is no count");
         let message = error.to_string();
         assert!(matches!(error, ConfigError::Parse { .. }), "{error:?}");
         assert!(message.contains("`limits.max_connections`"), "{message}");
@@ -700,7 +1222,7 @@ mod tests {
             ("[heartbeat]\ninterval_ms = 2e4\n", "floating point `20000`"),
         ] {
             let file = TempToml::new(text);
-            let message = load_with_env(&file.source(), no_env())
+            let message = load_with_env(&file.source(), None, no_env())
                 .expect_err("a non-integer count fails")
                 .to_string();
             assert!(message.contains(shown), "{text}: {message}");
@@ -711,6 +1233,7 @@ mod tests {
         }
         let message = load_with_env(
             &ConfigSource::Defaults,
+            None,
             env(&[("HUBBUB_LIMITS__MAX_CONNECTIONS", "on")]),
         )
         .expect_err("a word is no count")
@@ -766,7 +1289,7 @@ mod tests {
     #[test]
     fn toml_syntax_error_names_the_file() {
         let file = TempToml::new("[limits\nmax_connections = 5\n");
-        let error = load_with_env(&file.source(), no_env()).expect_err("bad TOML fails");
+        let error = load_with_env(&file.source(), None, no_env()).expect_err("bad TOML fails");
         assert!(matches!(error, ConfigError::Parse { .. }), "{error:?}");
         let message = error.to_string();
         assert!(message.contains(&file.0.display().to_string()), "{message}");
@@ -798,7 +1321,7 @@ mod tests {
     #[test]
     fn missing_file_names_the_path() {
         let path = std::env::temp_dir().join("hubbub-config-unit-does-not-exist.toml");
-        let error = load_with_env(&ConfigSource::File(path.clone()), no_env())
+        let error = load_with_env(&ConfigSource::File(path.clone()), None, no_env())
             .expect_err("missing file fails");
         assert!(matches!(error, ConfigError::NotFound { .. }), "{error:?}");
         assert!(
@@ -811,7 +1334,7 @@ mod tests {
     fn missing_file_is_not_looked_for_under_another_name() {
         let file = TempToml::new("[limits]\nmax_connections = 3\n");
         let without_extension = file.0.with_extension("");
-        let error = load_with_env(&ConfigSource::File(without_extension), no_env())
+        let error = load_with_env(&ConfigSource::File(without_extension), None, no_env())
             .expect_err("the exact path is used");
         assert!(matches!(error, ConfigError::NotFound { .. }), "{error:?}");
     }
@@ -819,7 +1342,7 @@ mod tests {
     #[test]
     fn directory_is_unreadable_and_named() {
         let dir = std::env::temp_dir();
-        let error = load_with_env(&ConfigSource::File(dir.clone()), no_env())
+        let error = load_with_env(&ConfigSource::File(dir.clone()), None, no_env())
             .expect_err("a directory is no file");
         assert!(matches!(error, ConfigError::Unreadable { .. }), "{error:?}");
         assert!(
@@ -1038,10 +1561,12 @@ mod tests {
             for key in keys.as_table().expect("sections are tables").keys() {
                 let (i, line, commented) = template_key_line(body, key)
                     .unwrap_or_else(|| panic!("template lacks {section}.{key}"));
-                // Only the name, which defaults to the host name, is left commented out.
+                // Only the name, which defaults to the host name, and the cookie, which
+                // has no default and belongs in the environment, are commented out.
                 assert_eq!(
                     commented,
-                    section == "node" && key == "name",
+                    (section == "node" && key == "name")
+                        || (section == "cluster" && key == "cookie"),
                     "{section}.{key}: {line}"
                 );
                 let before = i.checked_sub(1).map(|j| body[j].trim_start());
@@ -1055,9 +1580,701 @@ mod tests {
 
     #[test]
     fn example_cluster_file_loads_and_is_valid() {
-        let path = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/cluster.toml"));
-        let settings =
-            load_with_env(&ConfigSource::File(path), no_env()).expect("cluster.toml loads");
-        assert_eq!(settings.problems(), Vec::<String>::new());
+        let source = ConfigSource::File(PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/cluster.toml"
+        )));
+        let every = load_every_node_with_env(&source, no_env()).expect("cluster.toml loads");
+        let names: Vec<&str> = every.iter().map(|s| s.node.name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        for (i, name) in names.iter().enumerate() {
+            let settings = load_with_env(&source, Some(name), no_env())
+                .unwrap_or_else(|e| panic!("--node {name}: {e}"));
+            assert_eq!(settings, every[i]);
+            assert_eq!(settings.problems(), Vec::<String>::new());
+            assert!(settings.cluster.enabled);
+            assert_eq!(settings.cluster.heartbeat_ms, 500);
+            assert_eq!(settings.cluster.failure_timeout_ms, 3_000);
+            assert_eq!(
+                settings.cluster.cookie.expose(),
+                "change-me-to-a-long-random-secret"
+            );
+            assert_eq!(
+                settings.node.http_addr,
+                SocketAddr::from(([127, 0, 0, 1], 8081 + i as u16))
+            );
+            assert_eq!(
+                settings.cluster.bind,
+                SocketAddr::from(([127, 0, 0, 1], 4371 + i as u16))
+            );
+        }
+    }
+
+    // ---- [cluster] ----
+
+    #[test]
+    fn cluster_defaults_are_a_single_node() {
+        let cluster = load_with_env(&ConfigSource::Defaults, None, no_env())
+            .expect("defaults load")
+            .cluster;
+        assert!(!cluster.enabled);
+        assert_eq!(cluster.bind, SocketAddr::from(([127, 0, 0, 1], 4370)));
+        assert_eq!(cluster.advertise, "");
+        assert_eq!(cluster.advertise_addr(), "127.0.0.1:4370");
+        assert_eq!(cluster.cookie.expose(), "");
+        assert!(cluster.seeds.is_empty());
+        assert_eq!(cluster.heartbeat_ms, 500);
+        assert_eq!(cluster.failure_timeout_ms, 3_000);
+        assert_eq!(cluster.tls, None);
+        assert_eq!(cluster, ClusterSettings::default());
+    }
+
+    #[test]
+    fn advertise_addr_prefers_advertise() {
+        let mut cluster = ClusterSettings::default();
+        cluster.advertise = "node-a.internal:4370".to_owned();
+        assert_eq!(cluster.advertise_addr(), "node-a.internal:4370");
+    }
+
+    /// A valid enabled cluster, for changing one thing.
+    fn enabled_cluster(s: &mut Settings) {
+        s.cluster.enabled = true;
+        s.cluster.cookie = Secret::new("s3cret-cookie");
+    }
+
+    #[test]
+    fn cookie_never_shows_in_debug_or_display() {
+        let settings = load_with_env(
+            &ConfigSource::Defaults,
+            None,
+            env(&[
+                ("HUBBUB_CLUSTER__ENABLED", "true"),
+                ("HUBBUB_CLUSTER__COOKIE", "s3cret-cookie"),
+            ]),
+        )
+        .expect("env cookie loads");
+        assert_eq!(settings.cluster.cookie.expose(), "s3cret-cookie");
+        for shown in [
+            format!("{settings:?}"),
+            format!("{settings:#?}"),
+            format!("{:?}", settings.cluster),
+            format!("{}", settings.cluster.cookie),
+        ] {
+            assert!(!shown.contains("s3cret"), "{shown}");
+        }
+        assert!(format!("{settings:?}").contains("cookie: [redacted]"));
+    }
+
+    #[test]
+    fn cookie_is_required_when_enabled() {
+        let problems = problems_after(|s| s.cluster.enabled = true);
+        assert_one_problem(&problems, "cluster.cookie");
+        assert!(
+            problems[0].contains("HUBBUB_CLUSTER__COOKIE"),
+            "{problems:?}"
+        );
+        assert_one_problem(
+            &problems_after(|s| {
+                enabled_cluster(s);
+                s.cluster.cookie = Secret::new("  ");
+            }),
+            "cluster.cookie",
+        );
+        assert!(problems_after(enabled_cluster).is_empty());
+        // Not needed by a node that runs alone.
+        assert!(problems_after(|s| s.cluster.enabled = false).is_empty());
+    }
+
+    #[test]
+    fn seeds_must_be_dialable_host_ports() {
+        let good = [
+            "10.0.0.5:4370",
+            "node-a.internal:4370",
+            "hubbub_b:1",
+            "[::1]:4370",
+            "localhost:65535",
+        ];
+        assert!(problems_after(|s| s.cluster.seeds = good.map(str::to_owned).to_vec()).is_empty());
+        for bad in [
+            "10.0.0.5",
+            "10.0.0.5:0",
+            "10.0.0.5:70000",
+            "10.0.0.5:x",
+            ":4370",
+            "::1:4370",
+            "[nope]:4370",
+            "0.0.0.0:4370",
+            "a b:4370",
+            "",
+        ] {
+            let problems = problems_after(|s| s.cluster.seeds = vec![bad.to_owned()]);
+            assert_one_problem(&problems, "cluster.seeds");
+            assert!(problems[0].contains(&format!("{bad:?}")), "{problems:?}");
+        }
+        // Every bad seed is reported, numbered.
+        let problems = problems_after(|s| {
+            s.cluster.seeds = vec!["a:1".into(), "b".into(), "c:0".into()];
+        });
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems[0].starts_with("cluster.seeds: seed 2 "),
+            "{problems:?}"
+        );
+        assert!(
+            problems[1].starts_with("cluster.seeds: seed 3 "),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn seeds_load_from_the_file_and_from_a_comma_separated_variable() {
+        let from_file = load_toml(
+            "[cluster]
+seeds = [\"10.0.0.5:4370\", \"10.0.0.6:4370\"]
+",
+            no_env(),
+        )
+        .expect("file seeds load");
+        assert_eq!(from_file.cluster.seeds, ["10.0.0.5:4370", "10.0.0.6:4370"]);
+
+        let from_env = load_toml(
+            "[cluster]
+seeds = [\"10.0.0.5:4370\"]
+",
+            env(&[("HUBBUB_CLUSTER__SEEDS", "a:1, b:2,c:3,")]),
+        )
+        .expect("env seeds load");
+        assert_eq!(from_env.cluster.seeds, ["a:1", "b:2", "c:3"]);
+
+        let single = load_with_env(
+            &ConfigSource::Defaults,
+            None,
+            env(&[("HUBBUB_CLUSTER__SEEDS", "a:1")]),
+        )
+        .expect("one seed loads");
+        assert_eq!(single.cluster.seeds, ["a:1"]);
+
+        let cleared = load_toml(
+            "[cluster]
+seeds = [\"10.0.0.5:4370\"]
+",
+            env(&[("HUBBUB_CLUSTER__SEEDS", "")]),
+        )
+        .expect("empty variable loads");
+        assert!(cleared.cluster.seeds.is_empty());
+    }
+
+    #[test]
+    fn list_parsing_leaves_other_variables_alone() {
+        let settings = load_with_env(
+            &ConfigSource::Defaults,
+            None,
+            env(&[
+                ("HUBBUB_CLUSTER__SEEDS", "a:1,b:2"),
+                ("HUBBUB_LOG__LEVEL", "hubbub=debug,warn"),
+                ("HUBBUB_NODE__NAME", "007"),
+                ("HUBBUB_CLUSTER__ADVERTISE", "node-a:4370"),
+                ("HUBBUB_CLUSTER__HEARTBEAT_MS", "100"),
+            ]),
+        )
+        .expect("env loads");
+        assert_eq!(settings.cluster.seeds, ["a:1", "b:2"]);
+        assert_eq!(settings.log.level, "hubbub=debug,warn");
+        assert_eq!(settings.node.name, "007");
+        assert_eq!(settings.cluster.advertise, "node-a:4370");
+        assert_eq!(settings.cluster.heartbeat_ms, 100);
+    }
+
+    #[test]
+    fn bad_seed_from_the_environment_is_reported() {
+        let error = load_with_env(
+            &ConfigSource::Defaults,
+            None,
+            env(&[("HUBBUB_CLUSTER__SEEDS", "a:1,b")]),
+        )
+        .expect_err("a seed without a port fails");
+        let ConfigError::Invalid(problems) = &error else {
+            panic!("expected Invalid, got {error:?}");
+        };
+        assert_one_problem(problems, "cluster.seeds");
+    }
+
+    #[test]
+    fn advertise_must_be_a_dialable_host_port() {
+        assert_one_problem(
+            &problems_after(|s| s.cluster.advertise = "node-a".to_owned()),
+            "cluster.advertise",
+        );
+        assert_one_problem(
+            &problems_after(|s| s.cluster.advertise = "node-a:0".to_owned()),
+            "cluster.advertise",
+        );
+        assert!(problems_after(|s| s.cluster.advertise = "node-a:4370".to_owned()).is_empty());
+        // Peers cannot dial 0.0.0.0, so an enabled node listening there must advertise.
+        let problems = problems_after(|s| {
+            enabled_cluster(s);
+            s.cluster.bind = SocketAddr::from(([0, 0, 0, 0], 4370));
+        });
+        assert_one_problem(&problems, "cluster.advertise");
+        assert!(problems_after(|s| {
+            enabled_cluster(s);
+            s.cluster.bind = SocketAddr::from(([0, 0, 0, 0], 4370));
+            s.cluster.advertise = "10.0.0.5:4370".to_owned();
+        })
+        .is_empty());
+    }
+
+    #[test]
+    fn cluster_heartbeat_has_a_floor() {
+        let problems = problems_after(|s| {
+            s.cluster.heartbeat_ms = 9;
+            s.cluster.failure_timeout_ms = 1_000;
+        });
+        assert_one_problem(&problems, "cluster.heartbeat_ms");
+        assert!(problems_after(|s| {
+            s.cluster.heartbeat_ms = 10;
+            s.cluster.failure_timeout_ms = 30;
+        })
+        .is_empty());
+    }
+
+    #[test]
+    fn failure_timeout_must_cover_several_heartbeats() {
+        let problems = problems_after(|s| {
+            s.cluster.heartbeat_ms = 500;
+            s.cluster.failure_timeout_ms = 1_499;
+        });
+        assert_one_problem(&problems, "cluster.failure_timeout_ms");
+        assert!(problems[0].contains("cluster.heartbeat_ms"), "{problems:?}");
+        assert!(problems[0].contains("1500"), "{problems:?}");
+        assert!(
+            problems[0].contains("miss several heartbeats"),
+            "{problems:?}"
+        );
+        assert!(problems_after(|s| s.cluster.failure_timeout_ms = 1_500).is_empty());
+        // No overflow on absurd values.
+        assert_one_problem(
+            &problems_after(|s| s.cluster.heartbeat_ms = u64::MAX),
+            "cluster.failure_timeout_ms",
+        );
+    }
+
+    #[test]
+    fn tls_files_must_exist_and_each_is_named() {
+        let cert = TempToml::new("not really a certificate");
+        let missing = std::env::temp_dir().join(format!(
+            "hubbub-config-unit-{}-missing.pem",
+            std::process::id()
+        ));
+        let text = format!(
+            "[cluster.tls]
+cert = {:?}
+key = {:?}
+ca = {:?}
+",
+            cert.0.display().to_string(),
+            missing.display().to_string(),
+            std::env::temp_dir().display().to_string(),
+        );
+        let error = load_toml(&text, no_env()).expect_err("missing TLS files fail");
+        let ConfigError::Invalid(problems) = &error else {
+            panic!("expected Invalid, got {error:?}");
+        };
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].starts_with("cluster.tls.key: "), "{problems:?}");
+        assert!(problems[0].contains("not found"), "{problems:?}");
+        assert!(problems[1].starts_with("cluster.tls.ca: "), "{problems:?}");
+        assert!(problems[1].contains("not a file"), "{problems:?}");
+
+        let all_present = format!(
+            "[cluster.tls]
+cert = {0:?}
+key = {0:?}
+ca = {0:?}
+",
+            cert.0.display().to_string(),
+        );
+        let settings = load_toml(&all_present, no_env()).expect("present TLS files load");
+        let tls = settings.cluster.tls.expect("tls table read");
+        assert_eq!(tls.cert, cert.0);
+    }
+
+    #[test]
+    fn tls_table_needs_all_three_files() {
+        let message = load_toml(
+            "[cluster.tls]
+cert = \"/x.crt\"
+",
+            no_env(),
+        )
+        .expect_err("partial TLS table fails")
+        .to_string();
+        assert!(message.contains("key"), "{message}");
+        assert!(message.contains("cluster.tls"), "{message}");
+    }
+
+    #[test]
+    fn tls_files_can_come_from_the_environment() {
+        let pem = TempToml::new("pem");
+        let path = pem.0.display().to_string();
+        let settings = load_with_env(
+            &ConfigSource::Defaults,
+            None,
+            env(&[
+                ("HUBBUB_CLUSTER__TLS__CERT", &path),
+                ("HUBBUB_CLUSTER__TLS__KEY", &path),
+                ("HUBBUB_CLUSTER__TLS__CA", &path),
+            ]),
+        )
+        .expect("env TLS loads");
+        assert_eq!(settings.cluster.tls.expect("tls set").ca, pem.0);
+    }
+
+    #[test]
+    fn unknown_cluster_key_is_rejected() {
+        let message = load_toml(
+            "[cluster]
+cookei = \"x\"
+",
+            no_env(),
+        )
+        .expect_err("typo fails")
+        .to_string();
+        assert!(message.contains("cookei"), "{message}");
+    }
+
+    // ---- [[nodes]] ----
+
+    const THREE_NODES: &str = "\
+        [cluster]\n\
+        cookie = \"s3cret-cookie\"\n\
+        \n\
+        [[nodes]]\n\
+        name = \"a\"\n\
+        http_addr = \"127.0.0.1:8081\"\n\
+        bind = \"127.0.0.1:4371\"\n\
+        \n\
+        [[nodes]]\n\
+        name = \"b\"\n\
+        http_addr = \"127.0.0.1:8082\"\n\
+        bind = \"0.0.0.0:4372\"\n\
+        advertise = \"hubbub-b.internal:4372\"\n\
+        \n\
+        [[nodes]]\n\
+        name = \"c\"\n\
+        http_addr = \"127.0.0.1:8083\"\n\
+        bind = \"127.0.0.1:4373\"\n";
+
+    fn load_node(
+        text: &str,
+        node: Option<&str>,
+        env: Vec<(String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        let file = TempToml::new(text);
+        load_with_env(&file.source(), node, env)
+    }
+
+    fn invalid(result: Result<Settings, ConfigError>) -> Vec<String> {
+        match result {
+            Err(ConfigError::Invalid(problems)) => problems,
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn each_node_of_a_three_node_file_resolves() {
+        let all_seeds = ["127.0.0.1:4371", "hubbub-b.internal:4372", "127.0.0.1:4373"];
+        let expected = [
+            (
+                "a",
+                "127.0.0.1:8081",
+                "127.0.0.1:4371",
+                "",
+                "127.0.0.1:4371",
+            ),
+            (
+                "b",
+                "127.0.0.1:8082",
+                "0.0.0.0:4372",
+                "hubbub-b.internal:4372",
+                "hubbub-b.internal:4372",
+            ),
+            (
+                "c",
+                "127.0.0.1:8083",
+                "127.0.0.1:4373",
+                "",
+                "127.0.0.1:4373",
+            ),
+        ];
+        for (name, http, bind, advertise, dialled) in expected {
+            let settings = load_node(THREE_NODES, Some(name), no_env())
+                .unwrap_or_else(|e| panic!("--node {name}: {e}"));
+            assert_eq!(settings.node.name, name);
+            assert_eq!(settings.node.http_addr.to_string(), http);
+            assert_eq!(settings.cluster.bind.to_string(), bind);
+            assert_eq!(settings.cluster.advertise, advertise);
+            assert_eq!(settings.cluster.advertise_addr(), dialled);
+            assert!(settings.cluster.enabled, "--node {name}");
+            assert_eq!(settings.cluster.seeds, all_seeds, "--node {name}");
+            assert_eq!(settings.cluster.cookie.expose(), "s3cret-cookie");
+            assert_eq!(settings.nodes.len(), 3);
+        }
+    }
+
+    #[test]
+    fn whole_file_resolves_every_node_in_order() {
+        let file = TempToml::new(THREE_NODES);
+        let every = load_every_node_with_env(&file.source(), no_env()).expect("file is valid");
+        let names: Vec<&str> = every.iter().map(|s| s.node.name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        for (name, settings) in ["a", "b", "c"].iter().zip(&every) {
+            let alone = load_with_env(&file.source(), Some(name), no_env()).expect("loads");
+            assert_eq!(&alone, settings);
+        }
+    }
+
+    #[test]
+    fn whole_file_without_nodes_is_the_one_node() {
+        let file = TempToml::new(
+            "[limits]
+max_connections = 7
+",
+        );
+        let every = load_every_node_with_env(&file.source(), no_env()).expect("valid");
+        assert_eq!(every.len(), 1);
+        assert_eq!(every[0].limits.max_connections, 7);
+        assert!(!every[0].cluster.enabled);
+    }
+
+    #[test]
+    fn explicit_seeds_win_over_the_entries() {
+        let text = THREE_NODES.replace(
+            "[cluster]
+",
+            "[cluster]
+seeds = [\"127.0.0.1:4371\"]
+",
+        );
+        let settings = load_node(&text, Some("c"), no_env()).expect("loads");
+        assert_eq!(settings.cluster.seeds, ["127.0.0.1:4371"]);
+
+        let settings = load_node(
+            &text,
+            Some("c"),
+            env(&[("HUBBUB_CLUSTER__SEEDS", "10.0.0.9:4370")]),
+        )
+        .expect("loads");
+        assert_eq!(settings.cluster.seeds, ["10.0.0.9:4370"]);
+    }
+
+    #[test]
+    fn the_entry_wins_over_the_file_and_the_environment_over_the_entry() {
+        let text = THREE_NODES.replace(
+            "[cluster]
+",
+            "[node]
+name = \"from-file\"
+http_addr = \"127.0.0.1:9999\"
+
+             [cluster]
+enabled = false
+bind = \"127.0.0.1:4999\"
+",
+        );
+        let settings = load_node(&text, Some("b"), no_env()).expect("loads");
+        assert_eq!(settings.node.name, "b");
+        assert_eq!(settings.node.http_addr.to_string(), "127.0.0.1:8082");
+        assert_eq!(settings.cluster.bind.to_string(), "0.0.0.0:4372");
+        assert!(settings.cluster.enabled);
+
+        let settings = load_node(
+            &text,
+            Some("b"),
+            env(&[
+                ("HUBBUB_NODE__HTTP_ADDR", "127.0.0.1:9002"),
+                ("HUBBUB_CLUSTER__ADVERTISE", "10.0.0.2:4372"),
+                ("HUBBUB_CLUSTER__COOKIE", "from-env"),
+            ]),
+        )
+        .expect("loads");
+        assert_eq!(settings.node.name, "b");
+        assert_eq!(settings.node.http_addr.to_string(), "127.0.0.1:9002");
+        assert_eq!(settings.cluster.advertise, "10.0.0.2:4372");
+        assert_eq!(settings.cluster.cookie.expose(), "from-env");
+        // The seeds are still the addresses the file gives each entry.
+        assert_eq!(settings.cluster.seeds[1], "hubbub-b.internal:4372");
+    }
+
+    #[test]
+    fn a_file_with_nodes_needs_a_node_chosen() {
+        let error = load_node(THREE_NODES, None, no_env()).expect_err("no --node fails");
+        assert!(
+            matches!(&error, ConfigError::NodeNotChosen { names } if names == &["a", "b", "c"]),
+            "{error:?}"
+        );
+        assert_eq!(
+            error.to_string(),
+            "this file describes 3 nodes (a, b, c): choose one with --node NAME"
+        );
+    }
+
+    #[test]
+    fn an_unknown_node_lists_the_names() {
+        let error = load_node(THREE_NODES, Some("d"), no_env()).expect_err("unknown fails");
+        assert!(
+            matches!(error, ConfigError::UnknownNode { .. }),
+            "{error:?}"
+        );
+        let message = error.to_string();
+        assert!(message.contains("--node d"), "{message}");
+        assert!(message.contains("a, b, c"), "{message}");
+    }
+
+    #[test]
+    fn a_node_needs_nodes_to_choose_from() {
+        for source in [ConfigSource::Defaults, TempToml::new("").source()] {
+            let error = load_with_env(&source, Some("a"), no_env()).expect_err("fails");
+            assert!(matches!(error, ConfigError::NoNodes { .. }), "{error:?}");
+            assert!(error.to_string().contains("[[nodes]]"), "{error}");
+        }
+    }
+
+    #[test]
+    fn nodes_need_a_cookie() {
+        let text = THREE_NODES.replace(
+            "cookie = \"s3cret-cookie\"
+",
+            "",
+        );
+        let problems = invalid(load_node(&text, Some("a"), no_env()));
+        assert_one_problem(&problems, "cluster.cookie");
+        // Given in the environment instead, it is enough.
+        assert!(load_node(
+            &text,
+            Some("a"),
+            env(&[("HUBBUB_CLUSTER__COOKIE", "s3cret")])
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn duplicate_names_and_addresses_are_all_reported() {
+        let text = "\
+            [cluster]\ncookie = \"x\"\n\
+            [[nodes]]\nname = \"a\"\nhttp_addr = \"127.0.0.1:8081\"\nbind = \"127.0.0.1:4371\"\n\
+            [[nodes]]\nname = \"a\"\nhttp_addr = \"127.0.0.1:8081\"\nbind = \"127.0.0.1:4371\"\n\
+            [[nodes]]\nname = \"c\"\nhttp_addr = \"127.0.0.1:8083\"\nbind = \"127.0.0.1:4373\"\n\
+            advertise = \"127.0.0.1:4371\"\n";
+        let file = TempToml::new(text);
+        let problems = match load_every_node_with_env(&file.source(), no_env()) {
+            Err(ConfigError::Invalid(problems)) => problems,
+            other => panic!("expected Invalid, got {other:?}"),
+        };
+        let keys: Vec<&str> = problems
+            .iter()
+            .filter_map(|p| p.split_once(": ").map(|(key, _)| key))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "nodes[1].name",
+                "nodes[1].http_addr",
+                "nodes[1].bind",
+                "nodes[2].advertise",
+            ],
+            "{problems:#?}"
+        );
+        assert!(problems[0].contains("nodes[0] (a)"), "{problems:?}");
+        // The same with a node chosen: a broken file does not start.
+        assert_eq!(invalid(load_node(text, Some("c"), no_env())), problems);
+    }
+
+    #[test]
+    fn nodes_on_different_hosts_may_share_listen_addresses() {
+        let text = "\
+            [cluster]\ncookie = \"x\"\n\
+            [[nodes]]\nname = \"a\"\nhttp_addr = \"0.0.0.0:8080\"\nbind = \"0.0.0.0:4370\"\n\
+            advertise = \"10.0.0.1:4370\"\n\
+            [[nodes]]\nname = \"b\"\nhttp_addr = \"0.0.0.0:8080\"\nbind = \"0.0.0.0:4370\"\n\
+            advertise = \"10.0.0.2:4370\"\n";
+        let settings = load_node(text, Some("b"), no_env()).expect("valid");
+        assert_eq!(settings.cluster.seeds, ["10.0.0.1:4370", "10.0.0.2:4370"]);
+    }
+
+    #[test]
+    fn a_bad_entry_is_reported_under_its_own_key_once() {
+        let text = THREE_NODES
+            .replace("name = \"c\"", "name = \"c c\"")
+            .replace(
+                "advertise = \"hubbub-b.internal:4372\"",
+                "advertise = \"hubbub-b.internal\"",
+            );
+        let file = TempToml::new(&text);
+        let problems = match load_every_node_with_env(&file.source(), no_env()) {
+            Err(ConfigError::Invalid(problems)) => problems,
+            other => panic!("expected Invalid, got {other:?}"),
+        };
+        let keys: Vec<&str> = problems
+            .iter()
+            .filter_map(|p| p.split_once(": ").map(|(key, _)| key))
+            .collect();
+        assert_eq!(
+            keys,
+            ["nodes[1].advertise", "nodes[2].name"],
+            "{problems:#?}"
+        );
+        // A node that is fine itself still does not start from a broken file.
+        assert_eq!(invalid(load_node(&text, Some("a"), no_env())), problems);
+    }
+
+    #[test]
+    fn an_entry_must_give_peers_an_address_to_dial() {
+        let text = THREE_NODES.replace("bind = \"127.0.0.1:4373\"", "bind = \"127.0.0.1:0\"");
+        let problems = invalid(load_node(&text, Some("a"), no_env()));
+        assert_one_problem(&problems, "nodes[2].bind");
+        let text = THREE_NODES.replace("bind = \"127.0.0.1:4373\"", "bind = \"0.0.0.0:4373\"");
+        let problems = invalid(load_node(&text, Some("a"), no_env()));
+        assert_one_problem(&problems, "nodes[2].advertise");
+    }
+
+    #[test]
+    fn an_entry_with_an_unknown_or_missing_field_is_rejected() {
+        let message = load_node(
+            &THREE_NODES.replace(
+                "name = \"a\"",
+                "name = \"a\"
+port = 1",
+            ),
+            Some("a"),
+            no_env(),
+        )
+        .expect_err("unknown field fails")
+        .to_string();
+        assert!(message.contains("port"), "{message}");
+        let message = load_node(
+            &THREE_NODES.replace(
+                "bind = \"127.0.0.1:4371\"
+",
+                "",
+            ),
+            Some("b"),
+            no_env(),
+        )
+        .expect_err("missing bind fails")
+        .to_string();
+        assert!(message.contains("bind"), "{message}");
+    }
+
+    #[test]
+    fn nodes_cannot_come_from_the_environment() {
+        let message = load_with_env(
+            &ConfigSource::Defaults,
+            None,
+            env(&[("HUBBUB_NODES__NAME", "a")]),
+        )
+        .expect_err("not a setting")
+        .to_string();
+        assert!(message.contains("HUBBUB_NODES__NAME"), "{message}");
     }
 }

@@ -1,18 +1,22 @@
 //! Typed, layered configuration.
 //!
-//! Owns: the `Settings` tree, its built-in defaults, loading (defaults < file <
-//! `HUBBUB_SECTION__KEY` environment) and validation. Knows nothing of actors or HTTP;
+//! Owns: the `Settings` tree, its built-in defaults, loading (defaults < file < the
+//! file's `[[nodes]]` entry chosen with `--node` < `HUBBUB_SECTION__KEY` environment)
+//! and validation. Knows nothing of actors, HTTP or how the cluster is formed;
 //! everything else receives a validated `Settings`.
 //!
 //! Every limit has a default and says what it means in `default.toml`, which is also
 //! what `hubbub default-config` prints (a test keeps the two equal).
 
 use serde::{Deserialize, Serialize};
+use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 mod load;
 pub use load::{
-    default_config_toml, load, load_with_env, ConfigError, ConfigSource, CONFIG_PATH_ENV,
+    default_config_toml, load, load_every_node, load_every_node_with_env, load_with_env,
+    ConfigError, ConfigSource, CONFIG_PATH_ENV,
 };
 
 /// The whole configuration of one node.
@@ -24,6 +28,11 @@ pub struct Settings {
     pub rooms: RoomSettings,
     pub heartbeat: HeartbeatSettings,
     pub log: LogSettings,
+    pub cluster: ClusterSettings,
+    /// `[[nodes]]`: every node of a cluster described in one file; `--node NAME` picks
+    /// the entry this process runs as. Empty for a file that describes one node.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeEntry>,
 }
 
 /// `[node]`: who this node is and where it listens.
@@ -99,6 +108,123 @@ pub enum LogFormat {
     Pretty,
 }
 
+/// `[cluster]`: how this node finds and trusts its peers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// Whether this node joins a cluster; `false` runs it alone and the other keys
+    /// are not used. A selected `[[nodes]]` entry turns it on.
+    pub enabled: bool,
+    /// Where this node listens for peers.
+    pub bind: SocketAddr,
+    /// The `host:port` peers dial to reach this node; empty means `bind`. See
+    /// [`ClusterSettings::advertise_addr`].
+    pub advertise: String,
+    /// The secret every node of the cluster shares; required when `enabled`.
+    pub cookie: Secret,
+    /// `host:port` of nodes to dial on start; a node may list itself.
+    pub seeds: Vec<String>,
+    /// Milliseconds between heartbeats to each peer.
+    pub heartbeat_ms: u64,
+    /// Milliseconds without a heartbeat after which a peer is declared down.
+    pub failure_timeout_ms: u64,
+    /// `[cluster.tls]`: TLS between nodes; absent means plain TCP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ClusterTls>,
+}
+
+impl ClusterSettings {
+    /// The `host:port` peers dial to reach this node: `advertise`, or `bind` when
+    /// `advertise` is empty.
+    pub fn advertise_addr(&self) -> String {
+        advertise_or_bind(&self.advertise, self.bind)
+    }
+}
+
+/// `[cluster.tls]`: the PEM files for TLS between nodes. All three are required.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterTls {
+    /// This node's certificate.
+    pub cert: PathBuf,
+    /// The private key of `cert`.
+    pub key: PathBuf,
+    /// The certificate authority that signed every node's certificate.
+    pub ca: PathBuf,
+}
+
+/// One `[[nodes]]` entry: what differs between the nodes of a cluster described in
+/// one file. Selecting it with `--node` sets `node.name`, `node.http_addr`,
+/// `cluster.bind` and `cluster.advertise`, turns the cluster on and, unless seeds are
+/// given explicitly, seeds it with every entry's advertised address.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeEntry {
+    /// The node's name (`node.name`), which `--node` selects.
+    pub name: String,
+    /// Its HTTP and WebSocket listen address (`node.http_addr`).
+    pub http_addr: SocketAddr,
+    /// Where it listens for peers (`cluster.bind`).
+    pub bind: SocketAddr,
+    /// The `host:port` peers dial (`cluster.advertise`); empty means `bind`.
+    #[serde(default)]
+    pub advertise: String,
+}
+
+impl NodeEntry {
+    /// The `host:port` peers dial to reach this node: `advertise`, else `bind`.
+    pub fn advertise_addr(&self) -> String {
+        advertise_or_bind(&self.advertise, self.bind)
+    }
+}
+
+fn advertise_or_bind(advertise: &str, bind: SocketAddr) -> String {
+    if advertise.is_empty() {
+        bind.to_string()
+    } else {
+        advertise.to_owned()
+    }
+}
+
+/// A value that must never be printed, such as the cluster cookie. `Debug` and
+/// `Display` show `[redacted]`; only [`Secret::expose`] gives the value, so every use
+/// of it is easy to find.
+///
+/// It serialises as its value, because the built-in defaults are layered by
+/// serialising `Settings`; do not serialise settings anywhere they could be shown.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, for the one place that needs it (the cluster handshake).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether no secret is set (empty or only whitespace).
+    pub fn is_blank(&self) -> bool {
+        self.0.trim().is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
 impl Default for NodeSettings {
     fn default() -> Self {
         Self {
@@ -145,6 +271,21 @@ impl Default for LogSettings {
         Self {
             level: "info".to_owned(),
             format: LogFormat::Pretty,
+        }
+    }
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            bind: SocketAddr::from(([127, 0, 0, 1], 4370)),
+            advertise: String::new(),
+            cookie: Secret::default(),
+            seeds: Vec::new(),
+            heartbeat_ms: 500,
+            failure_timeout_ms: 3_000,
+            tls: None,
         }
     }
 }

@@ -3,10 +3,10 @@
 //! Codes are part of the contract: clients switch on them. New codes may be added;
 //! existing ones keep their spelling and meaning.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Why a request failed. Serialised in snake_case (`"not_joined"`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// The frame is not JSON, not an object, or a field is missing or has the wrong type.
@@ -29,6 +29,9 @@ pub enum ErrorCode {
     RateLimited,
     /// Something failed inside the node; the request may be retried.
     Internal,
+    /// The room cannot take this request right now (its owner is moving to another
+    /// node, or this node is cut off from most of the cluster); retry shortly.
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -45,12 +48,13 @@ impl ErrorCode {
             Self::Forbidden => "forbidden",
             Self::RateLimited => "rate_limited",
             Self::Internal => "internal",
+            Self::Unavailable => "unavailable",
         }
     }
 }
 
 /// The `error` object of a failed reply or an `error` frame.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub code: ErrorCode,
     pub message: String,

@@ -6,20 +6,20 @@
 use super::client::Ref;
 use super::codes::ErrorBody;
 use bytestring::ByteString;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The protocol version announced in `welcome`.
 pub const PROTOCOL_VERSION: u32 = 1;
 
 /// A user as other clients see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserInfo {
     pub id: String,
     pub name: String,
 }
 
 /// A member of a room: one user, however many connections it has joined with.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
     pub id: String,
     pub name: String,
@@ -27,7 +27,7 @@ pub struct Member {
 }
 
 /// A published message, as broadcast and as kept in a room's history.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
     pub room: String,
     /// Unique across the cluster (a UUIDv7).
@@ -41,7 +41,7 @@ pub struct ChatMessage {
 }
 
 /// A direct message between users.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DirectFrame {
     pub id: String,
     pub from: UserInfo,
@@ -50,7 +50,7 @@ pub struct DirectFrame {
 }
 
 /// The `data` of a successful reply; which variant depends on the request.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum ReplyData {
     Join {

@@ -1,0 +1,918 @@
+//! The room's role on this node and the protocol between owner and relays.
+//!
+//! Ownership follows the view: `view.owner_of(room)` (rendezvous hashing). Whenever
+//! the view changes, the node that the new view makes owner RECOVERS before it orders
+//! anything: it asks every other node in the view for what it holds (epoch, highest
+//! sequence number, history, its own members), and only nodes that have the same view
+//! answer. The new owner then takes `epoch = highest epoch + 1`, continues from the
+//! highest sequence number, merges the histories, and announces all of it to the
+//! nodes holding the room. Relays accept ordered messages only from the owner of their
+//! view and never from an older epoch; an owner orders only while its lease is valid
+//! (see cluster/membership.rs). Together these keep two nodes from ever handing out the
+//! same sequence number for a room. docs/cluster.md states the guarantees.
+
+use super::state::RoomState;
+use super::{refuse, unavailable, JoinRequest, Room, RoomMessage};
+use crate::cluster::wire::{Body, JoinData, PublishAck, Replica};
+use crate::cluster::View;
+use crate::protocol::{now_ms, ChatMessage, ErrorBody, Member, ReplyData, UserInfo};
+use ractor::{ActorId, ActorRef, RpcReplyPort};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+/// What the room is on this node.
+pub enum Role {
+    Owner,
+    Recovering {
+        view: u64,
+        /// Nodes that have not answered yet (or answered "not ready").
+        waiting: BTreeSet<String>,
+        replicas: Vec<(String, Replica)>,
+    },
+    Relay {
+        owner: String,
+    },
+    Unavailable,
+}
+
+/// A join forwarded to the owner, waiting for its answer.
+pub struct PendingJoin {
+    pub conn: ActorId,
+    /// The connection joined with this request (not a re-join).
+    pub new: bool,
+    pub reply: RpcReplyPort<Result<ReplyData, ErrorBody>>,
+}
+
+/// What an owner knows of the other nodes: their members and who holds the room.
+#[derive(Default)]
+pub struct OwnerBook {
+    /// Node → user → that node's connection count.
+    remote: BTreeMap<String, BTreeMap<String, u32>>,
+    /// The latest display name of each member.
+    names: BTreeMap<String, String>,
+    /// Nodes holding the room: each ordered message goes once to each.
+    relays: BTreeSet<String>,
+}
+
+impl OwnerBook {
+    pub fn has_remote_members(&self) -> bool {
+        self.remote.values().any(|users| !users.is_empty())
+    }
+
+    fn set(&mut self, node: &str, user: &UserInfo, connections: u32) {
+        let users = self.remote.entry(node.to_owned()).or_default();
+        if connections == 0 {
+            users.remove(&user.id);
+        } else {
+            users.insert(user.id.clone(), connections);
+            self.names.insert(user.id.clone(), user.name.clone());
+        }
+    }
+
+    /// The room-wide member list: this node's connections plus every other node's.
+    fn aggregate(&self, state: &RoomState) -> Vec<Member> {
+        let mut counts: BTreeMap<&str, u32> = BTreeMap::new();
+        for (id, local) in &state.local {
+            *counts.entry(id).or_default() += local.connections;
+        }
+        for users in self.remote.values() {
+            for (id, n) in users {
+                *counts.entry(id).or_default() += n;
+            }
+        }
+        counts
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(id, connections)| Member {
+                id: id.to_owned(),
+                name: self
+                    .names
+                    .get(id)
+                    .or_else(|| state.local.get(id).map(|l| &l.name))
+                    .cloned()
+                    .unwrap_or_else(|| id.to_owned()),
+                connections,
+            })
+            .collect()
+    }
+}
+
+impl Room {
+    fn room(&self) -> String {
+        self.state.name.to_string()
+    }
+
+    fn me(&self) -> Option<&str> {
+        self.cluster.as_deref().map(|c| c.me.as_str())
+    }
+
+    fn send(&self, to: &str, body: Body) -> bool {
+        self.cluster.as_ref().is_some_and(|c| c.send(to, body))
+    }
+
+    fn send_to_relays(&self, body: Body) {
+        if let Some(cluster) = &self.cluster {
+            if !self.book.relays.is_empty() {
+                cluster.send_to_all(&self.book.relays, body);
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- local requests
+
+    pub(super) fn join(
+        &mut self,
+        myself: &ActorRef<RoomMessage>,
+        request: JoinRequest,
+        reply: RpcReplyPort<Result<ReplyData, ErrorBody>>,
+    ) {
+        let id = request.session.actor.get_id();
+        let existing = self.state.connections.contains_key(&id);
+        match &self.role {
+            Role::Owner => {
+                if !existing {
+                    let user = &request.session.user;
+                    if let Err(refused) =
+                        self.state.behaviour.authorize_join(&self.state.name, user)
+                    {
+                        let _ = reply.send(Err(refused.into()));
+                        return;
+                    }
+                    myself.get_cell().monitor(request.session.actor.get_cell());
+                    self.book.names.insert(user.id.clone(), user.name.clone());
+                    self.state.add_connection(
+                        id,
+                        user,
+                        request.session.outbox.clone(),
+                        request.session.actor.get_cell(),
+                        true,
+                    );
+                    self.publish_members(Some(&id));
+                }
+                let (history, gap) = self.state.resume_from(request.since);
+                let _ = reply.send(Ok(ReplyData::Join {
+                    room: self.room(),
+                    seq: self.state.seq,
+                    history,
+                    members: self.state.member_list(),
+                    gap,
+                }));
+            }
+            Role::Relay { owner } => {
+                let owner = owner.clone();
+                let user = request.session.user.clone();
+                let connections = if existing {
+                    self.state.local.get(&user.id).map_or(1, |l| l.connections)
+                } else {
+                    myself.get_cell().monitor(request.session.actor.get_cell());
+                    self.state.add_connection(
+                        id,
+                        &user,
+                        request.session.outbox.clone(),
+                        request.session.actor.get_cell(),
+                        false,
+                    )
+                };
+                let req = self.cluster.as_ref().map_or(0, |c| c.next_req());
+                let sent = self.send(
+                    &owner,
+                    Body::RoomJoin {
+                        room: self.room(),
+                        req,
+                        user,
+                        connections,
+                        since: request.since,
+                    },
+                );
+                if sent {
+                    self.pending_joins.insert(
+                        req,
+                        PendingJoin {
+                            conn: id,
+                            new: !existing,
+                            reply,
+                        },
+                    );
+                } else {
+                    if !existing {
+                        self.drop_connection(myself, &id);
+                    }
+                    let _ = reply.send(Err(unavailable("the room's owner is unreachable; retry")));
+                }
+            }
+            Role::Recovering { .. } => self.defer(RoomMessage::Join { request, reply }),
+            Role::Unavailable => {
+                let _ = reply.send(Err(no_quorum()));
+            }
+        }
+    }
+
+    /// A connection leaves (asked to, or its session ended).
+    pub(super) fn leave(&mut self, myself: &ActorRef<RoomMessage>, session: &ActorId) {
+        let Some((conn, user, left)) = self.state.remove_connection(session) else {
+            return;
+        };
+        myself.get_cell().unmonitor(conn.cell);
+        match &self.role {
+            Role::Owner => self.publish_members(None),
+            Role::Relay { owner } => {
+                let owner = owner.clone();
+                self.send(
+                    &owner,
+                    Body::RoomMember {
+                        room: self.room(),
+                        user,
+                        connections: left,
+                    },
+                );
+            }
+            // A recovering owner counts its own connections when it finishes.
+            Role::Recovering { .. } | Role::Unavailable => {}
+        }
+        self.arm_idle_timer(myself);
+    }
+
+    /// Forgets a connection without telling anyone (its join never completed).
+    fn drop_connection(&mut self, myself: &ActorRef<RoomMessage>, id: &ActorId) {
+        if let Some((conn, ..)) = self.state.remove_connection(id) {
+            myself.get_cell().unmonitor(conn.cell);
+        }
+        self.arm_idle_timer(myself);
+    }
+
+    pub(super) fn publish(
+        &mut self,
+        _myself: &ActorRef<RoomMessage>,
+        session: &ActorId,
+        from: UserInfo,
+        content: String,
+        reply: RpcReplyPort<Result<ReplyData, ErrorBody>>,
+    ) {
+        if !self
+            .state
+            .connections
+            .get(session)
+            .is_some_and(|c| c.active)
+        {
+            let _ = reply.send(Err(self.not_joined()));
+            return;
+        }
+        match &self.role {
+            Role::Owner => {
+                let answer = self.order(from, content).map(|ack| ReplyData::Publish {
+                    id: ack.id,
+                    seq: ack.seq,
+                    ts: ack.ts,
+                });
+                let _ = reply.send(answer);
+            }
+            Role::Relay { owner } => {
+                let owner = owner.clone();
+                let req = self.cluster.as_ref().map_or(0, |c| c.next_req());
+                let body = Body::RoomPublish {
+                    room: self.room(),
+                    req,
+                    from,
+                    content,
+                };
+                if self.send(&owner, body) {
+                    self.pending_publishes.insert(req, reply);
+                } else {
+                    let _ = reply.send(Err(unavailable("the room's owner is unreachable; retry")));
+                }
+            }
+            Role::Recovering { .. } => self.defer(RoomMessage::Publish {
+                session: *session,
+                from,
+                content,
+                reply,
+            }),
+            Role::Unavailable => {
+                let _ = reply.send(Err(no_quorum()));
+            }
+        }
+    }
+
+    /// Orders a message (owner only): the one place a sequence number is assigned.
+    fn order(&mut self, from: UserInfo, content: String) -> Result<PublishAck, ErrorBody> {
+        if let Some(cluster) = &self.cluster {
+            if !cluster.lease_valid() {
+                return Err(unavailable(
+                    "this node cannot confirm it still owns the room; retry",
+                ));
+            }
+        }
+        let content = self
+            .state
+            .behaviour
+            .on_publish(&self.state.name, &from, content)
+            .map_err(ErrorBody::from)?;
+        let message = ChatMessage {
+            room: self.room(),
+            id: uuid::Uuid::now_v7().to_string(),
+            seq: self.state.seq + 1,
+            from,
+            content,
+            ts: now_ms(),
+        };
+        let ack = PublishAck {
+            id: message.id.clone(),
+            seq: message.seq,
+            ts: message.ts,
+        };
+        self.state.push_message(&message);
+        self.state.remember(message.clone());
+        self.send_to_relays(Body::RoomMessage {
+            room: self.room(),
+            epoch: self.epoch,
+            message,
+        });
+        Ok(ack)
+    }
+
+    pub(super) fn typing(&mut self, session: &ActorId) {
+        let Some(conn) = self.state.connections.get(session).filter(|c| c.active) else {
+            return;
+        };
+        let Some(local) = self.state.local.get(&conn.user_id) else {
+            return;
+        };
+        let user = UserInfo {
+            id: conn.user_id.clone(),
+            name: local.name.clone(),
+        };
+        match &self.role {
+            Role::Owner => self.relay_typing(user),
+            Role::Relay { owner } => {
+                let owner = owner.clone();
+                self.send(
+                    &owner,
+                    Body::RoomTyping {
+                        room: self.room(),
+                        user,
+                    },
+                );
+            }
+            _ => {}
+        }
+    }
+
+    fn relay_typing(&self, user: UserInfo) {
+        self.state.push_typing(&user);
+        self.send_to_relays(Body::RoomTyped {
+            room: self.room(),
+            user,
+        });
+    }
+
+    pub(super) fn rename(&mut self, user: UserInfo) {
+        match &self.role {
+            Role::Owner => self.apply_rename(user),
+            Role::Relay { owner } => {
+                let owner = owner.clone();
+                if let Some(local) = self.state.local.get_mut(&user.id) {
+                    local.name = user.name.clone();
+                }
+                self.send(
+                    &owner,
+                    Body::RoomRename {
+                        room: self.room(),
+                        user,
+                    },
+                );
+            }
+            _ => {
+                if let Some(local) = self.state.local.get_mut(&user.id) {
+                    local.name = user.name.clone();
+                }
+            }
+        }
+    }
+
+    /// Owner: a member's name changed; announce it once, everywhere.
+    fn apply_rename(&mut self, user: UserInfo) {
+        if self.book.names.contains_key(&user.id) {
+            self.book.names.insert(user.id.clone(), user.name.clone());
+        }
+        if let Some(old_name) = self.state.rename(&user) {
+            self.state.push_renamed(&user, old_name.clone());
+            self.send_to_relays(Body::RoomRenamed {
+                room: self.room(),
+                epoch: self.epoch,
+                user,
+                old_name,
+            });
+        }
+    }
+
+    /// Owner: recomputes the member list; tells this node's connections (but
+    /// `except`) and every relay what changed.
+    fn publish_members(&mut self, except: Option<&ActorId>) {
+        let members = self.book.aggregate(&self.state);
+        let (joins, leaves) = self.state.replace_members(members.clone());
+        for member in &joins {
+            self.state.behaviour.on_join(&self.state.name, member);
+        }
+        for member in &leaves {
+            self.state.behaviour.on_leave(&self.state.name, member);
+        }
+        self.state
+            .push_presence_diff(joins.clone(), leaves.clone(), except);
+        self.send_to_relays(Body::RoomPresence {
+            room: self.room(),
+            epoch: self.epoch,
+            members,
+            joins,
+            leaves,
+        });
+    }
+
+    // ---------------------------------------------------------------- other nodes
+
+    pub(super) fn remote(&mut self, myself: &ActorRef<RoomMessage>, from: String, body: Body) {
+        match body {
+            // Relay → owner.
+            Body::RoomJoin { .. }
+            | Body::RoomMember { .. }
+            | Body::RoomPublish { .. }
+            | Body::RoomTyping { .. }
+            | Body::RoomRename { .. }
+            | Body::RoomUnsubscribe { .. } => match self.role {
+                Role::Owner => self.as_owner(myself, from, body),
+                Role::Recovering { .. } => self.defer(RoomMessage::Remote { from, body }),
+                _ => self.not_owner(from, body),
+            },
+            // Owner → relay.
+            Body::RoomJoined { .. }
+            | Body::RoomPublished { .. }
+            | Body::RoomMessage { .. }
+            | Body::RoomPresence { .. }
+            | Body::RoomTyped { .. }
+            | Body::RoomRenamed { .. }
+            | Body::OwnerAnnounce { .. } => {
+                if matches!(&self.role, Role::Relay { owner } if *owner == from) {
+                    self.as_relay(myself, body);
+                } else {
+                    tracing::debug!(room = %self.state.name, %from, kind = body.kind(), "dropped traffic from a node that is not this room's owner");
+                }
+            }
+            Body::RecoverRequest { view, .. } => self.answer_recovery(&from, view),
+            Body::RecoverState {
+                view,
+                ready,
+                replica,
+                ..
+            } => self.recovery_answer(myself, from, view, ready, replica),
+            other => {
+                tracing::debug!(room = %self.state.name, kind = other.kind(), "unexpected room traffic dropped");
+            }
+        }
+    }
+
+    /// Answers requests sent to this node as if it were the owner when it is not
+    /// (the sender's view differs): joins and publishes are refused, so the client
+    /// retries once the views agree; the rest is dropped.
+    fn not_owner(&self, from: String, body: Body) {
+        let room = self.room();
+        let error = unavailable("the room is moving to another node; retry");
+        match body {
+            Body::RoomJoin { req, .. } => {
+                self.send(
+                    &from,
+                    Body::RoomJoined {
+                        room,
+                        req,
+                        epoch: self.epoch,
+                        seq: self.state.seq,
+                        result: Err(error),
+                        ring: None,
+                    },
+                );
+            }
+            Body::RoomPublish { req, .. } => {
+                self.send(
+                    &from,
+                    Body::RoomPublished {
+                        room,
+                        req,
+                        result: Err(error),
+                    },
+                );
+            }
+            _ => {}
+        }
+    }
+
+    fn as_owner(&mut self, myself: &ActorRef<RoomMessage>, from: String, body: Body) {
+        match body {
+            Body::RoomJoin {
+                req,
+                user,
+                connections,
+                since,
+                ..
+            } => {
+                let result = match self.state.behaviour.authorize_join(&self.state.name, &user) {
+                    Err(refused) => Err(ErrorBody::from(refused)),
+                    Ok(()) => {
+                        self.book.set(&from, &user, connections);
+                        self.book.names.insert(user.id.clone(), user.name.clone());
+                        let new_relay = self.book.relays.insert(from.clone());
+                        self.publish_members(None);
+                        let (history, gap) = self.state.resume_from(since);
+                        Ok((
+                            JoinData {
+                                seq: self.state.seq,
+                                history,
+                                members: self.state.member_list(),
+                                gap,
+                            },
+                            new_relay,
+                        ))
+                    }
+                };
+                let (result, ring) = match result {
+                    Ok((data, new_relay)) => (
+                        Ok(data),
+                        new_relay.then(|| self.state.history.iter().cloned().collect()),
+                    ),
+                    Err(e) => (Err(e), None),
+                };
+                self.send(
+                    &from,
+                    Body::RoomJoined {
+                        room: self.room(),
+                        req,
+                        epoch: self.epoch,
+                        seq: self.state.seq,
+                        result,
+                        ring,
+                    },
+                );
+            }
+            Body::RoomMember {
+                user, connections, ..
+            } => {
+                self.book.set(&from, &user, connections);
+                self.publish_members(None);
+                self.arm_idle_timer(myself);
+            }
+            Body::RoomPublish {
+                req,
+                from: user,
+                content,
+                ..
+            } => {
+                let result = self.order(user, content);
+                // After the RoomMessage: the relay holds the message before its ack.
+                self.send(
+                    &from,
+                    Body::RoomPublished {
+                        room: self.room(),
+                        req,
+                        result,
+                    },
+                );
+            }
+            Body::RoomTyping { user, .. } => self.relay_typing(user),
+            Body::RoomRename { user, .. } => {
+                self.book.names.insert(user.id.clone(), user.name.clone());
+                self.apply_rename(user);
+            }
+            Body::RoomUnsubscribe { .. } => {
+                self.book.relays.remove(&from);
+                if self.book.remote.remove(&from).is_some() {
+                    self.publish_members(None);
+                }
+                self.arm_idle_timer(myself);
+            }
+            _ => {}
+        }
+    }
+
+    fn as_relay(&mut self, myself: &ActorRef<RoomMessage>, body: Body) {
+        match body {
+            Body::RoomJoined {
+                req,
+                epoch,
+                seq,
+                result,
+                ring,
+                ..
+            } => {
+                let Some(pending) = self.pending_joins.remove(&req) else {
+                    return;
+                };
+                self.epoch = self.epoch.max(epoch);
+                match result {
+                    Ok(data) => {
+                        if let Some(ring) = ring {
+                            if seq > self.state.seq || self.state.history.is_empty() {
+                                self.state.replace_history(seq, ring);
+                            }
+                        }
+                        if !self.state.connections.values().any(|c| c.active) {
+                            // Nobody here has seen anything yet: start from now.
+                            self.state.pushed = self.state.pushed.max(self.state.seq);
+                        }
+                        let (joins, leaves) = self.state.replace_members(data.members.clone());
+                        self.state
+                            .push_presence_diff(joins, leaves, Some(&pending.conn));
+                        match self.state.connections.get_mut(&pending.conn) {
+                            Some(conn) => conn.active = true,
+                            // The session ended while its join was on its way.
+                            None => return,
+                        }
+                        let _ = pending.reply.send(Ok(ReplyData::Join {
+                            room: self.room(),
+                            seq: data.seq,
+                            history: data.history,
+                            members: data.members,
+                            gap: data.gap,
+                        }));
+                    }
+                    Err(error) => {
+                        if pending.new {
+                            self.drop_connection(myself, &pending.conn);
+                        }
+                        let _ = pending.reply.send(Err(error));
+                    }
+                }
+            }
+            Body::RoomPublished { req, result, .. } => {
+                if let Some(reply) = self.pending_publishes.remove(&req) {
+                    let _ = reply.send(result.map(|ack| ReplyData::Publish {
+                        id: ack.id,
+                        seq: ack.seq,
+                        ts: ack.ts,
+                    }));
+                }
+            }
+            Body::RoomMessage { epoch, message, .. } => {
+                if epoch < self.epoch {
+                    tracing::warn!(room = %self.state.name, epoch, current = self.epoch, "dropped a message from an older owner epoch");
+                    return;
+                }
+                self.epoch = epoch;
+                if message.seq > self.state.seq {
+                    self.state.push_message(&message);
+                    self.state.remember(message);
+                }
+            }
+            Body::RoomPresence { epoch, members, .. } => {
+                if epoch < self.epoch {
+                    return;
+                }
+                let (joins, leaves) = self.state.replace_members(members);
+                self.state.push_presence_diff(joins, leaves, None);
+            }
+            Body::RoomTyped { user, .. } => self.state.push_typing(&user),
+            Body::RoomRenamed {
+                epoch,
+                user,
+                old_name,
+                ..
+            } => {
+                if epoch >= self.epoch && self.state.rename(&user).is_some() {
+                    self.state.push_renamed(&user, old_name);
+                }
+            }
+            Body::OwnerAnnounce {
+                epoch,
+                seq,
+                history,
+                members,
+                ..
+            } => {
+                if epoch < self.epoch {
+                    return;
+                }
+                self.epoch = epoch;
+                self.state.replace_history(seq, history);
+                self.state.push_unseen();
+                let (joins, leaves) = self.state.replace_members(members);
+                self.state.push_presence_diff(joins, leaves, None);
+            }
+            _ => {}
+        }
+    }
+
+    // ---------------------------------------------------------------- views and recovery
+
+    /// A new view: work out this node's role for the room.
+    pub(super) fn on_view(&mut self, myself: &ActorRef<RoomMessage>, view: Arc<View>) {
+        if self.view.as_ref().is_some_and(|v| v.id == view.id) {
+            return;
+        }
+        self.view = Some(view.clone());
+        self.fail_pending("the room's owner changed; retry");
+        let Some(me) = self.me().map(str::to_owned) else {
+            return;
+        };
+        if !view.has_quorum() {
+            self.become_(Role::Unavailable);
+            return;
+        }
+        let owner = view
+            .owner_of(self.state.name.as_str())
+            .unwrap_or(&me)
+            .to_owned();
+        if owner != me {
+            self.become_(Role::Relay { owner });
+            return;
+        }
+        let waiting: BTreeSet<String> =
+            view.members.keys().filter(|n| **n != me).cloned().collect();
+        tracing::debug!(room = %self.state.name, view = view.id, peers = waiting.len(), "recovering the room as its new owner");
+        for node in &waiting {
+            self.send(
+                node,
+                Body::RecoverRequest {
+                    room: self.room(),
+                    view: view.id,
+                },
+            );
+        }
+        let done = waiting.is_empty();
+        self.role = Role::Recovering {
+            view: view.id,
+            waiting,
+            replicas: Vec::new(),
+        };
+        if done {
+            self.finish_recovery(myself);
+        } else {
+            self.schedule_retry(myself, view.id);
+        }
+    }
+
+    fn become_(&mut self, role: Role) {
+        self.role = role;
+        let error = match &self.role {
+            Role::Unavailable => no_quorum(),
+            _ => unavailable("the room's owner changed; retry"),
+        };
+        for message in std::mem::take(&mut self.deferred) {
+            refuse(message, error.clone());
+        }
+    }
+
+    fn schedule_retry(&self, myself: &ActorRef<RoomMessage>, view: u64) {
+        let every = self
+            .cluster
+            .as_ref()
+            .map_or(std::time::Duration::from_millis(100), |c| c.heartbeat);
+        myself.send_after(every, move || RoomMessage::RecoveryRetry { view });
+    }
+
+    pub(super) fn retry_recovery(&mut self, myself: &ActorRef<RoomMessage>, view: u64) {
+        let Role::Recovering {
+            view: current,
+            waiting,
+            ..
+        } = &self.role
+        else {
+            return;
+        };
+        if *current != view {
+            return;
+        }
+        for node in waiting.clone() {
+            self.send(
+                &node,
+                Body::RecoverRequest {
+                    room: self.room(),
+                    view,
+                },
+            );
+        }
+        self.schedule_retry(myself, view);
+    }
+
+    /// Another node, owner under `view`, asks what this node holds.
+    fn answer_recovery(&mut self, from: &str, view: u64) {
+        let ready = self
+            .view
+            .as_ref()
+            .is_some_and(|v| v.id == view && v.owner_of(self.state.name.as_str()) == Some(from));
+        let replica = ready.then(|| Replica {
+            epoch: self.epoch,
+            seq: self.state.seq,
+            history: self.state.history.iter().cloned().collect(),
+            local_members: self.state.local_members(),
+        });
+        self.send(
+            from,
+            Body::RecoverState {
+                room: self.room(),
+                view,
+                ready,
+                replica,
+            },
+        );
+    }
+
+    fn recovery_answer(
+        &mut self,
+        myself: &ActorRef<RoomMessage>,
+        from: String,
+        view: u64,
+        ready: bool,
+        replica: Option<Replica>,
+    ) {
+        let Role::Recovering {
+            view: current,
+            waiting,
+            replicas,
+        } = &mut self.role
+        else {
+            return;
+        };
+        if *current != view || !ready || !waiting.remove(&from) {
+            return;
+        }
+        if let Some(replica) = replica {
+            replicas.push((from, replica));
+        }
+        if waiting.is_empty() {
+            self.finish_recovery(myself);
+        }
+    }
+
+    /// Every node of the view answered: take over with a new epoch.
+    fn finish_recovery(&mut self, myself: &ActorRef<RoomMessage>) {
+        let Role::Recovering { view, replicas, .. } =
+            std::mem::replace(&mut self.role, Role::Owner)
+        else {
+            return;
+        };
+        let mut epoch = self.epoch;
+        let mut seq = self.state.seq;
+        let mut merged: BTreeMap<u64, ChatMessage> = self
+            .state
+            .history
+            .iter()
+            .map(|m| (m.seq, m.clone()))
+            .collect();
+        self.book = OwnerBook::default();
+        for (node, replica) in replicas {
+            epoch = epoch.max(replica.epoch);
+            seq = seq.max(replica.seq);
+            for message in replica.history {
+                merged.entry(message.seq).or_insert(message);
+            }
+            for member in replica.local_members {
+                let user = UserInfo {
+                    id: member.id,
+                    name: member.name,
+                };
+                self.book.set(&node, &user, member.connections);
+            }
+            self.book.relays.insert(node);
+        }
+        for (id, local) in &self.state.local {
+            self.book.names.insert(id.clone(), local.name.clone());
+        }
+        self.epoch = epoch + 1;
+        self.state
+            .replace_history(seq, merged.into_values().collect());
+        self.state.push_unseen();
+        let members = self.book.aggregate(&self.state);
+        let (joins, leaves) = self.state.replace_members(members.clone());
+        self.state.push_presence_diff(joins, leaves, None);
+        tracing::info!(room = %self.state.name, epoch = self.epoch, seq = self.state.seq, relays = self.book.relays.len(), view, "took over the room");
+        self.send_to_relays(Body::OwnerAnnounce {
+            room: self.room(),
+            view,
+            epoch: self.epoch,
+            seq: self.state.seq,
+            history: self.state.history.iter().cloned().collect(),
+            members,
+        });
+        for message in std::mem::take(&mut self.deferred) {
+            self.dispatch(myself, message);
+        }
+        self.arm_idle_timer(myself);
+    }
+
+    /// Answers every request waiting on another node with `unavailable`.
+    pub(super) fn fail_pending(&mut self, why: &str) {
+        for (_, pending) in self.pending_joins.drain() {
+            let _ = pending.reply.send(Err(unavailable(why)));
+            // The connection stays registered but inactive only until the session
+            // retries; drop it so it does not linger.
+            if pending.new {
+                if let Some((conn, ..)) = self.state.remove_connection(&pending.conn) {
+                    let _ = conn;
+                }
+            }
+        }
+        for (_, reply) in self.pending_publishes.drain() {
+            let _ = reply.send(Err(unavailable(why)));
+        }
+    }
+}
+
+fn no_quorum() -> ErrorBody {
+    unavailable("this node is cut off from most of the cluster; retry or reconnect elsewhere")
+}

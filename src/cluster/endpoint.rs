@@ -1,0 +1,95 @@
+//! The Endpoint: the one actor of a node that peers can address.
+//!
+//! It joins the process group `hubbub.node.<name>`; peers find it there and cast it
+//! `Frame(bytes)`. It decodes each envelope (malformed or foreign-version traffic is
+//! logged and dropped) and routes the body: heartbeats to Membership, room traffic to
+//! the room's actor (starting it through the RoomSupervisor when the body may create
+//! it), presence traffic to Presence. It never waits on anyone.
+
+use super::wire::{self, Body};
+use crate::actors::{NodeContext, PresenceMessage, RoomMessage, RoomSupervisorMessage};
+use ractor::{Actor, ActorProcessingErr, ActorRef, MessagingErr};
+use ractor_cluster::RactorClusterMessage;
+use std::sync::Arc;
+
+/// The only message peers send: an encoded [`wire::Envelope`].
+#[derive(RactorClusterMessage)]
+pub enum EndpointMessage {
+    Frame(Vec<u8>),
+}
+
+/// The Endpoint actor.
+pub struct Endpoint {
+    pub(crate) ctx: Arc<NodeContext>,
+}
+
+impl Actor for Endpoint {
+    type Msg = EndpointMessage;
+    type State = ();
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        _args: (),
+    ) -> Result<(), ActorProcessingErr> {
+        let name = super::endpoint_group(&self.ctx.settings.node.name);
+        ractor::pg::join(name, vec![myself.get_cell()]);
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: EndpointMessage,
+        _state: &mut (),
+    ) -> Result<(), ActorProcessingErr> {
+        let EndpointMessage::Frame(bytes) = message;
+        let envelope = match wire::decode(&bytes) {
+            Ok(envelope) => envelope,
+            Err(e) => {
+                tracing::warn!(error = %e, "dropped cluster traffic");
+                return Ok(());
+            }
+        };
+        let from = envelope.from;
+        let inc = envelope.inc;
+        match envelope.body {
+            body @ (Body::Ping { .. } | Body::Pong { .. }) => {
+                if let Some(membership) = self.ctx.membership() {
+                    let _ = membership.cast(crate::cluster::membership::MembershipMessage::Wire {
+                        from,
+                        inc,
+                        body,
+                    });
+                }
+            }
+            body @ (Body::Direct { .. } | Body::DirectResult { .. } | Body::UserRenamed { .. }) => {
+                if let Some(presence) = self.ctx.presence() {
+                    let _ = presence.cast(PresenceMessage::Remote { from, body });
+                }
+            }
+            body => {
+                let Some(room) = body.room().map(str::to_owned) else {
+                    return Ok(());
+                };
+                let mut message = RoomMessage::Remote { from, body };
+                // Fast path: the room's actor runs here. A failed cast hands the
+                // message back, and the RoomSupervisor takes it from there.
+                if let Some(actor) = self.ctx.room_directory().get(&room) {
+                    match actor.cast(message) {
+                        Ok(()) => return Ok(()),
+                        Err(MessagingErr::SendErr(returned)) => message = returned,
+                        Err(_) => return Ok(()),
+                    }
+                }
+                if let (Some(rooms), RoomMessage::Remote { from, body }) =
+                    (self.ctx.rooms(), message)
+                {
+                    let _ = rooms.cast(RoomSupervisorMessage::Remote { room, from, body });
+                }
+            }
+        }
+        Ok(())
+    }
+}

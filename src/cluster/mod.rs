@@ -1,0 +1,174 @@
+//! The cluster layer: nodes that form one ractor_cluster and serve rooms, presence and
+//! direct messages across machines, with no broker.
+//!
+//! ```text
+//!   NodeSupervisor
+//!     └── ClusterSupervisor                 (supervisor.rs)
+//!           ├── Membership                  (membership.rs) ── NodeServer (ractor_cluster)
+//!           └── Endpoint                    (endpoint.rs)
+//! ```
+//!
+//! - [`wire`]: every message that crosses nodes; versioned; decoded with a `Result`.
+//! - [`view`]: views, quorum and rendezvous ownership (pure).
+//! - `membership`: dials seeds and gossiped peers, redials with backoff, runs our
+//!   own heartbeat and failure detector (ractor_cluster detects neither a frozen nor a
+//!   partitioned peer), publishes the view and keeps the lease.
+//! - `endpoint`: the ONLY actor peers can see (Session actors are never advertised).
+//!   It receives every envelope, decodes it and hands it to Membership, the room's
+//!   actor, or Presence.
+//!
+//! [`Cluster`] is the handle the rest of the node uses: the current view, the lease,
+//! and `send`. In single-node mode there is no `Cluster` at all and every room is
+//! simply owned locally. docs/cluster.md states what is guaranteed and what is not.
+
+pub mod endpoint;
+pub mod membership;
+pub mod supervisor;
+pub mod view;
+pub mod wire;
+
+pub use endpoint::EndpointMessage;
+pub use view::View;
+
+use ractor::ActorRef;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use wire::{Body, Envelope, WIRE_VERSION};
+
+/// The process group every node's Endpoint joins, under `hubbub.node.<name>`.
+pub const ENDPOINT_GROUP_PREFIX: &str = "hubbub.node.";
+
+/// The pg group name of a node's Endpoint.
+pub fn endpoint_group(node: &str) -> String {
+    format!("{ENDPOINT_GROUP_PREFIX}{node}")
+}
+
+/// This node's handle on the cluster, shared by every actor that talks to peers.
+pub struct Cluster {
+    /// This node's name.
+    pub me: String,
+    /// Random per process start.
+    pub incarnation: u64,
+    /// How often heartbeats go out.
+    pub heartbeat: Duration,
+    /// How long a silent peer stays up.
+    pub failure_timeout: Duration,
+    started: Instant,
+    /// Monotonic ms (since `started`) until which this node may order messages.
+    lease_until: AtomicU64,
+    view_tx: watch::Sender<Arc<View>>,
+    endpoints: RwLock<HashMap<String, ActorRef<EndpointMessage>>>,
+    next_req: AtomicU64,
+}
+
+impl Cluster {
+    /// A handle for node `me`, alone in its view until Membership learns more.
+    pub fn new(me: &str, heartbeat: Duration, failure_timeout: Duration, size: usize) -> Self {
+        let incarnation = uuid::Uuid::new_v4().as_u64_pair().0;
+        let (view_tx, _) = watch::channel(Arc::new(View::solo(me, incarnation, size)));
+        Self {
+            me: me.to_owned(),
+            incarnation,
+            heartbeat,
+            failure_timeout,
+            started: Instant::now(),
+            lease_until: AtomicU64::new(0),
+            view_tx,
+            endpoints: RwLock::new(HashMap::new()),
+            next_req: AtomicU64::new(1),
+        }
+    }
+
+    /// Milliseconds on this node's monotonic clock.
+    pub fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// True while this node may order messages for the rooms it owns: a quorum of
+    /// peers that share its view has answered a heartbeat recently enough that none
+    /// of them can have declared it down yet.
+    pub fn lease_valid(&self) -> bool {
+        self.now_ms() < self.lease_until.load(Ordering::Acquire)
+    }
+
+    /// Extends (or shortens) the lease; Membership calls this on every heartbeat.
+    pub fn set_lease_until(&self, until_ms: u64) {
+        self.lease_until.store(until_ms, Ordering::Release);
+    }
+
+    /// The current view.
+    pub fn view(&self) -> Arc<View> {
+        self.view_tx.borrow().clone()
+    }
+
+    /// Notified on every view change.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<View>> {
+        self.view_tx.subscribe()
+    }
+
+    /// Publishes a new view (Membership only). Unchanged views are not republished.
+    pub fn publish_view(&self, view: View) {
+        self.view_tx.send_if_modified(|current| {
+            if current.id == view.id && current.quorum == view.quorum {
+                false
+            } else {
+                *current = Arc::new(view);
+                true
+            }
+        });
+    }
+
+    /// Records (or forgets) where a peer's Endpoint is (Membership only).
+    pub fn set_endpoint(&self, node: &str, endpoint: Option<ActorRef<EndpointMessage>>) {
+        if let Ok(mut endpoints) = self.endpoints.write() {
+            match endpoint {
+                Some(endpoint) => endpoints.insert(node.to_owned(), endpoint),
+                None => endpoints.remove(node),
+            };
+        }
+    }
+
+    /// A fresh request number, unique on this node.
+    pub fn next_req(&self) -> u64 {
+        self.next_req.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Wraps a body in this node's envelope and encodes it.
+    pub fn encode(&self, body: Body) -> Vec<u8> {
+        wire::encode(&Envelope {
+            v: WIRE_VERSION,
+            from: self.me.clone(),
+            inc: self.incarnation,
+            body,
+        })
+    }
+
+    /// Sends a body to one node; false when that node is not reachable.
+    pub fn send(&self, to: &str, body: Body) -> bool {
+        self.send_encoded(to, self.encode(body))
+    }
+
+    /// Sends already encoded bytes (encode once, send to many).
+    pub fn send_encoded(&self, to: &str, bytes: Vec<u8>) -> bool {
+        let endpoint = self
+            .endpoints
+            .read()
+            .ok()
+            .and_then(|endpoints| endpoints.get(to).cloned());
+        match endpoint {
+            Some(endpoint) => endpoint.cast(EndpointMessage::Frame(bytes)).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Sends one body to several nodes, encoding it once.
+    pub fn send_to_all<'a>(&self, to: impl IntoIterator<Item = &'a String>, body: Body) {
+        let bytes = self.encode(body);
+        for node in to {
+            self.send_encoded(node, bytes.clone());
+        }
+    }
+}

@@ -1,0 +1,339 @@
+//! Every message that crosses nodes, in one place.
+//!
+//! A message is an [`Envelope`] (wire version, sender's node name and incarnation)
+//! around a [`Body`], serialised as JSON and carried as the `Vec<u8>` payload of the
+//! one cluster-visible actor message (`EndpointMessage::Frame`). Decoding returns a
+//! `Result`: malformed or unexpected traffic is logged and dropped by the receiver and
+//! never panics an actor (ractor's own `BytesConvertable` decoding would).
+//!
+//! Versioning: [`WIRE_VERSION`] is bumped when a change is not backwards compatible.
+//! Adding a variant or an optional field (`#[serde(default)]`) is compatible; renaming
+//! one is not. A node drops envelopes of another version and logs it.
+
+use crate::protocol::{ChatMessage, ErrorBody, Member, UserInfo};
+use serde::{Deserialize, Serialize};
+
+/// The version of this wire format.
+pub const WIRE_VERSION: u16 = 1;
+
+/// The largest envelope a node accepts, in bytes.
+pub const MAX_ENVELOPE_BYTES: usize = 16 * 1024 * 1024;
+
+/// One message between nodes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// [`WIRE_VERSION`] of the sender.
+    pub v: u16,
+    /// The sender's node name.
+    pub from: String,
+    /// The sender's incarnation: random per process start, so a restarted node is
+    /// told apart from its previous life.
+    pub inc: u64,
+    pub body: Body,
+}
+
+/// A node as gossiped in heartbeats: name, incarnation and the address peers dial.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerAddr {
+    pub name: String,
+    pub inc: u64,
+    pub addr: String,
+}
+
+/// What a node holds of a room, sent to a new owner during recovery.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Replica {
+    /// The highest ownership epoch this node has accepted for the room.
+    pub epoch: u64,
+    /// The highest sequence number it holds.
+    pub seq: u64,
+    /// Its history ring, oldest first.
+    pub history: Vec<ChatMessage>,
+    /// Members connected to THIS node, with this node's connection counts.
+    pub local_members: Vec<Member>,
+}
+
+/// The data of a successful join, computed by the room's owner.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JoinData {
+    pub seq: u64,
+    pub history: Vec<ChatMessage>,
+    pub members: Vec<Member>,
+    pub gap: bool,
+}
+
+/// The acknowledgement of a publish.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishAck {
+    pub id: String,
+    pub seq: u64,
+    pub ts: u64,
+}
+
+/// Every message body. Room messages name their room; `req` numbers pair a request
+/// with its answer and are unique per sending node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub enum Body {
+    // ---- membership (membership.rs) ----
+    /// Heartbeat. `sent_at` is the sender's monotonic clock in ms, echoed in the
+    /// pong; `view` is the id of the sender's current view; `peers` gossips the nodes
+    /// the sender knows so every node can dial every other (full mesh).
+    Ping {
+        sent_at: u64,
+        view: u64,
+        peers: Vec<PeerAddr>,
+    },
+    /// Answer to a ping.
+    Pong { echo: u64, view: u64 },
+
+    // ---- rooms: relay → owner ----
+    /// A connection on the sending node joins; `connections` is how many of the
+    /// user's connections on that node are now in the room.
+    RoomJoin {
+        room: String,
+        req: u64,
+        user: UserInfo,
+        connections: u32,
+        since: Option<u64>,
+    },
+    /// The user's connection count on the sending node changed (0: it left there).
+    RoomMember {
+        room: String,
+        user: UserInfo,
+        connections: u32,
+    },
+    /// A publish from a connection on the sending node.
+    RoomPublish {
+        room: String,
+        req: u64,
+        from: UserInfo,
+        content: String,
+    },
+    /// A user on the sending node is typing.
+    RoomTyping { room: String, user: UserInfo },
+    /// A user on the sending node was renamed.
+    RoomRename { room: String, user: UserInfo },
+    /// The sending node no longer holds the room; stop sending it messages.
+    RoomUnsubscribe { room: String },
+
+    // ---- rooms: owner → relays ----
+    /// Answer to `RoomJoin`. `ring` carries the owner's whole history when the
+    /// joining node did not hold the room yet, so that it starts with a full copy.
+    RoomJoined {
+        room: String,
+        req: u64,
+        epoch: u64,
+        seq: u64,
+        result: Result<JoinData, ErrorBody>,
+        #[serde(default)]
+        ring: Option<Vec<ChatMessage>>,
+    },
+    /// Answer to `RoomPublish`; sent after the `RoomMessage` it acknowledges.
+    RoomPublished {
+        room: String,
+        req: u64,
+        result: Result<PublishAck, ErrorBody>,
+    },
+    /// A message the owner ordered.
+    RoomMessage {
+        room: String,
+        epoch: u64,
+        message: ChatMessage,
+    },
+    /// The room's members changed: the full list, and who joined or left.
+    RoomPresence {
+        room: String,
+        epoch: u64,
+        members: Vec<Member>,
+        joins: Vec<Member>,
+        leaves: Vec<Member>,
+    },
+    /// Typing, relayed by the owner to every node holding the room.
+    RoomTyped { room: String, user: UserInfo },
+    /// A member's name changed.
+    RoomRenamed {
+        room: String,
+        epoch: u64,
+        user: UserInfo,
+        old_name: String,
+    },
+
+    // ---- rooms: ownership changes ----
+    /// A node that the view `view` makes the room's owner asks for what others hold.
+    RecoverRequest { room: String, view: u64 },
+    /// Answer: `ready` is false when the answering node is not in view `view` yet
+    /// (the owner asks again); `replica` is None when it does not hold the room.
+    RecoverState {
+        room: String,
+        view: u64,
+        ready: bool,
+        replica: Option<Replica>,
+    },
+    /// The new owner took over under `view` with `epoch`; its merged history and
+    /// members. Relays replace their copy, fence off older epochs, and push to their
+    /// clients the messages they had missed.
+    OwnerAnnounce {
+        room: String,
+        view: u64,
+        epoch: u64,
+        seq: u64,
+        history: Vec<ChatMessage>,
+        members: Vec<Member>,
+    },
+
+    // ---- presence (presence.rs) ----
+    /// Deliver an encoded `direct` frame to every connection of `to` on the receiver.
+    Direct { req: u64, to: String, frame: String },
+    /// How many connections received a `Direct`.
+    DirectResult { req: u64, delivered: u32 },
+    /// A user's display name changed on the sending node.
+    UserRenamed { user: UserInfo },
+}
+
+impl Body {
+    /// A short name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Ping { .. } => "ping",
+            Self::Pong { .. } => "pong",
+            Self::RoomJoin { .. } => "room_join",
+            Self::RoomMember { .. } => "room_member",
+            Self::RoomPublish { .. } => "room_publish",
+            Self::RoomTyping { .. } => "room_typing",
+            Self::RoomRename { .. } => "room_rename",
+            Self::RoomUnsubscribe { .. } => "room_unsubscribe",
+            Self::RoomJoined { .. } => "room_joined",
+            Self::RoomPublished { .. } => "room_published",
+            Self::RoomMessage { .. } => "room_message",
+            Self::RoomPresence { .. } => "room_presence",
+            Self::RoomTyped { .. } => "room_typed",
+            Self::RoomRenamed { .. } => "room_renamed",
+            Self::RecoverRequest { .. } => "recover_request",
+            Self::RecoverState { .. } => "recover_state",
+            Self::OwnerAnnounce { .. } => "owner_announce",
+            Self::Direct { .. } => "direct",
+            Self::DirectResult { .. } => "direct_result",
+            Self::UserRenamed { .. } => "user_renamed",
+        }
+    }
+
+    /// The room a room message is about; None for membership and presence traffic.
+    pub fn room(&self) -> Option<&str> {
+        match self {
+            Self::RoomJoin { room, .. }
+            | Self::RoomMember { room, .. }
+            | Self::RoomPublish { room, .. }
+            | Self::RoomTyping { room, .. }
+            | Self::RoomRename { room, .. }
+            | Self::RoomUnsubscribe { room }
+            | Self::RoomJoined { room, .. }
+            | Self::RoomPublished { room, .. }
+            | Self::RoomMessage { room, .. }
+            | Self::RoomPresence { room, .. }
+            | Self::RoomTyped { room, .. }
+            | Self::RoomRenamed { room, .. }
+            | Self::RecoverRequest { room, .. }
+            | Self::RecoverState { room, .. }
+            | Self::OwnerAnnounce { room, .. } => Some(room),
+            _ => None,
+        }
+    }
+}
+
+/// Why an envelope was dropped.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WireError {
+    #[error("envelope of {0} bytes is over the {MAX_ENVELOPE_BYTES}-byte limit")]
+    TooLarge(usize),
+    #[error("malformed envelope: {0}")]
+    Malformed(String),
+    #[error("wire version {0} is not {WIRE_VERSION}")]
+    Version(u16),
+}
+
+/// Serialises an envelope.
+pub fn encode(envelope: &Envelope) -> Vec<u8> {
+    // Serialising these types cannot fail (string keys only); never panic on it.
+    serde_json::to_vec(envelope).unwrap_or_default()
+}
+
+/// Decodes and checks an envelope.
+pub fn decode(bytes: &[u8]) -> Result<Envelope, WireError> {
+    if bytes.len() > MAX_ENVELOPE_BYTES {
+        return Err(WireError::TooLarge(bytes.len()));
+    }
+    #[derive(Deserialize)]
+    struct VersionOnly {
+        v: u16,
+    }
+    let version: VersionOnly =
+        serde_json::from_slice(bytes).map_err(|e| WireError::Malformed(e.to_string()))?;
+    if version.v != WIRE_VERSION {
+        return Err(WireError::Version(version.v));
+    }
+    serde_json::from_slice(bytes).map_err(|e| WireError::Malformed(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope(body: Body) -> Envelope {
+        Envelope {
+            v: WIRE_VERSION,
+            from: "a".into(),
+            inc: 7,
+            body,
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        let bodies = vec![
+            Body::Ping {
+                sent_at: 1,
+                view: 2,
+                peers: vec![PeerAddr {
+                    name: "b".into(),
+                    inc: 3,
+                    addr: "127.0.0.1:4372".into(),
+                }],
+            },
+            Body::RoomPublished {
+                room: "lobby".into(),
+                req: 4,
+                result: Err(ErrorBody::new(crate::protocol::ErrorCode::Forbidden, "no")),
+            },
+            Body::RecoverState {
+                room: "lobby".into(),
+                view: 9,
+                ready: true,
+                replica: Some(Replica {
+                    epoch: 1,
+                    seq: 0,
+                    history: vec![],
+                    local_members: vec![],
+                }),
+            },
+        ];
+        for body in bodies {
+            let sent = envelope(body);
+            assert_eq!(decode(&encode(&sent)), Ok(sent));
+        }
+    }
+
+    #[test]
+    fn bad_bytes_are_errors_not_panics() {
+        assert!(matches!(decode(b"\xff\x00"), Err(WireError::Malformed(_))));
+        assert!(matches!(decode(b"{}"), Err(WireError::Malformed(_))));
+        assert!(matches!(
+            decode(br#"{"v":1,"from":"a","inc":1,"body":{"t":"nope"}}"#),
+            Err(WireError::Malformed(_))
+        ));
+        assert_eq!(
+            decode(br#"{"v":99,"from":"a","inc":1,"body":{"t":"pong","echo":1,"view":1}}"#),
+            Err(WireError::Version(99))
+        );
+    }
+}
