@@ -116,6 +116,10 @@ pub enum Body {
     RoomRename { room: String, user: UserInfo },
     /// The sending node no longer holds the room; stop sending it messages.
     RoomUnsubscribe { room: String },
+    /// The sending relay holds every message up to `seq` (answer to a `RoomMessage`
+    /// with `ack: true`). The owner shows a message to its own connections and
+    /// acknowledges its publisher only once one relay holds it.
+    RoomAck { room: String, seq: u64 },
 
     // ---- rooms: owner → relays ----
     /// Answer to `RoomJoin`. `ring` carries the owner's whole history when the
@@ -135,11 +139,13 @@ pub enum Body {
         req: u64,
         result: Result<PublishAck, ErrorBody>,
     },
-    /// A message the owner ordered.
+    /// A message the owner ordered. `ack` asks the receiver to answer `RoomAck`.
     RoomMessage {
         room: String,
         epoch: u64,
         message: ChatMessage,
+        #[serde(default)]
+        ack: bool,
     },
     /// The room's members changed: the full list, and who joined or left.
     RoomPresence {
@@ -203,6 +209,7 @@ impl Body {
             Self::RoomTyping { .. } => "room_typing",
             Self::RoomRename { .. } => "room_rename",
             Self::RoomUnsubscribe { .. } => "room_unsubscribe",
+            Self::RoomAck { .. } => "room_ack",
             Self::RoomJoined { .. } => "room_joined",
             Self::RoomPublished { .. } => "room_published",
             Self::RoomMessage { .. } => "room_message",
@@ -227,6 +234,7 @@ impl Body {
             | Self::RoomTyping { room, .. }
             | Self::RoomRename { room, .. }
             | Self::RoomUnsubscribe { room }
+            | Self::RoomAck { room, .. }
             | Self::RoomJoined { room, .. }
             | Self::RoomPublished { room, .. }
             | Self::RoomMessage { room, .. }

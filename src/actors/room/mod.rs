@@ -35,7 +35,7 @@ use crate::cluster::{Cluster, View};
 use crate::protocol::{ErrorBody, ErrorCode, ReplyData, RoomName, UserInfo};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use ractor_cluster::RactorMessage;
-use roles::{OwnerBook, PendingJoin, Role};
+use roles::{OwnerBook, PendingJoin, Role, Unreplicated};
 use state::RoomState;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -126,6 +126,8 @@ pub struct Room {
     pending_joins: HashMap<u64, PendingJoin>,
     pending_publishes: HashMap<u64, RpcReplyPort<Result<ReplyData, ErrorBody>>>,
     deferred: VecDeque<RoomMessage>,
+    /// Ordered messages waiting for the designated relay's confirmation.
+    unreplicated: VecDeque<Unreplicated>,
     idle_ttl: Duration,
 }
 
@@ -156,6 +158,7 @@ impl Actor for RoomActor {
             pending_joins: HashMap::new(),
             pending_publishes: HashMap::new(),
             deferred: VecDeque::new(),
+            unreplicated: VecDeque::new(),
             idle_ttl: Duration::from_secs(settings.rooms.idle_ttl_secs),
         };
         if let Some(cluster) = room.cluster.clone() {

@@ -35,6 +35,21 @@ pub enum Role {
     Unavailable,
 }
 
+/// Who waits for a publish's acknowledgement.
+pub enum AckTo {
+    /// A session on this node.
+    Local(RpcReplyPort<Result<ReplyData, ErrorBody>>),
+    /// A relay that forwarded the publish.
+    Remote { node: String, req: u64 },
+}
+
+/// A message the owner ordered that no relay has confirmed yet: it is not shown to
+/// this node's connections, nor acknowledged, until one does.
+pub struct Unreplicated {
+    pub message: ChatMessage,
+    pub ack_to: Option<AckTo>,
+}
+
 /// A join forwarded to the owner, waiting for its answer.
 pub struct PendingJoin {
     pub conn: ActorId,
@@ -258,14 +273,7 @@ impl Room {
             return;
         }
         match &self.role {
-            Role::Owner => {
-                let answer = self.order(from, content).map(|ack| ReplyData::Publish {
-                    id: ack.id,
-                    seq: ack.seq,
-                    ts: ack.ts,
-                });
-                let _ = reply.send(answer);
-            }
+            Role::Owner => self.order(from, content, AckTo::Local(reply)),
             Role::Relay { owner } => {
                 let owner = owner.clone();
                 let req = self.cluster.as_ref().map_or(0, |c| c.next_req());
@@ -294,19 +302,32 @@ impl Room {
     }
 
     /// Orders a message (owner only): the one place a sequence number is assigned.
-    fn order(&mut self, from: UserInfo, content: String) -> Result<PublishAck, ErrorBody> {
+    /// The message is shown here and acknowledged at once when no other node holds
+    /// the room, else as soon as the designated relay confirms it holds it.
+    fn order(&mut self, from: UserInfo, content: String, ack_to: AckTo) {
         if let Some(cluster) = &self.cluster {
             if !cluster.lease_valid() {
-                return Err(unavailable(
-                    "this node cannot confirm it still owns the room; retry",
-                ));
+                complete(
+                    self,
+                    ack_to,
+                    Err(unavailable(
+                        "this node cannot confirm it still owns the room; retry",
+                    )),
+                );
+                return;
             }
         }
-        let content = self
+        let content = match self
             .state
             .behaviour
             .on_publish(&self.state.name, &from, content)
-            .map_err(ErrorBody::from)?;
+        {
+            Ok(content) => content,
+            Err(refused) => {
+                complete(self, ack_to, Err(refused.into()));
+                return;
+            }
+        };
         let message = ChatMessage {
             room: self.room(),
             id: uuid::Uuid::now_v7().to_string(),
@@ -315,19 +336,108 @@ impl Room {
             content,
             ts: now_ms(),
         };
-        let ack = PublishAck {
-            id: message.id.clone(),
-            seq: message.seq,
-            ts: message.ts,
-        };
-        self.state.push_message(&message);
         self.state.remember(message.clone());
-        self.send_to_relays(Body::RoomMessage {
+        match self.designated_relay() {
+            None => {
+                self.state.push_message(&message);
+                complete(self, ack_to, Ok(ack_of(&message)));
+            }
+            Some(designated) => {
+                self.send_message_to_relays(&message, &designated);
+                self.unreplicated.push_back(Unreplicated {
+                    message,
+                    ack_to: Some(ack_to),
+                });
+            }
+        }
+    }
+
+    /// The relay whose confirmation makes a message visible: the one the room would
+    /// move to first (highest rendezvous score among the nodes holding it).
+    fn designated_relay(&self) -> Option<String> {
+        let room = self.state.name.as_str();
+        self.book
+            .relays
+            .iter()
+            .max_by_key(|node| {
+                (
+                    crate::cluster::view::rendezvous_score(node, room),
+                    node.as_str(),
+                )
+            })
+            .cloned()
+    }
+
+    /// Sends an ordered message once to each relay; only `designated` is asked to ack.
+    fn send_message_to_relays(&self, message: &ChatMessage, designated: &str) {
+        let Some(cluster) = &self.cluster else {
+            return;
+        };
+        let body = |ack| Body::RoomMessage {
             room: self.room(),
             epoch: self.epoch,
-            message,
-        });
-        Ok(ack)
+            message: message.clone(),
+            ack,
+        };
+        let plain = cluster.encode(body(false));
+        for node in &self.book.relays {
+            if node == designated {
+                cluster.send(node, body(true));
+            } else {
+                cluster.send_encoded(node, plain.clone());
+            }
+        }
+    }
+
+    /// The designated relay holds everything up to `seq`: show and acknowledge it.
+    fn replicated(&mut self, from: &str, seq: u64) {
+        if self.designated_relay().as_deref() != Some(from) {
+            return;
+        }
+        self.release_through(seq);
+    }
+
+    /// Shows and acknowledges every waiting message up to `seq`, in order.
+    fn release_through(&mut self, seq: u64) {
+        while self
+            .unreplicated
+            .front()
+            .is_some_and(|u| u.message.seq <= seq)
+        {
+            let Some(waiting) = self.unreplicated.pop_front() else {
+                break;
+            };
+            self.state.push_message(&waiting.message);
+            if let Some(ack_to) = waiting.ack_to {
+                complete(self, ack_to, Ok(ack_of(&waiting.message)));
+            }
+        }
+    }
+
+    /// The set of relays changed: with none left, nothing waits; with a new
+    /// designated relay, ask it for what is still unconfirmed.
+    fn relays_changed(&mut self) {
+        match self.designated_relay() {
+            None => self.release_through(u64::MAX),
+            Some(designated) => {
+                let waiting: Vec<ChatMessage> = self
+                    .unreplicated
+                    .iter()
+                    .map(|u| u.message.clone())
+                    .collect();
+                for message in waiting {
+                    self.send(
+                        &designated,
+                        Body::RoomMessage {
+                            room: self.room(),
+                            epoch: self.epoch,
+                            message,
+                            ack: true,
+                        },
+                    );
+                }
+            }
+        }
     }
 
     pub(super) fn typing(&mut self, session: &ActorId) {
@@ -437,6 +547,7 @@ impl Room {
             | Body::RoomPublish { .. }
             | Body::RoomTyping { .. }
             | Body::RoomRename { .. }
+            | Body::RoomAck { .. }
             | Body::RoomUnsubscribe { .. } => match self.role {
                 Role::Owner => self.as_owner(myself, from, body),
                 Role::Recovering { .. } => self.defer(RoomMessage::Remote { from, body }),
@@ -518,6 +629,9 @@ impl Room {
                         self.book.set(&from, &user, connections);
                         self.book.names.insert(user.id.clone(), user.name.clone());
                         let new_relay = self.book.relays.insert(from.clone());
+                        if new_relay {
+                            self.relays_changed();
+                        }
                         self.publish_members(None);
                         let (history, gap) = self.state.resume_from(since);
                         Ok((
@@ -563,24 +677,20 @@ impl Room {
                 content,
                 ..
             } => {
-                let result = self.order(user, content);
-                // After the RoomMessage: the relay holds the message before its ack.
-                self.send(
-                    &from,
-                    Body::RoomPublished {
-                        room: self.room(),
-                        req,
-                        result,
-                    },
-                );
+                // Acknowledged after the RoomMessage: the relay holds the message
+                // before its publisher hears it was accepted.
+                self.order(user, content, AckTo::Remote { node: from, req });
             }
+            Body::RoomAck { seq, .. } => self.replicated(&from, seq),
             Body::RoomTyping { user, .. } => self.relay_typing(user),
             Body::RoomRename { user, .. } => {
                 self.book.names.insert(user.id.clone(), user.name.clone());
                 self.apply_rename(user);
             }
             Body::RoomUnsubscribe { .. } => {
-                self.book.relays.remove(&from);
+                if self.book.relays.remove(&from) {
+                    self.relays_changed();
+                }
                 if self.book.remote.remove(&from).is_some() {
                     self.publish_members(None);
                 }
@@ -648,7 +758,12 @@ impl Room {
                     }));
                 }
             }
-            Body::RoomMessage { epoch, message, .. } => {
+            Body::RoomMessage {
+                epoch,
+                message,
+                ack,
+                ..
+            } => {
                 if epoch < self.epoch {
                     tracing::warn!(room = %self.state.name, epoch, current = self.epoch, "dropped a message from an older owner epoch");
                     return;
@@ -657,6 +772,18 @@ impl Room {
                 if message.seq > self.state.seq {
                     self.state.push_message(&message);
                     self.state.remember(message);
+                }
+                if ack {
+                    if let Role::Relay { owner } = &self.role {
+                        let owner = owner.clone();
+                        self.send(
+                            &owner,
+                            Body::RoomAck {
+                                room: self.room(),
+                                seq: self.state.seq,
+                            },
+                        );
+                    }
                 }
             }
             Body::RoomPresence { epoch, members, .. } => {
@@ -848,19 +975,23 @@ impl Room {
         };
         let mut epoch = self.epoch;
         let mut seq = self.state.seq;
-        let mut merged: BTreeMap<u64, ChatMessage> = self
-            .state
-            .history
-            .iter()
-            .map(|m| (m.seq, m.clone()))
-            .collect();
+        // Where two copies disagree on a sequence number, the one from the highest
+        // epoch wins: a lower epoch's copy was ordered by an owner that lost the room
+        // before any other node held that message (so nobody was shown it).
+        let mut copies: Vec<(u64, Vec<ChatMessage>)> =
+            vec![(self.epoch, self.state.history.iter().cloned().collect())];
+        copies.extend(replicas.iter().map(|(_, r)| (r.epoch, r.history.clone())));
+        copies.sort_by(|a, b| b.0.cmp(&a.0));
+        let mut merged: BTreeMap<u64, ChatMessage> = BTreeMap::new();
+        for (_, history) in copies {
+            for message in history {
+                merged.entry(message.seq).or_insert(message);
+            }
+        }
         self.book = OwnerBook::default();
         for (node, replica) in replicas {
             epoch = epoch.max(replica.epoch);
             seq = seq.max(replica.seq);
-            for message in replica.history {
-                merged.entry(message.seq).or_insert(message);
-            }
             for member in replica.local_members {
                 let user = UserInfo {
                     id: member.id,
@@ -874,21 +1005,26 @@ impl Room {
             self.book.names.insert(id.clone(), local.name.clone());
         }
         self.epoch = epoch + 1;
+        // Replace rather than merge into our copy: where ours disagreed, it lost.
+        self.state.history.clear();
+        self.state.seq = 0;
         self.state
             .replace_history(seq, merged.into_values().collect());
-        self.state.push_unseen();
         let members = self.book.aggregate(&self.state);
-        let (joins, leaves) = self.state.replace_members(members.clone());
-        self.state.push_presence_diff(joins, leaves, None);
         tracing::info!(room = %self.state.name, epoch = self.epoch, seq = self.state.seq, relays = self.book.relays.len(), view, "took over the room");
+        // The relays first, then our own connections: what these are shown, others
+        // already hold.
         self.send_to_relays(Body::OwnerAnnounce {
             room: self.room(),
             view,
             epoch: self.epoch,
             seq: self.state.seq,
             history: self.state.history.iter().cloned().collect(),
-            members,
+            members: members.clone(),
         });
+        self.state.push_unseen();
+        let (joins, leaves) = self.state.replace_members(members);
+        self.state.push_presence_diff(joins, leaves, None);
         for message in std::mem::take(&mut self.deferred) {
             self.dispatch(myself, message);
         }
@@ -909,6 +1045,46 @@ impl Room {
         }
         for (_, reply) in self.pending_publishes.drain() {
             let _ = reply.send(Err(unavailable(why)));
+        }
+        // Ordered but unconfirmed: not acknowledged. If the message survives the
+        // ownership change it is shown then; its publisher may have retried (a
+        // retried message can appear twice, never one sequence number twice).
+        for waiting in std::mem::take(&mut self.unreplicated) {
+            if let Some(ack_to) = waiting.ack_to {
+                complete(self, ack_to, Err(unavailable(why)));
+            }
+        }
+    }
+}
+
+/// The acknowledgement of an ordered message.
+fn ack_of(message: &ChatMessage) -> PublishAck {
+    PublishAck {
+        id: message.id.clone(),
+        seq: message.seq,
+        ts: message.ts,
+    }
+}
+
+/// Answers a publish, locally or to the relay that forwarded it.
+fn complete(room: &Room, ack_to: AckTo, result: Result<PublishAck, ErrorBody>) {
+    match ack_to {
+        AckTo::Local(reply) => {
+            let _ = reply.send(result.map(|ack| ReplyData::Publish {
+                id: ack.id,
+                seq: ack.seq,
+                ts: ack.ts,
+            }));
+        }
+        AckTo::Remote { node, req } => {
+            room.send(
+                &node,
+                Body::RoomPublished {
+                    room: room.room(),
+                    req,
+                    result,
+                },
+            );
         }
     }
 }
