@@ -2,7 +2,7 @@
 //! and whose `kids:*` rooms mask a few words. Everything else is plain chat.
 //!
 //! ```sh
-//! cargo run --example announce_node -- [--config cluster.toml]
+//! cargo run --example announce_node -- [--config cluster.toml --node a]
 //! ```
 
 use hubbub::behaviour::{AnnounceOnly, WordFilter};
@@ -10,11 +10,10 @@ use hubbub::config::{load, ConfigSource};
 use hubbub::{Application, Behaviours};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let path = std::env::args()
-        .skip_while(|a| a != "--config")
-        .nth(1)
-        .map(Into::into);
-    let settings = load(&ConfigSource::from_args(path))?;
+    let flag = |name: &str| std::env::args().skip_while(|a| a != name).nth(1);
+    let path = flag("--config").map(Into::into);
+    let node = flag("--node");
+    let settings = load(&ConfigSource::from_args(path), node.as_deref())?;
     hubbub::telemetry::init(&settings.log)?;
     let behaviours = Behaviours::new()
         .with("news:*", AnnounceOnly::new(["editor"]))?

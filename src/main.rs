@@ -105,12 +105,11 @@ fn describe(settings: &hubbub::Settings) -> String {
     );
     let cluster = &settings.cluster;
     if cluster.enabled {
-        text.push_str(&format!(
-            ", cluster {} advertised as {}, seeds [{}]",
-            cluster.bind,
-            cluster.advertise_addr(),
-            cluster.seeds.join(", ")
-        ));
+        text.push_str(&format!(", cluster {}", cluster.bind));
+        if !cluster.advertise.is_empty() {
+            text.push_str(&format!(" advertised as {}", cluster.advertise));
+        }
+        text.push_str(&format!(", seeds [{}]", cluster.seeds.join(", ")));
     }
     text
 }

@@ -1,6 +1,7 @@
 //! The configuration commands of the real `hubbub` binary: `default-config` prints the
-//! template, `check-config` validates defaults < file < environment and exits 0 (`ok`
-//! on stdout) or 2 (the problem, naming key and reason, on stderr).
+//! template, `check-config` validates defaults < file < chosen `[[nodes]]` entry <
+//! environment (every entry when no `--node` is given) and exits 0 (`ok` on stdout) or
+//! 2 (the problem, naming key and reason, on stderr).
 //!
 //! Every command runs with the `HUBBUB_` variables of the caller's environment removed,
 //! so the tests do not depend on how they are invoked.
@@ -122,10 +123,165 @@ fn check_config_without_a_file_validates_the_defaults() {
     assert_ok(&run(hubbub().arg("check-config")));
 }
 
+/// The example three-node cluster at the root of the repository.
+const CLUSTER_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/cluster.toml");
+
 #[test]
 fn check_config_accepts_the_example_cluster_file() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/cluster.toml");
-    assert_ok(&run(hubbub().args(["check-config", "--config", path])));
+    let output = run(hubbub().args(["check-config", "--config", CLUSTER_FILE]));
+    assert_ok(&output);
+    let out = stdout(&output);
+    assert!(out.contains("3 nodes"), "{out}");
+    for node in ["node a, http 127.0.0.1:8081", "node b, http 127.0.0.1:8082"] {
+        assert!(out.contains(node), "{out}");
+    }
+    assert!(out.contains("node c, http 127.0.0.1:8083"), "{out}");
+}
+
+#[test]
+fn check_config_resolves_one_node_of_the_example_cluster_file() {
+    let output = run(hubbub().args(["check-config", "--config", CLUSTER_FILE, "--node", "b"]));
+    assert_ok(&output);
+    let out = stdout(&output);
+    assert!(
+        out.contains("node b, http 127.0.0.1:8082, cluster 127.0.0.1:4372"),
+        "{out}"
+    );
+    assert!(!out.contains("node a"), "{out}");
+    // `--node` is global: before the command works as well.
+    assert_ok(&run(hubbub().args([
+        "--node",
+        "c",
+        "--config",
+        CLUSTER_FILE,
+        "check-config",
+    ])));
+}
+
+#[test]
+fn check_config_never_prints_the_cookie() {
+    let secret = "do-not-print-this-cookie";
+    for args in [
+        &["check-config", "--config", CLUSTER_FILE][..],
+        &["check-config", "--config", CLUSTER_FILE, "--node", "a"][..],
+    ] {
+        let output = run(hubbub().args(args).env("HUBBUB_CLUSTER__COOKIE", secret));
+        assert_ok(&output);
+        assert!(!stdout(&output).contains(secret), "{}", stdout(&output));
+        assert!(!stderr(&output).contains(secret), "{}", stderr(&output));
+    }
+}
+
+#[test]
+fn environment_overrides_the_chosen_node() {
+    let output = run(hubbub()
+        .args(["check-config", "--config", CLUSTER_FILE, "--node", "a"])
+        .env("HUBBUB_NODE__HTTP_ADDR", "127.0.0.1:9001")
+        .env("HUBBUB_CLUSTER__SEEDS", "127.0.0.1:4372,127.0.0.1:4373"));
+    assert_ok(&output);
+    let out = stdout(&output);
+    assert!(out.contains("node a, http 127.0.0.1:9001"), "{out}");
+    assert!(
+        out.contains("seeds [127.0.0.1:4372, 127.0.0.1:4373]"),
+        "{out}"
+    );
+}
+
+/// Three nodes where the second repeats the first's name and addresses.
+const DUPLICATE_NODES: &str = "\
+[cluster]
+cookie = \"x\"
+
+[[nodes]]
+name = \"a\"
+http_addr = \"127.0.0.1:8081\"
+bind = \"127.0.0.1:4371\"
+
+[[nodes]]
+name = \"a\"
+http_addr = \"127.0.0.1:8081\"
+bind = \"127.0.0.1:4371\"
+
+[[nodes]]
+name = \"c\"
+http_addr = \"127.0.0.1:8083\"
+bind = \"127.0.0.1:4373\"
+";
+
+#[test]
+fn check_config_rejects_duplicate_nodes_naming_them() {
+    let file = TempConfig::new(DUPLICATE_NODES);
+    let err = assert_rejected(
+        &run(hubbub().args(["check-config", "--config"]).arg(file.path())),
+        &["nodes[1].name", "nodes[1].http_addr", "nodes[1].bind"],
+    );
+    assert!(err.contains("nodes[0] (a)"), "{err}");
+    // Choosing a node of a broken file does not help.
+    assert_rejected(
+        &run(hubbub()
+            .args(["check-config", "--node", "c", "--config"])
+            .arg(file.path())),
+        &["nodes[1].name"],
+    );
+}
+
+#[test]
+fn check_config_rejects_an_unknown_node_listing_the_names() {
+    assert_rejected(
+        &run(hubbub().args(["check-config", "--config", CLUSTER_FILE, "--node", "d"])),
+        &["--node d", "a, b, c"],
+    );
+}
+
+#[test]
+fn check_config_rejects_a_node_without_nodes() {
+    assert_rejected(
+        &run(hubbub().args(["check-config", "--node", "a"])),
+        &["--node a", "[[nodes]]"],
+    );
+}
+
+/// Runs `command`, which must exit by itself within a few seconds; a node that started
+/// serving instead is killed and the test fails.
+fn run_expecting_exit(command: &mut Command) -> Output {
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the hubbub binary");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if child.try_wait().expect("poll the hubbub binary").is_some() {
+            return child.wait_with_output().expect("collect output");
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let output = child.wait_with_output().expect("collect output");
+            panic!(
+                "hubbub kept running instead of exiting; stderr: {}",
+                stderr(&output)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn serve_without_node_refuses_a_file_of_nodes_before_binding() {
+    // Ports 0 so that, were it to start, it would not collide with anything.
+    let file = TempConfig::new(
+        "[cluster]\ncookie = \"x\"\n\n\
+         [[nodes]]\nname = \"a\"\nhttp_addr = \"127.0.0.1:0\"\nbind = \"127.0.0.1:4371\"\n\n\
+         [[nodes]]\nname = \"b\"\nhttp_addr = \"127.0.0.1:0\"\nbind = \"127.0.0.1:4372\"\n",
+    );
+    for args in [&["serve"][..], &[][..]] {
+        let output = run_expecting_exit(hubbub().args(args).arg("--config").arg(file.path()));
+        let err = assert_rejected(
+            &output,
+            &["this file describes 2 nodes (a, b): choose one with --node NAME"],
+        );
+        assert!(!err.contains("listening"), "{err}");
+    }
 }
 
 #[test]

@@ -1631,8 +1631,10 @@ mod tests {
 
     #[test]
     fn advertise_addr_prefers_advertise() {
-        let mut cluster = ClusterSettings::default();
-        cluster.advertise = "node-a.internal:4370".to_owned();
+        let cluster = ClusterSettings {
+            advertise: "node-a.internal:4370".to_owned(),
+            ..ClusterSettings::default()
+        };
         assert_eq!(cluster.advertise_addr(), "node-a.internal:4370");
     }
 

@@ -799,8 +799,9 @@ impl Room {
                 user,
                 old_name,
                 ..
-            } => {
-                if epoch >= self.epoch && self.state.rename(&user).is_some() {
+            } if epoch >= self.epoch => {
+                let changed = self.state.rename(&user).is_some();
+                if changed {
                     self.state.push_renamed(&user, old_name);
                 }
             }
@@ -981,7 +982,7 @@ impl Room {
         let mut copies: Vec<(u64, Vec<ChatMessage>)> =
             vec![(self.epoch, self.state.history.iter().cloned().collect())];
         copies.extend(replicas.iter().map(|(_, r)| (r.epoch, r.history.clone())));
-        copies.sort_by(|a, b| b.0.cmp(&a.0));
+        copies.sort_by_key(|copy| std::cmp::Reverse(copy.0));
         let mut merged: BTreeMap<u64, ChatMessage> = BTreeMap::new();
         for (_, history) in copies {
             for message in history {
