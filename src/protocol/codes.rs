@@ -88,6 +88,8 @@ pub mod close {
     pub const NORMAL: u16 = 1000;
     /// RFC 6455: the client broke the WebSocket protocol.
     pub const PROTOCOL_ERROR: u16 = 1002;
+    /// RFC 6455: a text frame was not valid UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
     /// RFC 6455: the frame was larger than `limits.max_frame_bytes`.
     pub const MESSAGE_TOO_BIG: u16 = 1009;
     /// RFC 6455: the node failed unexpectedly.

@@ -51,6 +51,13 @@ pub fn serve(listener: TcpListener, state: AppState) -> std::io::Result<Server> 
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
     })
+    // Small frames (a reply right after a broadcast) must not wait for the client's
+    // delayed ACK: without this, Nagle adds about 40 ms to such pairs.
+    .on_connect(|connection, _| {
+        if let Some(tcp) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
+            let _ = tcp.set_nodelay(true);
+        }
+    })
     // The Application owns shutdown (signals, then a drain of the WebSockets).
     .disable_signals()
     .shutdown_timeout(1)

@@ -5,6 +5,7 @@
 //! connection's Session actor. Knows the actors only through the SessionSupervisor
 //! and the Session's message type; room logic never lives here.
 
+mod frame_guard;
 mod http;
 mod websocket;
 

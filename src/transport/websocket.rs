@@ -12,6 +12,7 @@
 //! `limits.max_frame_bytes` (close 1009), or the outbox starts closing for any other
 //! reason. It then stops the Session; rooms and presence notice through their monitors.
 
+use super::frame_guard::FrameGuard;
 use super::http::AppState;
 use crate::actors::{
     ask, spawn_writer, Outbox, SessionArgs, SessionMessage, SessionSupervisorMessage,
@@ -20,12 +21,12 @@ use crate::protocol::{
     close, decode_client_frame, validate_display_name, validate_user_id, ErrorBody, ErrorCode,
     FrameError, UserInfo,
 };
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
 use actix_ws::{AggregatedMessage, ProtocolError};
 use ractor::ActorRef;
 use serde_json::json;
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -52,6 +53,18 @@ pub async fn upgrade(
     let Some(sessions) = state.ctx.sessions() else {
         return Ok(refuse_unavailable("the node is restarting its sessions"));
     };
+    // Refuse oversized frames from their headers (see frame_guard.rs).
+    let oversized = Arc::new(AtomicBool::new(false));
+    let guarded = FrameGuard::new(
+        body.into_inner(),
+        state.ctx.settings.limits.max_frame_bytes,
+        oversized.clone(),
+    );
+    let boxed: std::pin::Pin<
+        Box<dyn futures_util::Stream<Item = Result<web::Bytes, actix_web::error::PayloadError>>>,
+    > = Box::pin(guarded);
+    let mut guarded = actix_web::dev::Payload::Stream { payload: boxed };
+    let body = web::Payload::from_request(&req, &mut guarded).await?;
     let (response, ws, stream) = actix_ws::handle(&req, body)?;
     let settings = &state.ctx.settings;
     let outbox = spawn_writer(
@@ -82,6 +95,7 @@ pub async fn upgrade(
     let limits = ReadLimits {
         max_frame_bytes: settings.limits.max_frame_bytes,
         silence: Duration::from_millis(settings.heartbeat.timeout_ms),
+        oversized,
     };
     actix_web::rt::spawn(read_loop(stream, session, outbox, limits, permit));
     Ok(response)
@@ -113,6 +127,8 @@ fn user_from_query(query: &str) -> Result<(UserInfo, bool), ErrorBody> {
 struct ReadLimits {
     max_frame_bytes: usize,
     silence: Duration,
+    /// Set by the [`FrameGuard`] when it refused a frame by its header.
+    oversized: Arc<AtomicBool>,
 }
 
 async fn read_loop(
@@ -140,9 +156,15 @@ async fn read_loop(
             Ok(None) => break,
             Ok(Some(Err(error))) => {
                 let (code, reason) = match &error {
+                    _ if limits.oversized.load(Ordering::Acquire) => {
+                        (close::MESSAGE_TOO_BIG, "frame too big")
+                    }
                     ProtocolError::Overflow => (close::MESSAGE_TOO_BIG, "frame too big"),
                     ProtocolError::Io(e) if e.to_string().contains("continuation size") => {
                         (close::MESSAGE_TOO_BIG, "frame too big")
+                    }
+                    ProtocolError::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                        (close::INVALID_PAYLOAD, "text frames must be UTF-8")
                     }
                     // The connection dropped mid-frame: the client is gone.
                     ProtocolError::Io(_) => break,

@@ -2,5 +2,7 @@
 
 mod support;
 
+mod bad_input;
 mod behaviour;
 mod chat;
+mod limits;

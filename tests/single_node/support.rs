@@ -282,6 +282,13 @@ impl Client {
         discarded
     }
 
+    /// Forgets the frames read and not yet consumed that match `pred`; returns how many.
+    pub fn discard_pending_where(&mut self, pred: impl Fn(&Value) -> bool) -> usize {
+        let before = self.pending.len();
+        self.pending.retain(|f| !pred(f));
+        before - self.pending.len()
+    }
+
     /// The next frame, whatever its type (a pending one first).
     pub async fn next_frame(&mut self) -> Value {
         self.expect(|_| true, "any frame").await

@@ -1,0 +1,519 @@
+//! The limits a node puts on one client: frame size, frame rate, outbound queue (slow
+//! consumers), heartbeat, connection cap; and room expiry and the health endpoints.
+//! Where a limit ends a connection, the other clients must not notice.
+
+use crate::support::{eventually, Client, TestNode, DEADLINE};
+use serde_json::{json, Value};
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Waits until `watcher` hears that `user` left `room`.
+async fn expect_leave(watcher: &mut Client, room: &str, user: &str) {
+    watcher
+        .expect(
+            |f| f["type"] == "presence_diff" && f["room"] == room && f["leaves"][0]["id"] == user,
+            &format!("{user} leaving {room}"),
+        )
+        .await;
+}
+
+/// The ids of `room`'s members, as `client` is told.
+async fn member_ids(client: &mut Client, room: &str) -> Vec<String> {
+    let data = client.ok(json!({"type": "presence", "room": room})).await;
+    data["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .filter_map(|m| m["id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// A publish frame of exactly `bytes` bytes, with `ref` "sized".
+fn publish_of_size(room: &str, bytes: usize) -> String {
+    let frame = |content: &str| {
+        json!({"type": "publish", "room": room, "content": content, "ref": "sized"}).to_string()
+    };
+    let overhead = frame("").len();
+    let text = frame(&"x".repeat(bytes - overhead));
+    assert_eq!(text.len(), bytes);
+    text
+}
+
+#[tokio::test]
+async fn a_frame_over_max_frame_bytes_closes_with_1009() {
+    let node = TestNode::start_adjusted(|s| s.limits.max_frame_bytes = 1024).await;
+    let mut bob = node.connect("bob", "Bob").await;
+    let mut mallory = node.connect("mallory", "Mallory").await;
+    bob.join("lobby").await;
+    mallory.join("lobby").await;
+
+    // Exactly the limit is fine.
+    mallory.send_text(&publish_of_size("lobby", 1024)).await;
+    let reply = mallory.expect_type("reply").await;
+    assert_eq!(
+        (&reply["ref"], &reply["ok"]),
+        (&json!("sized"), &json!(true))
+    );
+
+    mallory.send_text(&publish_of_size("lobby", 1025)).await;
+    assert_eq!(mallory.expect_close().await, Some(1009));
+    assert!(
+        mallory.seen(|f| f["type"] == "reply").is_empty(),
+        "the oversized frame was processed"
+    );
+
+    // Bob saw the first message only, then mallory leave, and carries on.
+    let message = bob.expect_type("message").await;
+    assert_eq!(message["from"]["id"], "mallory");
+    expect_leave(&mut bob, "lobby", "mallory").await;
+    bob.publish("lobby", "still here").await;
+    assert_eq!(bob.expect_type("message").await["content"], "still here");
+    assert!(bob.seen(|f| f["type"] == "message").is_empty());
+}
+
+#[tokio::test]
+async fn a_fragmented_message_over_max_frame_bytes_closes_with_1009() {
+    let node = TestNode::start_adjusted(|s| s.limits.max_frame_bytes = 1024).await;
+    let mut bob = node.connect("bob", "Bob").await;
+    let mut mallory = node.connect("mallory", "Mallory").await;
+    bob.join("lobby").await;
+    mallory.join("lobby").await;
+
+    // Each fragment is small; what counts is the whole message.
+    async fn send_in_three(client: &mut Client, text: &str) {
+        let bytes = text.as_bytes();
+        let (a, rest) = bytes.split_at(bytes.len() / 3);
+        let (b, c) = rest.split_at(rest.len() / 2);
+        for (part, opcode, fin) in [
+            (a, Data::Text, false),
+            (b, Data::Continue, false),
+            (c, Data::Continue, true),
+        ] {
+            let frame = Frame::message(part.to_vec(), OpCode::Data(opcode), fin);
+            client.send_raw(Message::Frame(frame)).await;
+        }
+    }
+    send_in_three(&mut mallory, &publish_of_size("lobby", 1024)).await;
+    let reply = mallory.expect_type("reply").await;
+    assert_eq!(
+        (&reply["ref"], &reply["ok"]),
+        (&json!("sized"), &json!(true))
+    );
+
+    send_in_three(&mut mallory, &publish_of_size("lobby", 1500)).await;
+    assert_eq!(mallory.expect_close().await, Some(1009));
+
+    expect_leave(&mut bob, "lobby", "mallory").await;
+    bob.publish("lobby", "still here").await;
+    assert_eq!(member_ids(&mut bob, "lobby").await, ["bob"]);
+}
+
+#[tokio::test]
+async fn a_flood_is_rate_limited_then_recovers() {
+    let node = TestNode::start_adjusted(|s| {
+        s.limits.frames_per_second = 5;
+        s.limits.frames_burst = 5;
+    })
+    .await;
+    let mut flooder = node.connect("flooder", "Flooder").await;
+    let mut bob = node.connect("bob", "Bob").await;
+
+    let started = Instant::now();
+    for i in 0..30 {
+        flooder.send(json!({"type": "ping", "ref": i})).await;
+    }
+    let mut pongs = 0;
+    let mut retry_after_ms = 0;
+    for i in 0..30 {
+        let answer = flooder.next_frame().await;
+        assert_eq!(answer["ref"], i, "answers come in order: {answer}");
+        if answer["type"] == "pong" {
+            pongs += 1;
+            continue;
+        }
+        assert_eq!(answer["type"], "reply", "{answer}");
+        assert_eq!(answer["ok"], false);
+        assert_eq!(answer["error"]["code"], "rate_limited", "{answer}");
+        retry_after_ms = answer["error"]["retry_after_ms"].as_u64().unwrap_or(0);
+        // One frame's worth of tokens comes back every 200 ms at 5 per second.
+        assert!(
+            (1..=200).contains(&retry_after_ms),
+            "retry_after_ms {retry_after_ms}"
+        );
+    }
+    // The burst passes; after it, one more per 200 ms at most.
+    let refills = started.elapsed().as_millis() as usize / 200;
+    assert!(
+        (5..=5 + refills + 1).contains(&pongs),
+        "{pongs} of 30 passed in {:?}",
+        started.elapsed()
+    );
+    assert!(retry_after_ms > 0, "nothing was rate limited");
+
+    // The limit is per connection: bob is not held back by the flooder.
+    for i in 0..5 {
+        bob.send(json!({"type": "ping", "ref": i})).await;
+        assert_eq!(bob.next_frame().await, json!({"type": "pong", "ref": i}));
+    }
+
+    // The connection stayed open, and waiting as long as told is enough (+1: the
+    // server rounds down to whole milliseconds).
+    tokio::time::sleep(Duration::from_millis(retry_after_ms + 1)).await;
+    flooder.send(json!({"type": "ping", "ref": "after"})).await;
+    assert_eq!(
+        flooder.next_frame().await,
+        json!({"type": "pong", "ref": "after"})
+    );
+}
+
+#[tokio::test]
+async fn undecodable_frames_count_against_the_rate_limit() {
+    let node = TestNode::start_adjusted(|s| {
+        s.limits.frames_per_second = 5;
+        s.limits.frames_burst = 5;
+    })
+    .await;
+    let mut flooder = node.connect("flooder", "Flooder").await;
+    let started = Instant::now();
+    for _ in 0..10 {
+        flooder.send_text("not json").await;
+    }
+    flooder.send(json!({"type": "ping", "ref": "last"})).await;
+    let mut passed = 0;
+    let mut limited = 0;
+    for _ in 0..10 {
+        let answer = flooder.next_frame().await;
+        assert_eq!(answer["type"], "error", "{answer}");
+        match answer["error"]["code"].as_str() {
+            Some("bad_request") => passed += 1,
+            Some("rate_limited") => limited += 1,
+            _ => panic!("unexpected answer {answer}"),
+        }
+    }
+    let last = flooder.next_frame().await;
+    if last["type"] == "pong" {
+        passed += 1;
+    } else {
+        assert_eq!(last["error"]["code"], "rate_limited", "{last}");
+    }
+    let refills = started.elapsed().as_millis() as usize / 200;
+    assert!(
+        passed <= 5 + refills + 1,
+        "{passed} of 11 frames passed in {:?}",
+        started.elapsed()
+    );
+    assert!(limited > 0);
+}
+
+#[tokio::test]
+async fn the_default_limits_let_a_burst_of_50_frames_through() {
+    let node = TestNode::start().await;
+    let mut c = node.connect("alice", "Alice").await;
+    c.join("lobby").await;
+    for i in 0..25 {
+        c.send(json!({"type": "ping", "ref": i})).await;
+        c.send(json!({"type": "publish", "room": "lobby", "content": "hi", "ref": 100 + i}))
+            .await;
+    }
+    for i in 0..25 {
+        let pong = c.expect(|f| f["ref"] == i, "a pong").await;
+        assert_eq!(pong["type"], "pong", "{pong}");
+        let reply = c.expect(|f| f["ref"] == 100 + i, "a reply").await;
+        assert_eq!(reply["ok"], true, "{reply}");
+    }
+}
+
+#[tokio::test]
+async fn a_slow_consumer_is_closed_with_4009_and_the_room_carries_on() {
+    const QUEUE: usize = 8;
+    let node = TestNode::start_adjusted(|s| {
+        s.limits.outbound_queue = QUEUE;
+        s.limits.frames_per_second = 0;
+    })
+    .await;
+    let mut publisher = node.connect("publisher", "Publisher").await;
+    let mut slow = node.connect("slow", "Slow").await;
+    publisher.join("firehose").await;
+    slow.join("firehose").await;
+    // From here on `slow` reads nothing until it is closed.
+
+    // Publish until the slow client is dropped: first the loopback TCP buffers (a few
+    // MB) fill up, then its queue. A few publishes are kept in flight so the
+    // publisher's own acknowledgements keep the data flowing; each one puts two frames
+    // (message, reply) in the publisher's queue, so at most 2 * WINDOW (and a
+    // presence_diff) wait there and the publisher is never a slow consumer itself.
+    const WINDOW: u64 = 3;
+    const _: () = assert!(2 * WINDOW as usize + 1 < QUEUE);
+    const MAX_MESSAGES: u64 = 20_000;
+    let content = "x".repeat(4_000);
+    let is_slow_leaving =
+        |f: &Value| f["type"] == "presence_diff" && f["leaves"][0]["id"] == "slow";
+    let (mut sent, mut acked) = (0, 0);
+    while publisher.seen(is_slow_leaving).is_empty() {
+        assert!(
+            sent < MAX_MESSAGES,
+            "the slow client was not dropped after {sent} messages"
+        );
+        while sent < acked + WINDOW {
+            let publish =
+                json!({"type": "publish", "room": "firehose", "content": content, "ref": sent});
+            publisher.send(publish).await;
+            sent += 1;
+        }
+        let reply = publisher
+            .expect(
+                |f| f["type"] == "reply" && f["ref"] == acked,
+                "a publish reply",
+            )
+            .await;
+        assert_eq!(reply["ok"], true, "{reply}");
+        acked += 1;
+        publisher.discard_pending_where(|f| f["type"] == "message");
+    }
+
+    // The close frame comes after everything that was already on its way to it.
+    assert_eq!(slow.expect_close().await, Some(4009));
+    let received = slow.seen(|f| f["type"] == "message").len() as u64;
+    assert!(received < sent, "the slow client got all {sent} messages");
+
+    // The publisher is unaffected, and alone in the room.
+    while acked < sent {
+        let reply = publisher
+            .expect(
+                |f| f["type"] == "reply" && f["ref"] == acked,
+                "a publish reply",
+            )
+            .await;
+        assert_eq!(reply["ok"], true, "{reply}");
+        acked += 1;
+    }
+    publisher.discard_pending_where(|f| f["type"] == "message");
+    let ack = publisher.publish("firehose", "after").await;
+    assert_eq!(ack["seq"], sent + 1);
+    assert_eq!(member_ids(&mut publisher, "firehose").await, ["publisher"]);
+}
+
+#[tokio::test]
+async fn a_silent_client_is_closed_with_4008() {
+    let node = TestNode::start_adjusted(|s| {
+        s.heartbeat.interval_ms = 100;
+        s.heartbeat.timeout_ms = 400;
+    })
+    .await;
+    let mut watcher = node.connect("watcher", "Watcher").await;
+    watcher.join("lobby").await;
+    let mut silent = node.connect("silent", "Silent").await;
+    let last_sent = Instant::now();
+    silent.join("lobby").await;
+    // From here on `silent` neither writes nor reads, so it answers no pings either.
+
+    expect_leave(&mut watcher, "lobby", "silent").await;
+    let after = last_sent.elapsed();
+    assert!(
+        after >= Duration::from_millis(400),
+        "closed {after:?} after its last frame"
+    );
+    assert_eq!(silent.expect_close().await, Some(4008));
+    assert_eq!(member_ids(&mut watcher, "lobby").await, ["watcher"]);
+}
+
+#[tokio::test]
+async fn a_client_that_keeps_sending_outlives_the_heartbeat_timeout() {
+    let node = TestNode::start_adjusted(|s| {
+        s.heartbeat.interval_ms = 100;
+        s.heartbeat.timeout_ms = 400;
+    })
+    .await;
+    let mut talker = node.connect("talker", "Talker").await;
+    // App-level pings only: the client reads nothing meanwhile, so it answers none of
+    // the node's WebSocket pings, and its frames alone must keep it alive.
+    let started = Instant::now();
+    let mut every = tokio::time::interval(Duration::from_millis(100));
+    let mut sent = 0;
+    while started.elapsed() < Duration::from_millis(1_200) {
+        every.tick().await;
+        talker.send(json!({"type": "ping", "ref": sent})).await;
+        sent += 1;
+    }
+    for i in 0..sent {
+        let pong = talker.next_frame().await;
+        assert_eq!(pong, json!({"type": "pong", "ref": i}));
+    }
+    talker.join("lobby").await;
+}
+
+#[tokio::test]
+async fn an_idle_room_keeps_its_history_for_the_ttl_then_starts_afresh() {
+    let node = TestNode::start_adjusted(|s| {
+        s.rooms.idle_ttl_secs = 1;
+        s.rooms.history = 10;
+    })
+    .await;
+    let mut alice = node.connect("alice", "Alice").await;
+    let mut bob = node.connect("bob", "Bob").await;
+    alice.join("lobby").await;
+    for i in 1..=3 {
+        alice.publish("lobby", &format!("m{i}")).await;
+    }
+    let leave = json!({"type": "leave", "room": "lobby"});
+    alice.ok(leave.clone()).await;
+
+    // Empty, but within the TTL: the history is still there.
+    let data = bob.join("lobby").await;
+    assert_eq!(data["seq"], 3);
+    assert_eq!(data["history"].as_array().map(Vec::len), Some(3));
+    bob.ok(leave.clone()).await;
+
+    // Every join restarts the idle clock, so the poll must leave the room empty for
+    // longer than the TTL between two looks.
+    let poll_every = Duration::from_millis(1_300);
+    let deadline = Instant::now() + DEADLINE;
+    let fresh = loop {
+        tokio::time::sleep(poll_every).await;
+        let data = bob.join("lobby").await;
+        if data["history"] == json!([]) {
+            break data;
+        }
+        assert_eq!(data["seq"], 3, "{data}");
+        bob.ok(leave.clone()).await;
+        assert!(Instant::now() < deadline, "the room never expired");
+    };
+    assert_eq!(fresh["seq"], 0, "{fresh}");
+    assert_eq!(fresh["gap"], false);
+
+    // A client that saw seq 3 of the old room learns that it missed something.
+    let resumed = alice
+        .ok(json!({"type": "join", "room": "lobby", "since": 3}))
+        .await;
+    assert_eq!(resumed["gap"], true, "{resumed}");
+    assert_eq!(resumed["seq"], 0);
+    assert_eq!(resumed["history"], json!([]));
+    let ack = alice.publish("lobby", "first again").await;
+    assert_eq!(ack["seq"], 1);
+}
+
+#[tokio::test]
+async fn the_connection_cap_refuses_with_503_until_a_slot_frees() {
+    let node = TestNode::start_adjusted(|s| s.limits.max_connections = 2).await;
+    let a = node.connect("a", "A").await;
+    let mut b = node.connect("b", "B").await;
+    let refusal = match node.try_connect("user=c").await {
+        Ok(_) => panic!("a third connection was accepted"),
+        Err(refusal) => refusal,
+    };
+    assert_eq!(refusal.status, 503, "{refusal:?}");
+    assert_eq!(refusal.body["error"]["code"], "unavailable", "{refusal:?}");
+    assert!(refusal.body["error"]["message"].as_str().is_some());
+    // HTTP still answers at the cap.
+    let (status, body) = node.get("/readyz").await;
+    assert_eq!(status, 200, "{body}");
+
+    a.close().await;
+    let node_ref = &node;
+    let mut c = eventually("a slot to free up", || async move {
+        node_ref.try_connect("user=c").await.ok()
+    })
+    .await;
+    c.join("lobby").await;
+    b.join("lobby").await;
+    // And the cap holds again.
+    let refusal = node.try_connect("user=d").await.err().map(|r| r.status);
+    assert_eq!(refusal, Some(503));
+}
+
+#[tokio::test]
+async fn health_and_readiness_answer_with_json() {
+    let node = TestNode::start().await;
+    let json_of = |body: &str| -> Value {
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+    };
+    let (status, body) = node.get("/healthz").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json_of(&body)["status"], "ok");
+
+    let (status, body) = node.get("/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        json_of(&body),
+        json!({"status": "ready", "node": "test-node", "connections": 0})
+    );
+    // It counts open WebSockets, and forgets closed ones.
+    let client = node.connect("alice", "Alice").await;
+    let (_, body) = node.get("/readyz").await;
+    assert_eq!(json_of(&body)["connections"], 1, "{body}");
+    client.close().await;
+    let node_ref = &node;
+    eventually("the closed connection to be forgotten", || async move {
+        let (_, body) = node_ref.get("/readyz").await;
+        (serde_json::from_str::<Value>(&body).ok()?["connections"] == 0).then_some(())
+    })
+    .await;
+}
+
+/// actix-http buffers a whole frame before checking its size; the node's frame guard
+/// refuses it from its header. A client that announces 1 GiB and sends only the header
+/// must be closed with 1009 at once, not left waiting while the node buffers.
+#[tokio::test]
+async fn a_frame_announcing_too_much_is_refused_from_its_header() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let node = TestNode::start_adjusted(|s| s.limits.max_frame_bytes = 1024).await;
+    let mut tcp = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+    let handshake = format!(
+        "GET /ws?user=raw HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        node.addr
+    );
+    tcp.write_all(handshake.as_bytes()).await.unwrap();
+    // A masked text frame header announcing 1 GiB, and no payload.
+    let mut header = vec![0x81, 0x80 | 127];
+    header.extend_from_slice(&(1u64 << 30).to_be_bytes());
+    header.extend_from_slice(&[1, 2, 3, 4]);
+    tcp.write_all(&header).await.unwrap();
+    // Read until the server's close frame (0x88) arrives; its first two payload bytes
+    // are the close code.
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + crate::support::DEADLINE;
+    let code = loop {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout_at(deadline, tcp.read(&mut buf))
+            .await
+            .expect("the node should close at once")
+            .unwrap();
+        assert!(n > 0, "connection ended without a close frame");
+        seen.extend_from_slice(&buf[..n]);
+        let body_start = seen
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|p| p + 4);
+        if let Some(start) = body_start {
+            // Skip server frames until a close frame.
+            let mut i = start;
+            let mut found = None;
+            while i + 2 <= seen.len() {
+                // Server frames are unmasked; lengths over 125 use 2 (or 8) more bytes.
+                let (len, head) = match seen[i + 1] & 0x7f {
+                    126 if i + 4 <= seen.len() => {
+                        (u16::from_be_bytes([seen[i + 2], seen[i + 3]]) as usize, 4)
+                    }
+                    126 | 127 => break,
+                    short => (short as usize, 2),
+                };
+                if i + head + len > seen.len() {
+                    break;
+                }
+                if seen[i] == 0x88 && len >= 2 {
+                    found = Some(u16::from_be_bytes([seen[i + head], seen[i + head + 1]]));
+                    break;
+                }
+                i += head + len;
+            }
+            if let Some(code) = found {
+                break code;
+            }
+        }
+    };
+    assert_eq!(code, 1009);
+}
