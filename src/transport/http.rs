@@ -2,6 +2,7 @@
 
 use super::websocket;
 use crate::actors::NodeContext;
+use crate::cluster::membership::MembershipMessage;
 use actix_web::{dev::Server, web, App, HttpResponse, HttpServer};
 use serde_json::json;
 use std::net::TcpListener;
@@ -50,6 +51,7 @@ pub fn serve(listener: TcpListener, state: AppState) -> std::io::Result<Server> 
             .route("/ws", web::get().to(websocket::upgrade))
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
+            .route("/cluster", web::get().to(cluster))
     })
     // Small frames (a reply right after a broadcast) must not wait for the client's
     // delayed ACK: without this, Nagle adds about 40 ms to such pairs.
@@ -88,5 +90,30 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         }))
     } else {
         HttpResponse::ServiceUnavailable().json(json!({"status": "not ready"}))
+    }
+}
+
+/// This node's view of the cluster: itself, every known peer with its state and last
+/// heartbeat round trip, and the rooms it owns. 404 on a node that is not clustered.
+async fn cluster(state: web::Data<AppState>) -> HttpResponse {
+    let Some(membership) = state.ctx.membership() else {
+        return HttpResponse::NotFound().json(json!({"error": "not clustered"}));
+    };
+    match crate::actors::ask(&membership, MembershipMessage::Status).await {
+        Ok(status) => {
+            let mut body = serde_json::to_value(&status).unwrap_or_else(|_| json!({}));
+            let owned = match state.ctx.rooms() {
+                Some(rooms) => crate::actors::ask(&rooms, |reply| {
+                    crate::actors::RoomSupervisorMessage::Owned { reply }
+                })
+                .await
+                .unwrap_or_default(),
+                None => Vec::new(),
+            };
+            body["rooms_owned"] = json!(owned);
+            HttpResponse::Ok().json(body)
+        }
+        Err(_) => HttpResponse::ServiceUnavailable()
+            .json(json!({"error": "cluster membership is not answering"})),
     }
 }
