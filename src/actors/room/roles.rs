@@ -43,8 +43,8 @@ pub enum AckTo {
     Remote { node: String, req: u64 },
 }
 
-/// A message the owner ordered that no relay has confirmed yet: it is not shown to
-/// this node's connections, nor acknowledged, until one does.
+/// A message the owner ordered that no relay has confirmed yet: it is not in the
+/// history, not shown to this node's connections, nor acknowledged, until one does.
 pub struct Unreplicated {
     pub message: ChatMessage,
     pub ack_to: Option<AckTo>,
@@ -331,14 +331,19 @@ impl Room {
         let message = ChatMessage {
             room: self.room(),
             id: uuid::Uuid::now_v7().to_string(),
-            seq: self.state.seq + 1,
+            // After the last message ordered, confirmed or not.
+            seq: self
+                .unreplicated
+                .back()
+                .map_or(self.state.seq, |u| u.message.seq)
+                + 1,
             from,
             content,
             ts: now_ms(),
         };
-        self.state.remember(message.clone());
         match self.designated_relay() {
             None => {
+                self.state.remember(message.clone());
                 self.state.push_message(&message);
                 complete(self, ack_to, Ok(ack_of(&message)));
             }
@@ -407,6 +412,9 @@ impl Room {
             let Some(waiting) = self.unreplicated.pop_front() else {
                 break;
             };
+            // Only now does it enter the history: `history`, `join` and `since` never
+            // show a message no other node holds.
+            self.state.remember(waiting.message.clone());
             self.state.push_message(&waiting.message);
             if let Some(ack_to) = waiting.ack_to {
                 complete(self, ack_to, Ok(ack_of(&waiting.message)));
@@ -1047,9 +1055,10 @@ impl Room {
         for (_, reply) in self.pending_publishes.drain() {
             let _ = reply.send(Err(unavailable(why)));
         }
-        // Ordered but unconfirmed: not acknowledged. If the message survives the
-        // ownership change it is shown then; its publisher may have retried (a
-        // retried message can appear twice, never one sequence number twice).
+        // Ordered but unconfirmed: neither shown nor acknowledged, and forgotten here.
+        // If a relay received it, it survives the ownership change through that
+        // relay's copy and is shown then; its publisher may have retried (a retried
+        // message can appear twice, never one sequence number twice).
         for waiting in std::mem::take(&mut self.unreplicated) {
             if let Some(ack_to) = waiting.ack_to {
                 complete(self, ack_to, Err(unavailable(why)));

@@ -1,0 +1,17 @@
+//! Multi-process tests of a cluster: real `hubbub` processes started from generated
+//! configs on free ports, driven by WebSocket clients, with real faults (`kill -9`,
+//! `SIGSTOP` / `SIGCONT`, a wrong cookie, a taken name). See `support` for the harness; the tests
+//! run one at a time (timing assertions need the CPU to themselves).
+//!
+//! `HUBBUB_LOG__LEVEL=debug cargo test --test cluster` raises the nodes' log level; a
+//! failing test prints the tail of every node's log and keeps its directory.
+
+mod support;
+
+mod chat;
+mod failover;
+mod harness;
+mod presence;
+mod refused;
+mod start_order;
+mod status;

@@ -1,0 +1,98 @@
+//! `GET /cluster`: this node, every peer with its state and heartbeat round trip, and
+//! the rooms this node owns.
+
+use crate::support::{
+    find_room, owner_of, view_names, Cluster, DEADLINE, FAILURE_TIMEOUT_MS, HEARTBEAT_MS,
+};
+use serde_json::Value;
+use std::time::Instant;
+
+/// The names in a `/cluster` answer's `rooms_owned`.
+fn rooms_owned(status: &Value) -> Vec<&str> {
+    status["rooms_owned"]
+        .as_array()
+        .map(|rooms| rooms.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn cluster_status_shows_peers_and_the_rooms_each_node_owns() {
+    let cluster = Cluster::start("status", 3).await;
+    let all = ["a", "b", "c"];
+    let names = cluster.names();
+
+    let mut incarnations = Vec::new();
+    for name in &names {
+        incarnations.push(cluster.cluster_status(name).await["incarnation"].clone());
+    }
+    for name in &names {
+        let status = cluster.cluster_status(name).await;
+        assert_eq!(status["node"], name.as_str(), "{status}");
+        assert_eq!(
+            status["advertise"],
+            cluster.bind_addr(name).to_string(),
+            "{status}"
+        );
+        assert_eq!(view_names(&status), all.into_iter().collect(), "{status}");
+        assert_eq!(status["quorum"], 2, "{status}");
+        let peers = status["peers"].as_array().expect("peers");
+        assert_eq!(peers.len(), 2, "{name}: {status}");
+        for (peer, incarnation) in names.iter().zip(&incarnations) {
+            if peer == name {
+                continue;
+            }
+            let entry = peers
+                .iter()
+                .find(|p| p["name"] == peer.as_str())
+                .unwrap_or_else(|| panic!("{name} does not list {peer}: {status}"));
+            assert_eq!(entry["state"], "up", "{name}: {entry}");
+            assert_eq!(entry["addr"], cluster.bind_addr(peer).to_string());
+            assert_eq!(&entry["incarnation"], incarnation, "{name}: {entry}");
+            let rtt = entry["rtt_ms"].as_f64().expect("rtt_ms is a number");
+            assert!((0.0..1_000.0).contains(&rtt), "{name}: {entry}");
+            let heard = entry["last_heard_ms_ago"]
+                .as_u64()
+                .expect("last_heard_ms_ago");
+            assert!(
+                heard < FAILURE_TIMEOUT_MS,
+                "{name} heard from {peer} {heard} ms ago (heartbeats every {HEARTBEAT_MS} ms)"
+            );
+        }
+    }
+
+    // Rooms in use show up at their owner, and only there.
+    let rooms: Vec<String> = all
+        .iter()
+        .map(|node| find_room("owned", |room| owner_of(room, &all) == *node))
+        .collect();
+    let mut clients = Vec::new();
+    for node in all {
+        let mut client = cluster.connect(node, &format!("user-{node}")).await;
+        for room in &rooms {
+            client.join_retry(room).await;
+        }
+        clients.push(client);
+    }
+    let started = Instant::now();
+    loop {
+        let mut owned = Vec::new();
+        for name in &names {
+            let status = cluster.cluster_status(name).await;
+            owned.push(
+                rooms_owned(&status)
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>(),
+            );
+        }
+        let expected: Vec<Vec<String>> = rooms.iter().map(|room| vec![room.clone()]).collect();
+        if owned == expected {
+            break;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "rooms_owned of a, b, c: {owned:?}, expected {expected:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
