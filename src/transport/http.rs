@@ -79,22 +79,27 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-/// Ready: the actor system is up and the node is not draining.
+/// Ready: the actor system is up, the node is not draining, and (when clustered) its
+/// view holds a majority of the cluster, so it can change rooms.
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let actors_up = state.ctx.sessions().is_some() && state.ctx.rooms().is_some();
-    if state.ready.load(Ordering::Acquire) && actors_up {
+    let quorum = state
+        .ctx
+        .cluster
+        .as_ref()
+        .is_none_or(|cluster| cluster.view().has_quorum());
+    if state.ready.load(Ordering::Acquire) && actors_up && quorum {
         HttpResponse::Ok().json(json!({
             "status": "ready",
             "node": state.ctx.settings.node.name,
             "connections": state.open_connections(),
         }))
     } else {
-        HttpResponse::ServiceUnavailable().json(json!({"status": "not ready"}))
+        let status = if quorum { "not ready" } else { "no quorum" };
+        HttpResponse::ServiceUnavailable().json(json!({ "status": status }))
     }
 }
 
-/// This node's view of the cluster: itself, every known peer with its state and last
-/// heartbeat round trip, and the rooms it owns. 404 on a node that is not clustered.
 async fn cluster(state: web::Data<AppState>) -> HttpResponse {
     let Some(membership) = state.ctx.membership() else {
         return HttpResponse::NotFound().json(json!({"error": "not clustered"}));

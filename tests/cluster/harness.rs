@@ -31,7 +31,7 @@ async fn harness_starts_processes_and_signals_reach_them() {
 
     // Still answering after all that.
     for name in cluster.names() {
-        let (status, _) = cluster.http(&name, "/readyz").await;
+        let (status, _) = cluster.http(&name, "/healthz").await;
         assert_eq!(status, 200, "node {name}");
     }
 }

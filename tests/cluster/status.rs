@@ -96,3 +96,20 @@ async fn cluster_status_shows_peers_and_the_rooms_each_node_owns() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// A node that cannot form a majority is not ready: a load balancer should send new
+/// clients elsewhere. Once its peers are up, it is.
+#[tokio::test]
+async fn readyz_follows_quorum() {
+    let mut cluster = Cluster::plan("readyz", 3).await;
+    cluster.start_node("a").await;
+    let (status, body) = cluster.http("a", "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("no quorum"), "{body}");
+    cluster.start_node("b").await;
+    cluster
+        .wait_converged(&["a".to_owned(), "b".to_owned()])
+        .await;
+    let (status, body) = cluster.http("a", "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+}

@@ -238,7 +238,7 @@ impl Cluster {
         self.node(name).bind
     }
 
-    /// Starts a planned (or killed) node's process and waits until `/readyz` answers
+    /// Starts a planned (or killed) node's process and waits until `/healthz` answers
     /// 200. Output goes to `<name>.log` in the test's directory, appended on restarts.
     pub async fn start_node(&mut self, name: &str) {
         let label = self.label.clone();
@@ -285,12 +285,13 @@ impl Cluster {
                     self.log_tail(name)
                 );
             }
-            if let Some((200, _)) = try_http(addr, "/readyz").await {
+            // Up (serving HTTP); readiness needs a quorum, which a lone node lacks.
+            if let Some((200, _)) = try_http(addr, "/healthz").await {
                 return;
             }
             assert!(
                 started.elapsed() < DEADLINE,
-                "[{label}] node {name} not ready within {DEADLINE:?}"
+                "[{label}] node {name} not serving within {DEADLINE:?}"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
