@@ -14,7 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = flag("--config").map(Into::into);
     let node = flag("--node");
     let settings = load(&ConfigSource::from_args(path), node.as_deref())?;
-    hubbub::telemetry::init(&settings.log)?;
+    hubbub::telemetry::init(&settings.log, &settings.node.name)?;
     let behaviours = Behaviours::new()
         .with("news:*", AnnounceOnly::new(["editor"]))?
         .with("kids:*", WordFilter::new(["darn", "heck"]))?;

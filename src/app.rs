@@ -5,11 +5,16 @@
 //! before serving; [`Application::run`] serves until the shutdown future the caller
 //! hands in resolves (`run_until_stopped` uses SIGINT / SIGTERM), then drains.
 
-use crate::actors::{start_node, NodeContext, NodeHandle, SessionSupervisorMessage};
+use crate::actors::{
+    start_node, NodeContext, NodeHandle, RoomSupervisorMessage, SessionSupervisorMessage,
+};
 use crate::behaviour::Behaviours;
+use crate::cluster::membership::tls::PeerTls;
+use crate::cluster::membership::MembershipMessage;
 use crate::cluster::Cluster;
 use crate::config::Settings;
-use crate::transport::{serve, AppState};
+use crate::telemetry::Metrics;
+use crate::transport::{serve, AppState, Gate};
 use actix_web::dev::Server;
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
@@ -34,19 +39,24 @@ impl Application {
 
     /// Builds a node with room behaviours chosen by room-name pattern.
     pub fn build_with(settings: Settings, behaviours: Behaviours) -> std::io::Result<Self> {
+        check_cluster_tls(&settings)?;
+        // Reads the auth key: a bad one stops start-up here, naming the key.
+        let gate = Gate::new(&settings).map_err(std::io::Error::other)?;
         let listener = TcpListener::bind(settings.node.http_addr)?;
         let addr = listener.local_addr()?;
+        let metrics = Arc::new(Metrics::new());
         let cluster = settings.cluster.enabled.then(|| {
             Arc::new(Cluster::new(
                 &settings.node.name,
                 Duration::from_millis(settings.cluster.heartbeat_ms),
                 Duration::from_millis(settings.cluster.failure_timeout_ms),
                 cluster_size(&settings),
+                metrics.clone(),
             ))
         });
-        let ctx = Arc::new(NodeContext::new(settings, behaviours, cluster));
+        let ctx = Arc::new(NodeContext::new(settings, behaviours, cluster, metrics));
         let node = start_node(ctx.clone())?;
-        let state = AppState::new(ctx);
+        let state = AppState::new(ctx, gate);
         let server = serve(listener, state.clone())?;
         state.ready.store(true, Ordering::Release);
         tracing::info!(node = %state.ctx.settings.node.name, %addr, "hubbub is listening");
@@ -79,9 +89,10 @@ impl Application {
     }
 
     /// Serves until `shutdown` resolves, then drains: `/readyz` turns 503 and new
-    /// upgrades are refused, every client gets `goodbye` and a close with 1012, and
-    /// once they are gone (or [`DRAIN_TIMEOUT`] has passed) the HTTP server and the
-    /// actor system stop. An actor system that gives up first ends the node with an
+    /// upgrades are refused, a clustered node leaves the cluster (its rooms move with
+    /// their history), every client gets `goodbye` and a close with 1012 in batches,
+    /// and once they are gone (or `shutdown.timeout_secs` nearly has passed) the HTTP
+    /// server and the actor system stop. An actor system that gives up first ends the node with an
     /// error.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
         let Self {
@@ -116,6 +127,21 @@ impl Application {
     }
 }
 
+/// Fails start-up, with a message naming the key, when `[cluster.tls]` cannot be
+/// used (a file unreadable, a key that is not the certificate's): before anything
+/// starts, rather than from deep inside the actor tree. Membership reads the files
+/// again when it starts.
+fn check_cluster_tls(settings: &Settings) -> std::io::Result<()> {
+    match &settings.cluster.tls {
+        Some(tls) if settings.cluster.enabled => {
+            PeerTls::load(tls, &settings.cluster.advertise_addr())
+                .map(|_| ())
+                .map_err(std::io::Error::other)
+        }
+        _ => Ok(()),
+    }
+}
+
 /// How many nodes the cluster has, as far as configuration tells: the distinct
 /// addresses among the seeds and this node's own. Quorum is a majority of it (or of
 /// the nodes seen, when more have been seen).
@@ -127,22 +153,39 @@ fn cluster_size(settings: &Settings) -> usize {
     addrs.len()
 }
 
-/// The longest a drain waits for clients to go before the node stops anyway.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-/// Clients told to reconnect are spread over this window.
-const RECONNECT_SPREAD_MS: u64 = 2_000;
+/// What is kept back from `shutdown.timeout_secs` for stopping the HTTP server and the
+/// actor system after the clients are gone.
+const STOP_MARGIN: Duration = Duration::from_secs(2);
 
+/// The drain: stop accepting, leave the cluster (rooms move with their history), say
+/// goodbye to every client in batches, and wait for them to go, all within
+/// `shutdown.timeout_secs` (less [`STOP_MARGIN`]).
 async fn drain(state: &AppState) {
+    let settings = &state.ctx.settings.shutdown;
+    let deadline = tokio::time::Instant::now()
+        + Duration::from_secs(settings.timeout_secs).saturating_sub(STOP_MARGIN);
     state.ready.store(false, Ordering::Release);
-    let open = state.open_connections();
-    tracing::info!(connections = open, "draining");
+    tracing::info!(connections = state.open_connections(), "draining");
+    if let Some(cluster) = &state.ctx.cluster {
+        // Order matters: stop ordering, hand every room over, then say so.
+        cluster.start_leaving();
+        if let Some(rooms) = state.ctx.rooms() {
+            let handed =
+                crate::actors::ask(&rooms, |reply| RoomSupervisorMessage::HandOff { reply }).await;
+            tracing::info!(rooms = handed.unwrap_or(0), "rooms handed over");
+        }
+        if let Some(membership) = state.ctx.membership() {
+            let _ = crate::actors::ask(&membership, MembershipMessage::Leave).await;
+        }
+    }
     if let Some(sessions) = state.ctx.sessions() {
         let _ = sessions.cast(SessionSupervisorMessage::Drain {
             reason: "shutdown".to_owned(),
-            spread_ms: RECONNECT_SPREAD_MS,
+            spread_ms: settings.reconnect_spread_ms,
+            batch: settings.batch_size,
+            interval: Duration::from_millis(settings.batch_interval_ms),
         });
     }
-    let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
     while state.open_connections() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

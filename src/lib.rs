@@ -5,18 +5,21 @@
 //! tree. The map of the crate, outside in:
 //!
 //! - [`config`]: typed settings, layered defaults < file < `HUBBUB_SECTION__KEY`.
+//! - [`auth`]: who a client is (anonymous or a verified JWT) and which rooms it may
+//!   join and publish in (`[[rooms.acl]]`).
 //! - [`transport`]: actix-web routes; the WebSocket upgrade and per-connection read loop.
 //! - [`protocol`]: the wire format v1 (pure serde types; no I/O).
 //! - [`actors`]: the supervision tree (node, sessions, rooms, presence) and each
 //!   connection's bounded outbound queue.
 //! - [`behaviour`]: the `RoomBehaviour` trait developers implement to change rooms.
 //! - [`cluster`]: membership, failure detection, the wire between nodes, ownership.
-//! - [`app`]: builds a node from settings; [`telemetry`]: logs.
+//! - [`app`]: builds a node from settings; [`telemetry`]: logs and metrics.
 //!
 //! docs/architecture.md draws the tree and follows one message through it.
 
 pub mod actors;
 pub mod app;
+pub mod auth;
 pub mod behaviour;
 pub mod cluster;
 pub mod config;

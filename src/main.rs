@@ -68,7 +68,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_BAD_CONFIG);
                 }
             };
-            if let Err(e) = hubbub::telemetry::init(&settings.log) {
+            if let Err(e) = hubbub::telemetry::init(&settings.log, &settings.node.name) {
                 eprintln!("hubbub: cannot start logging: {e}");
                 return ExitCode::from(EXIT_BAD_CONFIG);
             }

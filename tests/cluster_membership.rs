@@ -4,250 +4,23 @@
 //! wrong cookie and a node with a taken name are refused, and nobody crashes.
 //!
 //! Each node gets a generated config with free ports, `heartbeat_ms = 100` and
-//! `failure_timeout_ms = 600`, and is watched through `GET /cluster` and its log.
-//! Every wait polls with a deadline. One test drives the phases in order, so that the
-//! timings measured are not disturbed by other clusters on the same machine.
+//! `failure_timeout_ms = 600`, and is watched through `GET /cluster` and its log
+//! (tests/common/processes.rs). Every wait polls with a deadline. One test drives the
+//! phases in order, so that the timings measured are not disturbed by other clusters
+//! on the same machine.
 
+mod common;
+
+use common::processes::{
+    converged, free_ports, peer_state, test_dir, view_of, wait_for, Node, Nodes, CONVERGE,
+    FAILURE_TIMEOUT_MS, WATCH_REFUSED,
+};
 use serde_json::Value;
-use std::collections::BTreeSet;
-use std::fs::File;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-const HEARTBEAT_MS: u64 = 100;
-const FAILURE_TIMEOUT_MS: u64 = 600;
-/// How long forming a cluster or rejoining may take.
-const CONVERGE: Duration = Duration::from_secs(10);
 /// How soon a dead or frozen node must be declared down.
 const DETECT: Duration = Duration::from_millis(FAILURE_TIMEOUT_MS + 1_000);
-/// How long a refused node is watched for, to see it never comes up anywhere.
-const WATCH_REFUSED: Duration = Duration::from_millis(FAILURE_TIMEOUT_MS * 3);
-
-/// `n` distinct free ports on 127.0.0.1.
-fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("a free port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("bound").port())
-        .collect()
-}
-
-/// One `hubbub` process and how to reach it.
-struct Node {
-    name: String,
-    http: SocketAddr,
-    cluster: SocketAddr,
-    cookie: String,
-    seeds: Vec<SocketAddr>,
-    config: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-impl Node {
-    fn new(dir: &Path, name: &str, cookie: &str, seeds: &[SocketAddr], label: &str) -> Self {
-        let ports = free_ports(2);
-        Self {
-            name: name.to_owned(),
-            http: SocketAddr::from(([127, 0, 0, 1], ports[0])),
-            cluster: SocketAddr::from(([127, 0, 0, 1], ports[1])),
-            cookie: cookie.to_owned(),
-            seeds: seeds.to_vec(),
-            config: dir.join(format!("{label}.toml")),
-            log: dir.join(format!("{label}.log")),
-            child: None,
-        }
-    }
-
-    /// Writes the config and starts the process; its log goes to `self.log`.
-    fn start(&mut self) {
-        let seeds: Vec<String> = self.seeds.iter().map(|s| format!("\"{s}\"")).collect();
-        let config = format!(
-            "[node]\nname = \"{name}\"\nhttp_addr = \"{http}\"\n\n\
-             [log]\nlevel = \"info\"\nformat = \"json\"\n\n\
-             [cluster]\nenabled = true\nbind = \"{cluster}\"\ncookie = \"{cookie}\"\n\
-             seeds = [{seeds}]\nheartbeat_ms = {HEARTBEAT_MS}\n\
-             failure_timeout_ms = {FAILURE_TIMEOUT_MS}\n",
-            name = self.name,
-            http = self.http,
-            cluster = self.cluster,
-            cookie = self.cookie,
-            seeds = seeds.join(", "),
-        );
-        std::fs::write(&self.config, config).expect("config written");
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("log file");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_hubbub"));
-        // Only the generated file configures the node.
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("HUBBUB_") {
-                command.env_remove(key);
-            }
-        }
-        let child = command
-            .arg("serve")
-            .arg("--config")
-            .arg(&self.config)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("hubbub starts");
-        self.child = Some(child);
-    }
-
-    /// Starts the node again on a fresh HTTP port (the old one may linger in
-    /// TIME_WAIT); the cluster address stays, as the others dial it.
-    fn restart(&mut self) {
-        self.http = SocketAddr::from(([127, 0, 0, 1], free_ports(1)[0]));
-        self.start();
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.pid().to_string())
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill -{signal} {}", self.pid());
-    }
-
-    /// Panics if the process has exited.
-    fn assert_alive(&mut self) {
-        let name = self.name.clone();
-        let log = self.log.clone();
-        if let Some(child) = self.child.as_mut() {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "{name} exited with {status}; its log:\n{}",
-                    std::fs::read_to_string(log).unwrap_or_default()
-                );
-            }
-        }
-    }
-
-    /// `GET /cluster`, or None while the node does not answer.
-    fn status(&self) -> Option<Value> {
-        let mut stream = TcpStream::connect_timeout(&self.http, Duration::from_secs(1)).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        stream
-            .write_all(b"GET /cluster HTTP/1.0\r\nHost: test\r\n\r\n")
-            .ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).ok()?;
-        let (head, body) = response.split_once("\r\n\r\n")?;
-        head.split(' ')
-            .nth(1)
-            .is_some_and(|code| code == "200")
-            .then(|| serde_json::from_str(body).ok())
-            .flatten()
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-/// Every node of a test; kills them all when dropped, whatever happened.
-struct Nodes {
-    dir: PathBuf,
-    nodes: Vec<Node>,
-}
-
-impl Drop for Nodes {
-    fn drop(&mut self) {
-        for node in &mut self.nodes {
-            if let Some(child) = node.child.as_ref() {
-                let _ = Command::new("kill")
-                    .arg("-CONT")
-                    .arg(child.id().to_string())
-                    .status();
-            }
-            node.kill();
-        }
-        if !std::thread::panicking() && std::env::var_os("KEEP_CLUSTER_TEST_LOGS").is_none() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        } else {
-            eprintln!("node configs and logs kept in {}", self.dir.display());
-        }
-    }
-}
-
-/// The state of `peer` in a `/cluster` answer.
-fn peer_state<'a>(status: &'a Value, peer: &str) -> Option<&'a str> {
-    status["peers"]
-        .as_array()?
-        .iter()
-        .find(|p| p["name"] == peer)?["state"]
-        .as_str()
-}
-
-fn view_of(status: &Value) -> BTreeSet<String> {
-    status["view"]
-        .as_array()
-        .map(|v| {
-            v.iter()
-                .filter_map(|n| n.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Polls `check` every 20 ms until it gives Some, or panics after `deadline` with
-/// `what` and the last thing seen.
-fn wait_for<T>(deadline: Duration, what: &str, mut check: impl FnMut() -> Result<T, String>) -> T {
-    let start = Instant::now();
-    loop {
-        match check() {
-            Ok(value) => return value,
-            Err(last) if start.elapsed() > deadline => {
-                panic!("timed out after {deadline:?} waiting for {what}; last seen: {last}")
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
-}
-
-/// Waits until `nodes` all see exactly each other up, with one view id, quorum and a
-/// valid lease; returns the statuses.
-fn converged(nodes: &[&Node], what: &str) -> Vec<Value> {
-    let names: BTreeSet<String> = nodes.iter().map(|n| n.name.clone()).collect();
-    wait_for(CONVERGE, what, || {
-        let statuses: Vec<Value> = nodes
-            .iter()
-            .map(|n| n.status().ok_or(format!("{} does not answer", n.name)))
-            .collect::<Result<_, _>>()?;
-        let first = statuses[0]["view_id"].clone();
-        for status in &statuses {
-            let ok = view_of(status) == names
-                && status["view_id"] == first
-                && status["has_quorum"] == true
-                && status["lease_valid"] == true;
-            if !ok {
-                return Err(status.to_string());
-            }
-        }
-        Ok(statuses)
-    })
-}
 
 fn incarnation(status: &Value) -> u64 {
     status["incarnation"].as_u64().expect("incarnation")
@@ -271,14 +44,7 @@ fn detected_down(watchers: &[&Node], peer: &str, since: Instant) -> Duration {
 
 #[test]
 fn membership_forms_detects_failures_and_refuses_impostors() {
-    let dir = std::env::temp_dir().join(format!(
-        "hubbub-membership-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos())
-    ));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let dir = test_dir("hubbub-membership");
     let cluster_ports = free_ports(3);
     let seeds: Vec<SocketAddr> = cluster_ports
         .iter()

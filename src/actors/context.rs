@@ -1,14 +1,17 @@
 //! What every actor of a node shares: its settings, room behaviours, and the current
 //! references to the long-lived actors (which change when a supervisor restarts one).
 
+use super::message_rate::MessageRate;
 use super::presence::PresenceMessage;
 use super::room::RoomMessage;
 use super::room_supervisor::RoomSupervisorMessage;
 use super::session_supervisor::SessionSupervisorMessage;
+use crate::auth::RoomAccess;
 use crate::behaviour::Behaviours;
 use crate::cluster::membership::MembershipMessage;
 use crate::cluster::Cluster;
 use crate::config::Settings;
+use crate::telemetry::Metrics;
 use ractor::ActorRef;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -17,8 +20,14 @@ use std::sync::{Arc, RwLock};
 pub struct NodeContext {
     pub settings: Settings,
     pub behaviours: Behaviours,
+    /// Who may join and publish where (`[[rooms.acl]]`).
+    pub access: RoomAccess,
+    /// Each user's message bucket (`[rate_limit]`).
+    pub message_rate: MessageRate,
     /// The cluster handle; None when `cluster.enabled` is false.
     pub cluster: Option<Arc<Cluster>>,
+    /// This node's metrics (its own registry, served at `GET /metrics`).
+    pub metrics: Arc<Metrics>,
     refs: RwLock<Refs>,
     rooms_by_name: RwLock<HashMap<String, ActorRef<RoomMessage>>>,
 }
@@ -33,11 +42,26 @@ struct Refs {
 
 impl NodeContext {
     /// A context whose actor references are filled in by the NodeSupervisor.
-    pub fn new(settings: Settings, behaviours: Behaviours, cluster: Option<Arc<Cluster>>) -> Self {
+    pub fn new(
+        settings: Settings,
+        behaviours: Behaviours,
+        cluster: Option<Arc<Cluster>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        // Settings are validated before a node is built, so the rules compile; were
+        // they not to, every room with a rule would be closed rather than open.
+        let access = RoomAccess::new(&settings.rooms.acl).unwrap_or_else(|problems| {
+            tracing::error!(?problems, "rooms.acl does not compile; closing every room");
+            RoomAccess::closed()
+        });
+        let message_rate = MessageRate::new(&settings.rate_limit);
         Self {
             settings,
             behaviours,
+            access,
+            message_rate,
             cluster,
+            metrics,
             refs: RwLock::new(Refs::default()),
             rooms_by_name: RwLock::new(HashMap::new()),
         }
@@ -106,6 +130,16 @@ impl RoomDirectory<'_> {
             .read()
             .ok()
             .and_then(|rooms| rooms.get(room).cloned())
+    }
+
+    /// How many rooms run on this node.
+    pub fn len(&self) -> usize {
+        self.0.read().map(|rooms| rooms.len()).unwrap_or(0)
+    }
+
+    /// Whether no room runs on this node.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// The names of the running rooms.

@@ -22,6 +22,7 @@
 //! forwards decoded frames; the Session answers through the same outbox.
 
 mod context;
+mod message_rate;
 mod node;
 mod outbox;
 mod presence;
@@ -31,6 +32,7 @@ mod session;
 mod session_supervisor;
 
 pub use context::NodeContext;
+pub use message_rate::MessageRate;
 pub use node::{start_node, NodeHandle};
 pub use outbox::{spawn_writer, Outbox, PushError};
 pub use presence::PresenceMessage;

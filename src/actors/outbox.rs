@@ -7,7 +7,8 @@
 //!
 //! The queue holds at most `limits.outbound_queue` frames. A push that finds it full
 //! means the client cannot keep up: the connection is closed with 4009 (slow
-//! consumer) at once, instead of buffering without limit.
+//! consumer) at once, instead of buffering without limit. Each frame queued is counted
+//! by type in the node's metrics, and each slow consumer closed.
 //!
 //! Closing has two speeds. [`Outbox::close_after_queued`] puts the close behind the
 //! frames already queued (a `goodbye` then 1012). [`Outbox::close_now`] jumps the
@@ -16,6 +17,8 @@
 //! close grace has passed.
 
 use crate::protocol::close;
+use crate::telemetry::metrics::FrameType;
+use crate::telemetry::Metrics;
 use actix_ws::CloseReason;
 use bytestring::ByteString;
 use std::sync::{Arc, Mutex};
@@ -47,6 +50,8 @@ struct Shared {
     closing: CancellationToken,
     /// The first close reason given; later ones are ignored.
     reason: Mutex<Option<(u16, String)>>,
+    /// Counts every frame queued (by type) and a slow consumer's disconnect.
+    metrics: Arc<Metrics>,
 }
 
 /// A handle to one connection's outbound queue. Cheap to clone.
@@ -70,13 +75,23 @@ impl Outbox {
         if self.shared.closing.is_cancelled() {
             return Err(PushError::Closed);
         }
-        match self.tx.try_send(Outbound::Text(frame)) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.close_now(close::SLOW_CONSUMER, "slow consumer");
+        let metrics = &self.shared.metrics;
+        // Counted once it has a place in the queue, but before it is in: once in, the
+        // client may have it before this thread runs on, and a scrape then must see it.
+        match self.tx.try_reserve() {
+            Ok(place) => {
+                metrics.frame_out(FrameType::of(&frame));
+                place.send(Outbound::Text(frame));
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(())) => {
+                if self.record_reason(close::SLOW_CONSUMER, "slow consumer") {
+                    metrics.slow_consumer_disconnect();
+                }
+                self.shared.closing.cancel();
                 Err(PushError::SlowConsumer)
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(PushError::Closed),
+            Err(mpsc::error::TrySendError::Closed(())) => Err(PushError::Closed),
         }
     }
 
@@ -104,11 +119,14 @@ impl Outbox {
         self.shared.closing.cancel();
     }
 
-    /// Keeps the first close reason given.
-    fn record_reason(&self, code: u16, reason: &str) {
-        if let Ok(mut slot) = self.shared.reason.lock() {
-            slot.get_or_insert_with(|| (code, reason.to_owned()));
-        }
+    /// Keeps the first close reason given; true if this was it.
+    fn record_reason(&self, code: u16, reason: &str) -> bool {
+        let Ok(mut slot) = self.shared.reason.lock() else {
+            return false;
+        };
+        let first = slot.is_none();
+        slot.get_or_insert_with(|| (code, reason.to_owned()));
+        first
     }
 
     /// True once the connection is closing or closed.
@@ -139,11 +157,18 @@ impl Drop for CloseOnDrop {
 }
 
 /// Creates a connection's outbox and spawns its writer task on the current runtime.
-pub fn spawn_writer(ws: actix_ws::Session, capacity: usize, ping_every: Duration) -> Outbox {
+/// Frames pushed into it are counted in `metrics`.
+pub fn spawn_writer(
+    ws: actix_ws::Session,
+    capacity: usize,
+    ping_every: Duration,
+    metrics: Arc<Metrics>,
+) -> Outbox {
     let (tx, rx) = mpsc::channel(capacity.max(1));
     let shared = Arc::new(Shared {
         closing: CancellationToken::new(),
         reason: Mutex::new(None),
+        metrics,
     });
     tokio::spawn(write_loop(ws, rx, shared.clone(), ping_every));
     Outbox { tx, shared }
@@ -213,6 +238,7 @@ mod tests {
         let shared = Arc::new(Shared {
             closing: CancellationToken::new(),
             reason: Mutex::new(None),
+            metrics: Arc::new(Metrics::new()),
         });
         (Outbox { tx, shared }, rx)
     }
@@ -230,6 +256,28 @@ mod tests {
             reason,
             Some((close::SLOW_CONSUMER, "slow consumer".to_owned()))
         );
+    }
+
+    #[test]
+    fn frames_queued_are_counted_and_a_slow_consumer_once() {
+        let (outbox, _rx) = detached(1);
+        assert_eq!(outbox.push(r#"{"type":"message"}"#.into()), Ok(()));
+        assert_eq!(
+            outbox.push(r#"{"type":"message"}"#.into()),
+            Err(PushError::SlowConsumer)
+        );
+        assert_eq!(
+            outbox.push(r#"{"type":"pong"}"#.into()),
+            Err(PushError::Closed)
+        );
+        let text = outbox.shared.metrics.encode().unwrap();
+        for line in [
+            r#"hubbub_messages_total{direction="out",type="message"} 1"#,
+            r#"hubbub_messages_total{direction="out",type="pong"} 0"#,
+            "hubbub_slow_consumer_disconnects_total 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
     }
 
     #[test]

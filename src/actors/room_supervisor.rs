@@ -47,6 +47,9 @@ pub enum RoomSupervisorMessage {
     },
     /// Membership published a new view.
     ViewChanged(Arc<View>),
+    /// This node is leaving the cluster: every room hands itself over; answers once
+    /// all have sent their handoff (so it goes out before the node says it left).
+    HandOff { reply: RpcReplyPort<usize> },
 }
 
 /// The RoomSupervisor actor.
@@ -121,7 +124,8 @@ impl RoomSupervisor {
             return;
         };
         let creates = match &body {
-            Body::RoomJoin { .. }
+            Body::RoomHandoff { .. }
+            | Body::RoomJoin { .. }
             | Body::RoomPublish { .. }
             | Body::RoomTyping { .. }
             | Body::RoomRename { .. } => true,
@@ -223,6 +227,19 @@ impl Actor for RoomSupervisor {
             }
             RoomSupervisorMessage::Remote { room, from, body } => {
                 self.remote(&myself, state, room, from, body).await;
+            }
+            RoomSupervisorMessage::HandOff { reply } => {
+                let rooms: Vec<ActorRef<RoomMessage>> = state.rooms.values().cloned().collect();
+                let handed = futures_util::future::join_all(
+                    rooms
+                        .iter()
+                        .map(|room| crate::actors::ask(room, RoomMessage::HandOff)),
+                )
+                .await
+                .into_iter()
+                .filter(Result::is_ok)
+                .count();
+                let _ = reply.send(handed);
             }
             RoomSupervisorMessage::ViewChanged(view) => {
                 state.view = Some(view.clone());

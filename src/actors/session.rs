@@ -1,9 +1,11 @@
 //! The Session actor: one per WebSocket connection.
 //!
-//! Owns: the connection's identity, the rooms it has joined, its frame rate limiter and
-//! its [`Outbox`] (the write half). The transport's read loop decodes each client frame
-//! and casts it here with an [`InflightPermit`]; the Session answers every request
-//! through the outbox, in the order the frames arrived.
+//! Owns: the connection's identity (its user and [`Grants`]), the rooms it has joined,
+//! its frame rate limiter and its [`Outbox`] (the write half). It enforces room access
+//! (`[[rooms.acl]]`) and the per-user message rate before it asks a room anything, and
+//! closes the connection with 4001 when its token expires. The transport's read loop
+//! decodes each client frame and casts it here with an [`InflightPermit`]; the Session
+//! answers every request through the outbox, in the order the frames arrived.
 //!
 //! Parent: the SessionSupervisor. Watched (monitored) by Presence and by every Room it
 //! joins, which is how they learn that it ended. When this actor ends for any reason
@@ -16,16 +18,19 @@ use super::presence::PresenceMessage;
 use super::room::{JoinRequest, RoomMessage};
 use super::room_supervisor::RoomSupervisorMessage;
 use super::{ask, AskError, NodeContext};
+use crate::auth::Grants;
 use crate::protocol::{
     close, encode, ClientFrame, ErrorBody, ErrorCode, FrameError, ReplyData, Request, RoomName,
     ServerFrame, UserInfo, PROTOCOL_VERSION,
 };
+use crate::telemetry::Metrics;
 use governor::{clock::Clock, DefaultDirectRateLimiter, Quota, RateLimiter};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use ractor_cluster::RactorMessage;
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::sync::OwnedSemaphorePermit;
 
 /// How many times a join looks the room up again when the room it found had just
@@ -54,6 +59,8 @@ pub enum SessionMessage {
     NameChanged(String),
     /// Presence restarted: register again.
     Reregister,
+    /// The connection's token has expired: close with 4001.
+    TokenExpired,
     /// The node is going away: send `goodbye`, then close with 1012 once it is out.
     Goodbye {
         reason: String,
@@ -68,6 +75,8 @@ pub struct SessionArgs {
     /// False when the client gave no name: it then takes the name the user already
     /// has on its other connections, if any.
     pub name_given: bool,
+    /// Roles, room claims and token expiry (empty for anonymous clients).
+    pub grants: Grants,
     pub outbox: Outbox,
 }
 
@@ -82,6 +91,7 @@ pub struct SessionState {
     user: UserInfo,
     outbox: Outbox,
     rooms: HashMap<RoomName, ActorRef<RoomMessage>>,
+    grants: Grants,
     limiter: Option<DefaultDirectRateLimiter>,
     _close_on_drop: CloseOnDrop,
 }
@@ -129,8 +139,16 @@ impl Actor for SessionActor {
             _close_on_drop: args.outbox.close_on_drop(),
             outbox: args.outbox,
             rooms: HashMap::new(),
+            grants: args.grants,
             limiter,
         };
+        if let Some(expires_at) = state.grants.expires_at {
+            // A clock that is past the expiry already closes at once.
+            let left = expires_at
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
+            myself.send_after(left, || SessionMessage::TokenExpired);
+        }
         self.register(&myself, &state);
         Ok(state)
     }
@@ -143,19 +161,23 @@ impl Actor for SessionActor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             SessionMessage::Inbound(Ok(frame), _permit) => {
+                let (kind, received) = (frame.request.kind(), Instant::now());
+                self.ctx.metrics.frame_in(kind);
                 if let Some(reply) = self.on_request(&myself, state, frame).await {
+                    count_answer(&self.ctx.metrics, kind, received, &reply);
                     let _ = state.outbox.push(encode(&reply));
                 }
             }
             SessionMessage::Inbound(Err(bad), _permit) => {
+                self.ctx.metrics.frame_in_invalid();
                 // Undecodable frames count against the rate limit like any other.
                 let error = match rate_limited(state) {
                     Some(limited) => limited,
                     None => bad.error,
                 };
-                let _ = state
-                    .outbox
-                    .push(encode(&ServerFrame::failure(bad.reference, error)));
+                let reply = ServerFrame::failure(bad.reference, error);
+                count_answer(&self.ctx.metrics, "invalid", Instant::now(), &reply);
+                let _ = state.outbox.push(encode(&reply));
             }
             SessionMessage::NameChanged(name) => {
                 state.user.name = name.clone();
@@ -167,6 +189,12 @@ impl Actor for SessionActor {
                 }
             }
             SessionMessage::Reregister => self.register(&myself, state),
+            SessionMessage::TokenExpired => {
+                tracing::debug!(session = %state.id, user = %state.user.id, "token expired");
+                state
+                    .outbox
+                    .close_now(close::TOKEN_EXPIRED, "token expired");
+            }
             SessionMessage::Goodbye {
                 reason,
                 reconnect_after_ms,
@@ -279,6 +307,7 @@ impl SessionActor {
                 format!("a connection may join at most {max_rooms} rooms"),
             ));
         }
+        self.ctx.access.may_join(&room, &state.grants)?;
         let rooms = self
             .ctx
             .rooms()
@@ -346,6 +375,8 @@ impl SessionActor {
     ) -> Result<ReplyData, ErrorBody> {
         self.check_content(&content)?;
         let actor = state.rooms.get(&room).ok_or_else(|| not_joined(&room))?;
+        self.ctx.access.may_publish(&room, &state.grants)?;
+        self.ctx.message_rate.check(&state.user.id)?;
         let session = myself.get_id();
         let from = state.user.clone();
         let answer = ask(actor, |reply| RoomMessage::Publish {
@@ -365,6 +396,7 @@ impl SessionActor {
         content: String,
     ) -> Result<ReplyData, ErrorBody> {
         self.check_content(&content)?;
+        self.ctx.message_rate.check(&state.user.id)?;
         let presence = self
             .ctx
             .presence()
@@ -411,6 +443,26 @@ impl SessionActor {
             ));
         }
         Ok(())
+    }
+}
+
+/// Counts what an answer tells the metrics: a `rate_limited` refusal (whichever limit
+/// refused), or how long an accepted publish took from its arrival here to the room
+/// having fanned it out (the room answers only once it has).
+fn count_answer(metrics: &Metrics, kind: &str, received: Instant, answer: &ServerFrame) {
+    match answer {
+        ServerFrame::Reply {
+            error: Some(error), ..
+        }
+        | ServerFrame::Error { error }
+            if error.code == ErrorCode::RateLimited =>
+        {
+            metrics.rate_limited()
+        }
+        ServerFrame::Reply { ok: true, .. } if kind == "publish" => {
+            metrics.publish_done(received.elapsed())
+        }
+        _ => {}
     }
 }
 

@@ -25,10 +25,17 @@ pub enum SessionSupervisorMessage {
     },
     /// Presence restarted: every session registers again.
     ReregisterAll,
-    /// The node is shutting down: every session says goodbye and closes with 1012.
-    /// Each client is told to wait a different time, up to `spread_ms`, so they do not
-    /// all reconnect at once.
-    Drain { reason: String, spread_ms: u64 },
+    /// The node is shutting down: every session says goodbye and closes with 1012,
+    /// `batch` sessions every `interval`. Each client is told to wait a different
+    /// time, up to `spread_ms`, so they do not all reconnect at once.
+    Drain {
+        reason: String,
+        spread_ms: u64,
+        batch: usize,
+        interval: std::time::Duration,
+    },
+    /// The next batch of a drain.
+    DrainNext,
     /// How many sessions are live.
     Count { reply: RpcReplyPort<usize> },
 }
@@ -42,6 +49,32 @@ pub struct SessionSupervisor {
 #[derive(Default)]
 pub struct SessionSupervisorState {
     sessions: HashMap<ActorId, ActorRef<SessionMessage>>,
+    /// A drain in progress: who is still to be told, and how.
+    draining: Option<Draining>,
+}
+
+struct Draining {
+    left: Vec<ActorRef<SessionMessage>>,
+    reason: String,
+    spread_ms: u64,
+    batch: usize,
+    interval: std::time::Duration,
+}
+
+impl Draining {
+    /// Says goodbye to the next batch; true while more are left.
+    fn next_batch(&mut self) -> bool {
+        let cut = self.left.len().saturating_sub(self.batch.max(1));
+        for session in self.left.drain(cut..) {
+            let jitter =
+                (uuid::Uuid::new_v4().as_u128() % u128::from(self.spread_ms.max(1))) as u64;
+            let _ = session.cast(SessionMessage::Goodbye {
+                reason: self.reason.clone(),
+                reconnect_after_ms: jitter,
+            });
+        }
+        !self.left.is_empty()
+    }
 }
 
 impl Actor for SessionSupervisor {
@@ -86,18 +119,32 @@ impl Actor for SessionSupervisor {
                     let _ = session.cast(SessionMessage::Reregister);
                 }
             }
-            SessionSupervisorMessage::Drain { reason, spread_ms } => {
+            SessionSupervisorMessage::Drain {
+                reason,
+                spread_ms,
+                batch,
+                interval,
+            } => {
                 tracing::info!(
                     sessions = state.sessions.len(),
+                    batch,
                     "saying goodbye to every session"
                 );
-                for session in state.sessions.values() {
-                    let jitter =
-                        (uuid::Uuid::new_v4().as_u128() % u128::from(spread_ms.max(1))) as u64;
-                    let _ = session.cast(SessionMessage::Goodbye {
-                        reason: reason.clone(),
-                        reconnect_after_ms: jitter,
-                    });
+                state.draining = Some(Draining {
+                    left: state.sessions.values().cloned().collect(),
+                    reason,
+                    spread_ms,
+                    batch,
+                    interval,
+                });
+                let _ = myself.cast(SessionSupervisorMessage::DrainNext);
+            }
+            SessionSupervisorMessage::DrainNext => {
+                if let Some(draining) = &mut state.draining {
+                    if draining.next_batch() {
+                        let interval = draining.interval;
+                        myself.send_after(interval, || SessionSupervisorMessage::DrainNext);
+                    }
                 }
             }
             SessionSupervisorMessage::Count { reply } => {

@@ -48,14 +48,16 @@ impl Actor for Endpoint {
         let envelope = match wire::decode(&bytes) {
             Ok(envelope) => envelope,
             Err(e) => {
+                self.ctx.metrics.cluster_message_invalid();
                 tracing::warn!(error = %e, "dropped cluster traffic");
                 return Ok(());
             }
         };
+        self.ctx.metrics.cluster_message_in(envelope.body.kind());
         let from = envelope.from;
         let inc = envelope.inc;
         match envelope.body {
-            body @ (Body::Ping { .. } | Body::Pong { .. }) => {
+            body @ (Body::Ping { .. } | Body::Pong { .. } | Body::Leaving {}) => {
                 if let Some(membership) = self.ctx.membership() {
                     let _ = membership.cast(crate::cluster::membership::MembershipMessage::Wire {
                         from,

@@ -2,11 +2,13 @@
 //! messages (the lease).
 //!
 //! One actor, child of the ClusterSupervisor; it owns the ractor_cluster `NodeServer`
-//! (linked to it, so a failing NodeServer fails Membership and both are restarted).
+//! (linked to it, so a failing NodeServer fails Membership and both are restarted)
+//! and, with TLS, the task accepting peer connections (stopped with Membership).
 //!
 //! ```text
 //!   ClusterSupervisor
 //!     └── Membership ── NodeServer ── NodeSession × peers   (ractor_cluster)
+//!           └╌╌ TLS accept loop (task) ╌╌ finished TLS streams ──▶ NodeServer
 //! ```
 //!
 //! What it does, because ractor_cluster does not:
@@ -23,6 +25,9 @@
 //!   frozen or partitioned peer's connection closes and nothing keeps buffering for
 //!   it). A lost connection alone does not take a peer out of the view early: see
 //!   "Fencing" below.
+//! - **TLS.** With `[cluster.tls]`, every peer connection is mutual TLS, and we run
+//!   the handshakes ourselves, under a deadline (tls.rs says why); a failed one
+//!   leaves the peer unreachable, like a refused dial.
 //! - **Unique names.** We register with ractor_cluster as `name#incarnation`, so two
 //!   processes with one name are two nodes to it, and refuse the newcomer ourselves
 //!   (node_server.rs says why). A wrong cookie fails ractor_cluster's challenge; we log
@@ -45,8 +50,9 @@
 
 mod dialer;
 mod node_server;
+pub(crate) mod tls;
 
-pub use node_server::SessionEvent;
+pub use node_server::{DialError, SessionEvent};
 
 use super::wire::{Body, PeerAddr};
 use super::{endpoint_group, Cluster, EndpointMessage, View};
@@ -60,6 +66,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tls::{PeerTls, Warnings};
 use tokio::task::JoinHandle;
 
 /// The most gossip entries read from one ping; a cluster is far smaller.
@@ -88,8 +95,10 @@ pub enum MembershipMessage {
     /// A dial task finished: the socket address reached, or why not.
     Dialed {
         target: String,
-        result: Result<SocketAddr, String>,
+        result: Result<SocketAddr, DialError>,
     },
+    /// This node is shutting down (its lease is already void): tell every peer.
+    Leave(RpcReplyPort<()>),
 }
 
 /// This node's view of the cluster, as served at `GET /cluster`.
@@ -221,12 +230,20 @@ struct Peer {
     rtt_ms: Option<f64>,
     /// The latest `sent_at` of ours it acknowledged while sharing our current view.
     agreeing_ack: u64,
+    /// The incarnation that announced it was leaving: never up again.
+    left: Option<u64>,
 }
 
 /// Membership's state.
 pub struct MembershipState {
     cluster: Arc<Cluster>,
     server: ActorRef<NodeServerMessage>,
+    /// With `[cluster.tls]`: both ends of every peer connection.
+    tls: Option<PeerTls>,
+    /// With `[cluster.tls]`: our listener on `cluster.bind` (dropped to close it).
+    tls_accept: Option<tls::AcceptLoop>,
+    /// Which failed TLS handshakes of our dials were logged as warnings lately.
+    handshake_warnings: Warnings,
     /// Our full ractor_cluster name (`name#inc@host`), to recognise ourselves.
     own_cluster_name: String,
     advertise: String,
@@ -274,7 +291,23 @@ impl Actor for MembershipActor {
         // Whatever a previous Membership (one that failed) granted itself ends here.
         cluster.set_lease_until(0);
         cluster.publish_view(view.clone());
-        let server = start_node_server(&self.ctx, &cluster, &myself).await?;
+        // Read again on every start, so that a restarted Membership picks up
+        // replaced certificates.
+        let tls = match &settings.tls {
+            Some(files) => {
+                let (tls, warnings) = PeerTls::load(files, &advertise).map_err(|e| {
+                    tracing::error!(error = %e, "cannot set up TLS between nodes");
+                    e
+                })?;
+                for warning in warnings {
+                    tracing::warn!("{warning}");
+                }
+                Some(tls)
+            }
+            None => None,
+        };
+        let node_server::PeerListener { server, tls_accept } =
+            start_node_server(&self.ctx, &cluster, &myself, tls.as_ref()).await?;
         server
             .cast(NodeServerMessage::SubscribeToEvents {
                 id: "hubbub.membership".to_owned(),
@@ -289,6 +322,7 @@ impl Actor for MembershipActor {
             node = %me,
             advertise = %advertise,
             bind = %settings.bind,
+            tls = tls.is_some(),
             seeds = ?settings.seeds,
             heartbeat_ms = settings.heartbeat_ms,
             failure_timeout_ms = settings.failure_timeout_ms,
@@ -313,6 +347,9 @@ impl Actor for MembershipActor {
             ticker: Some(ticker),
             sent: VecDeque::new(),
             server,
+            tls,
+            tls_accept,
+            handshake_warnings: Warnings::default(),
             cluster,
         })
     }
@@ -335,8 +372,9 @@ impl Actor for MembershipActor {
             cluster.incarnation,
             state.cluster_size(),
         ));
-        // Closes every peer connection and the listener (a restarted Membership binds
+        // Closes every peer connection and the listeners (a restarted Membership binds
         // the same port).
+        state.tls_accept = None;
         let _ = state
             .server
             .stop_and_wait(Some("membership stopped".to_owned()), Some(BIND_RETRY))
@@ -358,6 +396,10 @@ impl Actor for MembershipActor {
             MembershipMessage::Tick => state.on_tick(&myself),
             MembershipMessage::Session(event, info) => state.on_session(event, &info),
             MembershipMessage::Dialed { target, result } => state.on_dialed(target, result),
+            MembershipMessage::Leave(reply) => {
+                state.leave();
+                let _ = reply.send(());
+            }
         }
         Ok(())
     }
@@ -386,13 +428,14 @@ impl Actor for MembershipActor {
     }
 }
 
-/// Starts the NodeServer, retrying for a moment while a previous one (of a
-/// Membership being restarted) still holds the port.
+/// Starts the NodeServer (and with TLS our listener), retrying for a moment while a
+/// previous one (of a Membership being restarted) still holds the port.
 async fn start_node_server(
     ctx: &NodeContext,
     cluster: &Cluster,
     myself: &ActorRef<MembershipMessage>,
-) -> Result<ActorRef<NodeServerMessage>, ActorProcessingErr> {
+    tls: Option<&PeerTls>,
+) -> Result<node_server::PeerListener, ActorProcessingErr> {
     let settings = &ctx.settings.cluster;
     let deadline = tokio::time::Instant::now() + BIND_RETRY;
     loop {
@@ -401,11 +444,13 @@ async fn start_node_server(
             &cluster.me,
             cluster.incarnation,
             myself.get_cell(),
+            tls,
+            Duration::from_millis(settings.failure_timeout_ms),
         )
         .await
         {
-            Ok(server) => return Ok(server),
-            Err(e) if settings.tls.is_none() && tokio::time::Instant::now() < deadline => {
+            Ok(started) => return Ok(started),
+            Err(e) if tokio::time::Instant::now() < deadline => {
                 tracing::debug!(error = %e, "retrying to start the node server");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -699,7 +744,7 @@ impl MembershipState {
 
     // ---- dialling ----
 
-    fn on_dialed(&mut self, target: String, result: Result<SocketAddr, String>) {
+    fn on_dialed(&mut self, target: String, result: Result<SocketAddr, DialError>) {
         let now = self.now();
         match result {
             Ok(sock) => {
@@ -714,6 +759,24 @@ impl MembershipState {
                         *id
                     });
                 self.targets.dial_connected(&target, sock, session, now);
+            }
+            Err(DialError::Handshake(why)) => {
+                // Not a peer that is down: a misconfiguration, worth a warning (but
+                // not one per retry).
+                let key = format!("{target} {why}");
+                if self
+                    .handshake_warnings
+                    .first_in_a_while(&key, Instant::now())
+                {
+                    tracing::warn!(
+                        addr = %target,
+                        error = %why,
+                        "cannot connect to the peer at {target}: TLS handshake failed: {why}"
+                    );
+                } else {
+                    tracing::debug!(addr = %target, error = %why, "TLS handshake failed");
+                }
+                self.targets.dial_failed(&target, now);
             }
             Err(error) => {
                 tracing::debug!(target = %target, error = %error, "dial failed");
@@ -736,9 +799,10 @@ impl MembershipState {
         for target in due {
             tracing::debug!(target = %target, "dialling");
             let server = self.server.clone();
+            let tls = self.tls.clone();
             let myself = myself.clone();
             tokio::spawn(async move {
-                let result = node_server::dial(&server, &target, timeout).await;
+                let result = node_server::dial(&server, &target, tls.as_ref(), timeout).await;
                 let _ = myself.cast(MembershipMessage::Dialed { target, result });
             });
         }
@@ -789,10 +853,20 @@ impl MembershipState {
                     .iter()
                     .find(|(sent_at, _)| *sent_at == echo)
                     .map(|(_, at)| at.elapsed().as_secs_f64() * 1_000.0);
-                peer.rtt_ms = Some(precise.unwrap_or((now - echo) as f64));
+                let rtt_ms = precise.unwrap_or((now - echo) as f64);
+                peer.rtt_ms = Some(rtt_ms);
+                self.cluster
+                    .metrics
+                    .heartbeat_rtt(Duration::from_secs_f64(rtt_ms.max(0.0) / 1_000.0));
                 if view == view_id {
                     peer.agreeing_ack = peer.agreeing_ack.max(echo);
                 }
+            }
+            Body::Leaving {} => {
+                // It stopped ordering before it said so: safe to drop it at once.
+                peer.left = Some(inc);
+                tracing::info!(peer = %from, "peer is leaving the cluster");
+                self.declare_down(from, "left the cluster", 0);
             }
             other => {
                 tracing::warn!(peer = %from, kind = other.kind(), "unexpected cluster message for membership; dropped");
@@ -800,6 +874,18 @@ impl MembershipState {
             }
         }
         self.refresh();
+    }
+
+    /// Tells every peer this node is leaving.
+    fn leave(&mut self) {
+        let peers: Vec<String> = self
+            .peers
+            .iter()
+            .filter(|(_, peer)| peer.up)
+            .map(|(name, _)| name.clone())
+            .collect();
+        tracing::info!(peers = peers.len(), "leaving the cluster");
+        self.cluster.send_to_all(&peers, Body::Leaving {});
     }
 
     /// Takes in the nodes a peer gossiped: its own address, and addresses to dial.
@@ -996,7 +1082,8 @@ impl MembershipState {
             let heard = peer
                 .last_heard
                 .is_some_and(|t| t >= peer.connected_at && now.saturating_sub(t) <= timeout);
-            if session.ready && peer.endpoint.is_some() && heard {
+            let left = peer.left == Some(peer.inc);
+            if session.ready && peer.endpoint.is_some() && heard && !left {
                 peer.up = true;
                 session.useful = true;
                 if let Some(target) = &session.target {
@@ -1032,6 +1119,10 @@ impl MembershipState {
             self.cluster.publish_view(view.clone());
             self.view = Arc::new(view);
         }
+        let up = (self.peers.keys())
+            .filter(|name| self.view.members.contains_key(*name))
+            .count();
+        self.cluster.metrics.set_peers(up, self.peers.len() - up);
         let acks: Vec<u64> = self
             .peers
             .iter()

@@ -30,6 +30,7 @@ pub mod wire;
 pub use endpoint::EndpointMessage;
 pub use view::View;
 
+use crate::telemetry::Metrics;
 use ractor::ActorRef;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,6 +47,13 @@ pub fn endpoint_group(node: &str) -> String {
     format!("{ENDPOINT_GROUP_PREFIX}{node}")
 }
 
+/// An envelope encoded for the wire, and the kind of its body (for the metrics).
+#[derive(Clone, Debug)]
+pub struct Encoded {
+    kind: &'static str,
+    bytes: Vec<u8>,
+}
+
 /// This node's handle on the cluster, shared by every actor that talks to peers.
 pub struct Cluster {
     /// This node's name.
@@ -59,14 +67,24 @@ pub struct Cluster {
     started: Instant,
     /// Monotonic ms (since `started`) until which this node may order messages.
     lease_until: AtomicU64,
+    /// Set when this node starts leaving: it orders nothing from then on.
+    leaving: std::sync::atomic::AtomicBool,
     view_tx: watch::Sender<Arc<View>>,
     endpoints: RwLock<HashMap<String, ActorRef<EndpointMessage>>>,
     next_req: AtomicU64,
+    /// The node's metrics: every envelope sent is counted here by kind.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Cluster {
     /// A handle for node `me`, alone in its view until Membership learns more.
-    pub fn new(me: &str, heartbeat: Duration, failure_timeout: Duration, size: usize) -> Self {
+    pub fn new(
+        me: &str,
+        heartbeat: Duration,
+        failure_timeout: Duration,
+        size: usize,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let incarnation = uuid::Uuid::new_v4().as_u64_pair().0;
         let (view_tx, _) = watch::channel(Arc::new(View::solo(me, incarnation, size)));
         Self {
@@ -76,9 +94,11 @@ impl Cluster {
             failure_timeout,
             started: Instant::now(),
             lease_until: AtomicU64::new(0),
+            leaving: std::sync::atomic::AtomicBool::new(false),
             view_tx,
             endpoints: RwLock::new(HashMap::new()),
             next_req: AtomicU64::new(1),
+            metrics,
         }
     }
 
@@ -91,7 +111,17 @@ impl Cluster {
     /// peers that share its view has answered a heartbeat recently enough that none
     /// of them can have declared it down yet.
     pub fn lease_valid(&self) -> bool {
-        self.now_ms() < self.lease_until.load(Ordering::Acquire)
+        !self.is_leaving() && self.now_ms() < self.lease_until.load(Ordering::Acquire)
+    }
+
+    /// Stops this node ordering anything, for good: the first step of leaving.
+    pub fn start_leaving(&self) {
+        self.leaving.store(true, Ordering::Release);
+    }
+
+    /// True once [`Cluster::start_leaving`] was called.
+    pub fn is_leaving(&self) -> bool {
+        self.leaving.load(Ordering::Acquire)
     }
 
     /// Extends (or shortens) the lease; Membership calls this on every heartbeat.
@@ -137,13 +167,15 @@ impl Cluster {
     }
 
     /// Wraps a body in this node's envelope and encodes it.
-    pub fn encode(&self, body: Body) -> Vec<u8> {
-        wire::encode(&Envelope {
+    pub fn encode(&self, body: Body) -> Encoded {
+        let kind = body.kind();
+        let bytes = wire::encode(&Envelope {
             v: WIRE_VERSION,
             from: self.me.clone(),
             inc: self.incarnation,
             body,
-        })
+        });
+        Encoded { kind, bytes }
     }
 
     /// Sends a body to one node; false when that node is not reachable.
@@ -151,15 +183,21 @@ impl Cluster {
         self.send_encoded(to, self.encode(body))
     }
 
-    /// Sends already encoded bytes (encode once, send to many).
-    pub fn send_encoded(&self, to: &str, bytes: Vec<u8>) -> bool {
+    /// Sends an already encoded envelope (encode once, send to many). Each envelope
+    /// addressed to a peer whose Endpoint is known is counted in
+    /// `hubbub_cluster_messages_total`, before it leaves: once it has, the peer may
+    /// have acted on it before this thread runs on.
+    pub fn send_encoded(&self, to: &str, encoded: Encoded) -> bool {
         let endpoint = self
             .endpoints
             .read()
             .ok()
             .and_then(|endpoints| endpoints.get(to).cloned());
         match endpoint {
-            Some(endpoint) => endpoint.cast(EndpointMessage::Frame(bytes)).is_ok(),
+            Some(endpoint) => {
+                self.metrics.cluster_message_out(encoded.kind);
+                endpoint.cast(EndpointMessage::Frame(encoded.bytes)).is_ok()
+            }
             None => false,
         }
     }

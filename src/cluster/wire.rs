@@ -86,6 +86,9 @@ pub enum Body {
     },
     /// Answer to a ping.
     Pong { echo: u64, view: u64 },
+    /// The sender is shutting down and has stopped ordering: take it out of the view
+    /// now rather than after the failure timeout.
+    Leaving {},
 
     // ---- rooms: relay → owner ----
     /// A connection on the sending node joins; `connections` is how many of the
@@ -188,6 +191,15 @@ pub enum Body {
         members: Vec<Member>,
     },
 
+    /// A leaving node hands what it holds of a room to the node that owns it next, so
+    /// the room keeps its history even if no other node held it.
+    RoomHandoff {
+        room: String,
+        epoch: u64,
+        seq: u64,
+        history: Vec<ChatMessage>,
+    },
+
     // ---- presence (presence.rs) ----
     /// Deliver an encoded `direct` frame to every connection of `to` on the receiver.
     Direct { req: u64, to: String, frame: String },
@@ -203,6 +215,8 @@ impl Body {
         match self {
             Self::Ping { .. } => "ping",
             Self::Pong { .. } => "pong",
+            Self::Leaving {} => "leaving",
+            Self::RoomHandoff { .. } => "room_handoff",
             Self::RoomJoin { .. } => "room_join",
             Self::RoomMember { .. } => "room_member",
             Self::RoomPublish { .. } => "room_publish",
@@ -243,7 +257,8 @@ impl Body {
             | Self::RoomRenamed { room, .. }
             | Self::RecoverRequest { room, .. }
             | Self::RecoverState { room, .. }
-            | Self::OwnerAnnounce { room, .. } => Some(room),
+            | Self::OwnerAnnounce { room, .. }
+            | Self::RoomHandoff { room, .. } => Some(room),
             _ => None,
         }
     }

@@ -8,7 +8,8 @@
 //!
 //! Must not know: how the settings are used. It never reads anything but the file it is
 //! given and the environment it is handed (validation only checks that the TLS files
-//! `[cluster.tls]` names exist), and it never panics on what it reads: every mistake
+//! `[cluster.tls]` names exist and hold PEM of the right kind), and it never panics
+//! on what it reads: every mistake
 //! becomes a [`ConfigError`] that names the key and the reason.
 
 use std::collections::BTreeSet;
@@ -34,7 +35,12 @@ const ENV_PREFIX_SEPARATOR: &str = "_";
 /// keys themselves contain one.
 const ENV_SEPARATOR: &str = "__";
 /// Settings whose environment variable holds a list: `HUBBUB_CLUSTER__SEEDS=a:1,b:2`.
-const ENV_LIST_KEYS: &[&str] = &["cluster.seeds"];
+const ENV_LIST_KEYS: &[&str] = &[
+    "cluster.seeds",
+    "auth.algorithms",
+    "http.allowed_origins",
+    "http.trusted_proxies",
+];
 const ENV_LIST_SEPARATOR: char = ',';
 /// Settings of optional tables, which the defaults lack, that the environment may set.
 const OPTIONAL_SETTINGS: &[&str] = &["cluster.tls.cert", "cluster.tls.key", "cluster.tls.ca"];
@@ -615,7 +621,13 @@ impl Settings {
         check_rooms(&self.rooms, &mut problems);
         check_heartbeat(&self.heartbeat, &mut problems);
         check_log(&self.log, &mut problems);
+        check_shutdown(&self.shutdown, &mut problems);
         check_cluster(&self.cluster, &mut problems);
+        let access =
+            super::access::problems(&self.auth, &self.rooms.acl, &self.rate_limit, &self.http);
+        for (key, reason) in access {
+            problems.add(&key, reason);
+        }
         check_nodes(&self.nodes, &mut problems);
         problems.0
     }
@@ -752,6 +764,15 @@ fn check_heartbeat(heartbeat: &HeartbeatSettings, problems: &mut Problems) {
     }
 }
 
+fn check_shutdown(shutdown: &super::ShutdownSettings, problems: &mut Problems) {
+    if shutdown.timeout_secs == 0 {
+        problems.add("shutdown.timeout_secs", "must be at least 1");
+    }
+    if shutdown.batch_size == 0 {
+        problems.add("shutdown.batch_size", "must be at least 1");
+    }
+}
+
 fn check_log(log: &LogSettings, problems: &mut Problems) {
     let level = &log.level;
     if level.trim().is_empty() {
@@ -826,15 +847,52 @@ fn check_cluster(cluster: &ClusterSettings, problems: &mut Problems) {
         );
     }
     if let Some(tls) = &cluster.tls {
-        for (key, path) in [
-            ("cluster.tls.cert", &tls.cert),
-            ("cluster.tls.key", &tls.key),
-            ("cluster.tls.ca", &tls.ca),
+        for (key, path, holds) in [
+            ("cluster.tls.cert", &tls.cert, PemHolds::Certificates),
+            ("cluster.tls.key", &tls.key, PemHolds::PrivateKey),
+            ("cluster.tls.ca", &tls.ca, PemHolds::Certificates),
         ] {
-            if let Err(reason) = check_readable_file(path) {
+            if let Err(reason) = check_readable_file(path).and_then(|()| check_pem(path, holds)) {
                 problems.add(key, reason);
             }
         }
+    }
+}
+
+/// What a `[cluster.tls]` file must hold.
+#[derive(Debug, Clone, Copy)]
+enum PemHolds {
+    /// At least one `CERTIFICATE` block.
+    Certificates,
+    /// A `PRIVATE KEY`, `RSA PRIVATE KEY` or `EC PRIVATE KEY` block.
+    PrivateKey,
+}
+
+/// Why `path` does not hold well-formed PEM with what `holds` asks for, if it does
+/// not. Only the PEM is checked: whether the certificates and the key are valid and
+/// go together is checked when the node starts.
+fn check_pem(path: &Path, holds: PemHolds) -> Result<(), String> {
+    use tokio_rustls::rustls::pki_types::pem::{PemObject, SectionKind};
+    let sections = <(SectionKind, Vec<u8>)>::pem_file_iter(path)
+        .and_then(|sections| sections.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{} is not well-formed PEM: {e}", path.display()))?;
+    let found = sections.iter().any(|(kind, _)| match holds {
+        PemHolds::Certificates => *kind == SectionKind::Certificate,
+        PemHolds::PrivateKey => matches!(
+            kind,
+            SectionKind::PrivateKey | SectionKind::RsaPrivateKey | SectionKind::EcPrivateKey
+        ),
+    });
+    match (found, holds) {
+        (true, _) => Ok(()),
+        (false, PemHolds::Certificates) => Err(format!(
+            "{} holds no PEM certificate (a \"-----BEGIN CERTIFICATE-----\" block)",
+            path.display()
+        )),
+        (false, PemHolds::PrivateKey) => Err(format!(
+            "{} holds no PEM private key (a \"-----BEGIN PRIVATE KEY-----\" block)",
+            path.display()
+        )),
     }
 }
 
@@ -1561,12 +1619,14 @@ mod tests {
             for key in keys.as_table().expect("sections are tables").keys() {
                 let (i, line, commented) = template_key_line(body, key)
                     .unwrap_or_else(|| panic!("template lacks {section}.{key}"));
-                // Only the name, which defaults to the host name, and the cookie, which
-                // has no default and belongs in the environment, are commented out.
+                // Only the name, which defaults to the host name, and the cookie and
+                // the auth secret, which have no default and belong in the
+                // environment, are commented out.
                 assert_eq!(
                     commented,
                     (section == "node" && key == "name")
-                        || (section == "cluster" && key == "cookie"),
+                        || (section == "cluster" && key == "cookie")
+                        || (section == "auth" && key == "secret"),
                     "{section}.{key}: {line}"
                 );
                 let before = i.checked_sub(1).map(|j| body[j].trim_start());
@@ -1861,9 +1921,16 @@ seeds = [\"10.0.0.5:4370\"]
         );
     }
 
+    /// PEM blocks of each kind: well-formed, though not a real certificate or key
+    /// (validation checks the PEM only).
+    const PEM_CERTIFICATE: &str =
+        "-----BEGIN CERTIFICATE-----\nMIIBCgKCAQEA\n-----END CERTIFICATE-----\n";
+    const PEM_KEY: &str = "-----BEGIN PRIVATE KEY-----\nMIIBCgKCAQEA\n-----END PRIVATE KEY-----\n";
+
     #[test]
     fn tls_files_must_exist_and_each_is_named() {
-        let cert = TempToml::new("not really a certificate");
+        let cert = TempToml::new(PEM_CERTIFICATE);
+        let key = TempToml::new(PEM_KEY);
         let missing = std::env::temp_dir().join(format!(
             "hubbub-config-unit-{}-missing.pem",
             std::process::id()
@@ -1891,14 +1958,70 @@ ca = {:?}
         let all_present = format!(
             "[cluster.tls]
 cert = {0:?}
-key = {0:?}
+key = {1:?}
 ca = {0:?}
 ",
             cert.0.display().to_string(),
+            key.0.display().to_string(),
         );
         let settings = load_toml(&all_present, no_env()).expect("present TLS files load");
         let tls = settings.cluster.tls.expect("tls table read");
         assert_eq!(tls.cert, cert.0);
+        assert_eq!(tls.key, key.0);
+    }
+
+    #[test]
+    fn tls_files_must_hold_pem_of_their_kind() {
+        let cert = TempToml::new(PEM_CERTIFICATE);
+        let key = TempToml::new(PEM_KEY);
+        let not_pem = TempToml::new("not really a certificate");
+        let broken = TempToml::new("-----BEGIN CERTIFICATE-----\nMIIBCgKCAQEA\n");
+        let text = format!(
+            "[cluster.tls]
+cert = {:?}
+key = {:?}
+ca = {:?}
+",
+            not_pem.0.display().to_string(),
+            cert.0.display().to_string(),
+            broken.0.display().to_string(),
+        );
+        let problems = match load_toml(&text, no_env()) {
+            Err(ConfigError::Invalid(problems)) => problems,
+            other => panic!("expected Invalid, got {other:?}"),
+        };
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(
+            problems[0].starts_with("cluster.tls.cert: ")
+                && problems[0].contains("holds no PEM certificate"),
+            "{problems:?}"
+        );
+        assert!(
+            problems[1].starts_with("cluster.tls.key: ")
+                && problems[1].contains("holds no PEM private key"),
+            "{problems:?}"
+        );
+        assert!(
+            problems[2].starts_with("cluster.tls.ca: ")
+                && problems[2].contains("not well-formed PEM"),
+            "{problems:?}"
+        );
+        let swapped = format!(
+            "[cluster.tls]
+cert = {0:?}
+key = {1:?}
+ca = {0:?}
+",
+            key.0.display().to_string(),
+            cert.0.display().to_string(),
+        );
+        assert_eq!(
+            match load_toml(&swapped, no_env()) {
+                Err(ConfigError::Invalid(problems)) => problems.len(),
+                other => panic!("expected Invalid, got {other:?}"),
+            },
+            3
+        );
     }
 
     #[test]
@@ -1917,7 +2040,7 @@ cert = \"/x.crt\"
 
     #[test]
     fn tls_files_can_come_from_the_environment() {
-        let pem = TempToml::new("pem");
+        let pem = TempToml::new(&format!("{PEM_CERTIFICATE}{PEM_KEY}"));
         let path = pem.0.display().to_string();
         let settings = load_with_env(
             &ConfigSource::Defaults,

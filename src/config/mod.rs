@@ -13,7 +13,12 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+mod access;
 mod load;
+pub use access::{
+    parse_network, AclEntry, AuthMode, AuthSettings, HttpSettings, JoinRule, JwtAlgorithm,
+    PublishRule, RateLimitSettings,
+};
 pub use load::{
     default_config_toml, load, load_every_node, load_every_node_with_env, load_with_env,
     ConfigError, ConfigSource, CONFIG_PATH_ENV,
@@ -28,11 +33,41 @@ pub struct Settings {
     pub rooms: RoomSettings,
     pub heartbeat: HeartbeatSettings,
     pub log: LogSettings,
+    pub auth: AuthSettings,
+    pub rate_limit: RateLimitSettings,
+    pub http: HttpSettings,
+    pub shutdown: ShutdownSettings,
     pub cluster: ClusterSettings,
     /// `[[nodes]]`: every node of a cluster described in one file; `--node NAME` picks
     /// the entry this process runs as. Empty for a file that describes one node.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<NodeEntry>,
+}
+
+/// `[shutdown]`: how a node drains on SIGTERM / SIGINT.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownSettings {
+    /// Seconds from the signal to exit, whatever is left open by then.
+    pub timeout_secs: u64,
+    /// Clients told `goodbye` at a time.
+    pub batch_size: usize,
+    /// Milliseconds between two batches of `goodbye`.
+    pub batch_interval_ms: u64,
+    /// Clients are told to reconnect after a random delay up to this many ms, so
+    /// that they do not all arrive at the other nodes at once.
+    pub reconnect_spread_ms: u64,
+}
+
+impl Default for ShutdownSettings {
+    fn default() -> Self {
+        Self {
+            timeout_secs: 30,
+            batch_size: 500,
+            batch_interval_ms: 100,
+            reconnect_spread_ms: 2_000,
+        }
+    }
 }
 
 /// `[node]`: who this node is and where it listens.
@@ -77,6 +112,10 @@ pub struct RoomSettings {
     pub history: usize,
     /// Seconds an empty room keeps its history before it stops. 0 stops it at once.
     pub idle_ttl_secs: u64,
+    /// `[[rooms.acl]]`: who may join and publish where; none means anyone may join any
+    /// room and every member may publish.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub acl: Vec<AclEntry>,
 }
 
 /// `[heartbeat]`: liveness of client connections.
@@ -202,7 +241,8 @@ impl Secret {
         Self(value.into())
     }
 
-    /// The secret itself, for the one place that needs it (the cluster handshake).
+    /// The secret itself, for the places that need it (the cluster handshake, the
+    /// verification of tokens).
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -253,6 +293,7 @@ impl Default for RoomSettings {
         Self {
             history: 100,
             idle_ttl_secs: 300,
+            acl: Vec::new(),
         }
     }
 }
@@ -269,7 +310,7 @@ impl Default for HeartbeatSettings {
 impl Default for LogSettings {
     fn default() -> Self {
         Self {
-            level: "info".to_owned(),
+            level: "info,ractor_cluster=error".to_owned(),
             format: LogFormat::Pretty,
         }
     }

@@ -1,5 +1,6 @@
 //! Routes and the actix-web server.
 
+use super::gate::Gate;
 use super::websocket;
 use crate::actors::NodeContext;
 use crate::cluster::membership::MembershipMessage;
@@ -21,16 +22,19 @@ pub struct AppState {
     pub connections: Arc<Semaphore>,
     /// False until the node can take clients, and again once it starts draining.
     pub ready: Arc<AtomicBool>,
+    /// Origin, per-address limits and authentication of every upgrade.
+    pub gate: Arc<Gate>,
 }
 
 impl AppState {
     /// State for a node whose actor system is running.
-    pub fn new(ctx: Arc<NodeContext>) -> Self {
+    pub fn new(ctx: Arc<NodeContext>, gate: Gate) -> Self {
         let max = ctx.settings.limits.max_connections;
         Self {
             ctx,
             connections: Arc::new(Semaphore::new(max)),
             ready: Arc::new(AtomicBool::new(false)),
+            gate: Arc::new(gate),
         }
     }
 
@@ -52,6 +56,7 @@ pub fn serve(listener: TcpListener, state: AppState) -> std::io::Result<Server> 
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
             .route("/cluster", web::get().to(cluster))
+            .route("/metrics", web::get().to(super::scrape::metrics))
     })
     // Small frames (a reply right after a broadcast) must not wait for the client's
     // delayed ACK: without this, Nagle adds about 40 ms to such pairs.

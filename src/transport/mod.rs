@@ -1,12 +1,16 @@
 //! HTTP and WebSocket: the node's face to clients.
 //!
-//! Owns: the actix-web server, its routes (`/`, `/ws`, `/healthz`, `/readyz`) and, for
-//! each WebSocket, the read loop that decodes frames and forwards them to the
-//! connection's Session actor. Knows the actors only through the SessionSupervisor
+//! Owns: the actix-web server, its routes (`/`, `/ws`, `/healthz`, `/readyz`,
+//! `/cluster`, `/metrics`) and, for each WebSocket, the read loop that decodes frames
+//! and forwards them to the connection's Session actor. Every upgrade first passes the [`Gate`] (origin,
+//! per-address limits, authentication). Knows the actors only through the SessionSupervisor
 //! and the Session's message type; room logic never lives here.
 
 mod frame_guard;
+mod gate;
 mod http;
+mod scrape;
 mod websocket;
 
+pub use gate::{Gate, Refused};
 pub use http::{serve, AppState};

@@ -1,6 +1,7 @@
 //! The WebSocket endpoint: upgrade, then one read loop per connection.
 //!
-//! The upgrade checks readiness, the connection cap and the query (`user`, `name`),
+//! The upgrade checks readiness, then passes the [`Gate`](super::gate::Gate) (origin,
+//! per-address limits, who the client is), then the connection cap, and
 //! starts the connection's writer task ([`spawn_writer`]) and asks the
 //! SessionSupervisor for a Session actor. The read loop then runs on this actix worker
 //! (actix-ws's `MessageStream` is not `Send`), decodes each text frame and casts it to
@@ -13,19 +14,17 @@
 //! reason. It then stops the Session; rooms and presence notice through their monitors.
 
 use super::frame_guard::FrameGuard;
+use super::gate::IpSlot;
 use super::http::AppState;
 use crate::actors::{
     ask, spawn_writer, Outbox, SessionArgs, SessionMessage, SessionSupervisorMessage,
 };
-use crate::protocol::{
-    close, decode_client_frame, validate_display_name, validate_user_id, ErrorBody, ErrorCode,
-    FrameError, UserInfo,
-};
+use crate::auth::Identity;
+use crate::protocol::{close, decode_client_frame, ErrorBody, ErrorCode, FrameError};
 use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
 use actix_ws::{AggregatedMessage, ProtocolError};
 use ractor::ActorRef;
 use serde_json::json;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,7 +33,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// Frames a connection may have waiting in its Session's mailbox.
 const MAX_INFLIGHT_FRAMES: usize = 32;
 
-/// `GET /ws?user=ID&name=NAME`.
+/// `GET /ws?user=ID&name=NAME` (anonymous) or `GET /ws?token=JWT` (jwt mode, or the
+/// token in `Authorization: Bearer`).
 pub async fn upgrade(
     req: HttpRequest,
     body: web::Payload,
@@ -43,10 +43,15 @@ pub async fn upgrade(
     if !state.ready.load(Ordering::Acquire) {
         return Ok(refuse_unavailable("the node is not accepting connections"));
     }
-    let (user, name_given) = match user_from_query(req.query_string()) {
-        Ok(found) => found,
-        Err(error) => return Ok(HttpResponse::BadRequest().json(json!({ "error": error }))),
+    let admitted = match state.gate.admit(&req) {
+        Ok(admitted) => admitted,
+        Err(refused) => return Ok(refused.response()),
     };
+    let Identity {
+        user,
+        name_given,
+        grants,
+    } = admitted.identity;
     let Ok(permit) = state.connections.clone().try_acquire_owned() else {
         return Ok(refuse_unavailable("the node is at its connection limit"));
     };
@@ -71,12 +76,14 @@ pub async fn upgrade(
         ws,
         settings.limits.outbound_queue,
         Duration::from_millis(settings.heartbeat.interval_ms),
+        state.ctx.metrics.clone(),
     );
     let session_id = uuid::Uuid::new_v4().simple().to_string();
     let args = SessionArgs {
         id: session_id.clone(),
         user: user.clone(),
         name_given,
+        grants,
         outbox: outbox.clone(),
     };
     let session = match ask(&sessions, |reply| SessionSupervisorMessage::Open {
@@ -97,7 +104,11 @@ pub async fn upgrade(
         silence: Duration::from_millis(settings.heartbeat.timeout_ms),
         oversized,
     };
-    actix_web::rt::spawn(read_loop(stream, session, outbox, limits, permit));
+    let held = Held {
+        _connection: permit,
+        _address: admitted.slot,
+    };
+    actix_web::rt::spawn(read_loop(stream, session, outbox, limits, held));
     Ok(response)
 }
 
@@ -107,21 +118,11 @@ fn refuse_unavailable(message: &str) -> HttpResponse {
     }))
 }
 
-/// Reads `user` and `name` from the query; a guest id is made up when `user` is absent.
-/// The second value is false when no `name` was given (the name is then the user's
-/// current one if it is online, else its id).
-fn user_from_query(query: &str) -> Result<(UserInfo, bool), ErrorBody> {
-    let params = web::Query::<HashMap<String, String>>::from_query(query)
-        .map_err(|e| ErrorBody::new(ErrorCode::BadRequest, format!("bad query string: {e}")))?;
-    let id = match params.get("user") {
-        Some(id) => validate_user_id(id)?,
-        None => format!("guest-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
-    };
-    let (name, name_given) = match params.get("name") {
-        Some(name) => (validate_display_name(name)?, true),
-        None => (id.clone(), false),
-    };
-    Ok((UserInfo { id, name }, name_given))
+/// What a connection holds until its read loop ends: its place under
+/// `limits.max_connections` and under `rate_limit.connections_per_ip`.
+struct Held {
+    _connection: OwnedSemaphorePermit,
+    _address: IpSlot,
 }
 
 struct ReadLimits {
@@ -136,7 +137,7 @@ async fn read_loop(
     session: ActorRef<SessionMessage>,
     outbox: Outbox,
     limits: ReadLimits,
-    _connection: OwnedSemaphorePermit,
+    _held: Held,
 ) {
     let mut stream = stream
         .max_frame_size(limits.max_frame_bytes)
@@ -209,30 +210,4 @@ async fn read_loop(
         }
     }
     session.stop(Some("connection closed".to_owned()));
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn query_gives_user_or_a_guest() {
-        let (user, given) = user_from_query("user=alice&name=Alice%20A").unwrap();
-        assert_eq!((user.id.as_str(), user.name.as_str()), ("alice", "Alice A"));
-        assert!(given);
-        let (guest, given) = user_from_query("").unwrap();
-        assert!(guest.id.starts_with("guest-"));
-        assert_eq!(guest.name, guest.id);
-        assert!(!given);
-        assert_eq!(
-            user_from_query("user=a%20b").unwrap_err().code,
-            ErrorCode::BadRequest
-        );
-        assert_eq!(
-            user_from_query(&format!("name={}", "x".repeat(65)))
-                .unwrap_err()
-                .code,
-            ErrorCode::TooLong
-        );
-    }
 }

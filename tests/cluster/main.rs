@@ -6,11 +6,16 @@
 //! `HUBBUB_LOG__LEVEL=debug cargo test --test cluster` raises the nodes' log level; a
 //! failing test prints the tail of every node's log and keeps its directory.
 
+#[path = "../scrape/mod.rs"]
+mod scrape;
 mod support;
 
 mod chat;
+mod drain;
 mod failover;
 mod harness;
+mod logs;
+mod metrics;
 mod presence;
 mod refused;
 mod start_order;

@@ -68,6 +68,8 @@ struct Node {
     child: Option<Child>,
     /// How many times the process was started (restarts append to the same log).
     starts: u32,
+    /// Settings a test overrides for this node, as HUBBUB_SECTION__KEY variables.
+    env: Vec<(String, String)>,
 }
 
 /// An extra node a test plans itself (see [`Cluster::plan_extra`]).
@@ -189,6 +191,10 @@ impl Cluster {
              [limits]\n\
              frames_per_second = 0\n\
              \n\
+             [rate_limit]\n\
+             messages_per_minute = 0\n\
+             handshakes_per_ip_per_sec = 0\n\
+             \n\
              [log]\n\
              level = \"info\"\n\
              format = \"json\"\n",
@@ -207,6 +213,7 @@ impl Cluster {
                 log,
                 child: None,
                 starts: 0,
+                env: Vec::new(),
             },
         );
     }
@@ -274,6 +281,9 @@ impl Cluster {
                 command.env_remove(key);
             }
         }
+        for (key, value) in &node.env {
+            command.env(key, value);
+        }
         let child = command.spawn().expect("spawn hubbub");
         node.child = Some(child);
         let addr = node.http;
@@ -316,6 +326,34 @@ impl Cluster {
     /// True when the node's process was started and has not ended.
     pub fn is_running(&mut self, name: &str) -> bool {
         self.node(name).child.is_some() && self.exit_status(name).is_none()
+    }
+
+    /// Overrides a setting of a node from its next start on (`HUBBUB_SECTION__KEY`).
+    pub fn set_env(&mut self, name: &str, key: &str, value: &str) {
+        self.node_mut(name)
+            .env
+            .push((key.to_owned(), value.to_owned()));
+    }
+
+    /// `kill -TERM`: the node drains and exits on its own.
+    pub fn sigterm(&mut self, name: &str) {
+        signal(self.pid(name), "-TERM");
+    }
+
+    /// Waits (bounded by `within`) for a node's process to exit; its exit status.
+    pub async fn wait_exit(&mut self, name: &str, within: Duration) -> std::process::ExitStatus {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.exit_status(name) {
+                self.node_mut(name).child = None;
+                return status;
+            }
+            assert!(
+                started.elapsed() < within,
+                "node {name} did not exit within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// `kill -9`: the process ends at once, without a word to anyone.
@@ -588,6 +626,25 @@ pub struct Client {
 }
 
 impl Client {
+    /// Connects like [`Client::connect`]; None when the node refuses or is gone.
+    pub async fn try_connect(addr: SocketAddr, query: &str) -> Option<Self> {
+        let url = format!("ws://{addr}/ws?{query}");
+        let (ws, _) = timeout(DEADLINE, tokio_tungstenite::connect_async(url))
+            .await
+            .ok()?
+            .ok()?;
+        let mut client = Self {
+            ws,
+            welcome: Value::Null,
+            pending: VecDeque::new(),
+            next_ref: 0,
+        };
+        let welcome = timeout(DEADLINE, client.read_frame()).await.ok()??;
+        (welcome["type"] == "welcome").then_some(())?;
+        client.welcome = welcome;
+        Some(client)
+    }
+
     /// Connects to `addr` with a raw query string and reads the welcome frame.
     pub async fn connect(addr: SocketAddr, query: &str) -> Self {
         let url = format!("ws://{addr}/ws?{query}");
@@ -835,6 +892,56 @@ impl Client {
                 }
                 Ok(Message::Close(_)) | Err(_) => return None,
                 Ok(_) => continue,
+            }
+        }
+    }
+
+    /// Sends a request and waits for its reply; None when the connection ends first
+    /// (a node draining or dying), so a test can reconnect elsewhere.
+    pub async fn try_request(&mut self, mut frame: Value) -> Option<Value> {
+        self.next_ref += 1;
+        let reference = format!("r{}", self.next_ref);
+        frame["ref"] = json!(reference);
+        self.ws
+            .send(Message::Text(frame.to_string().into()))
+            .await
+            .ok()?;
+        if let Some(i) = self
+            .pending
+            .iter()
+            .position(|f| f["type"] == "reply" && f["ref"] == json!(reference))
+        {
+            return self.pending.remove(i);
+        }
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let frame = tokio::time::timeout_at(deadline, self.read_frame())
+                .await
+                .ok()??;
+            if frame["type"] == "reply" && frame["ref"] == json!(reference) {
+                return Some(frame);
+            }
+            self.pending.push_back(frame);
+        }
+    }
+
+    /// Reads until the node closes; the close code (None: closed without a close
+    /// frame). Text frames read on the way stay pending.
+    pub async fn expect_close(&mut self) -> Option<u16> {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .expect("the node should close the connection in time");
+            match next {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(Message::Text(text))) => {
+                    if let Ok(v) = serde_json::from_str(&text) {
+                        self.pending.push_back(v);
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return None,
             }
         }
     }

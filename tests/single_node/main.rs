@@ -1,8 +1,13 @@
 //! Integration tests of one node: a real node on port 0, real WebSocket clients.
 
+#[path = "../scrape/mod.rs"]
+mod scrape;
 mod support;
 
+mod abuse;
+mod auth;
 mod bad_input;
 mod behaviour;
 mod chat;
 mod limits;
+mod metrics;

@@ -27,9 +27,11 @@ pub fn test_settings() -> Settings {
     settings.node.name = "test-node".to_owned();
     settings.node.http_addr = "127.0.0.1:0".parse().unwrap();
     settings.log.level = "warn".to_owned();
+    // Tests publish in bursts of their own; abuse.rs turns the per-user limit on.
+    settings.rate_limit.messages_per_minute = 0;
     if let Ok(level) = std::env::var("TEST_LOG") {
         settings.log.level = level;
-        let _ = hubbub::telemetry::init(&settings.log);
+        let _ = hubbub::telemetry::init(&settings.log, &settings.node.name);
     }
     settings
 }
@@ -174,13 +176,31 @@ impl Client {
     /// Like [`Client::connect`], but an upgrade refused with an HTTP error status is an
     /// `Err` carrying the status and body; any other failure panics.
     pub async fn try_connect(node: &TestNode, query: &str) -> Result<Self, Refusal> {
+        Self::try_connect_with(node, query, &[]).await
+    }
+
+    /// [`Client::try_connect`] with extra request headers (`Authorization`, `Origin`).
+    pub async fn try_connect_with(
+        node: &TestNode,
+        query: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Self, Refusal> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
         use tokio_tungstenite::tungstenite::Error;
-        let connected = timeout(
-            DEADLINE,
-            tokio_tungstenite::connect_async(node.ws_url(query)),
-        )
-        .await
-        .expect("connect in time");
+        let mut request = node
+            .ws_url(query)
+            .into_client_request()
+            .expect("a valid request");
+        for (name, value) in headers {
+            request.headers_mut().append(
+                HeaderName::from_bytes(name.as_bytes()).expect("header name"),
+                HeaderValue::from_str(value).expect("header value"),
+            );
+        }
+        let connected = timeout(DEADLINE, tokio_tungstenite::connect_async(request))
+            .await
+            .expect("connect in time");
         match connected {
             Ok((ws, _)) => {
                 let mut client = Self {

@@ -100,6 +100,8 @@ pub enum RoomMessage {
     RecoveryRetry {
         view: u64,
     },
+    /// This node is leaving the cluster: hand the room to its next owner.
+    HandOff(RpcReplyPort<()>),
 }
 
 /// Arguments to start a Room.
@@ -174,6 +176,9 @@ impl Actor for RoomActor {
         message: RoomMessage,
         room: &mut Room,
     ) -> Result<(), ActorProcessingErr> {
+        // At debug level, whatever is logged while the room handles a message (its
+        // behaviour's hooks included) carries the room's name.
+        let _in_room = tracing::debug_span!("room", room = %room.state.name).entered();
         room.dispatch(&myself, message);
         Ok(())
     }
@@ -207,6 +212,15 @@ impl Actor for RoomActor {
 impl Room {
     /// Handles one message. Synchronous, so deferred messages replay through it.
     fn dispatch(&mut self, myself: &ActorRef<RoomMessage>, message: RoomMessage) {
+        if self.cluster.as_ref().is_some_and(|c| c.is_leaving()) {
+            if let RoomMessage::Join { .. } | RoomMessage::Publish { .. } = &message {
+                refuse(
+                    message,
+                    unavailable("this node is shutting down; reconnect"),
+                );
+                return;
+            }
+        }
         match message {
             RoomMessage::Join { request, reply } => self.join(myself, request, reply),
             RoomMessage::Leave { session, reply } => {
@@ -244,6 +258,10 @@ impl Room {
             RoomMessage::Remote { from, body } => self.remote(myself, from, body),
             RoomMessage::ViewChanged(view) => self.on_view(myself, view),
             RoomMessage::RecoveryRetry { view } => self.retry_recovery(myself, view),
+            RoomMessage::HandOff(reply) => {
+                self.hand_off();
+                let _ = reply.send(());
+            }
         }
     }
 

@@ -576,6 +576,12 @@ impl Room {
                 }
             }
             Body::RecoverRequest { view, .. } => self.answer_recovery(&from, view),
+            Body::RoomHandoff {
+                epoch,
+                seq,
+                history,
+                ..
+            } => self.absorb(epoch, seq, history),
             Body::RecoverState {
                 view,
                 ready,
@@ -772,6 +778,11 @@ impl Room {
                 ack,
                 ..
             } => {
+                if self.cluster.as_ref().is_some_and(|c| c.is_leaving()) {
+                    // This node has handed the room over: showing (or confirming) a
+                    // message now would show one the next owner may not hold.
+                    return;
+                }
                 if epoch < self.epoch {
                     tracing::warn!(room = %self.state.name, epoch, current = self.epoch, "dropped a message from an older owner epoch");
                     return;
@@ -1038,6 +1049,55 @@ impl Room {
             self.dispatch(myself, message);
         }
         self.arm_idle_timer(myself);
+    }
+
+    /// This node is leaving (its lease is already void): send what it holds to the
+    /// node the room moves to, so its history survives even if nobody else held it.
+    pub(super) fn hand_off(&mut self) {
+        let (Some(cluster), Some(view)) = (&self.cluster, &self.view) else {
+            return;
+        };
+        let rest: std::collections::BTreeMap<String, u64> = view
+            .members
+            .iter()
+            .filter(|(name, _)| **name != cluster.me)
+            .map(|(name, inc)| (name.clone(), *inc))
+            .collect();
+        let size = rest.len();
+        let next = View::new(rest, size);
+        let Some(heir) = next.owner_of(self.state.name.as_str()) else {
+            return;
+        };
+        tracing::debug!(room = %self.state.name, %heir, seq = self.state.seq, "handing the room over");
+        cluster.send(
+            heir,
+            Body::RoomHandoff {
+                room: self.room(),
+                epoch: self.epoch,
+                seq: self.state.seq,
+                history: self.state.history.iter().cloned().collect(),
+            },
+        );
+    }
+
+    /// Takes in a leaving node's copy of the room. Where copies disagree, the higher
+    /// epoch wins, as in a recovery; the next recovery then carries it all.
+    fn absorb(&mut self, epoch: u64, seq: u64, history: Vec<ChatMessage>) {
+        let mine: Vec<ChatMessage> = self.state.history.iter().cloned().collect();
+        let (first, second) = if epoch > self.epoch {
+            (history, mine)
+        } else {
+            (mine, history)
+        };
+        let mut merged: BTreeMap<u64, ChatMessage> = BTreeMap::new();
+        for message in first.into_iter().chain(second) {
+            merged.entry(message.seq).or_insert(message);
+        }
+        self.epoch = self.epoch.max(epoch);
+        let seq = seq.max(self.state.seq);
+        self.state.history.clear();
+        self.state
+            .replace_history(seq, merged.into_values().collect());
     }
 
     /// Answers every request waiting on another node with `unavailable`.

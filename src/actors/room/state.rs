@@ -258,16 +258,17 @@ impl RoomState {
     }
 
     /// The messages a joining client gets, and whether some it asked for are gone.
-    /// At most [`MAX_HISTORY_LIMIT`] (the newest) come in a join reply; a resume that
-    /// this cuts short reports a gap, and older messages are a `history` request away.
+    /// A resume (`since`) gets every held message after `since`: the history ring
+    /// (`rooms.history`) bounds it. A fresh join gets at most [`MAX_HISTORY_LIMIT`],
+    /// the newest; older ones are a `history` request away.
     pub fn resume_from(&self, since: Option<u64>) -> (Vec<ChatMessage>, bool) {
         let (messages, gap) = self.resume_all(since);
         let cap = MAX_HISTORY_LIMIT as usize;
-        if messages.len() <= cap {
+        if since.is_some() || messages.len() <= cap {
             return (messages, gap);
         }
         let cut = messages.len() - cap;
-        (messages[cut..].to_vec(), gap || since.is_some())
+        (messages[cut..].to_vec(), gap)
     }
 
     fn resume_all(&self, since: Option<u64>) -> (Vec<ChatMessage>, bool) {

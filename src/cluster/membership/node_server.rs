@@ -1,6 +1,12 @@
 //! Glue to ractor_cluster: starting the NodeServer, naming nodes, forwarding its
 //! session events to Membership, and dialling an address.
 //!
+//! With `[cluster.tls]`, the listener on `cluster.bind` and the handshakes in both
+//! directions are ours (tls.rs says why). The NodeServer's own listener, which it
+//! always starts, is then put on a free loopback port with the same mutual-TLS
+//! acceptor, where nobody dials it; and the port its handshake advertises is set back
+//! to ours with `PortChanged`.
+//!
 //! ractor_cluster knows a node by `<name>@<host>`. We register as
 //! `<name>#<incarnation as 16 hex digits>@<host>`, so that two processes claiming the
 //! same `node.name` are two different nodes to ractor_cluster: its duplicate-connection
@@ -8,14 +14,18 @@
 //! node already holding the name) never mixes them up, and Membership refuses the
 //! newcomer itself. `#` cannot appear in a configured node name.
 
+use super::tls::{AcceptLoop, PeerTls};
 use super::MembershipMessage;
 use crate::cluster::wire::MAX_ENVELOPE_BYTES;
 use crate::config::ClusterSettings;
 use ractor::{Actor, ActorCell, ActorRef};
 use ractor_cluster::node::{NodeConnectionMode, NodeServerSessionInformation};
-use ractor_cluster::{NodeEventSubscription, NodeServer, NodeServerMessage};
-use std::net::SocketAddr;
+use ractor_cluster::{
+    IncomingEncryptionMode, NodeEventSubscription, NodeServer, NodeServerMessage,
+};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
+use tokio::net::TcpListener;
 
 /// Extra room above the largest envelope for ractor_cluster's own framing.
 const FRAME_OVERHEAD: u64 = 64 * 1024;
@@ -42,36 +52,86 @@ pub(super) fn host_of(addr: &str) -> &str {
     addr.rsplit_once(':').map_or(addr, |(host, _)| host)
 }
 
-/// Starts the NodeServer, linked to `parent`, listening on `cluster.bind`.
+/// A running NodeServer and, with TLS, the accept loop feeding it.
+pub(super) struct PeerListener {
+    pub server: ActorRef<NodeServerMessage>,
+    /// Our TLS listener on `cluster.bind`; dropping it closes the port.
+    pub tls_accept: Option<AcceptLoop>,
+}
+
+/// Starts the NodeServer, linked to `parent`, listening on `cluster.bind`: itself over
+/// plain TCP, or through our own TLS accept loop when `tls` is given (handshakes
+/// bounded by `handshake_timeout`).
 pub(super) async fn start(
     cluster: &ClusterSettings,
     name: &str,
     incarnation: u64,
     parent: ActorCell,
-) -> Result<ActorRef<NodeServerMessage>, String> {
-    if cluster.tls.is_some() {
-        return Err(
-            "cluster.tls is not supported yet: remove [cluster.tls] to run the \
-                    cluster over plain TCP"
-                .to_owned(),
-        );
-    }
+    tls: Option<&PeerTls>,
+    handshake_timeout: Duration,
+) -> Result<PeerListener, String> {
     let advertise = cluster.advertise_addr();
+    let host = host_of(&advertise).to_owned();
+    // Never format a `NodeServer`: its Debug output contains the cookie.
+    let cookie = cluster.cookie.expose().to_owned();
+    let node_name = cluster_name(name, incarnation);
+    let frame_limit = MAX_ENVELOPE_BYTES as u64 + FRAME_OVERHEAD;
+    let listen_error =
+        |e: &dyn std::fmt::Display| format!("cannot listen for peers on {}: {e}", cluster.bind);
+    let Some(tls) = tls else {
+        let server = NodeServer::new(
+            cluster.bind.port(),
+            cookie,
+            node_name,
+            host,
+            None,
+            Some(NodeConnectionMode::Isolated),
+        )
+        .with_listen_addr(cluster.bind.ip())
+        .with_max_inbound_frame_size(frame_limit);
+        let (server, _) = Actor::spawn_linked(None, server, (), parent)
+            .await
+            .map_err(|e| listen_error(&e))?;
+        return Ok(PeerListener {
+            server,
+            tls_accept: None,
+        });
+    };
+    let listener = TcpListener::bind(cluster.bind)
+        .await
+        .map_err(|e| listen_error(&e))?;
+    let port = listener.local_addr().map_err(|e| listen_error(&e))?.port();
     let server = NodeServer::new(
-        cluster.bind.port(),
-        cluster.cookie.expose().to_owned(),
-        cluster_name(name, incarnation),
-        host_of(&advertise).to_owned(),
-        None,
+        0,
+        cookie,
+        node_name,
+        host,
+        Some(IncomingEncryptionMode::Tls(tls.acceptor())),
         Some(NodeConnectionMode::Isolated),
     )
-    .with_listen_addr(cluster.bind.ip())
-    .with_max_inbound_frame_size(MAX_ENVELOPE_BYTES as u64 + FRAME_OVERHEAD);
-    // Never format `server`: its Debug output contains the cookie.
+    .with_listen_addr(loopback_like(cluster.bind.ip()))
+    .with_max_inbound_frame_size(frame_limit);
     let (server, _) = Actor::spawn_linked(None, server, (), parent)
         .await
-        .map_err(|e| format!("cannot listen for peers on {}: {e}", cluster.bind))?;
-    Ok(server)
+        .map_err(|e| format!("cannot start the node server: {e}"))?;
+    // Its listener reported its loopback port while starting; this message is queued
+    // after that one, so peers are told our port.
+    server
+        .cast(NodeServerMessage::PortChanged { port })
+        .map_err(|_| "the node server stopped at once".to_owned())?;
+    let tls_accept = AcceptLoop::spawn(listener, tls.acceptor(), server.clone(), handshake_timeout);
+    Ok(PeerListener {
+        server,
+        tls_accept: Some(tls_accept),
+    })
+}
+
+/// The loopback address of `ip`'s family.
+fn loopback_like(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+    }
 }
 
 /// Which ractor_cluster session event happened.
@@ -118,25 +178,62 @@ impl NodeEventSubscription for EventForwarder {
     }
 }
 
-/// Dials `target` (`host:port`): resolves it and opens TCP to the first address that
-/// answers within `timeout`, handing the stream to the NodeServer, which runs the
-/// handshake. Returns the socket address reached: it is the `peer_addr` of the
-/// session that follows.
+/// Why a dial did not produce a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DialError {
+    /// No TCP connection (refused, unreachable, timed out, no such name).
+    Unreachable(String),
+    /// TCP was up but the TLS handshake failed: a misconfiguration somewhere.
+    Handshake(String),
+}
+
+impl std::fmt::Display for DialError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unreachable(why) => f.write_str(why),
+            Self::Handshake(why) => write!(f, "TLS handshake failed: {why}"),
+        }
+    }
+}
+
+/// Dials `target` (`host:port`): resolves it and connects to the first address that
+/// answers within `timeout` (TCP, then the TLS handshake when `tls` is given), handing
+/// the stream to the NodeServer, which runs its own handshake. Returns the socket
+/// address reached: it is the `peer_addr` of the session that follows.
 pub(super) async fn dial(
     server: &ActorRef<NodeServerMessage>,
     target: &str,
+    tls: Option<&PeerTls>,
     timeout: Duration,
-) -> Result<SocketAddr, String> {
+) -> Result<SocketAddr, DialError> {
     let addrs = tokio::time::timeout(timeout, tokio::net::lookup_host(target))
         .await
-        .map_err(|_| "name lookup timed out".to_owned())?
-        .map_err(|e| format!("name lookup failed: {e}"))?;
-    let mut last_error = "the name has no address".to_owned();
+        .map_err(|_| DialError::Unreachable("name lookup timed out".to_owned()))?
+        .map_err(|e| DialError::Unreachable(format!("name lookup failed: {e}")))?;
+    let mut last_error = DialError::Unreachable("the name has no address".to_owned());
     for addr in addrs {
-        match tokio::time::timeout(timeout, ractor_cluster::client_connect(server, addr)).await {
+        let connected = match tls {
+            None => tokio::time::timeout(timeout, ractor_cluster::client_connect(server, addr))
+                .await
+                .map(|r| r.map_err(|e| DialError::Unreachable(e.to_string()))),
+            Some(tls) => {
+                tokio::time::timeout(timeout, async {
+                    let stream = tls.connect(target, addr).await?;
+                    ractor_cluster::client_connect_external(server, stream)
+                        .await
+                        .map_err(|e| DialError::Unreachable(e.to_string()))
+                })
+                .await
+            }
+        };
+        match connected {
             Ok(Ok(())) => return Ok(addr),
-            Ok(Err(e)) => last_error = e.to_string(),
-            Err(_) => last_error = "connect timed out".to_owned(),
+            Ok(Err(e)) => last_error = e,
+            Err(_) if tls.is_some() => {
+                last_error =
+                    DialError::Unreachable("connect and TLS handshake timed out".to_owned())
+            }
+            Err(_) => last_error = DialError::Unreachable("connect timed out".to_owned()),
         }
     }
     Err(last_error)

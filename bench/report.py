@@ -1,0 +1,411 @@
+#!/usr/bin/env python3
+"""Writes docs/performance.md and its chart from a bench/run.sh results directory.
+
+Usage: bench/report.py RESULTS_DIR OUT.md OUT.svg
+
+RESULTS_DIR holds machine.json and one <system>-<scenario>.json per run of
+hubbub-bench. The hand-written parts that do not come from a run (what profiling
+found) live in bench/profiling.md and are copied in. Standard library only.
+"""
+
+import html
+import json
+import os
+import sys
+from pathlib import Path
+
+SYSTEMS = [
+    ("hubbub", "hubbub, one node"),
+    ("node-ws", "Node ws, one process"),
+    ("socketio-1", "socket.io 4, one process"),
+    ("floor", "Rust floor"),
+    ("hubbub-2", "hubbub, two-node cluster"),
+    ("socketio-2", "socket.io 4, two processes + Redis"),
+]
+NAMES = dict(SYSTEMS)
+COLOURS = {
+    "hubbub": "#e8710a",
+    "hubbub-2": "#f5a55a",
+    "node-ws": "#4a7fb5",
+    "socketio-1": "#6aa84f",
+    "socketio-2": "#a3cf8f",
+    "floor": "#888888",
+}
+KIB = 1024
+
+
+def load(results):
+    runs = {}
+    for path in sorted(Path(results).glob("*.json")):
+        if path.name == "machine.json":
+            continue
+        data = json.loads(path.read_text())
+        runs[(data["label"], data["scenario"])] = data
+    machine = json.loads((Path(results) / "machine.json").read_text())
+    return machine, runs
+
+
+def ms(v):
+    return f"{v:.1f}" if v >= 10 else f"{v:.2f}"
+
+
+def rate(v):
+    return f"{v:,.0f}" if v is not None else "—"
+
+
+def command(run):
+    """The hubbub-bench command line that produced a run."""
+    parts = ["target/release/hubbub-bench", "--protocol", run["protocol"],
+             "--url", ",".join(run["urls"]), run["scenario"]]
+    for key, value in run["params"].items():
+        flag = "--" + key.replace("_", "-")
+        if key == "pids":
+            for _ in value:
+                parts += ["--pid", "PID"]
+            continue
+        if value is None or value is False:
+            continue
+        if value is True:
+            parts.append(flag)
+        elif isinstance(value, list):
+            parts += [flag, ",".join(str(v) for v in value)]
+        else:
+            parts += [flag, str(value)]
+    return " ".join(parts)
+
+
+def fanout_best(runs, system):
+    run = runs.get((system, "fanout"))
+    if not run:
+        return None, None
+    result = run["result"]
+    return result.get("max_rate_held"), result.get("best")
+
+
+def step_verdict(step, bound):
+    if step["held"]:
+        return "held"
+    why = []
+    if step["lost"]:
+        why.append(f"{step['lost']:,} lost")
+    if step["errors"]:
+        why.append(f"{sum(step['errors'].values()):,} errors")
+    if step["out_of_order"]:
+        why.append(f"{step['out_of_order']} out of order")
+    if step["latency"]["p99_ms"] > bound:
+        why.append(f"p99 {ms(step['latency']['p99_ms'])} ms")
+    return "did not hold: " + ", ".join(why)
+
+
+def targets(runs):
+    rows = []
+    hub, _ = fanout_best(runs, "hubbub")
+    hub2, _ = fanout_best(runs, "hubbub-2")
+
+    def compare(label, ours, ours_name, theirs_key, factor):
+        theirs, _ = fanout_best(runs, theirs_key)
+        if ours is None or theirs is None:
+            missing = [n for n, v in ((ours_name, ours), (NAMES[theirs_key], theirs)) if v is None]
+            rows.append((label, "not measured (no rate held: " + ", ".join(missing) + ")"
+                         if runs.get(("hubbub", "fanout")) else "not measured", "—"))
+            return
+        need = theirs * factor
+        ratio = ours / theirs if theirs else float("inf")
+        rows.append((label,
+                     f"{rate(ours)} vs {rate(theirs)} msg/s: {ratio:.2f}×",
+                     "met" if ours >= need else "**missed**"))
+
+    compare("one hubbub node ≥ Node ws (fan-out, p99 < 50 ms, no loss)", hub, "hubbub", "node-ws", 1)
+    compare("one hubbub node ≥ 2× socket.io, one process", hub, "hubbub", "socketio-1", 2)
+    compare("two-node hubbub ≥ 3× socket.io, two processes + Redis", hub2, "hubbub-2", "socketio-2", 3)
+    compare("one hubbub node ≥ 50 % of the Rust floor", hub, "hubbub", "floor", 0.5)
+
+    idle = runs.get(("hubbub", "idle"))
+    if idle and idle["result"].get("rss_per_connection_bytes") is not None:
+        r = idle["result"]
+        per = r["rss_per_connection_bytes"] / KIB
+        full = r["connected"] >= 10_000 and r["failed"] == 0
+        rows.append(("idle: ≤ 16 KiB resident per connection at 10,000 connections",
+                     f"{per:.1f} KiB at {r['connected']:,} connections",
+                     ("met" if per <= 16 else "**missed**") if full else "not measured at 10,000"))
+    else:
+        rows.append(("idle: ≤ 16 KiB resident per connection at 10,000 connections", "not measured", "—"))
+
+    eff = runs.get(("hubbub-2", "efficiency"))
+    label = "cluster: inter-node messages per broadcast = other nodes with members"
+    if not eff:
+        rows.append((label, "not measured", "—"))
+    elif eff["result"]["metric"] != "available":
+        rows.append((label, "metric not available (hubbub_cluster_messages_total)", "—"))
+    else:
+        cases = eff["result"]["cases"]
+        shown = "; ".join(
+            f"{c['members']} members: {c['broadcast_messages_per_broadcast']:.2f} (target {c['expected_per_broadcast']})"
+            for c in cases)
+        rows.append((label, shown, "met" if all(c["met"] for c in cases) else "**missed**"))
+    return rows
+
+
+def chart(runs, path):
+    data = []
+    for key, name in SYSTEMS:
+        held, best = fanout_best(runs, key)
+        if (key, "fanout") in runs:
+            data.append((key, name, held or 0, best["latency"]["p99_ms"] if best else 0))
+    if not data:
+        Path(path).write_text('<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>\n')
+        return
+    row, top, left, panel = 30, 50, 250, 300
+    height = top + row * len(data) + 40
+    width = left + 2 * panel + 120
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'font-family="sans-serif" font-size="13">',
+           f'<rect width="{width}" height="{height}" fill="white"/>']
+    panels = [
+        ("Highest fan-out rate that held (messages/s)", 2, lambda v: f"{v:,.0f}"),
+        ("p99 latency at that rate (ms, bound 50)", 3, lambda v: f"{v:.1f}"),
+    ]
+    for p, (title, index, fmt) in enumerate(panels):
+        x0 = left + p * (panel + 60)
+        biggest = max(max(d[index] for d in data), 1e-9)
+        if index == 3:
+            biggest = max(biggest, 50)
+        out.append(f'<text x="{x0}" y="{top - 20}" font-weight="bold">{html.escape(title)}</text>')
+        for i, d in enumerate(data):
+            y = top + i * row
+            w = panel * d[index] / biggest
+            out.append(f'<rect x="{x0}" y="{y}" width="{w:.1f}" height="{row - 8}" fill="{COLOURS[d[0]]}"/>')
+            label = fmt(d[index]) if d[2] else "none held"
+            out.append(f'<text x="{x0 + w + 4:.1f}" y="{y + row - 13}">{label}</text>')
+        if index == 3:
+            bx = x0 + panel * 50 / biggest
+            out.append(f'<line x1="{bx:.1f}" y1="{top - 5}" x2="{bx:.1f}" y2="{top + row * len(data)}" '
+                       f'stroke="#c00" stroke-dasharray="4,3"/>')
+    for i, d in enumerate(data):
+        y = top + i * row
+        out.append(f'<text x="{left - 10}" y="{y + row - 13}" text-anchor="end">{html.escape(d[1])}</text>')
+    out.append("</svg>")
+    Path(path).write_text("\n".join(out) + "\n")
+
+
+def main():
+    results, md_path, svg_path = sys.argv[1:4]
+    machine, runs = load(results)
+    chart(runs, svg_path)
+    fan_params = next((r["params"] for (s, sc), r in runs.items() if sc == "fanout"), {})
+    bound = fan_params.get("p99_bound_ms", 50)
+    md = []
+    w = md.append
+
+    w("# Performance\n")
+    w("hubbub against the servers people would otherwise choose, measured side by side on "
+      "one machine in one run: a Node [`ws`](https://github.com/websockets/ws) server, "
+      "[socket.io](https://socket.io) 4 (one process, and two processes behind "
+      "`@socket.io/redis-adapter`), and a *Rust floor*: the smallest tokio + tungstenite "
+      "broadcast server, no actors and no framework, to show how fast this machine can do "
+      "the job at all. Everything here is produced by `bench/run.sh`; the load generator "
+      "is `bench/hubbub-bench`, the peers are in `bench/peers/`, and the raw results of "
+      "the run below are in `bench/results/`.\n")
+    if machine.get("quick"):
+        w("> **This is a quick run (`BENCH_QUICK=1`): small numbers, to check the script. "
+          "Do not quote these figures.**\n")
+
+    w("## The run\n")
+    load_before = ", ".join(f"{v:.2f}" for v in machine["load_before"])
+    load_after = ", ".join(f"{v:.2f}" for v in machine.get("load_after", [])) or "—"
+    w("| | |\n|---|---|")
+    w(f"| date (UTC) | {machine['date_utc']} |")
+    w(f"| machine | {machine['nproc']} cores ({machine['cpu_model']}), {machine['mem_total_gib']} GiB, "
+      f"Linux {machine['kernel']} |")
+    w(f"| load average (1, 5, 15 min) | before: {load_before}; after: {load_after} |")
+    w(f"| hubbub | commit {machine['git_commit']}{' (with uncommitted changes)' if machine.get('git_dirty') else ''}, "
+      f"{machine['rustc']}, release profile |")
+    w(f"| peers | Node {machine['node']}, ws {machine['ws']}, socket.io {machine['socket.io']}, "
+      f"@socket.io/redis-adapter {machine['redis_adapter']}, {machine['redis'].split(' sha=')[0]} |")
+    w("")
+    w("The load generator runs on the same cores as the system under test (loopback only), "
+      "so every system shares the machine with the same client; figures compare systems, "
+      "they are not what a dedicated server would do.\n")
+
+    w("### Repeating it\n")
+    w("```sh\nbench/run.sh                 # everything (~15 min): installs, builds, runs, writes this page\n"
+      "BENCH_QUICK=1 bench/run.sh   # small numbers, to check the script\n"
+      "BENCH_SYSTEMS=\"hubbub floor\" bench/run.sh   # some systems only\n```\n")
+    w("Check `uptime` first: with other work on the machine the figures are noise. "
+      "The exact load generator commands of this run (URLs and pids differ per run):\n")
+    w("```sh")
+    seen = set()
+    for key, _ in SYSTEMS:
+        for scenario in ("fanout", "idle", "churn", "efficiency"):
+            run = runs.get((key, scenario))
+            if run:
+                line = f"# {key}\n{command(run)}"
+                if line not in seen:
+                    seen.add(line)
+                    w(line)
+    w("```\n")
+
+    w("## Targets\n")
+    w("| target | measured | |\n|---|---|---|")
+    for label, measured, verdict in targets(runs):
+        w(f"| {label} | {measured} | {verdict} |")
+    w("")
+    w("![Fan-out: highest rate that held, and its p99, per system](performance.svg)\n")
+
+    w("## The systems\n")
+    w("| system | what runs |\n|---|---|")
+    w("| hubbub, one node | `target/release/hubbub` with defaults except: rate limits off "
+      "(`limits.frames_per_second = 0`, `[rate_limit]` all 0: none of the peers has any) "
+      "and `limits.max_connections = 20000`; logs at `warn`. Every other limit "
+      "(outbound queue 1024 with slow-consumer close, history 100, heartbeats) stays on. |")
+    w("| hubbub, two-node cluster | the same, two processes with `[cluster]` on (default "
+      "heartbeat 500 ms, failure timeout 3 s), each seeded with both addresses; clients "
+      "spread over both nodes |")
+    w("| Node ws | `bench/peers/node-ws/server.js`: the tutorial broadcast server extended "
+      "to `join`/`leave`/`publish` → `message` (with `seq` per room) and `reply`, in hubbub's "
+      "frame shapes; one process |")
+    w("| socket.io 4, one process | `bench/peers/socketio/server.js`: `join`, `leave`, "
+      "`publish` events with acks; `io.to(room).emit('message', …)`; WebSocket transport only |")
+    w("| socket.io 4, two processes + Redis | the same server twice, with "
+      "`@socket.io/redis-adapter` on one Debian `redis-server`; clients spread over both; "
+      "idle memory would count Redis too |")
+    w("| Rust floor | `bench/peers/rust-floor`: tokio + tokio-tungstenite, rooms in one "
+      "`Mutex<HashMap>`, a broadcast encoded once and queued (unbounded) to every member's "
+      "writer task |")
+    w("")
+
+    w("## The scenarios\n")
+    w(f"- **fanout**: C clients spread over R rooms (and over the nodes, for clusters); "
+      f"P of them publish to their room at an aggregate rate X for T seconds. Every "
+      f"member of a room, the publisher included, receives every message of the room. "
+      f"Each message carries the time it was *due* to be sent (the publishers follow a "
+      f"fixed schedule, so a sender falling behind shows as latency, not as a lower rate). "
+      f"Reported per step: deliveries per second, end-to-end latency from due time to "
+      f"arrival (p50/p90/p99/max), lost = expected − received after a drain of up to "
+      f"5 s, and errors by kind. With `--ramp`, the rate doubles while a step *holds* "
+      f"(p99 ≤ {bound:g} ms, nothing lost, no error, no sequence out of order), then "
+      f"narrows down between the highest rate that held and the lowest that did not, "
+      f"to within 15 %. The figure is the highest rate that held. Latency includes up to "
+      f"1 ms of the load generator's timer granularity.")
+    w("- **idle**: N connections opened (from 127.0.0.1–127.0.0.4) and held; the server's "
+      "resident memory (VmRSS of its process, or processes, from `/proc`) before the first "
+      "and while all are held, divided by N.")
+    w("- **churn**: at a rate, a cycle of connect (and handshake), `join`, `leave` and "
+      "close, each step waiting for its answer; at most 256 cycles at once, cycles due "
+      "beyond that are *skipped* and counted. Reported: completed cycles per second and "
+      "each stage's latency. Close is timed to the server's close frame.")
+    w("- **efficiency** (hubbub cluster only): one room per case with its members spread "
+      "over the nodes; 200 messages published; `hubbub_cluster_messages_total` "
+      "(direction `out`) read from every node's `/metrics` before and after. The target "
+      "is one `room_message` per broadcast per node, other than the room's owner "
+      "(from `GET /cluster`), that holds members, whatever the number of members.")
+    w("")
+
+    w("## Fan-out\n")
+    if fan_params:
+        w(f"{fan_params['clients']:,} clients, {fan_params['rooms']} rooms "
+          f"({fan_params['clients'] // fan_params['rooms']} members each), "
+          f"{fan_params.get('publishers') or fan_params['rooms']} publishers, "
+          f"{fan_params['size']}-byte contents, {fan_params['duration']:g} s per step.\n")
+    w("| system | highest rate held (msg/s) | deliveries/s | p50 ms | p90 ms | p99 ms | max ms | first rate that did not hold |")
+    w("|---|---:|---:|---:|---:|---:|---:|---|")
+    for key, name in SYSTEMS:
+        run = runs.get((key, "fanout"))
+        if not run:
+            continue
+        r = run["result"]
+        best = r.get("best")
+        failed = [s for s in r["steps"] if not s["held"]]
+        first_fail = min(failed, key=lambda s: s["rate"]) if failed else None
+        fail_text = (f"{rate(first_fail['rate'])}/s: {step_verdict(first_fail, bound)[15:]}"
+                     if first_fail else "none")
+        if best:
+            lat = best["latency"]
+            w(f"| {name} | {rate(r['max_rate_held'])} | {rate(best['deliveries_per_s'])} | "
+              f"{ms(lat['p50_ms'])} | {ms(lat['p90_ms'])} | {ms(lat['p99_ms'])} | {ms(lat['max_ms'])} | {fail_text} |")
+        else:
+            w(f"| {name} | none held | | | | | | {fail_text} |")
+    w("")
+    w("Every step of every ramp, in the order run:\n")
+    w("| system | steps: rate (msg/s) → p99 ms, verdict |\n|---|---|")
+    for key, name in SYSTEMS:
+        run = runs.get((key, "fanout"))
+        if not run:
+            continue
+        cells = []
+        for s in run["result"]["steps"]:
+            mark = "✓" if s["held"] else "✗"
+            extra = "" if s["held"] else f" ({step_verdict(s, bound)[15:]})"
+            cells.append(f"{rate(s['rate'])} → {ms(s['latency']['p99_ms'])} {mark}{extra}")
+        connect = run["result"]["connect_errors"]
+        if connect:
+            cells.append(f"connect errors: {connect}")
+        w(f"| {name} | {'; '.join(cells)} |")
+    w("")
+
+    w("## Idle connections\n")
+    w("| system | open | failed | RSS before | RSS held | per connection | connect p99 ms |")
+    w("|---|---:|---:|---:|---:|---:|---:|")
+    for key, name in SYSTEMS:
+        run = runs.get((key, "idle"))
+        if not run:
+            continue
+        r = run["result"]
+        per = r.get("rss_per_connection_bytes")
+        mib = lambda b: f"{b / KIB / KIB:.1f} MiB" if b is not None else "—"
+        w(f"| {name} | {r['connected']:,} | {r['failed']:,} | {mib(r['rss_before_bytes'])} | "
+          f"{mib(r['rss_held_bytes'])} | {per / KIB:.1f} KiB | {ms(r['connect_latency']['p99_ms'])} |"
+          if per is not None else f"| {name} | {r['connected']:,} | {r['failed']:,} | — | — | — | — |")
+    w("")
+
+    w("## Churn\n")
+    w("| system | offered/s | completed/s | failed | skipped | connect p50 / p99 ms | join p99 | leave p99 | close p99 | cycle p50 / p99 ms | errors |")
+    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for key, name in SYSTEMS:
+        run = runs.get((key, "churn"))
+        if not run:
+            continue
+        r, p = run["result"], run["params"]
+        errs = ", ".join(f"{k} ×{v}" for k, v in r["errors"].items()) or "none"
+        w(f"| {name} | {p['rate']:,.0f} | {r['cycles_per_s']:,.0f} | {r['failed']:,} | {r['skipped']:,} | "
+          f"{ms(r['connect_latency']['p50_ms'])} / {ms(r['connect_latency']['p99_ms'])} | "
+          f"{ms(r['join_latency']['p99_ms'])} | {ms(r['leave_latency']['p99_ms'])} | "
+          f"{ms(r['close_latency']['p99_ms'])} | {ms(r['cycle_latency']['p50_ms'])} / "
+          f"{ms(r['cycle_latency']['p99_ms'])} | {errs} |")
+    w("")
+
+    w("## Cluster efficiency\n")
+    eff = runs.get(("hubbub-2", "efficiency"))
+    if not eff:
+        w("Not measured in this run.\n")
+    else:
+        res = eff["result"]
+        if res["metric"] != "available":
+            w("**metric not available**: the nodes did not serve `hubbub_cluster_messages_total` "
+              "on `/metrics`. Deliveries were still checked:\n")
+        w("| members | per node | owner | published | delivered / expected | room_message per broadcast | target | | room traffic per broadcast, by kind |")
+        w("|---:|---|---|---:|---:|---:|---:|---|---|")
+        for c in res["cases"]:
+            kinds = c.get("sent_per_broadcast")
+            per = c.get("broadcast_messages_per_broadcast")
+            w(f"| {c['members']} | {' / '.join(str(n) for n in c['members_per_node'])} | "
+              f"{'node ' + 'ab'[c['owner']] if c['owner'] is not None else 'unknown'} | {c['published']} | "
+              f"{c['received']:,} / {c['expected_deliveries']:,} | "
+              f"{f'{per:.2f}' if per is not None else 'metric not available'} | "
+              f"{c['expected_per_broadcast'] if c['expected_per_broadcast'] is not None else '—'} | "
+              f"{'met' if c['met'] else ('**missed**' if c['met'] is False else '—')} | "
+              f"{', '.join(f'{k} {v:.2f}' for k, v in kinds.items()) if kinds else '—'} |")
+        w("")
+        w("`room_publish` (relay → owner) and `room_published` (its answer) appear when the "
+          "publisher's node is not the owner; `room_ack` is the designated relay "
+          "confirming it holds the message (docs/cluster.md, *visible means replicated*).\n")
+
+    profiling = Path(__file__).with_name("profiling.md")
+    if profiling.exists():
+        w(profiling.read_text().rstrip() + "\n")
+
+    Path(md_path).write_text("\n".join(md).rstrip() + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,320 @@
+#!/usr/bin/env bash
+# The full benchmark: hubbub against a Node `ws` server, socket.io (one process, and two
+# behind Redis), and a Rust floor, through the same scenarios on this machine in one
+# run; then docs/performance.md and docs/performance.svg are written from the results.
+#
+#   bench/run.sh                  the full run (about 15 minutes on 2 cores)
+#   BENCH_QUICK=1 bench/run.sh    small numbers, to check the script end to end (~3 min)
+#   BENCH_SYSTEMS="hubbub floor" bench/run.sh    only some systems
+#                                 (hubbub node-ws socketio-1 floor hubbub-2 socketio-2)
+#   BENCH_NO_DOC=1 bench/run.sh   results only, docs/ untouched
+#
+# It installs what is missing (npm packages from the lock files, Debian's redis-server,
+# python3 for the report), builds release binaries, starts one system at a time on
+# loopback ports, runs the scenarios against it, and stops it. Every process it starts
+# is stopped on exit, whatever the exit. Results: target/bench/<date>/*.json, copied to
+# bench/results/ for the doc. Traffic stays on 127.0.0.0/8.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+OUT=${BENCH_OUT:-$ROOT/target/bench/$STAMP}
+mkdir -p "$OUT"
+LOG=$OUT/logs
+mkdir -p "$LOG"
+SYSTEMS=${BENCH_SYSTEMS:-"hubbub node-ws socketio-1 floor hubbub-2 socketio-2"}
+QUICK=${BENCH_QUICK:-0}
+
+log() { printf '\n== %s\n' "$*" >&2; }
+
+# ---- scenario sizes -------------------------------------------------------------
+if [[ $QUICK == 1 ]]; then
+  FANOUT=(--clients 200 --rooms 4 --rate 200 --duration 2 --ramp --ramp-factor 2
+          --max-steps 4 --warmup 0.5 --settle 0.5 --drain-timeout 3)
+  IDLE=(--connections 1000 --hold 1 --settle 1)
+  CHURN=(--rate 200 --duration 2 --max-inflight 256)
+  EFFICIENCY=(--members 2,20 --messages 50 --rate 100)
+else
+  # 1000 clients in 10 rooms (100 members each), 10 publishers; each step publishes for
+  # 4 s. The rate doubles while a step holds (p99 <= 50 ms, nothing lost, no error),
+  # then the ramp narrows down to within 15 %.
+  FANOUT=(--clients 1000 --rooms 10 --publishers 10 --rate 200 --duration 4 --ramp
+          --ramp-factor 2 --precision 0.15 --max-steps 12 --warmup 1 --settle 1
+          --drain-timeout 5 --p99-bound-ms 50)
+  IDLE=(--connections 10000 --hold 3 --settle 2)
+  CHURN=(--rate 1000 --duration 5 --max-inflight 256)
+  EFFICIENCY=(--members 2,20,200 --messages 200 --rate 200)
+fi
+
+# ---- processes we start, stopped on any exit ------------------------------------
+PIDS=()
+stop_all() {
+  local pid
+  for pid in "${PIDS[@]:-}"; do
+    [[ -n $pid ]] && kill "$pid" 2>/dev/null || true
+  done
+  for pid in "${PIDS[@]:-}"; do
+    [[ -n $pid ]] && wait "$pid" 2>/dev/null || true
+  done
+  PIDS=()
+}
+trap stop_all EXIT
+trap 'exit 130' INT TERM
+
+# started NAME -- COMMAND...: runs COMMAND in the background, output to logs/NAME.log;
+# its pid is left in STARTED (and remembered for stop_all).
+STARTED=
+started() {
+  local name=$1
+  shift 2
+  "$@" >"$LOG/$name.log" 2>&1 &
+  STARTED=$!
+  PIDS+=("$STARTED")
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# wait_for PORT [PATH STATUS]: until the port accepts connections (and, with a path,
+# until GET PATH answers STATUS), 30 s at most.
+wait_for() {
+  local port=$1 path=${2:-} want=${3:-200} i
+  for ((i = 0; i < 300; i++)); do
+    if port_open "$port"; then
+      if [[ -z $path ]]; then return 0; fi
+      if [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port$path" || true) == "$want" ]]; then
+        return 0
+      fi
+    fi
+    sleep 0.1
+  done
+  echo "nothing answered on port $port${path:+ $path} within 30 s; logs in $LOG" >&2
+  return 1
+}
+
+# free_ports N: N distinct free loopback ports, on one line.
+free_ports() {
+  python3 -c '
+import socket, sys
+held = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in held: s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in held))' "$1"
+}
+
+# ---- install and build -----------------------------------------------------------
+APT_UPDATED=0
+apt_install() {
+  if [[ $APT_UPDATED == 0 ]]; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    APT_UPDATED=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+log "install"
+command -v python3 >/dev/null || apt_install python3
+command -v curl >/dev/null || apt_install curl
+command -v node >/dev/null || apt_install nodejs npm
+command -v npm >/dev/null || apt_install npm
+command -v redis-server >/dev/null || apt_install redis-server
+for peer in node-ws socketio; do
+  dir=bench/peers/$peer
+  if [[ ! -d $dir/node_modules || $dir/package-lock.json -nt $dir/node_modules ]]; then
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+done
+
+log "build"
+cargo build --release --locked -p hubbub -p hubbub-bench -p rust-floor
+HUBBUB=$ROOT/target/release/hubbub
+BENCH=$ROOT/target/release/hubbub-bench
+FLOOR=$ROOT/target/release/rust-floor
+
+# Two connections per idle client (ours and the server's) stay under the file limit.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+# ---- the machine ----------------------------------------------------------------
+machine() {
+  python3 - "$OUT/machine.json" <<'EOF'
+import json, os, platform, subprocess, sys
+def first(cmd):
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, shell=True).stdout.strip().splitlines()[0]
+    except Exception:
+        return None
+model = None
+with open('/proc/cpuinfo') as f:
+    for line in f:
+        if line.startswith('model name'):
+            model = line.split(':', 1)[1].strip()
+            break
+mem_kib = None
+with open('/proc/meminfo') as f:
+    for line in f:
+        if line.startswith('MemTotal:'):
+            mem_kib = int(line.split()[1])
+json.dump({
+    'nproc': os.cpu_count(),
+    'cpu_model': model,
+    'mem_total_gib': round(mem_kib / 1024 / 1024, 1) if mem_kib else None,
+    'kernel': platform.release(),
+    'load_before': os.getloadavg(),
+    'date_utc': first('date -u +%Y-%m-%dT%H:%M:%SZ'),
+    'git_commit': first('git rev-parse --short HEAD'),
+    'git_dirty': bool(first('git status --porcelain --untracked-files=no')),
+    'rustc': first('rustc --version'),
+    'node': first('node --version'),
+    'redis': first('redis-server --version'),
+    'ws': json.load(open('bench/peers/node-ws/node_modules/ws/package.json'))['version'],
+    'socket.io': json.load(open('bench/peers/socketio/node_modules/socket.io/package.json'))['version'],
+    'redis_adapter': json.load(open('bench/peers/socketio/node_modules/@socket.io/redis-adapter/package.json'))['version'],
+    'quick': os.environ.get('BENCH_QUICK') == '1',
+}, open(sys.argv[1], 'w'), indent=2)
+EOF
+}
+machine
+log "machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+
+# ---- the systems ----------------------------------------------------------------
+# hubbub_config FILE NAME HTTP_PORT [CLUSTER_PORT SEEDS]: the benchmark's settings.
+# Rate limits are off (every peer runs without any) and the connection cap is above
+# the idle scenario's 10,000; everything else is the default.
+hubbub_config() {
+  local file=$1 name=$2 http=$3 bind=${4:-} seeds=${5:-}
+  {
+    printf '[node]\nname = "%s"\nhttp_addr = "127.0.0.1:%s"\n\n' "$name" "$http"
+    printf '[limits]\nmax_connections = 20000\nframes_per_second = 0\n\n'
+    printf '[rate_limit]\nmessages_per_minute = 0\nconnections_per_ip = 0\nhandshakes_per_ip_per_sec = 0\n\n'
+    printf '[log]\nlevel = "warn"\nformat = "json"\n'
+    if [[ -n $bind ]]; then
+      printf '\n[cluster]\nenabled = true\nbind = "127.0.0.1:%s"\ncookie = "bench-cookie-%s"\nseeds = [%s]\n' \
+        "$bind" "$STAMP" "$seeds"
+    fi
+  } >"$file"
+}
+
+# start_SYSTEM: starts it; sets URLS (comma-separated), PROTOCOL and SERVER_PIDS.
+start_hubbub() {
+  local port
+  port=$(free_ports 1)
+  hubbub_config "$OUT/hubbub.toml" bench "$port"
+  started hubbub -- "$HUBBUB" serve --config "$OUT/hubbub.toml"
+  SERVER_PIDS=$STARTED
+  wait_for "$port" /readyz
+  URLS=ws://127.0.0.1:$port PROTOCOL=hubbub
+}
+
+start_hubbub-2() {
+  local a b ca cb
+  read -r a b ca cb < <(free_ports 4)
+  local seeds="\"127.0.0.1:$ca\", \"127.0.0.1:$cb\""
+  hubbub_config "$OUT/hubbub-a.toml" a "$a" "$ca" "$seeds"
+  hubbub_config "$OUT/hubbub-b.toml" b "$b" "$cb" "$seeds"
+  local pa pb
+  started hubbub-a -- "$HUBBUB" serve --config "$OUT/hubbub-a.toml"
+  pa=$STARTED
+  started hubbub-b -- "$HUBBUB" serve --config "$OUT/hubbub-b.toml"
+  pb=$STARTED
+  # Ready means the node sees a quorum of the two.
+  wait_for "$a" /readyz
+  wait_for "$b" /readyz
+  SERVER_PIDS="$pa $pb"
+  URLS=ws://127.0.0.1:$a,ws://127.0.0.1:$b PROTOCOL=hubbub
+}
+
+start_node-ws() {
+  local port
+  port=$(free_ports 1)
+  started node-ws -- node bench/peers/node-ws/server.js "$port"
+  SERVER_PIDS=$STARTED
+  wait_for "$port"
+  URLS=ws://127.0.0.1:$port PROTOCOL=hubbub
+}
+
+start_floor() {
+  local port
+  port=$(free_ports 1)
+  started floor -- "$FLOOR" "127.0.0.1:$port"
+  SERVER_PIDS=$STARTED
+  wait_for "$port"
+  URLS=ws://127.0.0.1:$port PROTOCOL=hubbub
+}
+
+start_socketio-1() {
+  local port
+  port=$(free_ports 1)
+  started socketio-1 -- node bench/peers/socketio/server.js "$port"
+  SERVER_PIDS=$STARTED
+  wait_for "$port"
+  URLS=ws://127.0.0.1:$port PROTOCOL=socketio
+}
+
+start_socketio-2() {
+  local redis a b
+  read -r redis a b < <(free_ports 3)
+  local pr
+  started redis -- redis-server --bind 127.0.0.1 --port "$redis" --save '' --appendonly no
+  pr=$STARTED
+  wait_for "$redis"
+  local pa pb
+  started socketio-2a -- node bench/peers/socketio/server.js "$a" "redis://127.0.0.1:$redis"
+  pa=$STARTED
+  started socketio-2b -- node bench/peers/socketio/server.js "$b" "redis://127.0.0.1:$redis"
+  pb=$STARTED
+  wait_for "$a"
+  wait_for "$b"
+  # Redis does part of the work of a two-process socket.io: count its memory too.
+  SERVER_PIDS="$pa $pb $pr"
+  URLS=ws://127.0.0.1:$a,ws://127.0.0.1:$b PROTOCOL=socketio
+}
+
+# bench_run SYSTEM SCENARIO ARGS...: one scenario against the running system.
+bench_run() {
+  local system=$1 scenario=$2
+  shift 2
+  log "$system: $scenario"
+  "$BENCH" --url "$URLS" --protocol "$PROTOCOL" --label "$system" \
+    --json "$OUT/$system-$scenario.json" "$scenario" "$@" | tee "$LOG/$system-$scenario.txt"
+}
+
+pid_args() {
+  local pid
+  for pid in $SERVER_PIDS; do printf -- '--pid %s ' "$pid"; done
+}
+
+for system in $SYSTEMS; do
+  log "start $system"
+  "start_$system"
+  sleep 1
+  bench_run "$system" fanout "${FANOUT[@]}"
+  case $system in
+    hubbub | node-ws | socketio-1 | floor)
+      # shellcheck disable=SC2046 # one --pid per process
+      bench_run "$system" idle "${IDLE[@]}" --source-ips 4 $(pid_args)
+      ;;
+  esac
+  bench_run "$system" churn "${CHURN[@]}" --source-ips 8
+  if [[ $system == hubbub-2 ]]; then
+    bench_run "$system" efficiency "${EFFICIENCY[@]}"
+  fi
+  stop_all
+  sleep 2
+done
+
+python3 - "$OUT/machine.json" <<'EOF'
+import json, os, sys
+m = json.load(open(sys.argv[1]))
+m['load_after'] = os.getloadavg()
+json.dump(m, open(sys.argv[1], 'w'), indent=2)
+EOF
+
+if [[ ${BENCH_NO_DOC:-0} != 1 ]]; then
+  log "report"
+  rm -rf bench/results
+  mkdir -p bench/results
+  cp "$OUT"/*.json bench/results/
+  python3 bench/report.py bench/results docs/performance.md docs/performance.svg
+  echo "wrote docs/performance.md and docs/performance.svg (results in bench/results/, logs in $LOG)" >&2
+else
+  echo "results in $OUT" >&2
+fi

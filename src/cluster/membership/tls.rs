@@ -1,0 +1,501 @@
+//! TLS between nodes (`[cluster.tls]`): mutual authentication against one CA, with
+//! every handshake run by us, under a deadline, outside any accept loop.
+//!
+//! Why this file exists: ractor_cluster 0.16 can do TLS itself
+//! (`IncomingEncryptionMode::Tls`, `client_connect_enc`), but its listener runs each
+//! server handshake inside its accept loop with no timeout, so one client that opens
+//! TCP and never finishes the handshake (a frozen peer, a port scanner, a plain-TCP
+//! node waiting for an answer) stops every later connection from being accepted. So:
+//!
+//! - **Incoming.** [`AcceptLoop`] accepts TCP on `cluster.bind` itself and runs each
+//!   handshake in a task of its own, given the handshake timeout
+//!   (`failure_timeout_ms`); at most [`MAX_PENDING_HANDSHAKES`] at once, later
+//!   connections wait in the kernel's backlog. Only finished TLS streams reach the
+//!   NodeServer (`NodeServerMessage::ConnectionOpenedExternal`), which then runs its
+//!   own cookie challenge over them.
+//! - **Outgoing.** [`PeerTls::connect`] opens TCP and runs the client handshake; the
+//!   caller bounds both with the dial timeout and hands the stream in with
+//!   `client_connect_external`.
+//! - **Mutual.** A server presents `cert` and requires a client certificate that
+//!   chains to `ca`; a client presents `cert` and verifies the server's against `ca`
+//!   and the host it dialled (a DNS name or an IP address, so certificates need a
+//!   subjectAltName for every address peers dial). TLS 1.3 only; aws-lc-rs, the
+//!   provider ractor_cluster already builds.
+//!
+//! The NodeServer always starts a listener of its own, which cannot be turned off: it
+//! is bound to a free loopback port that nobody dials, and given the same mutual-TLS
+//! acceptor, so it offers no way around the certificate check (node_server.rs).
+//!
+//! Must not know: membership. A failed handshake is logged here (incoming) or
+//! returned as a `DialError::Handshake` (outgoing); either way the peer is simply not
+//! connected, and the dialler's backoff applies.
+
+use super::node_server::DialError;
+use crate::config::ClusterTls;
+use ractor::ActorRef;
+use ractor_cluster::{BoxRead, BoxWrite, ClusterBidiStream, NodeServerMessage};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::rustls::client::danger::ServerCertVerifier;
+use tokio_rustls::rustls::crypto::aws_lc_rs;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use tokio_rustls::rustls::server::danger::ClientCertVerifier;
+use tokio_rustls::rustls::server::WebPkiClientVerifier;
+use tokio_rustls::rustls::version::TLS13;
+use tokio_rustls::rustls::{
+    self, AlertDescription, CertificateError, ClientConfig, RootCertStore, ServerConfig,
+};
+use tokio_rustls::{TlsAcceptor, TlsConnector, TlsStream};
+
+/// The most incoming handshakes in progress at once; each ends within the handshake
+/// timeout, so a flood of stalled clients delays others by that much at worst.
+const MAX_PENDING_HANDSHAKES: usize = 64;
+/// The same handshake failure from the same place is logged as a warning at most
+/// this often (at debug level in between): a misconfigured peer retries for ever.
+const REPEATED_WARNING_EVERY: Duration = Duration::from_secs(60);
+/// How long to wait before accepting again after `accept` itself failed (out of file
+/// descriptors, typically), so that the loop does not spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// This node's TLS identity and trust, for both ends of a peer connection.
+#[derive(Clone)]
+pub(crate) struct PeerTls {
+    acceptor: TlsAcceptor,
+    connector: TlsConnector,
+}
+
+impl PeerTls {
+    /// Reads `[cluster.tls]` and builds both ends. Errors name the key at fault.
+    ///
+    /// Also returns warnings: `advertise` is where peers dial this node, and when
+    /// `cert` would not be accepted there, or not as a client certificate, peers will
+    /// refuse this node. That is worth saying but not refusing to start over (the
+    /// certificate may be about to be replaced, or peers trust more than `ca`).
+    pub(crate) fn load(tls: &ClusterTls, advertise: &str) -> Result<(Self, Vec<String>), String> {
+        let provider = Arc::new(aws_lc_rs::default_provider());
+        let chain = read_certificates("cluster.tls.cert", &tls.cert)?;
+        let key = PrivateKeyDer::from_pem_file(&tls.key).map_err(|e| {
+            format!(
+                "cluster.tls.key: no private key can be read from {}: {e}",
+                tls.key.display()
+            )
+        })?;
+        let mut roots = RootCertStore::empty();
+        for ca in read_certificates("cluster.tls.ca", &tls.ca)? {
+            roots.add(ca).map_err(|e| {
+                format!(
+                    "cluster.tls.ca: {} holds a certificate that cannot be used as an \
+                     authority: {e}",
+                    tls.ca.display()
+                )
+            })?;
+        }
+        let roots = Arc::new(roots);
+        let client_verifier =
+            WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+                .build()
+                .map_err(|e| format!("cluster.tls.ca: {}: {e}", tls.ca.display()))?;
+        let server_verifier =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+                .build()
+                .map_err(|e| format!("cluster.tls.ca: {}: {e}", tls.ca.display()))?;
+        let key_error = |e: rustls::Error| match e {
+            rustls::Error::InconsistentKeys(_) => format!(
+                "cluster.tls.key: {} is not the private key of the certificate in {}",
+                tls.key.display(),
+                tls.cert.display()
+            ),
+            e => format!(
+                "cluster.tls.key: {} cannot be used with the certificate in {}: {e}",
+                tls.key.display(),
+                tls.cert.display()
+            ),
+        };
+        let server = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&TLS13])
+            .map_err(|e| format!("cluster.tls: {e}"))?
+            .with_client_cert_verifier(client_verifier.clone())
+            .with_single_cert(chain.clone(), key.clone_key())
+            .map_err(key_error)?;
+        let client = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&TLS13])
+            .map_err(|e| format!("cluster.tls: {e}"))?
+            .with_webpki_verifier(server_verifier.clone())
+            .with_client_auth_cert(chain.clone(), key)
+            .map_err(key_error)?;
+        let warnings = why_peers_would_refuse(
+            tls,
+            &chain,
+            advertise,
+            client_verifier.as_ref(),
+            server_verifier.as_ref(),
+        );
+        let ends = Self {
+            acceptor: TlsAcceptor::from(Arc::new(server)),
+            connector: TlsConnector::from(Arc::new(client)),
+        };
+        Ok((ends, warnings))
+    }
+
+    /// The server end, for a listener.
+    pub(crate) fn acceptor(&self) -> TlsAcceptor {
+        self.acceptor.clone()
+    }
+
+    /// Opens TCP to `addr` and runs the client handshake, verifying the server's
+    /// certificate for the host of `target` (the `host:port` dialled). The caller
+    /// bounds it with a timeout.
+    pub(crate) async fn connect(
+        &self,
+        target: &str,
+        addr: SocketAddr,
+    ) -> Result<Box<dyn ClusterBidiStream>, DialError> {
+        let name = server_name(target).map_err(DialError::Handshake)?;
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|e| DialError::Unreachable(e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        let local = tcp.local_addr().ok();
+        let tls = self
+            .connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| DialError::Handshake(describe(&e)))?;
+        Ok(Box::new(PeerStream {
+            stream: tls.into(),
+            peer: addr,
+            local,
+        }))
+    }
+}
+
+/// Every certificate in a PEM file, in order; at least one.
+fn read_certificates(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certificates = CertificateDer::pem_file_iter(path)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{key}: {} cannot be read as PEM: {e}", path.display()))?;
+    if certificates.is_empty() {
+        return Err(format!(
+            "{key}: {} holds no certificate (a \"BEGIN CERTIFICATE\" block)",
+            path.display()
+        ));
+    }
+    Ok(certificates)
+}
+
+/// Checks this node's certificate as its peers will: what would fail, if anything.
+fn why_peers_would_refuse(
+    tls: &ClusterTls,
+    chain: &[CertificateDer<'static>],
+    advertise: &str,
+    as_client: &dyn ClientCertVerifier,
+    as_server: &dyn ServerCertVerifier,
+) -> Vec<String> {
+    let Some((end_entity, intermediates)) = chain.split_first() else {
+        return Vec::new();
+    };
+    let now = UnixTime::now();
+    if let Err(e) = as_client.verify_client_cert(end_entity, intermediates, now) {
+        return vec![format!(
+            "cluster.tls.cert is not accepted by cluster.tls.ca as a client certificate \
+             ({e}; {} and {}): peers trusting that authority will refuse this node's \
+             connections",
+            tls.cert.display(),
+            tls.ca.display()
+        )];
+    }
+    let Ok(name) = server_name(advertise) else {
+        return Vec::new();
+    };
+    match as_server.verify_server_cert(end_entity, intermediates, &name, &[], now) {
+        Ok(_) => Vec::new(),
+        Err(e) => vec![format!(
+            "cluster.tls.cert is not valid for this node's advertised address {advertise} \
+             ({e}; {}): peers dialling it will refuse the connection",
+            tls.cert.display()
+        )],
+    }
+}
+
+/// The name a server's certificate must carry: the host part of `host:port`, an IP
+/// address (IPv6 in brackets) or a DNS name.
+fn server_name(target: &str) -> Result<ServerName<'static>, String> {
+    let host = target.rsplit_once(':').map_or(target, |(host, _)| host);
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    ServerName::try_from(host.to_owned())
+        .map_err(|_| format!("{host:?} is neither a DNS name nor an IP address to verify"))
+}
+
+/// A handshake error with what it most likely means for an operator.
+fn describe(error: &std::io::Error) -> String {
+    let hint = match error
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::InvalidCertificate(cert)) => match cert {
+            CertificateError::UnknownIssuer | CertificateError::BadSignature => {
+                "the peer's certificate is not signed by cluster.tls.ca"
+            }
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+                "the peer's certificate does not name the address it was dialled at: give \
+                 it a subjectAltName for every address peers dial"
+            }
+            CertificateError::Expired
+            | CertificateError::ExpiredContext { .. }
+            | CertificateError::NotValidYet
+            | CertificateError::NotValidYetContext { .. } => {
+                "the peer's certificate is expired or not valid yet"
+            }
+            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
+                "the peer's certificate is not for this use: node certificates need \
+                 extendedKeyUsage serverAuth and clientAuth"
+            }
+            _ => "the peer's certificate was refused",
+        },
+        Some(rustls::Error::NoCertificatesPresented) => "the peer presented no certificate",
+        Some(rustls::Error::AlertReceived(alert)) => match alert {
+            AlertDescription::BadCertificate
+            | AlertDescription::UnknownCA
+            | AlertDescription::CertificateUnknown
+            | AlertDescription::CertificateExpired
+            | AlertDescription::UnsupportedCertificate
+            | AlertDescription::CertificateRequired => {
+                "the peer refused this node's certificate: is cluster.tls.cert signed by \
+                 the authority the peer trusts?"
+            }
+            _ => "the peer aborted the handshake",
+        },
+        Some(
+            rustls::Error::InvalidMessage(_)
+            | rustls::Error::InappropriateMessage { .. }
+            | rustls::Error::InappropriateHandshakeMessage { .. },
+        ) => "the peer does not speak TLS: is [cluster.tls] missing from its configuration?",
+        Some(rustls::Error::PeerIncompatible(_)) => {
+            "the peer cannot do TLS 1.3 with this node's settings"
+        }
+        _ if error.kind() == std::io::ErrorKind::UnexpectedEof => {
+            "the peer closed the connection during the handshake: does it use TLS, and \
+             does it accept this node's certificate?"
+        }
+        _ => "",
+    };
+    if hint.is_empty() {
+        error.to_string()
+    } else {
+        format!("{error} ({hint})")
+    }
+}
+
+/// A TLS connection with a peer, handed to the NodeServer as an external stream.
+struct PeerStream {
+    stream: TlsStream<TcpStream>,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+}
+
+impl ClusterBidiStream for PeerStream {
+    fn split(self: Box<Self>) -> (BoxRead, BoxWrite) {
+        let (read, write) = tokio::io::split(self.stream);
+        (Box::new(read), Box::new(write))
+    }
+
+    /// The session's `peer_addr`: the socket address, as for a plain connection (the
+    /// dialler matches its sessions by it).
+    fn peer_label(&self) -> Option<String> {
+        Some(self.peer.to_string())
+    }
+
+    fn local_label(&self) -> Option<String> {
+        self.local.map(|a| a.to_string())
+    }
+}
+
+/// The task accepting peer connections on `cluster.bind`; stopped (and the port
+/// released) when dropped.
+pub(super) struct AcceptLoop(JoinHandle<()>);
+
+impl Drop for AcceptLoop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl AcceptLoop {
+    /// Accepts on `listener`, handshakes each connection within `timeout`, and hands
+    /// the ones that succeed to `server` as incoming sessions.
+    pub(super) fn spawn(
+        listener: TcpListener,
+        acceptor: TlsAcceptor,
+        server: ActorRef<NodeServerMessage>,
+        timeout: Duration,
+    ) -> Self {
+        Self(tokio::spawn(accept_loop(
+            listener, acceptor, server, timeout,
+        )))
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    server: ActorRef<NodeServerMessage>,
+    timeout: Duration,
+) {
+    // Aborting this task drops the set, which aborts the handshakes too.
+    let mut handshakes: JoinSet<Result<(), (SocketAddr, String)>> = JoinSet::new();
+    let mut warnings = Warnings::default();
+    loop {
+        tokio::select! {
+            Some(done) = handshakes.join_next(), if !handshakes.is_empty() => {
+                if let Ok(Err((peer, why))) = done {
+                    log_refused(&mut warnings, peer, &why);
+                }
+            }
+            accepted = listener.accept(), if handshakes.len() < MAX_PENDING_HANDSHAKES => {
+                match accepted {
+                    Ok((tcp, peer)) => {
+                        handshakes.spawn(handshake(tcp, peer, acceptor.clone(), server.clone(), timeout));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot accept peer connections");
+                        tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One incoming connection: the handshake, then the NodeServer takes it.
+async fn handshake(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    server: ActorRef<NodeServerMessage>,
+    timeout: Duration,
+) -> Result<(), (SocketAddr, String)> {
+    let _ = tcp.set_nodelay(true);
+    let local = tcp.local_addr().ok();
+    let tls = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => return Err((peer, describe(&e))),
+        Err(_) => {
+            return Err((
+                peer,
+                format!("no handshake within {} ms", timeout.as_millis()),
+            ))
+        }
+    };
+    let stream = Box::new(PeerStream {
+        stream: tls.into(),
+        peer,
+        local,
+    });
+    // Fails only while the NodeServer stops; the connection just closes.
+    let _ = server.cast(NodeServerMessage::ConnectionOpenedExternal {
+        stream,
+        is_server: true,
+    });
+    Ok(())
+}
+
+fn log_refused(warnings: &mut Warnings, peer: SocketAddr, why: &str) {
+    if warnings.first_in_a_while(&format!("{} {why}", peer.ip()), Instant::now()) {
+        tracing::warn!(
+            peer_addr = %peer,
+            error = %why,
+            "refused a connection from {peer}: TLS handshake failed: {why}"
+        );
+    } else {
+        tracing::debug!(peer_addr = %peer, error = %why, "refused a connection: TLS handshake failed");
+    }
+}
+
+/// Which repeated failures deserve a warning again: the first of each kind, then one
+/// every [`REPEATED_WARNING_EVERY`].
+#[derive(Default)]
+pub(crate) struct Warnings {
+    last: HashMap<String, Instant>,
+}
+
+impl Warnings {
+    /// The most kinds remembered; beyond, the oldest are forgotten.
+    const KEPT: usize = 256;
+
+    /// Whether a failure of kind `key` at `now` should be a warning (and records it).
+    pub(crate) fn first_in_a_while(&mut self, key: &str, now: Instant) -> bool {
+        if let Some(at) = self.last.get(key) {
+            if now.duration_since(*at) < REPEATED_WARNING_EVERY {
+                return false;
+            }
+        }
+        if self.last.len() >= Self::KEPT {
+            self.last
+                .retain(|_, at| now.duration_since(*at) < REPEATED_WARNING_EVERY);
+        }
+        self.last.insert(key.to_owned(), now);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    #[test]
+    fn the_server_name_is_the_dialled_host() {
+        assert_eq!(
+            server_name("10.0.0.5:4370"),
+            Ok(ServerName::IpAddress(
+                IpAddr::V4(Ipv4Addr::new(10, 0, 0, 5)).into()
+            ))
+        );
+        assert_eq!(
+            server_name("[::1]:4370"),
+            Ok(ServerName::IpAddress(
+                IpAddr::V6(Ipv6Addr::LOCALHOST).into()
+            ))
+        );
+        assert_eq!(
+            server_name("node-a.internal:4370"),
+            Ok(ServerName::try_from("node-a.internal").expect("a DNS name"))
+        );
+        assert!(server_name("bad host:4370").is_err());
+    }
+
+    #[test]
+    fn repeated_failures_warn_once_a_minute() {
+        let mut warnings = Warnings::default();
+        let start = Instant::now();
+        assert!(warnings.first_in_a_while("a", start));
+        assert!(!warnings.first_in_a_while("a", start + Duration::from_secs(59)));
+        assert!(warnings.first_in_a_while("b", start + Duration::from_secs(59)));
+        assert!(warnings.first_in_a_while("a", start + Duration::from_secs(61)));
+    }
+
+    #[test]
+    fn handshake_errors_say_what_is_likely_wrong() {
+        let unknown_ca = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer),
+        );
+        assert!(describe(&unknown_ca).contains("not signed by cluster.tls.ca"));
+        let plain = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType),
+        );
+        assert!(describe(&plain).contains("does not speak TLS"));
+        let other = std::io::Error::other("boom");
+        assert_eq!(describe(&other), "boom");
+    }
+}

@@ -1,0 +1,704 @@
+//! The Prometheus metrics of one node, served at `GET /metrics`.
+//!
+//! Owns: one [`Metrics`] per node, holding its own registry. Not a process-global
+//! default registry: the tests run several nodes in one process, and each must count
+//! only its own traffic. [`crate::Application`] creates it; actors reach it through
+//! `NodeContext::metrics`, the cluster layer through `Cluster::metrics`, the transport
+//! through the node context in its state.
+//!
+//! Must not know: actors, HTTP. Callers hand in what happened (a frame's type, a wire
+//! body's kind, a duration); gauges that mirror state kept elsewhere (open connections,
+//! running rooms) are set by the scrape handler just before it encodes.
+//!
+//! Cheap on the hot path: every labelled series a message can touch is looked up once,
+//! when the node starts, and kept as a handle; counting is then one relaxed atomic add.
+//! prometheus-client's own `Histogram` takes a lock per observation, so the two
+//! latency histograms here are [`DurationHistogram`]s: fixed buckets of atomics.
+//!
+//! No label ever carries a user id or a room name: every label value comes from a
+//! fixed list (request types, frame types, wire kinds, auth failure reasons).
+//!
+//! The exposition is the OpenMetrics text format (`application/openmetrics-text`),
+//! which Prometheus scrapes natively; docs/operations.md lists every metric.
+
+use super::process::ProcessCollector;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The `Content-Type` of [`Metrics::encode`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Client request types (`Request::kind`), plus `invalid` for frames that did not
+/// decode. The label values of `hubbub_messages_total{direction="in"}`.
+pub const REQUEST_TYPES: [&str; 10] = [
+    "join", "leave", "publish", "typing", "history", "presence", "direct", "rename", "ping",
+    "invalid",
+];
+
+/// Server frame types (the `type` of every `ServerFrame`), plus `other` should a frame
+/// of another type ever be pushed. The label values of
+/// `hubbub_messages_total{direction="out"}`.
+pub const SERVER_FRAME_TYPES: [&str; 11] = [
+    "welcome",
+    "reply",
+    "message",
+    "typing",
+    "presence_diff",
+    "direct",
+    "renamed",
+    "pong",
+    "error",
+    "goodbye",
+    "other",
+];
+
+/// Kinds of the bodies nodes send each other (`wire::Body::kind`), counted from the
+/// start at zero. A kind not listed is still counted, under its own name.
+pub const CLUSTER_KINDS: [&str; 23] = [
+    "ping",
+    "pong",
+    "leaving",
+    "room_handoff",
+    "room_join",
+    "room_member",
+    "room_publish",
+    "room_typing",
+    "room_rename",
+    "room_unsubscribe",
+    "room_ack",
+    "room_joined",
+    "room_published",
+    "room_message",
+    "room_presence",
+    "room_typed",
+    "room_renamed",
+    "recover_request",
+    "recover_state",
+    "owner_announce",
+    "direct",
+    "direct_result",
+    "user_renamed",
+];
+
+/// Upper bounds (seconds) of the latency histograms' buckets: 100 µs to 5 s, where
+/// 5 s is the longest an actor waits for another's answer.
+pub const LATENCY_BUCKETS: [f64; 15] = [
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0,
+];
+
+/// Two labels, as `hubbub_messages_total` and `hubbub_cluster_messages_total` have.
+type Labels2 = [(&'static str, &'static str); 2];
+/// One label.
+type Labels1 = [(&'static str, &'static str); 1];
+
+/// Every metric of one node. Shared in an `Arc`; all methods take `&self`.
+pub struct Metrics {
+    registry: Registry,
+    connections: Gauge,
+    rooms: Gauge,
+    messages: Family<Labels2, Counter>,
+    /// Handles into `messages`, by index in [`REQUEST_TYPES`].
+    frames_in: Vec<Counter>,
+    /// Handles into `messages`, by index in [`SERVER_FRAME_TYPES`].
+    frames_out: Vec<Counter>,
+    publish_duration: DurationHistogram,
+    peers_up: Gauge,
+    peers_down: Gauge,
+    heartbeat_rtt: DurationHistogram,
+    cluster_messages: Family<Labels2, Counter>,
+    /// Handles into `cluster_messages`, by index in [`CLUSTER_KINDS`].
+    cluster_out: Vec<Counter>,
+    cluster_in: Vec<Counter>,
+    cluster_in_invalid: Counter,
+    slow_consumer_disconnects: Counter,
+    rate_limited: Counter,
+    auth_failures: Family<Labels1, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A registry with every metric of a node at zero, and the process metrics.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+
+        let connections = Gauge::default();
+        registry.register(
+            "hubbub_connections",
+            "WebSocket connections open on this node",
+            connections.clone(),
+        );
+        let messages = Family::<Labels2, Counter>::default();
+        registry.register(
+            "hubbub_messages",
+            "Client frames received (direction=in, by request type; invalid: not decodable) \
+             and server frames queued to clients (direction=out, by frame type; a broadcast \
+             counts once per member)",
+            messages.clone(),
+        );
+        let frames_in = REQUEST_TYPES
+            .iter()
+            .map(|t| {
+                messages
+                    .get_or_create(&[("direction", "in"), ("type", t)])
+                    .clone()
+            })
+            .collect();
+        let frames_out = SERVER_FRAME_TYPES
+            .iter()
+            .map(|t| {
+                messages
+                    .get_or_create(&[("direction", "out"), ("type", t)])
+                    .clone()
+            })
+            .collect();
+        let publish_duration = DurationHistogram::new(&LATENCY_BUCKETS);
+        registry.register(
+            "hubbub_publish_duration_seconds",
+            "From a publish reaching its Session to the message fanned out: pushed to this \
+             node's members (room owner here) or acknowledged by the owner (relay here); \
+             accepted publishes only",
+            publish_duration.clone(),
+        );
+        let rooms = Gauge::default();
+        registry.register(
+            "hubbub_rooms",
+            "Room actors running on this node (owned or relayed)",
+            rooms.clone(),
+        );
+        let peers = Family::<Labels1, Gauge>::default();
+        registry.register(
+            "hubbub_cluster_peers",
+            "Other nodes this node knows of, in its view (state=up) or not (state=down)",
+            peers.clone(),
+        );
+        let peers_up = peers.get_or_create(&[("state", "up")]).clone();
+        let peers_down = peers.get_or_create(&[("state", "down")]).clone();
+        let heartbeat_rtt = DurationHistogram::new(&LATENCY_BUCKETS);
+        registry.register(
+            "hubbub_cluster_heartbeat_rtt_seconds",
+            "Round trip of a heartbeat to a peer and its answer",
+            heartbeat_rtt.clone(),
+        );
+        let cluster_messages = Family::<Labels2, Counter>::default();
+        registry.register(
+            "hubbub_cluster_messages",
+            "Envelopes sent to other nodes (direction=out) and received from them \
+             (direction=in), by wire body kind; invalid: received and not decodable",
+            cluster_messages.clone(),
+        );
+        let kind_counters = |direction: &'static str| -> Vec<Counter> {
+            CLUSTER_KINDS
+                .iter()
+                .map(|kind| {
+                    cluster_messages
+                        .get_or_create(&[("direction", direction), ("kind", kind)])
+                        .clone()
+                })
+                .collect()
+        };
+        let cluster_out = kind_counters("out");
+        let cluster_in = kind_counters("in");
+        let cluster_in_invalid = cluster_messages
+            .get_or_create(&[("direction", "in"), ("kind", "invalid")])
+            .clone();
+        let slow_consumer_disconnects = Counter::default();
+        registry.register(
+            "hubbub_slow_consumer_disconnects",
+            "Connections closed with 4009 because their outbound queue was full",
+            slow_consumer_disconnects.clone(),
+        );
+        let rate_limited = Counter::default();
+        registry.register(
+            "hubbub_rate_limited",
+            "Client frames refused with rate_limited",
+            rate_limited.clone(),
+        );
+        let auth_failures = Family::<Labels1, Counter>::default();
+        registry.register(
+            "hubbub_auth_failures",
+            "Connections refused for their credentials, by reason",
+            auth_failures.clone(),
+        );
+        registry.register_collector(Box::new(ProcessCollector));
+
+        Self {
+            registry,
+            connections,
+            rooms,
+            messages,
+            frames_in,
+            frames_out,
+            publish_duration,
+            peers_up,
+            peers_down,
+            heartbeat_rtt,
+            cluster_messages,
+            cluster_out,
+            cluster_in,
+            cluster_in_invalid,
+            slow_consumer_disconnects,
+            rate_limited,
+            auth_failures,
+        }
+    }
+
+    /// Encodes every metric (OpenMetrics text, ending in `# EOF`).
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut text = String::with_capacity(16 * 1024);
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+
+    /// Sets the open WebSocket connections (at scrape time).
+    pub fn set_connections(&self, open: usize) {
+        self.connections.set(gauge_value(open));
+    }
+
+    /// Sets the running Room actors (at scrape time).
+    pub fn set_rooms(&self, running: usize) {
+        self.rooms.set(gauge_value(running));
+    }
+
+    /// A client frame reached its Session, decoded as a request of `kind`
+    /// (`Request::kind`).
+    pub fn frame_in(&self, kind: &'static str) {
+        match REQUEST_TYPES.iter().position(|t| *t == kind) {
+            Some(i) => self.frames_in[i].inc(),
+            None => self
+                .messages
+                .get_or_create(&[("direction", "in"), ("type", kind)])
+                .inc(),
+        };
+    }
+
+    /// A client frame that did not decode (bad JSON, unknown type, binary).
+    pub fn frame_in_invalid(&self) {
+        self.frame_in("invalid");
+    }
+
+    /// A server frame of type `kind` (see [`FrameType::of`]) was queued to one client.
+    pub fn frame_out(&self, kind: FrameType) {
+        self.frames_out[kind.0].inc();
+    }
+
+    /// A publish was fanned out `took` after its Session received it.
+    pub fn publish_done(&self, took: Duration) {
+        self.publish_duration.observe(took);
+    }
+
+    /// The peers this node knows, by whether they are in its view.
+    pub fn set_peers(&self, up: usize, down: usize) {
+        self.peers_up.set(gauge_value(up));
+        self.peers_down.set(gauge_value(down));
+    }
+
+    /// A heartbeat's answer came back `rtt` after it was sent.
+    pub fn heartbeat_rtt(&self, rtt: Duration) {
+        self.heartbeat_rtt.observe(rtt);
+    }
+
+    /// An envelope carrying a body of `kind` (`wire::Body::kind`) went to a peer.
+    pub fn cluster_message_out(&self, kind: &'static str) {
+        self.cluster_count(&self.cluster_out, "out", kind);
+    }
+
+    /// An envelope carrying a body of `kind` arrived from a peer.
+    pub fn cluster_message_in(&self, kind: &'static str) {
+        self.cluster_count(&self.cluster_in, "in", kind);
+    }
+
+    /// An envelope arrived from a peer and did not decode.
+    pub fn cluster_message_invalid(&self) {
+        self.cluster_in_invalid.inc();
+    }
+
+    fn cluster_count(&self, known: &[Counter], direction: &'static str, kind: &'static str) {
+        match CLUSTER_KINDS.iter().position(|k| *k == kind) {
+            Some(i) => known[i].inc(),
+            None => self
+                .cluster_messages
+                .get_or_create(&[("direction", direction), ("kind", kind)])
+                .inc(),
+        };
+    }
+
+    /// A connection was closed as a slow consumer (4009).
+    pub fn slow_consumer_disconnect(&self) {
+        self.slow_consumer_disconnects.inc();
+    }
+
+    /// A client frame was refused with `rate_limited`.
+    pub fn rate_limited(&self) {
+        self.rate_limited.inc();
+    }
+
+    /// A connection was refused for its credentials. `reason` is a fixed word (such as
+    /// `missing`, `expired`, `bad_signature`), never anything taken from the request.
+    pub fn auth_failure(&self, reason: &'static str) {
+        self.auth_failures
+            .get_or_create(&[("reason", reason)])
+            .inc();
+    }
+
+    /// Shows every reason an upgrade can be refused for at 0 from the start, so that
+    /// `rate()` over them works before the first failure.
+    pub fn auth_failure_reasons(&self, reasons: &[&'static str]) {
+        for reason in reasons {
+            drop(self.auth_failures.get_or_create(&[("reason", reason)]));
+        }
+    }
+}
+
+/// The type of an encoded server frame, an index into [`SERVER_FRAME_TYPES`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameType(usize);
+
+impl FrameType {
+    /// Reads the type from the JSON itself: `protocol::encode` writes the `type` tag
+    /// first, so a broadcast encoded once is classified by every member's outbox
+    /// without being decoded. Anything else is `other`.
+    pub fn of(frame: &str) -> Self {
+        let kind = frame
+            .strip_prefix(r#"{"type":""#)
+            .and_then(|rest| rest.split_once('"'))
+            .map(|(kind, _)| kind);
+        let last = SERVER_FRAME_TYPES.len() - 1;
+        Self(
+            kind.and_then(|kind| SERVER_FRAME_TYPES[..last].iter().position(|t| *t == kind))
+                .unwrap_or(last),
+        )
+    }
+
+    /// Its label value.
+    pub fn name(self) -> &'static str {
+        SERVER_FRAME_TYPES[self.0]
+    }
+}
+
+fn gauge_value(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// A histogram of durations with fixed buckets, counted with atomics only.
+///
+/// Each observation adds to one bucket and to the sum; a scrape reads the buckets
+/// and derives `_count` from them, so the count always equals the `+Inf` bucket even
+/// while observations race the scrape.
+#[derive(Clone, Debug)]
+pub struct DurationHistogram(Arc<HistogramCells>);
+
+#[derive(Debug)]
+struct HistogramCells {
+    /// Upper bounds in seconds, ascending.
+    bounds: &'static [f64],
+    /// One more than `bounds`: the last counts what is above every bound.
+    buckets: Box<[AtomicU64]>,
+    sum_nanos: AtomicU64,
+}
+
+impl DurationHistogram {
+    /// A histogram with the given ascending upper bounds (seconds) and `+Inf`.
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Self(Arc::new(HistogramCells {
+            bounds,
+            buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_nanos: AtomicU64::new(0),
+        }))
+    }
+
+    /// Counts one duration.
+    pub fn observe(&self, took: Duration) {
+        let cells = &self.0;
+        let seconds = took.as_secs_f64();
+        let i = cells
+            .bounds
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(cells.bounds.len());
+        cells.buckets[i].fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        cells.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.0
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+impl EncodeMetric for DurationHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let cells = &self.0;
+        // Per-bucket counts; the encoder makes them cumulative.
+        let buckets: Vec<(f64, u64)> = cells
+            .bounds
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::INFINITY))
+            .zip(cells.buckets.iter().map(|b| b.load(Ordering::Relaxed)))
+            .collect();
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        let sum = cells.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{
+        encode, ChatMessage, DirectFrame, ErrorBody, ErrorCode, ReplyData, ServerFrame, UserInfo,
+    };
+
+    fn sample(text: &str, name_and_labels: &str) -> Option<f64> {
+        text.lines().find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == name_and_labels).then(|| value.parse().ok())?
+        })
+    }
+
+    fn user() -> UserInfo {
+        UserInfo {
+            id: "u".into(),
+            name: "U".into(),
+        }
+    }
+
+    /// Every ServerFrame variant, encoded as the node sends it, with its type.
+    fn every_server_frame() -> Vec<(&'static str, ServerFrame)> {
+        let message = ChatMessage {
+            room: "r".into(),
+            id: "i".into(),
+            seq: 1,
+            from: user(),
+            content: "c".into(),
+            ts: 0,
+        };
+        vec![
+            (
+                "welcome",
+                ServerFrame::Welcome {
+                    session: "s".into(),
+                    user: user(),
+                    node: "n".into(),
+                    protocol: 1,
+                    heartbeat_ms: 1,
+                },
+            ),
+            ("reply", ServerFrame::ok(None, ReplyData::Empty {})),
+            ("message", ServerFrame::Message(message)),
+            (
+                "typing",
+                ServerFrame::Typing {
+                    room: "r".into(),
+                    user: user(),
+                },
+            ),
+            (
+                "presence_diff",
+                ServerFrame::PresenceDiff {
+                    room: "r".into(),
+                    joins: vec![],
+                    leaves: vec![],
+                },
+            ),
+            (
+                "direct",
+                ServerFrame::Direct(DirectFrame {
+                    id: "i".into(),
+                    from: user(),
+                    content: "c".into(),
+                    ts: 0,
+                }),
+            ),
+            (
+                "renamed",
+                ServerFrame::Renamed {
+                    room: "r".into(),
+                    user: user(),
+                    old_name: "o".into(),
+                },
+            ),
+            ("pong", ServerFrame::Pong { reference: None }),
+            (
+                "error",
+                ServerFrame::failure(None, ErrorBody::new(ErrorCode::BadRequest, "x")),
+            ),
+            (
+                "goodbye",
+                ServerFrame::Goodbye {
+                    reason: "shutdown".into(),
+                    reconnect_after_ms: 1,
+                },
+            ),
+        ]
+    }
+
+    #[test]
+    fn every_server_frame_is_counted_under_its_type() {
+        let metrics = Metrics::new();
+        let frames = every_server_frame();
+        assert_eq!(frames.len(), SERVER_FRAME_TYPES.len() - 1);
+        for (kind, frame) in &frames {
+            let classified = FrameType::of(&encode(frame));
+            assert_eq!(classified.name(), *kind);
+            metrics.frame_out(classified);
+        }
+        metrics.frame_out(FrameType::of("not a frame"));
+        let text = metrics.encode().unwrap();
+        for kind in SERVER_FRAME_TYPES {
+            let series = format!(r#"hubbub_messages_total{{direction="out",type="{kind}"}}"#);
+            assert_eq!(sample(&text, &series), Some(1.0), "{series} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn request_types_and_wire_kinds_are_counted_including_unlisted_ones() {
+        let metrics = Metrics::new();
+        metrics.frame_in("publish");
+        metrics.frame_in("publish");
+        metrics.frame_in_invalid();
+        metrics.frame_in("subscribe");
+        metrics.cluster_message_out("room_message");
+        metrics.cluster_message_in("room_ack");
+        metrics.cluster_message_in("leave");
+        metrics.cluster_message_invalid();
+        let text = metrics.encode().unwrap();
+        let value = |series: &str| sample(&text, series);
+        assert_eq!(
+            value(r#"hubbub_messages_total{direction="in",type="publish"}"#),
+            Some(2.0)
+        );
+        assert_eq!(
+            value(r#"hubbub_messages_total{direction="in",type="invalid"}"#),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(r#"hubbub_messages_total{direction="in",type="subscribe"}"#),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(r#"hubbub_messages_total{direction="in",type="join"}"#),
+            Some(0.0)
+        );
+        assert_eq!(
+            value(r#"hubbub_cluster_messages_total{direction="out",kind="room_message"}"#),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(r#"hubbub_cluster_messages_total{direction="in",kind="room_ack"}"#),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(r#"hubbub_cluster_messages_total{direction="in",kind="leave"}"#),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(r#"hubbub_cluster_messages_total{direction="in",kind="invalid"}"#),
+            Some(1.0)
+        );
+    }
+
+    #[test]
+    fn a_histogram_counts_each_duration_in_its_bucket() {
+        let metrics = Metrics::new();
+        metrics.publish_done(Duration::from_micros(50));
+        metrics.publish_done(Duration::from_micros(300));
+        metrics.publish_done(Duration::from_secs(60));
+        assert_eq!(metrics.publish_duration.count(), 3);
+        let text = metrics.encode().unwrap();
+        let value = |series: &str| sample(&text, series);
+        assert_eq!(
+            value(r#"hubbub_publish_duration_seconds_bucket{le="0.0001"}"#),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(r#"hubbub_publish_duration_seconds_bucket{le="0.0005"}"#),
+            Some(2.0)
+        );
+        assert_eq!(
+            value(r#"hubbub_publish_duration_seconds_bucket{le="5.0"}"#),
+            Some(2.0)
+        );
+        assert_eq!(
+            value(r#"hubbub_publish_duration_seconds_bucket{le="+Inf"}"#),
+            Some(3.0)
+        );
+        assert_eq!(value("hubbub_publish_duration_seconds_count"), Some(3.0));
+        let sum = value("hubbub_publish_duration_seconds_sum").unwrap();
+        assert!((sum - 60.00035).abs() < 1e-9, "{sum}");
+    }
+
+    #[test]
+    fn the_exposition_ends_in_eof_and_has_every_metric() {
+        let metrics = Metrics::new();
+        metrics.set_connections(3);
+        metrics.set_rooms(2);
+        metrics.set_peers(1, 1);
+        metrics.auth_failure_reasons(&["expired", "missing_token"]);
+        metrics.auth_failure("expired");
+        metrics.rate_limited();
+        metrics.slow_consumer_disconnect();
+        metrics.heartbeat_rtt(Duration::from_millis(1));
+        let text = metrics.encode().unwrap();
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        for (series, expected) in [
+            ("hubbub_connections", 3.0),
+            ("hubbub_rooms", 2.0),
+            (r#"hubbub_cluster_peers{state="up"}"#, 1.0),
+            (r#"hubbub_cluster_peers{state="down"}"#, 1.0),
+            (r#"hubbub_auth_failures_total{reason="expired"}"#, 1.0),
+            (r#"hubbub_auth_failures_total{reason="missing_token"}"#, 0.0),
+            ("hubbub_rate_limited_total", 1.0),
+            ("hubbub_slow_consumer_disconnects_total", 1.0),
+            ("hubbub_cluster_heartbeat_rtt_seconds_count", 1.0),
+        ] {
+            assert_eq!(sample(&text, series), Some(expected), "{series} in\n{text}");
+        }
+        #[cfg(target_os = "linux")]
+        for name in [
+            "process_resident_memory_bytes",
+            "process_virtual_memory_bytes",
+            "process_open_fds",
+            "process_max_fds",
+            "process_cpu_seconds_total",
+            "process_start_time_seconds",
+        ] {
+            let value = sample(&text, name).unwrap_or_else(|| panic!("{name} in\n{text}"));
+            // A test process may not have used a whole clock tick of CPU yet.
+            let least = if name == "process_cpu_seconds_total" {
+                0.0
+            } else {
+                1.0
+            };
+            assert!(value >= least, "{name} = {value}");
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! Smoke run of the benchmark's load generator (`bench/hubbub-bench`): every scenario
+//! with small numbers against a real `hubbub` process, and `fanout` and `churn` against
+//! the Rust floor (`bench/peers/rust-floor`, in-process). Each run writes its JSON
+//! result, and the counts in it must add up: nothing lost, nothing refused, no error.
+//! Latency is not checked here; the full benchmark is `bench/run.sh`
+//! (docs/performance.md).
+
+use serde_json::Value;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long the node may take to start answering `/healthz`.
+const START_DEADLINE: Duration = Duration::from_secs(20);
+
+/// A `hubbub` process with the benchmark's limits (rate limits off), killed on drop.
+struct Node {
+    child: Child,
+    http: SocketAddr,
+    dir: PathBuf,
+}
+
+impl Node {
+    async fn start() -> Self {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let dir =
+            std::env::temp_dir().join(format!("hubbub-bench-smoke-{}-{stamp}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create test dir");
+        let http = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port");
+        let config = dir.join("node.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[node]\nname = \"smoke\"\nhttp_addr = \"{http}\"\n\n\
+                 [limits]\nmax_connections = 1000\nframes_per_second = 0\n\n\
+                 [rate_limit]\nmessages_per_minute = 0\nconnections_per_ip = 0\n\
+                 handshakes_per_ip_per_sec = 0\n\n\
+                 [log]\nlevel = \"warn\"\n"
+            ),
+        )
+        .expect("write config");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_hubbub"));
+        command
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("HUBBUB_") {
+                command.env_remove(key);
+            }
+        }
+        let child = command.spawn().expect("spawn hubbub");
+        let node = Self { child, http, dir };
+        let started = Instant::now();
+        while !node.healthy().await {
+            assert!(
+                started.elapsed() < START_DEADLINE,
+                "hubbub did not answer /healthz within {START_DEADLINE:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        node
+    }
+
+    async fn healthy(&self) -> bool {
+        let addr = self.http;
+        let host = addr.to_string();
+        matches!(
+            hubbub_bench::probe::http_get(addr, &host, "/healthz").await,
+            Some((200, _))
+        )
+    }
+
+    fn url(&self) -> String {
+        format!("ws://{}", self.http)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs the load generator with `args` (after `--quiet --json FILE`) and returns the
+/// JSON result it wrote.
+async fn bench(dir: &std::path::Path, name: &str, args: &[&str]) -> Value {
+    let json = dir.join(format!("{name}.json"));
+    let mut argv = vec!["hubbub-bench", "--quiet", "--json"];
+    let json_arg = json.to_string_lossy().into_owned();
+    argv.push(&json_arg);
+    argv.extend_from_slice(args);
+    let cli = <hubbub_bench::Cli as clap::Parser>::try_parse_from(&argv)
+        .unwrap_or_else(|e| panic!("bad arguments {argv:?}: {e}"));
+    let report = hubbub_bench::run(cli)
+        .await
+        .unwrap_or_else(|e| panic!("{name} did not run: {e}"));
+    eprint!("{}", report.summary);
+    let text = std::fs::read_to_string(&json).expect("the JSON result was written");
+    let written: Value = serde_json::from_str(&text).expect("the JSON result parses");
+    assert_eq!(written["scenario"], report.scenario);
+    written
+}
+
+fn assert_no_errors(result: &Value, what: &str) {
+    assert_eq!(result["errors_total"], 0, "{what}: errors in {result:#}");
+}
+
+fn assert_fanout_adds_up(result: &Value, clients: u64, rooms: u64, messages: u64) {
+    assert_no_errors(result, "fanout");
+    let r = &result["result"];
+    assert_eq!(r["connected"], clients, "{r:#}");
+    let step = &r["steps"][0];
+    // Every member of a room receives every message of its room, its own included.
+    assert_eq!(step["sent"], messages, "{step:#}");
+    assert_eq!(step["expected"], messages * clients / rooms, "{step:#}");
+    assert_eq!(step["received"], step["expected"], "{step:#}");
+    assert_eq!(step["lost"], 0, "{step:#}");
+    assert_eq!(step["extra"], 0, "{step:#}");
+    assert_eq!(step["out_of_order"], 0, "{step:#}");
+    assert_eq!(
+        step["acks"], messages,
+        "every publish acknowledged: {step:#}"
+    );
+    assert_eq!(step["latency"]["count"], step["received"], "{step:#}");
+}
+
+fn assert_churn_adds_up(result: &Value, cycles: u64) {
+    assert_no_errors(result, "churn");
+    let r = &result["result"];
+    assert_eq!(r["offered"], cycles, "{r:#}");
+    assert_eq!(r["completed"], cycles, "{r:#}");
+    assert_eq!(r["failed"], 0, "{r:#}");
+    assert_eq!(r["skipped"], 0, "{r:#}");
+}
+
+const FANOUT: [&str; 13] = [
+    "fanout",
+    "--clients",
+    "20",
+    "--rooms",
+    "2",
+    "--rate",
+    "200",
+    "--duration",
+    "2",
+    "--warmup",
+    "0",
+    "--drain-timeout",
+    "10",
+];
+const CHURN: [&str; 5] = ["churn", "--rate", "20", "--duration", "2"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_scenario_adds_up_against_a_real_node() {
+    let node = Node::start().await;
+    let url = node.url();
+    let dir = node.dir.clone();
+
+    let fanout = bench(&dir, "fanout", &[&["--url", &url][..], &FANOUT].concat()).await;
+    assert_fanout_adds_up(&fanout, 20, 2, 400);
+
+    let pid = node.child.id().to_string();
+    let idle = bench(
+        &dir,
+        "idle",
+        &[
+            "--url",
+            &url,
+            "--source-ips",
+            "4",
+            "idle",
+            "--connections",
+            "200",
+            "--hold",
+            "0.5",
+            "--settle",
+            "0.2",
+            "--pid",
+            &pid,
+        ],
+    )
+    .await;
+    assert_no_errors(&idle, "idle");
+    let r = &idle["result"];
+    assert_eq!(r["connected"], 200, "{r:#}");
+    assert_eq!(r["failed"], 0, "{r:#}");
+    assert_eq!(r["dropped_while_held"], 0, "{r:#}");
+    assert_eq!(r["source_ips"], 4, "{r:#}");
+    assert_eq!(r["rss_source"], "proc", "{r:#}");
+    assert!(r["rss_per_connection_bytes"].is_number(), "{r:#}");
+
+    let churn = bench(&dir, "churn", &[&["--url", &url][..], &CHURN].concat()).await;
+    assert_churn_adds_up(&churn, 40);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_and_churn_add_up_against_the_rust_floor() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("ws://{}", listener.local_addr().expect("local addr"));
+    let floor = tokio::spawn(rust_floor::serve(listener));
+    let dir = std::env::temp_dir().join(format!("hubbub-bench-floor-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create test dir");
+
+    let fanout = bench(&dir, "fanout", &[&["--url", &url][..], &FANOUT].concat()).await;
+    assert_fanout_adds_up(&fanout, 20, 2, 400);
+    let churn = bench(&dir, "churn", &[&["--url", &url][..], &CHURN].concat()).await;
+    assert_churn_adds_up(&churn, 40);
+
+    floor.abort();
+    let _ = std::fs::remove_dir_all(&dir);
+}
