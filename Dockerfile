@@ -36,8 +36,9 @@ ENV HUBBUB_NODE__HTTP_ADDR=0.0.0.0:8080 \
 EXPOSE 8080 4370
 # Alive: /healthz answers while the process serves HTTP. (Readiness for a load
 # balancer is /readyz, which is 503 while draining or without a cluster quorum.)
+# (Plain HTTP, or HTTPS with the node's own certificate when [http.tls] is set.)
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
-  CMD curl -fsS http://127.0.0.1:8080/healthz || exit 1
+  CMD curl -fsS http://127.0.0.1:8080/healthz || curl -fsSk https://127.0.0.1:8080/healthz || exit 1
 # SIGTERM drains: goodbye to clients, leave the cluster, exit 0 within
 # shutdown.timeout_secs (30 s by default; give `docker stop -t` at least that).
 STOPSIGNAL SIGTERM

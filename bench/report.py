@@ -326,6 +326,27 @@ def main():
         else:
             w(f"| {name} | none held | | | | | | {fail_text} |")
     w("")
+    w("What a delivery cost in CPU (user + system time of the server's processes, and of "
+      "the load generator, divided by deliveries), at the ramp's first rate (the same load "
+      "for every system) and at the highest rate that held. Under load, costs per "
+      "delivery fall as writes batch up.\n")
+    w("| system | first step: rate | server µs | load generator µs | best step: rate | server µs | load generator µs |")
+    w("|---|---:|---:|---:|---:|---:|---:|")
+    for key, name in SYSTEMS:
+        run = runs.get((key, "fanout"))
+        if not run:
+            continue
+        steps = run["result"]["steps"]
+        first = steps[0] if steps else None
+        best = run["result"].get("best")
+
+        def cost(step, side):
+            c = step and step.get(side)
+            return f"{c['cpu_us_per_delivery']:.1f}" if c else "—"
+
+        w(f"| {name} | {rate(first['rate']) if first else '—'} | {cost(first, 'server')} | {cost(first, 'client')} | "
+          f"{rate(best['rate']) if best else '—'} | {cost(best, 'server')} | {cost(best, 'client')} |")
+    w("")
     w("Every step of every ramp, in the order run:\n")
     w("| system | steps: rate (msg/s) → p99 ms, verdict |\n|---|---|")
     for key, name in SYSTEMS:

@@ -286,7 +286,8 @@ for system in $SYSTEMS; do
   log "start $system"
   "start_$system"
   sleep 1
-  bench_run "$system" fanout "${FANOUT[@]}"
+  # shellcheck disable=SC2046 # one --pid per process
+  bench_run "$system" fanout "${FANOUT[@]}" $(pid_args)
   case $system in
     hubbub | node-ws | socketio-1 | floor)
       # shellcheck disable=SC2046 # one --pid per process

@@ -14,7 +14,7 @@ use crate::cluster::membership::MembershipMessage;
 use crate::cluster::Cluster;
 use crate::config::Settings;
 use crate::telemetry::Metrics;
-use crate::transport::{serve, AppState, Gate};
+use crate::transport::{self, serve, AppState, Gate};
 use actix_web::dev::Server;
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
@@ -40,6 +40,13 @@ impl Application {
     /// Builds a node with room behaviours chosen by room-name pattern.
     pub fn build_with(settings: Settings, behaviours: Behaviours) -> std::io::Result<Self> {
         check_cluster_tls(&settings)?;
+        // Reads the certificate and key of `[http.tls]`: bad ones stop start-up here,
+        // naming the setting.
+        let tls = match &settings.http.tls {
+            Some(tls) => Some(transport::tls::server_config(tls).map_err(std::io::Error::other)?),
+            None => None,
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         // Reads the auth key: a bad one stops start-up here, naming the key.
         let gate = Gate::new(&settings).map_err(std::io::Error::other)?;
         let listener = TcpListener::bind(settings.node.http_addr)?;
@@ -57,9 +64,9 @@ impl Application {
         let ctx = Arc::new(NodeContext::new(settings, behaviours, cluster, metrics));
         let node = start_node(ctx.clone())?;
         let state = AppState::new(ctx, gate);
-        let server = serve(listener, state.clone())?;
+        let server = serve(listener, state.clone(), tls)?;
         state.ready.store(true, Ordering::Release);
-        tracing::info!(node = %state.ctx.settings.node.name, %addr, "hubbub is listening");
+        tracing::info!(node = %state.ctx.settings.node.name, %addr, scheme, "hubbub is listening");
         Ok(Self {
             addr,
             server,

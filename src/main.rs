@@ -99,8 +99,13 @@ fn print_valid(every: &[hubbub::Settings]) {
 
 /// Who a node is and where it listens; never the cookie.
 fn describe(settings: &hubbub::Settings) -> String {
+    let scheme = if settings.http.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let mut text = format!(
-        "node {}, http {}",
+        "node {}, {scheme} {}",
         settings.node.name, settings.node.http_addr
     );
     let cluster = &settings.cluster;

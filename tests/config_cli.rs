@@ -331,6 +331,39 @@ fn check_config_rejects_an_unknown_key_naming_it() {
 }
 
 #[test]
+fn check_config_checks_the_http_tls_files() {
+    let missing = TempConfig::new(
+        "[http.tls]\ncert = \"/nonexistent/http.crt\"\nkey = \"/nonexistent/http.key\"\n",
+    );
+    assert_rejected(
+        &run(hubbub()
+            .args(["check-config", "--config"])
+            .arg(missing.path())),
+        &[
+            "http.tls.cert: file /nonexistent/http.crt not found",
+            "http.tls.key: ",
+        ],
+    );
+
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+        .expect("a self-signed certificate");
+    let cert = TempConfig::new(&made.cert.pem());
+    let key = TempConfig::new(&made.signing_key.serialize_pem());
+    let file = TempConfig::new(&format!(
+        "[http.tls]\ncert = {:?}\nkey = {:?}\n",
+        cert.path().display().to_string(),
+        key.path().display().to_string()
+    ));
+    let output = run(hubbub().args(["check-config", "--config"]).arg(file.path()));
+    assert_ok(&output);
+    assert!(
+        stdout(&output).contains(", https 127.0.0.1:8080"),
+        "{}",
+        stdout(&output)
+    );
+}
+
+#[test]
 fn check_config_rejects_a_missing_file_naming_it() {
     let path = std::env::temp_dir().join(format!(
         "hubbub-config-cli-{}-missing.toml",

@@ -3,8 +3,10 @@
 //!
 //! Owns the typed sections and their rules. What a rule needs beyond the text (that a
 //! key file parses and fits the algorithms, that an ACL pattern compiles) is asked of
-//! [`crate::auth`], which owns using them, so the two can never disagree.
+//! [`crate::auth`], which owns using them, so the two can never disagree; the PEM
+//! files of `[http.tls]` are checked as those of `[cluster.tls]` are (`pem.rs`).
 
+use super::pem::{check_pem_file, PemHolds};
 use super::Secret;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -259,6 +261,20 @@ pub struct HttpSettings {
     /// `X-Forwarded-For` header is believed; empty believes none, and the client
     /// address is the TCP peer's.
     pub trusted_proxies: Vec<String>,
+    /// `[http.tls]`: serve HTTPS and WSS on `node.http_addr`; absent means plain HTTP
+    /// (and WS), as behind a proxy that terminates TLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<HttpTls>,
+}
+
+/// `[http.tls]`: the PEM files the node serves HTTPS and WSS with. Both are required.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpTls {
+    /// The node's certificate, followed by any intermediates clients need.
+    pub cert: PathBuf,
+    /// The private key of `cert`.
+    pub key: PathBuf,
 }
 
 /// A `trusted_proxies` entry: an address (a network of one) or a network in CIDR
@@ -310,6 +326,16 @@ pub(super) fn problems(
                     i + 1
                 ),
             ));
+        }
+    }
+    if let Some(tls) = &http.tls {
+        for (key, path, holds) in [
+            ("http.tls.cert", &tls.cert, PemHolds::Certificates),
+            ("http.tls.key", &tls.key, PemHolds::PrivateKey),
+        ] {
+            if let Err(reason) = check_pem_file(path, holds) {
+                problems.push((key.to_owned(), reason));
+            }
         }
     }
     problems
@@ -384,6 +410,7 @@ fn check_origin(origin: &str) -> Result<(), String> {
 mod tests {
     use super::*;
     use crate::config::{load_with_env, ConfigError, ConfigSource, Settings};
+    use std::path::Path;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// A file under the temp dir, removed on drop.
@@ -644,5 +671,92 @@ pattern = "lobby"
             parse_network("10.0.0.2").map(|n| n.to_string()),
             Some("10.0.0.2/32".into())
         );
+    }
+
+    /// Well-formed PEM that is no real certificate or key: validation checks the PEM
+    /// only, start-up the rest (transport::tls).
+    const PEM_CERTIFICATE: &str =
+        "-----BEGIN CERTIFICATE-----\nMIIBCgKCAQEA\n-----END CERTIFICATE-----\n";
+    const PEM_KEY: &str = "-----BEGIN PRIVATE KEY-----\nMIIBCgKCAQEA\n-----END PRIVATE KEY-----\n";
+
+    fn http_tls(cert: &Path, key: &Path) -> String {
+        format!(
+            "[http.tls]\ncert = {:?}\nkey = {:?}\n",
+            cert.display().to_string(),
+            key.display().to_string()
+        )
+    }
+
+    #[test]
+    fn http_tls_is_off_by_default_and_reads_both_files() {
+        assert_eq!(load("", &[]).unwrap().http.tls, None);
+        let cert = TempFile::new(PEM_CERTIFICATE);
+        let key = TempFile::new(PEM_KEY);
+        let settings = load(&http_tls(&cert.0, &key.0), &[]).expect("valid");
+        assert_eq!(
+            settings.http.tls,
+            Some(HttpTls {
+                cert: cert.0.clone(),
+                key: key.0.clone()
+            })
+        );
+    }
+
+    #[test]
+    fn http_tls_files_must_exist_and_hold_pem_of_their_kind() {
+        let cert = TempFile::new(PEM_CERTIFICATE);
+        let key = TempFile::new(PEM_KEY);
+        let missing = std::env::temp_dir().join(format!(
+            "hubbub-access-unit-{}-missing.pem",
+            std::process::id()
+        ));
+        assert_eq!(
+            problem_keys(&http_tls(&missing, &key.0), &[]),
+            ["http.tls.cert"]
+        );
+        assert_eq!(
+            problem_keys(&http_tls(&cert.0, &std::env::temp_dir()), &[]),
+            ["http.tls.key"]
+        );
+        // Swapped: neither file holds what its key asks for.
+        let problems = match load(&http_tls(&key.0, &cert.0), &[]) {
+            Err(ConfigError::Invalid(problems)) => problems,
+            other => panic!("expected Invalid, got {other:?}"),
+        };
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems[0].starts_with("http.tls.cert: ")
+                && problems[0].contains("holds no PEM certificate"),
+            "{problems:?}"
+        );
+        assert!(
+            problems[1].starts_with("http.tls.key: ")
+                && problems[1].contains("holds no PEM private key"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn http_tls_needs_both_files() {
+        let message = load("[http.tls]\ncert = \"/x.crt\"\n", &[])
+            .expect_err("a table without key fails")
+            .to_string();
+        assert!(message.contains("key"), "{message}");
+        assert!(message.contains("http.tls"), "{message}");
+    }
+
+    #[test]
+    fn http_tls_files_can_come_from_the_environment() {
+        let pem = TempFile::new(&format!("{PEM_CERTIFICATE}{PEM_KEY}"));
+        let path = pem.0.display().to_string();
+        let settings = load(
+            "",
+            &[
+                ("HUBBUB_HTTP__TLS__CERT", &path),
+                ("HUBBUB_HTTP__TLS__KEY", &path),
+            ],
+        )
+        .expect("env TLS loads");
+        assert_eq!(settings.http.tls.expect("tls set").key, pem.0);
     }
 }

@@ -8,9 +8,9 @@
 //!
 //! Must not know: how the settings are used. It never reads anything but the file it is
 //! given and the environment it is handed (validation only checks that the TLS files
-//! `[cluster.tls]` names exist and hold PEM of the right kind), and it never panics
-//! on what it reads: every mistake
-//! becomes a [`ConfigError`] that names the key and the reason.
+//! `[cluster.tls]` and `[http.tls]` name exist and hold PEM of the right kind, with
+//! `pem.rs`), and it never panics on what it reads: every mistake becomes a
+//! [`ConfigError`] that names the key and the reason.
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 use config::{Config, Environment, FileFormat, Format, Map, Source, Value, ValueKind};
 
+use super::pem::{check_pem_file, PemHolds};
 use super::{
     ClusterSettings, HeartbeatSettings, LimitSettings, LogSettings, NodeEntry, NodeSettings,
     RoomSettings, Settings,
@@ -43,7 +44,13 @@ const ENV_LIST_KEYS: &[&str] = &[
 ];
 const ENV_LIST_SEPARATOR: char = ',';
 /// Settings of optional tables, which the defaults lack, that the environment may set.
-const OPTIONAL_SETTINGS: &[&str] = &["cluster.tls.cert", "cluster.tls.key", "cluster.tls.ca"];
+const OPTIONAL_SETTINGS: &[&str] = &[
+    "cluster.tls.cert",
+    "cluster.tls.key",
+    "cluster.tls.ca",
+    "http.tls.cert",
+    "http.tls.key",
+];
 
 /// Bytes of a frame that are envelope (type, room, ids) rather than message content.
 const FRAME_ENVELOPE_BYTES: usize = 1024;
@@ -852,62 +859,10 @@ fn check_cluster(cluster: &ClusterSettings, problems: &mut Problems) {
             ("cluster.tls.key", &tls.key, PemHolds::PrivateKey),
             ("cluster.tls.ca", &tls.ca, PemHolds::Certificates),
         ] {
-            if let Err(reason) = check_readable_file(path).and_then(|()| check_pem(path, holds)) {
+            if let Err(reason) = check_pem_file(path, holds) {
                 problems.add(key, reason);
             }
         }
-    }
-}
-
-/// What a `[cluster.tls]` file must hold.
-#[derive(Debug, Clone, Copy)]
-enum PemHolds {
-    /// At least one `CERTIFICATE` block.
-    Certificates,
-    /// A `PRIVATE KEY`, `RSA PRIVATE KEY` or `EC PRIVATE KEY` block.
-    PrivateKey,
-}
-
-/// Why `path` does not hold well-formed PEM with what `holds` asks for, if it does
-/// not. Only the PEM is checked: whether the certificates and the key are valid and
-/// go together is checked when the node starts.
-fn check_pem(path: &Path, holds: PemHolds) -> Result<(), String> {
-    use tokio_rustls::rustls::pki_types::pem::{PemObject, SectionKind};
-    let sections = <(SectionKind, Vec<u8>)>::pem_file_iter(path)
-        .and_then(|sections| sections.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("{} is not well-formed PEM: {e}", path.display()))?;
-    let found = sections.iter().any(|(kind, _)| match holds {
-        PemHolds::Certificates => *kind == SectionKind::Certificate,
-        PemHolds::PrivateKey => matches!(
-            kind,
-            SectionKind::PrivateKey | SectionKind::RsaPrivateKey | SectionKind::EcPrivateKey
-        ),
-    });
-    match (found, holds) {
-        (true, _) => Ok(()),
-        (false, PemHolds::Certificates) => Err(format!(
-            "{} holds no PEM certificate (a \"-----BEGIN CERTIFICATE-----\" block)",
-            path.display()
-        )),
-        (false, PemHolds::PrivateKey) => Err(format!(
-            "{} holds no PEM private key (a \"-----BEGIN PRIVATE KEY-----\" block)",
-            path.display()
-        )),
-    }
-}
-
-/// Why `path` cannot be a PEM file to read at start-up, if it cannot.
-fn check_readable_file(path: &Path) -> Result<(), String> {
-    if path.as_os_str().is_empty() {
-        return Err("must name a file".to_owned());
-    }
-    match std::fs::metadata(path) {
-        Ok(meta) if meta.is_file() => Ok(()),
-        Ok(_) => Err(format!("{} is not a file", path.display())),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            Err(format!("file {} not found", path.display()))
-        }
-        Err(error) => Err(format!("file {} cannot be read: {error}", path.display())),
     }
 }
 

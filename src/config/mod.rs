@@ -15,8 +15,9 @@ use std::path::PathBuf;
 
 mod access;
 mod load;
+pub(crate) mod pem;
 pub use access::{
-    parse_network, AclEntry, AuthMode, AuthSettings, HttpSettings, JoinRule, JwtAlgorithm,
+    parse_network, AclEntry, AuthMode, AuthSettings, HttpSettings, HttpTls, JoinRule, JwtAlgorithm,
     PublishRule, RateLimitSettings,
 };
 pub use load::{

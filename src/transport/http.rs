@@ -10,6 +10,7 @@ use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
+use tokio_rustls::rustls::ServerConfig;
 
 /// The chat page, embedded in the binary.
 const CHAT_PAGE: &str = include_str!("chat.html");
@@ -29,6 +30,12 @@ pub struct AppState {
 impl AppState {
     /// State for a node whose actor system is running.
     pub fn new(ctx: Arc<NodeContext>, gate: Gate) -> Self {
+        // Every reason shows at 0 from the start, so rates work before a failure.
+        let reasons: Vec<&'static str> = crate::auth::FailureReason::ALL
+            .iter()
+            .map(|r| r.as_str())
+            .collect();
+        ctx.metrics.auth_failure_reasons(&reasons);
         let max = ctx.settings.limits.max_connections;
         Self {
             ctx,
@@ -44,9 +51,14 @@ impl AppState {
     }
 }
 
-/// Starts serving on an already bound listener; the returned server runs until its
+/// Starts serving on an already bound listener, over TLS when `tls` is given
+/// (`[http.tls]`, built by `transport::tls`); the returned server runs until its
 /// handle stops it.
-pub fn serve(listener: TcpListener, state: AppState) -> std::io::Result<Server> {
+pub fn serve(
+    listener: TcpListener,
+    state: AppState,
+    tls: Option<ServerConfig>,
+) -> std::io::Result<Server> {
     let data = web::Data::new(state);
     let server = HttpServer::new(move || {
         App::new()
@@ -59,18 +71,17 @@ pub fn serve(listener: TcpListener, state: AppState) -> std::io::Result<Server> 
             .route("/metrics", web::get().to(super::scrape::metrics))
     })
     // Small frames (a reply right after a broadcast) must not wait for the client's
-    // delayed ACK: without this, Nagle adds about 40 ms to such pairs.
-    .on_connect(|connection, _| {
-        if let Some(tcp) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
-            let _ = tcp.set_nodelay(true);
-        }
-    })
+    // delayed ACK: without this, Nagle adds about 40 ms to such pairs. actix-web sets
+    // it on every accepted socket, plain or TLS (there once the handshake is done).
+    .tcp_nodelay(true)
     // The Application owns shutdown (signals, then a drain of the WebSockets).
     .disable_signals()
-    .shutdown_timeout(1)
-    .listen(listener)?
-    .run();
-    Ok(server)
+    .shutdown_timeout(1);
+    let server = match tls {
+        Some(config) => server.listen_rustls_0_23(listener, config)?,
+        None => server.listen(listener)?,
+    };
+    Ok(server.run())
 }
 
 async fn chat_page() -> HttpResponse {

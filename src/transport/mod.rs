@@ -1,7 +1,8 @@
 //! HTTP and WebSocket: the node's face to clients.
 //!
-//! Owns: the actix-web server, its routes (`/`, `/ws`, `/healthz`, `/readyz`,
-//! `/cluster`, `/metrics`) and, for each WebSocket, the read loop that decodes frames
+//! Owns: the actix-web server (plain HTTP, or HTTPS and WSS with `[http.tls]`), its
+//! routes (`/`, `/ws`, `/healthz`, `/readyz`, `/cluster`, `/metrics`) and, for each
+//! WebSocket, the read loop that decodes frames
 //! and forwards them to the connection's Session actor. Every upgrade first passes the [`Gate`] (origin,
 //! per-address limits, authentication). Knows the actors only through the SessionSupervisor
 //! and the Session's message type; room logic never lives here.
@@ -10,6 +11,7 @@ mod frame_guard;
 mod gate;
 mod http;
 mod scrape;
+pub(crate) mod tls;
 mod websocket;
 
 pub use gate::{Gate, Refused};

@@ -14,12 +14,12 @@
 //! reason. It then stops the Session; rooms and presence notice through their monitors.
 
 use super::frame_guard::FrameGuard;
-use super::gate::IpSlot;
+use super::gate::{IpSlot, Refused};
 use super::http::AppState;
 use crate::actors::{
     ask, spawn_writer, Outbox, SessionArgs, SessionMessage, SessionSupervisorMessage,
 };
-use crate::auth::Identity;
+use crate::auth::{Identity, Refusal};
 use crate::protocol::{close, decode_client_frame, ErrorBody, ErrorCode, FrameError};
 use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
 use actix_ws::{AggregatedMessage, ProtocolError};
@@ -45,7 +45,12 @@ pub async fn upgrade(
     }
     let admitted = match state.gate.admit(&req) {
         Ok(admitted) => admitted,
-        Err(refused) => return Ok(refused.response()),
+        Err(refused) => {
+            if let Refused::Identity(Refusal::Unauthorized(failure)) = &refused {
+                state.ctx.metrics.auth_failure(failure.reason.as_str());
+            }
+            return Ok(refused.response());
+        }
     };
     let Identity {
         user,

@@ -585,3 +585,45 @@ async fn anonymous_users_have_no_roles_or_claims() {
         "forbidden"
     );
 }
+
+/// Refused upgrades are counted by reason in `hubbub_auth_failures_total`, and every
+/// reason is exposed at 0 before the first failure.
+#[tokio::test]
+async fn refusals_are_counted_by_reason_in_metrics() {
+    let node = jwt_node(|_| {}).await;
+    let scrape = |node: &TestNode| {
+        let addr = node.addr;
+        async move {
+            let (status, body) = crate::support::http_get(addr, "/metrics", &[]).await;
+            assert_eq!(status, 200);
+            crate::scrape::Metrics::parse(&body)
+        }
+    };
+    let before = scrape(&node).await;
+    assert_eq!(
+        before.value("hubbub_auth_failures_total", &[("reason", "expired")]),
+        0.0
+    );
+    let mut expired = claims("alice");
+    expired["exp"] = json!(now() - 3600);
+    let token = hs256(&expired);
+    assert_eq!(
+        reason_refused(&node, &format!("token={token}"), &[]).await,
+        "expired"
+    );
+    assert_eq!(reason_refused(&node, "", &[]).await, "missing_token");
+    assert_eq!(reason_refused(&node, "", &[]).await, "missing_token");
+    let after = scrape(&node).await;
+    assert_eq!(
+        after.value("hubbub_auth_failures_total", &[("reason", "expired")]),
+        1.0
+    );
+    assert_eq!(
+        after.value("hubbub_auth_failures_total", &[("reason", "missing_token")]),
+        2.0
+    );
+    assert_eq!(
+        after.value("hubbub_auth_failures_total", &[("reason", "bad_signature")]),
+        0.0
+    );
+}

@@ -11,3 +11,4 @@ mod behaviour;
 mod chat;
 mod limits;
 mod metrics;
+mod tls;

@@ -1,4 +1,5 @@
-//! Test support: a real node on port 0 and a real WebSocket client.
+//! Test support: a real node on port 0 and a real WebSocket client, over plain
+//! HTTP/WS or, for a node started with [`TestNode::start_https`], HTTPS/WSS.
 //!
 //! Every wait is bounded by [`DEADLINE`]; nothing sleeps for a fixed time. To check
 //! that something did NOT happen, a test sends a request that the server answers only
@@ -11,12 +12,18 @@ use hubbub::{Application, Behaviours, Settings};
 use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::rustls::ClientConfig;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::client::Response;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 /// The longest any single expectation waits.
 pub const DEADLINE: Duration = Duration::from_secs(10);
@@ -41,6 +48,9 @@ pub struct TestNode {
     pub addr: SocketAddr,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     stopped: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    /// For a node serving HTTPS and WSS: a client configuration trusting its
+    /// certificate, which every request and connection of this harness then uses.
+    tls: Option<Arc<ClientConfig>>,
 }
 
 impl TestNode {
@@ -68,7 +78,17 @@ impl TestNode {
             addr,
             shutdown: Some(shutdown),
             stopped: Some(stopped),
+            tls: None,
         }
+    }
+
+    /// Starts a node serving HTTPS and WSS (`settings.http.tls` must be set); the
+    /// harness's requests and clients reach it over TLS, trusting what `trust` trusts.
+    pub async fn start_https(settings: Settings, trust: Arc<ClientConfig>) -> Self {
+        assert!(settings.http.tls.is_some(), "start_https needs [http.tls]");
+        let mut node = Self::start_with(settings, Behaviours::new()).await;
+        node.tls = Some(trust);
+        node
     }
 
     /// Shuts the node down as SIGTERM would (a drain) and waits until it has stopped.
@@ -84,11 +104,13 @@ impl TestNode {
     }
 
     pub fn ws_url(&self, query: &str) -> String {
-        format!("ws://{}/ws?{}", self.addr, query)
+        let scheme = if self.tls.is_some() { "wss" } else { "ws" };
+        format!("{scheme}://{}/ws?{}", self.addr, query)
     }
 
     pub fn http_url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}{}", self.addr, path)
     }
 
     /// Connects as `user` with display name `name`, and reads the welcome.
@@ -96,9 +118,36 @@ impl TestNode {
         Client::connect(self, &format!("user={user}&name={name}")).await
     }
 
-    /// A plain HTTP GET: (status, body).
+    /// An HTTP GET (HTTPS for a node started with [`TestNode::start_https`]):
+    /// (status, body).
     pub async fn get(&self, path: &str) -> (u16, String) {
-        http_get(self.addr, path, &[]).await
+        match &self.tls {
+            Some(trust) => https_get(self.addr, path, &[], trust.clone()).await,
+            None => http_get(self.addr, path, &[]).await,
+        }
+    }
+
+    /// Opens a WebSocket to this node, over TLS when it serves WSS.
+    async fn open_websocket(
+        &self,
+        request: impl IntoClientRequest + Unpin,
+    ) -> Result<
+        (WebSocketStream<MaybeTlsStream<TcpStream>>, Response),
+        tokio_tungstenite::tungstenite::Error,
+    > {
+        match &self.tls {
+            Some(trust) => {
+                let connector = Connector::Rustls(trust.clone());
+                tokio_tungstenite::connect_async_tls_with_config(
+                    request,
+                    None,
+                    false,
+                    Some(connector),
+                )
+                .await
+            }
+            None => tokio_tungstenite::connect_async(request).await,
+        }
     }
 
     /// Tries a WebSocket upgrade with a raw query string; a refused upgrade gives its
@@ -118,8 +167,37 @@ pub struct Refusal {
 
 /// A minimal HTTP/1.1 GET over a raw socket, so tests need no HTTP client crate.
 pub async fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    get_over(stream, addr, path, headers).await
+}
+
+/// [`http_get`] over TLS (a raw rustls client), verifying the server's certificate
+/// for its IP address with `trust`.
+pub async fn https_get(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    trust: Arc<ClientConfig>,
+) -> (u16, String) {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let tls = timeout(
+        DEADLINE,
+        tokio_rustls::TlsConnector::from(trust).connect(ServerName::from(addr.ip()), tcp),
+    )
+    .await
+    .expect("TLS handshake in time")
+    .expect("TLS handshake");
+    get_over(tls, addr, path, headers).await
+}
+
+/// The GET of [`http_get`] over any byte stream.
+async fn get_over(
+    mut stream: impl AsyncRead + AsyncWrite + Unpin,
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
     let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
@@ -156,13 +234,10 @@ pub struct Client {
 impl Client {
     /// Connects with a raw query string and reads the welcome frame.
     pub async fn connect(node: &TestNode, query: &str) -> Self {
-        let (ws, _) = timeout(
-            DEADLINE,
-            tokio_tungstenite::connect_async(node.ws_url(query)),
-        )
-        .await
-        .expect("connect in time")
-        .expect("websocket upgrade");
+        let (ws, _) = timeout(DEADLINE, node.open_websocket(node.ws_url(query)))
+            .await
+            .expect("connect in time")
+            .expect("websocket upgrade");
         let mut client = Self {
             ws,
             welcome: Value::Null,
@@ -185,7 +260,6 @@ impl Client {
         query: &str,
         headers: &[(&str, &str)],
     ) -> Result<Self, Refusal> {
-        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
         use tokio_tungstenite::tungstenite::Error;
         let mut request = node
@@ -198,7 +272,7 @@ impl Client {
                 HeaderValue::from_str(value).expect("header value"),
             );
         }
-        let connected = timeout(DEADLINE, tokio_tungstenite::connect_async(request))
+        let connected = timeout(DEADLINE, node.open_websocket(request))
             .await
             .expect("connect in time");
         match connected {
@@ -222,6 +296,16 @@ impl Client {
             }),
             Err(e) => panic!("websocket upgrade failed without an HTTP answer: {e}"),
         }
+    }
+
+    /// The client's end of the TCP connection.
+    pub fn local_addr(&self) -> SocketAddr {
+        let tcp = match self.ws.get_ref() {
+            MaybeTlsStream::Plain(tcp) => tcp,
+            MaybeTlsStream::Rustls(tls) => tls.get_ref().0,
+            _ => panic!("a stream this harness does not open"),
+        };
+        tcp.local_addr().expect("a connected socket")
     }
 
     pub fn user_id(&self) -> String {

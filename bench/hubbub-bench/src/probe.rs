@@ -27,6 +27,64 @@ fn parse_vm_rss(status: &str) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// What a process (or several, added up) has used so far: CPU time, and read and
+/// write system calls.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct ProcessUse {
+    /// User plus system CPU time, in seconds.
+    pub cpu_s: f64,
+    /// Read-like system calls (`syscr` in `/proc/<pid>/io`).
+    pub read_calls: u64,
+    /// Write-like system calls (`syscw`): write(2), writev(2); not send(2).
+    pub write_calls: u64,
+}
+
+impl ProcessUse {
+    /// What was used between `earlier` and `self`.
+    pub fn since(&self, earlier: &Self) -> Self {
+        Self {
+            cpu_s: self.cpu_s - earlier.cpu_s,
+            read_calls: self.read_calls.saturating_sub(earlier.read_calls),
+            write_calls: self.write_calls.saturating_sub(earlier.write_calls),
+        }
+    }
+}
+
+/// Clock ticks per second of `/proc/<pid>/stat` times (USER_HZ, 100 on Linux).
+const TICKS_PER_S: f64 = 100.0;
+
+/// CPU time and system calls of `pids`, added up; None when any cannot be read.
+pub fn process_use(pids: &[u32]) -> Option<ProcessUse> {
+    let mut total = ProcessUse::default();
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+        let one = parse_process_use(&stat, &io)?;
+        total.cpu_s += one.cpu_s;
+        total.read_calls += one.read_calls;
+        total.write_calls += one.write_calls;
+    }
+    Some(total)
+}
+
+fn parse_process_use(stat: &str, io: &str) -> Option<ProcessUse> {
+    // The command name (field 2) may hold spaces: count fields after its ')'.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after it.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let field = |name: &str| {
+        io.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    Some(ProcessUse {
+        cpu_s: ticks as f64 / TICKS_PER_S,
+        read_calls: field("syscr:")?,
+        write_calls: field("syscw:")?,
+    })
+}
+
 /// A plain `GET` to a loopback server: (status, body), or None on no answer.
 pub async fn http_get(addr: SocketAddr, host: &str, path: &str) -> Option<(u16, String)> {
     let exchange = async {
@@ -136,6 +194,17 @@ mod tests {
         assert_eq!(parse_vm_rss("Name: x\n"), None);
         let own = rss_bytes(std::process::id()).expect("own RSS");
         assert!(own > 0);
+    }
+
+    #[test]
+    fn process_use_is_read_from_stat_and_io() {
+        let stat = "42 (a (b) c) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 7 0";
+        let io = "rchar: 1\nwchar: 2\nsyscr: 30\nsyscw: 40\nread_bytes: 0\n";
+        let used = parse_process_use(stat, io).unwrap();
+        assert_eq!(used.cpu_s, 3.0);
+        assert_eq!((used.read_calls, used.write_calls), (30, 40));
+        let own = process_use(&[std::process::id()]).expect("own use");
+        assert!(own.read_calls > 0 || own.cpu_s >= 0.0);
     }
 
     #[test]

@@ -31,20 +31,19 @@
 //! connected, and the dialler's backoff applies.
 
 use super::node_server::DialError;
+use crate::config::pem::{key_pair_error, read_certificates, read_private_key};
 use crate::config::ClusterTls;
 use ractor::ActorRef;
 use ractor_cluster::{BoxRead, BoxWrite, ClusterBidiStream, NodeServerMessage};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::rustls::client::danger::ServerCertVerifier;
 use tokio_rustls::rustls::crypto::aws_lc_rs;
-use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio_rustls::rustls::server::danger::ClientCertVerifier;
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::version::TLS13;
@@ -80,12 +79,7 @@ impl PeerTls {
     pub(crate) fn load(tls: &ClusterTls, advertise: &str) -> Result<(Self, Vec<String>), String> {
         let provider = Arc::new(aws_lc_rs::default_provider());
         let chain = read_certificates("cluster.tls.cert", &tls.cert)?;
-        let key = PrivateKeyDer::from_pem_file(&tls.key).map_err(|e| {
-            format!(
-                "cluster.tls.key: no private key can be read from {}: {e}",
-                tls.key.display()
-            )
-        })?;
+        let key = read_private_key("cluster.tls.key", &tls.key)?;
         let mut roots = RootCertStore::empty();
         for ca in read_certificates("cluster.tls.ca", &tls.ca)? {
             roots.add(ca).map_err(|e| {
@@ -105,18 +99,7 @@ impl PeerTls {
             rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
                 .build()
                 .map_err(|e| format!("cluster.tls.ca: {}: {e}", tls.ca.display()))?;
-        let key_error = |e: rustls::Error| match e {
-            rustls::Error::InconsistentKeys(_) => format!(
-                "cluster.tls.key: {} is not the private key of the certificate in {}",
-                tls.key.display(),
-                tls.cert.display()
-            ),
-            e => format!(
-                "cluster.tls.key: {} cannot be used with the certificate in {}: {e}",
-                tls.key.display(),
-                tls.cert.display()
-            ),
-        };
+        let key_error = |e| key_pair_error("cluster.tls", &tls.cert, &tls.key, e);
         let server = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&TLS13])
             .map_err(|e| format!("cluster.tls: {e}"))?
@@ -173,20 +156,6 @@ impl PeerTls {
             local,
         }))
     }
-}
-
-/// Every certificate in a PEM file, in order; at least one.
-fn read_certificates(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certificates = CertificateDer::pem_file_iter(path)
-        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("{key}: {} cannot be read as PEM: {e}", path.display()))?;
-    if certificates.is_empty() {
-        return Err(format!(
-            "{key}: {} holds no certificate (a \"BEGIN CERTIFICATE\" block)",
-            path.display()
-        ));
-    }
-    Ok(certificates)
 }
 
 /// Checks this node's certificate as its peers will: what would fail, if anything.

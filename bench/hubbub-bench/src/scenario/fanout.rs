@@ -14,6 +14,7 @@
 use super::{Common, Context};
 use crate::conn::SourcePlan;
 use crate::members::{ConnectOptions, Layout, Members};
+use crate::probe::{self, ProcessUse};
 use crate::stats::{tally_line, tally_since, LatencySummary};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -71,6 +72,37 @@ pub struct FanoutArgs {
     /// Seconds of quiet between steps.
     #[arg(long, default_value_t = 1.0)]
     pub settle: f64,
+    /// Process id of the server (repeat for several): each step then reports the CPU
+    /// time and write system calls it cost the server, per delivery.
+    #[arg(long = "pid")]
+    pub pids: Vec<u32>,
+}
+
+/// What a step cost a set of processes: in all, and per delivery.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepCost {
+    pub cpu_s: f64,
+    pub write_calls: u64,
+    pub read_calls: u64,
+    /// CPU microseconds per delivery.
+    pub cpu_us_per_delivery: f64,
+    /// write(2)-like system calls per delivery (below 1 when writes are batched).
+    /// `/proc/<pid>/io` counts write and writev but not send(2), which Rust's
+    /// `TcpStream` uses: compare this between systems with care.
+    pub writes_per_delivery: f64,
+}
+
+impl StepCost {
+    fn of(used: ProcessUse, deliveries: u64) -> Self {
+        let per = deliveries.max(1) as f64;
+        Self {
+            cpu_s: used.cpu_s,
+            write_calls: used.write_calls,
+            read_calls: used.read_calls,
+            cpu_us_per_delivery: used.cpu_s * 1e6 / per,
+            writes_per_delivery: used.write_calls as f64 / per,
+        }
+    }
 }
 
 /// One step: a rate held for a while.
@@ -93,6 +125,10 @@ pub struct StepResult {
     pub errors: BTreeMap<String, u64>,
     pub deliveries_per_s: f64,
     pub latency: LatencySummary,
+    /// What the step cost the server (with `--pid`), from publishing to the drain's end.
+    pub server: Option<StepCost>,
+    /// What it cost this load generator.
+    pub client: Option<StepCost>,
     /// The clients were reconnected before this step (some had been disconnected).
     pub reconnected: bool,
     pub held: bool,
@@ -253,6 +289,8 @@ async fn run_step(
     let spinner = ctx.spinner(&format!("step {step}: {rate:.0} msg/s"));
     let errors_before = ctx.errors.snapshot();
     members.begin_step(step);
+    let server_before = probe::process_use(&args.pids);
+    let client_before = probe::process_use(&[std::process::id()]);
     let started = Instant::now();
     let sent_per_room = members
         .publish(
@@ -274,6 +312,16 @@ async fn run_step(
         .drain(expected, Duration::from_secs_f64(args.drain_timeout))
         .await;
     let counts = members.counts();
+    let cost = |before: Option<ProcessUse>, pids: &[u32]| {
+        let after = probe::process_use(pids)?;
+        Some(StepCost::of(after.since(&before?), counts.received))
+    };
+    let server = if args.pids.is_empty() {
+        None
+    } else {
+        cost(server_before, &args.pids)
+    };
+    let client = cost(client_before, &[std::process::id()]);
     spinner.finish_and_clear();
     let errors = tally_since(&errors_before, &ctx.errors.snapshot());
     let latency = LatencySummary::of(&counts.latency);
@@ -297,6 +345,8 @@ async fn run_step(
         errors,
         deliveries_per_s: counts.received as f64 / publishing_s.max(1e-9),
         latency,
+        server,
+        client,
         reconnected,
         held,
     }
@@ -323,7 +373,7 @@ fn summary(args: &FanoutArgs, result: &FanoutResult) -> String {
     for s in &result.steps {
         let _ = writeln!(
             out,
-            "  step {:>2} {:>9.0} msg/s: sent {}, delivered {}/{} ({:.0}/s), lost {}, late {}, out of order {}, {}; errors: {}{}",
+            "  step {:>2} {:>9.0} msg/s: sent {}, delivered {}/{} ({:.0}/s), lost {}, late {}, out of order {}, {}; errors: {}{}{}",
             s.step,
             s.rate,
             s.sent,
@@ -335,6 +385,13 @@ fn summary(args: &FanoutArgs, result: &FanoutResult) -> String {
             s.out_of_order,
             s.latency.line(),
             tally_line(&s.errors),
+            match (&s.server, &s.client) {
+                (Some(server), Some(client)) => format!(
+                    "; CPU per delivery: server {:.1} µs, load generator {:.1} µs",
+                    server.cpu_us_per_delivery, client.cpu_us_per_delivery
+                ),
+                _ => String::new(),
+            },
             if args.ramp {
                 if s.held { "  [held]" } else { "  [did not hold]" }
             } else {
