@@ -176,7 +176,8 @@ impl Roamer {
                 continue;
             }
             let query = format!("user={}&name={}", self.user, self.user);
-            let Some(client) = Client::try_connect(cluster.http_addr(name), &query).await else {
+            let Some(client) = Client::connect_or_none(cluster.http_addr(name), &query).await
+            else {
                 continue;
             };
             self.client = client;

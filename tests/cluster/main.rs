@@ -9,6 +9,8 @@
 #[path = "../scrape/mod.rs"]
 mod scrape;
 mod support;
+#[path = "../common/ws_client.rs"]
+mod ws_client;
 
 mod chat;
 mod drain;

@@ -1,6 +1,6 @@
 //! The multi-process harness: real `hubbub` processes, one generated config file each,
 //! ports chosen free, every process's output captured to a file, and WebSocket
-//! clients that speak protocol v1.
+//! clients that speak protocol v1 (the shared [`Client`] of tests/common/ws_client.rs).
 //!
 //! A test builds a [`Cluster`] (nodes `a`, `b`, `c`, ... sharing one cookie, each
 //! listing every node's cluster address as a seed), starts it, and drives it through
@@ -19,10 +19,11 @@
 //! Waits are polls with a deadline ([`DEADLINE`]), never fixed sleeps; the only sleeps
 //! are the pauses between polls and between retries of a refused request.
 
-use futures_util::{SinkExt, StreamExt};
+pub use crate::ws_client::Client;
+use crate::ws_client::Dial;
 use hubbub::cluster::View;
-use serde_json::{json, Value};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
@@ -32,9 +33,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// The longest any single wait lasts: generous, for a loaded 2-core CI machine.
 pub const DEADLINE: Duration = Duration::from_secs(15);
@@ -616,358 +614,20 @@ pub async fn try_http(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
 /// nodes, this node has no quorum, or a part of the node did not answer in time.
 pub const RETRYABLE: &[&str] = &["unavailable", "internal"];
 
-/// A WebSocket client speaking protocol v1 (as in the single-node suite).
-pub struct Client {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-    pub welcome: Value,
-    /// Frames read while waiting for something else, oldest first.
-    pending: VecDeque<Value>,
-    next_ref: u64,
-}
-
-impl Client {
-    /// Connects like [`Client::connect`]; None when the node refuses or is gone.
-    pub async fn try_connect(addr: SocketAddr, query: &str) -> Option<Self> {
-        let url = format!("ws://{addr}/ws?{query}");
-        let (ws, _) = timeout(DEADLINE, tokio_tungstenite::connect_async(url))
-            .await
-            .ok()?
-            .ok()?;
-        let mut client = Self {
-            ws,
-            welcome: Value::Null,
-            pending: VecDeque::new(),
-            next_ref: 0,
-        };
-        let welcome = timeout(DEADLINE, client.read_frame()).await.ok()??;
-        (welcome["type"] == "welcome").then_some(())?;
-        client.welcome = welcome;
-        Some(client)
+/// Clients of a node at this HTTP address: plain WS, each wait bounded by
+/// [`DEADLINE`], requests retried on a [`RETRYABLE`] code.
+impl Dial for SocketAddr {
+    fn ws_url(&self, query: &str) -> String {
+        format!("ws://{self}/ws?{query}")
     }
 
-    /// Connects to `addr` with a raw query string and reads the welcome frame.
-    pub async fn connect(addr: SocketAddr, query: &str) -> Self {
-        let url = format!("ws://{addr}/ws?{query}");
-        let (ws, _) = timeout(DEADLINE, tokio_tungstenite::connect_async(url))
-            .await
-            .expect("connect in time")
-            .expect("websocket upgrade");
-        let mut client = Self {
-            ws,
-            welcome: Value::Null,
-            pending: VecDeque::new(),
-            next_ref: 0,
-        };
-        client.welcome = client.expect_type("welcome").await;
-        client
+    fn deadline(&self) -> Duration {
+        DEADLINE
     }
 
-    pub fn user_id(&self) -> String {
-        self.welcome["user"]["id"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
+    fn retryable(&self) -> &'static [&'static str] {
+        RETRYABLE
     }
-
-    /// Sends a JSON frame as is.
-    pub async fn send(&mut self, frame: Value) {
-        self.ws
-            .send(Message::Text(frame.to_string().into()))
-            .await
-            .expect("send");
-    }
-
-    /// Sends a frame with a fresh `ref` and returns that ref (read the reply later
-    /// with [`Client::reply_to`]).
-    pub async fn send_request(&mut self, mut frame: Value) -> String {
-        self.next_ref += 1;
-        let reference = format!("r{}", self.next_ref);
-        frame["ref"] = json!(reference);
-        self.send(frame).await;
-        reference
-    }
-
-    /// The reply echoing `reference`.
-    pub async fn reply_to(&mut self, reference: &str) -> Value {
-        self.expect(
-            |f| f["type"] == "reply" && f["ref"] == json!(reference),
-            &format!("reply to {reference}"),
-        )
-        .await
-    }
-
-    /// Sends a frame with a fresh `ref` and returns the reply that echoes it.
-    pub async fn request(&mut self, frame: Value) -> Value {
-        let reference = self.send_request(frame).await;
-        self.reply_to(&reference).await
-    }
-
-    /// Sends an application ping and waits for its pong; false when the connection
-    /// ended instead.
-    pub async fn ping_or_end(&mut self) -> bool {
-        let reference = self.send_request(json!({"type": "ping"})).await;
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        loop {
-            let frame = tokio::time::timeout_at(deadline, self.read_frame())
-                .await
-                .unwrap_or_else(|_| panic!("no pong to {reference} and no close"));
-            match frame {
-                Some(f) if f["type"] == "pong" && f["ref"] == json!(reference) => return true,
-                Some(f) => self.pending.push_back(f),
-                None => return false,
-            }
-        }
-    }
-
-    /// Sends an application ping; panics unless its pong comes back.
-    pub async fn ping(&mut self) {
-        assert!(self.ping_or_end().await, "the connection ended");
-    }
-
-    /// A request that must succeed; returns its `data`.
-    pub async fn ok(&mut self, frame: Value) -> Value {
-        let reply = self.request(frame.clone()).await;
-        assert_eq!(reply["ok"], true, "request {frame} failed: {reply}");
-        reply["data"].clone()
-    }
-
-    /// A request that must fail; returns its error code.
-    pub async fn refused(&mut self, frame: Value) -> String {
-        let reply = self.request(frame.clone()).await;
-        assert_eq!(reply["ok"], false, "request {frame} should fail: {reply}");
-        reply["error"]["code"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
-    }
-
-    /// A request sent again while it fails with a [`RETRYABLE`] code, until it
-    /// succeeds (its `data`) or [`DEADLINE`] passes. Any other failure panics.
-    /// Returns the data and how many times the request was refused first.
-    pub async fn ok_retry(&mut self, frame: Value) -> (Value, u32) {
-        let started = Instant::now();
-        let mut refusals = 0;
-        loop {
-            let reply = self.request(frame.clone()).await;
-            if reply["ok"] == true {
-                return (reply["data"].clone(), refusals);
-            }
-            let code = reply["error"]["code"].as_str().unwrap_or_default();
-            assert!(
-                RETRYABLE.contains(&code),
-                "request {frame} failed with a code that is not retryable: {reply}"
-            );
-            assert!(
-                started.elapsed() < DEADLINE,
-                "request {frame} still refused after {DEADLINE:?} ({refusals} tries): {reply}"
-            );
-            refusals += 1;
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-
-    /// Joins, retrying while the room is `unavailable` (moving, or no quorum).
-    pub async fn join_retry(&mut self, room: &str) -> Value {
-        self.ok_retry(json!({"type": "join", "room": room})).await.0
-    }
-
-    pub async fn publish(&mut self, room: &str, content: &str) -> Value {
-        self.ok(json!({"type": "publish", "room": room, "content": content}))
-            .await
-    }
-
-    /// Publishes, retrying while the room is `unavailable`. A retried publish may
-    /// have been ordered already (its ack was lost), so the message can appear twice.
-    pub async fn publish_retry(&mut self, room: &str, content: &str) -> Value {
-        self.ok_retry(json!({"type": "publish", "room": room, "content": content}))
-            .await
-            .0
-    }
-
-    /// The room's members as this node knows them: user id → connections.
-    pub async fn presence(&mut self, room: &str) -> BTreeMap<String, u64> {
-        let data = self.ok(json!({"type": "presence", "room": room})).await;
-        members(&data["members"])
-    }
-
-    /// Every message the room holds, oldest first, paging back with `history`.
-    pub async fn full_history(&mut self, room: &str) -> Vec<Value> {
-        let mut messages: Vec<Value> = Vec::new();
-        let mut before: Option<u64> = None;
-        loop {
-            let mut frame = json!({"type": "history", "room": room, "limit": 1000});
-            if let Some(before) = before {
-                frame["before"] = json!(before);
-            }
-            let data = self.ok_retry(frame).await.0;
-            let page = data["messages"].as_array().cloned().unwrap_or_default();
-            let Some(first) = page.first() else { break };
-            before = first["seq"].as_u64();
-            let mut older = page;
-            older.append(&mut messages);
-            messages = older;
-            if before.is_none_or(|b| b <= 1) {
-                break;
-            }
-        }
-        messages
-    }
-
-    /// Forgets every frame read and not yet consumed; returns how many there were.
-    pub fn discard_pending(&mut self) -> usize {
-        let discarded = self.pending.len();
-        self.pending.clear();
-        discarded
-    }
-
-    /// Frames read so far and not yet consumed that match `pred`.
-    pub fn seen(&self, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
-        self.pending.iter().filter(|f| pred(f)).cloned().collect()
-    }
-
-    /// Removes and returns the frames read so far that match `pred`, oldest first.
-    pub fn take_seen(&mut self, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
-        let mut taken = Vec::new();
-        self.pending.retain(|f| {
-            if pred(f) {
-                taken.push(f.clone());
-                false
-            } else {
-                true
-            }
-        });
-        taken
-    }
-
-    /// The next frame matching `pred` (earlier non-matching frames stay pending).
-    pub async fn expect(&mut self, pred: impl Fn(&Value) -> bool, what: &str) -> Value {
-        self.expect_within(DEADLINE, pred, what).await
-    }
-
-    /// [`Client::expect`] with its own deadline.
-    pub async fn expect_within(
-        &mut self,
-        within: Duration,
-        pred: impl Fn(&Value) -> bool,
-        what: &str,
-    ) -> Value {
-        if let Some(i) = self.pending.iter().position(&pred) {
-            return self.pending.remove(i).expect("index is valid");
-        }
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let frame = tokio::time::timeout_at(deadline, self.read_frame())
-                .await
-                .unwrap_or_else(|_| {
-                    panic!("timed out waiting for {what}; pending: {:?}", self.pending)
-                });
-            match frame {
-                Some(frame) if pred(&frame) => return frame,
-                Some(frame) => self.pending.push_back(frame),
-                None => panic!("connection closed while waiting for {what}"),
-            }
-        }
-    }
-
-    /// The next frame of `type`.
-    pub async fn expect_type(&mut self, kind: &str) -> Value {
-        self.expect(|f| f["type"] == kind, kind).await
-    }
-
-    /// The next frame, or None when the connection ended (the frame is consumed, not
-    /// kept pending). Pending frames come first.
-    pub async fn next_frame_or_end(&mut self) -> Option<Value> {
-        if let Some(frame) = self.pending.pop_front() {
-            return Some(frame);
-        }
-        self.read_frame().await
-    }
-
-    /// Reads one JSON frame; None when the connection ended.
-    async fn read_frame(&mut self) -> Option<Value> {
-        loop {
-            match self.ws.next().await? {
-                Ok(Message::Text(text)) => {
-                    return Some(serde_json::from_str(&text).expect("server sends JSON"))
-                }
-                Ok(Message::Close(_)) | Err(_) => return None,
-                Ok(_) => continue,
-            }
-        }
-    }
-
-    /// Sends a request and waits for its reply; None when the connection ends first
-    /// (a node draining or dying), so a test can reconnect elsewhere.
-    pub async fn try_request(&mut self, mut frame: Value) -> Option<Value> {
-        self.next_ref += 1;
-        let reference = format!("r{}", self.next_ref);
-        frame["ref"] = json!(reference);
-        self.ws
-            .send(Message::Text(frame.to_string().into()))
-            .await
-            .ok()?;
-        if let Some(i) = self
-            .pending
-            .iter()
-            .position(|f| f["type"] == "reply" && f["ref"] == json!(reference))
-        {
-            return self.pending.remove(i);
-        }
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        loop {
-            let frame = tokio::time::timeout_at(deadline, self.read_frame())
-                .await
-                .ok()??;
-            if frame["type"] == "reply" && frame["ref"] == json!(reference) {
-                return Some(frame);
-            }
-            self.pending.push_back(frame);
-        }
-    }
-
-    /// Reads until the node closes; the close code (None: closed without a close
-    /// frame). Text frames read on the way stay pending.
-    pub async fn expect_close(&mut self) -> Option<u16> {
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        loop {
-            let next = tokio::time::timeout_at(deadline, self.ws.next())
-                .await
-                .expect("the node should close the connection in time");
-            match next {
-                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
-                Some(Ok(Message::Text(text))) => {
-                    if let Ok(v) = serde_json::from_str(&text) {
-                        self.pending.push_back(v);
-                    }
-                }
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => return None,
-            }
-        }
-    }
-
-    /// Closes politely with a close frame.
-    pub async fn close(mut self) {
-        let _ = self
-            .ws
-            .close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
-                code: CloseCode::Normal,
-                reason: "bye".into(),
-            }))
-            .await;
-    }
-}
-
-/// A `members` array as user id → connections.
-pub fn members(list: &Value) -> BTreeMap<String, u64> {
-    list.as_array()
-        .map(|members| {
-            members
-                .iter()
-                .filter_map(|m| Some((m["id"].as_str()?.to_owned(), m["connections"].as_u64()?)))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// True for a `presence_diff` of `room` with `user` among its `key` ("joins" or

@@ -3,6 +3,8 @@
 #[path = "../scrape/mod.rs"]
 mod scrape;
 mod support;
+#[path = "../common/ws_client.rs"]
+mod ws_client;
 
 mod abuse;
 mod auth;

@@ -1,5 +1,6 @@
-//! Test support: a real node on port 0 and a real WebSocket client, over plain
-//! HTTP/WS or, for a node started with [`TestNode::start_https`], HTTPS/WSS.
+//! Test support: a real node on port 0 and a real WebSocket client (the shared
+//! [`Client`] of tests/common/ws_client.rs), over plain HTTP/WS or, for a node started
+//! with [`TestNode::start_https`], HTTPS/WSS.
 //!
 //! Every wait is bounded by [`DEADLINE`]; nothing sleeps for a fixed time. To check
 //! that something did NOT happen, a test sends a request that the server answers only
@@ -7,10 +8,9 @@
 
 #![allow(dead_code)]
 
-use futures_util::{SinkExt, StreamExt};
+use crate::ws_client::Dial;
+pub use crate::ws_client::{Client, Refusal};
 use hubbub::{Application, Behaviours, Settings};
-use serde_json::{json, Value};
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,11 +19,6 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::rustls::ClientConfig;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::handshake::client::Response;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 /// The longest any single expectation waits.
 pub const DEADLINE: Duration = Duration::from_secs(10);
@@ -127,29 +122,6 @@ impl TestNode {
         }
     }
 
-    /// Opens a WebSocket to this node, over TLS when it serves WSS.
-    async fn open_websocket(
-        &self,
-        request: impl IntoClientRequest + Unpin,
-    ) -> Result<
-        (WebSocketStream<MaybeTlsStream<TcpStream>>, Response),
-        tokio_tungstenite::tungstenite::Error,
-    > {
-        match &self.tls {
-            Some(trust) => {
-                let connector = Connector::Rustls(trust.clone());
-                tokio_tungstenite::connect_async_tls_with_config(
-                    request,
-                    None,
-                    false,
-                    Some(connector),
-                )
-                .await
-            }
-            None => tokio_tungstenite::connect_async(request).await,
-        }
-    }
-
     /// Tries a WebSocket upgrade with a raw query string; a refused upgrade gives its
     /// HTTP status and JSON body instead of a client.
     pub async fn try_connect(&self, query: &str) -> Result<Client, Refusal> {
@@ -157,12 +129,20 @@ impl TestNode {
     }
 }
 
-/// An upgrade the node answered with an HTTP error instead of switching protocols.
-#[derive(Debug)]
-pub struct Refusal {
-    pub status: u16,
-    /// The response body parsed as JSON (`Null` when it is not JSON).
-    pub body: Value,
+/// Clients of a test node: over WSS when it serves it, each wait bounded by
+/// [`DEADLINE`]; nothing is retried.
+impl Dial for TestNode {
+    fn ws_url(&self, query: &str) -> String {
+        TestNode::ws_url(self, query)
+    }
+
+    fn tls(&self) -> Option<Arc<ClientConfig>> {
+        self.tls.clone()
+    }
+
+    fn deadline(&self) -> Duration {
+        DEADLINE
+    }
 }
 
 /// A minimal HTTP/1.1 GET over a raw socket, so tests need no HTTP client crate.
@@ -220,263 +200,6 @@ async fn get_over(
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     (status, body)
-}
-
-/// A WebSocket client speaking protocol v1.
-pub struct Client {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-    pub welcome: Value,
-    /// Frames read while waiting for something else, oldest first.
-    pending: VecDeque<Value>,
-    next_ref: u64,
-}
-
-impl Client {
-    /// Connects with a raw query string and reads the welcome frame.
-    pub async fn connect(node: &TestNode, query: &str) -> Self {
-        let (ws, _) = timeout(DEADLINE, node.open_websocket(node.ws_url(query)))
-            .await
-            .expect("connect in time")
-            .expect("websocket upgrade");
-        let mut client = Self {
-            ws,
-            welcome: Value::Null,
-            pending: VecDeque::new(),
-            next_ref: 0,
-        };
-        client.welcome = client.expect_type("welcome").await;
-        client
-    }
-
-    /// Like [`Client::connect`], but an upgrade refused with an HTTP error status is an
-    /// `Err` carrying the status and body; any other failure panics.
-    pub async fn try_connect(node: &TestNode, query: &str) -> Result<Self, Refusal> {
-        Self::try_connect_with(node, query, &[]).await
-    }
-
-    /// [`Client::try_connect`] with extra request headers (`Authorization`, `Origin`).
-    pub async fn try_connect_with(
-        node: &TestNode,
-        query: &str,
-        headers: &[(&str, &str)],
-    ) -> Result<Self, Refusal> {
-        use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
-        use tokio_tungstenite::tungstenite::Error;
-        let mut request = node
-            .ws_url(query)
-            .into_client_request()
-            .expect("a valid request");
-        for (name, value) in headers {
-            request.headers_mut().append(
-                HeaderName::from_bytes(name.as_bytes()).expect("header name"),
-                HeaderValue::from_str(value).expect("header value"),
-            );
-        }
-        let connected = timeout(DEADLINE, node.open_websocket(request))
-            .await
-            .expect("connect in time");
-        match connected {
-            Ok((ws, _)) => {
-                let mut client = Self {
-                    ws,
-                    welcome: Value::Null,
-                    pending: VecDeque::new(),
-                    next_ref: 0,
-                };
-                client.welcome = client.expect_type("welcome").await;
-                Ok(client)
-            }
-            Err(Error::Http(response)) => Err(Refusal {
-                status: response.status().as_u16(),
-                body: response
-                    .body()
-                    .as_deref()
-                    .and_then(|b| serde_json::from_slice(b).ok())
-                    .unwrap_or(Value::Null),
-            }),
-            Err(e) => panic!("websocket upgrade failed without an HTTP answer: {e}"),
-        }
-    }
-
-    /// The client's end of the TCP connection.
-    pub fn local_addr(&self) -> SocketAddr {
-        let tcp = match self.ws.get_ref() {
-            MaybeTlsStream::Plain(tcp) => tcp,
-            MaybeTlsStream::Rustls(tls) => tls.get_ref().0,
-            _ => panic!("a stream this harness does not open"),
-        };
-        tcp.local_addr().expect("a connected socket")
-    }
-
-    pub fn user_id(&self) -> String {
-        self.welcome["user"]["id"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
-    }
-
-    /// Sends a raw text frame.
-    pub async fn send_text(&mut self, text: &str) {
-        self.ws
-            .send(Message::Text(text.to_owned().into()))
-            .await
-            .expect("send");
-    }
-
-    /// Sends a raw WebSocket message.
-    pub async fn send_raw(&mut self, message: Message) {
-        self.ws.send(message).await.expect("send");
-    }
-
-    /// Sends a JSON frame as is.
-    pub async fn send(&mut self, frame: Value) {
-        self.send_text(&frame.to_string()).await;
-    }
-
-    /// Sends a frame with a fresh `ref` and returns the reply that echoes it.
-    pub async fn request(&mut self, mut frame: Value) -> Value {
-        self.next_ref += 1;
-        let reference = format!("r{}", self.next_ref);
-        frame["ref"] = json!(reference);
-        self.send(frame).await;
-        self.expect(
-            |f| f["type"] == "reply" && f["ref"] == json!(reference),
-            &format!("reply to {reference}"),
-        )
-        .await
-    }
-
-    /// A request that must succeed; returns its `data`.
-    pub async fn ok(&mut self, frame: Value) -> Value {
-        let reply = self.request(frame.clone()).await;
-        assert_eq!(reply["ok"], true, "request {frame} failed: {reply}");
-        reply["data"].clone()
-    }
-
-    /// A request that must fail; returns its error code.
-    pub async fn refused(&mut self, frame: Value) -> String {
-        let reply = self.request(frame.clone()).await;
-        assert_eq!(reply["ok"], false, "request {frame} should fail: {reply}");
-        reply["error"]["code"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
-    }
-
-    pub async fn join(&mut self, room: &str) -> Value {
-        self.ok(json!({"type": "join", "room": room})).await
-    }
-
-    pub async fn publish(&mut self, room: &str, content: &str) -> Value {
-        self.ok(json!({"type": "publish", "room": room, "content": content}))
-            .await
-    }
-
-    /// A round trip through `room`: every frame the room sent this client before
-    /// answering has been read (into `pending`) when this returns.
-    pub async fn barrier(&mut self, room: &str) {
-        self.ok(json!({"type": "presence", "room": room})).await;
-    }
-
-    /// Forgets every frame read and not yet consumed; returns how many there were.
-    /// For tests that make the server send many frames they do not look at one by one.
-    pub fn discard_pending(&mut self) -> usize {
-        let discarded = self.pending.len();
-        self.pending.clear();
-        discarded
-    }
-
-    /// Forgets the frames read and not yet consumed that match `pred`; returns how many.
-    pub fn discard_pending_where(&mut self, pred: impl Fn(&Value) -> bool) -> usize {
-        let before = self.pending.len();
-        self.pending.retain(|f| !pred(f));
-        before - self.pending.len()
-    }
-
-    /// The next frame, whatever its type (a pending one first).
-    pub async fn next_frame(&mut self) -> Value {
-        self.expect(|_| true, "any frame").await
-    }
-
-    /// Frames read so far and not yet consumed that match `pred`.
-    pub fn seen(&self, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
-        self.pending.iter().filter(|f| pred(f)).cloned().collect()
-    }
-
-    /// The next frame matching `pred` (earlier non-matching frames stay pending).
-    pub async fn expect(&mut self, pred: impl Fn(&Value) -> bool, what: &str) -> Value {
-        if let Some(i) = self.pending.iter().position(&pred) {
-            return self.pending.remove(i).expect("index is valid");
-        }
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        loop {
-            let frame = tokio::time::timeout_at(deadline, self.read_frame())
-                .await
-                .unwrap_or_else(|_| {
-                    panic!("timed out waiting for {what}; pending: {:?}", self.pending)
-                });
-            match frame {
-                Some(frame) if pred(&frame) => return frame,
-                Some(frame) => self.pending.push_back(frame),
-                None => panic!("connection closed while waiting for {what}"),
-            }
-        }
-    }
-
-    /// The next frame of `type`.
-    pub async fn expect_type(&mut self, kind: &str) -> Value {
-        self.expect(|f| f["type"] == kind, kind).await
-    }
-
-    /// Reads until the server closes; returns the close code (None: closed without a
-    /// close frame). Text frames read on the way are kept pending.
-    pub async fn expect_close(&mut self) -> Option<u16> {
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        loop {
-            let next = tokio::time::timeout_at(deadline, self.ws.next())
-                .await
-                .expect("the server should close the connection in time");
-            match next {
-                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
-                Some(Ok(Message::Text(text))) => {
-                    if let Ok(v) = serde_json::from_str(&text) {
-                        self.pending.push_back(v);
-                    }
-                }
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => return None,
-            }
-        }
-    }
-
-    /// Reads one JSON frame; None when the connection ended.
-    async fn read_frame(&mut self) -> Option<Value> {
-        loop {
-            match self.ws.next().await? {
-                Ok(Message::Text(text)) => {
-                    return Some(serde_json::from_str(&text).expect("server sends JSON"))
-                }
-                Ok(Message::Close(_)) | Err(_) => return None,
-                Ok(_) => continue,
-            }
-        }
-    }
-
-    /// Stops reading and writing without a close frame: the TCP connection is dropped.
-    pub fn vanish(self) {
-        drop(self.ws);
-    }
-
-    /// Closes politely with a close frame.
-    pub async fn close(mut self) {
-        let _ = self
-            .ws
-            .close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
-                code: CloseCode::Normal,
-                reason: "bye".into(),
-            }))
-            .await;
-    }
 }
 
 /// Polls `check` until it returns Some or the deadline passes.
