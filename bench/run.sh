@@ -4,7 +4,8 @@
 # run; then docs/performance.md and docs/performance.svg are written from the results.
 #
 #   bench/run.sh                  the full run (about 15 minutes on 2 cores)
-#   BENCH_QUICK=1 bench/run.sh    small numbers, to check the script end to end (~3 min)
+#   BENCH_REPEAT=0 bench/run.sh   without the second fan-out ramp per system (~9 min)
+#   BENCH_QUICK=1 bench/run.sh    small numbers, to check the script end to end (~5 min)
 #   BENCH_SYSTEMS="hubbub floor" bench/run.sh    only some systems
 #                                 (hubbub node-ws socketio-1 floor hubbub-2 socketio-2)
 #   BENCH_NO_DOC=1 bench/run.sh   results only, docs/ untouched
@@ -282,18 +283,34 @@ pid_args() {
   for pid in $SERVER_PIDS; do printf -- '--pid %s ' "$pid"; done
 }
 
+# bench_run_as NAME SYSTEM SCENARIO ARGS...: the same, its result in NAME.json.
+bench_run_as() {
+  local name=$1 system=$2 scenario=$3
+  shift 3
+  log "$system: $scenario ($name)"
+  "$BENCH" --url "$URLS" --protocol "$PROTOCOL" --label "$system" \
+    --json "$OUT/$name.json" "$scenario" "$@" | tee "$LOG/$name.txt"
+}
+
 for system in $SYSTEMS; do
+  case $system in
+    hubbub | node-ws | socketio-1 | floor)
+      # Memory on a fresh process: one that has run the fan-out keeps the memory it
+      # freed and would make connections look cheaper than they are.
+      log "start $system (for idle)"
+      "start_$system"
+      sleep 1
+      # shellcheck disable=SC2046 # one --pid per process
+      bench_run "$system" idle "${IDLE[@]}" --source-ips 4 $(pid_args)
+      stop_all
+      sleep 2
+      ;;
+  esac
   log "start $system"
   "start_$system"
   sleep 1
   # shellcheck disable=SC2046 # one --pid per process
   bench_run "$system" fanout "${FANOUT[@]}" $(pid_args)
-  case $system in
-    hubbub | node-ws | socketio-1 | floor)
-      # shellcheck disable=SC2046 # one --pid per process
-      bench_run "$system" idle "${IDLE[@]}" --source-ips 4 $(pid_args)
-      ;;
-  esac
   bench_run "$system" churn "${CHURN[@]}" --source-ips 8
   if [[ $system == hubbub-2 ]]; then
     bench_run "$system" efficiency "${EFFICIENCY[@]}"
@@ -301,6 +318,20 @@ for system in $SYSTEMS; do
   stop_all
   sleep 2
 done
+
+# A second fan-out ramp per system, in the same order after every first pass: how far
+# a ramp's answer moves between two runs on the same machine.
+if [[ ${BENCH_REPEAT:-1} == 1 ]]; then
+  for system in $SYSTEMS; do
+    log "start $system (second ramp)"
+    "start_$system"
+    sleep 1
+    # shellcheck disable=SC2046 # one --pid per process
+    bench_run_as "$system-fanout.2" "$system" fanout "${FANOUT[@]}" $(pid_args)
+    stop_all
+    sleep 2
+  done
+fi
 
 python3 - "$OUT/machine.json" <<'EOF'
 import json, os, sys

@@ -203,20 +203,7 @@ pub(crate) async fn run(
         best: None,
         stop_reason: None,
     };
-    if args.warmup > 0.0 {
-        let warm = ctx.spinner("warming up");
-        members.begin_step(0);
-        members
-            .publish(
-                0,
-                args.rate,
-                Duration::from_secs_f64(args.warmup),
-                args.size,
-            )
-            .await;
-        tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
-        warm.finish_and_clear();
-    }
+    warm_up(ctx, &members, args).await;
     let mut rate = args.rate;
     let mut held_best: Option<f64> = None;
     let mut failed_lowest: Option<f64> = None;
@@ -224,9 +211,14 @@ pub(crate) async fn run(
     for step in 1..=u64::from(args.max_steps.max(1)) {
         let mut reconnected = false;
         if !members.all_alive() {
+            // A server that closed clients was overloaded: let it finish closing the
+            // old connections and announcing their leaves before the new ones join,
+            // and warm the new ones up, so the next step starts from a quiet server.
             members.close().await;
+            tokio::time::sleep(Duration::from_secs_f64(args.settle * 3.0)).await;
             reconnects += 1;
             members = connect(reconnects).await;
+            warm_up(ctx, &members, args).await;
             reconnected = true;
         }
         let outcome = run_step(ctx, &members, args, step, rate, reconnected).await;
@@ -276,6 +268,25 @@ pub(crate) async fn run(
     members.close().await;
     let summary = summary(args, &result);
     Ok((result, summary))
+}
+
+/// Publishes at the first rate for `--warmup` seconds, counting nothing, then settles.
+async fn warm_up(ctx: &Context, members: &Members, args: &FanoutArgs) {
+    if args.warmup <= 0.0 {
+        return;
+    }
+    let warm = ctx.spinner("warming up");
+    members.begin_step(0);
+    members
+        .publish(
+            0,
+            args.rate,
+            Duration::from_secs_f64(args.warmup),
+            args.size,
+        )
+        .await;
+    tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
+    warm.finish_and_clear();
 }
 
 async fn run_step(
