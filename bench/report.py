@@ -252,7 +252,7 @@ def main():
     w(f"| date (UTC) | {machine['date_utc']} |")
     w(f"| machine | {machine['nproc']} cores ({machine['cpu_model']}), {machine['mem_total_gib']} GiB, "
       f"Linux {machine['kernel']} |")
-    w(f"| load average (1, 5, 15 min) | before: {load_before}; after: {load_after} |")
+    w(f"| load average (1, 5, 15 min) | before: {load_before}; after: {load_after} (the benchmark's own load) |")
     w(f"| hubbub | commit {machine['git_commit']}{' (with uncommitted changes)' if machine.get('git_dirty') else ''}, "
       f"{machine['rustc']}, release profile |")
     w(f"| peers | Node {machine['node']}, ws {machine['ws']}, socket.io {machine['socket.io']}, "
@@ -265,9 +265,12 @@ def main():
     w("### Repeating it\n")
     w("```sh\nbench/run.sh                 # everything (~15 min): installs, builds, runs, writes this page\n"
       "BENCH_QUICK=1 bench/run.sh   # small numbers, to check the script\n"
+      "BENCH_REPEAT=0 bench/run.sh  # without the second fan-out ramp per system (~9 min)\n"
       "BENCH_SYSTEMS=\"hubbub floor\" bench/run.sh   # some systems only\n```\n")
     w("Check `uptime` first: with other work on the machine the figures are noise. "
-      "The exact load generator commands of this run (URLs and pids differ per run):\n")
+      "The exact load generator commands of this run (URLs and pids differ per run; "
+      "`bench/run.sh` also passes `--source-ips 4` to `idle` and `--source-ips 8` to "
+      "`churn`, and `--label` and `--json`):\n")
     w("```sh")
     seen = set()
     for key, _ in SYSTEMS:
@@ -354,7 +357,7 @@ def main():
         best = r.get("best")
         failed = [s for s in r["steps"] if not s["held"]]
         first_fail = min(failed, key=lambda s: s["rate"]) if failed else None
-        fail_text = (f"{rate(first_fail['rate'])}/s: {step_verdict(first_fail, bound)[15:]}"
+        fail_text = (f"{rate(first_fail['rate'])}/s: {step_verdict(first_fail, bound).removeprefix('did not hold: ')}"
                      if first_fail else "none")
         again = repeats.get((key, "fanout"))
         again_text = (rate(again["result"]["max_rate_held"]) if again and again["result"]["max_rate_held"]
@@ -415,7 +418,7 @@ def main():
         cells = []
         for s in run["result"]["steps"]:
             mark = "✓" if s["held"] else "✗"
-            extra = "" if s["held"] else f" ({step_verdict(s, bound)[15:]})"
+            extra = "" if s["held"] else f" ({step_verdict(s, bound).removeprefix('did not hold: ')})"
             again = " (after reconnecting)" if s.get("reconnected") else ""
             cells.append(f"{rate(s['rate'])}{again} → {ms(s['latency']['p99_ms'])} {mark}{extra}")
         connect = run["result"]["connect_errors"]
