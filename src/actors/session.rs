@@ -33,6 +33,9 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::OwnedSemaphorePermit;
 
+/// The least time between two typing events this session forwards to one room.
+const TYPING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// How many times a join looks the room up again when the room it found had just
 /// stopped (an idle room retiring at that moment).
 const JOIN_ATTEMPTS: usize = 3;
@@ -91,6 +94,8 @@ pub struct SessionState {
     user: UserInfo,
     outbox: Outbox,
     rooms: HashMap<RoomName, ActorRef<RoomMessage>>,
+    /// When a typing event last went to each room.
+    last_typing: HashMap<RoomName, std::time::Instant>,
     grants: Grants,
     limiter: Option<DefaultDirectRateLimiter>,
     _close_on_drop: CloseOnDrop,
@@ -139,6 +144,7 @@ impl Actor for SessionActor {
             _close_on_drop: args.outbox.close_on_drop(),
             outbox: args.outbox,
             rooms: HashMap::new(),
+            last_typing: HashMap::new(),
             grants: args.grants,
             limiter,
         };
@@ -243,10 +249,21 @@ impl SessionActor {
             Request::Publish { room, content } => self.publish(myself, state, room, content).await,
             Request::Typing { room } => match state.rooms.get(&room) {
                 Some(actor) => {
+                    // A typing event is a cast the room fans out to every member: at
+                    // most one per room per TYPING_INTERVAL reaches it, so a client
+                    // cannot fill a room's mailbox with them.
+                    let now = std::time::Instant::now();
+                    let due = state
+                        .last_typing
+                        .get(&room)
+                        .is_none_or(|at| now.duration_since(*at) >= TYPING_INTERVAL);
                     let typing = RoomMessage::Typing {
                         session: myself.get_id(),
                     };
-                    if actor.cast(typing).is_err() {
+                    if due {
+                        state.last_typing.insert(room.clone(), now);
+                    }
+                    if due && actor.cast(typing).is_err() {
                         state.rooms.remove(&room);
                         return Some(ServerFrame::failure(reference, unavailable(AskError::Gone)));
                     }
@@ -358,6 +375,7 @@ impl SessionActor {
         room: RoomName,
     ) -> Result<ReplyData, ErrorBody> {
         let actor = state.rooms.remove(&room).ok_or_else(|| not_joined(&room))?;
+        state.last_typing.remove(&room);
         let session = myself.get_id();
         // A room that is gone has forgotten us already; leaving it still succeeds.
         let _ = ask(&actor, |reply| RoomMessage::Leave { session, reply }).await;

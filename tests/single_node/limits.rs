@@ -517,3 +517,31 @@ async fn a_frame_announcing_too_much_is_refused_from_its_header() {
     };
     assert_eq!(code, 1009);
 }
+
+/// Typing is a cast the room fans out to every member; a client that floods it (with
+/// the frame limiter off) gets at most one typing event per second into the room.
+#[tokio::test]
+async fn a_typing_flood_reaches_the_room_at_most_once_a_second() {
+    let node = TestNode::start_adjusted(|s| s.limits.frames_per_second = 0).await;
+    let mut flooder = node.connect("flood", "Flood").await;
+    let mut watcher = node.connect("watch", "Watch").await;
+    flooder.join("lobby").await;
+    watcher.join("lobby").await;
+    let started = std::time::Instant::now();
+    for _ in 0..300 {
+        flooder
+            .send(serde_json::json!({"type": "typing", "room": "lobby"}))
+            .await;
+    }
+    // Every typing frame has been handled once a later request is answered.
+    flooder.barrier("lobby").await;
+    let elapsed = started.elapsed();
+    watcher.barrier("lobby").await;
+    let seen = watcher.seen(|f| f["type"] == "typing").len();
+    let allowed = 1 + elapsed.as_secs() as usize;
+    assert!(seen >= 1, "the first typing event must get through");
+    assert!(
+        seen <= allowed,
+        "{seen} typing events reached the room in {elapsed:?} (at most {allowed})"
+    );
+}
