@@ -95,3 +95,28 @@ impl Actor for Endpoint {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::EndpointMessage;
+    use crate::actors::{
+        PresenceMessage, RoomMessage, RoomSupervisorMessage, SessionMessage,
+        SessionSupervisorMessage,
+    };
+    use crate::cluster::membership::MembershipMessage;
+    use ractor::Message;
+
+    /// ractor_cluster advertises to peers exactly the actors whose message type is
+    /// serialisable. Only the Endpoint may be one: Sessions (and every other actor)
+    /// stay node-local, so peers never hold a stub per connection.
+    #[test]
+    fn only_the_endpoint_is_visible_to_peers() {
+        assert!(EndpointMessage::serializable());
+        assert!(!SessionMessage::serializable());
+        assert!(!SessionSupervisorMessage::serializable());
+        assert!(!RoomMessage::serializable());
+        assert!(!RoomSupervisorMessage::serializable());
+        assert!(!PresenceMessage::serializable());
+        assert!(!MembershipMessage::serializable());
+    }
+}
