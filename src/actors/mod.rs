@@ -34,7 +34,7 @@ mod session_supervisor;
 pub use context::NodeContext;
 pub use message_rate::MessageRate;
 pub use node::{start_node, NodeHandle};
-pub use outbox::{spawn_writer, Outbox, PushError};
+pub use outbox::{Fanout, Outbound, Outbox, OutboxReader, PushError, Taken, WakeRelay};
 pub use presence::PresenceMessage;
 pub use room::RoomMessage;
 pub use room_supervisor::RoomSupervisorMessage;

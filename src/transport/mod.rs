@@ -2,14 +2,15 @@
 //!
 //! Owns: the actix-web server (plain HTTP, or HTTPS and WSS with `[http.tls]`), its
 //! routes (`/`, `/ws`, `/healthz`, `/readyz`, `/cluster`, `/metrics`) and, for each
-//! WebSocket, the read loop that decodes frames
-//! and forwards them to the connection's Session actor. Every upgrade first passes the [`Gate`] (origin,
+//! WebSocket, the read loop that decodes frames and forwards them to the connection's
+//! Session actor, and the response body that writes what its outbox holds. Every upgrade first passes the [`Gate`] (origin,
 //! per-address limits, authentication). Knows the actors only through the SessionSupervisor
 //! and the Session's message type; room logic never lives here.
 
 mod frame_guard;
 mod gate;
 mod http;
+mod outbound;
 mod scrape;
 pub(crate) mod tls;
 mod websocket;

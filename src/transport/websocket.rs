@@ -1,9 +1,9 @@
 //! The WebSocket endpoint: upgrade, then one read loop per connection.
 //!
 //! The upgrade checks readiness, then passes the [`Gate`](super::gate::Gate) (origin,
-//! per-address limits, who the client is), then the connection cap, and
-//! starts the connection's writer task ([`spawn_writer`]) and asks the
-//! SessionSupervisor for a Session actor. The read loop then runs on this actix worker
+//! per-address limits, who the client is), then the connection cap, creates the
+//! connection's [`Outbox`] (its response body, [`OutboundBody`], drains it) and asks
+//! the SessionSupervisor for a Session actor. The read loop then runs on this actix worker
 //! (actix-ws's `MessageStream` is not `Send`), decodes each text frame and casts it to
 //! the Session. It takes an in-flight permit per frame, so a client that floods is
 //! held back by TCP rather than queued in memory.
@@ -16,11 +16,11 @@
 use super::frame_guard::FrameGuard;
 use super::gate::{IpSlot, Refused};
 use super::http::AppState;
-use crate::actors::{
-    ask, spawn_writer, Outbox, SessionArgs, SessionMessage, SessionSupervisorMessage,
-};
+use super::outbound::{worker_relay, OutboundBody};
+use crate::actors::{ask, Outbox, SessionArgs, SessionMessage, SessionSupervisorMessage};
 use crate::auth::{Identity, Refusal};
 use crate::protocol::{close, decode_client_frame, ErrorBody, ErrorCode, FrameError};
+use actix_web::body::MessageBody;
 use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
 use actix_ws::{AggregatedMessage, ProtocolError};
 use ractor::ActorRef;
@@ -75,13 +75,23 @@ pub async fn upgrade(
     > = Box::pin(guarded);
     let mut guarded = actix_web::dev::Payload::Stream { payload: boxed };
     let body = web::Payload::from_request(&req, &mut guarded).await?;
-    let (response, ws, stream) = actix_ws::handle(&req, body)?;
+    // actix-ws reads; its write half (`Session`) is not used: the response body is
+    // ours, drawn straight from the outbox (outbound.rs).
+    let (response, _unused_write_half, stream) = actix_ws::handle(&req, body)?;
     let settings = &state.ctx.settings;
-    let outbox = spawn_writer(
-        ws,
+    let (outbox, reader) = Outbox::new(
         settings.limits.outbound_queue,
-        Duration::from_millis(settings.heartbeat.interval_ms),
         state.ctx.metrics.clone(),
+        Some(worker_relay()),
+    );
+    let (response, read_side) = response.into_parts();
+    let response = response.set_body(
+        OutboundBody::new(
+            reader,
+            Duration::from_millis(settings.heartbeat.interval_ms),
+            read_side,
+        )
+        .boxed(),
     );
     let session_id = uuid::Uuid::new_v4().simple().to_string();
     let args = SessionArgs {

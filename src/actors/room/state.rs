@@ -2,7 +2,7 @@
 //! (this node's, and the room-wide list), the history ring, and fan-out to local
 //! connections. Every broadcast is encoded once; the same bytes go to every member.
 
-use crate::actors::outbox::Outbox;
+use crate::actors::outbox::{Fanout, Outbox};
 use crate::behaviour::RoomBehaviour;
 use crate::protocol::{
     encode, ChatMessage, Member, ReplyData, RoomName, ServerFrame, UserInfo, MAX_HISTORY_LIMIT,
@@ -217,9 +217,10 @@ impl RoomState {
             room: self.name.to_string(),
             user: user.clone(),
         });
+        let mut fanout = Fanout::new(&frame);
         for conn in self.connections.values() {
             if conn.active && conn.user_id != user.id {
-                let _ = conn.outbox.push(frame.clone());
+                let _ = fanout.push(&conn.outbox);
             }
         }
     }
@@ -246,13 +247,15 @@ impl RoomState {
         self.broadcast(&frame, None);
     }
 
-    /// Pushes the same bytes to every active connection but `except`. A member whose
-    /// queue is full is closed as a slow consumer by its outbox; its Session then ends
-    /// and the monitor removes it from the room.
+    /// Pushes the same bytes to every active connection but `except`, waking each
+    /// actix worker once ([`Fanout`]). A member whose queue is full is closed as a slow
+    /// consumer by its outbox; its Session then ends and the monitor removes it from
+    /// the room.
     pub fn broadcast(&self, frame: &ByteString, except: Option<&ActorId>) {
+        let mut fanout = Fanout::new(frame);
         for (id, conn) in &self.connections {
             if conn.active && Some(id) != except {
-                let _ = conn.outbox.push(frame.clone());
+                let _ = fanout.push(&conn.outbox);
             }
         }
     }

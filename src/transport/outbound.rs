@@ -1,0 +1,161 @@
+//! The write half of a WebSocket: the upgraded response's body, read straight from the
+//! connection's [`Outbox`](crate::actors::Outbox).
+//!
+//! actix-http polls this body on the connection's own task (on its actix worker)
+//! whenever it can write; the body takes what the outbox holds, up to
+//! [`MAX_FRAMES_PER_WRITE`] frames at a time, and encodes them as WebSocket frames,
+//! with a ping every `heartbeat.interval_ms`. A close frame ends the body, and with it
+//! the connection. So between a room and the socket there is one queue and one task,
+//! the HTTP connection's own.
+//!
+//! The read half stays with actix-ws (`actix_ws::handle`, in `websocket.rs`). Its own
+//! response body is kept here unpolled: dropping it when this body drops is how its
+//! `MessageStream` learns that the connection is gone.
+
+use crate::actors::{Outbound, OutboxReader, Taken, WakeRelay};
+use actix_http::ws::{CloseCode, CloseReason, OpCode, Parser};
+use actix_web::body::{BodySize, BoxBody, MessageBody};
+use actix_web::web::{Bytes, BytesMut};
+use std::cell::RefCell;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
+
+/// Frames taken from the outbox for one write. actix-http polls again while its write
+/// buffer has room, so this bounds one poll, not a write.
+const MAX_FRAMES_PER_WRITE: usize = 64;
+
+/// RFC 6455: a control frame carries at most 125 bytes; a close frame's reason at most
+/// 123 after its code.
+const MAX_CLOSE_REASON_BYTES: usize = 123;
+
+/// The response body of an upgraded connection.
+pub struct OutboundBody {
+    reader: OutboxReader,
+    ping: Interval,
+    taken: Vec<Outbound>,
+    /// The close frame is written: the body has ended.
+    done: bool,
+    /// actix-ws's response body, never polled (see the module docs).
+    _read_side: BoxBody,
+}
+
+impl OutboundBody {
+    pub fn new(reader: OutboxReader, ping_every: Duration, read_side: BoxBody) -> Self {
+        let mut ping = interval_at(Instant::now() + ping_every, ping_every);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        OutboundBody {
+            reader,
+            ping,
+            taken: Vec::new(),
+            done: false,
+            _read_side: read_side,
+        }
+    }
+}
+
+impl MessageBody for OutboundBody {
+    type Error = Infallible;
+
+    fn size(&self) -> BodySize {
+        BodySize::Stream
+    }
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        let mut buf = BytesMut::new();
+        match this
+            .reader
+            .poll_take(cx, &mut this.taken, MAX_FRAMES_PER_WRITE)
+        {
+            Poll::Ready(Taken::CloseNow(code, reason)) => {
+                this.taken.clear();
+                write_close(&mut buf, code, reason);
+                this.done = true;
+            }
+            Poll::Ready(Taken::Frames) => {
+                let size: usize = this.taken.iter().map(encoded_len).sum();
+                buf.reserve(size);
+                for item in this.taken.drain(..) {
+                    match item {
+                        Outbound::Text(text) => Parser::write_message(
+                            &mut buf,
+                            text.as_bytes(),
+                            OpCode::Text,
+                            true,
+                            false,
+                        ),
+                        Outbound::Pong(payload) => {
+                            Parser::write_message(&mut buf, payload, OpCode::Pong, true, false)
+                        }
+                        Outbound::Close(code, reason) => {
+                            write_close(&mut buf, code, reason);
+                            this.done = true;
+                        }
+                    }
+                }
+            }
+            Poll::Pending => {}
+        }
+        if !this.done && this.ping.poll_tick(cx).is_ready() {
+            Parser::write_message(&mut buf, b"", OpCode::Ping, true, false);
+        }
+        if buf.is_empty() {
+            Poll::Pending
+        } else {
+            Poll::Ready(Some(Ok(buf.freeze())))
+        }
+    }
+}
+
+/// Bytes a frame takes on the wire (header at most 10 bytes, unmasked).
+fn encoded_len(item: &Outbound) -> usize {
+    10 + match item {
+        Outbound::Text(text) => text.len(),
+        Outbound::Pong(payload) => payload.len(),
+        Outbound::Close(_, reason) => 2 + reason.len(),
+    }
+}
+
+fn write_close(buf: &mut BytesMut, code: u16, mut reason: String) {
+    if reason.len() > MAX_CLOSE_REASON_BYTES {
+        let mut end = MAX_CLOSE_REASON_BYTES;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+    }
+    let reason = CloseReason {
+        code: CloseCode::from(code),
+        description: (!reason.is_empty()).then_some(reason),
+    };
+    Parser::write_close(buf, Some(reason), false);
+}
+
+thread_local! {
+    static RELAY: RefCell<Option<Arc<WakeRelay>>> = const { RefCell::new(None) };
+}
+
+/// The [`WakeRelay`] of the current actix worker, started on first use (and again if
+/// the worker's runtime was replaced). Call from the worker's own thread.
+pub fn worker_relay() -> Arc<WakeRelay> {
+    RELAY.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        if let Some(relay) = slot.as_ref().filter(|relay| relay.is_running()) {
+            return relay.clone();
+        }
+        let (relay, task) = WakeRelay::start();
+        actix_web::rt::spawn(task);
+        *slot = Some(relay.clone());
+        relay
+    })
+}
