@@ -34,9 +34,10 @@ use bytestring::ByteString;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// What the writer takes from the queue.
@@ -84,6 +85,9 @@ struct Shared {
     metrics: Arc<Metrics>,
     /// The relay of the worker that drains this queue (see the module docs).
     relay: Option<Arc<WakeRelay>>,
+    /// When the client was last heard from, in milliseconds since `created`.
+    heard_ms: AtomicU64,
+    created: Instant,
 }
 
 impl Shared {
@@ -124,6 +128,8 @@ impl Outbox {
             closed: CancellationToken::new(),
             metrics,
             relay,
+            heard_ms: AtomicU64::new(0),
+            created: Instant::now(),
         });
         (
             Outbox {
@@ -218,6 +224,16 @@ impl Outbox {
         first
     }
 
+    /// Records that the client was heard from (any frame, pongs included): the
+    /// writer closes a connection silent for `heartbeat.timeout_ms` (4008).
+    pub fn heard(&self) {
+        let shared = &*self.shared;
+        let now = shared.created.elapsed().as_millis();
+        shared
+            .heard_ms
+            .store(u64::try_from(now).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
     /// True once the connection is closing now, its close frame is written, or it is
     /// gone.
     pub fn is_closed(&self) -> bool {
@@ -263,6 +279,21 @@ pub struct OutboxReader {
 }
 
 impl OutboxReader {
+    /// When the client was last heard from ([`Outbox::heard`]; at first, when the
+    /// outbox was made).
+    pub fn last_heard(&self) -> Instant {
+        let shared = &*self.shared;
+        shared.created + Duration::from_millis(shared.heard_ms.load(Ordering::Relaxed))
+    }
+
+    /// Closes at once (the writer found the client silent too long).
+    pub fn close_now(&self, code: u16, reason: &str) {
+        Outbox {
+            shared: self.shared.clone(),
+        }
+        .close_now(code, reason);
+    }
+
     /// Moves up to `max` queued frames into `into`, stopping after a queued close; or
     /// the close that is due now; or registers the task to be woken by the next push.
     pub fn poll_take(

@@ -169,7 +169,11 @@ impl Actor for SessionActor {
             SessionMessage::Inbound(Ok(frame), _permit) => {
                 let (kind, received) = (frame.request.kind(), Instant::now());
                 self.ctx.metrics.frame_in(kind);
-                if let Some(reply) = self.on_request(&myself, state, frame).await {
+                // Boxed: the requests that wait on other actors make a large future,
+                // and an unboxed one would sit in every connection's actor for its
+                // whole life, idle or not.
+                let answer = Box::pin(self.on_request(&myself, state, frame)).await;
+                if let Some(reply) = answer {
                     count_answer(&self.ctx.metrics, kind, received, &reply);
                     let _ = state.outbox.push(encode(&reply));
                 }

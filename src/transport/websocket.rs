@@ -89,6 +89,7 @@ pub async fn upgrade(
         OutboundBody::new(
             reader,
             Duration::from_millis(settings.heartbeat.interval_ms),
+            Duration::from_millis(settings.heartbeat.timeout_ms),
             read_side,
         )
         .boxed(),
@@ -116,7 +117,6 @@ pub async fn upgrade(
     tracing::debug!(session = %session_id, user = %user.id, "connected");
     let limits = ReadLimits {
         max_frame_bytes: settings.limits.max_frame_bytes,
-        silence: Duration::from_millis(settings.heartbeat.timeout_ms),
         oversized,
     };
     let held = Held {
@@ -142,7 +142,6 @@ struct Held {
 
 struct ReadLimits {
     max_frame_bytes: usize,
-    silence: Duration,
     /// Set by the [`FrameGuard`] when it refused a frame by its header.
     oversized: Arc<AtomicBool>,
 }
@@ -162,15 +161,14 @@ async fn read_loop(
     loop {
         let next = tokio::select! {
             _ = outbox.closed() => break,
-            next = tokio::time::timeout(limits.silence, stream.recv()) => next,
+            next = stream.recv() => next,
         };
+        // Heard from: the response body closes a connection silent for
+        // `heartbeat.timeout_ms` (outbound.rs).
+        outbox.heard();
         let decoded = match next {
-            Err(_silent) => {
-                outbox.close_now(close::HEARTBEAT_TIMEOUT, "heartbeat timeout");
-                break;
-            }
-            Ok(None) => break,
-            Ok(Some(Err(error))) => {
+            None => break,
+            Some(Err(error)) => {
                 let (code, reason) = match &error {
                     _ if limits.oversized.load(Ordering::Acquire) => {
                         (close::MESSAGE_TOO_BIG, "frame too big")
@@ -190,7 +188,7 @@ async fn read_loop(
                 outbox.close_now(code, reason);
                 break;
             }
-            Ok(Some(Ok(message))) => match message {
+            Some(Ok(message)) => match message {
                 AggregatedMessage::Text(text) => decode_client_frame(&text),
                 AggregatedMessage::Binary(_) => Err(FrameError {
                     reference: None,
