@@ -297,8 +297,10 @@ def main():
       "and `limits.max_connections = 20000`; logs at `warn`. Every other limit "
       "(outbound queue 1024 with slow-consumer close, history 100, heartbeats) stays on. |")
     w("| hubbub, two-node cluster | the same, two processes with `[cluster]` on (default "
-      "heartbeat 500 ms, failure timeout 3 s), each seeded with both addresses; clients "
-      "spread over both nodes |")
+      "heartbeat 500 ms, failure timeout 3 s), each seeded with both addresses, and each "
+      "sized to its half of the machine with `node.threads` = half the cores (1 here: one "
+      "HTTP worker, one actor thread; a socket.io process is single-threaded too); "
+      "clients spread over both nodes |")
     w("| Node ws | `bench/peers/node-ws/server.js`: the tutorial broadcast server extended "
       "to `join`/`leave`/`publish` → `message` (with `seq` per room) and `reply`, in hubbub's "
       "frame shapes; one process |")

@@ -179,11 +179,15 @@ log "machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
 # ---- the systems ----------------------------------------------------------------
 # hubbub_config FILE NAME HTTP_PORT [CLUSTER_PORT SEEDS]: the benchmark's settings.
 # Rate limits are off (every peer runs without any) and the connection cap is above
-# the idle scenario's 10,000; everything else is the default.
+# the idle scenario's 10,000; the nodes of a cluster, which share the machine, each
+# get half its cores (`node.threads`); everything else is the default.
 hubbub_config() {
   local file=$1 name=$2 http=$3 bind=${4:-} seeds=${5:-}
   {
-    printf '[node]\nname = "%s"\nhttp_addr = "127.0.0.1:%s"\n\n' "$name" "$http"
+    printf '[node]\nname = "%s"\nhttp_addr = "127.0.0.1:%s"\n' "$name" "$http"
+    # Nodes that share the machine each get their share of its cores.
+    if [[ -n $bind ]]; then printf 'threads = %s\n' "$(( $(nproc) / 2 > 0 ? $(nproc) / 2 : 1 ))"; fi
+    printf '\n'
     printf '[limits]\nmax_connections = 20000\nframes_per_second = 0\n\n'
     printf '[rate_limit]\nmessages_per_minute = 0\nconnections_per_ip = 0\nhandshakes_per_ip_per_sec = 0\n\n'
     printf '[log]\nlevel = "warn"\nformat = "json"\n'

@@ -226,7 +226,7 @@ pub fn start_node(ctx: Arc<NodeContext>) -> std::io::Result<NodeHandle> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (stopped_tx, stopped_rx) = tokio::sync::watch::channel(false);
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(ctx.settings.node.thread_count())
         .thread_name("hubbub-actor")
         .enable_all()
         .build()?;

@@ -115,12 +115,12 @@ impl Actor for SessionActor {
         if !args.name_given {
             if let Some(presence) = self.ctx.presence() {
                 let user_id = args.user.id.clone();
-                if let Ok(Some(name)) = ask(&presence, |reply| PresenceMessage::NameOf {
+                // Boxed, like request handling below: the start future stays small.
+                let asked = Box::pin(ask(&presence, |reply| PresenceMessage::NameOf {
                     user_id,
                     reply,
-                })
-                .await
-                {
+                }));
+                if let Ok(Some(name)) = asked.await {
                     args.user.name = name;
                 }
             }

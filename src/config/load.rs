@@ -652,7 +652,13 @@ impl Problems {
 
 fn check_node(node: &NodeSettings, problems: &mut Problems) {
     check_node_name("node.name", &node.name, problems);
+    if node.threads > MAX_THREADS {
+        problems.add("node.threads", format!("must be at most {MAX_THREADS}"));
+    }
 }
+
+/// The most threads `node.threads` may ask for, per runtime.
+const MAX_THREADS: usize = 256;
 
 /// The rule for a node's name, wherever it is given (`node.name`, `nodes[i].name`).
 fn check_node_name(key: &str, name: &str, problems: &mut Problems) {
@@ -1376,6 +1382,19 @@ mod tests {
         assert_one_problem(&problems, "node.name");
         assert!(problems[0].contains('/'), "{problems:?}");
         assert!(problems_after(|s| s.node.name = "Node_1.eu-west".to_owned()).is_empty());
+    }
+
+    #[test]
+    fn node_threads_is_bounded_and_zero_means_one_per_core() {
+        assert_eq!(
+            problems_after(|s| s.node.threads = 257),
+            ["node.threads: must be at most 256"]
+        );
+        assert!(problems_after(|s| s.node.threads = 256).is_empty());
+        let mut node = crate::config::NodeSettings::default();
+        assert!(node.thread_count() >= 1);
+        node.threads = 3;
+        assert_eq!(node.thread_count(), 3);
     }
 
     #[test]

@@ -80,6 +80,19 @@ pub struct NodeSettings {
     pub name: String,
     /// HTTP and WebSocket listen address. Port 0 picks a free port.
     pub http_addr: SocketAddr,
+    /// Threads for each of the node's two runtimes: the HTTP workers that own the
+    /// connections, and the actor runtime. 0: one per CPU core.
+    pub threads: usize,
+}
+
+impl NodeSettings {
+    /// The thread count `threads` stands for (0: one per CPU core).
+    pub fn thread_count(&self) -> usize {
+        match self.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
 }
 
 /// `[limits]`: what one client may cost the node.
@@ -271,6 +284,7 @@ impl Default for NodeSettings {
         Self {
             name: default_node_name(),
             http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            threads: 0,
         }
     }
 }

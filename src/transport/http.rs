@@ -59,6 +59,7 @@ pub fn serve(
     state: AppState,
     tls: Option<ServerConfig>,
 ) -> std::io::Result<Server> {
+    let workers = state.ctx.settings.node.thread_count();
     let data = web::Data::new(state);
     let server = HttpServer::new(move || {
         App::new()
@@ -76,7 +77,8 @@ pub fn serve(
     .tcp_nodelay(true)
     // The Application owns shutdown (signals, then a drain of the WebSockets).
     .disable_signals()
-    .shutdown_timeout(1);
+    .shutdown_timeout(1)
+    .workers(workers);
     let server = match tls {
         Some(config) => server.listen_rustls_0_23(listener, config)?,
         None => server.listen(listener)?,
