@@ -12,14 +12,12 @@
 //! (the read loop stamps the outbox with every frame it gets, pongs included): no
 //! timer per frame read.
 //!
-//! The read half stays with actix-ws (`actix_ws::handle`, in `websocket.rs`). Its own
-//! response body is kept here unpolled: dropping it when this body drops is how its
-//! `MessageStream` learns that the connection is gone.
+//! The read half stays with actix-ws (its `MessageStream`, in `websocket.rs`).
 
 use crate::actors::{Outbound, OutboxReader, Taken, WakeRelay};
 use crate::protocol::close;
 use actix_http::ws::{CloseCode, CloseReason, OpCode, Parser};
-use actix_web::body::{BodySize, BoxBody, MessageBody};
+use actix_web::body::{BodySize, MessageBody};
 use actix_web::web::{Bytes, BytesMut};
 use std::cell::RefCell;
 use std::convert::Infallible;
@@ -45,24 +43,16 @@ pub struct OutboundBody {
     taken: Vec<Outbound>,
     /// The close frame is written: the body has ended.
     done: bool,
-    /// actix-ws's response body, never polled (see the module docs).
-    _read_side: BoxBody,
 }
 
 impl OutboundBody {
     /// `ping_every` is `heartbeat.interval_ms`, `silence` is `heartbeat.timeout_ms`.
-    pub fn new(
-        reader: OutboxReader,
-        ping_every: Duration,
-        silence: Duration,
-        read_side: BoxBody,
-    ) -> Self {
+    pub fn new(reader: OutboxReader, ping_every: Duration, silence: Duration) -> Self {
         OutboundBody {
             reader,
             heartbeat: Heartbeat::new(ping_every, silence),
             taken: Vec::new(),
             done: false,
-            _read_side: read_side,
         }
     }
 }

@@ -75,25 +75,22 @@ pub async fn upgrade(
     > = Box::pin(guarded);
     let mut guarded = actix_web::dev::Payload::Stream { payload: boxed };
     let body = web::Payload::from_request(&req, &mut guarded).await?;
-    // actix-ws reads; its write half (`Session`) is not used: the response body is
-    // ours, drawn straight from the outbox (outbound.rs).
-    let (response, _unused_write_half, stream) = actix_ws::handle(&req, body)?;
+    // actix-ws reads (`MessageStream`); the response body is ours, drawn straight from
+    // the outbox (outbound.rs), so actix-ws's own write half is never made.
+    let mut handshake = actix_http::ws::handshake(req.head())?;
+    let stream = actix_ws::MessageStream::new(body.into_inner());
     let settings = &state.ctx.settings;
     let (outbox, reader) = Outbox::new(
         settings.limits.outbound_queue,
         state.ctx.metrics.clone(),
         Some(worker_relay()),
     );
-    let (response, read_side) = response.into_parts();
-    let response = response.set_body(
-        OutboundBody::new(
-            reader,
-            Duration::from_millis(settings.heartbeat.interval_ms),
-            Duration::from_millis(settings.heartbeat.timeout_ms),
-            read_side,
-        )
-        .boxed(),
+    let body = OutboundBody::new(
+        reader,
+        Duration::from_millis(settings.heartbeat.interval_ms),
+        Duration::from_millis(settings.heartbeat.timeout_ms),
     );
+    let response = HttpResponse::from(handshake.message_body(body.boxed())?);
     let session_id = uuid::Uuid::new_v4().simple().to_string();
     let args = SessionArgs {
         id: session_id.clone(),

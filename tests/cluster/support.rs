@@ -501,9 +501,12 @@ impl Cluster {
         )
     }
 
-    /// A node's whole log.
+    /// The node's log so far, up to its last complete line: a running node may be
+    /// in the middle of writing the next one.
     pub fn log(&self, name: &str) -> String {
-        std::fs::read_to_string(&self.node(name).log).unwrap_or_default()
+        let mut log = std::fs::read_to_string(&self.node(name).log).unwrap_or_default();
+        log.truncate(log.rfind('\n').map_or(0, |end| end + 1));
+        log
     }
 }
 
