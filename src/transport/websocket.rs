@@ -5,8 +5,8 @@
 //! connection's [`Outbox`] (its response body, [`OutboundBody`], drains it) and asks
 //! the SessionSupervisor for a Session actor. The read loop then runs on this actix worker
 //! (actix-ws's `MessageStream` is not `Send`), decodes each text frame and casts it to
-//! the Session. It takes an in-flight permit per frame, so a client that floods is
-//! held back by TCP rather than queued in memory.
+//! the Session. Each frame travels with an in-flight permit, taken before the frame is
+//! read, so a client that floods is held back by TCP rather than queued in memory.
 //!
 //! The read loop ends when the client closes, the TCP connection drops, the client
 //! stays silent past `heartbeat.timeout_ms` (close 4008), a frame is over
@@ -155,7 +155,20 @@ async fn read_loop(
         .aggregate_continuations()
         .max_continuation_size(limits.max_frame_bytes);
     let inflight = Arc::new(Semaphore::new(MAX_INFLIGHT_FRAMES));
+    // The permit the next frame will travel with, taken before the frame is read: a
+    // client with MAX_INFLIGHT_FRAMES frames still queued waits here, held back by TCP,
+    // and nothing decoded is held while it waits.
+    let mut permit = None;
     loop {
+        if permit.is_none() {
+            permit = tokio::select! {
+                _ = outbox.closed() => break,
+                taken = inflight.clone().acquire_owned() => match taken {
+                    Ok(taken) => Some(taken),
+                    Err(_) => break,
+                },
+            };
+        }
         let next = tokio::select! {
             _ = outbox.closed() => break,
             next = stream.recv() => next,
@@ -205,12 +218,8 @@ async fn read_loop(
                 }
             },
         };
-        let permit = tokio::select! {
-            _ = outbox.closed() => break,
-            permit = inflight.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
+        let Some(permit) = permit.take() else {
+            break;
         };
         if session
             .cast(SessionMessage::Inbound(decoded, permit))
