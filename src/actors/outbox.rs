@@ -220,8 +220,15 @@ impl Outbox {
         first
     }
 
-    /// Records that the client was heard from (any frame, pongs included): the
-    /// writer closes a connection silent for `heartbeat.timeout_ms` (4008).
+    /// When the client was last heard from ([`Outbox::heard`]; at first, when the
+    /// outbox was made).
+    pub fn last_heard(&self) -> Instant {
+        let shared = &*self.shared;
+        shared.created + Duration::from_millis(shared.heard_ms.load(Ordering::Relaxed))
+    }
+
+    /// Records that the client was heard from (any frame, pongs included). A store,
+    /// no timer: the read loop checks it when its silence deadline comes.
     pub fn heard(&self) {
         let shared = &*self.shared;
         let now = shared.created.elapsed().as_millis();
@@ -275,21 +282,6 @@ pub struct OutboxReader {
 }
 
 impl OutboxReader {
-    /// When the client was last heard from ([`Outbox::heard`]; at first, when the
-    /// outbox was made).
-    pub fn last_heard(&self) -> Instant {
-        let shared = &*self.shared;
-        shared.created + Duration::from_millis(shared.heard_ms.load(Ordering::Relaxed))
-    }
-
-    /// Closes at once (the writer found the client silent too long).
-    pub fn close_now(&self, code: u16, reason: &str) {
-        Outbox {
-            shared: self.shared.clone(),
-        }
-        .close_now(code, reason);
-    }
-
     /// Moves up to `max` queued frames into `into`, stopping after a queued close; or
     /// the close that is due now; or registers the task to be woken by the next push.
     pub fn poll_take(

@@ -7,26 +7,21 @@
 //! with a ping every `heartbeat.interval_ms`. A close frame ends the body, and with it
 //! the connection. So between a room and the socket there is one queue and one task,
 //! the HTTP connection's own.
-//!
-//! The same single timer closes a client silent for `heartbeat.timeout_ms` with 4008
-//! (the read loop stamps the outbox with every frame it gets, pongs included): no
-//! timer per frame read.
+
 //!
 //! The read half stays with actix-ws (its `MessageStream`, in `websocket.rs`).
 
 use crate::actors::{Outbound, OutboxReader, Taken, WakeRelay};
-use crate::protocol::close;
 use actix_http::ws::{CloseCode, CloseReason, OpCode, Parser};
 use actix_web::body::{BodySize, MessageBody};
 use actix_web::web::{Bytes, BytesMut};
 use std::cell::RefCell;
 use std::convert::Infallible;
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::time::{sleep_until, Instant, Sleep};
+use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
 
 /// Frames taken from the outbox for one write. actix-http polls again while its write
 /// buffer has room, so this bounds one poll, not a write.
@@ -39,18 +34,20 @@ const MAX_CLOSE_REASON_BYTES: usize = 123;
 /// The response body of an upgraded connection.
 pub struct OutboundBody {
     reader: OutboxReader,
-    heartbeat: Heartbeat,
+    ping: Interval,
     taken: Vec<Outbound>,
     /// The close frame is written: the body has ended.
     done: bool,
 }
 
 impl OutboundBody {
-    /// `ping_every` is `heartbeat.interval_ms`, `silence` is `heartbeat.timeout_ms`.
-    pub fn new(reader: OutboxReader, ping_every: Duration, silence: Duration) -> Self {
+    /// `ping_every` is `heartbeat.interval_ms`.
+    pub fn new(reader: OutboxReader, ping_every: Duration) -> Self {
+        let mut ping = interval_at(Instant::now() + ping_every, ping_every);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         OutboundBody {
             reader,
-            heartbeat: Heartbeat::new(ping_every, silence),
+            ping,
             taken: Vec::new(),
             done: false,
         }
@@ -106,74 +103,14 @@ impl MessageBody for OutboundBody {
             }
             Poll::Pending => {}
         }
-        if !this.done {
-            let last_heard = Instant::from_std(this.reader.last_heard());
-            match this.heartbeat.poll(cx, last_heard) {
-                Some(Beat::Ping) => Parser::write_message(&mut buf, b"", OpCode::Ping, true, false),
-                Some(Beat::Silent) => {
-                    // Through the outbox, so its close reason is the one recorded.
-                    this.reader
-                        .close_now(close::HEARTBEAT_TIMEOUT, "heartbeat timeout");
-                    cx.waker().wake_by_ref();
-                }
-                None => {}
-            }
+        if !this.done && this.ping.poll_tick(cx).is_ready() {
+            Parser::write_message(&mut buf, b"", OpCode::Ping, true, false);
         }
         if buf.is_empty() {
             Poll::Pending
         } else {
             Poll::Ready(Some(Ok(buf.freeze())))
         }
-    }
-}
-
-enum Beat {
-    /// Time to ping the client.
-    Ping,
-    /// The client has been silent for the whole timeout.
-    Silent,
-}
-
-/// Pings every `every`, and notices a client silent for `silence`, with one timer set
-/// to whichever comes first.
-struct Heartbeat {
-    every: Duration,
-    silence: Duration,
-    next_ping: Instant,
-    timer: Pin<Box<Sleep>>,
-}
-
-impl Heartbeat {
-    fn new(every: Duration, silence: Duration) -> Self {
-        let next_ping = Instant::now() + every;
-        Heartbeat {
-            every,
-            silence,
-            next_ping,
-            timer: Box::pin(sleep_until(next_ping)),
-        }
-    }
-
-    /// What is due now, if anything; otherwise the timer is set and will wake `cx`.
-    fn poll(&mut self, cx: &mut Context<'_>, last_heard: Instant) -> Option<Beat> {
-        let now = Instant::now();
-        let silent_at = last_heard + self.silence;
-        if now >= silent_at {
-            return Some(Beat::Silent);
-        }
-        let beat = (now >= self.next_ping).then(|| {
-            self.next_ping = now + self.every;
-            Beat::Ping
-        });
-        let due = self.next_ping.min(silent_at);
-        if self.timer.deadline() != due {
-            self.timer.as_mut().reset(due);
-        }
-        // Registers the wake-up; a deadline already passed is handled on the next poll.
-        if self.timer.as_mut().poll(cx).is_ready() {
-            cx.waker().wake_by_ref();
-        }
-        beat
     }
 }
 

@@ -88,7 +88,6 @@ pub async fn upgrade(
     let body = OutboundBody::new(
         reader,
         Duration::from_millis(settings.heartbeat.interval_ms),
-        Duration::from_millis(settings.heartbeat.timeout_ms),
     );
     let response = HttpResponse::from(handshake.message_body(body.boxed())?);
     let session_id = uuid::Uuid::new_v4().simple().to_string();
@@ -114,6 +113,7 @@ pub async fn upgrade(
     tracing::debug!(session = %session_id, user = %user.id, "connected");
     let limits = ReadLimits {
         max_frame_bytes: settings.limits.max_frame_bytes,
+        silence: Duration::from_millis(settings.heartbeat.timeout_ms),
         oversized,
     };
     let held = Held {
@@ -139,6 +139,8 @@ struct Held {
 
 struct ReadLimits {
     max_frame_bytes: usize,
+    /// `heartbeat.timeout_ms`: a client silent this long is closed with 4008.
+    silence: Duration,
     /// Set by the [`FrameGuard`] when it refused a frame by its header.
     oversized: Arc<AtomicBool>,
 }
@@ -159,6 +161,7 @@ async fn read_loop(
     // client with MAX_INFLIGHT_FRAMES frames still queued waits here, held back by TCP,
     // and nothing decoded is held while it waits.
     let mut permit = None;
+    let mut silent = std::pin::pin!(tokio::time::sleep(limits.silence));
     loop {
         if permit.is_none() {
             permit = tokio::select! {
@@ -171,10 +174,19 @@ async fn read_loop(
         }
         let next = tokio::select! {
             _ = outbox.closed() => break,
+            _ = silent.as_mut() => {
+                // The deadline is re-armed here, not per frame: frames only stamp
+                // the outbox, and the deadline moves on from the last stamp.
+                let quiet_until = outbox.last_heard() + limits.silence;
+                if std::time::Instant::now() >= quiet_until {
+                    outbox.close_now(close::HEARTBEAT_TIMEOUT, "heartbeat timeout");
+                    break;
+                }
+                silent.as_mut().reset(quiet_until.into());
+                continue;
+            }
             next = stream.recv() => next,
         };
-        // Heard from: the response body closes a connection silent for
-        // `heartbeat.timeout_ms` (outbound.rs).
         outbox.heard();
         let decoded = match next {
             None => break,
