@@ -35,7 +35,6 @@ const MAX_CLOSE_REASON_BYTES: usize = 123;
 pub struct OutboundBody {
     reader: OutboxReader,
     ping: Interval,
-    taken: Vec<Outbound>,
     /// The close frame is written: the body has ended.
     done: bool,
 }
@@ -48,7 +47,6 @@ impl OutboundBody {
         OutboundBody {
             reader,
             ping,
-            taken: Vec::new(),
             done: false,
         }
     }
@@ -70,19 +68,17 @@ impl MessageBody for OutboundBody {
             return Poll::Ready(None);
         }
         let mut buf = BytesMut::new();
-        match this
-            .reader
-            .poll_take(cx, &mut this.taken, MAX_FRAMES_PER_WRITE)
-        {
+        // Local, not kept between polls: an idle connection holds no buffer.
+        let mut taken = Vec::new();
+        match this.reader.poll_take(cx, &mut taken, MAX_FRAMES_PER_WRITE) {
             Poll::Ready(Taken::CloseNow(code, reason)) => {
-                this.taken.clear();
                 write_close(&mut buf, code, reason);
                 this.done = true;
             }
             Poll::Ready(Taken::Frames) => {
-                let size: usize = this.taken.iter().map(encoded_len).sum();
+                let size: usize = taken.iter().map(encoded_len).sum();
                 buf.reserve(size);
-                for item in this.taken.drain(..) {
+                for item in taken {
                     match item {
                         Outbound::Text(text) => Parser::write_message(
                             &mut buf,
