@@ -321,6 +321,62 @@ async fn a_silent_client_is_closed_with_4008() {
 }
 
 #[tokio::test]
+async fn a_silent_client_whose_socket_is_full_is_still_closed_with_4008() {
+    // Silence must be noticed even while nothing more can be written to the client:
+    // the node's write side is then stalled, so it cannot be the one to notice.
+    const TIMEOUT: Duration = Duration::from_millis(5_000);
+    let node = TestNode::start_adjusted(|s| {
+        s.heartbeat.interval_ms = 1_000;
+        s.heartbeat.timeout_ms = TIMEOUT.as_millis() as u64;
+        s.limits.frames_per_second = 0;
+        // Far more than this test sends: the client is never a slow consumer.
+        s.limits.outbound_queue = 100_000;
+    })
+    .await;
+    let mut publisher = node.connect("publisher", "Publisher").await;
+    let mut silent = node.connect("silent", "Silent").await;
+    publisher.join("firehose").await;
+    silent.join("firehose").await;
+    let last_sent = Instant::now();
+    // From here on `silent` neither reads nor writes (no pongs either).
+
+    // 16 MB of messages: more than loopback TCP buffers hold, so the node's writes to
+    // `silent` stall well before its timeout.
+    const MESSAGES: u64 = 4_000;
+    const WINDOW: u64 = 3;
+    let content = "x".repeat(4_000);
+    let (mut sent, mut acked) = (0, 0);
+    while acked < MESSAGES {
+        while sent < MESSAGES && sent < acked + WINDOW {
+            let publish =
+                json!({"type": "publish", "room": "firehose", "content": content, "ref": sent});
+            publisher.send(publish).await;
+            sent += 1;
+        }
+        let reply = publisher
+            .expect(
+                |f| f["type"] == "reply" && f["ref"] == acked,
+                "a publish reply",
+            )
+            .await;
+        assert_eq!(reply["ok"], true, "{reply}");
+        acked += 1;
+        publisher.discard_pending_where(|f| f["type"] == "message");
+    }
+    let filled = last_sent.elapsed();
+    assert!(
+        filled < TIMEOUT,
+        "filling took {filled:?}, past the timeout: this test would not test a full socket"
+    );
+
+    expect_leave(&mut publisher, "firehose", "silent").await;
+    let after = last_sent.elapsed();
+    assert!(after >= TIMEOUT, "closed {after:?} after its last frame");
+    assert_eq!(silent.expect_close().await, Some(4008));
+    assert_eq!(member_ids(&mut publisher, "firehose").await, ["publisher"]);
+}
+
+#[tokio::test]
 async fn a_client_that_keeps_sending_outlives_the_heartbeat_timeout() {
     let node = TestNode::start_adjusted(|s| {
         s.heartbeat.interval_ms = 100;
