@@ -31,6 +31,59 @@ async fn member_ids(client: &mut Client, room: &str) -> Vec<String> {
         .collect()
 }
 
+/// Publishes 4,000-character messages to one room from one client, keeping a few
+/// publishes in flight so its own replies keep the data flowing. Each publish puts two
+/// frames (message, reply) in the publisher's own queue, so at most `2 * WINDOW` (and a
+/// presence_diff) wait there: the publisher itself is never a slow consumer.
+struct Firehose {
+    room: &'static str,
+    content: String,
+    sent: u64,
+    acked: u64,
+}
+
+impl Firehose {
+    const WINDOW: u64 = 3;
+
+    fn new(room: &'static str) -> Self {
+        Firehose {
+            room,
+            content: "x".repeat(4_000),
+            sent: 0,
+            acked: 0,
+        }
+    }
+
+    /// Tops up the publishes in flight (sending at most `limit` in all), then waits for
+    /// the next reply, which must be ok. The room's messages coming back are dropped.
+    async fn step(&mut self, publisher: &mut Client, limit: u64) {
+        while self.sent < limit && self.sent < self.acked + Self::WINDOW {
+            let publish = json!({
+                "type": "publish", "room": self.room, "content": self.content, "ref": self.sent,
+            });
+            publisher.send(publish).await;
+            self.sent += 1;
+        }
+        let acked = self.acked;
+        let reply = publisher
+            .expect(
+                |f| f["type"] == "reply" && f["ref"] == acked,
+                "a publish reply",
+            )
+            .await;
+        assert_eq!(reply["ok"], true, "{reply}");
+        self.acked += 1;
+        publisher.discard_pending_where(|f| f["type"] == "message");
+    }
+
+    /// Waits for the replies to every publish sent.
+    async fn drain(&mut self, publisher: &mut Client) {
+        while self.acked < self.sent {
+            self.step(publisher, self.sent).await;
+        }
+    }
+}
+
 /// A publish frame of exactly `bytes` bytes, with `ref` "sized".
 fn publish_of_size(room: &str, bytes: usize) -> String {
     let frame = |content: &str| {
@@ -241,38 +294,21 @@ async fn a_slow_consumer_is_closed_with_4009_and_the_room_carries_on() {
     // From here on `slow` reads nothing until it is closed.
 
     // Publish until the slow client is dropped: first the loopback TCP buffers (a few
-    // MB) fill up, then its queue. A few publishes are kept in flight so the
-    // publisher's own acknowledgements keep the data flowing; each one puts two frames
-    // (message, reply) in the publisher's queue, so at most 2 * WINDOW (and a
-    // presence_diff) wait there and the publisher is never a slow consumer itself.
-    const WINDOW: u64 = 3;
-    const _: () = assert!(2 * WINDOW as usize + 1 < QUEUE);
+    // MB) fill up, then its queue.
+    const _: () = assert!(2 * Firehose::WINDOW as usize + 1 < QUEUE);
     const MAX_MESSAGES: u64 = 20_000;
-    let content = "x".repeat(4_000);
     let is_slow_leaving =
         |f: &Value| f["type"] == "presence_diff" && f["leaves"][0]["id"] == "slow";
-    let (mut sent, mut acked) = (0, 0);
+    let mut firehose = Firehose::new("firehose");
     while publisher.seen(is_slow_leaving).is_empty() {
         assert!(
-            sent < MAX_MESSAGES,
-            "the slow client was not dropped after {sent} messages"
+            firehose.sent < MAX_MESSAGES,
+            "the slow client was not dropped after {} messages",
+            firehose.sent
         );
-        while sent < acked + WINDOW {
-            let publish =
-                json!({"type": "publish", "room": "firehose", "content": content, "ref": sent});
-            publisher.send(publish).await;
-            sent += 1;
-        }
-        let reply = publisher
-            .expect(
-                |f| f["type"] == "reply" && f["ref"] == acked,
-                "a publish reply",
-            )
-            .await;
-        assert_eq!(reply["ok"], true, "{reply}");
-        acked += 1;
-        publisher.discard_pending_where(|f| f["type"] == "message");
+        firehose.step(&mut publisher, MAX_MESSAGES).await;
     }
+    let sent = firehose.sent;
 
     // The close frame comes after everything that was already on its way to it.
     assert_eq!(slow.expect_close().await, Some(4009));
@@ -280,17 +316,7 @@ async fn a_slow_consumer_is_closed_with_4009_and_the_room_carries_on() {
     assert!(received < sent, "the slow client got all {sent} messages");
 
     // The publisher is unaffected, and alone in the room.
-    while acked < sent {
-        let reply = publisher
-            .expect(
-                |f| f["type"] == "reply" && f["ref"] == acked,
-                "a publish reply",
-            )
-            .await;
-        assert_eq!(reply["ok"], true, "{reply}");
-        acked += 1;
-    }
-    publisher.discard_pending_where(|f| f["type"] == "message");
+    firehose.drain(&mut publisher).await;
     let ack = publisher.publish("firehose", "after").await;
     assert_eq!(ack["seq"], sent + 1);
     assert_eq!(member_ids(&mut publisher, "firehose").await, ["publisher"]);
@@ -343,25 +369,9 @@ async fn a_silent_client_whose_socket_is_full_is_still_closed_with_4008() {
     // 16 MB of messages: more than loopback TCP buffers hold, so the node's writes to
     // `silent` stall well before its timeout.
     const MESSAGES: u64 = 4_000;
-    const WINDOW: u64 = 3;
-    let content = "x".repeat(4_000);
-    let (mut sent, mut acked) = (0, 0);
-    while acked < MESSAGES {
-        while sent < MESSAGES && sent < acked + WINDOW {
-            let publish =
-                json!({"type": "publish", "room": "firehose", "content": content, "ref": sent});
-            publisher.send(publish).await;
-            sent += 1;
-        }
-        let reply = publisher
-            .expect(
-                |f| f["type"] == "reply" && f["ref"] == acked,
-                "a publish reply",
-            )
-            .await;
-        assert_eq!(reply["ok"], true, "{reply}");
-        acked += 1;
-        publisher.discard_pending_where(|f| f["type"] == "message");
+    let mut firehose = Firehose::new("firehose");
+    while firehose.acked < MESSAGES {
+        firehose.step(&mut publisher, MESSAGES).await;
     }
     let filled = last_sent.elapsed();
     assert!(
