@@ -160,6 +160,28 @@ const FANOUT: [&str; 13] = [
     "--drain-timeout",
     "10",
 ];
+const RAMP: [&str; 20] = [
+    "fanout",
+    "--clients",
+    "20",
+    "--rooms",
+    "2",
+    "--rate",
+    "50",
+    "--duration",
+    "1",
+    "--warmup",
+    "0",
+    "--ramp",
+    "--ramp-factor",
+    "2",
+    "--max-steps",
+    "2",
+    "--p99-bound-ms",
+    "2000",
+    "--drain-timeout",
+    "10",
+];
 const CHURN: [&str; 5] = ["churn", "--rate", "20", "--duration", "2"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -170,6 +192,21 @@ async fn every_scenario_adds_up_against_a_real_node() {
 
     let fanout = bench(&dir, "fanout", &[&["--url", &url][..], &FANOUT].concat()).await;
     assert_fanout_adds_up(&fanout, 20, 2, 400);
+
+    // A ramp of two steps that both hold (the p99 bound is loose: this is not a speed
+    // test): it doubles the rate and reports the second as the highest that held.
+    let ramp = bench(&dir, "ramp", &[&["--url", &url][..], &RAMP].concat()).await;
+    assert_no_errors(&ramp, "ramp");
+    let r = &ramp["result"];
+    let steps = r["steps"].as_array().expect("steps");
+    assert_eq!(steps.len(), 2, "{r:#}");
+    for (step, rate) in steps.iter().zip([50.0, 100.0]) {
+        assert_eq!(step["rate"], rate, "{step:#}");
+        assert_eq!(step["held"], true, "{step:#}");
+        assert_eq!(step["lost"], 0, "{step:#}");
+        assert_eq!(step["received"], step["expected"], "{step:#}");
+    }
+    assert_eq!(r["max_rate_held"], 100.0, "{r:#}");
 
     let pid = node.child.id().to_string();
     let idle = bench(
