@@ -61,6 +61,9 @@ const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
 const MAX_OUTBOUND_QUEUE: usize = 1_000_000;
 const MAX_ROOM_HISTORY: usize = 100_000;
 const MIN_HEARTBEAT_INTERVAL_MS: u64 = 100;
+/// The longest heartbeat interval or timeout: a day. Every connection adds these to
+/// the clock; far larger values would overflow it.
+const MAX_HEARTBEAT_MS: u64 = 86_400_000;
 const MAX_NODE_NAME_CHARS: usize = 64;
 const MIN_CLUSTER_HEARTBEAT_MS: u64 = 10;
 /// Heartbeats a peer must miss in a row before it is declared down.
@@ -765,6 +768,17 @@ fn check_heartbeat(heartbeat: &HeartbeatSettings, problems: &mut Problems) {
                 heartbeat.interval_ms
             ),
         );
+    }
+    for (key, value) in [
+        ("heartbeat.interval_ms", heartbeat.interval_ms),
+        ("heartbeat.timeout_ms", heartbeat.timeout_ms),
+    ] {
+        if value > MAX_HEARTBEAT_MS {
+            problems.add(
+                key,
+                format_args!("must be at most {MAX_HEARTBEAT_MS} (a day), not {value}"),
+            );
+        }
     }
     if heartbeat.timeout_ms <= heartbeat.interval_ms {
         problems.add(
@@ -1499,6 +1513,17 @@ mod tests {
             &problems_after(|s| s.heartbeat.interval_ms = 99),
             "heartbeat.interval_ms",
         );
+    }
+
+    #[test]
+    fn heartbeat_values_have_a_ceiling_of_a_day() {
+        let problems = problems_after(|s| {
+            s.heartbeat.interval_ms = 86_400_000;
+            s.heartbeat.timeout_ms = u64::MAX;
+        });
+        assert_one_problem(&problems, "heartbeat.timeout_ms");
+        assert!(problems[0].contains("at most 86400000"), "{problems:?}");
+        assert!(problems_after(|s| s.heartbeat.timeout_ms = 86_400_000).is_empty());
     }
 
     #[test]
