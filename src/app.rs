@@ -14,7 +14,7 @@ use crate::cluster::membership::MembershipMessage;
 use crate::cluster::Cluster;
 use crate::config::Settings;
 use crate::telemetry::Metrics;
-use crate::transport::{self, serve, AppState, Gate};
+use crate::transport::{self, serve, serve_admin, AppState, Gate};
 use actix_web::dev::Server;
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
@@ -26,6 +26,8 @@ use std::time::Duration;
 pub struct Application {
     addr: SocketAddr,
     server: Server,
+    /// The operator's listener (`[admin] addr`), when there is one.
+    admin: Option<(SocketAddr, Server)>,
     node: NodeHandle,
     state: AppState,
 }
@@ -51,6 +53,7 @@ impl Application {
         let gate = Gate::new(&settings).map_err(std::io::Error::other)?;
         let listener = TcpListener::bind(settings.node.http_addr)?;
         let addr = listener.local_addr()?;
+        let admin_listener = bind_admin(&settings)?;
         let metrics = Arc::new(Metrics::new());
         let cluster = settings.cluster.enabled.then(|| {
             Arc::new(Cluster::new(
@@ -64,15 +67,30 @@ impl Application {
         let ctx = Arc::new(NodeContext::new(settings, behaviours, cluster, metrics));
         let node = start_node(ctx.clone())?;
         let state = AppState::new(ctx, gate);
-        let server = serve(listener, state.clone(), tls)?;
+        let server = serve(listener, state.clone(), tls, admin_listener.is_none())?;
+        let admin = match admin_listener {
+            Some(listener) => {
+                let admin_addr = listener.local_addr()?;
+                let admin = serve_admin(listener, state.clone())?;
+                tracing::info!(%admin_addr, "admin listener (/metrics, /cluster) is listening");
+                Some((admin_addr, admin))
+            }
+            None => None,
+        };
         state.ready.store(true, Ordering::Release);
         tracing::info!(node = %state.ctx.settings.node.name, %addr, scheme, "hubbub is listening");
         Ok(Self {
             addr,
             server,
+            admin,
             node,
             state,
         })
+    }
+
+    /// The address the admin listener (`[admin] addr`) is bound to, when there is one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|(addr, _)| *addr)
     }
 
     /// The address the HTTP server is bound to.
@@ -104,10 +122,14 @@ impl Application {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
         let Self {
             server,
+            admin,
             mut node,
             state,
             ..
         } = self;
+        // The admin listener runs beside the public one and stops after it, so the
+        // drain can be watched in /metrics to the end.
+        let admin = admin.map(|(_, admin)| (admin.handle(), tokio::spawn(admin)));
         let handle = server.handle();
         let mut server = std::pin::pin!(server);
         let result = tokio::select! {
@@ -127,6 +149,14 @@ impl Application {
                 served
             }
         };
+        if let Some((handle, served)) = admin {
+            handle.stop(true).await;
+            match served.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "the admin listener failed"),
+                Err(e) => tracing::warn!(error = %e, "the admin listener did not stop cleanly"),
+            }
+        }
         node.stop();
         node.stopped().await;
         tracing::info!("hubbub stopped");
@@ -147,6 +177,24 @@ fn check_cluster_tls(settings: &Settings) -> std::io::Result<()> {
         }
         _ => Ok(()),
     }
+}
+
+/// Binds the admin listener when `[admin] addr` is set. An address that does not
+/// parse (settings built in code, not validated) stops start-up naming the key.
+fn bind_admin(settings: &Settings) -> std::io::Result<Option<TcpListener>> {
+    let addr = settings.admin.addr.trim();
+    if addr.is_empty() {
+        return Ok(None);
+    }
+    let Some(admin) = settings.admin.listen_addr() else {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("admin.addr: {addr:?} is not an \"IP:port\" address"),
+        ));
+    };
+    TcpListener::bind(admin)
+        .map(Some)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("admin.addr {admin}: {e}")))
 }
 
 /// How many nodes the cluster has, as far as configuration tells: the distinct

@@ -51,6 +51,9 @@ fn main() -> ExitCode {
             };
             match loaded {
                 Ok(every) => {
+                    for warning in warnings(&every) {
+                        eprintln!("hubbub: warning: {warning}");
+                    }
                     print_valid(&every);
                     ExitCode::SUCCESS
                 }
@@ -72,6 +75,9 @@ fn main() -> ExitCode {
                 eprintln!("hubbub: cannot start logging: {e}");
                 return ExitCode::from(EXIT_BAD_CONFIG);
             }
+            for warning in warnings(std::slice::from_ref(&settings)) {
+                tracing::warn!("{warning}");
+            }
             match actix_web::rt::System::new().block_on(serve(settings)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -82,6 +88,28 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// What does not stop a node but should be fixed: `HUBBUB_` variables that are not
+/// settings (one line), then each node's warnings, each said once.
+fn warnings(every: &[hubbub::Settings]) -> Vec<String> {
+    let environment = std::env::vars_os().map(|(name, value)| {
+        (
+            name.to_string_lossy().into_owned(),
+            value.to_string_lossy().into_owned(),
+        )
+    });
+    let mut warnings: Vec<String> = config::environment_warning(environment)
+        .into_iter()
+        .collect();
+    for settings in every {
+        for warning in config::warnings(settings) {
+            if !warnings.contains(&warning) {
+                warnings.push(warning);
+            }
+        }
+    }
+    warnings
 }
 
 /// `check-config`'s report: one line for one node, else a line per node under `ok`.

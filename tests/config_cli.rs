@@ -322,12 +322,236 @@ fn check_config_rejects_a_wrong_type_naming_the_key() {
 }
 
 #[test]
-fn check_config_rejects_an_unknown_key_naming_it() {
-    let file = TempConfig::new("[limits]\nmax_conections = 5\n");
+fn check_config_rejects_an_unknown_key_naming_file_line_and_the_nearest_key() {
+    let file = TempConfig::new("[limits]\nmax_frame_bytes = 65536\nmax_conections = 5\n");
+    let shown = format!(
+        "unknown key `limits.max_conections` in {} line 3; did you mean `limits.max_connections`?",
+        file.path().display()
+    );
     assert_rejected(
         &run(hubbub().args(["check-config", "--config"]).arg(file.path())),
-        &["max_conections"],
+        &[shown.as_str()],
     );
+}
+
+#[test]
+fn check_config_names_the_file_and_line_of_a_value_out_of_range() {
+    let file = TempConfig::new("[node]\nthreads = 2\n\n[limits]\nmax_connections = 0\n");
+    let shown = format!(
+        "limits.max_connections: must be at least 1 (in {} line 5)",
+        file.path().display()
+    );
+    assert_rejected(
+        &run(hubbub().args(["check-config", "--config"]).arg(file.path())),
+        &[shown.as_str()],
+    );
+    assert_rejected(
+        &run(hubbub()
+            .arg("check-config")
+            .env("HUBBUB_ROOMS__HISTORY", "0")),
+        &["rooms.history: must be between 1 and 100000, not 0 (from HUBBUB_ROOMS__HISTORY)"],
+    );
+}
+
+/// What a Kubernetes Service named `hubbub` puts in the environment of every pod.
+const KUBERNETES_SERVICE_ENV: &[(&str, &str)] = &[
+    ("HUBBUB_PORT", "tcp://10.96.0.12:8080"),
+    ("HUBBUB_PORT_8080_TCP", "tcp://10.96.0.12:8080"),
+    ("HUBBUB_PORT_8080_TCP_ADDR", "10.96.0.12"),
+    ("HUBBUB_PORT_8080_TCP_PORT", "8080"),
+    ("HUBBUB_PORT_8080_TCP_PROTO", "tcp"),
+    ("HUBBUB_SERVICE_HOST", "10.96.0.12"),
+    ("HUBBUB_SERVICE_PORT", "8080"),
+];
+
+/// The lines of `text` that are warnings.
+fn warning_lines(text: &str) -> Vec<&str> {
+    text.lines()
+        .filter(|line| line.contains("warning"))
+        .collect()
+}
+
+#[test]
+fn check_config_ignores_variables_that_are_not_settings_with_one_warning() {
+    let mut command = hubbub();
+    command
+        .arg("check-config")
+        .env("HUBBUB_LIMITS__MAX_CONNECTIONS", "7");
+    for (name, value) in KUBERNETES_SERVICE_ENV {
+        command.env(name, value);
+    }
+    let output = run(&mut command);
+    assert_ok(&output);
+    let err = stderr(&output);
+    let warnings = warning_lines(&err);
+    assert_eq!(warnings.len(), 1, "{err}");
+    assert!(
+        warnings[0].starts_with("hubbub: warning: ignoring 7 environment variables"),
+        "{err}"
+    );
+    for (name, _) in KUBERNETES_SERVICE_ENV {
+        assert!(warnings[0].contains(name), "{name}: {err}");
+    }
+    assert!(!err.contains("10.96.0.12"), "values are not shown: {err}");
+    assert!(!err.contains("HUBBUB_LIMITS__MAX_CONNECTIONS"), "{err}");
+
+    // Without such variables, no warning.
+    let output = run(hubbub().arg("check-config"));
+    assert_ok(&output);
+    assert!(
+        warning_lines(&stderr(&output)).is_empty(),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn check_config_rejects_an_unknown_key_of_a_known_section_in_the_environment() {
+    assert_rejected(
+        &run(hubbub()
+            .arg("check-config")
+            .env("HUBBUB_PORT", "tcp://10.96.0.12:8080")
+            .env("HUBBUB_LIMITS__MAX_CONECTIONS", "5")),
+        &[
+            "environment variable HUBBUB_LIMITS__MAX_CONECTIONS",
+            "did you mean HUBBUB_LIMITS__MAX_CONNECTIONS?",
+        ],
+    );
+}
+
+/// A valid cookie, 64 hex characters as `openssl rand -hex 32` makes.
+const STRONG_COOKIE: &str = "3f1c0e5a9b7d2c4e6f8a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e";
+
+#[test]
+fn the_example_cluster_file_is_accepted_with_a_warning_on_one_machine_only() {
+    let output = run(hubbub().args(["check-config", "--config", CLUSTER_FILE]));
+    assert_ok(&output);
+    let err = stderr(&output);
+    let warnings = warning_lines(&err);
+    assert_eq!(warnings.len(), 1, "one warning for the three nodes: {err}");
+    assert!(
+        warnings[0].contains("cluster.cookie: is the example cookie"),
+        "{err}"
+    );
+    assert!(warnings[0].contains("openssl rand -hex 32"), "{err}");
+
+    // One node dialled at another machine's address: refused, with how to fix it.
+    let err = assert_rejected(
+        &run(hubbub()
+            .args(["check-config", "--config", CLUSTER_FILE, "--node", "a"])
+            .env("HUBBUB_CLUSTER__SEEDS", "127.0.0.1:4372,10.0.0.3:4373")),
+        &[
+            "cluster.cookie: is the example cookie",
+            "openssl rand -hex 32",
+        ],
+    );
+    assert!(err.contains("HUBBUB_CLUSTER__COOKIE"), "{err}");
+    // A strong cookie from the environment fixes it, without a warning.
+    let output = run(hubbub()
+        .args(["check-config", "--config", CLUSTER_FILE, "--node", "a"])
+        .env("HUBBUB_CLUSTER__SEEDS", "127.0.0.1:4372,10.0.0.3:4373")
+        .env("HUBBUB_CLUSTER__COOKIE", STRONG_COOKIE));
+    assert_ok(&output);
+    assert!(
+        warning_lines(&stderr(&output)).is_empty(),
+        "{}",
+        stderr(&output)
+    );
+}
+
+/// One node of a cluster across machines, with `cookie`.
+fn reachable_node(cookie: &str) -> TempConfig {
+    TempConfig::new(&format!(
+        "[node]\nhttp_addr = \"127.0.0.1:0\"\n\n\
+         [cluster]\nenabled = true\nbind = \"0.0.0.0:0\"\nadvertise = \"10.0.0.5:4370\"\n\
+         cookie = \"{cookie}\"\nseeds = [\"10.0.0.5:4370\", \"10.0.0.6:4370\"]\n"
+    ))
+}
+
+#[test]
+fn check_config_and_serve_refuse_a_short_cookie_off_loopback() {
+    let file = reachable_node("short-cookie");
+    assert_rejected(
+        &run(hubbub().args(["check-config", "--config"]).arg(file.path())),
+        &[
+            "cluster.cookie: is 12 characters long",
+            "openssl rand -hex 32",
+        ],
+    );
+    let output = run_expecting_exit(hubbub().args(["serve", "--config"]).arg(file.path()));
+    let err = assert_rejected(&output, &["cluster.cookie: is 12 characters long"]);
+    assert!(!err.contains("listening"), "{err}");
+    assert!(
+        !err.contains("short-cookie"),
+        "the cookie is not shown: {err}"
+    );
+
+    let file = reachable_node(STRONG_COOKIE);
+    let output = run(hubbub().args(["check-config", "--config"]).arg(file.path()));
+    assert_ok(&output);
+    assert!(
+        warning_lines(&stderr(&output)).is_empty(),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn a_node_starts_among_kubernetes_service_variables_and_warns_once() {
+    let mut command = hubbub();
+    command
+        .arg("serve")
+        .env("HUBBUB_NODE__HTTP_ADDR", "127.0.0.1:0")
+        .env("HUBBUB_LOG__FORMAT", "json")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    for (name, value) in KUBERNETES_SERVICE_ENV {
+        command.env(name, value);
+    }
+    let mut child = command.spawn().expect("start the hubbub binary");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let (lines, seen) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut log = Vec::new();
+    while !log
+        .iter()
+        .any(|line: &String| line.contains("hubbub is listening"))
+    {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match seen.recv_timeout(left) {
+            Ok(line) => log.push(line),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the node did not start listening: {log:#?}");
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let warnings: Vec<&String> = log
+        .iter()
+        .filter(|line| line.contains("environment variable"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{log:#?}");
+    assert!(
+        warnings[0].contains("\"WARN\"") || warnings[0].contains("warn"),
+        "{log:#?}"
+    );
+    for (name, _) in KUBERNETES_SERVICE_ENV {
+        assert!(warnings[0].contains(name), "{name}: {log:#?}");
+    }
 }
 
 #[test]

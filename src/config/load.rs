@@ -183,15 +183,19 @@ pub fn load_with_env(
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Settings, ConfigError> {
     let layers = Layers::read(source, env)?;
-    let base = layers.settings(None)?;
+    let (base, merged) = layers.settings(None)?;
     if base.nodes.is_empty() {
         if let Some(name) = node {
             return Err(ConfigError::NoNodes {
                 name: name.to_owned(),
             });
         }
-        base.validate()?;
-        return Ok(base);
+        let problems = layers.placed_problems(&base, &merged);
+        return if problems.is_empty() {
+            Ok(base)
+        } else {
+            Err(ConfigError::Invalid(problems))
+        };
     }
     let Some(name) = node else {
         return Err(ConfigError::NodeNotChosen {
@@ -228,10 +232,14 @@ pub fn load_every_node_with_env(
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Vec<Settings>, ConfigError> {
     let layers = Layers::read(source, env)?;
-    let base = layers.settings(None)?;
+    let (base, merged) = layers.settings(None)?;
     if base.nodes.is_empty() {
-        base.validate()?;
-        return Ok(vec![base]);
+        let problems = layers.placed_problems(&base, &merged);
+        return if problems.is_empty() {
+            Ok(vec![base])
+        } else {
+            Err(ConfigError::Invalid(problems))
+        };
     }
     let mut every = Vec::with_capacity(base.nodes.len());
     let mut problems: Vec<String> = Vec::new();
@@ -288,8 +296,9 @@ impl Layers {
         })
     }
 
-    /// Defaults < file < `entry` (if any) < environment, deserialised but not validated.
-    fn settings(&self, entry: Option<ValueLayer>) -> Result<Settings, ConfigError> {
+    /// Defaults < file < `entry` (if any) < environment, deserialised but not validated,
+    /// with the merged layers, which know where each value came from.
+    fn settings(&self, entry: Option<ValueLayer>) -> Result<(Settings, Config), ConfigError> {
         let mut builder = Config::builder().add_source(self.defaults.clone());
         if let Some(file) = &self.file {
             builder = builder.add_source(file.clone());
@@ -315,7 +324,101 @@ impl Layers {
                 message: not_integers.join("\n"),
             });
         }
-        Ok(merged.try_deserialize()?)
+        let settings = merged
+            .clone()
+            .try_deserialize()
+            .map_err(|error| self.explain_unknown_key(error))?;
+        Ok((settings, merged))
+    }
+
+    /// `settings`' problems, each followed by where the value at fault came from: the
+    /// file and line, the environment variable, or the `[[nodes]]` entry. A problem
+    /// of a value left at its default is left as it is.
+    fn placed_problems(&self, settings: &Settings, merged: &Config) -> Vec<String> {
+        self.place(settings.problems(), merged)
+    }
+
+    /// [`Layers::placed_problems`] for problems already found.
+    fn place(&self, problems: Vec<String>, merged: &Config) -> Vec<String> {
+        let Ok(tree) = merged.collect() else {
+            return problems;
+        };
+        problems
+            .into_iter()
+            .map(|problem| {
+                let key = problem.split_once(": ").map_or("", |(key, _)| key);
+                match value_at(&tree, key).and_then(|value| value.origin()) {
+                    Some(origin) => format!("{problem} ({})", self.describe_origin(key, origin)),
+                    None => problem,
+                }
+            })
+            .collect()
+    }
+
+    /// Where the value of `key` came from, for an operator: `in FILE line N`, `from
+    /// HUBBUB_SECTION__KEY`, or `from [[nodes]] entry "a" in FILE`.
+    fn describe_origin(&self, key: &str, origin: &str) -> String {
+        match &self.file {
+            Some(file) if origin == file.uri => match file.line_of(key) {
+                Some(line) => format!("in {origin} line {line}"),
+                None => format!("in {origin}"),
+            },
+            Some(file) if origin.starts_with("[[nodes]]") => {
+                format!("from {origin} in {}", file.uri)
+            }
+            _ if origin == "the environment" => {
+                let variable = self
+                    .env_values
+                    .keys()
+                    .find(|name| env_path(name).as_deref() == Some(key))
+                    .cloned()
+                    .unwrap_or_else(|| env_variable(key));
+                format!("from {variable}")
+            }
+            _ => format!("from {origin}"),
+        }
+    }
+
+    /// An unknown key (serde's `unknown field` error) restated for an operator: the
+    /// file and line it is on, and the nearest valid key when one is close enough to
+    /// be a typo (`max_conections` → `max_connections`). Other errors pass unchanged.
+    fn explain_unknown_key(&self, error: config::ConfigError) -> ConfigError {
+        let (inner, table) = match &error {
+            config::ConfigError::At { error, key, .. } => (error.as_ref(), key.clone()),
+            other => (other, None),
+        };
+        let config::ConfigError::Message(message) = inner else {
+            return error.into();
+        };
+        let Some((field, valid)) = unknown_field(message) else {
+            return error.into();
+        };
+        let table = table.unwrap_or_default();
+        let path = join_key(&table, &field);
+        let place = self
+            .file
+            .as_ref()
+            .map(|file| match file.line_of(&path) {
+                Some(line) => format!(" in {} line {line}", file.uri),
+                None => format!(" in {}", file.uri),
+            })
+            .unwrap_or_default();
+        let hint = match nearest(&field, valid.iter().map(String::as_str)) {
+            Some(near) => format!("; did you mean `{}`?", join_key(&table, near)),
+            None if valid.is_empty() => String::new(),
+            None => format!(
+                " (the keys{} are {})",
+                if table.is_empty() {
+                    String::new()
+                } else {
+                    format!(" of {table}")
+                },
+                valid.join(", ")
+            ),
+        };
+        ConfigError::Parse {
+            message: format!("unknown key `{path}`{place}{hint}"),
+        }
     }
 
     /// The settings of the node `entry` (one of `all`) describes, and their problems.
@@ -328,10 +431,10 @@ impl Layers {
         entry: &NodeEntry,
         all: &[NodeEntry],
     ) -> Result<(Settings, Vec<String>), ConfigError> {
-        let settings = self.settings(Some(self.entry_layer(entry, all)))?;
+        let (settings, merged) = self.settings(Some(self.entry_layer(entry, all)))?;
         let problems = settings.problems();
         if !problems.iter().any(|problem| problem.starts_with("nodes[")) {
-            return Ok((settings, problems));
+            return Ok((settings, self.place(problems, &merged)));
         }
         let fed = self.keys_fed_by_entries();
         let problems = problems
@@ -341,7 +444,7 @@ impl Layers {
                 !fed.contains(&key)
             })
             .collect();
-        Ok((settings, problems))
+        Ok((settings, self.place(problems, &merged)))
     }
 
     /// The settings a chosen `[[nodes]]` entry gives: its name, addresses, the cluster
@@ -425,6 +528,41 @@ impl Source for ValueLayer {
     }
 }
 
+/// The value at a problem's key (`limits.max_connections`, `nodes[1].bind`,
+/// `rooms.acl[0].pattern`) in a collected tree of settings.
+fn value_at<'t>(tree: &'t Map<String, Value>, key: &str) -> Option<&'t Value> {
+    let mut table = Some(tree);
+    let mut found = None;
+    for segment in key.split('.') {
+        let (name, index) = match segment.split_once('[') {
+            Some((name, rest)) => (name, rest.strip_suffix(']')?.parse::<usize>().ok()),
+            None => (segment, None),
+        };
+        let mut value = table?.get(name)?;
+        if let Some(index) = index {
+            let ValueKind::Array(items) = &value.kind else {
+                return None;
+            };
+            value = items.get(index)?;
+        }
+        found = Some(value);
+        table = match &value.kind {
+            ValueKind::Table(inner) => Some(inner),
+            _ => None,
+        };
+    }
+    found
+}
+
+/// The environment variable of a setting: `limits.max_connections` →
+/// `HUBBUB_LIMITS__MAX_CONNECTIONS`.
+fn env_variable(key: &str) -> String {
+    format!(
+        "{ENV_PREFIX}{ENV_PREFIX_SEPARATOR}{}",
+        key.replace('.', ENV_SEPARATOR).to_uppercase()
+    )
+}
+
 /// `std::env::vars` would panic on a variable that is not UTF-8. Read lossily instead:
 /// such a `HUBBUB_` variable then fails loading or validation by name, not silently.
 fn lossy_pair((key, value): (OsString, OsString)) -> (String, String) {
@@ -444,9 +582,14 @@ fn env_path(name: &str) -> Option<String> {
 }
 
 /// The `HUBBUB_` variables that override settings: single values keyed as the
-/// environment has them, and lists (keys in [`ENV_LIST_KEYS`]) split on commas. A
-/// variable that names no setting is an error naming the variable, which is clearer
-/// than the unknown-field error deserialisation would give.
+/// environment has them, and lists (keys in [`ENV_LIST_KEYS`]) split on commas.
+///
+/// Only `HUBBUB_<SECTION>__<KEY>` names of a section of the settings are settings; a
+/// key that is not one of that section's is an error naming the variable, which is
+/// clearer than the unknown-field error deserialisation would give. Every other
+/// `HUBBUB_` name (what a Kubernetes Service called `hubbub` injects into each pod:
+/// `HUBBUB_PORT=tcp://…`, `HUBBUB_SERVICE_HOST`, `HUBBUB_PORT_8080_TCP_ADDR`) is left
+/// alone; [`ignored_variables`] lists them for the one warning line.
 fn setting_overrides(
     env: impl IntoIterator<Item = (String, String)>,
     defaults: &Config,
@@ -455,12 +598,9 @@ fn setting_overrides(
     let mut lists = ValueLayer::default();
     let mut unknown = Vec::new();
     for (name, value) in env {
-        let Some(path) = env_path(&name) else {
+        let Some(path) = setting_path(&name) else {
             continue;
         };
-        if name.eq_ignore_ascii_case(CONFIG_PATH_ENV) {
-            continue;
-        }
         if ENV_LIST_KEYS.contains(&path.as_str()) {
             let origin = "the environment".to_owned();
             // Spaces around items are dropped, and so are empty items, so an empty
@@ -477,8 +617,11 @@ fn setting_overrides(
         } else if is_setting(defaults, &path) {
             overrides.insert(name, value);
         } else {
+            let hint = nearest_env_setting(defaults, &path)
+                .map(|near| format!("; did you mean {near}?"))
+                .unwrap_or_default();
             unknown.push(format!(
-                "environment variable {name}: `{path}` is not a setting \
+                "environment variable {name}: `{path}` is not a setting{hint} \
                  (expected {ENV_PREFIX}_SECTION__KEY, e.g. {ENV_PREFIX}_LIMITS__MAX_CONNECTIONS)"
             ));
         }
@@ -491,6 +634,82 @@ fn setting_overrides(
             message: unknown.join("\n"),
         })
     }
+}
+
+/// The setting path (`limits.max_connections`) a variable claims to set: `Some` for a
+/// `HUBBUB_<SECTION>__<KEY>` name whose section is one of the settings' (the key may
+/// still be unknown), `None` for every other variable, `HUBBUB_CONFIG` included.
+fn setting_path(name: &str) -> Option<String> {
+    if name.eq_ignore_ascii_case(CONFIG_PATH_ENV) {
+        return None;
+    }
+    let path = env_path(name)?;
+    let (section, key) = path.split_once('.')?;
+    if key.is_empty() || !is_section(section) {
+        return None;
+    }
+    Some(path)
+}
+
+/// Whether `section` is a top-level table of the settings: `nodes` included, which
+/// the defaults leave out and the environment cannot set, and `http`, whose defaults
+/// are all empty lists, which the config crate's tree drops (so it is asked of the
+/// settings' own shape, not of `defaults`).
+fn is_section(section: &str) -> bool {
+    section == "nodes"
+        || serde_json::to_value(Settings::default())
+            .is_ok_and(|tree| tree.get(section).is_some_and(serde_json::Value::is_object))
+}
+
+/// The one warning line about `HUBBUB_` variables of `env` that are not settings and
+/// are ignored (see [`setting_overrides`]), naming them (never their values); `None`
+/// when there are none. `check-config` prints it and a node logs it at start.
+pub fn environment_warning(env: impl IntoIterator<Item = (String, String)>) -> Option<String> {
+    let ignored = ignored_variables(env);
+    (!ignored.is_empty()).then(|| {
+        format!(
+            "ignoring {} environment variable{} that {} not settings (settings are \
+             {ENV_PREFIX}_<SECTION>__<KEY>, e.g. {ENV_PREFIX}_LIMITS__MAX_CONNECTIONS): {}",
+            ignored.len(),
+            if ignored.len() == 1 { "" } else { "s" },
+            if ignored.len() == 1 { "is" } else { "are" },
+            ignored.join(", ")
+        )
+    })
+}
+
+/// The `HUBBUB_` variables of `env` that are not settings and are therefore ignored
+/// (see [`setting_overrides`]), sorted; `HUBBUB_CONFIG`, which names the file, is not
+/// among them.
+fn ignored_variables(env: impl IntoIterator<Item = (String, String)>) -> Vec<String> {
+    let mut ignored: Vec<String> = env
+        .into_iter()
+        .map(|(name, _)| name)
+        .filter(|name| {
+            env_path(name).is_some()
+                && !name.eq_ignore_ascii_case(CONFIG_PATH_ENV)
+                && setting_path(name).is_none()
+        })
+        .collect();
+    ignored.sort();
+    ignored.dedup();
+    ignored
+}
+
+/// The variable of the setting nearest to `path` (a known section, an unknown key),
+/// when one is near enough to be a likely typo.
+fn nearest_env_setting(defaults: &Config, path: &str) -> Option<String> {
+    let (section, key) = path.split_once('.')?;
+    let keys = defaults.get_table(section).ok()?;
+    let mut candidates: Vec<String> = keys.keys().cloned().collect();
+    candidates.extend(
+        OPTIONAL_SETTINGS
+            .iter()
+            .filter_map(|setting| setting.strip_prefix(&format!("{section}.")))
+            .map(str::to_owned),
+    );
+    let near = nearest(key, candidates.iter().map(String::as_str))?;
+    Some(env_variable(&format!("{section}.{near}")))
 }
 
 /// Whether `path` (`section.key`) names a leaf of the settings tree.
@@ -611,6 +830,125 @@ impl Source for TomlFile {
     }
 }
 
+impl TomlFile {
+    /// The 1-based line of the file that sets `path` (`limits.max_connections`,
+    /// `nodes[1].bind`, or a table such as `limitz`): a `key = ...` line under its
+    /// table header, or the header itself. A plain scan of the lines, not a TOML
+    /// parser (the text already parsed when this is asked): good for the files people
+    /// write, `None` for what it cannot place (a key inside an inline table).
+    fn line_of(&self, path: &str) -> Option<usize> {
+        let mut table = String::new();
+        let mut arrays: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        for (i, raw) in self.text.lines().enumerate() {
+            let line = raw.trim();
+            if let Some(name) = line.strip_prefix("[[").and_then(|l| l.split_once("]]")) {
+                let name = toml_key(name.0);
+                let index = arrays.entry(name.clone()).or_insert(0);
+                table = format!("{name}[{index}]");
+                *index += 1;
+            } else if let Some(name) = line.strip_prefix('[').and_then(|l| l.split_once(']')) {
+                table = toml_key(name.0);
+            } else if let Some((key, _)) = line.split_once('=') {
+                if line.starts_with('#') {
+                    continue;
+                }
+                let key = join_key(&table, &toml_key(key));
+                if key == path || key.starts_with(&format!("{path}.")) {
+                    return Some(i + 1);
+                }
+                continue;
+            } else {
+                continue;
+            }
+            if table == path || table.starts_with(&format!("{path}.")) {
+                return Some(i + 1);
+            }
+        }
+        None
+    }
+}
+
+/// A TOML key as written (`max_connections`, `"quoted"`, `a . b`) in dotted form.
+fn toml_key(written: &str) -> String {
+    written
+        .split('.')
+        .map(|part| part.trim().trim_matches('"').trim_matches('\''))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// `field` under `table` (`limits` + `max_connections`); `field` alone at the root.
+fn join_key(table: &str, field: &str) -> String {
+    if table.is_empty() {
+        field.to_owned()
+    } else {
+        format!("{table}.{field}")
+    }
+}
+
+/// The unknown key and the valid ones from serde's `deny_unknown_fields` message:
+/// "unknown field `x`, expected one of `a`, `b`" (or "expected `a`", or "there are
+/// no fields").
+fn unknown_field(message: &str) -> Option<(String, Vec<String>)> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (field, rest) = rest.split_once('`')?;
+    let valid = rest
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect();
+    Some((field.to_owned(), valid))
+}
+
+/// The candidate nearest to `written` by edit distance, when it is near enough to be
+/// a typo of it: at most a third of the longer of the two changed (one edit in
+/// `max_conections`, not `x` for `ca`). Case is ignored.
+fn nearest<'c>(written: &str, candidates: impl IntoIterator<Item = &'c str>) -> Option<&'c str> {
+    let written = written.to_lowercase();
+    candidates
+        .into_iter()
+        .map(|candidate| {
+            (
+                edit_distance(&written, &candidate.to_lowercase()),
+                candidate,
+            )
+        })
+        .filter(|(distance, candidate)| {
+            *distance * 3 <= written.chars().count().max(candidate.chars().count())
+        })
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, candidate)| candidate)
+}
+
+/// The edit distance of `a` and `b`: the fewest single-character insertions,
+/// deletions, substitutions and swaps of two neighbours (`bnid` → `bind`, the
+/// commonest typo) that turn one into the other (optimal string alignment). Keys are
+/// short, so the `O(len(a) × len(b))` table is small.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    // d[i][j]: the distance of a[..i] and b[..j].
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let substitution = d[i - 1][j - 1] + usize::from(a[i - 1] != b[j - 1]);
+            let mut best = substitution.min(d[i - 1][j] + 1).min(d[i][j - 1] + 1);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
+}
+
 impl Settings {
     /// Checks every rule and reports all broken ones at once, each as
     /// `section.key: reason`.
@@ -639,6 +977,8 @@ impl Settings {
             problems.add(&key, reason);
         }
         check_nodes(&self.nodes, &mut problems);
+        check_cookie_strength(self, &mut problems);
+        check_admin(self, &mut problems);
         problems.0
     }
 }
@@ -1020,6 +1360,133 @@ fn check_nodes(entries: &[NodeEntry], problems: &mut Problems) {
     }
 }
 
+// ---- [admin] ----
+
+/// `admin.addr`: empty, or an `IP:port` of its own (not the client listener's, nor
+/// the cluster's).
+fn check_admin(settings: &Settings, problems: &mut Problems) {
+    let addr = settings.admin.addr.trim();
+    if addr.is_empty() {
+        return;
+    }
+    let Ok(admin) = addr.parse::<std::net::SocketAddr>() else {
+        problems.add(
+            "admin.addr",
+            format_args!(
+                "{addr:?} is not an \"IP:port\" address (e.g. \"127.0.0.1:9090\"); \
+                 leave it empty for no admin listener"
+            ),
+        );
+        return;
+    };
+    if admin.port() == 0 {
+        return;
+    }
+    if admin == settings.node.http_addr {
+        problems.add(
+            "admin.addr",
+            format_args!("{admin} is also node.http_addr; give the admin listener its own port"),
+        );
+    } else if settings.cluster.enabled && admin == settings.cluster.bind {
+        problems.add(
+            "admin.addr",
+            format_args!("{admin} is also cluster.bind; give the admin listener its own port"),
+        );
+    }
+}
+
+// ---- the cluster cookie's strength ----
+
+/// The cookies written in hubbub's own examples (cluster.toml, docker-compose.yml,
+/// default.toml, docs/): public, so as good as none.
+const EXAMPLE_COOKIES: &[&str] = &[
+    "change-me-to-a-long-random-secret",
+    // The auth secret's example in default.toml, which is as easy to paste.
+    "a-long-random-secret-of-at-least-32-bytes",
+];
+/// The shortest cookie a cluster reachable from other machines may use.
+const MIN_COOKIE_CHARS: usize = 32;
+/// How to make a cookie, said wherever one is refused.
+const MAKE_A_COOKIE: &str = "make one with `openssl rand -hex 32` and give every node the \
+     same one as HUBBUB_CLUSTER__COOKIE";
+
+/// Why the enabled cluster's cookie is too weak to guard it (an example cookie, or
+/// fewer than [`MIN_COOKIE_CHARS`] characters); `None` when it is strong enough, blank
+/// (reported as missing) or the cluster is off.
+fn weak_cookie(settings: &Settings) -> Option<String> {
+    let cluster = &settings.cluster;
+    if !cluster.enabled || cluster.cookie.is_blank() {
+        return None;
+    }
+    let cookie = cluster.cookie.expose();
+    if EXAMPLE_COOKIES.contains(&cookie.trim()) {
+        return Some("is the example cookie from hubbub's own files, which anyone can read".into());
+    }
+    let chars = cookie.chars().count();
+    (chars < MIN_COOKIE_CHARS).then(|| {
+        format!("is {chars} characters long, fewer than the {MIN_COOKIE_CHARS} a cookie needs")
+    })
+}
+
+/// Whether every address the cluster listens on or dials (`cluster.bind`,
+/// `cluster.advertise`, `cluster.seeds`, each `[[nodes]]` entry's `bind` and
+/// `advertise`) is a loopback address (`127.0.0.0/8`, `[::1]`, `localhost`): a
+/// cluster that no other machine can reach, as when trying `cluster.toml` out.
+fn cluster_is_loopback_only(settings: &Settings) -> bool {
+    let cluster = &settings.cluster;
+    let listens = std::iter::once(cluster.bind)
+        .chain(settings.nodes.iter().map(|entry| entry.bind))
+        .all(|addr| addr.ip().is_loopback());
+    let dials = std::iter::once(cluster.advertise.as_str())
+        .chain(cluster.seeds.iter().map(String::as_str))
+        .chain(settings.nodes.iter().map(|entry| entry.advertise.as_str()))
+        .filter(|addr| !addr.is_empty())
+        .all(is_loopback_host_port);
+    listens && dials
+}
+
+/// Whether the host of `host:port` is a loopback address or `localhost`.
+fn is_loopback_host_port(addr: &str) -> bool {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// A weak cookie stops a cluster that other machines can reach. On loopback only it
+/// is let through, with a warning ([`warnings`]), so the one-machine try-out of
+/// `cluster.toml` and the test harnesses keep working.
+fn check_cookie_strength(settings: &Settings, problems: &mut Problems) {
+    if let Some(weak) = weak_cookie(settings) {
+        if !cluster_is_loopback_only(settings) {
+            problems.add(
+                "cluster.cookie",
+                format_args!(
+                    "{weak}; a peer that knows it joins the cluster and reads every \
+                     room: {MAKE_A_COOKIE} (a weak cookie is allowed only while every \
+                     cluster address is a loopback address, for a try-out on one machine)"
+                ),
+            );
+        }
+    }
+}
+
+/// What is wrong in `settings` but does not stop the node, one line each: a weak
+/// cookie on a loopback-only cluster. `check-config` prints these and a node logs them
+/// at start; [`environment_warning`] is the other warning.
+pub fn warnings(settings: &Settings) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if let Some(weak) = weak_cookie(settings) {
+        if cluster_is_loopback_only(settings) {
+            warnings.push(format!(
+                "cluster.cookie: {weak}; accepted only because every cluster address is \
+                 a loopback address; before other machines join, {MAKE_A_COOKIE}"
+            ));
+        }
+    }
+    warnings
+}
+
 /// The host part of the address peers dial for `entry`, which tells the entries that
 /// share a machine.
 fn advertised_host(entry: &NodeEntry) -> String {
@@ -1206,21 +1673,88 @@ mod tests {
     }
 
     #[test]
-    fn unknown_hubbub_variable_names_the_variable() {
+    fn unknown_key_of_a_known_section_names_the_variable_and_the_nearest() {
         let error = load_with_env(
             &ConfigSource::Defaults,
             None,
-            env(&[("HUBBUB_LIMITS__MAX_CONECTIONS", "5"), ("HUBBUB_LOG", "x")]),
+            env(&[
+                ("HUBBUB_LIMITS__MAX_CONECTIONS", "5"),
+                ("HUBBUB_CLUSTER__TLS__CERTT", "x"),
+            ]),
         )
-        .expect_err("unknown variables fail");
+        .expect_err("unknown keys fail");
         let message = error.to_string();
         assert!(matches!(error, ConfigError::Parse { .. }), "{error:?}");
         assert!(
-            message.contains("HUBBUB_LIMITS__MAX_CONECTIONS")
-                && message.contains("limits.max_conections"),
+            message.contains("environment variable HUBBUB_LIMITS__MAX_CONECTIONS: `limits.max_conections` is not a setting; did you mean HUBBUB_LIMITS__MAX_CONNECTIONS?"),
             "{message}"
         );
-        assert!(message.contains("HUBBUB_LOG"), "{message}");
+        assert!(
+            message.contains("HUBBUB_CLUSTER__TLS__CERTT")
+                && message.contains("did you mean HUBBUB_CLUSTER__TLS__CERT?"),
+            "{message}"
+        );
+    }
+
+    /// What a Kubernetes Service named `hubbub` puts in every pod's environment.
+    const KUBERNETES_SERVICE_ENV: &[(&str, &str)] = &[
+        ("HUBBUB_PORT", "tcp://10.96.0.12:8080"),
+        ("HUBBUB_PORT_8080_TCP", "tcp://10.96.0.12:8080"),
+        ("HUBBUB_PORT_8080_TCP_ADDR", "10.96.0.12"),
+        ("HUBBUB_PORT_8080_TCP_PORT", "8080"),
+        ("HUBBUB_PORT_8080_TCP_PROTO", "tcp"),
+        ("HUBBUB_SERVICE_HOST", "10.96.0.12"),
+        ("HUBBUB_SERVICE_PORT", "8080"),
+        ("HUBBUB_SERVICE_PORT_HTTP", "8080"),
+    ];
+
+    #[test]
+    fn variables_that_are_not_settings_are_ignored_with_one_warning() {
+        let mut pairs = KUBERNETES_SERVICE_ENV.to_vec();
+        pairs.extend([
+            ("HUBBUB_LIMITS__MAX_CONNECTIONS", "5"),
+            ("HUBBUB_CONFIG", ""),
+            ("HUBBUB_LOG", "x"),
+            ("HUBBUB_NOSUCHSECTION__KEY", "x"),
+            ("PATH", "/usr/bin"),
+        ]);
+        let settings = load_with_env(&ConfigSource::Defaults, None, env(&pairs))
+            .expect("a Kubernetes Service's variables do not stop a node");
+        assert_eq!(settings.limits.max_connections, 5);
+
+        let warning = environment_warning(env(&pairs)).expect("one warning line");
+        assert!(!warning.contains('\n'), "{warning}");
+        assert!(
+            warning.starts_with("ignoring 10 environment variables"),
+            "{warning}"
+        );
+        for (name, _) in KUBERNETES_SERVICE_ENV {
+            assert!(warning.contains(name), "{name}: {warning}");
+        }
+        assert!(warning.contains("HUBBUB_LOG, "), "{warning}");
+        assert!(warning.contains("HUBBUB_NOSUCHSECTION__KEY"), "{warning}");
+        let (_, listed) = warning.rsplit_once("): ").expect("a list of names");
+        let listed: Vec<&str> = listed.split(", ").collect();
+        assert_eq!(listed.len(), 10, "{warning}");
+        for not_listed in ["HUBBUB_LIMITS__MAX_CONNECTIONS", "HUBBUB_CONFIG", "PATH"] {
+            assert!(!listed.contains(&not_listed), "{not_listed}: {warning}");
+        }
+        assert!(
+            !warning.contains("10.96.0.12"),
+            "values are not shown: {warning}"
+        );
+        assert_eq!(
+            environment_warning(env(&[
+                ("HUBBUB_LIMITS__MAX_CONNECTIONS", "5"),
+                ("HUBBUB_CONFIG", "/etc/hubbub.toml")
+            ])),
+            None
+        );
+        let one = environment_warning(env(&[("HUBBUB_PORT", "tcp://x:1")])).expect("a warning");
+        assert!(
+            one.starts_with("ignoring 1 environment variable that is not"),
+            "{one}"
+        );
     }
 
     #[test]
@@ -1700,7 +2234,7 @@ mod tests {
     /// A valid enabled cluster, for changing one thing.
     fn enabled_cluster(s: &mut Settings) {
         s.cluster.enabled = true;
-        s.cluster.cookie = Secret::new("s3cret-cookie");
+        s.cluster.cookie = Secret::new("s3cret-cookie-of-at-least-32-chars");
     }
 
     #[test]
@@ -1710,11 +2244,17 @@ mod tests {
             None,
             env(&[
                 ("HUBBUB_CLUSTER__ENABLED", "true"),
-                ("HUBBUB_CLUSTER__COOKIE", "s3cret-cookie"),
+                (
+                    "HUBBUB_CLUSTER__COOKIE",
+                    "s3cret-cookie-of-at-least-32-chars",
+                ),
             ]),
         )
         .expect("env cookie loads");
-        assert_eq!(settings.cluster.cookie.expose(), "s3cret-cookie");
+        assert_eq!(
+            settings.cluster.cookie.expose(),
+            "s3cret-cookie-of-at-least-32-chars"
+        );
         for shown in [
             format!("{settings:?}"),
             format!("{settings:#?}"),
@@ -2071,7 +2611,7 @@ cookei = \"x\"
 
     const THREE_NODES: &str = "\
         [cluster]\n\
-        cookie = \"s3cret-cookie\"\n\
+        cookie = \"s3cret-cookie-of-at-least-32-chars\"\n\
         \n\
         [[nodes]]\n\
         name = \"a\"\n\
@@ -2141,7 +2681,10 @@ cookei = \"x\"
             assert_eq!(settings.cluster.advertise_addr(), dialled);
             assert!(settings.cluster.enabled, "--node {name}");
             assert_eq!(settings.cluster.seeds, all_seeds, "--node {name}");
-            assert_eq!(settings.cluster.cookie.expose(), "s3cret-cookie");
+            assert_eq!(
+                settings.cluster.cookie.expose(),
+                "s3cret-cookie-of-at-least-32-chars"
+            );
             assert_eq!(settings.nodes.len(), 3);
         }
     }
@@ -2218,14 +2761,20 @@ bind = \"127.0.0.1:4999\"
             env(&[
                 ("HUBBUB_NODE__HTTP_ADDR", "127.0.0.1:9002"),
                 ("HUBBUB_CLUSTER__ADVERTISE", "10.0.0.2:4372"),
-                ("HUBBUB_CLUSTER__COOKIE", "from-env"),
+                (
+                    "HUBBUB_CLUSTER__COOKIE",
+                    "from-env-0123456789abcdef0123456789",
+                ),
             ]),
         )
         .expect("loads");
         assert_eq!(settings.node.name, "b");
         assert_eq!(settings.node.http_addr.to_string(), "127.0.0.1:9002");
         assert_eq!(settings.cluster.advertise, "10.0.0.2:4372");
-        assert_eq!(settings.cluster.cookie.expose(), "from-env");
+        assert_eq!(
+            settings.cluster.cookie.expose(),
+            "from-env-0123456789abcdef0123456789"
+        );
         // The seeds are still the addresses the file gives each entry.
         assert_eq!(settings.cluster.seeds[1], "hubbub-b.internal:4372");
     }
@@ -2267,7 +2816,7 @@ bind = \"127.0.0.1:4999\"
     #[test]
     fn nodes_need_a_cookie() {
         let text = THREE_NODES.replace(
-            "cookie = \"s3cret-cookie\"
+            "cookie = \"s3cret-cookie-of-at-least-32-chars\"
 ",
             "",
         );
@@ -2277,7 +2826,10 @@ bind = \"127.0.0.1:4999\"
         assert!(load_node(
             &text,
             Some("a"),
-            env(&[("HUBBUB_CLUSTER__COOKIE", "s3cret")])
+            env(&[(
+                "HUBBUB_CLUSTER__COOKIE",
+                "s3cret-of-at-least-thirty-two-chars"
+            )])
         )
         .is_ok());
     }
@@ -2285,7 +2837,7 @@ bind = \"127.0.0.1:4999\"
     #[test]
     fn duplicate_names_and_addresses_are_all_reported() {
         let text = "\
-            [cluster]\ncookie = \"x\"\n\
+            [cluster]\ncookie = \"0123456789abcdef0123456789abcdef\"\n\
             [[nodes]]\nname = \"a\"\nhttp_addr = \"127.0.0.1:8081\"\nbind = \"127.0.0.1:4371\"\n\
             [[nodes]]\nname = \"a\"\nhttp_addr = \"127.0.0.1:8081\"\nbind = \"127.0.0.1:4371\"\n\
             [[nodes]]\nname = \"c\"\nhttp_addr = \"127.0.0.1:8083\"\nbind = \"127.0.0.1:4373\"\n\
@@ -2311,13 +2863,16 @@ bind = \"127.0.0.1:4999\"
         );
         assert!(problems[0].contains("nodes[0] (a)"), "{problems:?}");
         // The same with a node chosen: a broken file does not start.
-        assert_eq!(invalid(load_node(text, Some("c"), no_env())), problems);
+        assert_eq!(
+            invalid(load_with_env(&file.source(), Some("c"), no_env())),
+            problems
+        );
     }
 
     #[test]
     fn nodes_on_different_hosts_may_share_listen_addresses() {
         let text = "\
-            [cluster]\ncookie = \"x\"\n\
+            [cluster]\ncookie = \"0123456789abcdef0123456789abcdef\"\n\
             [[nodes]]\nname = \"a\"\nhttp_addr = \"0.0.0.0:8080\"\nbind = \"0.0.0.0:4370\"\n\
             advertise = \"10.0.0.1:4370\"\n\
             [[nodes]]\nname = \"b\"\nhttp_addr = \"0.0.0.0:8080\"\nbind = \"0.0.0.0:4370\"\n\
@@ -2349,7 +2904,10 @@ bind = \"127.0.0.1:4999\"
             "{problems:#?}"
         );
         // A node that is fine itself still does not start from a broken file.
-        assert_eq!(invalid(load_node(&text, Some("a"), no_env())), problems);
+        assert_eq!(
+            invalid(load_with_env(&file.source(), Some("a"), no_env())),
+            problems
+        );
     }
 
     #[test]
@@ -2400,5 +2958,393 @@ port = 1",
         .expect_err("not a setting")
         .to_string();
         assert!(message.contains("HUBBUB_NODES__NAME"), "{message}");
+    }
+
+    // ---- what an operator is told ----
+
+    #[test]
+    fn edit_distance_counts_single_character_edits() {
+        assert_eq!(edit_distance("", ""), 0);
+        assert_eq!(edit_distance("abc", ""), 3);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("max_conections", "max_connections"), 1);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("bind", "bnid"), 1);
+        assert_eq!(edit_distance("ab", "ba"), 1);
+        assert_eq!(
+            nearest(
+                "max_conections",
+                ["max_rooms_per_session", "max_connections"]
+            ),
+            Some("max_connections")
+        );
+        assert_eq!(
+            nearest("Max_Connections", ["max_connections"]),
+            Some("max_connections")
+        );
+        assert_eq!(nearest("x", ["ca", "key"]), None);
+        assert_eq!(nearest("completely_different", ["max_connections"]), None);
+    }
+
+    #[test]
+    fn unknown_key_in_file_names_the_file_the_line_and_the_nearest_key() {
+        let file =
+            TempToml::new("[node]\nthreads = 2\n\n[limits]\n# the cap\nmax_conections = 5\n");
+        let message = load_with_env(&file.source(), None, no_env())
+            .expect_err("unknown key fails")
+            .to_string();
+        assert_eq!(
+            message,
+            format!(
+                "unknown key `limits.max_conections` in {} line 6; did you mean \
+                 `limits.max_connections`?",
+                file.0.display()
+            )
+        );
+    }
+
+    #[test]
+    fn unknown_key_without_a_near_one_lists_the_valid_keys() {
+        let file = TempToml::new("[shutdown]\nwhenever = 5\n");
+        let message = load_with_env(&file.source(), None, no_env())
+            .expect_err("unknown key fails")
+            .to_string();
+        assert!(
+            message.contains(&format!(
+                "unknown key `shutdown.whenever` in {} line 2",
+                file.0.display()
+            )),
+            "{message}"
+        );
+        assert!(
+            message.contains("timeout_secs") && message.contains("batch_size"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn unknown_section_and_keys_of_entries_are_placed_too() {
+        let file = TempToml::new("[limitz]\nmax_connections = 5\n");
+        let message = load_with_env(&file.source(), None, no_env())
+            .expect_err("unknown section fails")
+            .to_string();
+        assert!(
+            message.contains(&format!(
+                "unknown key `limitz` in {} line 1; did you mean `limits`?",
+                file.0.display()
+            )),
+            "{message}"
+        );
+
+        let text = format!("{THREE_NODES}bnid = \"127.0.0.1:4374\"\n");
+        let file = TempToml::new(&text);
+        let message = load_every_node_with_env(&file.source(), no_env())
+            .expect_err("unknown entry field fails")
+            .to_string();
+        let line = text
+            .lines()
+            .position(|l| l.starts_with("bnid"))
+            .expect("the line")
+            + 1;
+        assert!(
+            message.contains(&format!(
+                "unknown key `nodes[2].bnid` in {} line {line}; did you mean `nodes[2].bind`?",
+                file.0.display()
+            )),
+            "{message}"
+        );
+
+        let file =
+            TempToml::new("[cluster.tls]\ncert = \"a\"\nkey = \"b\"\nca = \"c\"\ncaa = \"d\"\n");
+        let message = load_with_env(&file.source(), None, no_env())
+            .expect_err("unknown tls field fails")
+            .to_string();
+        assert!(
+            message.contains(&format!(
+                "unknown key `cluster.tls.caa` in {} line 5; did you mean `cluster.tls.ca`?",
+                file.0.display()
+            )),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_range_error_names_the_file_and_line_or_the_variable() {
+        let file = TempToml::new("[limits]\nmax_connections = 0\n\n[rooms]\nhistory = 0\n");
+        let problems = invalid(load_with_env(&file.source(), None, no_env()));
+        let shown = file.0.display().to_string();
+        assert_eq!(
+            problems,
+            [
+                format!("limits.max_connections: must be at least 1 (in {shown} line 2)"),
+                format!("rooms.history: must be between 1 and 100000, not 0 (in {shown} line 5)"),
+            ]
+        );
+        let problems = invalid(load_with_env(
+            &file.source(),
+            None,
+            env(&[
+                ("HUBBUB_ROOMS__HISTORY", "200000"),
+                ("HUBBUB_LIMITS__MAX_CONNECTIONS", "5"),
+            ]),
+        ));
+        assert_eq!(
+            problems,
+            ["rooms.history: must be between 1 and 100000, not 200000 (from HUBBUB_ROOMS__HISTORY)"]
+        );
+        // A list from the environment, and a problem of a [[nodes]] entry.
+        let problems = invalid(load_with_env(
+            &ConfigSource::Defaults,
+            None,
+            env(&[("HUBBUB_CLUSTER__SEEDS", "10.0.0.1:0")]),
+        ));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with("cluster.seeds: ")
+                && problems[0].ends_with(" (from HUBBUB_CLUSTER__SEEDS)"),
+            "{problems:?}"
+        );
+        let text = THREE_NODES.replace("name = \"c\"", "name = \"c c\"");
+        let file = TempToml::new(&text);
+        let problems = invalid(
+            load_every_node_with_env(&file.source(), no_env()).map(|mut every| every.remove(0)),
+        );
+        let line = text
+            .lines()
+            .position(|l| l.contains("c c"))
+            .expect("the line")
+            + 1;
+        assert!(
+            problems.iter().any(|p| p.starts_with("nodes[2].name: ")
+                && p.ends_with(&format!(" (in {} line {line})", file.0.display()))),
+            "{problems:#?}"
+        );
+    }
+
+    #[test]
+    fn admin_addr_is_empty_or_an_address_of_its_own() {
+        assert_eq!(Settings::default().admin.listen_addr(), None);
+        assert!(problems_after(|s| s.admin.addr = "127.0.0.1:9090".to_owned()).is_empty());
+        assert!(problems_after(|s| s.admin.addr = "127.0.0.1:0".to_owned()).is_empty());
+        assert_one_problem(
+            &problems_after(|s| s.admin.addr = "localhost:9090".to_owned()),
+            "admin.addr",
+        );
+        assert_one_problem(
+            &problems_after(|s| s.admin.addr = "127.0.0.1:8080".to_owned()),
+            "admin.addr",
+        );
+        let problems = problems_after(|s| {
+            enabled_cluster(s);
+            s.admin.addr = "127.0.0.1:4370".to_owned();
+        });
+        assert_one_problem(&problems, "admin.addr");
+        assert!(problems[0].contains("cluster.bind"), "{problems:?}");
+        let settings = load_with_env(
+            &ConfigSource::Defaults,
+            None,
+            env(&[("HUBBUB_ADMIN__ADDR", "10.0.0.5:9090")]),
+        )
+        .expect("loads");
+        assert_eq!(
+            settings.admin.listen_addr(),
+            Some("10.0.0.5:9090".parse().unwrap())
+        );
+    }
+
+    // ---- the cookie's strength ----
+
+    /// A cluster reachable from other machines, with `cookie`.
+    fn reachable_cluster(s: &mut Settings, cookie: &str) {
+        s.cluster.enabled = true;
+        s.cluster.cookie = Secret::new(cookie);
+        s.cluster.bind = "0.0.0.0:4370".parse().unwrap();
+        s.cluster.advertise = "10.0.0.5:4370".to_owned();
+    }
+
+    #[test]
+    fn a_reachable_cluster_refuses_example_and_short_cookies() {
+        for (cookie, why) in [
+            ("change-me-to-a-long-random-secret", "example cookie"),
+            ("  change-me-to-a-long-random-secret ", "example cookie"),
+            (
+                "a-long-random-secret-of-at-least-32-bytes",
+                "example cookie",
+            ),
+            ("test-cookie", "11 characters long, fewer than the 32"),
+            ("0123456789abcdef0123456789abcde", "31 characters long"),
+        ] {
+            let problems = problems_after(|s| reachable_cluster(s, cookie));
+            assert_one_problem(&problems, "cluster.cookie");
+            assert!(problems[0].contains(why), "{cookie}: {problems:?}");
+            assert!(problems[0].contains("openssl rand -hex 32"), "{problems:?}");
+            assert!(
+                !problems[0].contains(cookie.trim()),
+                "the cookie is shown: {problems:?}"
+            );
+        }
+        assert!(
+            problems_after(|s| reachable_cluster(s, "0123456789abcdef0123456789abcdef")).is_empty()
+        );
+        // Off, nothing is checked; blank is reported as missing, once.
+        assert!(problems_after(|s| s.cluster.cookie = Secret::new("x")).is_empty());
+        assert_one_problem(
+            &problems_after(|s| reachable_cluster(s, "")),
+            "cluster.cookie",
+        );
+    }
+
+    #[test]
+    fn any_address_off_loopback_makes_the_cluster_reachable() {
+        let weak = |change: &dyn Fn(&mut Settings)| {
+            problems_after(|s| {
+                s.cluster.enabled = true;
+                s.cluster.cookie = Secret::new("test-cookie");
+                change(s);
+            })
+        };
+        assert!(weak(&|_| {}).is_empty(), "bind 127.0.0.1 alone is loopback");
+        assert!(weak(&|s| s.cluster.seeds = vec![
+            "localhost:4371".into(),
+            "[::1]:4372".into(),
+            "127.0.0.2:4373".into()
+        ])
+        .is_empty());
+        assert_one_problem(
+            &weak(&|s| s.cluster.seeds = vec!["127.0.0.1:4371".into(), "10.0.0.6:4370".into()]),
+            "cluster.cookie",
+        );
+        assert_one_problem(
+            &weak(&|s| s.cluster.seeds = vec!["node-b:4370".into()]),
+            "cluster.cookie",
+        );
+        assert_one_problem(
+            &weak(&|s| s.cluster.advertise = "10.0.0.5:4370".into()),
+            "cluster.cookie",
+        );
+        assert_one_problem(
+            &weak(&|s| s.cluster.bind = "10.0.0.5:4370".parse().unwrap()),
+            "cluster.cookie",
+        );
+        assert_one_problem(
+            &weak(&|s| {
+                s.nodes = vec![NodeEntry {
+                    name: "b".into(),
+                    http_addr: "127.0.0.1:8082".parse().unwrap(),
+                    bind: "127.0.0.1:4372".parse().unwrap(),
+                    advertise: "hubbub-b.internal:4372".into(),
+                }]
+            }),
+            "cluster.cookie",
+        );
+    }
+
+    #[test]
+    fn a_weak_cookie_on_loopback_only_is_a_warning() {
+        let mut settings = Settings::default();
+        settings.cluster.enabled = true;
+        settings.cluster.cookie = Secret::new("test-cookie");
+        assert!(settings.problems().is_empty());
+        let warnings = warnings(&settings);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("cluster.cookie: is 11 characters long"),
+            "{warnings:?}"
+        );
+        assert!(
+            warnings[0].contains("loopback") && warnings[0].contains("openssl rand -hex 32"),
+            "{warnings:?}"
+        );
+        assert!(!warnings[0].contains("test-cookie"), "{warnings:?}");
+
+        settings.cluster.cookie = Secret::new("0123456789abcdef0123456789abcdef");
+        assert!(crate::config::warnings(&settings).is_empty());
+        settings.cluster.cookie = Secret::new("test-cookie");
+        settings.cluster.enabled = false;
+        assert!(crate::config::warnings(&settings).is_empty());
+        settings.cluster.enabled = true;
+        settings.cluster.seeds = vec!["10.0.0.6:4370".into()];
+        assert!(
+            crate::config::warnings(&settings).is_empty(),
+            "refused, not warned"
+        );
+    }
+
+    #[test]
+    fn the_example_cluster_file_runs_on_one_machine_with_a_warning_only() {
+        let source = ConfigSource::File(PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/cluster.toml"
+        )));
+        for settings in load_every_node_with_env(&source, no_env()).expect("cluster.toml loads") {
+            let warnings = warnings(&settings);
+            assert_eq!(warnings.len(), 1, "{warnings:?}");
+            assert!(warnings[0].contains("example cookie"), "{warnings:?}");
+        }
+        // The same file with a node on another machine stops.
+        let problems = invalid(load_with_env(
+            &source,
+            Some("a"),
+            env(&[("HUBBUB_CLUSTER__ADVERTISE", "10.0.0.1:4371")]),
+        ));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with("cluster.cookie: is the example cookie"),
+            "{problems:?}"
+        );
+        assert!(
+            problems[0].ends_with(&format!(
+                "(in {} line {})",
+                source_path(&source),
+                cookie_line()
+            )),
+            "{problems:?}"
+        );
+    }
+
+    fn source_path(source: &ConfigSource) -> String {
+        match source {
+            ConfigSource::File(path) => path.display().to_string(),
+            ConfigSource::Defaults => String::new(),
+        }
+    }
+
+    /// The line of cluster.toml that sets the cookie.
+    fn cookie_line() -> usize {
+        include_str!("../../cluster.toml")
+            .lines()
+            .position(|line| line.starts_with("cookie ="))
+            .expect("cluster.toml sets a cookie")
+            + 1
+    }
+
+    #[test]
+    fn every_example_cookie_of_the_repository_is_refused() {
+        // The cookies written in the repository's examples and docs.
+        let sources = [
+            include_str!("../../cluster.toml"),
+            include_str!("default.toml"),
+            include_str!("../../docker-compose.yml"),
+            include_str!("../../docs/configuration.md"),
+            include_str!("../../docs/operations.md"),
+            include_str!("../../docs/cluster.md"),
+        ];
+        let mut found = 0;
+        for text in sources {
+            for line in text.lines() {
+                let Some((_, value)) = line.split_once("cookie = \"") else {
+                    continue;
+                };
+                let Some((cookie, _)) = value.split_once('"') else {
+                    continue;
+                };
+                found += 1;
+                assert!(
+                    EXAMPLE_COOKIES.contains(&cookie),
+                    "{cookie:?} is not in EXAMPLE_COOKIES"
+                );
+            }
+        }
+        assert!(found >= 3, "found {found} example cookies");
     }
 }

@@ -21,8 +21,8 @@ pub use access::{
     PublishRule, RateLimitSettings,
 };
 pub use load::{
-    default_config_toml, load, load_every_node, load_every_node_with_env, load_with_env,
-    ConfigError, ConfigSource, CONFIG_PATH_ENV,
+    default_config_toml, environment_warning, load, load_every_node, load_every_node_with_env,
+    load_with_env, warnings, ConfigError, ConfigSource, CONFIG_PATH_ENV,
 };
 
 /// The whole configuration of one node.
@@ -39,6 +39,7 @@ pub struct Settings {
     pub http: HttpSettings,
     pub shutdown: ShutdownSettings,
     pub cluster: ClusterSettings,
+    pub admin: AdminSettings,
     /// `[[nodes]]`: every node of a cluster described in one file; `--node NAME` picks
     /// the entry this process runs as. Empty for a file that describes one node.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -68,6 +69,24 @@ impl Default for ShutdownSettings {
             batch_interval_ms: 100,
             reconnect_spread_ms: 2_000,
         }
+    }
+}
+
+/// `[admin]`: the operator's listener, apart from the one clients use.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminSettings {
+    /// `"IP:port"` of a second HTTP listener that serves `/metrics` and `/cluster`
+    /// (and `/healthz`, `/readyz`) instead of the public one, which then answers 404
+    /// for them. Empty: no admin listener, everything on `node.http_addr`.
+    pub addr: String,
+}
+
+impl AdminSettings {
+    /// The admin listener's address, `None` when `addr` is empty (or, in settings
+    /// that were not validated, not an address).
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        self.addr.trim().parse().ok()
     }
 }
 

@@ -32,6 +32,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The version this node was built as (Cargo.toml's), shown in `hubbub_build_info`
+/// and `GET /cluster`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The commit this node was built from (`git rev-parse --short HEAD` at build time,
+/// by build.rs; `unknown` without git).
+pub const COMMIT: &str = env!("HUBBUB_COMMIT");
+
 /// The `Content-Type` of [`Metrics::encode`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -238,6 +245,17 @@ impl Metrics {
             "Connections refused for their credentials, by reason",
             auth_failures.clone(),
         );
+        // Which build answers: a gauge at 1, its labels the version and commit.
+        let build_info = Family::<Labels2, Gauge>::default();
+        registry.register(
+            "hubbub_build_info",
+            "Always 1; the labels say which build this node runs (version from Cargo.toml, \
+             commit from git at build time, unknown without git)",
+            build_info.clone(),
+        );
+        build_info
+            .get_or_create(&[("version", VERSION), ("commit", COMMIT)])
+            .set(1);
         registry.register_collector(Box::new(ProcessCollector));
 
         Self {

@@ -4,6 +4,7 @@ use super::gate::Gate;
 use super::websocket;
 use crate::actors::NodeContext;
 use crate::cluster::membership::MembershipMessage;
+use crate::telemetry::metrics::{COMMIT, VERSION};
 use actix_web::{dev::Server, web, App, HttpResponse, HttpServer};
 use serde_json::json;
 use std::net::TcpListener;
@@ -51,25 +52,34 @@ impl AppState {
     }
 }
 
-/// Starts serving on an already bound listener, over TLS when `tls` is given
+/// Starts serving clients on an already bound listener, over TLS when `tls` is given
 /// (`[http.tls]`, built by `transport::tls`); the returned server runs until its
 /// handle stops it.
+///
+/// `/metrics` and `/cluster` are served here only while there is no admin listener
+/// (`operator_routes`: `[admin] addr` is empty); with one they are [`serve_admin`]'s, and
+/// this listener answers 404 for them.
 pub fn serve(
     listener: TcpListener,
     state: AppState,
     tls: Option<ServerConfig>,
+    operator_routes: bool,
 ) -> std::io::Result<Server> {
     let workers = state.ctx.settings.node.thread_count();
     let data = web::Data::new(state);
     let server = HttpServer::new(move || {
-        App::new()
+        let app = App::new()
             .app_data(data.clone())
-            .route("/", web::get().to(chat_page))
-            .route("/ws", web::get().to(websocket::upgrade))
-            .route("/healthz", web::get().to(healthz))
-            .route("/readyz", web::get().to(readyz))
-            .route("/cluster", web::get().to(cluster))
-            .route("/metrics", web::get().to(super::scrape::metrics))
+            .service(get("/", chat_page))
+            .service(get("/ws", websocket::upgrade))
+            .service(get("/healthz", healthz))
+            .service(get("/readyz", readyz));
+        if operator_routes {
+            app.service(get("/cluster", cluster))
+                .service(get("/metrics", super::scrape::metrics))
+        } else {
+            app
+        }
     })
     // Small frames (a reply right after a broadcast) must not wait for the client's
     // delayed ACK: without this, Nagle adds about 40 ms to such pairs. actix-web sets
@@ -84,6 +94,39 @@ pub fn serve(
         None => server.listen(listener)?,
     };
     Ok(server.run())
+}
+
+/// Starts the operator's listener (`[admin] addr`): `/metrics` and `/cluster`, and
+/// `/healthz` and `/readyz` as on the public one, plain HTTP on one worker. An `App`
+/// of its own, so that what is only for operators (a server API later) is added
+/// here and never reaches the port clients use.
+pub fn serve_admin(listener: TcpListener, state: AppState) -> std::io::Result<Server> {
+    let data = web::Data::new(state);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .service(get("/healthz", healthz))
+            .service(get("/readyz", readyz))
+            .service(get("/cluster", cluster))
+            .service(get("/metrics", super::scrape::metrics))
+    })
+    .disable_signals()
+    .shutdown_timeout(1)
+    // A scrape now and then: one worker is plenty, and keeps threads for clients.
+    .workers(1)
+    .listen(listener)?;
+    Ok(server.run())
+}
+
+/// A resource answering GET at `path`. Any other method gets 405 with
+/// `Allow: GET` (actix-web's resource default), not the 404 of an unknown path.
+fn get<F, Args>(path: &str, handler: F) -> actix_web::Resource
+where
+    F: actix_web::Handler<Args>,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    web::resource(path).route(web::get().to(handler))
 }
 
 async fn chat_page() -> HttpResponse {
@@ -118,9 +161,15 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
+/// The cluster as this node sees it (membership's status, the rooms it owns) and the
+/// build it runs (`version`, `commit`); 404 on a node that is not clustered.
 async fn cluster(state: web::Data<AppState>) -> HttpResponse {
     let Some(membership) = state.ctx.membership() else {
-        return HttpResponse::NotFound().json(json!({"error": "not clustered"}));
+        return HttpResponse::NotFound().json(json!({
+            "error": "not clustered",
+            "version": VERSION,
+            "commit": COMMIT,
+        }));
     };
     match crate::actors::ask(&membership, MembershipMessage::Status).await {
         Ok(status) => {
@@ -134,6 +183,8 @@ async fn cluster(state: web::Data<AppState>) -> HttpResponse {
                 None => Vec::new(),
             };
             body["rooms_owned"] = json!(owned);
+            body["version"] = json!(VERSION);
+            body["commit"] = json!(COMMIT);
             HttpResponse::Ok().json(body)
         }
         Err(_) => HttpResponse::ServiceUnavailable()

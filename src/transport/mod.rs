@@ -16,4 +16,4 @@ pub(crate) mod tls;
 mod websocket;
 
 pub use gate::{Gate, Refused};
-pub use http::{serve, AppState};
+pub use http::{serve, serve_admin, AppState};

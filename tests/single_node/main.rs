@@ -7,6 +7,7 @@ mod support;
 mod ws_client;
 
 mod abuse;
+mod admin;
 mod auth;
 mod bad_input;
 mod behaviour;
