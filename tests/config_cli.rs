@@ -393,7 +393,16 @@ fn check_config_ignores_variables_that_are_not_settings_with_one_warning() {
         assert!(warnings[0].contains(name), "{name}: {err}");
     }
     assert!(!err.contains("10.96.0.12"), "values are not shown: {err}");
-    assert!(!err.contains("HUBBUB_LIMITS__MAX_CONNECTIONS"), "{err}");
+    let (_, listed) = warnings[0].rsplit_once("): ").expect("a list of names");
+    assert_eq!(
+        listed.split(", ").count(),
+        KUBERNETES_SERVICE_ENV.len(),
+        "{err}"
+    );
+    assert!(
+        !listed.contains("HUBBUB_LIMITS__MAX_CONNECTIONS"),
+        "a setting: {err}"
+    );
 
     // Without such variables, no warning.
     let output = run(hubbub().arg("check-config"));
