@@ -1,8 +1,8 @@
 //! Assembling a node: settings in, a running HTTP server and actor system out.
 //!
 //! [`Application::build`] starts the actor system on its own runtime, binds the HTTP
-//! listener (port 0 picks a free one, which is how tests start nodes) and returns
-//! before serving; [`Application::run`] serves until the shutdown future the caller
+//! listener (port 0 picks a free one, which is how tests start nodes), and the admin
+//! listener when `[admin] addr` is set, and returns before serving; [`Application::run`] serves until the shutdown future the caller
 //! hands in resolves (`run_until_stopped` uses SIGINT / SIGTERM), then drains.
 
 use crate::actors::{

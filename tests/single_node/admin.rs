@@ -176,6 +176,27 @@ async fn the_admin_listener_takes_metrics_and_cluster_off_the_public_one() {
 }
 
 #[tokio::test]
+async fn a_clustered_node_tells_its_version_in_cluster_on_the_admin_listener() {
+    let mut settings = test_settings();
+    settings.admin.addr = "127.0.0.1:0".to_owned();
+    settings.cluster.enabled = true;
+    settings.cluster.cookie = hubbub::config::Secret::new("test-cookie");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|free| free.local_addr())
+        .expect("a free port");
+    settings.cluster.bind = port;
+    let mut node = Node::start_with(settings).await;
+    let cluster = get(node.admin(), "/cluster").await;
+    assert_eq!(cluster.status, 200, "{}", cluster.body);
+    let cluster: Json = serde_json::from_str(&cluster.body).expect("JSON");
+    assert_eq!(cluster["version"], VERSION, "{cluster}");
+    assert_eq!(cluster["commit"], COMMIT, "{cluster}");
+    assert!(cluster.get("rooms_owned").is_some(), "{cluster}");
+    assert_eq!(get(node.public, "/cluster").await.status, 404);
+    node.shut_down().await;
+}
+
+#[tokio::test]
 async fn without_an_admin_listener_everything_is_on_the_public_one() {
     let mut node = Node::start(false).await;
     assert_eq!(node.admin, None);
