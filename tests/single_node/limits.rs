@@ -546,6 +546,111 @@ async fn a_silent_client_is_closed_with_4008() {
     assert_eq!(member_ids(&mut watcher, "lobby").await, ["watcher"]);
 }
 
+/// A WebSocket client on a bare TCP stream, which writes only what it is told to: no
+/// automatic pongs. (A library client answers the node's pings as it reads; a pong
+/// reaching the node after it has closed its socket makes the kernel reset the
+/// connection and drop the close frame still on its way.)
+struct RawClient {
+    tcp: tokio::net::TcpStream,
+    /// Read and not yet parsed.
+    unread: Vec<u8>,
+}
+
+impl RawClient {
+    async fn connect(node: &TestNode, query: &str) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+        let handshake = format!(
+            "GET /ws?{query} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n",
+            node.addr
+        );
+        tcp.write_all(handshake.as_bytes()).await.unwrap();
+        let mut unread = Vec::new();
+        let deadline = Instant::now() + DEADLINE;
+        let body = loop {
+            if let Some(end) = unread.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout_at(deadline, tcp.read(&mut chunk))
+                .await
+                .expect("the upgrade in time")
+                .unwrap();
+            assert!(n > 0, "closed during the upgrade");
+            unread.extend_from_slice(&chunk[..n]);
+        };
+        assert!(unread.starts_with(b"HTTP/1.1 101"), "not upgraded");
+        unread.drain(..body);
+        RawClient { tcp, unread }
+    }
+
+    /// Sends one masked frame (RFC 6455: every client frame is masked).
+    async fn send(&mut self, opcode: u8, payload: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        let mask = [0x1d, 0x7e, 0x42, 0x99];
+        let mut frame = vec![0x80 | opcode];
+        match payload.len() {
+            len @ 0..=125 => frame.push(0x80 | len as u8),
+            len => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+        }
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+        self.tcp.write_all(&frame).await.unwrap();
+    }
+
+    async fn send_json(&mut self, frame: Value) {
+        self.send(0x1, frame.to_string().as_bytes()).await;
+    }
+
+    async fn pong(&mut self) {
+        self.send(0xA, b"").await;
+    }
+
+    /// Reads (and skips) every frame until the node's close frame; its code, or None
+    /// if the connection ended without one.
+    async fn expect_close(&mut self) -> Option<u16> {
+        use tokio::io::AsyncReadExt;
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            // Server frames are unmasked: a 2-byte header, then 2 or 8 more bytes of
+            // length for payloads over 125.
+            let buf = &self.unread;
+            let frame = match buf.get(1).map(|b| b & 0x7f) {
+                Some(126) if buf.len() >= 4 => {
+                    Some((4, u16::from_be_bytes([buf[2], buf[3]]) as usize))
+                }
+                Some(127) if buf.len() >= 10 => {
+                    let len: [u8; 8] = buf[2..10].try_into().unwrap();
+                    Some((10, u64::from_be_bytes(len) as usize))
+                }
+                Some(short) if short < 126 => Some((2, short as usize)),
+                _ => None,
+            };
+            if let Some((head, len)) = frame.filter(|(head, len)| buf.len() >= head + len) {
+                if buf[0] & 0x0f == 0x8 {
+                    return (len >= 2).then(|| u16::from_be_bytes([buf[head], buf[head + 1]]));
+                }
+                self.unread.drain(..head + len);
+                continue;
+            }
+            let mut chunk = vec![0u8; 64 * 1024];
+            let n = tokio::time::timeout_at(deadline, self.tcp.read(&mut chunk))
+                .await
+                .expect("the node should close in time")
+                .ok()?;
+            if n == 0 {
+                return None;
+            }
+            self.unread.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_silent_client_whose_socket_is_full_is_still_closed_with_4008() {
     // Silence must be noticed even while nothing more can be written to the client:
@@ -568,10 +673,18 @@ async fn a_silent_client_whose_socket_is_full_is_still_closed_with_4008() {
     })
     .await;
     let mut publisher = node.connect("publisher", "Publisher").await;
-    let mut silent = node.connect("silent", "Silent").await;
     publisher.join("firehose").await;
-    silent.join("firehose").await;
-    // From here on `silent` reads nothing.
+    // `silent` reads nothing, and writes only its join and its pongs.
+    let mut silent = RawClient::connect(&node, "user=silent&name=Silent").await;
+    silent
+        .send_json(json!({"type": "join", "room": "firehose", "ref": 1}))
+        .await;
+    publisher
+        .expect(
+            |f| f["type"] == "presence_diff" && f["joins"][0]["id"] == "silent",
+            "silent joining",
+        )
+        .await;
 
     const MAX_MESSAGES: u64 = 50_000;
     let mut firehose = Firehose::new("firehose");
@@ -579,7 +692,7 @@ async fn a_silent_client_whose_socket_is_full_is_still_closed_with_4008() {
     let filling = Instant::now();
     loop {
         if last_pong.elapsed() >= TIMEOUT / 8 {
-            silent.send_raw(Message::Pong(Vec::new().into())).await;
+            silent.pong().await;
             last_pong = Instant::now();
         }
         firehose.step(&mut publisher, MAX_MESSAGES).await;
@@ -593,12 +706,12 @@ async fn a_silent_client_whose_socket_is_full_is_still_closed_with_4008() {
             "the node's writes to the silent client never stalled"
         );
     }
-    silent.send_raw(Message::Pong(Vec::new().into())).await;
+    silent.pong().await;
     firehose.drain(&mut publisher).await;
     let filled = filling.elapsed();
     // The last frame `silent` sends; its silence starts when the node hears it.
     let last_sent = Instant::now();
-    silent.send_raw(Message::Pong(Vec::new().into())).await;
+    silent.pong().await;
 
     expect_leave(&mut publisher, "firehose", "silent").await;
     let after = last_sent.elapsed();
