@@ -2,6 +2,7 @@
 //! references to the long-lived actors (which change when a supervisor restarts one).
 
 use super::message_rate::MessageRate;
+use super::outbound_budget::OutboundBudget;
 use super::presence::PresenceMessage;
 use super::room::RoomMessage;
 use super::room_supervisor::RoomSupervisorMessage;
@@ -28,6 +29,8 @@ pub struct NodeContext {
     pub cluster: Option<Arc<Cluster>>,
     /// This node's metrics (its own registry, served at `GET /metrics`).
     pub metrics: Arc<Metrics>,
+    /// What every connection's outbox holds, and `limits.node_outbound_bytes`.
+    pub outbound: Arc<OutboundBudget>,
     refs: RwLock<Refs>,
     rooms_by_name: RwLock<HashMap<String, ActorRef<RoomMessage>>>,
 }
@@ -55,6 +58,7 @@ impl NodeContext {
             RoomAccess::closed()
         });
         let message_rate = MessageRate::new(&settings.rate_limit);
+        let outbound = Arc::new(OutboundBudget::new(settings.limits.node_outbound_bytes));
         Self {
             settings,
             behaviours,
@@ -62,6 +66,7 @@ impl NodeContext {
             message_rate,
             cluster,
             metrics,
+            outbound,
             refs: RwLock::new(Refs::default()),
             rooms_by_name: RwLock::new(HashMap::new()),
         }

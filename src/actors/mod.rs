@@ -24,6 +24,7 @@
 mod context;
 mod message_rate;
 mod node;
+mod outbound_budget;
 mod outbox;
 mod presence;
 mod room;
@@ -34,7 +35,10 @@ mod session_supervisor;
 pub use context::NodeContext;
 pub use message_rate::MessageRate;
 pub use node::{start_node, NodeHandle};
-pub use outbox::{Fanout, Outbound, Outbox, OutboxReader, PushError, Taken, WakeRelay};
+pub use outbound_budget::OutboundBudget;
+pub use outbox::{
+    Fanout, Outbound, Outbox, OutboxBounds, OutboxReader, PushError, Taken, WakeRelay,
+};
 pub use presence::PresenceMessage;
 pub use room::RoomMessage;
 pub use room_supervisor::RoomSupervisorMessage;

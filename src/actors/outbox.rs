@@ -9,10 +9,26 @@
 //! (`transport::outbound` turns what it takes into WebSocket frames): no writer task,
 //! no second channel.
 //!
-//! The queue holds at most `limits.outbound_queue` frames. A push that finds it full
-//! means the client cannot keep up: the connection is closed with 4009 (slow
-//! consumer) at once, instead of buffering without limit. Each frame queued is counted
-//! by type in the node's metrics, and each slow consumer closed.
+//! The queue holds at most `limits.outbound_queue` frames and `limits.outbound_bytes`
+//! bytes. A push that finds it full, in frames or in bytes, means the client cannot keep
+//! up: the connection is closed with 4009 (slow consumer) at once, instead of buffering
+//! without limit. Each frame queued is counted by type in the node's metrics, and each
+//! slow consumer closed, by which bound it hit.
+//!
+//! **What the bytes are.** Each frame counts its payload and its slot in the queue
+//! ([`cost`]). An outbox holds its frames from the push until its writer takes them,
+//! and then still holds what the writer took last until the writer asks again: the
+//! writer hands those bytes to actix-http's write buffer, which asks for more only once
+//! it is under its own 32 KiB bound (`transport::outbound`), so they are counted until
+//! they are, all but that bound, on the socket. The bound is the bound: a single frame
+//! larger than `limits.outbound_bytes` closes its connection even on an empty queue (a
+//! reply that large is a bug of its own; replies are cut well under the default).
+//!
+//! **The node's budget.** Every outbox adds what it holds to the node's
+//! [`OutboundBudget`] (`limits.node_outbound_bytes`) and takes it off again as the
+//! writer takes frames, a close drops them, or the connection goes. A push that takes
+//! the node past its budget closes the connections holding the most first (4009, "node
+//! outbound budget"), so one room of slow readers cannot take down the rest.
 //!
 //! Closing has two speeds. [`Outbox::close_after_queued`] puts the close behind the
 //! frames already queued (a `goodbye` then 1012). [`Outbox::close_now`] jumps the
@@ -27,15 +43,16 @@
 //! relay wakes the members from the worker's own thread, where a wake is a push on a
 //! local run queue. One system call per worker per broadcast instead of one per member.
 
+use super::outbound_budget::{Holder, OutboundBudget};
 use crate::protocol::close;
-use crate::telemetry::metrics::FrameType;
+use crate::telemetry::metrics::{FrameType, SlowConsumer};
 use crate::telemetry::Metrics;
 use bytestring::ByteString;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -49,10 +66,38 @@ pub enum Outbound {
     Close(u16, String),
 }
 
+/// What one queued item holds: its payload and its slot in the queue. Payloads are
+/// shared `Bytes` for a broadcast; each outbox counts them in full all the same (see
+/// `outbound_budget`).
+pub fn cost(item: &Outbound) -> u64 {
+    let payload = match item {
+        Outbound::Text(text) => text.len(),
+        Outbound::Pong(payload) => payload.len(),
+        Outbound::Close(_, reason) => reason.len(),
+    };
+    (payload + std::mem::size_of::<Outbound>()) as u64
+}
+
+/// How much one outbox may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxBounds {
+    /// `limits.outbound_queue`: frames queued.
+    pub frames: usize,
+    /// `limits.outbound_bytes`: bytes held ([`cost`]); 0 for no bound in bytes.
+    pub bytes: u64,
+}
+
+/// The close reasons of a slow consumer (all 4009), by the bound it hit.
+const SLOW_FRAMES_REASON: &str = "slow consumer";
+const SLOW_BYTES_REASON: &str = "slow consumer: outbound bytes";
+const NODE_BUDGET_REASON: &str = "node outbound budget";
+
 /// Why a push did not queue the frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PushError {
-    /// The client fell `limits.outbound_queue` frames behind; it is being closed.
+    /// The client fell `limits.outbound_queue` frames or `limits.outbound_bytes` bytes
+    /// behind, or the node went past `limits.node_outbound_bytes` and this connection
+    /// held the most; it is being closed.
     SlowConsumer,
     /// The connection is already closing or closed.
     Closed,
@@ -69,10 +114,20 @@ struct Queue {
     close_now: bool,
     /// The first close reason given; later ones are ignored.
     reason: Option<(u16, String)>,
+    /// What this outbox holds ([`cost`]): the frames queued and `in_writer`. Also in
+    /// the node's total.
+    bytes: u64,
+    /// The part of `bytes` the writer took on its last call (see the module docs).
+    in_writer: u64,
 }
 
 struct Shared {
     capacity: usize,
+    /// `limits.outbound_bytes`; 0: no bound in bytes.
+    max_bytes: u64,
+    /// The node's total and budget; this outbox's id in its registry.
+    budget: Arc<OutboundBudget>,
+    id: u64,
     queue: Mutex<Queue>,
     /// Cancelled when the connection must close now or has closed; what the read
     /// loop and [`Outbox::closed`] wait on.
@@ -94,6 +149,86 @@ impl Shared {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+
+    /// Queues `item` and counts it, here and in the node's total; true if that took
+    /// the node past its budget (shed once the lock is released).
+    fn enqueue(&self, queue: &mut Queue, item: Outbound) -> bool {
+        let cost = cost(&item);
+        queue.frames.push_back(item);
+        queue.bytes += cost;
+        self.budget.add(cost)
+    }
+
+    /// The bound a push of `cost` more bytes would break, if any.
+    fn bound_hit(&self, queue: &Queue, cost: u64) -> Option<SlowConsumer> {
+        if queue.frames.len() >= self.capacity {
+            Some(SlowConsumer::Frames)
+        } else if self.max_bytes > 0 && queue.bytes + cost > self.max_bytes {
+            Some(SlowConsumer::Bytes)
+        } else {
+            None
+        }
+    }
+
+    /// Records the close (the first reason wins) and wakes the writer; true if this
+    /// reason was the first.
+    fn close(&self, code: u16, reason: &str, now: bool) -> bool {
+        let mut queue = self.lock();
+        let first = queue.reason.is_none();
+        if first {
+            queue.reason = Some((code, reason.to_owned()));
+        }
+        if !queue.closing {
+            queue.closing = true;
+            if !now {
+                let (code, reason) = queue.reason.clone().unwrap_or_default();
+                // A close frame is never refused; it is tiny and ends the queue.
+                self.enqueue(&mut queue, Outbound::Close(code, reason));
+            }
+        }
+        if now {
+            queue.close_now = true;
+            // What the writer took stays counted until it asks again.
+            let dropped = queue.bytes - queue.in_writer;
+            queue.bytes = queue.in_writer;
+            queue.frames = VecDeque::new();
+            self.budget.release(dropped);
+        }
+        let waker = queue.waker.take();
+        drop(queue);
+        if now {
+            self.closed.cancel();
+        }
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        first
+    }
+
+    /// Closes as a slow consumer (4009); counted once, under the bound it hit. True if
+    /// this was the first close reason.
+    fn close_slow(&self, hit: SlowConsumer) -> bool {
+        let reason = match hit {
+            SlowConsumer::Frames => SLOW_FRAMES_REASON,
+            SlowConsumer::Bytes => SLOW_BYTES_REASON,
+            SlowConsumer::NodeBudget => NODE_BUDGET_REASON,
+        };
+        let first = self.close(close::SLOW_CONSUMER, reason, true);
+        if first {
+            self.metrics.slow_consumer_disconnect(hit);
+        }
+        first
+    }
+}
+
+impl Holder for Shared {
+    fn held(&self) -> u64 {
+        self.lock().bytes
+    }
+
+    fn shed(&self) -> bool {
+        self.close_slow(SlowConsumer::NodeBudget)
+    }
 }
 
 /// A handle to one connection's outbound queue. Cheap to clone.
@@ -111,15 +246,21 @@ impl std::fmt::Debug for Outbox {
 }
 
 impl Outbox {
-    /// A queue of `capacity` frames, its frames counted in `metrics`, and the reader
-    /// that drains it. `relay` is the [`WakeRelay`] of the thread that polls the reader.
+    /// A queue within `bounds`, its bytes also counted in the node's `budget` and its
+    /// frames in `metrics`, and the reader that drains it. `relay` is the
+    /// [`WakeRelay`] of the thread that polls the reader.
     pub fn new(
-        capacity: usize,
+        bounds: OutboxBounds,
+        budget: Arc<OutboundBudget>,
         metrics: Arc<Metrics>,
         relay: Option<Arc<WakeRelay>>,
     ) -> (Outbox, OutboxReader) {
+        let id = budget.next_id();
         let shared = Arc::new(Shared {
-            capacity: capacity.max(1),
+            capacity: bounds.frames.max(1),
+            max_bytes: bounds.bytes,
+            budget,
+            id,
             queue: Mutex::new(Queue::default()),
             closed: CancellationToken::new(),
             metrics,
@@ -127,6 +268,8 @@ impl Outbox {
             heard_ms: AtomicU64::new(0),
             created: Instant::now(),
         });
+        let holder: Weak<dyn Holder> = Arc::downgrade(&shared) as Weak<dyn Holder>;
+        shared.budget.register(id, holder);
         (
             Outbox {
                 shared: shared.clone(),
@@ -147,37 +290,55 @@ impl Outbox {
     /// Queues a frame of a known type; the writer's waker if it must be woken.
     fn push_typed(&self, frame: ByteString, kind: FrameType) -> Result<Option<Waker>, PushError> {
         let shared = &*self.shared;
+        let item = Outbound::Text(frame);
         let mut queue = shared.lock();
         if queue.closing {
             return Err(PushError::Closed);
         }
-        if queue.frames.len() >= shared.capacity {
+        if let Some(hit) = shared.bound_hit(&queue, cost(&item)) {
             drop(queue);
-            if self.close_with(close::SLOW_CONSUMER, "slow consumer", true) {
-                shared.metrics.slow_consumer_disconnect();
-            }
+            shared.close_slow(hit);
             return Err(PushError::SlowConsumer);
         }
         // Counted before the frame is in: once in, the client may have it before this
         // thread runs on, and a scrape then must see it.
         shared.metrics.frame_out(kind);
-        queue.frames.push_back(Outbound::Text(frame));
-        Ok(queue.waker.take())
+        let over_budget = shared.enqueue(&mut queue, item);
+        let waker = queue.waker.take();
+        drop(queue);
+        if over_budget {
+            shared.budget.shed();
+            if shared.closed.is_cancelled() {
+                // This connection held the most: the frame went with the rest.
+                return Err(PushError::SlowConsumer);
+            }
+        }
+        Ok(waker)
     }
 
     /// Answers a WebSocket ping. A pong that does not fit is dropped: the queue being
     /// full is dealt with by the next text frame.
     pub fn pong(&self, payload: actix_web::web::Bytes) {
-        let mut queue = self.shared.lock();
-        if queue.closing || queue.frames.len() >= self.shared.capacity {
+        let shared = &*self.shared;
+        let item = Outbound::Pong(payload);
+        let mut queue = shared.lock();
+        if queue.closing || shared.bound_hit(&queue, cost(&item)).is_some() {
             return;
         }
-        queue.frames.push_back(Outbound::Pong(payload));
+        let over_budget = shared.enqueue(&mut queue, item);
         let waker = queue.waker.take();
         drop(queue);
+        if over_budget {
+            shared.budget.shed();
+        }
         if let Some(waker) = waker {
             waker.wake();
         }
+    }
+
+    /// Bytes this outbox holds now (see the module docs).
+    pub fn held(&self) -> u64 {
+        self.shared.held()
     }
 
     /// Closes after the frames already queued have been written.
@@ -190,34 +351,8 @@ impl Outbox {
         self.close_with(code, reason, true);
     }
 
-    /// Records the close (the first reason wins) and wakes the writer; true if this
-    /// reason was the first.
     fn close_with(&self, code: u16, reason: &str, now: bool) -> bool {
-        let mut queue = self.shared.lock();
-        let first = queue.reason.is_none();
-        if first {
-            queue.reason = Some((code, reason.to_owned()));
-        }
-        if !queue.closing {
-            queue.closing = true;
-            if !now {
-                let (code, reason) = queue.reason.clone().unwrap_or_default();
-                queue.frames.push_back(Outbound::Close(code, reason));
-            }
-        }
-        if now {
-            queue.close_now = true;
-            queue.frames.clear();
-        }
-        let waker = queue.waker.take();
-        drop(queue);
-        if now {
-            self.shared.closed.cancel();
-        }
-        if let Some(waker) = waker {
-            waker.wake();
-        }
-        first
+        self.shared.close(code, reason, now)
     }
 
     /// When the client was last heard from ([`Outbox::heard`]; at first, when the
@@ -282,15 +417,26 @@ pub struct OutboxReader {
 }
 
 impl OutboxReader {
-    /// Moves up to `max` queued frames into `into`, stopping after a queued close; or
-    /// the close that is due now; or registers the task to be woken by the next push.
+    /// Moves up to `max_frames` queued frames into `into`, and no more once they come
+    /// to `max_bytes` (at least one frame, however large), stopping after a queued
+    /// close; or the close that is due now; or registers the task to be woken by the
+    /// next push.
+    ///
+    /// What one call moves out stays counted against the outbox until the next call:
+    /// the caller must call again only once it has written them, all but a bounded
+    /// buffer of its own (see the module docs).
     pub fn poll_take(
         &self,
         cx: &mut Context<'_>,
         into: &mut Vec<Outbound>,
-        max: usize,
+        max_frames: usize,
+        max_bytes: u64,
     ) -> Poll<Taken> {
-        let mut queue = self.shared.lock();
+        let shared = &*self.shared;
+        let mut queue = shared.lock();
+        let written = std::mem::take(&mut queue.in_writer);
+        queue.bytes -= written;
+        shared.budget.release(written);
         if queue.close_now {
             let (code, reason) = queue
                 .reason
@@ -311,16 +457,23 @@ impl OutboxReader {
             return Poll::Pending;
         }
         let mut close_taken = false;
-        for _ in 0..max.max(1) {
+        let mut taken_bytes = 0;
+        for _ in 0..max_frames.max(1) {
+            if taken_bytes >= max_bytes && taken_bytes > 0 {
+                break;
+            }
             let Some(item) = queue.frames.pop_front() else {
                 break;
             };
+            taken_bytes += cost(&item);
             close_taken = matches!(item, Outbound::Close(..));
             into.push(item);
             if close_taken {
                 break;
             }
         }
+        // Moved from the queue to the writer: still held, so `bytes` stays as it is.
+        queue.in_writer = taken_bytes;
         drop(queue);
         if close_taken {
             // The close frame is on its way: the read loop can stop.
@@ -332,12 +485,17 @@ impl OutboxReader {
 
 impl Drop for OutboxReader {
     fn drop(&mut self) {
-        let mut queue = self.shared.lock();
+        let shared = &*self.shared;
+        let mut queue = shared.lock();
         queue.closing = true;
         queue.frames = VecDeque::new();
         queue.waker = None;
+        let held = std::mem::take(&mut queue.bytes);
+        queue.in_writer = 0;
         drop(queue);
-        self.shared.closed.cancel();
+        shared.budget.release(held);
+        shared.budget.deregister(shared.id);
+        shared.closed.cancel();
     }
 }
 
@@ -495,7 +653,17 @@ mod tests {
     use std::task::Wake;
 
     fn detached(capacity: usize) -> (Outbox, OutboxReader) {
-        Outbox::new(capacity, Arc::new(Metrics::new()), None)
+        bounded(capacity, 0, &Arc::new(OutboundBudget::new(0)))
+    }
+
+    /// An outbox of `frames` and `bytes` (0: none) under `budget`.
+    fn bounded(
+        frames: usize,
+        bytes: u64,
+        budget: &Arc<OutboundBudget>,
+    ) -> (Outbox, OutboxReader) {
+        let bounds = OutboxBounds { frames, bytes };
+        Outbox::new(bounds, budget.clone(), Arc::new(Metrics::new()), None)
     }
 
     fn reason(outbox: &Outbox) -> Option<(u16, String)> {
@@ -518,7 +686,7 @@ mod tests {
         let mut cx = Context::from_waker(waker);
         let mut frames = Vec::new();
         reader
-            .poll_take(&mut cx, &mut frames, 64)
+            .poll_take(&mut cx, &mut frames, 64, u64::MAX)
             .map(|taken| (taken, frames))
     }
 
@@ -552,7 +720,8 @@ mod tests {
         for line in [
             r#"hubbub_messages_total{direction="out",type="message"} 1"#,
             r#"hubbub_messages_total{direction="out",type="pong"} 0"#,
-            "hubbub_slow_consumer_disconnects_total 1",
+            r#"hubbub_slow_consumer_disconnects_total{reason="frames"} 1"#,
+            r#"hubbub_slow_consumer_disconnects_total{reason="bytes"} 0"#,
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
         }
@@ -621,6 +790,185 @@ mod tests {
         assert_eq!(outbox.push("a".into()), Err(PushError::Closed));
     }
 
+    /// What a text frame of `len` bytes counts for.
+    fn text_cost(len: usize) -> u64 {
+        cost(&Outbound::Text("x".repeat(len).into()))
+    }
+
+    #[test]
+    fn a_push_past_outbound_bytes_closes_as_slow_consumer() {
+        let frame = "x".repeat(1_000);
+        let bound = 3 * text_cost(1_000);
+        let budget = Arc::new(OutboundBudget::new(0));
+        let (outbox, _reader) = bounded(100, bound, &budget);
+        for _ in 0..3 {
+            assert_eq!(outbox.push(frame.as_str().into()), Ok(()));
+        }
+        assert_eq!(outbox.held(), bound, "exactly the bound is held");
+        assert_eq!(
+            outbox.push("x".into()),
+            Err(PushError::SlowConsumer),
+            "one byte past it is not"
+        );
+        assert!(outbox.is_closed());
+        assert_eq!(
+            reason(&outbox),
+            Some((close::SLOW_CONSUMER, SLOW_BYTES_REASON.to_owned()))
+        );
+        let text = outbox.shared.metrics.encode().unwrap();
+        for line in [
+            r#"hubbub_slow_consumer_disconnects_total{reason="bytes"} 1"#,
+            r#"hubbub_slow_consumer_disconnects_total{reason="frames"} 0"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+        // Closing now dropped the frames, and their bytes with them.
+        assert_eq!((outbox.held(), budget.total()), (0, 0));
+    }
+
+    #[test]
+    fn a_single_frame_over_outbound_bytes_closes_even_an_empty_queue() {
+        let budget = Arc::new(OutboundBudget::new(0));
+        let (outbox, _reader) = bounded(100, text_cost(4_096) - 1, &budget);
+        assert_eq!(
+            outbox.push("x".repeat(4_096).into()),
+            Err(PushError::SlowConsumer)
+        );
+        assert_eq!(reason(&outbox).map(|r| r.0), Some(close::SLOW_CONSUMER));
+        assert_eq!(budget.total(), 0);
+    }
+
+    #[test]
+    fn without_a_bound_in_bytes_only_the_frame_count_holds() {
+        let (outbox, _reader) = detached(2);
+        assert_eq!(outbox.push("x".repeat(2_000_000).into()), Ok(()));
+        assert_eq!(outbox.push("x".repeat(2_000_000).into()), Ok(()));
+        assert_eq!(outbox.push("x".into()), Err(PushError::SlowConsumer));
+    }
+
+    #[test]
+    fn what_the_writer_took_is_counted_until_it_asks_again() {
+        let budget = Arc::new(OutboundBudget::new(0));
+        let (outbox, reader) = bounded(100, 10 * text_cost(100), &budget);
+        let (_, waker) = counting_waker();
+        for _ in 0..3 {
+            outbox.push("x".repeat(100).into()).unwrap();
+        }
+        outbox.pong(actix_web::web::Bytes::from_static(b"ping"));
+        let held = 3 * text_cost(100) + cost(&Outbound::Pong("ping".into()));
+        assert_eq!((outbox.held(), budget.total()), (held, held));
+        assert!(take(&reader, &waker).is_ready());
+        assert_eq!(
+            (outbox.held(), budget.total()),
+            (held, held),
+            "taken, not yet written"
+        );
+        // Taken frames still count against the bound.
+        for _ in 0..6 {
+            outbox.push("x".repeat(100).into()).unwrap();
+        }
+        assert_eq!(outbox.push("x".repeat(100).into()), Err(PushError::SlowConsumer));
+
+        let budget = Arc::new(OutboundBudget::new(0));
+        let (outbox, reader) = bounded(100, 0, &budget);
+        outbox.push("x".repeat(100).into()).unwrap();
+        assert!(take(&reader, &waker).is_ready());
+        assert!(take(&reader, &waker).is_pending());
+        assert_eq!((outbox.held(), budget.total()), (0, 0), "asked again: written");
+    }
+
+    #[test]
+    fn the_writer_takes_a_bounded_number_of_bytes_but_at_least_one_frame() {
+        let (outbox, reader) = detached(100);
+        let (_, waker) = counting_waker();
+        for _ in 0..5 {
+            outbox.push("x".repeat(1_000).into()).unwrap();
+        }
+        let mut cx = Context::from_waker(&waker);
+        let mut frames = Vec::new();
+        let two = 2 * text_cost(1_000);
+        assert!(reader.poll_take(&mut cx, &mut frames, 64, two).is_ready());
+        assert_eq!(frames.len(), 2);
+        frames.clear();
+        assert!(reader.poll_take(&mut cx, &mut frames, 64, 1).is_ready());
+        assert_eq!(frames.len(), 1, "one frame however large");
+        assert_eq!(outbox.held(), 3 * text_cost(1_000));
+    }
+
+    #[test]
+    fn a_closed_connection_holds_nothing() {
+        let budget = Arc::new(OutboundBudget::new(0));
+        let (_, waker) = counting_waker();
+        let (outbox, reader) = bounded(100, 0, &budget);
+        outbox.push("x".repeat(500).into()).unwrap();
+        assert!(take(&reader, &waker).is_ready());
+        outbox.push("x".repeat(700).into()).unwrap();
+        outbox.close_now(close::HEARTBEAT_TIMEOUT, "heartbeat timeout");
+        assert_eq!(budget.total(), text_cost(500), "the writer's part is left");
+        assert!(matches!(take(&reader, &waker), Poll::Ready((Taken::CloseNow(..), _))));
+        assert_eq!(budget.total(), 0);
+
+        let (outbox, reader) = bounded(100, 0, &budget);
+        outbox.push("x".repeat(500).into()).unwrap();
+        assert!(take(&reader, &waker).is_ready());
+        outbox.push("x".repeat(700).into()).unwrap();
+        outbox.close_after_queued(close::SERVICE_RESTART, "shutdown");
+        assert!(budget.total() > text_cost(500) + text_cost(700));
+        drop(reader);
+        assert_eq!((outbox.held(), budget.total()), (0, 0));
+        assert_eq!(outbox.push("x".into()), Err(PushError::Closed));
+        assert_eq!(budget.total(), 0);
+    }
+
+    #[test]
+    fn past_the_node_budget_the_biggest_holders_are_closed_first() {
+        let unit = text_cost(1_000);
+        let budget = Arc::new(OutboundBudget::new(10 * unit));
+        let outboxes: Vec<_> = (0..4).map(|_| bounded(100, 0, &budget)).collect();
+        // Held: 1, 4, 2 and 3 frames: 10 in all, exactly the budget.
+        for (held, (outbox, _)) in [1, 4, 2, 3].into_iter().zip(&outboxes) {
+            for _ in 0..held {
+                outbox.push("x".repeat(1_000).into()).unwrap();
+            }
+        }
+        assert!(outboxes.iter().all(|(outbox, _)| !outbox.is_closed()));
+        assert_eq!(budget.total(), 10 * unit);
+
+        // One more frame to the smallest: 11 > 10, and closing the one holding 4
+        // brings the node to 7. Nobody else is closed, the pusher included.
+        assert_eq!(outboxes[0].0.push("x".repeat(1_000).into()), Ok(()));
+        let closed: Vec<bool> = outboxes.iter().map(|(o, _)| o.is_closed()).collect();
+        assert_eq!(closed, [false, true, false, false]);
+        assert_eq!(
+            reason(&outboxes[1].0),
+            Some((close::SLOW_CONSUMER, NODE_BUDGET_REASON.to_owned()))
+        );
+        assert_eq!(budget.total(), 7 * unit);
+        let text = outboxes[1].0.shared.metrics.encode().unwrap();
+        let line = r#"hubbub_slow_consumer_disconnects_total{reason="node_budget"} 1"#;
+        assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+
+        // The pusher itself may be the biggest: its push then fails as a slow consumer.
+        for _ in 0..3 {
+            assert_eq!(outboxes[3].0.push("x".repeat(1_000).into()), Ok(()));
+        }
+        assert_eq!(budget.total(), 10 * unit);
+        assert_eq!(
+            outboxes[3].0.push("x".repeat(1_000).into()),
+            Err(PushError::SlowConsumer)
+        );
+        assert_eq!(
+            outboxes[3].0.push("x".into()),
+            Err(PushError::Closed),
+            "closed by the budget"
+        );
+        assert!(!outboxes[0].0.is_closed() && !outboxes[2].0.is_closed());
+
+        // Every connection gone: the node holds nothing.
+        drop(outboxes);
+        assert_eq!(budget.total(), 0);
+    }
+
     #[test]
     fn a_fanout_wakes_writers_through_their_relay_once_it_ends() {
         let (relay, task) = WakeRelay::start();
@@ -631,8 +979,13 @@ mod tests {
             .poll(&mut Context::from_waker(&relay_waker))
             .is_pending());
         let metrics = Arc::new(Metrics::new());
+        let budget = Arc::new(OutboundBudget::new(0));
+        let bounds = OutboxBounds {
+            frames: 8,
+            bytes: 0,
+        };
         let connections: Vec<_> = (0..3)
-            .map(|_| Outbox::new(8, metrics.clone(), Some(relay.clone())))
+            .map(|_| Outbox::new(bounds, budget.clone(), metrics.clone(), Some(relay.clone())))
             .collect();
         let writers: Vec<_> = connections
             .iter()

@@ -59,6 +59,10 @@ const MAX_UTF8_BYTES_PER_CHAR: usize = 4;
 const MIN_FRAME_BYTES: usize = 256;
 const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
 const MAX_OUTBOUND_QUEUE: usize = 1_000_000;
+/// `limits.outbound_bytes`, when not 0: room for any one reply a node sends, at the
+/// least, and at most 1 GiB.
+const MIN_OUTBOUND_BYTES: u64 = 4_096;
+const MAX_OUTBOUND_BYTES: u64 = 1 << 30;
 const MAX_ROOM_HISTORY: usize = 100_000;
 const MIN_HEARTBEAT_INTERVAL_MS: u64 = 100;
 /// The longest heartbeat interval or timeout: a day. Every connection adds these to
@@ -1078,11 +1082,36 @@ fn check_limits(limits: &LimitSettings, problems: &mut Problems) {
             ),
         );
     }
+    check_outbound_bytes(limits, problems);
     if limits.frames_per_second > 0 && limits.frames_burst < 1 {
         problems.add(
             "limits.frames_burst",
             "must be at least 1 when limits.frames_per_second is above 0 \
              (set frames_per_second = 0 to turn rate limiting off)",
+        );
+    }
+}
+
+/// `limits.outbound_bytes` and `limits.node_outbound_bytes`.
+fn check_outbound_bytes(limits: &LimitSettings, problems: &mut Problems) {
+    let per_client = limits.outbound_bytes;
+    if per_client != 0 && !(MIN_OUTBOUND_BYTES..=MAX_OUTBOUND_BYTES).contains(&per_client) {
+        problems.add(
+            "limits.outbound_bytes",
+            format_args!(
+                "must be 0 (no bound in bytes) or between {MIN_OUTBOUND_BYTES} and \
+                 {MAX_OUTBOUND_BYTES} (1 GiB), not {per_client}"
+            ),
+        );
+    }
+    let node = limits.node_outbound_bytes;
+    if node != 0 && node < per_client.max(MIN_OUTBOUND_BYTES) {
+        problems.add(
+            "limits.node_outbound_bytes",
+            format_args!(
+                "must be 0 (no budget) or at least limits.outbound_bytes ({per_client}) \
+                 and {MIN_OUTBOUND_BYTES}, not {node}: one client alone may hold that much"
+            ),
         );
     }
 }
@@ -2016,6 +2045,45 @@ mod tests {
             "limits.outbound_queue",
         );
         assert!(problems_after(|s| s.limits.outbound_queue = 1_000_000).is_empty());
+    }
+
+    #[test]
+    fn outbound_bytes_is_zero_or_in_range() {
+        for bad in [1, MIN_OUTBOUND_BYTES - 1, MAX_OUTBOUND_BYTES + 1] {
+            assert_one_problem(
+                &problems_after(|s| {
+                    s.limits.outbound_bytes = bad;
+                    s.limits.node_outbound_bytes = 0;
+                }),
+                "limits.outbound_bytes",
+            );
+        }
+        for good in [0, MIN_OUTBOUND_BYTES] {
+            assert!(problems_after(|s| s.limits.outbound_bytes = good).is_empty());
+        }
+        assert!(problems_after(|s| {
+            s.limits.outbound_bytes = MAX_OUTBOUND_BYTES;
+            s.limits.node_outbound_bytes = MAX_OUTBOUND_BYTES;
+        })
+        .is_empty());
+    }
+
+    #[test]
+    fn node_outbound_bytes_is_zero_or_at_least_one_clients_bound() {
+        assert_one_problem(
+            &problems_after(|s| s.limits.node_outbound_bytes = 1_048_575),
+            "limits.node_outbound_bytes",
+        );
+        assert_one_problem(
+            &problems_after(|s| {
+                s.limits.outbound_bytes = 0;
+                s.limits.node_outbound_bytes = MIN_OUTBOUND_BYTES - 1;
+            }),
+            "limits.node_outbound_bytes",
+        );
+        for good in [0, 1_048_576] {
+            assert!(problems_after(|s| s.limits.node_outbound_bytes = good).is_empty());
+        }
     }
 
     #[test]

@@ -129,6 +129,12 @@ pub struct LimitSettings {
     /// Frames queued for one client; a client that falls this far behind is closed
     /// with 4009 (slow consumer).
     pub outbound_queue: usize,
+    /// Bytes queued for one client (frames not yet written, as `actors::outbox`
+    /// counts them); a push past it closes with 4009 (slow consumer). 0: frames only.
+    pub outbound_bytes: u64,
+    /// Bytes queued for all clients of this node together; past it the connections
+    /// holding the most are closed with 4009 until the node is back under it. 0: off.
+    pub node_outbound_bytes: u64,
     /// Frames per second one connection may send, sustained; excess frames get a
     /// `rate_limited` reply. 0 turns the limit off.
     pub frames_per_second: u32,
@@ -316,6 +322,8 @@ impl Default for LimitSettings {
             max_message_chars: 5_000,
             max_rooms_per_session: 100,
             outbound_queue: 1_024,
+            outbound_bytes: 1_048_576,
+            node_outbound_bytes: 268_435_456,
             frames_per_second: 50,
             frames_burst: 100,
         }

@@ -106,6 +106,32 @@ type Labels2 = [(&'static str, &'static str); 2];
 /// One label.
 type Labels1 = [(&'static str, &'static str); 1];
 
+/// The bound a slow consumer hit: the label values of
+/// `hubbub_slow_consumer_disconnects_total{reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlowConsumer {
+    /// `limits.outbound_queue` frames were waiting.
+    Frames,
+    /// `limits.outbound_bytes` bytes were waiting.
+    Bytes,
+    /// The node went past `limits.node_outbound_bytes`, and this connection was one of
+    /// those holding the most.
+    NodeBudget,
+}
+
+impl SlowConsumer {
+    const ALL: [SlowConsumer; 3] = [Self::Frames, Self::Bytes, Self::NodeBudget];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Frames => "frames",
+            Self::Bytes => "bytes",
+            Self::NodeBudget => "node_budget",
+        }
+    }
+}
+
 /// Every metric of one node. Shared in an `Arc`; all methods take `&self`.
 pub struct Metrics {
     registry: Registry,
@@ -125,7 +151,9 @@ pub struct Metrics {
     cluster_out: Vec<Counter>,
     cluster_in: Vec<Counter>,
     cluster_in_invalid: Counter,
-    slow_consumer_disconnects: Counter,
+    /// Handles into `hubbub_slow_consumer_disconnects`, in [`SlowConsumer::ALL`] order.
+    slow_consumer_disconnects: Vec<Counter>,
+    outbound_bytes: Gauge,
     rate_limited: Counter,
     auth_failures: Family<Labels1, Counter>,
 }
@@ -227,11 +255,26 @@ impl Metrics {
         let cluster_in_invalid = cluster_messages
             .get_or_create(&[("direction", "in"), ("kind", "invalid")])
             .clone();
-        let slow_consumer_disconnects = Counter::default();
+        let slow_consumers = Family::<Labels1, Counter>::default();
         registry.register(
             "hubbub_slow_consumer_disconnects",
-            "Connections closed with 4009 because their outbound queue was full",
-            slow_consumer_disconnects.clone(),
+            "Connections closed with 4009 (slow consumer), by the bound hit: their outbound \
+             queue held limits.outbound_queue frames (frames) or limits.outbound_bytes bytes \
+             (bytes), or the node went past limits.node_outbound_bytes and they held the \
+             most (node_budget)",
+            slow_consumers.clone(),
+        );
+        let slow_consumer_disconnects = SlowConsumer::ALL
+            .iter()
+            .map(|hit| slow_consumers.get_or_create(&[("reason", hit.label())]).clone())
+            .collect();
+        let outbound_bytes = Gauge::default();
+        registry.register(
+            "hubbub_outbound_bytes",
+            "Bytes queued toward clients on this node (every connection's outbound queue \
+             and what its writer took and has not yet written), as limits.node_outbound_bytes \
+             counts them",
+            outbound_bytes.clone(),
         );
         let rate_limited = Counter::default();
         registry.register(
@@ -274,6 +317,7 @@ impl Metrics {
             cluster_in,
             cluster_in_invalid,
             slow_consumer_disconnects,
+            outbound_bytes,
             rate_limited,
             auth_failures,
         }
@@ -359,9 +403,19 @@ impl Metrics {
         };
     }
 
-    /// A connection was closed as a slow consumer (4009).
-    pub fn slow_consumer_disconnect(&self) {
-        self.slow_consumer_disconnects.inc();
+    /// A connection was closed as a slow consumer (4009), having hit `bound`.
+    pub fn slow_consumer_disconnect(&self, bound: SlowConsumer) {
+        let index = SlowConsumer::ALL
+            .iter()
+            .position(|known| *known == bound)
+            .unwrap_or_default();
+        self.slow_consumer_disconnects[index].inc();
+    }
+
+    /// Sets the bytes queued toward clients (at scrape time).
+    pub fn set_outbound_bytes(&self, bytes: u64) {
+        self.outbound_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     /// A client frame was refused with `rate_limited`.
@@ -683,7 +737,8 @@ mod tests {
         metrics.auth_failure_reasons(&["expired", "missing_token"]);
         metrics.auth_failure("expired");
         metrics.rate_limited();
-        metrics.slow_consumer_disconnect();
+        metrics.slow_consumer_disconnect(SlowConsumer::Bytes);
+        metrics.set_outbound_bytes(4_096);
         metrics.heartbeat_rtt(Duration::from_millis(1));
         let text = metrics.encode().unwrap();
         assert!(text.ends_with("# EOF\n"), "{text}");
@@ -695,7 +750,10 @@ mod tests {
             (r#"hubbub_auth_failures_total{reason="expired"}"#, 1.0),
             (r#"hubbub_auth_failures_total{reason="missing_token"}"#, 0.0),
             ("hubbub_rate_limited_total", 1.0),
-            ("hubbub_slow_consumer_disconnects_total", 1.0),
+            (r#"hubbub_slow_consumer_disconnects_total{reason="bytes"}"#, 1.0),
+            (r#"hubbub_slow_consumer_disconnects_total{reason="frames"}"#, 0.0),
+            (r#"hubbub_slow_consumer_disconnects_total{reason="node_budget"}"#, 0.0),
+            ("hubbub_outbound_bytes", 4_096.0),
             ("hubbub_cluster_heartbeat_rtt_seconds_count", 1.0),
         ] {
             assert_eq!(sample(&text, series), Some(expected), "{series} in\n{text}");

@@ -3,10 +3,21 @@
 //!
 //! actix-http polls this body on the connection's own task (on its actix worker)
 //! whenever it can write; the body takes what the outbox holds, up to
-//! [`MAX_FRAMES_PER_WRITE`] frames at a time, and encodes them as WebSocket frames,
-//! with a ping every `heartbeat.interval_ms`. A close frame ends the body, and with it
-//! the connection. So between a room and the socket there is one queue and one task,
-//! the HTTP connection's own.
+//! [`MAX_FRAMES_PER_WRITE`] frames and [`MAX_BYTES_PER_WRITE`] bytes at a time (at
+//! least one frame), and encodes them as WebSocket frames, with a ping every
+//! `heartbeat.interval_ms`. A close frame ends the body, and with it the connection.
+//! So between a room and the socket there is one queue and one task, the HTTP
+//! connection's own.
+//!
+//! **Memory.** The body keeps no buffer between polls: what it encodes it returns, and
+//! actix-http copies that into its write buffer and drops it. actix-http polls the body
+//! again only while that write buffer holds less than its `h1_write_buffer_size`
+//! (32 KiB by default): its own backpressure. So when the body is polled, what it
+//! returned last is on the socket but for at most 32 KiB, and the outbox counts the
+//! frames it took against the connection's `limits.outbound_bytes` and the node's
+//! budget until that next poll (`actors::outbox`). Per connection the write side then
+//! holds at most `limits.outbound_bytes` of frames, plus actix-http's 32 KiB, plus
+//! what the kernel's socket buffer takes.
 
 //!
 //! The read half stays with actix-ws (its `MessageStream`, in `websocket.rs`).
@@ -26,6 +37,10 @@ use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
 /// Frames taken from the outbox for one write. actix-http polls again while its write
 /// buffer has room, so this bounds one poll, not a write.
 const MAX_FRAMES_PER_WRITE: usize = 64;
+
+/// Bytes taken from the outbox for one write (past it, no further frame; one frame may
+/// be larger): what one poll adds to actix-http's write buffer, beyond its own 32 KiB.
+const MAX_BYTES_PER_WRITE: u64 = 64 * 1024;
 
 /// RFC 6455: a control frame carries at most 125 bytes; a close frame's reason at most
 /// 123 after its code.
@@ -70,7 +85,10 @@ impl MessageBody for OutboundBody {
         let mut buf = BytesMut::new();
         // Local, not kept between polls: an idle connection holds no buffer.
         let mut taken = Vec::new();
-        match this.reader.poll_take(cx, &mut taken, MAX_FRAMES_PER_WRITE) {
+        let polled = this
+            .reader
+            .poll_take(cx, &mut taken, MAX_FRAMES_PER_WRITE, MAX_BYTES_PER_WRITE);
+        match polled {
             Poll::Ready(Taken::CloseNow(code, reason)) => {
                 write_close(&mut buf, code, reason);
                 this.done = true;

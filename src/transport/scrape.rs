@@ -1,9 +1,10 @@
 //! `GET /metrics`: the node's Prometheus scrape.
 //!
 //! Sets the gauges that mirror state kept elsewhere (open connections from the
-//! connection semaphore, running rooms from the room directory), then encodes the
-//! node's registry (`telemetry::metrics`). Open to anyone who can reach the HTTP port,
-//! as `/healthz` is: it holds counts only, never a user, room or secret.
+//! connection semaphore, running rooms from the room directory, outbound bytes from the
+//! node's outbound budget), then encodes the node's registry (`telemetry::metrics`).
+//! Open to anyone who can reach the HTTP port, as `/healthz` is: it holds counts only,
+//! never a user, room or secret.
 
 use super::http::AppState;
 use crate::telemetry::metrics::CONTENT_TYPE;
@@ -14,6 +15,7 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let metrics = &state.ctx.metrics;
     metrics.set_connections(state.open_connections());
     metrics.set_rooms(state.ctx.room_directory().len());
+    metrics.set_outbound_bytes(state.ctx.outbound.total());
     match metrics.encode() {
         Ok(text) => HttpResponse::Ok().content_type(CONTENT_TYPE).body(text),
         Err(_) => HttpResponse::InternalServerError().finish(),

@@ -17,7 +17,7 @@ use super::frame_guard::FrameGuard;
 use super::gate::{IpSlot, Refused};
 use super::http::AppState;
 use super::outbound::{worker_relay, OutboundBody};
-use crate::actors::{ask, Outbox, SessionArgs, SessionMessage, SessionSupervisorMessage};
+use crate::actors::{ask, Outbox, OutboxBounds, SessionArgs, SessionMessage, SessionSupervisorMessage};
 use crate::auth::{Identity, Refusal};
 use crate::protocol::{close, decode_client_frame, ErrorBody, ErrorCode, FrameError};
 use actix_web::body::MessageBody;
@@ -80,8 +80,13 @@ pub async fn upgrade(
     let mut handshake = actix_http::ws::handshake(req.head())?;
     let stream = actix_ws::MessageStream::new(body.into_inner());
     let settings = &state.ctx.settings;
+    let bounds = OutboxBounds {
+        frames: settings.limits.outbound_queue,
+        bytes: settings.limits.outbound_bytes,
+    };
     let (outbox, reader) = Outbox::new(
-        settings.limits.outbound_queue,
+        bounds,
+        state.ctx.outbound.clone(),
         state.ctx.metrics.clone(),
         Some(worker_relay()),
     );

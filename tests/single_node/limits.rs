@@ -1,7 +1,9 @@
-//! The limits a node puts on one client: frame size, frame rate, outbound queue (slow
-//! consumers), heartbeat, connection cap; and room expiry and the health endpoints.
-//! Where a limit ends a connection, the other clients must not notice.
+//! The limits a node puts on one client: frame size, frame rate, outbound queue in
+//! frames and in bytes (slow consumers), the node's outbound budget, heartbeat,
+//! connection cap; and room expiry and the health endpoints. Where a limit ends a
+//! connection, the other clients must not notice.
 
+use crate::scrape::Metrics;
 use crate::support::{eventually, Client, TestNode, DEADLINE};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -82,6 +84,77 @@ impl Firehose {
             self.step(publisher, self.sent).await;
         }
     }
+}
+
+/// One scrape of the node's `/metrics`.
+async fn scrape(node: &TestNode) -> Metrics {
+    let (status, body) = node.get("/metrics").await;
+    assert_eq!(status, 200, "{body}");
+    Metrics::parse(&body)
+}
+
+/// `hubbub_slow_consumer_disconnects_total{reason}`.
+fn slow_consumers(metrics: &Metrics, reason: &str) -> f64 {
+    metrics.value(
+        "hubbub_slow_consumer_disconnects_total",
+        &[("reason", reason)],
+    )
+}
+
+/// `hubbub_outbound_bytes`: what the node's outboxes hold.
+fn outbound_bytes(metrics: &Metrics) -> f64 {
+    metrics.value("hubbub_outbound_bytes", &[])
+}
+
+/// Polls until the node's outboxes hold nothing.
+async fn expect_nothing_held(node: &TestNode) {
+    eventually("the node's outbound bytes back to 0", || async {
+        (outbound_bytes(&scrape(node).await) == 0.0).then_some(())
+    })
+    .await;
+}
+
+/// Fills `room`'s history (100 messages, the default) with 5,000-character messages,
+/// so that a `history` request for it is answered with one frame of about 500 KB.
+/// Every other member must read them (`drain_messages`).
+async fn fill_with_large_history(publisher: &mut Client, room: &str) {
+    let content = "x".repeat(5_000);
+    for _ in 0..100 {
+        publisher.publish(room, &content).await;
+        publisher.discard_pending_where(|f| f["type"] == "message");
+    }
+}
+
+/// Reads `room`'s messages up to `seq`.
+async fn drain_messages(client: &mut Client, room: &str, seq: u64) {
+    client
+        .expect(
+            |f| f["type"] == "message" && f["room"] == room && f["seq"] == seq,
+            &format!("message {seq} of {room}"),
+        )
+        .await;
+    client.discard_pending_where(|f| f["type"] == "message");
+}
+
+fn history_request(room: &str) -> Value {
+    json!({"type": "history", "room": room, "limit": 1000})
+}
+
+/// `hubbub_messages_total{direction="out",type="reply"}`: replies queued to clients.
+async fn replies_queued(node: &TestNode) -> f64 {
+    scrape(node).await.messages("out", "reply")
+}
+
+/// Sends one `history` request and waits until the node has queued its reply (the
+/// client does not read it): the node's outbound bytes are then the reply's own effect.
+async fn request_history_unread(node: &TestNode, client: &mut Client, room: &str) -> Metrics {
+    let before = replies_queued(node).await;
+    client.send(history_request(room)).await;
+    eventually("the history reply queued", || async {
+        let metrics = scrape(node).await;
+        (metrics.messages("out", "reply") > before).then_some(metrics)
+    })
+    .await
 }
 
 /// A publish frame of exactly `bytes` bytes, with `ref` "sized".
@@ -323,6 +396,133 @@ async fn a_slow_consumer_is_closed_with_4009_and_the_room_carries_on() {
 }
 
 #[tokio::test]
+async fn a_client_that_requests_large_replies_and_does_not_read_is_closed_with_4009() {
+    // Default limits (1 MiB per client), but for the frame rate: the hog asks fast.
+    let node = TestNode::start_adjusted(|s| s.limits.frames_per_second = 0).await;
+    let mut publisher = node.connect("publisher", "Publisher").await;
+    let mut reader = node.connect("reader", "Reader").await;
+    let mut hog = node.connect("hog", "Hog").await;
+    for client in [&mut publisher, &mut reader, &mut hog] {
+        client.join("archive").await;
+    }
+    fill_with_large_history(&mut publisher, "archive").await;
+    drain_messages(&mut reader, "archive", 100).await;
+    // From here on `hog` sends history requests and reads nothing: each reply is one
+    // frame of about 500 KB, and the replies pile up past the loopback TCP buffers.
+    const MAX_REQUESTS: u64 = 400;
+    let mut requested = 0;
+    while slow_consumers(&scrape(&node).await, "bytes") == 0.0 {
+        assert!(
+            requested < MAX_REQUESTS,
+            "the hog was not closed after {requested} history requests"
+        );
+        for _ in 0..4 {
+            hog.send(history_request("archive")).await;
+            requested += 1;
+        }
+        // The reader of the same room is served all along.
+        let ack = publisher.publish("archive", "still flowing").await;
+        let seq = ack["seq"].as_u64().expect("seq");
+        drain_messages(&mut reader, "archive", seq).await;
+    }
+
+    expect_leave(&mut reader, "archive", "hog").await;
+    assert_eq!(hog.expect_close().await, Some(4009));
+    let answered = hog.seen(|f| f["type"] == "reply" && f["data"]["messages"].is_array());
+    assert!(
+        (answered.len() as u64) < requested,
+        "the hog got all {requested} replies"
+    );
+
+    let ack = publisher.publish("archive", "after").await;
+    let seq = ack["seq"].as_u64().expect("seq");
+    drain_messages(&mut reader, "archive", seq).await;
+    assert_eq!(member_ids(&mut reader, "archive").await.len(), 2);
+    let metrics = scrape(&node).await;
+    assert_eq!(slow_consumers(&metrics, "bytes"), 1.0);
+    assert_eq!(slow_consumers(&metrics, "frames"), 0.0);
+    assert_eq!(slow_consumers(&metrics, "node_budget"), 0.0);
+    expect_nothing_held(&node).await;
+}
+
+#[tokio::test]
+async fn past_the_node_budget_the_connection_holding_the_most_is_closed_first() {
+    // No bound per client: only the node's budget.
+    const MIB: f64 = 1_048_576.0;
+    const BUDGET: u64 = 8 << 20;
+    let node = TestNode::start_adjusted(|s| {
+        s.limits.frames_per_second = 0;
+        s.limits.outbound_bytes = 0;
+        s.limits.node_outbound_bytes = BUDGET;
+    })
+    .await;
+    let mut publisher = node.connect("publisher", "Publisher").await;
+    let mut reader = node.connect("reader", "Reader").await;
+    let mut small = node.connect("small", "Small").await;
+    let mut big = node.connect("big", "Big").await;
+    for client in [&mut publisher, &mut reader, &mut small, &mut big] {
+        client.join("archive").await;
+    }
+    fill_with_large_history(&mut publisher, "archive").await;
+    drain_messages(&mut reader, "archive", 100).await;
+    // `small` and `big` read nothing from here on (until the end, for `small`). One
+    // request at a time, each waiting until its ~500 KB reply is queued, so what the
+    // node holds is known after each: `small` gets to hold at least 1 MiB...
+    const MAX_REQUESTS: u64 = 400;
+    let mut small_requests = 0;
+    loop {
+        let metrics = request_history_unread(&node, &mut small, "archive").await;
+        small_requests += 1;
+        if outbound_bytes(&metrics) >= MIB {
+            break;
+        }
+        assert!(small_requests < MAX_REQUESTS, "small never held 1 MiB");
+    }
+    // ...then `big` brings the node to 6.5 MiB, under the budget: `big` alone holds
+    // more than `small` can hold by the time the node crosses 8 MiB.
+    let mut big_requests = 0;
+    loop {
+        let metrics = request_history_unread(&node, &mut big, "archive").await;
+        big_requests += 1;
+        if outbound_bytes(&metrics) >= 6.5 * MIB {
+            break;
+        }
+        assert!(big_requests < MAX_REQUESTS, "big never got the node to 6.5 MiB");
+    }
+    assert_eq!(slow_consumers(&scrape(&node).await, "node_budget"), 0.0);
+
+    // Now `small` asks for more and takes the node past its budget: the connection
+    // closed is `big`, which holds the most, not `small`, whose push crossed it.
+    while slow_consumers(&scrape(&node).await, "node_budget") == 0.0 {
+        request_history_unread(&node, &mut small, "archive").await;
+        small_requests += 1;
+        assert!(small_requests < 2 * MAX_REQUESTS, "nobody was closed");
+    }
+    expect_leave(&mut reader, "archive", "big").await;
+    assert_eq!(big.expect_close().await, Some(4009));
+    assert!(outbound_bytes(&scrape(&node).await) <= BUDGET as f64);
+
+    // `small` was not closed: reading now, it gets every reply it asked for.
+    for _ in 0..small_requests {
+        small
+            .expect(
+                |f| f["type"] == "reply" && f["data"]["messages"].is_array(),
+                "a history reply",
+            )
+            .await;
+    }
+    small.ping().await;
+    // The reader carried on, and the budget closed one connection only.
+    let ack = publisher.publish("archive", "after").await;
+    let seq = ack["seq"].as_u64().expect("seq");
+    drain_messages(&mut reader, "archive", seq).await;
+    let metrics = scrape(&node).await;
+    assert_eq!(slow_consumers(&metrics, "node_budget"), 1.0);
+    assert_eq!(slow_consumers(&metrics, "bytes"), 0.0);
+    expect_nothing_held(&node).await;
+}
+
+#[tokio::test]
 async fn a_silent_client_is_closed_with_4008() {
     let node = TestNode::start_adjusted(|s| {
         s.heartbeat.interval_ms = 100;
@@ -346,42 +546,179 @@ async fn a_silent_client_is_closed_with_4008() {
     assert_eq!(member_ids(&mut watcher, "lobby").await, ["watcher"]);
 }
 
+/// A WebSocket client on a bare TCP stream, which writes only what it is told to: no
+/// automatic pongs. (A library client answers the node's pings as it reads; a pong
+/// reaching the node after it has closed its socket makes the kernel reset the
+/// connection and drop the close frame still on its way.)
+struct RawClient {
+    tcp: tokio::net::TcpStream,
+    /// Read and not yet parsed.
+    unread: Vec<u8>,
+}
+
+impl RawClient {
+    async fn connect(node: &TestNode, query: &str) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+        let handshake = format!(
+            "GET /ws?{query} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n",
+            node.addr
+        );
+        tcp.write_all(handshake.as_bytes()).await.unwrap();
+        let mut unread = Vec::new();
+        let deadline = Instant::now() + DEADLINE;
+        let body = loop {
+            if let Some(end) = unread.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout_at(deadline, tcp.read(&mut chunk))
+                .await
+                .expect("the upgrade in time")
+                .unwrap();
+            assert!(n > 0, "closed during the upgrade");
+            unread.extend_from_slice(&chunk[..n]);
+        };
+        assert!(unread.starts_with(b"HTTP/1.1 101"), "not upgraded");
+        unread.drain(..body);
+        RawClient { tcp, unread }
+    }
+
+    /// Sends one masked frame (RFC 6455: every client frame is masked).
+    async fn send(&mut self, opcode: u8, payload: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        let mask = [0x1d, 0x7e, 0x42, 0x99];
+        let mut frame = vec![0x80 | opcode];
+        match payload.len() {
+            len @ 0..=125 => frame.push(0x80 | len as u8),
+            len => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+        }
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+        self.tcp.write_all(&frame).await.unwrap();
+    }
+
+    async fn send_json(&mut self, frame: Value) {
+        self.send(0x1, frame.to_string().as_bytes()).await;
+    }
+
+    async fn pong(&mut self) {
+        self.send(0xA, b"").await;
+    }
+
+    /// Reads (and skips) every frame until the node's close frame; its code, or None
+    /// if the connection ended without one.
+    async fn expect_close(&mut self) -> Option<u16> {
+        use tokio::io::AsyncReadExt;
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            // Server frames are unmasked: a 2-byte header, then 2 or 8 more bytes of
+            // length for payloads over 125.
+            let buf = &self.unread;
+            let frame = match buf.get(1).map(|b| b & 0x7f) {
+                Some(126) if buf.len() >= 4 => {
+                    Some((4, u16::from_be_bytes([buf[2], buf[3]]) as usize))
+                }
+                Some(127) if buf.len() >= 10 => {
+                    let len: [u8; 8] = buf[2..10].try_into().unwrap();
+                    Some((10, u64::from_be_bytes(len) as usize))
+                }
+                Some(short) if short < 126 => Some((2, short as usize)),
+                _ => None,
+            };
+            if let Some((head, len)) = frame.filter(|(head, len)| buf.len() >= head + len) {
+                if buf[0] & 0x0f == 0x8 {
+                    return (len >= 2).then(|| u16::from_be_bytes([buf[head], buf[head + 1]]));
+                }
+                self.unread.drain(..head + len);
+                continue;
+            }
+            let mut chunk = vec![0u8; 64 * 1024];
+            let n = tokio::time::timeout_at(deadline, self.tcp.read(&mut chunk))
+                .await
+                .expect("the node should close in time")
+                .ok()?;
+            if n == 0 {
+                return None;
+            }
+            self.unread.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_silent_client_whose_socket_is_full_is_still_closed_with_4008() {
     // Silence must be noticed even while nothing more can be written to the client:
     // the node's write side is then stalled, so it cannot be the one to notice.
-    const TIMEOUT: Duration = Duration::from_millis(5_000);
+    //
+    // The socket is filled while the client still talks (unsolicited WebSocket pongs,
+    // which the node hears and does not answer), so filling, however long a loaded
+    // machine takes, never races the timeout; the silence starts once the node shows,
+    // in what its outboxes hold, that its writes to the client have stalled.
+    const TIMEOUT: Duration = Duration::from_millis(3_000);
+    const STALLED_BYTES: f64 = 1_048_576.0;
     let node = TestNode::start_adjusted(|s| {
-        s.heartbeat.interval_ms = 1_000;
+        s.heartbeat.interval_ms = 500;
         s.heartbeat.timeout_ms = TIMEOUT.as_millis() as u64;
         s.limits.frames_per_second = 0;
         // Far more than this test sends: the client is never a slow consumer.
         s.limits.outbound_queue = 100_000;
+        s.limits.outbound_bytes = 0;
+        s.limits.node_outbound_bytes = 0;
     })
     .await;
     let mut publisher = node.connect("publisher", "Publisher").await;
-    let mut silent = node.connect("silent", "Silent").await;
     publisher.join("firehose").await;
-    silent.join("firehose").await;
-    let last_sent = Instant::now();
-    // From here on `silent` neither reads nor writes (no pongs either).
+    // `silent` reads nothing, and writes only its join and its pongs.
+    let mut silent = RawClient::connect(&node, "user=silent&name=Silent").await;
+    silent
+        .send_json(json!({"type": "join", "room": "firehose", "ref": 1}))
+        .await;
+    publisher
+        .expect(
+            |f| f["type"] == "presence_diff" && f["joins"][0]["id"] == "silent",
+            "silent joining",
+        )
+        .await;
 
-    // 16 MB of messages: more than loopback TCP buffers hold, so the node's writes to
-    // `silent` stall well before its timeout.
-    const MESSAGES: u64 = 4_000;
+    const MAX_MESSAGES: u64 = 50_000;
     let mut firehose = Firehose::new("firehose");
-    while firehose.acked < MESSAGES {
-        firehose.step(&mut publisher, MESSAGES).await;
+    let mut last_pong = Instant::now();
+    let filling = Instant::now();
+    loop {
+        if last_pong.elapsed() >= TIMEOUT / 8 {
+            silent.pong().await;
+            last_pong = Instant::now();
+        }
+        firehose.step(&mut publisher, MAX_MESSAGES).await;
+        if firehose.acked % 100 == 0
+            && outbound_bytes(&scrape(&node).await) >= STALLED_BYTES
+        {
+            break;
+        }
+        assert!(
+            firehose.sent < MAX_MESSAGES,
+            "the node's writes to the silent client never stalled"
+        );
     }
-    let filled = last_sent.elapsed();
-    assert!(
-        filled < TIMEOUT,
-        "filling took {filled:?}, past the timeout: this test would not test a full socket"
-    );
+    silent.pong().await;
+    firehose.drain(&mut publisher).await;
+    let filled = filling.elapsed();
+    // The last frame `silent` sends; its silence starts when the node hears it.
+    let last_sent = Instant::now();
+    silent.pong().await;
 
     expect_leave(&mut publisher, "firehose", "silent").await;
     let after = last_sent.elapsed();
-    assert!(after >= TIMEOUT, "closed {after:?} after its last frame");
+    assert!(
+        after >= TIMEOUT,
+        "closed {after:?} after its last frame (filling took {filled:?})"
+    );
     assert_eq!(silent.expect_close().await, Some(4008));
     assert_eq!(member_ids(&mut publisher, "firehose").await, ["publisher"]);
 }

@@ -86,7 +86,10 @@ async fn metrics_count_known_traffic_exactly() {
     assert_eq!(m.histogram_count("hubbub_publish_duration_seconds"), n);
     assert!(m.value("hubbub_publish_duration_seconds_sum", &[]) > 0.0);
     assert_eq!(m.value("hubbub_rate_limited_total", &[]), limited as f64);
-    assert_eq!(m.value("hubbub_slow_consumer_disconnects_total", &[]), 0.0);
+    for reason in ["frames", "bytes", "node_budget"] {
+        let series = [("reason", reason)];
+        assert_eq!(m.value("hubbub_slow_consumer_disconnects_total", &series), 0.0);
+    }
     // Not clustered: no peers, no inter-node traffic.
     assert_eq!(m.value("hubbub_cluster_peers", &[("state", "up")]), 0.0);
     assert_eq!(
@@ -180,7 +183,8 @@ async fn a_slow_consumer_is_counted_once() {
     publisher.publish("firehose", "after").await;
 
     let m = scrape(&node).await;
-    assert_eq!(m.value("hubbub_slow_consumer_disconnects_total", &[]), 1.0);
+    let by = |reason| m.value("hubbub_slow_consumer_disconnects_total", &[("reason", reason)]);
+    assert_eq!((by("frames"), by("bytes"), by("node_budget")), (1.0, 0.0, 0.0));
     assert_eq!(m.value("hubbub_rate_limited_total", &[]), 0.0);
     wait_for(&node, "hubbub_connections", 1.0).await;
 }
