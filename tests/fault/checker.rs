@@ -25,6 +25,9 @@ pub type Entry = (u64, String);
 /// Something one client saw or did, in the order it happened to that client.
 #[derive(Clone, Debug)]
 pub enum Event {
+    /// A join request went out: messages of the room may arrive before its reply (the
+    /// protocol does not order the two), and count as live once the reply came.
+    JoinSent { room: String },
     /// A join reply (`since` as sent).
     Joined {
         room: String,
@@ -62,6 +65,8 @@ pub struct PresenceSample {
     pub room: String,
     pub expected: BTreeMap<String, u64>,
     pub last_seen: BTreeMap<String, u64>,
+    /// The last presence request that failed, when the last one did.
+    pub last_error: Option<String>,
     /// How long after the fault it matched; None: not within the bound.
     pub matched_after: Option<Duration>,
     pub bound: Duration,
@@ -107,6 +112,42 @@ struct Cursor {
     last: Option<u64>,
     /// A `gap` notice came: the next message may jump.
     gap_told: bool,
+    /// A join is on its way: messages that arrive before its reply, in order.
+    joining: Option<Vec<u64>>,
+}
+
+/// A live message `seq` reaching a joined client.
+fn deliver(cursor: &mut Cursor, seq: u64, found: &mut Vec<Violation>, client: &str, room: &str) {
+    if seq < cursor.next {
+        violation(
+            found,
+            'a',
+            client,
+            room,
+            format!(
+                "seq {seq} delivered again or out of order (expected {})",
+                cursor.next
+            ),
+        );
+        return;
+    }
+    if seq > cursor.next && !cursor.gap_told {
+        violation(
+            found,
+            'a',
+            client,
+            room,
+            format!(
+                "missed seq {} to {} (got {seq} after {:?}) and was not told gap",
+                cursor.next,
+                seq - 1,
+                cursor.last
+            ),
+        );
+    }
+    cursor.next = seq + 1;
+    cursor.last = Some(seq);
+    cursor.gap_told = false;
 }
 
 /// Every violation of the rules, in the order found: (a), (b), (c), (d).
@@ -152,52 +193,85 @@ fn check_order(record: &Record, found: &mut Vec<Violation>) {
                 let cursor = cursors.entry(at(room)).or_default();
                 if let Some(s) = since {
                     if cursor.last.is_some_and(|l| l != *s) {
-                        violation(found, 'a', client, room, format!(
-                            "resumed with since {s} but had seen up to {:?}", cursor.last));
+                        violation(
+                            found,
+                            'a',
+                            client,
+                            room,
+                            format!(
+                                "resumed with since {s} but had seen up to {:?}",
+                                cursor.last
+                            ),
+                        );
                     }
                 }
                 if let Some(w) = history.windows(2).find(|w| w[1].0 != w[0].0 + 1) {
-                    violation(found, 'a', client, room, format!(
-                        "join reply history jumps from seq {} to {}", w[0].0, w[1].0));
+                    violation(
+                        found,
+                        'a',
+                        client,
+                        room,
+                        format!("join reply history jumps from seq {} to {}", w[0].0, w[1].0),
+                    );
                 }
                 if let Some(last) = history.last() {
                     if last.0 != *seq {
-                        violation(found, 'a', client, room, format!(
-                            "join reply history ends at seq {} but the reply says seq {seq}", last.0));
+                        violation(
+                            found,
+                            'a',
+                            client,
+                            room,
+                            format!(
+                                "join reply history ends at seq {} but the reply says seq {seq}",
+                                last.0
+                            ),
+                        );
                     }
                 }
                 if let (Some(s), false) = (since, gap) {
                     let first = history.first().map(|e| e.0);
-                    let ok = if s >= seq { history.is_empty() && s == seq } else { first == Some(s + 1) };
+                    let ok = if s >= seq {
+                        history.is_empty() && s == seq
+                    } else {
+                        first == Some(s + 1)
+                    };
                     if !ok {
-                        violation(found, 'a', client, room, format!(
-                            "resume since {s} got history from {first:?} to seq {seq} without gap"));
+                        violation(
+                            found,
+                            'a',
+                            client,
+                            room,
+                            format!(
+                            "resume since {s} got history from {first:?} to seq {seq} without gap"),
+                        );
                     }
                 }
                 cursor.joined = true;
                 cursor.next = seq + 1;
                 cursor.last = Some(*seq);
                 cursor.gap_told = false;
+                for early in cursor.joining.take().unwrap_or_default() {
+                    deliver(cursor, early, found, client, room);
+                }
             }
             Event::Message { room, seq, .. } => {
                 let cursor = cursors.entry(at(room)).or_default();
-                if !cursor.joined {
-                    violation(found, 'a', client, room, format!("message seq {seq} while not joined"));
-                    continue;
+                if let Some(early) = cursor.joining.as_mut() {
+                    early.push(*seq);
+                } else if cursor.joined {
+                    deliver(cursor, *seq, found, client, room);
+                } else {
+                    violation(
+                        found,
+                        'a',
+                        client,
+                        room,
+                        format!("message seq {seq} while not joined"),
+                    );
                 }
-                if *seq < cursor.next {
-                    violation(found, 'a', client, room, format!(
-                        "seq {seq} delivered again or out of order (expected {})", cursor.next));
-                    continue;
-                }
-                if *seq > cursor.next && !cursor.gap_told {
-                    violation(found, 'a', client, room, format!(
-                        "missed seq {} to {} (got {seq} after {:?}) and was not told gap",
-                        cursor.next, seq - 1, cursor.last));
-                }
-                cursor.next = seq + 1;
-                cursor.last = Some(*seq);
-                cursor.gap_told = false;
+            }
+            Event::JoinSent { room } => {
+                cursors.entry(at(room)).or_default().joining = Some(Vec::new());
             }
             Event::Gap { room } => cursors.entry(at(room)).or_default().gap_told = true,
             Event::Left { room } => cursors.entry(at(room)).or_default().joined = false,
@@ -205,6 +279,7 @@ fn check_order(record: &Record, found: &mut Vec<Violation>) {
                 for ((c, _), cursor) in cursors.iter_mut() {
                     if c == client {
                         cursor.joined = false;
+                        cursor.joining = None;
                     }
                 }
             }
@@ -226,16 +301,22 @@ fn check_order(record: &Record, found: &mut Vec<Violation>) {
 fn check_unique(record: &Record, found: &mut Vec<Violation>) {
     // (room, seq) → (id, who had it first).
     let mut ids: BTreeMap<(String, u64), (String, String)> = BTreeMap::new();
-    let mut note = |room: &str, seq: u64, id: &str, who: String, found: &mut Vec<Violation>| {
-        match ids.get(&(room.to_owned(), seq)) {
-            Some((first, first_who)) if first != id => violation(found, 'b', &who, room, format!(
-                "seq {seq} has two ids: {first} ({first_who}) and {id} ({who})")),
+    let mut note =
+        |room: &str, seq: u64, id: &str, who: String, found: &mut Vec<Violation>| match ids
+            .get(&(room.to_owned(), seq))
+        {
+            Some((first, first_who)) if first != id => violation(
+                found,
+                'b',
+                &who,
+                room,
+                format!("seq {seq} has two ids: {first} ({first_who}) and {id} ({who})"),
+            ),
             Some(_) => {}
             None => {
                 ids.insert((room.to_owned(), seq), (id.to_owned(), who));
             }
-        }
-    };
+        };
     for Seen { client, event } in &record.seen {
         match event {
             Event::Joined { room, history, .. } => {
@@ -243,8 +324,12 @@ fn check_unique(record: &Record, found: &mut Vec<Violation>) {
                     note(room, *seq, id, format!("client {client} join reply"), found);
                 }
             }
-            Event::Message { room, seq, id } => note(room, *seq, id, format!("client {client} live"), found),
-            Event::Ack { room, seq, id } => note(room, *seq, id, format!("client {client} ack"), found),
+            Event::Message { room, seq, id } => {
+                note(room, *seq, id, format!("client {client} live"), found)
+            }
+            Event::Ack { room, seq, id } => {
+                note(room, *seq, id, format!("client {client} ack"), found)
+            }
             _ => {}
         }
     }
@@ -259,14 +344,24 @@ fn check_unique(record: &Record, found: &mut Vec<Violation>) {
 
 fn check_acked_kept(record: &Record, found: &mut Vec<Violation>) {
     for Seen { client, event } in &record.seen {
-        let Event::Ack { room, seq, id } = event else { continue };
+        let Event::Ack { room, seq, id } = event else {
+            continue;
+        };
         for (node, rooms) in &record.histories {
             let history = rooms.get(room).map(Vec::as_slice).unwrap_or_default();
             // A full history may have evicted older messages.
-            let evicted = history.len() >= record.retention && history.first().is_some_and(|e| e.0 > *seq);
+            let evicted =
+                history.len() >= record.retention && history.first().is_some_and(|e| e.0 > *seq);
             if !evicted && !history.iter().any(|(s, i)| s == seq && i == id) {
-                violation(found, 'c', client, room, format!(
-                    "acknowledged seq {seq} (id {id}) is missing from node {node}'s history"));
+                violation(
+                    found,
+                    'c',
+                    client,
+                    room,
+                    format!(
+                        "acknowledged seq {seq} (id {id}) is missing from node {node}'s history"
+                    ),
+                );
             }
         }
     }
@@ -274,10 +369,10 @@ fn check_acked_kept(record: &Record, found: &mut Vec<Violation>) {
 
 fn check_presence(record: &Record, found: &mut Vec<Violation>) {
     for s in &record.presence {
-        if s.matched_after.is_none() {
+        if s.matched_after.is_none_or(|d| d > s.bound) {
             violation(found, 'd', &format!("(presence on node {})", s.node), &s.room, format!(
-                "after {}: not matched within {:?}: expected {:?}, node said {:?}",
-                s.after, s.bound, s.expected, s.last_seen));
+                "after {}: not matched within {:?}: expected {:?}, node said {:?} (last error: {:?})",
+                s.after, s.bound, s.expected, s.last_seen, s.last_error));
         }
     }
 }
@@ -290,7 +385,12 @@ pub fn assert_holds(record: &Record, seed: u64, label: &str) {
         for v in &found {
             *by_rule.entry(v.rule).or_default() += 1;
         }
-        let more: Vec<String> = found.iter().skip(1).take(9).map(|v| format!("  {v}")).collect();
+        let more: Vec<String> = found
+            .iter()
+            .skip(1)
+            .take(9)
+            .map(|v| format!("  {v}"))
+            .collect();
         panic!(
             "[{label}] the checker found {} violations {by_rule:?}; the first: {first}\n\
              next ones:\n{}\nreplay with FAULT_SEED={seed}",
@@ -314,19 +414,36 @@ mod tests {
     }
 
     fn seen(client: &str, event: Event) -> Seen {
-        Seen { client: client.into(), event }
+        Seen {
+            client: client.into(),
+            event,
+        }
     }
 
     fn joined(room: &str, since: Option<u64>, seq: u64, history: Vec<Entry>, gap: bool) -> Event {
-        Event::Joined { room: room.into(), since, seq, history, gap }
+        Event::Joined {
+            room: room.into(),
+            since,
+            seq,
+            history,
+            gap,
+        }
     }
 
     fn msg(room: &str, seq: u64) -> Event {
-        Event::Message { room: room.into(), seq, id: id(seq) }
+        Event::Message {
+            room: room.into(),
+            seq,
+            id: id(seq),
+        }
     }
 
     fn ack(room: &str, seq: u64) -> Event {
-        Event::Ack { room: room.into(), seq, id: id(seq) }
+        Event::Ack {
+            room: room.into(),
+            seq,
+            id: id(seq),
+        }
     }
 
     /// A good run: x joins at 2, sees 3..5 live, drops, resumes since 5 with 6..7,
@@ -334,7 +451,10 @@ mod tests {
     fn good() -> Record {
         let mut histories = BTreeMap::new();
         for node in ["a", "b"] {
-            histories.insert(node.to_owned(), BTreeMap::from([("r".to_owned(), hist(1, 8))]));
+            histories.insert(
+                node.to_owned(),
+                BTreeMap::from([("r".to_owned(), hist(1, 8))]),
+            );
         }
         Record {
             seen: vec![
@@ -357,6 +477,7 @@ mod tests {
                 room: "r".into(),
                 expected: BTreeMap::from([("x".into(), 1)]),
                 last_seen: BTreeMap::from([("x".into(), 1)]),
+                last_error: None,
                 matched_after: Some(Duration::from_millis(300)),
                 bound: Duration::from_millis(1600),
                 after: "kill -9 of c".into(),
@@ -379,7 +500,11 @@ mod tests {
         r.seen.remove(4); // x's seq 4
         let found = check(&r);
         assert_eq!(rules(&r), vec!['a']);
-        assert!(found[0].detail.contains("missed seq 4 to 4"), "{}", found[0]);
+        assert!(
+            found[0].detail.contains("missed seq 4 to 4"),
+            "{}",
+            found[0]
+        );
         assert_eq!(found[0].client, "x");
     }
 
@@ -406,10 +531,40 @@ mod tests {
         let mut r = good();
         r.seen[2] = seen("x", msg("r", 4));
         r.seen.remove(4);
-        assert!(check(&r)[0].detail.contains("missed seq 3"), "{:?}", check(&r));
+        assert!(
+            check(&r)[0].detail.contains("missed seq 3"),
+            "{:?}",
+            check(&r)
+        );
         // A history with a hole, or not ending at the reply's seq.
         let mut r = good();
-        r.seen[0] = seen("x", joined("r", None, 2, vec![(0, id(0)), (2, id(2))], false));
+        r.seen[0] = seen(
+            "x",
+            joined("r", None, 2, vec![(0, id(0)), (2, id(2))], false),
+        );
+        assert_eq!(rules(&r), vec!['a']);
+    }
+
+    #[test]
+    fn a_message_before_its_join_reply_is_live() {
+        // Wire order: msg 3, then the join reply at 2, then msg 4: x saw 3 and 4 live.
+        let mut r = good();
+        r.seen.splice(
+            0..1,
+            [
+                seen("x", Event::JoinSent { room: "r".into() }),
+                seen("x", msg("r", 3)),
+                seen("x", joined("r", None, 2, hist(1, 2), false)),
+            ],
+        );
+        r.seen.remove(4); // x's later copy of 3
+        assert_eq!(check(&r), vec![], "{:?}", r.seen);
+        // An early message the history already held is a duplicate.
+        r.seen[1] = seen("x", msg("r", 2));
+        assert!(rules(&r).contains(&'a'));
+        // A message with no join on its way is not.
+        let mut r = good();
+        r.seen.insert(0, seen("x", msg("r", 1)));
         assert_eq!(rules(&r), vec!['a']);
     }
 
@@ -435,13 +590,18 @@ mod tests {
         r.seen.remove(8); // x never gets 8, yet stays joined
         let found = check(&r);
         assert_eq!(rules(&r), vec!['a']);
-        assert!(found[0].detail.contains("the room reached seq 8"), "{}", found[0]);
+        assert!(
+            found[0].detail.contains("the room reached seq 8"),
+            "{}",
+            found[0]
+        );
     }
 
     #[test]
     fn a_message_after_leave_or_disconnect_is_caught() {
         let mut r = good();
-        r.seen.insert(6, seen("x", Event::Left { room: "r".into() }));
+        r.seen
+            .insert(6, seen("x", Event::Left { room: "r".into() }));
         r.seen.truncate(7);
         r.seen.push(seen("x", msg("r", 6)));
         assert_eq!(rules(&r), vec!['a']);
@@ -450,7 +610,14 @@ mod tests {
     #[test]
     fn b_two_ids_for_one_seq_are_caught() {
         let mut r = good();
-        r.seen[5] = seen("x", Event::Message { room: "r".into(), seq: 5, id: "other".into() });
+        r.seen[5] = seen(
+            "x",
+            Event::Message {
+                room: "r".into(),
+                seq: 5,
+                id: "other".into(),
+            },
+        );
         let found = check(&r);
         assert_eq!(rules(&r), vec!['b', 'b']);
         assert!(found[0].detail.contains("two ids"), "{}", found[0]);
@@ -463,7 +630,12 @@ mod tests {
     #[test]
     fn c_an_acked_message_missing_from_a_survivor_is_caught() {
         let mut r = good();
-        r.histories.get_mut("b").unwrap().get_mut("r").unwrap().truncate(7); // lost 8
+        r.histories
+            .get_mut("b")
+            .unwrap()
+            .get_mut("r")
+            .unwrap()
+            .truncate(7); // lost 8
         let found = check(&r);
         // x saw 8 and is still joined: the tail rule agrees with the node that has it.
         assert_eq!(rules(&r), vec!['c']);
@@ -491,6 +663,10 @@ mod tests {
         let found = check(&r);
         assert_eq!(rules(&r), vec!['d']);
         assert!(found[0].detail.contains("ghost"), "{}", found[0]);
+        // Matching only after the bound is a violation too.
+        let mut r = good();
+        r.presence[0].matched_after = Some(Duration::from_millis(1700));
+        assert_eq!(rules(&r), vec!['d']);
     }
 
     #[test]

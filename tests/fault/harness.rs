@@ -107,9 +107,23 @@ impl FaultCluster {
             });
             std::fs::write(&config, text).expect("write config");
             let log = dir.join(format!("{name}.log"));
-            procs.push(Proc { name, http, config, log, child: None, starts: 0, stopped: false });
+            procs.push(Proc {
+                name,
+                http,
+                config,
+                log,
+                child: None,
+                starts: 0,
+                stopped: false,
+            });
         }
-        let mut cluster = Self { label: label.to_owned(), dir, procs, net, _serial: serial };
+        let mut cluster = Self {
+            label: label.to_owned(),
+            dir,
+            procs,
+            net,
+            _serial: serial,
+        };
         for i in 0..n {
             cluster.start_node(i).await;
         }
@@ -137,17 +151,30 @@ impl FaultCluster {
         let p = &mut self.procs[i];
         assert!(p.child.is_none(), "node {} already runs", p.name);
         p.starts += 1;
-        p.child = Some(hubbub_node::spawn(&["ip", "netns", "exec", &ns], &p.config, &p.log, p.starts));
+        p.child = Some(hubbub_node::spawn(
+            &["ip", "netns", "exec", &ns],
+            &p.config,
+            &p.log,
+            p.starts,
+        ));
         p.stopped = false;
         let (addr, started) = (p.http, Instant::now());
         loop {
             if let Some(Ok(Some(status))) = self.procs[i].child.as_mut().map(|c| c.try_wait()) {
-                panic!("node {} exited during start with {status}\n{}", self.name(i), self.tail(i));
+                panic!(
+                    "node {} exited during start with {status}\n{}",
+                    self.name(i),
+                    self.tail(i)
+                );
             }
             if let Some((200, _)) = hubbub_node::try_http(addr, "/healthz").await {
                 return;
             }
-            assert!(started.elapsed() < DEADLINE, "node {} not serving within {DEADLINE:?}", self.name(i));
+            assert!(
+                started.elapsed() < DEADLINE,
+                "node {} not serving within {DEADLINE:?}",
+                self.name(i)
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -218,7 +245,11 @@ impl FaultCluster {
                     view == want && s["has_quorum"] == true && s["lease_valid"] == true
                 });
                 ok &= good;
-                last.push(format!("{}: {:?}", self.name(*i), status.map(|s| s.to_string())));
+                last.push(format!(
+                    "{}: {:?}",
+                    self.name(*i),
+                    status.map(|s| s.to_string())
+                ));
             }
             if ok {
                 return started.elapsed();
@@ -258,7 +289,11 @@ impl Drop for FaultCluster {
             for i in 0..self.procs.len() {
                 eprintln!("{}", self.tail(i));
             }
-            eprintln!("[{}] configs and logs kept in {}", self.label, self.dir.display());
+            eprintln!(
+                "[{}] configs and logs kept in {}",
+                self.label,
+                self.dir.display()
+            );
         } else {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
@@ -269,23 +304,42 @@ impl Drop for FaultCluster {
 pub type Log = Arc<Mutex<Vec<Seen>>>;
 
 enum Cmd {
-    Join { room: String, since: Option<u64>, done: oneshot::Sender<Value> },
-    Leave { room: String, done: oneshot::Sender<Value> },
-    Publish { room: String, content: String },
-    Presence { room: String, done: oneshot::Sender<Option<BTreeMap<String, u64>>> },
+    Join {
+        room: String,
+        since: Option<u64>,
+        done: oneshot::Sender<Value>,
+    },
+    Leave {
+        room: String,
+        done: oneshot::Sender<Value>,
+    },
+    Publish {
+        room: String,
+        content: String,
+    },
+    Presence {
+        room: String,
+        done: oneshot::Sender<Result<BTreeMap<String, u64>, String>>,
+    },
     /// Answers once every request sent so far is answered (or the connection ended).
-    Drain { done: oneshot::Sender<()> },
+    Drain {
+        done: oneshot::Sender<()>,
+    },
     /// Records `End` for every room joined, then keeps running.
-    End { done: oneshot::Sender<()> },
+    End {
+        done: oneshot::Sender<()>,
+    },
     /// Closes the connection; answers once `Disconnected` is recorded.
-    Close { done: oneshot::Sender<()> },
+    Close {
+        done: oneshot::Sender<()>,
+    },
 }
 
 enum Waiting {
     Join(String, Option<u64>, oneshot::Sender<Value>),
     Leave(String, oneshot::Sender<Value>),
     Publish(String),
-    Presence(oneshot::Sender<Option<BTreeMap<String, u64>>>),
+    Presence(oneshot::Sender<Result<BTreeMap<String, u64>, String>>),
 }
 
 /// Counts a member's publishing outcomes.
@@ -301,7 +355,10 @@ pub struct Publisher(mpsc::UnboundedSender<Cmd>);
 
 impl Publisher {
     pub fn publish(&self, room: &str, content: String) {
-        let _ = self.0.send(Cmd::Publish { room: room.to_owned(), content });
+        let _ = self.0.send(Cmd::Publish {
+            room: room.to_owned(),
+            content,
+        });
     }
 }
 
@@ -328,11 +385,16 @@ impl Member {
 
     /// Connects again as the same user (same label), to `node`, keeping what it saw.
     pub async fn reconnect(&mut self, cluster: &FaultCluster, node: usize, log: &Log) {
-        let client =
-            Client::connect(cluster.http(node), &format!("user={}&name={}", self.user, self.user)).await;
+        let client = Client::connect(
+            cluster.http(node),
+            &format!("user={}&name={}", self.user, self.user),
+        )
+        .await;
         self.close().await;
         let seqs = self.last_seq.lock().expect("lock").clone();
-        let rooms: Vec<String> = std::mem::take(&mut *self.rooms.lock().expect("lock")).into_iter().collect();
+        let rooms: Vec<String> = std::mem::take(&mut *self.rooms.lock().expect("lock"))
+            .into_iter()
+            .collect();
         *self = Self::spawn(client, &self.user.clone(), node, log, seqs);
         for room in rooms {
             let since = self.last_seq.lock().expect("lock").get(&room).copied();
@@ -340,7 +402,13 @@ impl Member {
         }
     }
 
-    fn spawn(client: Client, user: &str, node: usize, log: &Log, seqs: BTreeMap<String, u64>) -> Self {
+    fn spawn(
+        client: Client,
+        user: &str,
+        node: usize,
+        log: &Log,
+        seqs: BTreeMap<String, u64>,
+    ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let member = Self {
             label: user.to_owned(),
@@ -377,9 +445,14 @@ impl Member {
         let started = Instant::now();
         loop {
             let (done, rx) = oneshot::channel();
-            let _ = self.tx.send(Cmd::Join { room: room.to_owned(), since, done });
+            let _ = self.tx.send(Cmd::Join {
+                room: room.to_owned(),
+                since,
+                done,
+            });
             let reply = rx.await.unwrap_or(Value::Null);
-            let retry = reply["error"]["code"] == "unavailable" || reply["error"]["code"] == "internal";
+            let retry =
+                reply["error"]["code"] == "unavailable" || reply["error"]["code"] == "internal";
             if !retry || started.elapsed() > DEADLINE {
                 return reply;
             }
@@ -389,13 +462,20 @@ impl Member {
 
     pub async fn join(&self, room: &str) -> Value {
         let reply = self.join_since(room, None).await;
-        assert_eq!(reply["ok"], true, "{} could not join {room}: {reply}", self.label);
+        assert_eq!(
+            reply["ok"], true,
+            "{} could not join {room}: {reply}",
+            self.label
+        );
         reply
     }
 
     pub async fn leave(&self, room: &str) -> Value {
         let (done, rx) = oneshot::channel();
-        let _ = self.tx.send(Cmd::Leave { room: room.to_owned(), done });
+        let _ = self.tx.send(Cmd::Leave {
+            room: room.to_owned(),
+            done,
+        });
         rx.await.unwrap_or(Value::Null)
     }
 
@@ -404,11 +484,20 @@ impl Member {
         Publisher(self.tx.clone())
     }
 
-    /// The node's presence of `room` through this member; None if it did not answer.
-    pub async fn presence(&self, room: &str) -> Option<BTreeMap<String, u64>> {
+    /// The node's presence of `room` through this member, or why there is none.
+    pub async fn presence(&self, room: &str) -> Result<BTreeMap<String, u64>, String> {
         let (done, rx) = oneshot::channel();
-        self.tx.send(Cmd::Presence { room: room.to_owned(), done }).ok()?;
-        tokio::time::timeout(Duration::from_secs(3), rx).await.ok()?.ok()?
+        self.tx
+            .send(Cmd::Presence {
+                room: room.to_owned(),
+                done,
+            })
+            .map_err(|_| "connection gone".to_owned())?;
+        match tokio::time::timeout(Duration::from_secs(3), rx).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err("connection ended".to_owned()),
+            Err(_) => Err("no answer within 3 s".to_owned()),
+        }
     }
 
     /// Waits (bounded) until every request sent so far is answered.
@@ -461,11 +550,17 @@ fn entries(list: &Value) -> Vec<Entry> {
 
 impl Task {
     fn record(&self, event: Event) {
-        self.log.lock().expect("lock").push(Seen { client: self.label.clone(), event });
+        self.log.lock().expect("lock").push(Seen {
+            client: self.label.clone(),
+            event,
+        });
     }
 
     fn saw(&self, room: &str, seq: u64) {
-        self.last_seq.lock().expect("lock").insert(room.to_owned(), seq);
+        self.last_seq
+            .lock()
+            .expect("lock")
+            .insert(room.to_owned(), seq);
     }
 
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>) {
@@ -483,7 +578,8 @@ impl Task {
                 }
             }
         }
-        self.alive.store(false, std::sync::atomic::Ordering::Relaxed);
+        self.alive
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         self.record(Event::Disconnected);
         self.rooms.lock().expect("lock").clear();
         if let Some(done) = self.closing.take() {
@@ -496,18 +592,25 @@ impl Task {
     async fn command(&mut self, cmd: Cmd) -> bool {
         let (frame, waiting) = match cmd {
             Cmd::Join { room, since, done } => {
+                self.record(Event::JoinSent { room: room.clone() });
                 let mut frame = json!({"type": "join", "room": room});
                 if let Some(s) = since {
                     frame["since"] = json!(s);
                 }
                 (frame, Waiting::Join(room, since, done))
             }
-            Cmd::Leave { room, done } => (json!({"type": "leave", "room": room}), Waiting::Leave(room, done)),
+            Cmd::Leave { room, done } => (
+                json!({"type": "leave", "room": room}),
+                Waiting::Leave(room, done),
+            ),
             Cmd::Publish { room, content } => (
                 json!({"type": "publish", "room": room, "content": content}),
                 Waiting::Publish(room),
             ),
-            Cmd::Presence { room, done } => (json!({"type": "presence", "room": room}), Waiting::Presence(done)),
+            Cmd::Presence { room, done } => (
+                json!({"type": "presence", "room": room}),
+                Waiting::Presence(done),
+            ),
             Cmd::Drain { done } => {
                 self.drains.push(done);
                 self.drained();
@@ -546,12 +649,18 @@ impl Task {
     fn frame(&mut self, frame: Value) {
         match frame["type"].as_str() {
             Some("message") => {
-                let (Some(room), Some(seq), Some(id)) =
-                    (frame["room"].as_str(), frame["seq"].as_u64(), frame["id"].as_str())
-                else {
+                let (Some(room), Some(seq), Some(id)) = (
+                    frame["room"].as_str(),
+                    frame["seq"].as_u64(),
+                    frame["id"].as_str(),
+                ) else {
                     return;
                 };
-                self.record(Event::Message { room: room.into(), seq, id: id.into() });
+                self.record(Event::Message {
+                    room: room.into(),
+                    seq,
+                    id: id.into(),
+                });
                 self.saw(room, seq);
             }
             Some("gap") => {
@@ -560,7 +669,8 @@ impl Task {
                 }
             }
             Some("reply") => {
-                let Some(waiting) = frame["ref"].as_str().and_then(|r| self.waiting.remove(r)) else {
+                let Some(waiting) = frame["ref"].as_str().and_then(|r| self.waiting.remove(r))
+                else {
                     return;
                 };
                 let ok = frame["ok"] == true;
@@ -589,15 +699,25 @@ impl Task {
                         let _ = done.send(frame.clone());
                     }
                     Waiting::Publish(room) => {
-                        if let (true, Some(seq), Some(id)) = (ok, data["seq"].as_u64(), data["id"].as_str()) {
-                            self.record(Event::Ack { room, seq, id: id.into() });
+                        if let (true, Some(seq), Some(id)) =
+                            (ok, data["seq"].as_u64(), data["id"].as_str())
+                        {
+                            self.record(Event::Ack {
+                                room,
+                                seq,
+                                id: id.into(),
+                            });
                             self.outcomes.lock().expect("lock").acked += 1;
                         } else {
                             self.outcomes.lock().expect("lock").refused += 1;
                         }
                     }
                     Waiting::Presence(done) => {
-                        let _ = done.send(ok.then(|| members(&data["members"])));
+                        let _ = done.send(if ok {
+                            Ok(members(&data["members"]))
+                        } else {
+                            Err(frame["error"].to_string())
+                        });
                     }
                 }
                 self.drained();

@@ -152,19 +152,48 @@ impl Net {
             ip(&["netns", "add", ns]);
             net.namespaces.push(ns.clone());
             ip(&["-n", ns, "link", "set", "lo", "up"]);
-            ip(&["-n", ns, "addr", "add", &format!("{}/32", node_addr(i)), "dev", "lo"]);
+            ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{}/32", node_addr(i)),
+                "dev",
+                "lo",
+            ]);
             // Client link: root end `<tag>r<i>`, node end `<tag><i>r`.
             let (root_dev, node_dev) = (format!("{tag}r{i}"), format!("{tag}{i}r"));
             ip(&[
                 "link", "add", &root_dev, "type", "veth", "peer", "name", &node_dev, "netns", ns,
             ]);
-            ip(&["addr", "add", &format!("{}/32", client_addr(i)), "dev", &root_dev]);
+            ip(&[
+                "addr",
+                "add",
+                &format!("{}/32", client_addr(i)),
+                "dev",
+                &root_dev,
+            ]);
             ip(&["link", "set", &root_dev, "up"]);
             ip(&["-n", ns, "link", "set", &node_dev, "up"]);
             let (node, client) = (node_addr(i).to_string(), client_addr(i).to_string());
-            ip(&["route", "add", &format!("{node}/32"), "dev", &root_dev, "src", &client]);
             ip(&[
-                "-n", ns, "route", "add", &format!("{client}/32"), "dev", &node_dev, "src",
+                "route",
+                "add",
+                &format!("{node}/32"),
+                "dev",
+                &root_dev,
+                "src",
+                &client,
+            ]);
+            ip(&[
+                "-n",
+                ns,
+                "route",
+                "add",
+                &format!("{client}/32"),
+                "dev",
+                &node_dev,
+                "src",
                 &node,
             ]);
         }
@@ -173,20 +202,51 @@ impl Net {
                 let (di, dj) = (format!("{tag}{i}{j}"), format!("{tag}{j}{i}"));
                 let (nsi, nsj) = (&namespaces[i], &namespaces[j]);
                 ip(&[
-                    "link", "add", &di, "netns", nsi, "address", &mac(i, j), "type", "veth",
-                    "peer", "name", &dj, "netns", nsj, "address", &mac(j, i),
+                    "link",
+                    "add",
+                    &di,
+                    "netns",
+                    nsi,
+                    "address",
+                    &mac(i, j),
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    &dj,
+                    "netns",
+                    nsj,
+                    "address",
+                    &mac(j, i),
                 ]);
                 for (ns, dev, me, peer) in [(nsi, &di, i, j), (nsj, &dj, j, i)] {
                     ip(&["-n", ns, "link", "set", dev, "up"]);
-                    let (me_addr, peer_addr) = (node_addr(me).to_string(), node_addr(peer).to_string());
+                    let (me_addr, peer_addr) =
+                        (node_addr(me).to_string(), node_addr(peer).to_string());
                     ip(&[
-                        "-n", ns, "route", "add", &format!("{peer_addr}/32"), "dev", dev, "src",
+                        "-n",
+                        ns,
+                        "route",
+                        "add",
+                        &format!("{peer_addr}/32"),
+                        "dev",
+                        dev,
+                        "src",
                         &me_addr,
                     ]);
                     // Static neighbours: no ARP, and a cut is a neighbour change.
                     ip(&[
-                        "-n", ns, "neigh", "replace", &peer_addr, "dev", dev, "lladdr",
-                        &mac(peer, me), "nud", "permanent",
+                        "-n",
+                        ns,
+                        "neigh",
+                        "replace",
+                        &peer_addr,
+                        "dev",
+                        dev,
+                        "lladdr",
+                        &mac(peer, me),
+                        "nud",
+                        "permanent",
                     ]);
                 }
                 net.links.insert((i, j), Link { devs: (di, dj) });
@@ -205,12 +265,17 @@ impl Net {
     fn probe_netem(&self) -> CutMethod {
         let ns = &self.namespaces[0];
         let added = Command::new("ip")
-            .args(["netns", "exec", ns, "tc", "qdisc", "add", "dev", "lo", "root", "netem", "loss", "0%"])
+            .args([
+                "netns", "exec", ns, "tc", "qdisc", "add", "dev", "lo", "root", "netem", "loss",
+                "0%",
+            ])
             .output()
             .is_ok_and(|o| o.status.success());
         if added {
             let _ = Command::new("ip")
-                .args(["netns", "exec", ns, "tc", "qdisc", "del", "dev", "lo", "root"])
+                .args([
+                    "netns", "exec", ns, "tc", "qdisc", "del", "dev", "lo", "root",
+                ])
                 .status();
             CutMethod::Netem
         } else {
@@ -248,12 +313,27 @@ impl Net {
         for (ns, dev, _, peer) in self.ends(a, b) {
             match self.method {
                 CutMethod::Netem => {
-                    run("ip", &["netns", "exec", &ns, "tc", "qdisc", "add", "dev", &dev, "root", "netem", "loss", "100%"]);
+                    run(
+                        "ip",
+                        &[
+                            "netns", "exec", &ns, "tc", "qdisc", "add", "dev", &dev, "root",
+                            "netem", "loss", "100%",
+                        ],
+                    );
                 }
                 CutMethod::Neighbour => {
                     ip(&[
-                        "-n", &ns, "neigh", "replace", &node_addr(peer).to_string(), "dev", &dev,
-                        "lladdr", NOWHERE_MAC, "nud", "permanent",
+                        "-n",
+                        &ns,
+                        "neigh",
+                        "replace",
+                        &node_addr(peer).to_string(),
+                        "dev",
+                        &dev,
+                        "lladdr",
+                        NOWHERE_MAC,
+                        "nud",
+                        "permanent",
                     ]);
                 }
             }
@@ -269,12 +349,26 @@ impl Net {
         for (ns, dev, me, peer) in self.ends(a, b) {
             match self.method {
                 CutMethod::Netem => {
-                    run("ip", &["netns", "exec", &ns, "tc", "qdisc", "del", "dev", &dev, "root"]);
+                    run(
+                        "ip",
+                        &[
+                            "netns", "exec", &ns, "tc", "qdisc", "del", "dev", &dev, "root",
+                        ],
+                    );
                 }
                 CutMethod::Neighbour => {
                     ip(&[
-                        "-n", &ns, "neigh", "replace", &node_addr(peer).to_string(), "dev", &dev,
-                        "lladdr", &mac(peer, me), "nud", "permanent",
+                        "-n",
+                        &ns,
+                        "neigh",
+                        "replace",
+                        &node_addr(peer).to_string(),
+                        "dev",
+                        &dev,
+                        "lladdr",
+                        &mac(peer, me),
+                        "nud",
+                        "permanent",
                     ]);
                 }
             }
@@ -293,7 +387,12 @@ impl Net {
 
     /// Heals every cut link.
     pub fn heal_all(&mut self) {
-        let cut: Vec<(usize, usize)> = self.cut.iter().filter(|(_, c)| **c).map(|(k, _)| *k).collect();
+        let cut: Vec<(usize, usize)> = self
+            .cut
+            .iter()
+            .filter(|(_, c)| **c)
+            .map(|(k, _)| *k)
+            .collect();
         for (a, b) in cut {
             self.heal(a, b);
         }
@@ -309,7 +408,17 @@ impl Net {
             }
             let out = run(
                 "ip",
-                &["netns", "exec", &self.namespaces[a], "ss", "-K", "-t", "-n", "dst", &node_addr(b).to_string()],
+                &[
+                    "netns",
+                    "exec",
+                    &self.namespaces[a],
+                    "ss",
+                    "-K",
+                    "-t",
+                    "-n",
+                    "dst",
+                    &node_addr(b).to_string(),
+                ],
             );
             // One header line, then one line per socket killed.
             killed += out.lines().skip(1).filter(|l| !l.trim().is_empty()).count();
