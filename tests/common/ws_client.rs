@@ -232,6 +232,17 @@ impl Client {
         reference
     }
 
+    /// Like [`Client::send_request`], but None instead of a panic when the connection
+    /// is gone (the fault suite's clients outlive the nodes they talk to).
+    pub async fn try_send_request(&mut self, mut frame: Value) -> Option<String> {
+        let reference = self.stamp(&mut frame);
+        self.ws
+            .send(Message::Text(frame.to_string().into()))
+            .await
+            .ok()?;
+        Some(reference)
+    }
+
     /// The reply echoing `reference`.
     pub async fn reply_to(&mut self, reference: &str) -> Value {
         self.expect(

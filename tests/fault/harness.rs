@@ -1,0 +1,728 @@
+//! Three (or more) real `hubbub` processes, each in its own network namespace (see
+//! `netns`), and recording clients in the root namespace.
+//!
+//! [`FaultCluster`] starts the nodes (`ip netns exec NS hubbub serve`, HTTP on
+//! `<node address>:4000`, cluster on `:4001`, seeds = the other nodes), injects the
+//! faults (the network ones through [`Net`], `kill -9`, `SIGSTOP`/`SIGCONT`, restart),
+//! and kills every process it started when dropped, before the namespaces go. After a
+//! failure it prints the tail of every node's log and keeps the test's directory.
+//!
+//! [`Member`] is a client as a task: it reads every frame the node sends and records,
+//! in arrival order, what the checker needs (join replies, live messages, acks, leaves,
+//! the connection's end) into the run's shared log; the scenario sends it commands.
+
+use crate::checker::{Entry, Event, Seen};
+use crate::hubbub_node::{self, NodeConfig, FAILURE_TIMEOUT_MS};
+use crate::netns::{node_addr, Net};
+use crate::ws_client::{members, Client, Dial};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Child;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+/// The longest any single wait lasts.
+pub const DEADLINE: Duration = Duration::from_secs(15);
+/// The presence bound after a node stops, freezes or is cut off.
+pub const DETECTION_BOUND: Duration = Duration::from_millis(FAILURE_TIMEOUT_MS + 1_000);
+const HTTP_PORT: u16 = 4000;
+const CLUSTER_PORT: u16 = 4001;
+const COOKIE: &str = "fault-cookie";
+
+/// Held by a running fault test: one at a time in this process (nextest runs one per
+/// process anyway, in the `fault` group).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A node's address as a WebSocket client dials it.
+#[derive(Clone, Copy)]
+pub struct NodeAddr(pub SocketAddr);
+
+impl Dial for NodeAddr {
+    fn ws_url(&self, query: &str) -> String {
+        format!("ws://{}/ws?{query}", self.0)
+    }
+
+    fn retryable(&self) -> &'static [&'static str] {
+        &["unavailable", "internal"]
+    }
+
+    fn deadline(&self) -> Duration {
+        DEADLINE
+    }
+}
+
+pub fn node_name(i: usize) -> String {
+    char::from(b'a' + i as u8).to_string()
+}
+
+struct Proc {
+    name: String,
+    http: SocketAddr,
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+    starts: u32,
+    stopped: bool,
+}
+
+pub struct FaultCluster {
+    pub label: String,
+    dir: PathBuf,
+    procs: Vec<Proc>,
+    /// Dropped after the processes (field order).
+    pub net: Net,
+    _serial: tokio::sync::MutexGuard<'static, ()>,
+}
+
+impl FaultCluster {
+    /// Makes the namespaces and starts `n` nodes; waits until they form one view.
+    pub async fn start(label: &str, n: usize) -> Self {
+        let serial = SERIAL.lock().await;
+        let net = Net::create(n);
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join("fault")
+            .join(format!("{label}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create test dir");
+        let mut procs = Vec::new();
+        for i in 0..n {
+            let name = node_name(i);
+            let http = SocketAddr::from((node_addr(i), HTTP_PORT));
+            let bind = SocketAddr::from((node_addr(i), CLUSTER_PORT));
+            let seeds: Vec<SocketAddr> = (0..n)
+                .filter(|j| *j != i)
+                .map(|j| SocketAddr::from((node_addr(j), CLUSTER_PORT)))
+                .collect();
+            let config = dir.join(format!("{name}.toml"));
+            let text = hubbub_node::config_text(&NodeConfig {
+                name: &name,
+                http,
+                bind,
+                cookie: COOKIE,
+                seeds: &seeds,
+                extra: "",
+            });
+            std::fs::write(&config, text).expect("write config");
+            let log = dir.join(format!("{name}.log"));
+            procs.push(Proc {
+                name,
+                http,
+                config,
+                log,
+                child: None,
+                starts: 0,
+                stopped: false,
+            });
+        }
+        let mut cluster = Self {
+            label: label.to_owned(),
+            dir,
+            procs,
+            net,
+            _serial: serial,
+        };
+        for i in 0..n {
+            cluster.start_node(i).await;
+        }
+        let all: Vec<usize> = (0..n).collect();
+        let took = cluster.wait_converged(&all).await;
+        eprintln!("[{label}] {n} nodes in namespaces converged in {took:?}");
+        cluster
+    }
+
+    pub fn len(&self) -> usize {
+        self.procs.len()
+    }
+
+    pub fn name(&self, i: usize) -> String {
+        self.procs[i].name.clone()
+    }
+
+    pub fn http(&self, i: usize) -> NodeAddr {
+        NodeAddr(self.procs[i].http)
+    }
+
+    /// Starts node `i`'s process in its namespace; waits until `/healthz` answers.
+    pub async fn start_node(&mut self, i: usize) {
+        let ns = self.net.namespace(i).to_owned();
+        let p = &mut self.procs[i];
+        assert!(p.child.is_none(), "node {} already runs", p.name);
+        p.starts += 1;
+        p.child = Some(hubbub_node::spawn(
+            &["ip", "netns", "exec", &ns],
+            &p.config,
+            &p.log,
+            p.starts,
+        ));
+        p.stopped = false;
+        let (addr, started) = (p.http, Instant::now());
+        loop {
+            if let Some(Ok(Some(status))) = self.procs[i].child.as_mut().map(|c| c.try_wait()) {
+                panic!(
+                    "node {} exited during start with {status}\n{}",
+                    self.name(i),
+                    self.tail(i)
+                );
+            }
+            if let Some((200, _)) = hubbub_node::try_http(addr, "/healthz").await {
+                return;
+            }
+            assert!(
+                started.elapsed() < DEADLINE,
+                "node {} not serving within {DEADLINE:?}",
+                self.name(i)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn pid(&self, i: usize) -> u32 {
+        self.procs[i].child.as_ref().expect("node runs").id()
+    }
+
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(mut child) = self.procs[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.procs[i].stopped = false;
+    }
+
+    pub fn sigstop(&mut self, i: usize) {
+        hubbub_node::signal(self.pid(i), "-STOP");
+        self.procs[i].stopped = true;
+    }
+
+    pub fn sigcont(&mut self, i: usize) {
+        hubbub_node::signal(self.pid(i), "-CONT");
+        self.procs[i].stopped = false;
+    }
+
+    /// kill -9 (if running), then start again with the same config (same name and
+    /// addresses, a new incarnation). No scenario of today's suite restarts one node
+    /// alone; the Raft work's follower scenarios will.
+    #[allow(dead_code)]
+    pub async fn restart(&mut self, i: usize) {
+        self.kill9(i);
+        self.start_node(i).await;
+    }
+
+    pub fn is_running(&self, i: usize) -> bool {
+        self.procs[i].child.is_some()
+    }
+
+    pub fn is_stopped(&self, i: usize) -> bool {
+        self.procs[i].stopped
+    }
+
+    pub async fn status(&self, i: usize) -> Option<Value> {
+        match hubbub_node::try_http(self.procs[i].http, "/cluster").await? {
+            (200, body) => serde_json::from_str(&body).ok(),
+            _ => None,
+        }
+    }
+
+    /// Polls `/cluster` of `nodes` until each sees exactly them, with quorum and lease.
+    pub async fn wait_converged(&self, nodes: &[usize]) -> Duration {
+        let want: BTreeSet<String> = nodes.iter().map(|i| self.name(*i)).collect();
+        let started = Instant::now();
+        loop {
+            let mut last = Vec::new();
+            let mut ok = true;
+            for i in nodes {
+                let status = self.status(*i).await;
+                let view: BTreeSet<String> = status
+                    .as_ref()
+                    .and_then(|s| s["view"].as_array().cloned())
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect();
+                let good = status.as_ref().is_some_and(|s| {
+                    view == want && s["has_quorum"] == true && s["lease_valid"] == true
+                });
+                ok &= good;
+                last.push(format!(
+                    "{}: {:?}",
+                    self.name(*i),
+                    status.map(|s| s.to_string())
+                ));
+            }
+            if ok {
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed() < DEADLINE * 2,
+                "[{}] {want:?} did not converge within {:?}:\n{}",
+                self.label,
+                DEADLINE * 2,
+                last.join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn tail(&self, i: usize) -> String {
+        format!(
+            "---- node {} log ({}) ----\n{}",
+            self.procs[i].name,
+            self.procs[i].log.display(),
+            hubbub_node::log_tail(&self.procs[i].log, 60)
+        )
+    }
+}
+
+impl Drop for FaultCluster {
+    fn drop(&mut self) {
+        let failed = std::thread::panicking();
+        for p in &mut self.procs {
+            // SIGKILL ends stopped processes too.
+            if let Some(mut child) = p.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if failed || std::env::var_os("KEEP_FAULT_TEST_LOGS").is_some() {
+            for i in 0..self.procs.len() {
+                eprintln!("{}", self.tail(i));
+            }
+            eprintln!(
+                "[{}] configs and logs kept in {}",
+                self.label,
+                self.dir.display()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// The log every member of a run writes to.
+pub type Log = Arc<Mutex<Vec<Seen>>>;
+
+enum Cmd {
+    Join {
+        room: String,
+        since: Option<u64>,
+        done: oneshot::Sender<Value>,
+    },
+    Leave {
+        room: String,
+        done: oneshot::Sender<Value>,
+    },
+    Publish {
+        room: String,
+        content: String,
+    },
+    Presence {
+        room: String,
+        done: oneshot::Sender<Result<BTreeMap<String, u64>, String>>,
+    },
+    /// Answers once every request sent so far is answered (or the connection ended).
+    Drain {
+        done: oneshot::Sender<()>,
+    },
+    /// Records `End` for every room joined, then keeps running.
+    End {
+        done: oneshot::Sender<()>,
+    },
+    /// Closes the connection; answers once `Disconnected` is recorded.
+    Close {
+        done: oneshot::Sender<()>,
+    },
+}
+
+enum Waiting {
+    Join(String, Option<u64>, oneshot::Sender<Value>),
+    Leave(String, oneshot::Sender<Value>),
+    Publish(String),
+    Presence(oneshot::Sender<Result<BTreeMap<String, u64>, String>>),
+}
+
+/// Counts a member's publishing outcomes.
+#[derive(Default, Debug, Clone, Copy)]
+pub struct Outcomes {
+    pub acked: u64,
+    pub refused: u64,
+}
+
+/// Publishes through a [`Member`] from another task.
+#[derive(Clone)]
+pub struct Publisher(mpsc::UnboundedSender<Cmd>);
+
+impl Publisher {
+    pub fn publish(&self, room: &str, content: String) {
+        let _ = self.0.send(Cmd::Publish {
+            room: room.to_owned(),
+            content,
+        });
+    }
+}
+
+/// A recording client connected to one node.
+pub struct Member {
+    pub label: String,
+    pub user: String,
+    pub node: usize,
+    tx: mpsc::UnboundedSender<Cmd>,
+    pub outcomes: Arc<Mutex<Outcomes>>,
+    /// Rooms joined, as the member last knew.
+    pub rooms: Arc<Mutex<BTreeSet<String>>>,
+    /// The last seq this member saw per room (for `since`).
+    pub last_seq: Arc<Mutex<BTreeMap<String, u64>>>,
+    pub alive: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Member {
+    /// Connects `user` (label = user) to node `node` and starts recording.
+    pub async fn connect(cluster: &FaultCluster, node: usize, user: &str, log: &Log) -> Self {
+        let client = Client::connect(cluster.http(node), &format!("user={user}&name={user}")).await;
+        Self::spawn(client, user, node, log, Default::default())
+    }
+
+    /// Connects again as the same user (same label), to `node`, keeping what it saw.
+    pub async fn reconnect(&mut self, cluster: &FaultCluster, node: usize, log: &Log) {
+        let client = Client::connect(
+            cluster.http(node),
+            &format!("user={}&name={}", self.user, self.user),
+        )
+        .await;
+        self.close().await;
+        let seqs = self.last_seq.lock().expect("lock").clone();
+        let rooms: Vec<String> = std::mem::take(&mut *self.rooms.lock().expect("lock"))
+            .into_iter()
+            .collect();
+        *self = Self::spawn(client, &self.user.clone(), node, log, seqs);
+        for room in rooms {
+            let since = self.last_seq.lock().expect("lock").get(&room).copied();
+            self.join_since(&room, since).await;
+        }
+    }
+
+    fn spawn(
+        client: Client,
+        user: &str,
+        node: usize,
+        log: &Log,
+        seqs: BTreeMap<String, u64>,
+    ) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let member = Self {
+            label: user.to_owned(),
+            user: user.to_owned(),
+            node,
+            tx,
+            outcomes: Default::default(),
+            rooms: Default::default(),
+            last_seq: Arc::new(Mutex::new(seqs)),
+            alive: Arc::new(true.into()),
+        };
+        let task = Task {
+            client,
+            label: member.label.clone(),
+            log: log.clone(),
+            waiting: BTreeMap::new(),
+            drains: Vec::new(),
+            closing: None,
+            outcomes: member.outcomes.clone(),
+            rooms: member.rooms.clone(),
+            last_seq: member.last_seq.clone(),
+            alive: member.alive.clone(),
+        };
+        tokio::spawn(task.run(rx));
+        member
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Joins, retrying while the node answers `unavailable`; the last reply.
+    pub async fn join_since(&self, room: &str, since: Option<u64>) -> Value {
+        let started = Instant::now();
+        loop {
+            let (done, rx) = oneshot::channel();
+            let _ = self.tx.send(Cmd::Join {
+                room: room.to_owned(),
+                since,
+                done,
+            });
+            let reply = rx.await.unwrap_or(Value::Null);
+            let retry =
+                reply["error"]["code"] == "unavailable" || reply["error"]["code"] == "internal";
+            if !retry || started.elapsed() > DEADLINE {
+                return reply;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn join(&self, room: &str) -> Value {
+        let reply = self.join_since(room, None).await;
+        assert_eq!(
+            reply["ok"], true,
+            "{} could not join {room}: {reply}",
+            self.label
+        );
+        reply
+    }
+
+    pub async fn leave(&self, room: &str) -> Value {
+        let (done, rx) = oneshot::channel();
+        let _ = self.tx.send(Cmd::Leave {
+            room: room.to_owned(),
+            done,
+        });
+        rx.await.unwrap_or(Value::Null)
+    }
+
+    /// A handle that publishes through this member (for a pacing task).
+    pub fn publisher(&self) -> Publisher {
+        Publisher(self.tx.clone())
+    }
+
+    /// The node's presence of `room` through this member, or why there is none.
+    pub async fn presence(&self, room: &str) -> Result<BTreeMap<String, u64>, String> {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::Presence {
+                room: room.to_owned(),
+                done,
+            })
+            .map_err(|_| "connection gone".to_owned())?;
+        match tokio::time::timeout(Duration::from_secs(3), rx).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err("connection ended".to_owned()),
+            Err(_) => Err("no answer within 3 s".to_owned()),
+        }
+    }
+
+    /// Waits (bounded) until every request sent so far is answered.
+    pub async fn drain(&self) {
+        let (done, rx) = oneshot::channel();
+        if self.tx.send(Cmd::Drain { done }).is_ok() {
+            let _ = tokio::time::timeout(DEADLINE, rx).await;
+        }
+    }
+
+    /// Closes the connection (if open) and waits until its end is recorded.
+    pub async fn close(&self) {
+        let (done, rx) = oneshot::channel();
+        if self.tx.send(Cmd::Close { done }).is_ok() {
+            let _ = tokio::time::timeout(DEADLINE, rx).await;
+        }
+    }
+
+    /// Records that the run ends with this member joined to its rooms.
+    pub async fn end(&self) {
+        let (done, rx) = oneshot::channel();
+        if self.tx.send(Cmd::End { done }).is_ok() {
+            let _ = tokio::time::timeout(DEADLINE, rx).await;
+        }
+    }
+}
+
+struct Task {
+    client: Client,
+    label: String,
+    log: Log,
+    waiting: BTreeMap<String, Waiting>,
+    drains: Vec<oneshot::Sender<()>>,
+    closing: Option<oneshot::Sender<()>>,
+    outcomes: Arc<Mutex<Outcomes>>,
+    rooms: Arc<Mutex<BTreeSet<String>>>,
+    last_seq: Arc<Mutex<BTreeMap<String, u64>>>,
+    alive: Arc<std::sync::atomic::AtomicBool>,
+}
+
+fn entries(list: &Value) -> Vec<Entry> {
+    list.as_array()
+        .map(|l| {
+            l.iter()
+                .filter_map(|m| Some((m["seq"].as_u64()?, m["id"].as_str()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl Task {
+    fn record(&self, event: Event) {
+        self.log.lock().expect("lock").push(Seen {
+            client: self.label.clone(),
+            event,
+        });
+    }
+
+    fn saw(&self, room: &str, seq: u64) {
+        self.last_seq
+            .lock()
+            .expect("lock")
+            .insert(room.to_owned(), seq);
+    }
+
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>) {
+        loop {
+            tokio::select! {
+                cmd = rx.recv() => {
+                    let Some(cmd) = cmd else { break };
+                    if !self.command(cmd).await {
+                        break;
+                    }
+                }
+                frame = self.client.next_frame_or_end() => {
+                    let Some(frame) = frame else { break };
+                    self.frame(frame);
+                }
+            }
+        }
+        self.alive
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        self.record(Event::Disconnected);
+        self.rooms.lock().expect("lock").clear();
+        if let Some(done) = self.closing.take() {
+            let _ = done.send(());
+        }
+        // Every request still waiting gets its channel dropped: the callers see the end.
+    }
+
+    /// Sends a command's request; false when the connection is gone.
+    async fn command(&mut self, cmd: Cmd) -> bool {
+        let (frame, waiting) = match cmd {
+            Cmd::Join { room, since, done } => {
+                self.record(Event::JoinSent { room: room.clone() });
+                let mut frame = json!({"type": "join", "room": room});
+                if let Some(s) = since {
+                    frame["since"] = json!(s);
+                }
+                (frame, Waiting::Join(room, since, done))
+            }
+            Cmd::Leave { room, done } => (
+                json!({"type": "leave", "room": room}),
+                Waiting::Leave(room, done),
+            ),
+            Cmd::Publish { room, content } => (
+                json!({"type": "publish", "room": room, "content": content}),
+                Waiting::Publish(room),
+            ),
+            Cmd::Presence { room, done } => (
+                json!({"type": "presence", "room": room}),
+                Waiting::Presence(done),
+            ),
+            Cmd::Drain { done } => {
+                self.drains.push(done);
+                self.drained();
+                return true;
+            }
+            Cmd::Close { done } => {
+                self.closing = Some(done);
+                return false;
+            }
+            Cmd::End { done } => {
+                let rooms: Vec<String> = self.rooms.lock().expect("lock").iter().cloned().collect();
+                for room in rooms {
+                    self.record(Event::End { room });
+                }
+                let _ = done.send(());
+                return true;
+            }
+        };
+        match self.client.try_send_request(frame).await {
+            Some(reference) => {
+                self.waiting.insert(reference, waiting);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn drained(&mut self) {
+        if self.waiting.is_empty() {
+            for done in self.drains.drain(..) {
+                let _ = done.send(());
+            }
+        }
+    }
+
+    fn frame(&mut self, frame: Value) {
+        match frame["type"].as_str() {
+            Some("message") => {
+                let (Some(room), Some(seq), Some(id)) = (
+                    frame["room"].as_str(),
+                    frame["seq"].as_u64(),
+                    frame["id"].as_str(),
+                ) else {
+                    return;
+                };
+                self.record(Event::Message {
+                    room: room.into(),
+                    seq,
+                    id: id.into(),
+                });
+                self.saw(room, seq);
+            }
+            Some("gap") => {
+                if let Some(room) = frame["room"].as_str() {
+                    self.record(Event::Gap { room: room.into() });
+                }
+            }
+            Some("reply") => {
+                let Some(waiting) = frame["ref"].as_str().and_then(|r| self.waiting.remove(r))
+                else {
+                    return;
+                };
+                let ok = frame["ok"] == true;
+                let data = &frame["data"];
+                match waiting {
+                    Waiting::Join(room, since, done) => {
+                        if ok {
+                            let seq = data["seq"].as_u64().unwrap_or_default();
+                            self.record(Event::Joined {
+                                room: room.clone(),
+                                since,
+                                seq,
+                                history: entries(&data["history"]),
+                                gap: data["gap"] == true,
+                            });
+                            self.saw(&room, seq);
+                            self.rooms.lock().expect("lock").insert(room);
+                        }
+                        let _ = done.send(frame.clone());
+                    }
+                    Waiting::Leave(room, done) => {
+                        if ok {
+                            self.record(Event::Left { room: room.clone() });
+                            self.rooms.lock().expect("lock").remove(&room);
+                        }
+                        let _ = done.send(frame.clone());
+                    }
+                    Waiting::Publish(room) => {
+                        if let (true, Some(seq), Some(id)) =
+                            (ok, data["seq"].as_u64(), data["id"].as_str())
+                        {
+                            self.record(Event::Ack {
+                                room,
+                                seq,
+                                id: id.into(),
+                            });
+                            self.outcomes.lock().expect("lock").acked += 1;
+                        } else {
+                            self.outcomes.lock().expect("lock").refused += 1;
+                        }
+                    }
+                    Waiting::Presence(done) => {
+                        let _ = done.send(if ok {
+                            Ok(members(&data["members"]))
+                        } else {
+                            Err(frame["error"].to_string())
+                        });
+                    }
+                }
+                self.drained();
+            }
+            _ => {}
+        }
+    }
+}
