@@ -401,7 +401,9 @@ impl Metrics {
     /// An incoming peer connection was closed before it authenticated. `reason` is a
     /// fixed word (`membership::peer_port::REFUSAL_REASONS`).
     pub fn peer_refused(&self, reason: &'static str) {
-        self.peer_refusals.get_or_create(&[("reason", reason)]).inc();
+        self.peer_refusals
+            .get_or_create(&[("reason", reason)])
+            .inc();
     }
 
     /// Shows every reason a peer connection can be refused for at 0 from the start.

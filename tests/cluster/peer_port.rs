@@ -106,7 +106,10 @@ async fn wait_metrics(cluster: &Cluster, node: &str, what: &str, check: impl Fn(
         if check(&scrape(cluster, node).await) {
             return;
         }
-        assert!(started.elapsed() < DEADLINE, "{node}: {what} within {DEADLINE:?}");
+        assert!(
+            started.elapsed() < DEADLINE,
+            "{node}: {what} within {DEADLINE:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -118,7 +121,11 @@ async fn a_frame_past_the_budget_before_authenticating_closes_the_connection_unr
     let addr = cluster.bind_addr("a");
     let before = scrape(&cluster, "a").await;
     assert_eq!(refused(&before, "frame_too_large"), 0.0);
-    assert_eq!(unauthenticated(&before), 0.0, "b's connection authenticated");
+    assert_eq!(
+        unauthenticated(&before),
+        0.0,
+        "b's connection authenticated"
+    );
     let view_before = cluster.cluster_status("a").await["view_id"].clone();
     let peak_before = proc_status_kib(pid, "VmHWM");
 

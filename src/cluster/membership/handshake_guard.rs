@@ -81,7 +81,12 @@ impl Gate {
 
     fn open(&self) {
         if !self.open.swap(true, Ordering::AcqRel) {
-            drop(self.held.lock().unwrap_or_else(PoisonError::into_inner).take());
+            drop(
+                self.held
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take(),
+            );
         }
     }
 }
@@ -475,10 +480,7 @@ mod tests {
         let (ours, mut theirs) = tokio::io::duplex(1 << 20);
         let (read, write) = tokio::io::split(ours);
         let (mut read, _write) = guard.wrap(read, write);
-        theirs
-            .write_all(&frame(b"small"))
-            .await
-            .expect("written");
+        theirs.write_all(&frame(b"small")).await.expect("written");
         theirs
             .write_all(&(16_u64 << 20).to_be_bytes())
             .await
@@ -498,7 +500,11 @@ mod tests {
             }]
         );
         assert!(read.read(&mut header).await.is_err(), "stays failed");
-        assert_eq!(released.load(Ordering::SeqCst), 0, "still held until dropped");
+        assert_eq!(
+            released.load(Ordering::SeqCst),
+            0,
+            "still held until dropped"
+        );
         drop(read);
         drop(_write);
         assert_eq!(released.load(Ordering::SeqCst), 1);
@@ -522,7 +528,9 @@ mod tests {
             theirs
         });
         let mut got = vec![0; 100_008];
-        read.read_exact(&mut got).await.expect("passes after the ack");
+        read.read_exact(&mut got)
+            .await
+            .expect("passes after the ack");
         assert!(got[8..].iter().all(|b| *b == 5));
         writer.await.expect("writer");
         assert!(trips.0.lock().expect("not poisoned").is_empty());
@@ -542,9 +550,6 @@ mod tests {
             .expect_err("timed out");
         assert_eq!(error.kind(), io::ErrorKind::TimedOut);
         assert!(started.elapsed() >= Duration::from_millis(50));
-        assert_eq!(
-            *trips.0.lock().expect("not poisoned"),
-            [Tripped::Deadline]
-        );
+        assert_eq!(*trips.0.lock().expect("not poisoned"), [Tripped::Deadline]);
     }
 }
