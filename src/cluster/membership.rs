@@ -3,12 +3,13 @@
 //!
 //! One actor, child of the ClusterSupervisor; it owns the ractor_cluster `NodeServer`
 //! (linked to it, so a failing NodeServer fails Membership and both are restarted)
-//! and, with TLS, the task accepting peer connections (stopped with Membership).
+//! and the task accepting peer connections on the cluster port (stopped with
+//! Membership).
 //!
 //! ```text
 //!   ClusterSupervisor
 //!     └── Membership ── NodeServer ── NodeSession × peers   (ractor_cluster)
-//!           └╌╌ TLS accept loop (task) ╌╌ finished TLS streams ──▶ NodeServer
+//!           └╌╌ cluster port (task) ╌╌ guarded TCP / TLS streams ──▶ NodeServer
 //! ```
 //!
 //! What it does, because ractor_cluster does not:
@@ -25,8 +26,12 @@
 //!   frozen or partitioned peer's connection closes and nothing keeps buffering for
 //!   it). A lost connection alone does not take a peer out of the view early: see
 //!   "Fencing" below.
+//! - **The cluster port.** We accept peers ourselves: at most
+//!   `cluster.max_unauthenticated` connections may be waiting to authenticate, each
+//!   for at most `failure_timeout_ms`, sending at most
+//!   `cluster.max_unauthenticated_bytes` until it has (peer_port.rs says why).
 //! - **TLS.** With `[cluster.tls]`, every peer connection is mutual TLS, and we run
-//!   the handshakes ourselves, under a deadline (tls.rs says why); a failed one
+//!   the handshakes ourselves, under that deadline (tls.rs says why); a failed one
 //!   leaves the peer unreachable, like a refused dial.
 //! - **Unique names.** We register with ractor_cluster as `name#incarnation`, so two
 //!   processes with one name are two nodes to it, and refuse the newcomer ourselves
@@ -49,7 +54,9 @@
 //! acknowledgements given by its previous life may still back a peer's lease.
 
 mod dialer;
+mod handshake_guard;
 mod node_server;
+pub(crate) mod peer_port;
 pub(crate) mod tls;
 
 pub use node_server::{DialError, SessionEvent};
@@ -240,8 +247,8 @@ pub struct MembershipState {
     server: ActorRef<NodeServerMessage>,
     /// With `[cluster.tls]`: both ends of every peer connection.
     tls: Option<PeerTls>,
-    /// With `[cluster.tls]`: our listener on `cluster.bind` (dropped to close it).
-    tls_accept: Option<tls::AcceptLoop>,
+    /// Our listener on `cluster.bind` (dropped to close it).
+    peer_port: Option<peer_port::PeerPort>,
     /// Which failed TLS handshakes of our dials were logged as warnings lately.
     handshake_warnings: Warnings,
     /// Our full ractor_cluster name (`name#inc@host`), to recognise ourselves.
@@ -306,7 +313,7 @@ impl Actor for MembershipActor {
             }
             None => None,
         };
-        let node_server::PeerListener { server, tls_accept } =
+        let node_server::PeerListener { server, port } =
             start_node_server(&self.ctx, &cluster, &myself, tls.as_ref()).await?;
         server
             .cast(NodeServerMessage::SubscribeToEvents {
@@ -348,7 +355,7 @@ impl Actor for MembershipActor {
             sent: VecDeque::new(),
             server,
             tls,
-            tls_accept,
+            peer_port: Some(port),
             handshake_warnings: Warnings::default(),
             cluster,
         })
@@ -374,7 +381,7 @@ impl Actor for MembershipActor {
         ));
         // Closes every peer connection and the listeners (a restarted Membership binds
         // the same port).
-        state.tls_accept = None;
+        state.peer_port = None;
         let _ = state
             .server
             .stop_and_wait(Some("membership stopped".to_owned()), Some(BIND_RETRY))
@@ -445,7 +452,7 @@ async fn start_node_server(
             cluster.incarnation,
             myself.get_cell(),
             tls,
-            Duration::from_millis(settings.failure_timeout_ms),
+            cluster.metrics.clone(),
         )
         .await
         {

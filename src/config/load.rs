@@ -975,6 +975,7 @@ impl Settings {
         check_log(&self.log, &mut problems);
         check_shutdown(&self.shutdown, &mut problems);
         check_cluster(&self.cluster, &mut problems);
+        check_cluster_port(&self.cluster, &mut problems);
         let access =
             super::access::problems(&self.auth, &self.rooms.acl, &self.rate_limit, &self.http);
         for (key, reason) in access {
@@ -1254,6 +1255,48 @@ fn check_cluster(cluster: &ClusterSettings, problems: &mut Problems) {
         }
     }
 }
+
+// ---- the cluster port before authentication (membership/peer_port.rs) ----
+
+/// Least `cluster.max_unauthenticated_bytes`: the cookie challenge's frames (names,
+/// addresses, digests) take a few hundred bytes.
+const MIN_UNAUTHENTICATED_BYTES: u64 = 1024;
+/// Most `cluster.max_unauthenticated_bytes`: ractor_cluster's frame limit after
+/// authentication (the largest envelope and framing room), beyond which the setting
+/// would limit nothing.
+const MAX_UNAUTHENTICATED_BYTES: u64 = 16 * 1024 * 1024 + 64 * 1024;
+/// Most `cluster.max_unauthenticated`: far beyond any cluster's peers reconnecting at
+/// once, and a bound on what those connections may hold together.
+const MAX_UNAUTHENTICATED: usize = 100_000;
+
+fn check_cluster_port(cluster: &ClusterSettings, problems: &mut Problems) {
+    if !(1..=MAX_UNAUTHENTICATED).contains(&cluster.max_unauthenticated) {
+        problems.add(
+            "cluster.max_unauthenticated",
+            format_args!(
+                "must be between 1 and {MAX_UNAUTHENTICATED}, not {}: it is how many peer \
+                 connections may be waiting to authenticate at once (0 would refuse every \
+                 peer)",
+                cluster.max_unauthenticated
+            ),
+        );
+    }
+    if !(MIN_UNAUTHENTICATED_BYTES..=MAX_UNAUTHENTICATED_BYTES)
+        .contains(&cluster.max_unauthenticated_bytes)
+    {
+        problems.add(
+            "cluster.max_unauthenticated_bytes",
+            format_args!(
+                "must be between {MIN_UNAUTHENTICATED_BYTES} and {MAX_UNAUTHENTICATED_BYTES}, \
+                 not {}: the cookie challenge needs a few hundred bytes, and past the frame \
+                 limit after authentication it would limit nothing",
+                cluster.max_unauthenticated_bytes
+            ),
+        );
+    }
+}
+
+// ---- end of the cluster port ----
 
 /// Why `addr` is not a `host:port` a peer can dial, if it is not. The host is a name
 /// (letters, digits, `-`, `.`, `_`), an IPv4 address or a bracketed IPv6 address, and
@@ -1978,6 +2021,37 @@ mod tests {
     fn max_connections_must_be_at_least_one() {
         let problems = problems_after(|s| s.limits.max_connections = 0);
         assert_eq!(problems, ["limits.max_connections: must be at least 1"]);
+    }
+
+    // ---- the cluster port before authentication ----
+
+    #[test]
+    fn the_cluster_port_limits_must_be_in_range() {
+        for (bad, key) in [
+            (
+                (|s: &mut Settings| s.cluster.max_unauthenticated = 0) as fn(&mut Settings),
+                "cluster.max_unauthenticated",
+            ),
+            (
+                |s: &mut Settings| s.cluster.max_unauthenticated = 100_001,
+                "cluster.max_unauthenticated",
+            ),
+            (
+                |s: &mut Settings| s.cluster.max_unauthenticated_bytes = 1_023,
+                "cluster.max_unauthenticated_bytes",
+            ),
+            (
+                |s: &mut Settings| s.cluster.max_unauthenticated_bytes = 16_842_753,
+                "cluster.max_unauthenticated_bytes",
+            ),
+        ] {
+            assert_one_problem(&problems_after(bad), key);
+        }
+        assert!(problems_after(|s| {
+            s.cluster.max_unauthenticated = 1;
+            s.cluster.max_unauthenticated_bytes = 16_842_752;
+        })
+        .is_empty());
     }
 
     #[test]

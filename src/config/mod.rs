@@ -204,8 +204,17 @@ pub struct ClusterSettings {
     pub seeds: Vec<String>,
     /// Milliseconds between heartbeats to each peer.
     pub heartbeat_ms: u64,
-    /// Milliseconds without a heartbeat after which a peer is declared down.
+    /// Milliseconds without a heartbeat after which a peer is declared down; also how
+    /// long an incoming peer connection has to authenticate.
     pub failure_timeout_ms: u64,
+    // ---- the cluster port before authentication (membership/peer_port.rs) ----
+    /// The most incoming peer connections waiting to authenticate at once; more are
+    /// closed as they arrive.
+    pub max_unauthenticated: usize,
+    /// The most bytes an incoming peer connection may send before it has
+    /// authenticated; a frame announced past it closes the connection.
+    pub max_unauthenticated_bytes: u64,
+    // ---- end of the cluster port ----
     /// `[cluster.tls]`: TLS between nodes; absent means plain TCP.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<ClusterTls>,
@@ -368,6 +377,8 @@ impl Default for ClusterSettings {
             seeds: Vec::new(),
             heartbeat_ms: 500,
             failure_timeout_ms: 3_000,
+            max_unauthenticated: 64,
+            max_unauthenticated_bytes: 64 * 1024,
             tls: None,
         }
     }

@@ -156,6 +156,9 @@ pub struct Metrics {
     outbound_bytes: Gauge,
     rate_limited: Counter,
     auth_failures: Family<Labels1, Counter>,
+    // The cluster port before authentication (cluster/membership/peer_port.rs).
+    peer_unauthenticated: Gauge,
+    peer_refusals: Family<Labels1, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -299,6 +302,20 @@ impl Metrics {
         build_info
             .get_or_create(&[("version", VERSION), ("commit", COMMIT)])
             .set(1);
+        // The cluster port before authentication.
+        let peer_unauthenticated = Gauge::default();
+        registry.register(
+            "hubbub_cluster_unauthenticated_connections",
+            "Incoming peer connections not authenticated yet (TLS handshake or cookie \
+             challenge in progress); at most cluster.max_unauthenticated",
+            peer_unauthenticated.clone(),
+        );
+        let peer_refusals = Family::<Labels1, Counter>::default();
+        registry.register(
+            "hubbub_cluster_peer_connections_refused",
+            "Incoming peer connections closed before they authenticated, by reason",
+            peer_refusals.clone(),
+        );
         registry.register_collector(Box::new(ProcessCollector));
 
         Self {
@@ -320,6 +337,8 @@ impl Metrics {
             outbound_bytes,
             rate_limited,
             auth_failures,
+            peer_unauthenticated,
+            peer_refusals,
         }
     }
 
@@ -436,6 +455,33 @@ impl Metrics {
     pub fn auth_failure_reasons(&self, reasons: &[&'static str]) {
         for reason in reasons {
             drop(self.auth_failures.get_or_create(&[("reason", reason)]));
+        }
+    }
+
+    // ---- the cluster port before authentication ----
+
+    /// An incoming peer connection took a slot among `cluster.max_unauthenticated`.
+    pub fn peer_unauthenticated_opened(&self) {
+        self.peer_unauthenticated.inc();
+    }
+
+    /// An incoming peer connection authenticated or closed, releasing its slot.
+    pub fn peer_unauthenticated_ended(&self) {
+        self.peer_unauthenticated.dec();
+    }
+
+    /// An incoming peer connection was closed before it authenticated. `reason` is a
+    /// fixed word (`membership::peer_port::REFUSAL_REASONS`).
+    pub fn peer_refused(&self, reason: &'static str) {
+        self.peer_refusals
+            .get_or_create(&[("reason", reason)])
+            .inc();
+    }
+
+    /// Shows every reason a peer connection can be refused for at 0 from the start.
+    pub fn peer_refusal_reasons(&self, reasons: &[&'static str]) {
+        for reason in reasons {
+            drop(self.peer_refusals.get_or_create(&[("reason", reason)]));
         }
     }
 }

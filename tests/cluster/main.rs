@@ -18,6 +18,7 @@ mod failover;
 mod harness;
 mod logs;
 mod metrics;
+mod peer_port;
 mod presence;
 mod refused;
 mod start_order;

@@ -1,11 +1,11 @@
 //! Glue to ractor_cluster: starting the NodeServer, naming nodes, forwarding its
 //! session events to Membership, and dialling an address.
 //!
-//! With `[cluster.tls]`, the listener on `cluster.bind` and the handshakes in both
-//! directions are ours (tls.rs says why). The NodeServer's own listener, which it
-//! always starts, is then put on a free loopback port with the same mutual-TLS
-//! acceptor, where nobody dials it; and the port its handshake advertises is set back
-//! to ours with `PortChanged`.
+//! The listener on `cluster.bind` is ours (peer_port.rs says why), and with
+//! `[cluster.tls]` so are the handshakes in both directions (tls.rs). The NodeServer's
+//! own listener, which it always starts, is put on a free loopback port behind a TLS
+//! acceptor that refuses every handshake, where nobody dials it; and the port its
+//! handshake advertises is set back to ours with `PortChanged`.
 //!
 //! ractor_cluster knows a node by `<name>@<host>`. We register as
 //! `<name>#<incarnation as 16 hex digits>@<host>`, so that two processes claiming the
@@ -14,16 +14,19 @@
 //! node already holding the name) never mixes them up, and Membership refuses the
 //! newcomer itself. `#` cannot appear in a configured node name.
 
-use super::tls::{AcceptLoop, PeerTls};
+use super::peer_port::{PeerPort, PortLimits};
+use super::tls::{refusing_acceptor, PeerTls};
 use super::MembershipMessage;
 use crate::cluster::wire::MAX_ENVELOPE_BYTES;
 use crate::config::ClusterSettings;
+use crate::telemetry::metrics::Metrics;
 use ractor::{Actor, ActorCell, ActorRef};
 use ractor_cluster::node::{NodeConnectionMode, NodeServerSessionInformation};
 use ractor_cluster::{
     IncomingEncryptionMode, NodeEventSubscription, NodeServer, NodeServerMessage,
 };
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
@@ -52,23 +55,23 @@ pub(super) fn host_of(addr: &str) -> &str {
     addr.rsplit_once(':').map_or(addr, |(host, _)| host)
 }
 
-/// A running NodeServer and, with TLS, the accept loop feeding it.
+/// A running NodeServer and the cluster port feeding it.
 pub(super) struct PeerListener {
     pub server: ActorRef<NodeServerMessage>,
-    /// Our TLS listener on `cluster.bind`; dropping it closes the port.
-    pub tls_accept: Option<AcceptLoop>,
+    /// Our listener on `cluster.bind`; dropping it closes the port.
+    pub port: PeerPort,
 }
 
-/// Starts the NodeServer, linked to `parent`, listening on `cluster.bind`: itself over
-/// plain TCP, or through our own TLS accept loop when `tls` is given (handshakes
-/// bounded by `handshake_timeout`).
+/// Starts the NodeServer, linked to `parent`, and our listener on `cluster.bind`
+/// (peer_port.rs), which hands it every incoming connection: plain TCP, or TLS when
+/// `tls` is given.
 pub(super) async fn start(
     cluster: &ClusterSettings,
     name: &str,
     incarnation: u64,
     parent: ActorCell,
     tls: Option<&PeerTls>,
-    handshake_timeout: Duration,
+    metrics: Arc<Metrics>,
 ) -> Result<PeerListener, String> {
     let advertise = cluster.advertise_addr();
     let host = host_of(&advertise).to_owned();
@@ -78,35 +81,19 @@ pub(super) async fn start(
     let frame_limit = MAX_ENVELOPE_BYTES as u64 + FRAME_OVERHEAD;
     let listen_error =
         |e: &dyn std::fmt::Display| format!("cannot listen for peers on {}: {e}", cluster.bind);
-    let Some(tls) = tls else {
-        let server = NodeServer::new(
-            cluster.bind.port(),
-            cookie,
-            node_name,
-            host,
-            None,
-            Some(NodeConnectionMode::Isolated),
-        )
-        .with_listen_addr(cluster.bind.ip())
-        .with_max_inbound_frame_size(frame_limit);
-        let (server, _) = Actor::spawn_linked(None, server, (), parent)
-            .await
-            .map_err(|e| listen_error(&e))?;
-        return Ok(PeerListener {
-            server,
-            tls_accept: None,
-        });
-    };
     let listener = TcpListener::bind(cluster.bind)
         .await
         .map_err(|e| listen_error(&e))?;
     let port = listener.local_addr().map_err(|e| listen_error(&e))?.port();
+    // ractor_cluster's own listener cannot be turned off: it goes on a free loopback
+    // port, behind an acceptor that fails every handshake, so that nobody reaches a
+    // NodeSession except through our port and its limits.
     let server = NodeServer::new(
         0,
         cookie,
         node_name,
         host,
-        Some(IncomingEncryptionMode::Tls(tls.acceptor())),
+        Some(IncomingEncryptionMode::Tls(refusing_acceptor()?)),
         Some(NodeConnectionMode::Isolated),
     )
     .with_listen_addr(loopback_like(cluster.bind.ip()))
@@ -119,11 +106,19 @@ pub(super) async fn start(
     server
         .cast(NodeServerMessage::PortChanged { port })
         .map_err(|_| "the node server stopped at once".to_owned())?;
-    let tls_accept = AcceptLoop::spawn(listener, tls.acceptor(), server.clone(), handshake_timeout);
-    Ok(PeerListener {
-        server,
-        tls_accept: Some(tls_accept),
-    })
+    let limits = PortLimits {
+        max_unauthenticated: cluster.max_unauthenticated,
+        max_unauthenticated_bytes: cluster.max_unauthenticated_bytes,
+        handshake_timeout: Duration::from_millis(cluster.failure_timeout_ms),
+    };
+    let port = PeerPort::spawn(
+        listener,
+        tls.map(PeerTls::acceptor),
+        server.clone(),
+        limits,
+        metrics,
+    );
+    Ok(PeerListener { server, port })
 }
 
 /// The loopback address of `ip`'s family.

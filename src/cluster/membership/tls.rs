@@ -7,12 +7,11 @@
 //! TCP and never finishes the handshake (a frozen peer, a port scanner, a plain-TCP
 //! node waiting for an answer) stops every later connection from being accepted. So:
 //!
-//! - **Incoming.** [`AcceptLoop`] accepts TCP on `cluster.bind` itself and runs each
-//!   handshake in a task of its own, given the handshake timeout
-//!   (`failure_timeout_ms`); at most [`MAX_PENDING_HANDSHAKES`] at once, later
-//!   connections wait in the kernel's backlog. Only finished TLS streams reach the
-//!   NodeServer (`NodeServerMessage::ConnectionOpenedExternal`), which then runs its
-//!   own cookie challenge over them.
+//! - **Incoming.** The cluster port (peer_port.rs) accepts TCP itself and runs each
+//!   server handshake with [`PeerTls::acceptor`] in a task of its own, within the
+//!   connection's deadline and holding one of its `cluster.max_unauthenticated`
+//!   slots. Only finished TLS streams reach the NodeServer, which then runs its own
+//!   cookie challenge over them. [`describe`] says what a failed handshake means.
 //! - **Outgoing.** [`PeerTls::connect`] opens TCP and runs the client handshake; the
 //!   caller bounds both with the dial timeout and hands the stream in with
 //!   `client_connect_external`.
@@ -22,45 +21,34 @@
 //!   subjectAltName for every address peers dial). TLS 1.3 only; aws-lc-rs, the
 //!   provider ractor_cluster already builds.
 //!
-//! The NodeServer always starts a listener of its own, which cannot be turned off: it
-//! is bound to a free loopback port that nobody dials, and given the same mutual-TLS
-//! acceptor, so it offers no way around the certificate check (node_server.rs).
-//!
-//! Must not know: membership. A failed handshake is logged here (incoming) or
-//! returned as a `DialError::Handshake` (outgoing); either way the peer is simply not
-//! connected, and the dialler's backoff applies.
+//! Must not know: membership. A failed handshake is logged by the cluster port
+//! (incoming) or returned as a `DialError::Handshake` (outgoing); either way the peer
+//! is simply not connected, and the dialler's backoff applies.
 
 use super::node_server::DialError;
 use crate::config::pem::{key_pair_error, read_certificates, read_private_key};
 use crate::config::ClusterTls;
-use ractor::ActorRef;
-use ractor_cluster::{BoxRead, BoxWrite, ClusterBidiStream, NodeServerMessage};
+use ractor_cluster::{BoxRead, BoxWrite, ClusterBidiStream};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::net::TcpStream;
 use tokio_rustls::rustls::client::danger::ServerCertVerifier;
 use tokio_rustls::rustls::crypto::aws_lc_rs;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio_rustls::rustls::server::danger::ClientCertVerifier;
-use tokio_rustls::rustls::server::WebPkiClientVerifier;
+use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use tokio_rustls::rustls::sign::CertifiedKey;
 use tokio_rustls::rustls::version::TLS13;
 use tokio_rustls::rustls::{
     self, AlertDescription, CertificateError, ClientConfig, RootCertStore, ServerConfig,
 };
 use tokio_rustls::{TlsAcceptor, TlsConnector, TlsStream};
 
-/// The most incoming handshakes in progress at once; each ends within the handshake
-/// timeout, so a flood of stalled clients delays others by that much at worst.
-const MAX_PENDING_HANDSHAKES: usize = 64;
 /// The same handshake failure from the same place is logged as a warning at most
 /// this often (at debug level in between): a misconfigured peer retries for ever.
 const REPEATED_WARNING_EVERY: Duration = Duration::from_secs(60);
-/// How long to wait before accepting again after `accept` itself failed (out of file
-/// descriptors, typically), so that the loop does not spin.
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// This node's TLS identity and trust, for both ends of a peer connection.
 #[derive(Clone)]
@@ -158,6 +146,28 @@ impl PeerTls {
     }
 }
 
+/// An acceptor with which every handshake fails: it has no certificate to present.
+/// For the listener ractor_cluster always starts and nobody should reach
+/// (node_server.rs): whoever finds its loopback port gets no session.
+pub(super) fn refusing_acceptor() -> Result<TlsAcceptor, String> {
+    let config = ServerConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
+        .with_protocol_versions(&[&TLS13])
+        .map_err(|e| format!("cannot set up the node server's listener: {e}"))?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(NoCertificate));
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Resolves no certificate for any client, which ends every handshake.
+#[derive(Debug)]
+struct NoCertificate;
+
+impl ResolvesServerCert for NoCertificate {
+    fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        None
+    }
+}
+
 /// Checks this node's certificate as its peers will: what would fail, if anything.
 fn why_peers_would_refuse(
     tls: &ClusterTls,
@@ -205,7 +215,7 @@ fn server_name(target: &str) -> Result<ServerName<'static>, String> {
 }
 
 /// A handshake error with what it most likely means for an operator.
-fn describe(error: &std::io::Error) -> String {
+pub(super) fn describe(error: &std::io::Error) -> String {
     let hint = match error
         .get_ref()
         .and_then(|e| e.downcast_ref::<rustls::Error>())
@@ -285,107 +295,6 @@ impl ClusterBidiStream for PeerStream {
 
     fn local_label(&self) -> Option<String> {
         self.local.map(|a| a.to_string())
-    }
-}
-
-/// The task accepting peer connections on `cluster.bind`; stopped (and the port
-/// released) when dropped.
-pub(super) struct AcceptLoop(JoinHandle<()>);
-
-impl Drop for AcceptLoop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-impl AcceptLoop {
-    /// Accepts on `listener`, handshakes each connection within `timeout`, and hands
-    /// the ones that succeed to `server` as incoming sessions.
-    pub(super) fn spawn(
-        listener: TcpListener,
-        acceptor: TlsAcceptor,
-        server: ActorRef<NodeServerMessage>,
-        timeout: Duration,
-    ) -> Self {
-        Self(tokio::spawn(accept_loop(
-            listener, acceptor, server, timeout,
-        )))
-    }
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    server: ActorRef<NodeServerMessage>,
-    timeout: Duration,
-) {
-    // Aborting this task drops the set, which aborts the handshakes too.
-    let mut handshakes: JoinSet<Result<(), (SocketAddr, String)>> = JoinSet::new();
-    let mut warnings = Warnings::default();
-    loop {
-        tokio::select! {
-            Some(done) = handshakes.join_next(), if !handshakes.is_empty() => {
-                if let Ok(Err((peer, why))) = done {
-                    log_refused(&mut warnings, peer, &why);
-                }
-            }
-            accepted = listener.accept(), if handshakes.len() < MAX_PENDING_HANDSHAKES => {
-                match accepted {
-                    Ok((tcp, peer)) => {
-                        handshakes.spawn(handshake(tcp, peer, acceptor.clone(), server.clone(), timeout));
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot accept peer connections");
-                        tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// One incoming connection: the handshake, then the NodeServer takes it.
-async fn handshake(
-    tcp: TcpStream,
-    peer: SocketAddr,
-    acceptor: TlsAcceptor,
-    server: ActorRef<NodeServerMessage>,
-    timeout: Duration,
-) -> Result<(), (SocketAddr, String)> {
-    let _ = tcp.set_nodelay(true);
-    let local = tcp.local_addr().ok();
-    let tls = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => return Err((peer, describe(&e))),
-        Err(_) => {
-            return Err((
-                peer,
-                format!("no handshake within {} ms", timeout.as_millis()),
-            ))
-        }
-    };
-    let stream = Box::new(PeerStream {
-        stream: tls.into(),
-        peer,
-        local,
-    });
-    // Fails only while the NodeServer stops; the connection just closes.
-    let _ = server.cast(NodeServerMessage::ConnectionOpenedExternal {
-        stream,
-        is_server: true,
-    });
-    Ok(())
-}
-
-fn log_refused(warnings: &mut Warnings, peer: SocketAddr, why: &str) {
-    if warnings.first_in_a_while(&format!("{} {why}", peer.ip()), Instant::now()) {
-        tracing::warn!(
-            peer_addr = %peer,
-            error = %why,
-            "refused a connection from {peer}: TLS handshake failed: {why}"
-        );
-    } else {
-        tracing::debug!(peer_addr = %peer, error = %why, "refused a connection: TLS handshake failed");
     }
 }
 
