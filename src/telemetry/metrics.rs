@@ -121,6 +121,8 @@ pub struct Metrics {
     slow_consumer_disconnects: Counter,
     rate_limited: Counter,
     auth_failures: Family<Labels1, Counter>,
+    replies_cut: Family<Labels1, Counter>,
+    content_refused: Family<Labels1, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -238,6 +240,26 @@ impl Metrics {
             "Connections refused for their credentials, by reason",
             auth_failures.clone(),
         );
+        let replies_cut = Family::<Labels1, Counter>::default();
+        registry.register(
+            "hubbub_replies_cut",
+            "Replies that left out what they would have held, by reply: history and join \
+             by limits.max_reply_bytes, presence and join_members by limits.presence_page",
+            replies_cut.clone(),
+        );
+        for reply in REPLY_CUTS {
+            drop(replies_cut.get_or_create(&[("reply", reply)]));
+        }
+        let content_refused = Family::<Labels1, Counter>::default();
+        registry.register(
+            "hubbub_content_refused",
+            "publish and direct content refused, by reason: control_character \
+             (bad_request), bytes (limits.max_message_bytes), chars (limits.max_message_chars)",
+            content_refused.clone(),
+        );
+        for reason in CONTENT_REFUSALS {
+            drop(content_refused.get_or_create(&[("reason", reason)]));
+        }
         registry.register_collector(Box::new(ProcessCollector));
 
         Self {
@@ -258,6 +280,8 @@ impl Metrics {
             slow_consumer_disconnects,
             rate_limited,
             auth_failures,
+            replies_cut,
+            content_refused,
         }
     }
 
@@ -359,6 +383,18 @@ impl Metrics {
             .inc();
     }
 
+    /// A reply was cut by a bound; `reply` is one of [`REPLY_CUTS`].
+    pub fn reply_cut(&self, reply: &'static str) {
+        self.replies_cut.get_or_create(&[("reply", reply)]).inc();
+    }
+
+    /// Content was refused; `reason` is one of [`CONTENT_REFUSALS`].
+    pub fn content_refused(&self, reason: &'static str) {
+        self.content_refused
+            .get_or_create(&[("reason", reason)])
+            .inc();
+    }
+
     /// Shows every reason an upgrade can be refused for at 0 from the start, so that
     /// `rate()` over them works before the first failure.
     pub fn auth_failure_reasons(&self, reasons: &[&'static str]) {
@@ -367,6 +403,12 @@ impl Metrics {
         }
     }
 }
+
+/// The `reply` label of `hubbub_replies_cut_total`, each shown from the start.
+pub const REPLY_CUTS: [&str; 4] = ["history", "join", "join_members", "presence"];
+
+/// The `reason` label of `hubbub_content_refused_total`, each shown from the start.
+pub const CONTENT_REFUSALS: [&str; 3] = ["control_character", "bytes", "chars"];
 
 /// The type of an encoded server frame, an index into [`SERVER_FRAME_TYPES`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
