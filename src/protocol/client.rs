@@ -211,10 +211,12 @@ pub fn decode_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
 }
 
 /// Why a frame is not JSON. serde_json refuses a `\uD800`-`\uDFFF` escape that is not
-/// half of a surrogate pair (it stands for no character); the message says so plainly.
+/// half of a surrogate pair (it stands for no character): a lone one is a "lone leading
+/// surrogate", a leading one without a `\u` after it an "unexpected end of hex
+/// escape" (serde_json raises that only there). The message then says so plainly.
 fn not_json(e: &serde_json::Error) -> String {
     let detail = e.to_string();
-    if detail.contains("surrogate") {
+    if detail.contains("surrogate") || detail.contains("end of hex escape") {
         format!(
             "frame is not valid JSON: {detail}; strings must be Unicode text, and a \\uD800-\\uDFFF \
              escape is only valid as half of a surrogate pair"
