@@ -137,6 +137,11 @@ fn reply_join() {
                 history: vec![chat_message(3, "hello")],
                 members: vec![member("alice", "Alice", 2), member("bob", "Bob", 1)],
                 gap: false,
+                more: false,
+                before: None,
+                after: None,
+                members_more: false,
+                members_count: None,
             },
         ),
         r#"{"type":"reply","ref":1,"ok":true,"data":{"room":"lobby","seq":3,"history":[{"room":"lobby","id":"01912f4e-7b3a-7c21-9d4e-5a6b7c8d9e0f","seq":3,"from":{"id":"alice","name":"Alice"},"content":"hello","ts":1722500000000}],"members":[{"id":"alice","name":"Alice","connections":2},{"id":"bob","name":"Bob","connections":1}],"gap":false}}"#,
@@ -154,6 +159,11 @@ fn reply_join_of_a_fresh_room_with_a_gap() {
                 history: vec![],
                 members: vec![member("alice", "Alice", 1)],
                 gap: true,
+                more: false,
+                before: None,
+                after: None,
+                members_more: false,
+                members_count: None,
             },
         ),
         r#"{"type":"reply","ref":"j-1","ok":true,"data":{"room":"lobby","seq":0,"history":[],"members":[{"id":"alice","name":"Alice","connections":1}],"gap":true}}"#,
@@ -196,6 +206,9 @@ fn reply_history() {
             ReplyData::History {
                 room: "lobby".to_owned(),
                 messages: vec![chat_message(1, "first"), chat_message(2, "second")],
+                more: false,
+                before: None,
+                after: None,
             },
         ),
         r#"{"type":"reply","ref":4,"ok":true,"data":{"room":"lobby","messages":[{"room":"lobby","id":"01912f4e-7b3a-7c21-9d4e-5a6b7c8d9e0f","seq":1,"from":{"id":"alice","name":"Alice"},"content":"first","ts":1722500000000},{"room":"lobby","id":"01912f4e-7b3a-7c21-9d4e-5a6b7c8d9e0f","seq":2,"from":{"id":"alice","name":"Alice"},"content":"second","ts":1722500000000}]}}"#,
@@ -210,9 +223,131 @@ fn reply_presence() {
             ReplyData::Presence {
                 room: "lobby".to_owned(),
                 members: vec![member("alice", "Alice", 1), member("bob", "Bob", 3)],
+                more: false,
+                after: None,
+                count: None,
             },
         ),
         r#"{"type":"reply","ref":5,"ok":true,"data":{"room":"lobby","members":[{"id":"alice","name":"Alice","connections":1},{"id":"bob","name":"Bob","connections":3}]}}"#,
+    );
+}
+
+/// v1 addition: a join reply cut for size on a resume, in a room over the page size.
+#[test]
+fn reply_join_cut_with_members_paged() {
+    pin(
+        &ServerFrame::ok(
+            reference("1"),
+            ReplyData::Join {
+                room: "lobby".to_owned(),
+                seq: 90,
+                history: vec![chat_message(41, "hello")],
+                members: vec![member("alice", "Alice", 2)],
+                gap: false,
+                more: true,
+                before: None,
+                after: Some(41),
+                members_more: true,
+                members_count: Some(250),
+            },
+        ),
+        r#"{"type":"reply","ref":1,"ok":true,"data":{"room":"lobby","seq":90,"history":[{"room":"lobby","id":"01912f4e-7b3a-7c21-9d4e-5a6b7c8d9e0f","seq":41,"from":{"id":"alice","name":"Alice"},"content":"hello","ts":1722500000000}],"members":[{"id":"alice","name":"Alice","connections":2}],"gap":false,"more":true,"after":41,"members_more":true,"members_count":250}}"#,
+    );
+}
+
+/// v1 addition: a fresh join whose older history was left out says where to page back.
+#[test]
+fn reply_join_cut_without_since_gives_before() {
+    pin(
+        &ServerFrame::ok(
+            None,
+            ReplyData::Join {
+                room: "lobby".to_owned(),
+                seq: 9,
+                history: vec![chat_message(9, "last")],
+                members: vec![member("alice", "Alice", 1)],
+                gap: false,
+                more: true,
+                before: Some(9),
+                after: None,
+                members_more: false,
+                members_count: None,
+            },
+        ),
+        r#"{"type":"reply","ok":true,"data":{"room":"lobby","seq":9,"history":[{"room":"lobby","id":"01912f4e-7b3a-7c21-9d4e-5a6b7c8d9e0f","seq":9,"from":{"id":"alice","name":"Alice"},"content":"last","ts":1722500000000}],"members":[{"id":"alice","name":"Alice","connections":1}],"gap":false,"more":true,"before":9}}"#,
+    );
+}
+
+/// v1 addition: history pages cut backwards (`before`) and forwards (`after`).
+#[test]
+fn reply_history_cut_backwards_and_forwards() {
+    pin(
+        &ServerFrame::ok(
+            reference("4"),
+            ReplyData::History {
+                room: "lobby".to_owned(),
+                messages: vec![chat_message(7, "big")],
+                more: true,
+                before: Some(7),
+                after: None,
+            },
+        ),
+        r#"{"type":"reply","ref":4,"ok":true,"data":{"room":"lobby","messages":[{"room":"lobby","id":"01912f4e-7b3a-7c21-9d4e-5a6b7c8d9e0f","seq":7,"from":{"id":"alice","name":"Alice"},"content":"big","ts":1722500000000}],"more":true,"before":7}}"#,
+    );
+    pin(
+        &ServerFrame::ok(
+            reference("4"),
+            ReplyData::History {
+                room: "lobby".to_owned(),
+                messages: vec![chat_message(42, "next")],
+                more: true,
+                before: None,
+                after: Some(42),
+            },
+        ),
+        r#"{"type":"reply","ref":4,"ok":true,"data":{"room":"lobby","messages":[{"room":"lobby","id":"01912f4e-7b3a-7c21-9d4e-5a6b7c8d9e0f","seq":42,"from":{"id":"alice","name":"Alice"},"content":"next","ts":1722500000000}],"more":true,"after":42}}"#,
+    );
+}
+
+/// v1 addition: a presence page of a large room, its last page, and the count-only form.
+#[test]
+fn reply_presence_paged_and_count_only() {
+    pin(
+        &ServerFrame::ok(
+            reference("5"),
+            ReplyData::Presence {
+                room: "lobby".to_owned(),
+                members: vec![member("alice", "Alice", 1), member("bob", "Bob", 3)],
+                more: true,
+                after: Some("bob".to_owned()),
+                count: Some(250),
+            },
+        ),
+        r#"{"type":"reply","ref":5,"ok":true,"data":{"room":"lobby","members":[{"id":"alice","name":"Alice","connections":1},{"id":"bob","name":"Bob","connections":3}],"more":true,"after":"bob","count":250}}"#,
+    );
+    pin(
+        &ServerFrame::ok(
+            reference("5"),
+            ReplyData::Presence {
+                room: "lobby".to_owned(),
+                members: vec![member("zoe", "Zoe", 1)],
+                more: false,
+                after: None,
+                count: Some(250),
+            },
+        ),
+        r#"{"type":"reply","ref":5,"ok":true,"data":{"room":"lobby","members":[{"id":"zoe","name":"Zoe","connections":1}],"count":250}}"#,
+    );
+    pin(
+        &ServerFrame::ok(
+            reference("5"),
+            ReplyData::PresenceCount {
+                room: "lobby".to_owned(),
+                count: 250,
+                connections: 312,
+            },
+        ),
+        r#"{"type":"reply","ref":5,"ok":true,"data":{"room":"lobby","count":250,"connections":312}}"#,
     );
 }
 
@@ -535,6 +670,7 @@ fn history_with_optional_fields_present_and_absent() {
         Request::History {
             room: room("lobby"),
             before: None,
+            after: None,
             limit: None,
         }
     );
@@ -543,6 +679,7 @@ fn history_with_optional_fields_present_and_absent() {
         Request::History {
             room: room("lobby"),
             before: Some(120),
+            after: None,
             limit: Some(20),
         }
     );
@@ -551,6 +688,7 @@ fn history_with_optional_fields_present_and_absent() {
         Request::History {
             room: room("lobby"),
             before: None,
+            after: None,
             limit: Some(5000),
         },
         "a limit above the maximum decodes; the room clamps it"
@@ -563,7 +701,88 @@ fn presence_request() {
     assert_eq!(
         request(r#"{"type":"presence","room":"lobby"}"#),
         Request::Presence {
-            room: room("lobby")
+            room: room("lobby"),
+            after: None,
+            limit: None,
+            count_only: false,
+        }
+    );
+}
+
+/// v1 addition: `history` pages forwards with `after`, alone or with `before`.
+#[test]
+fn history_with_after() {
+    assert_eq!(
+        request(r#"{"type":"history","room":"lobby","after":41,"before":91,"limit":10}"#),
+        Request::History {
+            room: room("lobby"),
+            before: Some(91),
+            after: Some(41),
+            limit: Some(10),
+        }
+    );
+    refused_with(
+        r#"{"type":"history","room":"lobby","after":-1,"ref":3}"#,
+        ErrorCode::BadRequest,
+        json!(3),
+    );
+}
+
+/// v1 addition: `presence` takes `after`, `limit` and `count_only`.
+#[test]
+fn presence_request_paged_and_count_only() {
+    assert_eq!(
+        request(r#"{"type":"presence","room":"lobby","after":"bob","limit":50}"#),
+        Request::Presence {
+            room: room("lobby"),
+            after: Some("bob".to_owned()),
+            limit: Some(50),
+            count_only: false,
+        }
+    );
+    assert_eq!(
+        request(r#"{"type":"presence","room":"lobby","count_only":true}"#),
+        Request::Presence {
+            room: room("lobby"),
+            after: None,
+            limit: None,
+            count_only: true,
+        }
+    );
+    for bad in [
+        r#"{"type":"presence","room":"lobby","after":"no spaces","ref":5}"#,
+        r#"{"type":"presence","room":"lobby","after":7,"ref":5}"#,
+        r#"{"type":"presence","room":"lobby","count_only":"yes","ref":5}"#,
+    ] {
+        refused_with(bad, ErrorCode::BadRequest, json!(5));
+    }
+}
+
+/// serde_json refuses a lone surrogate escape: the frame is a `bad_request` whose
+/// message says why (no `ref`: the frame did not parse).
+#[test]
+fn a_lone_surrogate_is_bad_request_with_a_clear_message() {
+    for text in [
+        r#"{"type":"publish","room":"lobby","content":"a\ud800b","ref":1}"#,
+        r#"{"type":"publish","room":"lobby","content":"\ud800","ref":1}"#,
+        r#"{"type":"publish","room":"lobby","content":"\udc00","ref":1}"#,
+        r#"{"type":"rename","name":"\ud83d\u0041","ref":1}"#,
+    ] {
+        let error = refused(text);
+        assert_eq!(error.error.code, ErrorCode::BadRequest, "{text}");
+        assert_eq!(error.reference, None, "{text}");
+        assert!(
+            error.error.message.contains("surrogate pair"),
+            "{text}: {}",
+            error.error.message
+        );
+    }
+    // A pair is one character and decodes.
+    assert_eq!(
+        request(r#"{"type":"publish","room":"lobby","content":"\ud83d\ude00"}"#),
+        Request::Publish {
+            room: room("lobby"),
+            content: "\u{1F600}".to_owned(),
         }
     );
 }

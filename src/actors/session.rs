@@ -280,6 +280,7 @@ impl SessionActor {
             Request::History {
                 room,
                 before,
+                after,
                 limit,
             } => match state.rooms.get(&room) {
                 Some(actor) => {
@@ -287,6 +288,7 @@ impl SessionActor {
                     let answer = ask(actor, |reply| RoomMessage::History {
                         session,
                         before,
+                        after,
                         limit,
                         reply,
                     })
@@ -295,9 +297,20 @@ impl SessionActor {
                 }
                 None => Err(not_joined(&room)),
             },
-            Request::Presence { room } => match state.rooms.get(&room) {
+            Request::Presence {
+                room,
+                after,
+                limit,
+                count_only,
+            } => match state.rooms.get(&room) {
                 Some(actor) => {
-                    let answer = ask(actor, |reply| RoomMessage::Presence { reply }).await;
+                    let answer = ask(actor, |reply| RoomMessage::Presence {
+                        after,
+                        limit,
+                        count_only,
+                        reply,
+                    })
+                    .await;
                     forget_if_gone(state, &room, answer)
                 }
                 None => Err(not_joined(&room)),
@@ -450,19 +463,52 @@ impl SessionActor {
         Ok(ReplyData::Rename { user })
     }
 
+    /// The content rules of `publish` and `direct` (docs/protocol.md): not blank, no
+    /// control character but `\n` and `\t`, within the character and byte bounds.
     fn check_content(&self, content: &str) -> Result<(), ErrorBody> {
-        let max = self.ctx.settings.limits.max_message_chars;
+        let limits = &self.ctx.settings.limits;
+        let refused = |reason, code, message: String| {
+            self.ctx.metrics.content_refused(reason);
+            Err(ErrorBody::new(code, message))
+        };
         if content.trim().is_empty() {
             return Err(ErrorBody::new(
                 ErrorCode::BadRequest,
                 "content must not be empty",
             ));
         }
+        // C0 (but \n and \t), DEL and C1: they render as nothing or garble a
+        // terminal, and JSON escapes each as six bytes.
+        if let Some((at, c)) = content
+            .chars()
+            .enumerate()
+            .find(|(_, c)| c.is_control() && !matches!(c, '\n' | '\t'))
+        {
+            return refused(
+                "control_character",
+                ErrorCode::BadRequest,
+                format!(
+                    "content must not contain control characters other than \\n and \\t \
+                     (U+{:04X} at character {at})",
+                    u32::from(c)
+                ),
+            );
+        }
+        let max_bytes = limits.max_message_bytes;
+        if max_bytes > 0 && content.len() > max_bytes {
+            return refused(
+                "bytes",
+                ErrorCode::TooLong,
+                format!("content is limited to {max_bytes} bytes of UTF-8"),
+            );
+        }
+        let max = limits.max_message_chars;
         if content.chars().count() > max {
-            return Err(ErrorBody::new(
+            return refused(
+                "chars",
                 ErrorCode::TooLong,
                 format!("content is limited to {max} characters"),
-            ));
+            );
         }
         Ok(())
     }

@@ -10,7 +10,7 @@
 //! Adding a variant or an optional field (`#[serde(default)]`) is compatible; renaming
 //! one is not. A node drops envelopes of another version and logs it.
 
-use crate::protocol::{ChatMessage, ErrorBody, Member, UserInfo};
+use crate::protocol::{ChatMessage, ErrorBody, Member, ReplyData, UserInfo};
 use serde::{Deserialize, Serialize};
 
 /// The version of this wire format.
@@ -53,13 +53,44 @@ pub struct Replica {
     pub local_members: Vec<Member>,
 }
 
-/// The data of a successful join, computed by the room's owner.
+/// The data of a successful join, computed by the room's owner within its reply
+/// bounds (`limits.max_reply_bytes`, `limits.presence_page`): the relay passes it on
+/// as the client's join reply unchanged. The cut fields mean what they mean in
+/// [`ReplyData::Join`]; a node that does not send them sends an uncut reply.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JoinData {
     pub seq: u64,
     pub history: Vec<ChatMessage>,
     pub members: Vec<Member>,
     pub gap: bool,
+    #[serde(default)]
+    pub more: bool,
+    #[serde(default)]
+    pub before: Option<u64>,
+    #[serde(default)]
+    pub after: Option<u64>,
+    #[serde(default)]
+    pub members_more: bool,
+    #[serde(default)]
+    pub members_count: Option<usize>,
+}
+
+impl JoinData {
+    /// The client's join reply for `room`.
+    pub fn into_reply(self, room: String) -> ReplyData {
+        ReplyData::Join {
+            room,
+            seq: self.seq,
+            history: self.history,
+            members: self.members,
+            gap: self.gap,
+            more: self.more,
+            before: self.before,
+            after: self.after,
+            members_more: self.members_more,
+            members_count: self.members_count,
+        }
+    }
 }
 
 /// The acknowledgement of a publish.
@@ -344,6 +375,38 @@ mod tests {
             let sent = envelope(body);
             assert_eq!(decode(&encode(&sent)), Ok(sent));
         }
+    }
+
+    #[test]
+    fn a_join_answer_without_the_cut_fields_decodes_as_uncut() {
+        let old = br#"{"v":1,"from":"a","inc":1,"body":{"t":"room_joined","room":"lobby","req":3,"epoch":2,"seq":0,"result":{"Ok":{"seq":0,"history":[],"members":[],"gap":false}}}}"#;
+        let Ok(Envelope {
+            body: Body::RoomJoined {
+                result: Ok(data), ..
+            },
+            ..
+        }) = decode(old)
+        else {
+            panic!("an older node's join answer should decode");
+        };
+        assert!(!data.more && !data.members_more);
+        assert_eq!((data.before, data.after, data.members_count), (None, None, None));
+        let cut = JoinData {
+            more: true,
+            after: Some(7),
+            members_more: true,
+            members_count: Some(300),
+            ..data
+        };
+        let sent = envelope(Body::RoomJoined {
+            room: "lobby".into(),
+            req: 3,
+            epoch: 2,
+            seq: 9,
+            result: Ok(cut),
+            ring: None,
+        });
+        assert_eq!(decode(&encode(&sent)), Ok(sent));
     }
 
     #[test]

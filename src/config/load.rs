@@ -1034,6 +1034,60 @@ fn check_node_name(key: &str, name: &str, problems: &mut Problems) {
     }
 }
 
+/// The most members `limits.presence_page` may ask one reply to list.
+const MAX_PRESENCE_PAGE: usize = 10_000;
+/// The largest `limits.max_reply_bytes`: a reply is one WebSocket frame.
+const MAX_REPLY_BYTES: usize = 16 * 1024 * 1024;
+
+/// `max_reply_bytes` must hold a reply's frame, a full member page and one message at
+/// its largest, so a page always carries at least one message within the bound.
+fn check_reply_bounds(limits: &LimitSettings, problems: &mut Problems) {
+    if !(1..=MAX_PRESENCE_PAGE).contains(&limits.presence_page) {
+        problems.add(
+            "limits.presence_page",
+            format_args!(
+                "must be between 1 and {MAX_PRESENCE_PAGE}, not {}",
+                limits.presence_page
+            ),
+        );
+        return;
+    }
+    let chars_bytes = limits
+        .max_message_chars
+        .saturating_mul(MAX_UTF8_BYTES_PER_CHAR);
+    let content_bytes = match limits.max_message_bytes {
+        0 => chars_bytes,
+        bytes => bytes.min(chars_bytes),
+    };
+    let needed = crate::protocol::REPLY_ENVELOPE_BYTES
+        .saturating_add(
+            limits
+                .presence_page
+                .saturating_mul(crate::protocol::MAX_MEMBER_BYTES),
+        )
+        .saturating_add(crate::protocol::max_message_list_bytes(content_bytes));
+    if limits.max_reply_bytes > MAX_REPLY_BYTES {
+        problems.add(
+            "limits.max_reply_bytes",
+            format_args!(
+                "must be at most {MAX_REPLY_BYTES} (16 MiB), not {}",
+                limits.max_reply_bytes
+            ),
+        );
+    } else if limits.max_reply_bytes < needed {
+        problems.add(
+            "limits.max_reply_bytes",
+            format_args!(
+                "must be at least {needed} so that a reply holds a page of \
+                 limits.presence_page ({}) members and one message of {content_bytes} bytes \
+                 (the smaller of limits.max_message_bytes and 4 bytes per character of \
+                 limits.max_message_chars), not {}",
+                limits.presence_page, limits.max_reply_bytes
+            ),
+        );
+    }
+}
+
 fn check_limits(limits: &LimitSettings, problems: &mut Problems) {
     if limits.max_connections < 1 {
         problems.add("limits.max_connections", "must be at least 1");
@@ -1091,6 +1145,7 @@ fn check_limits(limits: &LimitSettings, problems: &mut Problems) {
              (set frames_per_second = 0 to turn rate limiting off)",
         );
     }
+    check_reply_bounds(limits, problems);
 }
 
 /// `limits.outbound_bytes` and `limits.node_outbound_bytes`.
@@ -2158,6 +2213,47 @@ mod tests {
         for good in [0, 1_048_576] {
             assert!(problems_after(|s| s.limits.node_outbound_bytes = good).is_empty());
         }
+    }
+
+    #[test]
+    fn max_reply_bytes_must_hold_a_member_page_and_the_largest_message() {
+        // Defaults: 2048 + 100 × 384 + 1024 + 2 × 16384 = 74240.
+        assert!(problems_after(|s| s.limits.max_reply_bytes = 74_240).is_empty());
+        assert_one_problem(
+            &problems_after(|s| s.limits.max_reply_bytes = 74_239),
+            "limits.max_reply_bytes",
+        );
+        assert_one_problem(
+            &problems_after(|s| s.limits.max_reply_bytes = 0),
+            "limits.max_reply_bytes",
+        );
+        assert_one_problem(
+            &problems_after(|s| s.limits.max_reply_bytes = 16 * 1024 * 1024 + 1),
+            "limits.max_reply_bytes",
+        );
+        // A larger page or larger messages need more; the message bound with
+        // max_message_bytes = 0 is 4 bytes per character.
+        assert_one_problem(
+            &problems_after(|s| s.limits.presence_page = 1_000),
+            "limits.max_reply_bytes",
+        );
+        assert!(problems_after(|s| {
+            s.limits.max_message_bytes = 0;
+            s.limits.max_message_chars = 100;
+            s.limits.max_reply_bytes = 2048 + 100 * 384 + 1024 + 800;
+        })
+        .is_empty());
+    }
+
+    #[test]
+    fn presence_page_must_be_in_range() {
+        for page in [0, 10_001] {
+            assert_one_problem(
+                &problems_after(|s| s.limits.presence_page = page),
+                "limits.presence_page",
+            );
+        }
+        assert!(problems_after(|s| s.limits.presence_page = 1).is_empty());
     }
 
     #[test]

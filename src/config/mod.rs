@@ -141,6 +141,14 @@ pub struct LimitSettings {
     /// Frames one connection may send at once before the sustained rate applies (the
     /// size of its token bucket).
     pub frames_burst: u32,
+    /// Longest `content` of a publish or direct message, in bytes of UTF-8, besides
+    /// `max_message_chars`. 0: only the character bound applies.
+    pub max_message_bytes: usize,
+    /// Largest `history` or `join` reply, in bytes; a longer one is cut and says so
+    /// (`more` and a cursor).
+    pub max_reply_bytes: usize,
+    /// Members one `presence` or `join` reply lists; larger rooms are paged.
+    pub presence_page: usize,
 }
 
 /// `[rooms]`: room history and lifetime.
@@ -335,6 +343,9 @@ impl Default for LimitSettings {
             node_outbound_bytes: 268_435_456,
             frames_per_second: 50,
             frames_burst: 100,
+            max_message_bytes: 16_384,
+            max_reply_bytes: 262_144,
+            presence_page: 100,
         }
     }
 }

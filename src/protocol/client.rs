@@ -76,10 +76,18 @@ pub enum Request {
     History {
         room: RoomName,
         before: Option<u64>,
+        /// Protocol v1 addition: page forwards, oldest first, from after this `seq`.
+        after: Option<u64>,
         limit: Option<u32>,
     },
     Presence {
         room: RoomName,
+        /// Protocol v1 addition: only members whose id sorts after this one.
+        after: Option<String>,
+        /// Protocol v1 addition: at most this many members (clamped to the page size).
+        limit: Option<u32>,
+        /// Protocol v1 addition: only the counts, no member list.
+        count_only: bool,
     },
     Direct {
         to: String,
@@ -143,7 +151,17 @@ struct PublishFields {
 struct HistoryFields {
     room: String,
     before: Option<u64>,
+    after: Option<u64>,
     limit: Option<u32>,
+}
+
+#[derive(Deserialize)]
+struct PresenceFields {
+    room: String,
+    after: Option<String>,
+    limit: Option<u32>,
+    #[serde(default)]
+    count_only: bool,
 }
 
 #[derive(Deserialize)]
@@ -163,8 +181,7 @@ pub fn decode_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
         reference,
         error: ErrorBody::new(ErrorCode::BadRequest, message),
     };
-    let value: Value = serde_json::from_str(text)
-        .map_err(|e| bad(None, format!("frame is not valid JSON: {e}")))?;
+    let value: Value = serde_json::from_str(text).map_err(|e| bad(None, not_json(&e)))?;
     let Value::Object(object) = &value else {
         return Err(bad(None, "frame must be a JSON object".to_owned()));
     };
@@ -191,6 +208,22 @@ pub fn decode_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
         error,
     })?;
     Ok(ClientFrame { reference, request })
+}
+
+/// Why a frame is not JSON. serde_json refuses a `\uD800`-`\uDFFF` escape that is not
+/// half of a surrogate pair (it stands for no character): a lone one is a "lone leading
+/// surrogate", a leading one without a `\u` after it an "unexpected end of hex
+/// escape" (serde_json raises that only there). The message then says so plainly.
+fn not_json(e: &serde_json::Error) -> String {
+    let detail = e.to_string();
+    if detail.contains("surrogate") || detail.contains("end of hex escape") {
+        format!(
+            "frame is not valid JSON: {detail}; strings must be Unicode text, and a \\uD800-\\uDFFF \
+             escape is only valid as half of a surrogate pair"
+        )
+    } else {
+        format!("frame is not valid JSON: {detail}")
+    }
 }
 
 fn decode_request(kind: &str, value: &Value) -> Result<Request, ErrorBody> {
@@ -220,12 +253,20 @@ fn decode_request(kind: &str, value: &Value) -> Result<Request, ErrorBody> {
             Request::History {
                 room: RoomName::parse(&f.room)?,
                 before: f.before,
+                after: f.after,
                 limit: f.limit,
             }
         }
-        "presence" => Request::Presence {
-            room: room_of(kind, value)?,
-        },
+        "presence" => {
+            let f: PresenceFields = fields(kind, value)?;
+            Request::Presence {
+                room: RoomName::parse(&f.room)?,
+                // A cursor is a user id a reply handed out; anything else is a mistake.
+                after: f.after.as_deref().map(validate_user_id).transpose()?,
+                limit: f.limit,
+                count_only: f.count_only,
+            }
+        }
         "direct" => {
             let f: DirectFields = fields(kind, value)?;
             Request::Direct {

@@ -16,7 +16,9 @@ pub use client::{
 };
 pub use codes::{close, ErrorBody, ErrorCode};
 pub use server::{
-    encode, ChatMessage, DirectFrame, Member, ReplyData, ServerFrame, UserInfo, PROTOCOL_VERSION,
+    encode, json_len, max_message_list_bytes, ChatMessage, DirectFrame, Member, ReplyData,
+    ServerFrame, UserInfo, MAX_MEMBER_BYTES, MESSAGE_OVERHEAD_BYTES, PROTOCOL_VERSION,
+    REPLY_ENVELOPE_BYTES,
 };
 
 /// Milliseconds since the Unix epoch, the unit of every `ts` field.

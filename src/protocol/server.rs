@@ -49,7 +49,15 @@ pub struct DirectFrame {
     pub ts: u64,
 }
 
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 /// The `data` of a successful reply; which variant depends on the request.
+///
+/// Protocol v1 additions (`more`, `before`, `after`, `members_more`, `members_count`,
+/// `count`) appear only when a reply is cut or paged, so an uncut reply has exactly
+/// the fields it always had.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum ReplyData {
@@ -59,6 +67,23 @@ pub enum ReplyData {
         history: Vec<ChatMessage>,
         members: Vec<Member>,
         gap: bool,
+        /// Held messages in the range `history` covers were left out (by count or
+        /// by `limits.max_reply_bytes`); `before` or `after` says where to continue.
+        #[serde(default, skip_serializing_if = "is_false")]
+        more: bool,
+        /// With `more` on a join without `since`: send as `history`'s `before`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        before: Option<u64>,
+        /// With `more` on a resume (`since`): send as `history`'s `after`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<u64>,
+        /// The room has more members than `limits.presence_page`: `members` is the
+        /// first page; `presence` with `after` gives the rest.
+        #[serde(default, skip_serializing_if = "is_false")]
+        members_more: bool,
+        /// With `members_more`: how many members the room has.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        members_count: Option<usize>,
     },
     Leave {
         room: String,
@@ -71,10 +96,37 @@ pub enum ReplyData {
     History {
         room: String,
         messages: Vec<ChatMessage>,
+        /// Held messages in the asked range were left out; continue from the cursor.
+        #[serde(default, skip_serializing_if = "is_false")]
+        more: bool,
+        /// With `more` on a backward page: the next request's `before`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        before: Option<u64>,
+        /// With `more` on a forward page (`after` given): the next request's `after`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<u64>,
     },
     Presence {
         room: String,
         members: Vec<Member>,
+        /// Members after the last one listed were left out; continue with `after`.
+        #[serde(default, skip_serializing_if = "is_false")]
+        more: bool,
+        /// With `more`: the next request's `after` (the last id listed).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<String>,
+        /// On a paged reply (a room over `limits.presence_page`, or `after` or `limit`
+        /// given): how many members the room has.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        count: Option<usize>,
+    },
+    /// The answer to `presence` with `count_only`.
+    PresenceCount {
+        room: String,
+        /// Members (users).
+        count: usize,
+        /// Their connections joined to the room, summed.
+        connections: u64,
     },
     Direct {
         id: String,
@@ -160,6 +212,46 @@ impl ServerFrame {
             None => Self::Error { error },
         }
     }
+}
+
+/// Bytes a reply frame takes around its lists (`type`, `ref`, `ok`, the fixed fields
+/// of `data`, the cursors), at most: a `ref` of 128 characters each escaped as `\uXXXX`
+/// is 768 of them. A reply's lists get `limits.max_reply_bytes` minus this.
+pub const REPLY_ENVELOPE_BYTES: usize = 2048;
+
+/// The most bytes one member takes in a list: a 64-byte id, a name of 64 characters
+/// of up to 4 bytes each, a count, the punctuation.
+pub const MAX_MEMBER_BYTES: usize = 384;
+
+/// The most bytes one message takes in a list around its `content`: room, id, `seq`,
+/// sender (its name up to 256 bytes), `ts`, punctuation.
+pub const MESSAGE_OVERHEAD_BYTES: usize = 1024;
+
+/// The most bytes a message whose content has `content_bytes` bytes of UTF-8 takes in
+/// a list. Content may hold no control character but `\n` and `\t`, so JSON escaping
+/// at most doubles it (`"`, `\`, `\n`, `\t` each become two bytes).
+pub fn max_message_list_bytes(content_bytes: usize) -> usize {
+    content_bytes
+        .saturating_mul(2)
+        .saturating_add(MESSAGE_OVERHEAD_BYTES)
+}
+
+/// How many bytes `value` takes as JSON, without building the string.
+pub fn json_len<T: Serialize>(value: &T) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing to a counter cannot fail for these types; an error counts what was written.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }
 
 /// Serialises a frame once; clones of the result share the same bytes.

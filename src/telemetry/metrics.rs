@@ -159,6 +159,8 @@ pub struct Metrics {
     // The cluster port before authentication (cluster/membership/peer_port.rs).
     peer_unauthenticated: Gauge,
     peer_refusals: Family<Labels1, Counter>,
+    replies_cut: Family<Labels1, Counter>,
+    content_refused: Family<Labels1, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -316,6 +318,26 @@ impl Metrics {
             "Incoming peer connections closed before they authenticated, by reason",
             peer_refusals.clone(),
         );
+        let replies_cut = Family::<Labels1, Counter>::default();
+        registry.register(
+            "hubbub_replies_cut",
+            "Replies that left out what they would have held, by reply: history and join \
+             by limits.max_reply_bytes, presence and join_members by limits.presence_page",
+            replies_cut.clone(),
+        );
+        for reply in REPLY_CUTS {
+            drop(replies_cut.get_or_create(&[("reply", reply)]));
+        }
+        let content_refused = Family::<Labels1, Counter>::default();
+        registry.register(
+            "hubbub_content_refused",
+            "publish and direct content refused, by reason: control_character \
+             (bad_request), bytes (limits.max_message_bytes), chars (limits.max_message_chars)",
+            content_refused.clone(),
+        );
+        for reason in CONTENT_REFUSALS {
+            drop(content_refused.get_or_create(&[("reason", reason)]));
+        }
         registry.register_collector(Box::new(ProcessCollector));
 
         Self {
@@ -339,6 +361,8 @@ impl Metrics {
             auth_failures,
             peer_unauthenticated,
             peer_refusals,
+            replies_cut,
+            content_refused,
         }
     }
 
@@ -450,6 +474,18 @@ impl Metrics {
             .inc();
     }
 
+    /// A reply was cut by a bound; `reply` is one of [`REPLY_CUTS`].
+    pub fn reply_cut(&self, reply: &'static str) {
+        self.replies_cut.get_or_create(&[("reply", reply)]).inc();
+    }
+
+    /// Content was refused; `reason` is one of [`CONTENT_REFUSALS`].
+    pub fn content_refused(&self, reason: &'static str) {
+        self.content_refused
+            .get_or_create(&[("reason", reason)])
+            .inc();
+    }
+
     /// Shows every reason an upgrade can be refused for at 0 from the start, so that
     /// `rate()` over them works before the first failure.
     pub fn auth_failure_reasons(&self, reasons: &[&'static str]) {
@@ -485,6 +521,12 @@ impl Metrics {
         }
     }
 }
+
+/// The `reply` label of `hubbub_replies_cut_total`, each shown from the start.
+pub const REPLY_CUTS: [&str; 4] = ["history", "join", "join_members", "presence"];
+
+/// The `reason` label of `hubbub_content_refused_total`, each shown from the start.
+pub const CONTENT_REFUSALS: [&str; 3] = ["control_character", "bytes", "chars"];
 
 /// The type of an encoded server frame, an index into [`SERVER_FRAME_TYPES`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -13,5 +13,6 @@ mod bad_input;
 mod behaviour;
 mod chat;
 mod limits;
+mod replies;
 mod metrics;
 mod tls;

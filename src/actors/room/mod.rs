@@ -74,10 +74,14 @@ pub enum RoomMessage {
     History {
         session: ActorId,
         before: Option<u64>,
+        after: Option<u64>,
         limit: Option<u32>,
         reply: RpcReplyPort<Result<ReplyData, ErrorBody>>,
     },
     Presence {
+        after: Option<String>,
+        limit: Option<u32>,
+        count_only: bool,
         reply: RpcReplyPort<ReplyData>,
     },
     /// A member's display name changed.
@@ -150,7 +154,11 @@ impl Actor for RoomActor {
                 args.name.clone(),
                 self.ctx.behaviours.for_room(&args.name),
                 settings.rooms.history,
-            ),
+            )
+            .bounded_by(state::ReplyBounds::new(
+                &settings.limits,
+                self.ctx.metrics.clone(),
+            )),
             supervisor: args.supervisor,
             cluster: self.ctx.cluster.clone(),
             view: None,
@@ -237,21 +245,27 @@ impl Room {
             RoomMessage::History {
                 session,
                 before,
+                after,
                 limit,
                 reply,
             } => {
                 let answer = if self.state.connections.contains_key(&session) {
-                    Ok(self.state.history_page(before, limit))
+                    Ok(self.state.history_page(before, after, limit))
                 } else {
                     Err(self.not_joined())
                 };
                 let _ = reply.send(answer);
             }
-            RoomMessage::Presence { reply } => {
-                let _ = reply.send(ReplyData::Presence {
-                    room: self.state.name.to_string(),
-                    members: self.state.member_list(),
-                });
+            RoomMessage::Presence {
+                after,
+                limit,
+                count_only,
+                reply,
+            } => {
+                let page = self
+                    .state
+                    .presence_page(after.as_deref(), limit, count_only);
+                let _ = reply.send(page);
             }
             RoomMessage::Rename { user_id, name } => self.rename(UserInfo { id: user_id, name }),
             RoomMessage::IdleCheck { generation } => self.idle_check(myself, generation),

@@ -13,7 +13,7 @@
 
 use super::state::RoomState;
 use super::{refuse, unavailable, JoinRequest, Room, RoomMessage};
-use crate::cluster::wire::{Body, JoinData, PublishAck, Replica};
+use crate::cluster::wire::{Body, PublishAck, Replica};
 use crate::cluster::View;
 use crate::protocol::{now_ms, ChatMessage, ErrorBody, Member, ReplyData, UserInfo};
 use ractor::{ActorId, ActorRef, RpcReplyPort};
@@ -164,14 +164,8 @@ impl Room {
                     );
                     self.publish_members(Some(&id));
                 }
-                let (history, gap) = self.state.resume_from(request.since);
-                let _ = reply.send(Ok(ReplyData::Join {
-                    room: self.room(),
-                    seq: self.state.seq,
-                    history,
-                    members: self.state.member_list(),
-                    gap,
-                }));
+                let data = self.state.join_data(request.since);
+                let _ = reply.send(Ok(data.into_reply(self.room())));
             }
             Role::Relay { owner } => {
                 let owner = owner.clone();
@@ -647,16 +641,7 @@ impl Room {
                             self.relays_changed();
                         }
                         self.publish_members(None);
-                        let (history, gap) = self.state.resume_from(since);
-                        Ok((
-                            JoinData {
-                                seq: self.state.seq,
-                                history,
-                                members: self.state.member_list(),
-                                gap,
-                            },
-                            new_relay,
-                        ))
+                        Ok((self.state.join_data(since), new_relay))
                     }
                 };
                 let (result, ring) = match result {
@@ -739,21 +724,20 @@ impl Room {
                             // Nobody here has seen anything yet: start from now.
                             self.state.pushed = self.state.pushed.max(self.state.seq);
                         }
-                        let (joins, leaves) = self.state.replace_members(data.members.clone());
-                        self.state
-                            .push_presence_diff(joins, leaves, Some(&pending.conn));
+                        // A first page is not the whole list: the RoomPresence sent
+                        // before this answer brought that.
+                        if !data.members_more {
+                            let (joins, leaves) =
+                                self.state.replace_members(data.members.clone());
+                            self.state
+                                .push_presence_diff(joins, leaves, Some(&pending.conn));
+                        }
                         match self.state.connections.get_mut(&pending.conn) {
                             Some(conn) => conn.active = true,
                             // The session ended while its join was on its way.
                             None => return,
                         }
-                        let _ = pending.reply.send(Ok(ReplyData::Join {
-                            room: self.room(),
-                            seq: data.seq,
-                            history: data.history,
-                            members: data.members,
-                            gap: data.gap,
-                        }));
+                        let _ = pending.reply.send(Ok(data.into_reply(self.room())));
                     }
                     Err(error) => {
                         if pending.new {
