@@ -11,6 +11,7 @@ mod auth;
 mod bad_input;
 mod behaviour;
 mod chat;
+mod churn;
 mod limits;
 mod metrics;
 mod tls;
