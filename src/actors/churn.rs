@@ -71,7 +71,11 @@ impl ChurnLimits {
 
     /// Takes a direct message.
     pub fn direct(&self) -> Result<(), ErrorBody> {
-        self.take(&self.directs, "directs", "too many direct messages; slow down")
+        self.take(
+            &self.directs,
+            "directs",
+            "too many direct messages; slow down",
+        )
     }
 
     fn take(
@@ -132,7 +136,9 @@ mod tests {
         }
         let refused = churn.join_or_leave().unwrap_err();
         assert_eq!(refused.code, ErrorCode::RateLimited);
-        assert!(refused.retry_after_ms.is_some_and(|ms| (1..=500).contains(&ms)));
+        assert!(refused
+            .retry_after_ms
+            .is_some_and(|ms| (1..=500).contains(&ms)));
     }
 
     #[test]

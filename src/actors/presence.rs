@@ -28,10 +28,10 @@ use crate::cluster::wire::Body;
 use crate::protocol::{
     encode, now_ms, DirectFrame, ErrorBody, ErrorCode, ReplyData, ServerFrame, UserInfo,
 };
-use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
-use ractor_cluster::RactorMessage;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor_cluster::RactorMessage;
 use std::collections::{BTreeSet, HashMap};
 use std::num::NonZeroU32;
 use std::sync::Arc;

@@ -375,7 +375,8 @@ impl SessionActor {
         }
         self.ctx.access.may_join(&room, &state.grants)?;
         state.churn.join_or_leave()?;
-        if !state.rooms.contains_key(&room) && self.ctx.room_directory().get(room.as_str()).is_none()
+        if !state.rooms.contains_key(&room)
+            && self.ctx.room_directory().get(room.as_str()).is_none()
         {
             // This join would start the room here.
             state.churn.room_creation()?;

@@ -49,7 +49,10 @@ fn leave(room: &str) -> Value {
 fn assert_rate_limited(reply: &Value) {
     assert_eq!(reply["ok"], false, "{reply}");
     assert_eq!(reply["error"]["code"], "rate_limited", "{reply}");
-    assert!(reply["error"]["retry_after_ms"].as_u64().is_some(), "{reply}");
+    assert!(
+        reply["error"]["retry_after_ms"].as_u64().is_some(),
+        "{reply}"
+    );
 }
 
 #[tokio::test]
@@ -284,14 +287,24 @@ async fn a_large_room_batches_joins_into_one_presence_diff() {
         }
     }
     assert!(frames < 10, "{frames} presence_diff frames for 10 joins");
-    assert!(joined.is_subset(&expected.iter().cloned().chain(["watcher".to_owned()]).collect()));
-    assert!(scrape(&node).await.value("hubbub_presence_batches_total", &[]) >= 1.0);
+    assert!(joined.is_subset(
+        &expected
+            .iter()
+            .cloned()
+            .chain(["watcher".to_owned()])
+            .collect()
+    ));
+    assert!(
+        scrape(&node)
+            .await
+            .value("hubbub_presence_batches_total", &[])
+            >= 1.0
+    );
 }
 
 #[tokio::test]
 async fn a_long_lived_room_holds_no_state_for_users_who_came_and_went() {
-    let node =
-        TestNode::start_adjusted(|s| s.rate_limit.handshakes_per_ip_per_sec = 0).await;
+    let node = TestNode::start_adjusted(|s| s.rate_limit.handshakes_per_ip_per_sec = 0).await;
     let mut anchor = node.connect("anchor", "Anchor").await;
     anchor.join("lobby").await;
     anchor.publish("lobby", "the room stays in use").await;

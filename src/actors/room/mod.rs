@@ -44,9 +44,9 @@ use super::NodeContext;
 use crate::cluster::wire::Body;
 use crate::cluster::{Cluster, View};
 use crate::protocol::{ErrorBody, ErrorCode, ReplyData, RoomName, UserInfo};
+use crate::telemetry::Metrics;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use ractor_cluster::RactorMessage;
-use crate::telemetry::Metrics;
 use roles::{OwnerBook, PendingJoin, PresenceBatch, Role, Unreplicated};
 use state::RoomState;
 use std::collections::{HashMap, VecDeque};
@@ -377,7 +377,8 @@ impl Room {
             + self.presence_batch.len();
         let held = i64::try_from(held).unwrap_or(i64::MAX);
         if held != self.entries_reported {
-            self.metrics.room_state_entries(held - self.entries_reported);
+            self.metrics
+                .room_state_entries(held - self.entries_reported);
             self.entries_reported = held;
         }
     }
