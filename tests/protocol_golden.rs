@@ -482,6 +482,18 @@ fn presence_diff_join_and_leave() {
 }
 
 #[test]
+fn presence_diff_batched_in_a_large_room() {
+    pin(
+        &ServerFrame::PresenceDiff {
+            room: "stadium".to_owned(),
+            joins: vec![member("carol", "Carol", 1), member("dan", "Dan", 1)],
+            leaves: vec![member("erin", "Erin", 0)],
+        },
+        r#"{"type":"presence_diff","room":"stadium","joins":[{"id":"carol","name":"Carol","connections":1},{"id":"dan","name":"Dan","connections":1}],"leaves":[{"id":"erin","name":"Erin","connections":0}]}"#,
+    );
+}
+
+#[test]
 fn direct() {
     pin(
         &ServerFrame::Direct(DirectFrame {
@@ -1059,6 +1071,8 @@ fn error_codes_serialise_to_their_documented_names() {
         (ErrorCode::Forbidden, "forbidden"),
         (ErrorCode::RateLimited, "rate_limited"),
         (ErrorCode::Internal, "internal"),
+        (ErrorCode::Unavailable, "unavailable"),
+        (ErrorCode::RoomLimit, "room_limit"),
     ];
     for (code, name) in documented {
         assert_eq!(serde_json::to_value(code).unwrap(), json!(name));

@@ -12,8 +12,15 @@
 //! waits at most [`DIRECT_TIMEOUT`] for the others. A rename is announced to every
 //! node the same way.
 //!
+//! Each online user also has a bucket of direct messages it may receive on this node
+//! (`limits.directs_per_target_per_second`), shared by all senders, local and from
+//! other nodes: many throwaway ids cannot flood one user until it is closed as a slow
+//! consumer. A local sender past it is answered `rate_limited`; another node's is
+//! told this node reached nobody.
+//!
 //! Parent: the NodeSupervisor. Monitors every Session, so a session that ends for any
-//! reason is forgotten at once.
+//! reason is forgotten at once; a user is forgotten, bucket and all, with its last
+//! session, so the state follows who is online now.
 
 use super::session::{SessionHandle, SessionMessage};
 use super::NodeContext;
@@ -21,9 +28,12 @@ use crate::cluster::wire::Body;
 use crate::protocol::{
     encode, now_ms, DirectFrame, ErrorBody, ErrorCode, ReplyData, ServerFrame, UserInfo,
 };
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use ractor_cluster::RactorMessage;
 use std::collections::{BTreeSet, HashMap};
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,6 +90,14 @@ impl PresenceActor {
         content: String,
         reply: RpcReplyPort<Result<ReplyData, ErrorBody>>,
     ) {
+        if let Err(wait) = state.take_inbound(&to) {
+            self.ctx.metrics.limit_refused("directs_per_target");
+            let _ = reply.send(Err(crate::actors::churn::refusal(
+                &format!("{to} is receiving too many direct messages; retry later"),
+                wait,
+            )));
+            return;
+        }
         let frame = DirectFrame {
             id: uuid::Uuid::now_v7().to_string(),
             from,
@@ -124,7 +142,12 @@ impl PresenceActor {
     fn remote(&self, state: &mut PresenceState, from: String, body: Body) {
         match body {
             Body::Direct { req, to, frame } => {
-                let delivered = state.deliver(&to, &bytestring::ByteString::from(frame));
+                let delivered = if state.take_inbound(&to).is_ok() {
+                    state.deliver(&to, &bytestring::ByteString::from(frame))
+                } else {
+                    self.ctx.metrics.limit_refused("directs_per_target");
+                    0
+                };
                 if let Some(cluster) = &self.ctx.cluster {
                     cluster.send(&from, Body::DirectResult { req, delivered });
                 }
@@ -160,11 +183,15 @@ impl PresenceActor {
 struct OnlineUser {
     name: String,
     sessions: HashMap<ActorId, SessionHandle>,
+    /// Direct messages it may still receive now (`directs_per_target_per_second`).
+    inbound: Option<DefaultDirectRateLimiter>,
 }
 
 /// Who is online.
 #[derive(Default)]
 pub struct PresenceState {
+    /// Direct messages per second one user may receive here; None: no limit.
+    inbound_rate: Option<NonZeroU32>,
     users: HashMap<String, OnlineUser>,
     user_of: HashMap<ActorId, String>,
     /// Direct messages waiting for other nodes' counts.
@@ -209,7 +236,10 @@ impl Actor for PresenceActor {
         _myself: ActorRef<Self::Msg>,
         _args: (),
     ) -> Result<PresenceState, ActorProcessingErr> {
-        Ok(PresenceState::default())
+        Ok(PresenceState {
+            inbound_rate: NonZeroU32::new(self.ctx.settings.limits.directs_per_target_per_second),
+            ..PresenceState::default()
+        })
     }
 
     async fn handle(
@@ -228,9 +258,11 @@ impl Actor for PresenceActor {
                 let user_id = session.user.id.clone();
                 let name = session.user.name.clone();
                 state.user_of.insert(id, user_id.clone());
+                let inbound_rate = state.inbound_rate;
                 let user = state.users.entry(user_id).or_insert_with(|| OnlineUser {
                     name: name.clone(),
                     sessions: HashMap::new(),
+                    inbound: inbound_rate.map(|rate| RateLimiter::direct(Quota::per_second(rate))),
                 });
                 user.sessions.insert(id, session);
                 if user.name != name {
@@ -313,6 +345,17 @@ fn rename(user: &mut OnlineUser, name: String) {
 }
 
 impl PresenceState {
+    /// Takes one direct message from `user`'s inbound bucket; how long to wait when it
+    /// is empty. A user not online here has no bucket (nothing is delivered here).
+    fn take_inbound(&self, user: &str) -> Result<(), Duration> {
+        let Some(bucket) = self.users.get(user).and_then(|u| u.inbound.as_ref()) else {
+            return Ok(());
+        };
+        bucket
+            .check()
+            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+    }
+
     /// Pushes an encoded frame to every connection of `user` here; how many took it.
     fn deliver(&self, user: &str, frame: &bytestring::ByteString) -> u32 {
         self.users.get(user).map_or(0, |target| {

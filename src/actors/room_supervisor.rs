@@ -1,10 +1,13 @@
 //! The RoomSupervisor: parent and directory of this node's Room actors.
 //!
-//! Owns: the map from room name to its running Room actor. A Session asks it for a
-//! room (`Get`), which starts the Room on first use. A Room that has been empty for
-//! `rooms.idle_ttl_secs` asks to be retired; the supervisor forgets it first and stops
-//! it second, so no new join can reach a stopping room (a join already on its way
-//! fails and the Session looks the room up again).
+//! Owns: the map from room name to its running Room actor, and the node-wide cap on
+//! it (`limits.max_rooms`). A Session asks it for a room (`Get`), which starts the
+//! Room on first use unless `limits.max_rooms` run already (then `room_limit`; rooms
+//! already running are still handed out). A Room that has been empty for
+//! `rooms.idle_ttl_secs` (at once, if it never held a message) asks to be retired;
+//! the supervisor forgets it first and stops it second, so no new join can reach a
+//! stopping room (a join already on its way fails and the Session looks the room up
+//! again).
 //!
 //! In a cluster it also receives room traffic from peers for rooms not running here
 //! (starting the room when the traffic may create it, answering a recovery with
@@ -19,7 +22,7 @@ use super::room::{RoomActor, RoomArgs, RoomMessage};
 use super::NodeContext;
 use crate::cluster::wire::Body;
 use crate::cluster::View;
-use crate::protocol::RoomName;
+use crate::protocol::{ErrorBody, ErrorCode, RoomName};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use ractor_cluster::RactorMessage;
 use std::collections::HashMap;
@@ -31,7 +34,7 @@ pub enum RoomSupervisorMessage {
     /// The Room actor for `room`, started if it is not running.
     Get {
         room: RoomName,
-        reply: RpcReplyPort<Result<ActorRef<RoomMessage>, String>>,
+        reply: RpcReplyPort<Result<ActorRef<RoomMessage>, ErrorBody>>,
     },
     /// An idle Room asks to stop.
     Retire { room: RoomName, id: ActorId },
@@ -77,15 +80,26 @@ impl RoomSupervisorState {
 }
 
 impl RoomSupervisor {
-    /// The room's actor, started if it is not running.
+    /// The room's actor, started if it is not running (when `capped`, only below
+    /// `limits.max_rooms`).
     async fn get_or_start(
         &self,
         myself: &ActorRef<RoomSupervisorMessage>,
         state: &mut RoomSupervisorState,
         room: RoomName,
-    ) -> Result<ActorRef<RoomMessage>, String> {
+        capped: bool,
+    ) -> Result<ActorRef<RoomMessage>, ErrorBody> {
         if let Some(actor) = state.rooms.get(&room) {
             return Ok(actor.clone());
+        }
+        let max = self.ctx.settings.limits.max_rooms;
+        if capped && max > 0 && state.rooms.len() >= max {
+            self.ctx.metrics.limit_refused("max_rooms");
+            tracing::debug!(room = %room, max, "room refused: limits.max_rooms reached");
+            return Err(ErrorBody::new(
+                ErrorCode::RoomLimit,
+                format!("this node runs its most rooms ({max}); join a room already open, or retry later"),
+            ));
         }
         let args = RoomArgs {
             name: room.clone(),
@@ -105,7 +119,10 @@ impl RoomSupervisor {
             }
             Err(e) => {
                 tracing::error!(room = %room, error = %e, "could not start room");
-                Err("could not start the room".to_owned())
+                Err(ErrorBody::new(
+                    ErrorCode::Internal,
+                    "could not start the room",
+                ))
             }
         }
     }
@@ -151,8 +168,51 @@ impl RoomSupervisor {
         if !creates {
             return;
         }
-        if let Ok(actor) = self.get_or_start(myself, state, name).await {
-            let _ = actor.cast(RoomMessage::Remote { from, body });
+        // A leaving node's handoff carries history that exists nowhere else: it is
+        // taken in even past the cap.
+        let capped = !matches!(body, Body::RoomHandoff { .. });
+        match self.get_or_start(myself, state, name, capped).await {
+            Ok(actor) => {
+                let _ = actor.cast(RoomMessage::Remote { from, body });
+            }
+            Err(refused) => self.refuse_remote(room, from, body, refused),
+        }
+    }
+}
+
+impl RoomSupervisor {
+    /// Answers a peer's join or publish for a room that could not start here (over
+    /// `limits.max_rooms`), so its client hears why instead of waiting; other traffic
+    /// for such a room is dropped.
+    fn refuse_remote(&self, room: String, from: String, body: Body, refused: ErrorBody) {
+        let Some(cluster) = &self.ctx.cluster else {
+            return;
+        };
+        match body {
+            Body::RoomJoin { req, .. } => {
+                cluster.send(
+                    &from,
+                    Body::RoomJoined {
+                        room,
+                        req,
+                        epoch: 0,
+                        seq: 0,
+                        result: Err(refused),
+                        ring: None,
+                    },
+                );
+            }
+            Body::RoomPublish { req, .. } => {
+                cluster.send(
+                    &from,
+                    Body::RoomPublished {
+                        room,
+                        req,
+                        result: Err(refused),
+                    },
+                );
+            }
+            _ => {}
         }
     }
 }
@@ -195,7 +255,7 @@ impl Actor for RoomSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             RoomSupervisorMessage::Get { room, reply } => {
-                let answer = self.get_or_start(&myself, state, room).await;
+                let answer = self.get_or_start(&myself, state, room, true).await;
                 let _ = reply.send(answer);
             }
             RoomSupervisorMessage::Retire { room, id } => {

@@ -2,8 +2,11 @@
 //!
 //! Owns: the connection's identity (its user and [`Grants`]), the rooms it has joined,
 //! its frame rate limiter and its [`Outbox`] (the write half). It enforces room access
-//! (`[[rooms.acl]]`) and the per-user message rate before it asks a room anything, and
-//! closes the connection with 4001 when its token expires. The transport's read loop
+//! (`[[rooms.acl]]`), the per-user message rate and the per-connection churn limits
+//! ([`ChurnLimits`]) before it asks a room anything, and closes the connection with
+//! 4001 when its token expires. The token-expiry timer is the session's own: it ends
+//! with the session however the session ends, so a long token reconnected often
+//! leaves no sleeping task behind (`hubbub_session_timers`). The transport's read loop
 //! decodes each client frame and casts it here with an [`InflightPermit`]; the Session
 //! answers every request through the outbox, in the order the frames arrived.
 //!
@@ -13,6 +16,7 @@
 //!
 //! Client mistakes become replies with a code; no handler returns `Err` for them.
 
+use super::churn::ChurnLimits;
 use super::outbox::{CloseOnDrop, Outbox};
 use super::presence::PresenceMessage;
 use super::room::{JoinRequest, RoomMessage};
@@ -98,7 +102,46 @@ pub struct SessionState {
     last_typing: HashMap<RoomName, std::time::Instant>,
     grants: Grants,
     limiter: Option<DefaultDirectRateLimiter>,
+    churn: ChurnLimits,
+    /// Closes the connection when the token expires; aborted when the state drops.
+    _token_timer: Option<TokenTimer>,
     _close_on_drop: CloseOnDrop,
+}
+
+/// The task that tells a session its token expired. Dropping it (the session ended)
+/// aborts the task; `hubbub_session_timers` counts those alive, from spawn until the
+/// task's future is gone, whether it fired or was aborted.
+struct TokenTimer(tokio::task::JoinHandle<()>);
+
+impl TokenTimer {
+    fn start(
+        myself: ActorRef<SessionMessage>,
+        left: std::time::Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        metrics.session_timers(1);
+        let alive = TimerAlive(metrics);
+        Self(tokio::spawn(async move {
+            let _alive = alive;
+            tokio::time::sleep(left).await;
+            let _ = myself.cast(SessionMessage::TokenExpired);
+        }))
+    }
+}
+
+impl Drop for TokenTimer {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Held by a token timer's task: its end counts down `hubbub_session_timers`.
+struct TimerAlive(Arc<Metrics>);
+
+impl Drop for TimerAlive {
+    fn drop(&mut self) {
+        self.0.session_timers(-1);
+    }
 }
 
 impl Actor for SessionActor {
@@ -138,6 +181,13 @@ impl Actor for SessionActor {
             let burst = NonZeroU32::new(settings.limits.frames_burst).unwrap_or(rate);
             RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
         });
+        let token_timer = args.grants.expires_at.map(|expires_at| {
+            // A clock that is past the expiry already closes at once.
+            let left = expires_at
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
+            TokenTimer::start(myself.clone(), left, self.ctx.metrics.clone())
+        });
         let state = SessionState {
             id: args.id,
             user: args.user,
@@ -147,14 +197,9 @@ impl Actor for SessionActor {
             last_typing: HashMap::new(),
             grants: args.grants,
             limiter,
+            churn: ChurnLimits::new(&settings.limits, self.ctx.metrics.clone()),
+            _token_timer: token_timer,
         };
-        if let Some(expires_at) = state.grants.expires_at {
-            // A clock that is past the expiry already closes at once.
-            let left = expires_at
-                .duration_since(std::time::SystemTime::now())
-                .unwrap_or_default();
-            myself.send_after(left, || SessionMessage::TokenExpired);
-        }
         self.register(&myself, &state);
         Ok(state)
     }
@@ -342,6 +387,13 @@ impl SessionActor {
             ));
         }
         self.ctx.access.may_join(&room, &state.grants)?;
+        state.churn.join_or_leave()?;
+        if !state.rooms.contains_key(&room)
+            && self.ctx.room_directory().get(room.as_str()).is_none()
+        {
+            // This join would start the room here.
+            state.churn.room_creation()?;
+        }
         let rooms = self
             .ctx
             .rooms()
@@ -357,8 +409,7 @@ impl SessionActor {
                         reply,
                     })
                     .await
-                    .map_err(unavailable)?
-                    .map_err(|e| ErrorBody::new(ErrorCode::Internal, e))?
+                    .map_err(unavailable)??
                 }
             };
             let request = JoinRequest {
@@ -391,6 +442,10 @@ impl SessionActor {
         state: &mut SessionState,
         room: RoomName,
     ) -> Result<ReplyData, ErrorBody> {
+        if !state.rooms.contains_key(&room) {
+            return Err(not_joined(&room));
+        }
+        state.churn.join_or_leave()?;
         let actor = state.rooms.remove(&room).ok_or_else(|| not_joined(&room))?;
         state.last_typing.remove(&room);
         let session = myself.get_id();
@@ -431,6 +486,7 @@ impl SessionActor {
         content: String,
     ) -> Result<ReplyData, ErrorBody> {
         self.check_content(&content)?;
+        state.churn.direct()?;
         self.ctx.message_rate.check(&state.user.id)?;
         let presence = self
             .ctx
@@ -448,6 +504,7 @@ impl SessionActor {
     }
 
     async fn rename(&self, state: &SessionState, name: String) -> Result<ReplyData, ErrorBody> {
+        state.churn.rename()?;
         let presence = self
             .ctx
             .presence()
@@ -552,6 +609,7 @@ fn forget_if_gone<T>(
     answer.map_err(|e| {
         if e == AskError::Gone {
             state.rooms.remove(room);
+            state.last_typing.remove(room);
         }
         unavailable(e)
     })

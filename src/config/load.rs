@@ -64,6 +64,9 @@ const MAX_OUTBOUND_QUEUE: usize = 1_000_000;
 const MIN_OUTBOUND_BYTES: u64 = 4_096;
 const MAX_OUTBOUND_BYTES: u64 = 1 << 30;
 const MAX_ROOM_HISTORY: usize = 100_000;
+/// The longest a large room gathers joins and leaves into one `presence_diff`: past
+/// ten seconds a member list shown to clients would be too stale to be useful.
+const MAX_PRESENCE_BATCH_MS: u64 = 10_000;
 const MIN_HEARTBEAT_INTERVAL_MS: u64 = 100;
 /// The longest heartbeat interval or timeout: a day. Every connection adds these to
 /// the clock; far larger values would overflow it.
@@ -1182,6 +1185,15 @@ fn check_rooms(rooms: &RoomSettings, problems: &mut Problems) {
             ),
         );
     }
+    if rooms.presence_batch_ms > MAX_PRESENCE_BATCH_MS {
+        problems.add(
+            "rooms.presence_batch_ms",
+            format_args!(
+                "must be at most {MAX_PRESENCE_BATCH_MS}, not {}",
+                rooms.presence_batch_ms
+            ),
+        );
+    }
 }
 
 fn check_heartbeat(heartbeat: &HeartbeatSettings, problems: &mut Problems) {
@@ -2272,6 +2284,11 @@ mod tests {
     #[test]
     fn room_history_must_be_in_range() {
         assert_one_problem(&problems_after(|s| s.rooms.history = 0), "rooms.history");
+        assert_one_problem(
+            &problems_after(|s| s.rooms.presence_batch_ms = 10_001),
+            "rooms.presence_batch_ms",
+        );
+        assert!(problems_after(|s| s.rooms.presence_batch_ms = 10_000).is_empty());
         assert_one_problem(
             &problems_after(|s| s.rooms.history = 100_001),
             "rooms.history",

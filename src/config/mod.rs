@@ -149,6 +149,25 @@ pub struct LimitSettings {
     pub max_reply_bytes: usize,
     /// Members one `presence` or `join` reply lists; larger rooms are paged.
     pub presence_page: usize,
+    /// Rooms running on this node at once; a join that would start another gets
+    /// `room_limit`. 0: no cap.
+    pub max_rooms: usize,
+    /// Rooms one connection may bring into being per minute (joins of a room not
+    /// running here), as many at once; excess joins get `rate_limited`. 0: no limit.
+    pub room_creations_per_minute: u32,
+    /// Joins and leaves per second one connection may make, sustained; it may make
+    /// `max_rooms_per_session` at once (a reconnect rejoins every room). 0: no limit.
+    pub joins_per_second: u32,
+    /// Renames per minute one connection may make, sustained, up to 5 at once.
+    /// 0: no limit.
+    pub renames_per_minute: u32,
+    /// Direct messages per second one connection may send, as many at once.
+    /// 0: no limit.
+    pub directs_per_second: u32,
+    /// Direct messages per second one user may receive on this node from everyone
+    /// together, as many at once; excess ones are refused to their senders with
+    /// `rate_limited` and the target is not disturbed. 0: no limit.
+    pub directs_per_target_per_second: u32,
 }
 
 /// `[rooms]`: room history and lifetime.
@@ -158,7 +177,14 @@ pub struct RoomSettings {
     /// Messages each room keeps for `history` requests and `since` resume.
     pub history: usize,
     /// Seconds an empty room keeps its history before it stops. 0 stops it at once.
+    /// A room that never held a message stops as soon as it is empty.
     pub idle_ttl_secs: u64,
+    /// Rooms with more members than this send their joins and leaves as one
+    /// `presence_diff` per `presence_batch_ms`. 0: every room does.
+    pub presence_batch_members: usize,
+    /// Milliseconds a large room gathers joins and leaves into one `presence_diff`.
+    /// 0: no batching (one diff per join or leave, in every room).
+    pub presence_batch_ms: u64,
     /// `[[rooms.acl]]`: who may join and publish where; none means anyone may join any
     /// room and every member may publish.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -346,6 +372,12 @@ impl Default for LimitSettings {
             max_message_bytes: 16_384,
             max_reply_bytes: 262_144,
             presence_page: 100,
+            max_rooms: 10_000,
+            room_creations_per_minute: 60,
+            joins_per_second: 10,
+            renames_per_minute: 30,
+            directs_per_second: 10,
+            directs_per_target_per_second: 20,
         }
     }
 }
@@ -355,6 +387,8 @@ impl Default for RoomSettings {
         Self {
             history: 100,
             idle_ttl_secs: 300,
+            presence_batch_members: 100,
+            presence_batch_ms: 200,
             acl: Vec::new(),
         }
     }

@@ -32,6 +32,9 @@ pub enum ErrorCode {
     /// The room cannot take this request right now (its owner is moving to another
     /// node, or this node is cut off from most of the cluster); retry shortly.
     Unavailable,
+    /// The join would start a room and this node already runs `limits.max_rooms`;
+    /// rooms already running can still be joined. Retry later or elsewhere.
+    RoomLimit,
 }
 
 impl ErrorCode {
@@ -49,6 +52,7 @@ impl ErrorCode {
             Self::RateLimited => "rate_limited",
             Self::Internal => "internal",
             Self::Unavailable => "unavailable",
+            Self::RoomLimit => "room_limit",
         }
     }
 }

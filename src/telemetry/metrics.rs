@@ -94,6 +94,20 @@ pub const CLUSTER_KINDS: [&str; 23] = [
     "user_renamed",
 ];
 
+/// The limits that refuse a client's request on a connection that stays open, each
+/// counted in `hubbub_limit_refusals{limit}` when it trips: `max_rooms` (a join
+/// that would start a room past `limits.max_rooms`), `room_creations`, `joins`,
+/// `renames`, `directs` (per connection) and `directs_per_target` (per receiving
+/// user).
+pub const LIMITS: [&str; 6] = [
+    "max_rooms",
+    "room_creations",
+    "joins",
+    "renames",
+    "directs",
+    "directs_per_target",
+];
+
 /// Upper bounds (seconds) of the latency histograms' buckets: 100 µs to 5 s, where
 /// 5 s is the longest an actor waits for another's answer.
 pub const LATENCY_BUCKETS: [f64; 15] = [
@@ -161,6 +175,11 @@ pub struct Metrics {
     peer_refusals: Family<Labels1, Counter>,
     replies_cut: Family<Labels1, Counter>,
     content_refused: Family<Labels1, Counter>,
+    /// Handles into `hubbub_limit_refusals`, by index in [`LIMITS`].
+    limit_refusals: Vec<Counter>,
+    presence_batches: Counter,
+    room_state_entries: Gauge,
+    session_timers: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -338,6 +357,38 @@ impl Metrics {
         for reason in CONTENT_REFUSALS {
             drop(content_refused.get_or_create(&[("reason", reason)]));
         }
+        let refusals = Family::<Labels1, Counter>::default();
+        registry.register(
+            "hubbub_limit_refusals",
+            "Client requests refused by a per-node, per-connection or per-target limit, \
+             by limit (each also answered rate_limited or room_limit)",
+            refusals.clone(),
+        );
+        let limit_refusals = LIMITS
+            .iter()
+            .map(|limit| refusals.get_or_create(&[("limit", limit)]).clone())
+            .collect();
+        let presence_batches = Counter::default();
+        registry.register(
+            "hubbub_presence_batches",
+            "presence_diff broadcasts that carried a batch of joins and leaves gathered \
+             over rooms.presence_batch_ms (rooms over rooms.presence_batch_members)",
+            presence_batches.clone(),
+        );
+        let room_state_entries = Gauge::default();
+        registry.register(
+            "hubbub_room_state_entries",
+            "Per-user and per-connection entries the rooms on this node hold (members, \
+             connections, names); follows current members, never everyone who joined",
+            room_state_entries.clone(),
+        );
+        let session_timers = Gauge::default();
+        registry.register(
+            "hubbub_session_timers",
+            "Token-expiry timers alive on this node; one per open connection with an \
+             expiring token at most",
+            session_timers.clone(),
+        );
         registry.register_collector(Box::new(ProcessCollector));
 
         Self {
@@ -363,6 +414,10 @@ impl Metrics {
             peer_refusals,
             replies_cut,
             content_refused,
+            limit_refusals,
+            presence_batches,
+            room_state_entries,
+            session_timers,
         }
     }
 
@@ -484,6 +539,26 @@ impl Metrics {
         self.content_refused
             .get_or_create(&[("reason", reason)])
             .inc();
+    /// A request was refused by `limit`, one of [`LIMITS`].
+    pub fn limit_refused(&self, limit: &'static str) {
+        if let Some(i) = LIMITS.iter().position(|l| *l == limit) {
+            self.limit_refusals[i].inc();
+        }
+    }
+
+    /// A room sent one `presence_diff` for a batch of joins and leaves.
+    pub fn presence_batch(&self) {
+        self.presence_batches.inc();
+    }
+
+    /// A room's per-user entries changed by `delta` (see `hubbub_room_state_entries`).
+    pub fn room_state_entries(&self, delta: i64) {
+        self.room_state_entries.inc_by(delta);
+    }
+
+    /// A token-expiry timer started (`1`) or ended (`-1`).
+    pub fn session_timers(&self, delta: i64) {
+        self.session_timers.inc_by(delta);
     }
 
     /// Shows every reason an upgrade can be refused for at 0 from the start, so that

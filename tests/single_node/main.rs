@@ -12,6 +12,7 @@ mod auth;
 mod bad_input;
 mod behaviour;
 mod chat;
+mod churn;
 mod limits;
 mod replies;
 mod metrics;

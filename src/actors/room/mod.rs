@@ -19,7 +19,18 @@
 //! Parent: the RoomSupervisor. Monitors the Session of every connection joined here,
 //! so a session that ends for any reason leaves the room. When no connection is left
 //! (and, for an owner, no member on any node), the room keeps its history for
-//! `rooms.idle_ttl_secs`, then asks its supervisor to retire it.
+//! `rooms.idle_ttl_secs`, then asks its supervisor to retire it; a room that never
+//! held a message has nothing to keep and asks at once. One idle timer at most is
+//! alive per room: arming it again, or the room stopping, aborts the previous one.
+//!
+//! What a room keeps per user follows its current members only (connections here,
+//! members, the owner's names and counts of other nodes); a member who leaves
+//! everywhere leaves no trace but the messages it sent. `hubbub_room_state_entries`
+//! counts these entries across the node's rooms.
+//!
+//! In a room with more than `rooms.presence_batch_members` members, joins and leaves
+//! are gathered for `rooms.presence_batch_ms` and go out as one `presence_diff` (and,
+//! from an owner, one member list to each relay) instead of one per change.
 //!
 //! Every handler is synchronous (all sends are casts), so requests deferred during a
 //! recovery are replayed in order by the same dispatch function.
@@ -33,13 +44,17 @@ use super::NodeContext;
 use crate::cluster::wire::Body;
 use crate::cluster::{Cluster, View};
 use crate::protocol::{ErrorBody, ErrorCode, ReplyData, RoomName, UserInfo};
+use crate::telemetry::Metrics;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use ractor_cluster::RactorMessage;
-use roles::{OwnerBook, PendingJoin, Role, Unreplicated};
+use roles::{OwnerBook, PendingJoin, PresenceBatch, Role, Unreplicated};
 use state::RoomState;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// A pending idle timer: the task that sends `IdleCheck`.
+type IdleTimer = ractor::concurrency::JoinHandle<Result<(), ractor::MessagingErr<RoomMessage>>>;
 
 /// Requests a recovering owner holds before it refuses more with `unavailable`.
 const MAX_DEFERRED: usize = 4096;
@@ -93,6 +108,8 @@ pub enum RoomMessage {
     IdleCheck {
         generation: u64,
     },
+    /// The joins and leaves gathered since the batch began go out now.
+    PresenceTick,
     /// Room traffic from another node, routed here by the cluster Endpoint.
     Remote {
         from: String,
@@ -135,6 +152,13 @@ pub struct Room {
     /// Ordered messages waiting for the designated relay's confirmation.
     unreplicated: VecDeque<Unreplicated>,
     idle_ttl: Duration,
+    /// The pending idle timer, aborted when another is armed or the room stops.
+    idle_timer: Option<IdleTimer>,
+    /// Joins and leaves waiting for the next `PresenceTick` (large rooms only).
+    presence_batch: PresenceBatch,
+    metrics: Arc<Metrics>,
+    /// This room's share of `hubbub_room_state_entries` as last reported.
+    entries_reported: i64,
 }
 
 impl Actor for RoomActor {
@@ -170,6 +194,13 @@ impl Actor for RoomActor {
             deferred: VecDeque::new(),
             unreplicated: VecDeque::new(),
             idle_ttl: Duration::from_secs(settings.rooms.idle_ttl_secs),
+            idle_timer: None,
+            presence_batch: PresenceBatch::new(
+                settings.rooms.presence_batch_members,
+                Duration::from_millis(settings.rooms.presence_batch_ms),
+            ),
+            metrics: self.ctx.metrics.clone(),
+            entries_reported: 0,
         };
         if let Some(cluster) = room.cluster.clone() {
             room.epoch = 0;
@@ -188,6 +219,7 @@ impl Actor for RoomActor {
         // behaviour's hooks included) carries the room's name.
         let _in_room = tracing::debug_span!("room", room = %room.state.name).entered();
         room.dispatch(&myself, message);
+        room.report_entries();
         Ok(())
     }
 
@@ -202,6 +234,7 @@ impl Actor for RoomActor {
         | SupervisionEvent::ActorFailed(cell, _) = event
         {
             room.leave(&myself, &cell.get_id());
+            room.report_entries();
         }
         Ok(())
     }
@@ -212,6 +245,11 @@ impl Actor for RoomActor {
         room: &mut Room,
     ) -> Result<(), ActorProcessingErr> {
         room.fail_pending("the room stopped");
+        if let Some(timer) = room.idle_timer.take() {
+            timer.abort();
+        }
+        room.metrics.room_state_entries(-room.entries_reported);
+        room.entries_reported = 0;
         let _ = myself;
         Ok(())
     }
@@ -269,6 +307,7 @@ impl Room {
             }
             RoomMessage::Rename { user_id, name } => self.rename(UserInfo { id: user_id, name }),
             RoomMessage::IdleCheck { generation } => self.idle_check(myself, generation),
+            RoomMessage::PresenceTick => self.flush_presence(),
             RoomMessage::Remote { from, body } => self.remote(myself, from, body),
             RoomMessage::ViewChanged(view) => self.on_view(myself, view),
             RoomMessage::RecoveryRetry { view } => self.retry_recovery(myself, view),
@@ -298,17 +337,25 @@ impl Room {
         }
     }
 
-    /// When the room has just emptied, keep its history for `idle_ttl`, then retire.
+    /// When the room has just emptied, keep its history for `idle_ttl`, then retire;
+    /// a room that never held a message retires at once (it has nothing to keep, and
+    /// a flood of joins and leaves of new names must not leave rooms behind).
     fn arm_idle_timer(&mut self, myself: &ActorRef<RoomMessage>) {
         if !self.state.connections.is_empty() || self.book.has_remote_members() {
             return;
         }
         self.state.idle_generation += 1;
         let generation = self.state.idle_generation;
-        if self.idle_ttl.is_zero() {
+        if let Some(previous) = self.idle_timer.take() {
+            previous.abort();
+        }
+        let never_used = self.state.seq == 0 && self.unreplicated.is_empty();
+        if self.idle_ttl.is_zero() || never_used {
             let _ = myself.cast(RoomMessage::IdleCheck { generation });
         } else {
-            myself.send_after(self.idle_ttl, move || RoomMessage::IdleCheck { generation });
+            self.idle_timer = Some(
+                myself.send_after(self.idle_ttl, move || RoomMessage::IdleCheck { generation }),
+            );
         }
     }
 
@@ -331,6 +378,23 @@ impl Room {
             room: self.state.name.clone(),
             id: myself.get_id(),
         });
+    }
+}
+
+impl Room {
+    /// Brings this room's share of `hubbub_room_state_entries` up to date.
+    fn report_entries(&mut self) {
+        let held = self.state.connections.len()
+            + self.state.local.len()
+            + self.state.members.len()
+            + self.book.entries()
+            + self.presence_batch.len();
+        let held = i64::try_from(held).unwrap_or(i64::MAX);
+        if held != self.entries_reported {
+            self.metrics
+                .room_state_entries(held - self.entries_reported);
+            self.entries_reported = held;
+        }
     }
 }
 

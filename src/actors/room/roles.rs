@@ -19,6 +19,7 @@ use crate::protocol::{now_ms, ChatMessage, ErrorBody, Member, ReplyData, UserInf
 use ractor::{ActorId, ActorRef, RpcReplyPort};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// What the room is on this node.
 pub enum Role {
@@ -59,9 +60,12 @@ pub struct PendingJoin {
 }
 
 /// What an owner knows of the other nodes: their members and who holds the room.
+/// It holds entries for current members only: a user who has left on every node is
+/// pruned ([`OwnerBook::prune`]), so a room that lives for months does not grow with
+/// everyone who ever joined it.
 #[derive(Default)]
 pub struct OwnerBook {
-    /// Node → user → that node's connection count.
+    /// Node → user → that node's connection count (no zero counts, no empty nodes).
     remote: BTreeMap<String, BTreeMap<String, u32>>,
     /// The latest display name of each member.
     names: BTreeMap<String, String>,
@@ -74,14 +78,31 @@ impl OwnerBook {
         self.remote.values().any(|users| !users.is_empty())
     }
 
+    /// Per-user entries held (names and other nodes' counts).
+    pub fn entries(&self) -> usize {
+        self.names.len() + self.remote.values().map(BTreeMap::len).sum::<usize>()
+    }
+
     fn set(&mut self, node: &str, user: &UserInfo, connections: u32) {
-        let users = self.remote.entry(node.to_owned()).or_default();
         if connections == 0 {
-            users.remove(&user.id);
+            if let Some(users) = self.remote.get_mut(node) {
+                users.remove(&user.id);
+                if users.is_empty() {
+                    self.remote.remove(node);
+                }
+            }
         } else {
-            users.insert(user.id.clone(), connections);
+            self.remote
+                .entry(node.to_owned())
+                .or_default()
+                .insert(user.id.clone(), connections);
             self.names.insert(user.id.clone(), user.name.clone());
         }
+    }
+
+    /// Forgets the names of users who are no longer members anywhere.
+    fn prune(&mut self, members: &BTreeMap<String, Member>) {
+        self.names.retain(|id, _| members.contains_key(id));
     }
 
     /// The room-wide member list: this node's connections plus every other node's.
@@ -112,7 +133,129 @@ impl OwnerBook {
     }
 }
 
+/// Joins and leaves a large room gathers for one `presence_diff` (see
+/// `rooms.presence_batch_members` and `rooms.presence_batch_ms`). Holds the net
+/// change per user since the batch began: one entry per user who joined or left
+/// meanwhile, so it is bounded by the members plus those who left.
+pub struct PresenceBatch {
+    /// Rooms with more members than this batch.
+    over: usize,
+    /// How long a batch gathers; zero turns batching off.
+    every: Duration,
+    /// User → whether it was a member when the batch began, and as what it is now.
+    changes: BTreeMap<String, Change>,
+    /// Whether a `PresenceTick` is on its way.
+    armed: bool,
+}
+
+struct Change {
+    was_member: bool,
+    /// Whether it is a member now; `member` is how it joined or left last.
+    present: bool,
+    member: Member,
+}
+
+impl PresenceBatch {
+    pub fn new(over: usize, every: Duration) -> Self {
+        Self {
+            over,
+            every,
+            changes: BTreeMap::new(),
+            armed: false,
+        }
+    }
+
+    /// Users with a change waiting.
+    pub fn len(&self) -> usize {
+        self.changes.len()
+    }
+
+    /// Whether changes to a room of `members` members go into a batch.
+    fn applies(&self, members: usize) -> bool {
+        !self.every.is_zero() && (self.armed || members > self.over)
+    }
+
+    fn fold(&mut self, joins: Vec<Member>, leaves: Vec<Member>) {
+        for (present, member) in joins
+            .into_iter()
+            .map(|m| (true, m))
+            .chain(leaves.into_iter().map(|m| (false, m)))
+        {
+            match self.changes.get_mut(&member.id) {
+                Some(change) => {
+                    change.present = present;
+                    change.member = member;
+                }
+                None => {
+                    self.changes.insert(
+                        member.id.clone(),
+                        Change {
+                            was_member: !present,
+                            present,
+                            member,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// The net joins and leaves since the batch began; the batch starts afresh.
+    fn take(&mut self) -> (Vec<Member>, Vec<Member>) {
+        self.armed = false;
+        let (mut joins, mut leaves) = (Vec::new(), Vec::new());
+        for change in std::mem::take(&mut self.changes).into_values() {
+            match (change.was_member, change.present) {
+                (false, true) => joins.push(change.member),
+                (true, false) => leaves.push(change.member),
+                // Joined and left (or left and came back) within one batch.
+                _ => {}
+            }
+        }
+        (joins, leaves)
+    }
+}
+
 impl Room {
+    /// Whether a join or leave goes into the presence batch rather than out at once;
+    /// folds it in and arms the tick if so.
+    fn batch_presence(
+        &mut self,
+        myself: &ActorRef<RoomMessage>,
+        joins: &[Member],
+        leaves: &[Member],
+    ) -> bool {
+        if !self.presence_batch.applies(self.state.members.len()) {
+            return false;
+        }
+        self.presence_batch.fold(joins.to_vec(), leaves.to_vec());
+        if !self.presence_batch.armed {
+            self.presence_batch.armed = true;
+            myself.send_after(self.presence_batch.every, || RoomMessage::PresenceTick);
+        }
+        true
+    }
+
+    /// The batch's time is up: one `presence_diff` to this node's connections and, from
+    /// an owner, the member list once to each relay.
+    pub(super) fn flush_presence(&mut self) {
+        let (joins, leaves) = self.presence_batch.take();
+        if !joins.is_empty() || !leaves.is_empty() {
+            self.metrics.presence_batch();
+        }
+        self.state
+            .push_presence_diff(joins.clone(), leaves.clone(), None);
+        if let Role::Owner = self.role {
+            self.send_to_relays(Body::RoomPresence {
+                room: self.room(),
+                epoch: self.epoch,
+                members: self.state.member_list(),
+                joins,
+                leaves,
+            });
+        }
+    }
+
     fn room(&self) -> String {
         self.state.name.to_string()
     }
@@ -151,6 +294,8 @@ impl Room {
                         self.state.behaviour.authorize_join(&self.state.name, user)
                     {
                         let _ = reply.send(Err(refused.into()));
+                        // A room started for this join alone must not stay behind.
+                        self.arm_idle_timer(myself);
                         return;
                     }
                     myself.get_cell().monitor(request.session.actor.get_cell());
@@ -162,7 +307,7 @@ impl Room {
                         request.session.actor.get_cell(),
                         true,
                     );
-                    self.publish_members(Some(&id));
+                    self.publish_members(myself, Some(&id));
                 }
                 let data = self.state.join_data(request.since);
                 let _ = reply.send(Ok(data.into_reply(self.room())));
@@ -212,6 +357,7 @@ impl Room {
             Role::Recovering { .. } => self.defer(RoomMessage::Join { request, reply }),
             Role::Unavailable => {
                 let _ = reply.send(Err(no_quorum()));
+                self.arm_idle_timer(myself);
             }
         }
     }
@@ -223,7 +369,7 @@ impl Room {
         };
         myself.get_cell().unmonitor(conn.cell);
         match &self.role {
-            Role::Owner => self.publish_members(None),
+            Role::Owner => self.publish_members(myself, None),
             Role::Relay { owner } => {
                 let owner = owner.clone();
                 self.send(
@@ -519,14 +665,19 @@ impl Room {
 
     /// Owner: recomputes the member list; tells this node's connections (but
     /// `except`) and every relay what changed.
-    fn publish_members(&mut self, except: Option<&ActorId>) {
+    fn publish_members(&mut self, myself: &ActorRef<RoomMessage>, except: Option<&ActorId>) {
         let members = self.book.aggregate(&self.state);
         let (joins, leaves) = self.state.replace_members(members.clone());
+        self.book.prune(&self.state.members);
         for member in &joins {
             self.state.behaviour.on_join(&self.state.name, member);
         }
         for member in &leaves {
             self.state.behaviour.on_leave(&self.state.name, member);
+        }
+        if self.batch_presence(myself, &joins, &leaves) {
+            // The relays get the member list with the batch.
+            return;
         }
         self.state
             .push_presence_diff(joins.clone(), leaves.clone(), except);
@@ -640,7 +791,7 @@ impl Room {
                         if new_relay {
                             self.relays_changed();
                         }
-                        self.publish_members(None);
+                        self.publish_members(myself, None);
                         Ok((self.state.join_data(since), new_relay))
                     }
                 };
@@ -667,7 +818,7 @@ impl Room {
                 user, connections, ..
             } => {
                 self.book.set(&from, &user, connections);
-                self.publish_members(None);
+                self.publish_members(myself, None);
                 self.arm_idle_timer(myself);
             }
             Body::RoomPublish {
@@ -691,7 +842,7 @@ impl Room {
                     self.relays_changed();
                 }
                 if self.book.remote.remove(&from).is_some() {
-                    self.publish_members(None);
+                    self.publish_members(myself, None);
                 }
                 self.arm_idle_timer(myself);
             }
@@ -729,8 +880,10 @@ impl Room {
                         if !data.members_more {
                             let (joins, leaves) =
                                 self.state.replace_members(data.members.clone());
-                            self.state
-                                .push_presence_diff(joins, leaves, Some(&pending.conn));
+                            if !self.batch_presence(myself, &joins, &leaves) {
+                                self.state
+                                    .push_presence_diff(joins, leaves, Some(&pending.conn));
+                            }
                         }
                         match self.state.connections.get_mut(&pending.conn) {
                             Some(conn) => conn.active = true,
@@ -1145,4 +1298,70 @@ fn complete(room: &Room, ack_to: AckTo, result: Result<PublishAck, ErrorBody>) {
 
 fn no_quorum() -> ErrorBody {
     unavailable("this node is cut off from most of the cluster; retry or reconnect elsewhere")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: &str, connections: u32) -> Member {
+        Member {
+            id: id.to_owned(),
+            name: id.to_uppercase(),
+            connections,
+        }
+    }
+
+    #[test]
+    fn a_batch_carries_the_net_change_since_it_began() {
+        let mut batch = PresenceBatch::new(0, Duration::from_millis(100));
+        // carol joins; dan joins and leaves again; erin (a member before) leaves;
+        // frank (a member before) leaves and comes back.
+        batch.fold(vec![member("carol", 1), member("dan", 1)], vec![]);
+        batch.fold(vec![], vec![member("dan", 0), member("erin", 0)]);
+        batch.fold(vec![], vec![member("frank", 0)]);
+        batch.fold(vec![member("frank", 1)], vec![]);
+        assert_eq!(batch.len(), 4);
+        let (joins, leaves) = batch.take();
+        let ids = |list: &[Member]| list.iter().map(|m| m.id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(&joins), ["carol"]);
+        assert_eq!(ids(&leaves), ["erin"]);
+        assert_eq!(leaves[0].connections, 0);
+        assert_eq!(batch.len(), 0);
+    }
+
+    #[test]
+    fn batching_applies_to_rooms_over_the_size_and_zero_ms_turns_it_off() {
+        let batch = PresenceBatch::new(100, Duration::from_millis(200));
+        assert!(!batch.applies(100));
+        assert!(batch.applies(101));
+        let off = PresenceBatch::new(0, Duration::ZERO);
+        assert!(!off.applies(10_000));
+    }
+
+    #[test]
+    fn the_owner_book_forgets_users_who_left_everywhere() {
+        let mut book = OwnerBook::default();
+        let alice = UserInfo {
+            id: "alice".to_owned(),
+            name: "Alice".to_owned(),
+        };
+        let bob = UserInfo {
+            id: "bob".to_owned(),
+            name: "Bob".to_owned(),
+        };
+        book.set("b", &alice, 2);
+        book.set("c", &bob, 1);
+        assert_eq!(book.entries(), 4);
+        book.set("b", &alice, 0);
+        assert!(!book.remote.contains_key("b"), "an empty node is dropped");
+        let still: BTreeMap<String, Member> = [("bob".to_owned(), member("bob", 1))].into();
+        book.prune(&still);
+        assert_eq!(book.names.keys().collect::<Vec<_>>(), ["bob"]);
+        assert_eq!(book.entries(), 2);
+        book.set("c", &bob, 0);
+        book.prune(&BTreeMap::new());
+        assert_eq!(book.entries(), 0);
+        assert!(!book.has_remote_members());
+    }
 }

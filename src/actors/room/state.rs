@@ -158,7 +158,8 @@ impl RoomState {
             members: BTreeMap::new(),
             seq: 0,
             pushed: 0,
-            history: VecDeque::with_capacity(history_cap.min(1024)),
+            // Grows as messages arrive: an empty room costs no history.
+            history: VecDeque::new(),
             history_cap,
             idle_generation: 0,
             bounds: ReplyBounds::default(),
