@@ -23,7 +23,10 @@
 
 pub mod endpoint;
 pub mod membership;
+pub mod raft;
+pub mod shards;
 pub mod supervisor;
+pub mod tracker;
 pub mod view;
 pub mod wire;
 
