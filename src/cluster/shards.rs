@@ -26,11 +26,7 @@
 use std::collections::BTreeMap;
 use xxhash_rust::xxh3::xxh3_64;
 
-/// A shard's number, `0..shards`.
-pub type ShardId = u32;
-
-/// A node's Raft id: the same in every shard and across restarts.
-pub type NodeId = u64;
+pub use super::raft::types::{NodeId, ShardId};
 
 /// The id of the node called `name`.
 pub fn node_id(name: &str) -> NodeId {
