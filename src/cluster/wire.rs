@@ -70,13 +70,15 @@ pub struct PublishAck {
     pub ts: u64,
 }
 
-/// Which openraft RPC a [`RaftCall`] carries.
+/// Which openraft call a [`RaftCall`] carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RpcKind {
     AppendEntries,
     Vote,
     InstallSnapshot,
+    /// A batch of commands forwarded to the shard's leader (`Raft::client_write`).
+    ClientWrite,
 }
 
 /// One Raft RPC between the members of a shard's group. `from` and `target` are Raft

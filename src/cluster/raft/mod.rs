@@ -9,6 +9,10 @@
 //!   keys), applied by a pure core, snapshotted, and wrapped for openraft; committed
 //!   messages leave through an [`ApplySink`], and the node reads rooms through a
 //!   [`ShardReader`].
+//! - [`host`]: every shard's Raft on this node: bootstrap, learners, and the
+//!   proposers (batching, forwarding to the leader, retry until a deadline).
+//! - [`local_link`]: the in-process network (several nodes in one process) that the
+//!   in-process test tier runs on.
 //! - [`network`]: openraft's RPCs over the cluster's one Endpoint (no second port).
 //! - [`log_store`]: the node's one log database ([`LogDb`]: `memory` or durable redb,
 //!   with the `storage.fsync` policy) and each shard's Raft log, vote, committed
@@ -16,6 +20,8 @@
 //!
 //! Nothing here is started by the node yet.
 
+pub mod host;
+pub mod local_link;
 pub mod log_store;
 pub mod network;
 pub mod state_machine;

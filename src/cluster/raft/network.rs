@@ -23,6 +23,7 @@
 
 use super::super::shards::{NodeId, ShardId};
 use super::super::wire::{Bytes, RaftAnswer, RaftCall, RpcKind};
+use super::types::ShardTc;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
@@ -263,17 +264,15 @@ where
 }
 
 /// The serving side: every shard's Raft on this node, by shard.
-pub struct ShardServer<C: RaftTypeConfig<NodeId = NodeId>> {
+pub struct ShardServer {
     me: NodeId,
     rafts: RwLock<HashMap<ShardId, Raft<C>>>,
 }
 
-impl<C> ShardServer<C>
-where
-    C: RaftTypeConfig<NodeId = NodeId>,
-    AppendEntriesRequest<C>: Serialize + DeserializeOwned,
-    InstallSnapshotRequest<C>: Serialize + DeserializeOwned,
-{
+/// The type configuration the serving side runs.
+type C = ShardTc;
+
+impl ShardServer {
     /// No shards yet.
     pub fn new(me: NodeId) -> Self {
         Self {
@@ -341,6 +340,10 @@ where
             RpcKind::InstallSnapshot => {
                 let rpc: InstallSnapshotRequest<C> = decode(bytes).map_err(|e| e.to_string())?;
                 encode(&raft.install_snapshot(rpc).await)
+            }
+            RpcKind::ClientWrite => {
+                let data: <C as RaftTypeConfig>::D = decode(bytes).map_err(|e| e.to_string())?;
+                encode(&raft.client_write(data).await)
             }
         };
         encoded.map_err(|e| e.to_string())
