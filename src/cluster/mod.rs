@@ -9,6 +9,8 @@
 //! ```
 //!
 //! - [`wire`]: every message that crosses nodes; versioned; decoded with a `Result`.
+//! - [`raft`]: the Raft storage of the room logs (types, state machine, log store);
+//!   not started by the node yet.
 //! - [`view`]: views, quorum and rendezvous ownership (pure).
 //! - `membership`: dials seeds and gossiped peers, redials with backoff, runs our
 //!   own heartbeat and failure detector (ractor_cluster detects neither a frozen nor a
@@ -23,7 +25,10 @@
 
 pub mod endpoint;
 pub mod membership;
+pub mod raft;
+pub mod shards;
 pub mod supervisor;
+pub mod tracker;
 pub mod view;
 pub mod wire;
 

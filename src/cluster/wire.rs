@@ -101,6 +101,68 @@ pub struct PublishAck {
     pub ts: u64,
 }
 
+/// Which openraft call a [`RaftCall`] carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RpcKind {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+    /// A batch of commands forwarded to the shard's leader (`Raft::client_write`).
+    ClientWrite,
+}
+
+/// One Raft RPC between the members of a shard's group. `from` and `target` are Raft
+/// node ids (cluster/shards.rs); `payload` is the openraft request, postcard-encoded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaftCall {
+    pub shard: u32,
+    pub from: u64,
+    pub target: u64,
+    pub corr: u64,
+    pub kind: RpcKind,
+    pub payload: Bytes,
+}
+
+/// The answer to a [`RaftCall`]: openraft's result, postcard-encoded, or why the call
+/// was refused (wrong target, shard not served here, bad bytes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaftAnswer {
+    pub corr: u64,
+    pub result: Result<Bytes, String>,
+}
+
+/// Bytes inside an envelope: base64 text in JSON (a JSON array of numbers would be
+/// three to four times larger), raw bytes in a binary encoding.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Bytes(pub Vec<u8>);
+
+impl Serialize for Bytes {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use base64::Engine;
+        if serializer.is_human_readable() {
+            serializer.serialize_str(&base64::engine::general_purpose::STANDARD.encode(&self.0))
+        } else {
+            serializer.serialize_bytes(&self.0)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Bytes {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use base64::Engine;
+        if deserializer.is_human_readable() {
+            let text = String::deserialize(deserializer)?;
+            base64::engine::general_purpose::STANDARD
+                .decode(text.as_bytes())
+                .map(Bytes)
+                .map_err(serde::de::Error::custom)
+        } else {
+            Vec::<u8>::deserialize(deserializer).map(Bytes)
+        }
+    }
+}
+
 /// Every message body. Room messages name their room; `req` numbers pair a request
 /// with its answer and are unique per sending node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -120,6 +182,12 @@ pub enum Body {
     /// The sender is shutting down and has stopped ordering: take it out of the view
     /// now rather than after the failure timeout.
     Leaving {},
+
+    // ---- Raft (cluster/raft/network.rs) ----
+    /// A Raft RPC of one shard's group, for node `target`.
+    RaftCall(RaftCall),
+    /// The answer to a `RaftCall`, paired by `corr`.
+    RaftAnswer(RaftAnswer),
 
     // ---- rooms: relay → owner ----
     /// A connection on the sending node joins; `connections` is how many of the
@@ -247,6 +315,8 @@ impl Body {
             Self::Ping { .. } => "ping",
             Self::Pong { .. } => "pong",
             Self::Leaving {} => "leaving",
+            Self::RaftCall(_) => "raft_call",
+            Self::RaftAnswer(_) => "raft_answer",
             Self::RoomHandoff { .. } => "room_handoff",
             Self::RoomJoin { .. } => "room_join",
             Self::RoomMember { .. } => "room_member",
@@ -407,6 +477,34 @@ mod tests {
             ring: None,
         });
         assert_eq!(decode(&encode(&sent)), Ok(sent));
+    }
+
+    #[test]
+    fn raft_bodies_round_trip_with_their_bytes_as_base64() {
+        let call = Body::RaftCall(RaftCall {
+            shard: 3,
+            from: 11,
+            target: 12,
+            corr: 99,
+            kind: RpcKind::AppendEntries,
+            payload: Bytes(vec![0, 1, 2, 255]),
+        });
+        let bytes = encode(&envelope(call.clone()));
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(text.contains("\"AAEC/w==\""), "{text}");
+        assert_eq!(decode(&bytes).map(|e| e.body), Ok(call));
+        for result in [
+            Ok(Bytes(vec![7; 40])),
+            Err("shard 3 does not run here".into()),
+        ] {
+            let answer = envelope(Body::RaftAnswer(RaftAnswer { corr: 5, result }));
+            assert_eq!(decode(&encode(&answer)), Ok(answer));
+        }
+        let bad = text.replace("AAEC/w==", "not base64!");
+        assert!(matches!(
+            decode(bad.as_bytes()),
+            Err(WireError::Malformed(_))
+        ));
     }
 
     #[test]

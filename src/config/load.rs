@@ -22,7 +22,7 @@ use config::{Config, Environment, FileFormat, Format, Map, Source, Value, ValueK
 use super::pem::{check_pem_file, PemHolds};
 use super::{
     ClusterSettings, HeartbeatSettings, LimitSettings, LogSettings, NodeEntry, NodeSettings,
-    RoomSettings, Settings,
+    RoomSettings, Settings, StorageEngine, StorageSettings,
 };
 
 /// Environment variable naming the config file when `--config` is not given.
@@ -38,6 +38,7 @@ const ENV_SEPARATOR: &str = "__";
 /// Settings whose environment variable holds a list: `HUBBUB_CLUSTER__SEEDS=a:1,b:2`.
 const ENV_LIST_KEYS: &[&str] = &[
     "cluster.seeds",
+    "cluster.voters",
     "auth.algorithms",
     "http.allowed_origins",
     "http.trusted_proxies",
@@ -979,6 +980,8 @@ impl Settings {
         check_shutdown(&self.shutdown, &mut problems);
         check_cluster(&self.cluster, &mut problems);
         check_cluster_port(&self.cluster, &mut problems);
+        check_raft(&self.cluster, &self.nodes, &mut problems);
+        check_storage(&self.storage, &mut problems);
         let access =
             super::access::problems(&self.auth, &self.rooms.acl, &self.rate_limit, &self.http);
         for (key, reason) in access {
@@ -1364,6 +1367,67 @@ fn check_cluster_port(cluster: &ClusterSettings, problems: &mut Problems) {
 }
 
 // ---- end of the cluster port ----
+/// The most shards `cluster.shards` may ask for: each is a Raft group with its own
+/// tasks and heartbeats on every voter.
+const MAX_SHARDS: u32 = 1024;
+
+/// The most voters `cluster.replicas` may ask for per shard.
+const MAX_REPLICAS: usize = 9;
+
+fn check_raft(cluster: &ClusterSettings, entries: &[NodeEntry], problems: &mut Problems) {
+    if !(1..=MAX_SHARDS).contains(&cluster.shards) {
+        problems.add(
+            "cluster.shards",
+            format_args!("must be between 1 and {MAX_SHARDS}, not {}", cluster.shards),
+        );
+    }
+    if !(1..=MAX_REPLICAS).contains(&cluster.replicas) {
+        problems.add(
+            "cluster.replicas",
+            format_args!(
+                "must be between 1 and {MAX_REPLICAS}, not {}",
+                cluster.replicas
+            ),
+        );
+    }
+    let mut seen = BTreeSet::new();
+    for (i, voter) in cluster.voters.iter().enumerate() {
+        check_node_name(&format!("cluster.voters[{i}]"), voter, problems);
+        if !seen.insert(voter.as_str()) {
+            problems.add(
+                "cluster.voters",
+                format_args!("names {voter:?} more than once"),
+            );
+        }
+    }
+    if !entries.is_empty() && !cluster.voters.is_empty() {
+        let names: BTreeSet<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+        for voter in &cluster.voters {
+            if !names.contains(voter.as_str()) {
+                problems.add(
+                    "cluster.voters",
+                    format_args!("names {voter:?}, which is not a [[nodes]] entry"),
+                );
+            }
+        }
+    }
+}
+
+fn check_storage(storage: &StorageSettings, problems: &mut Problems) {
+    if let Err(reason) = storage.fsync_policy() {
+        problems.add("storage.fsync", reason);
+    }
+    if storage.engine == StorageEngine::Durable {
+        if storage.dir.as_os_str().is_empty() {
+            problems.add("storage.dir", "must not be empty with engine \"durable\"");
+        } else if storage.dir.exists() && !storage.dir.is_dir() {
+            problems.add(
+                "storage.dir",
+                format_args!("{} exists and is not a directory", storage.dir.display()),
+            );
+        }
+    }
+}
 
 /// Why `addr` is not a `host:port` a peer can dial, if it is not. The host is a name
 /// (letters, digits, `-`, `.`, `_`), an IPv4 address or a bracketed IPv6 address, and

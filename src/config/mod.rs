@@ -40,6 +40,7 @@ pub struct Settings {
     pub shutdown: ShutdownSettings,
     pub cluster: ClusterSettings,
     pub admin: AdminSettings,
+    pub storage: StorageSettings,
     /// `[[nodes]]`: every node of a cluster described in one file; `--node NAME` picks
     /// the entry this process runs as. Empty for a file that describes one node.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -252,6 +253,14 @@ pub struct ClusterSettings {
     /// `[cluster.tls]`: TLS between nodes; absent means plain TCP.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<ClusterTls>,
+    /// Raft groups the rooms are spread over (rooms hash onto them); fixed for the
+    /// life of the cluster's data.
+    pub shards: u32,
+    /// Voters of each shard's Raft group (all voters when there are fewer).
+    pub replicas: usize,
+    /// The names of the nodes that may vote, for the `[node]` + `seeds` form; empty
+    /// with `[[nodes]]`, whose entries are the voters.
+    pub voters: Vec<String>,
 }
 
 impl ClusterSettings {
@@ -259,6 +268,87 @@ impl ClusterSettings {
     /// `advertise` is empty.
     pub fn advertise_addr(&self) -> String {
         advertise_or_bind(&self.advertise, self.bind)
+    }
+}
+
+/// `[storage]`: where the Raft logs and snapshots of the room logs live.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageSettings {
+    /// The data directory (created at start), relative to the working directory
+    /// unless absolute. Not used by the `memory` engine.
+    pub dir: PathBuf,
+    /// When appended entries reach the disk: `always`, `never`, or an interval such
+    /// as `100ms`. See [`StorageSettings::fsync_policy`].
+    pub fsync: String,
+    pub engine: StorageEngine,
+}
+
+impl StorageSettings {
+    /// What `fsync` says, or why it says nothing sensible.
+    pub fn fsync_policy(&self) -> Result<FsyncPolicy, String> {
+        FsyncPolicy::parse(&self.fsync)
+    }
+}
+
+/// `storage.engine`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageEngine {
+    /// One database file in `storage.dir`.
+    Durable,
+    /// Memory only: every restart starts empty (tests and benchmarks).
+    Memory,
+}
+
+/// When appended Raft entries are made durable (`storage.fsync`); what a power loss
+/// loses with each is stated in src/cluster/raft/log_store.rs and
+/// docs/configuration.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// Before each append is acknowledged.
+    Always,
+    /// Once per interval; appends are acknowledged after the fsync that covers them.
+    Interval(std::time::Duration),
+    /// Appends are acknowledged before they reach the disk.
+    Never,
+}
+
+/// The longest `storage.fsync` interval, in ms: every append waits up to it.
+pub const MAX_FSYNC_INTERVAL_MS: u64 = 10_000;
+
+impl FsyncPolicy {
+    /// `always`, `never`, or `<N>ms` with N from 1 to [`MAX_FSYNC_INTERVAL_MS`].
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "always" => return Ok(Self::Always),
+            "never" => return Ok(Self::Never),
+            _ => {}
+        }
+        let ms = text
+            .strip_suffix("ms")
+            .and_then(|n| n.parse::<u64>().ok())
+            .ok_or_else(|| {
+                format!(
+                    "must be \"always\", \"never\" or an interval such as \"100ms\", not {text:?}"
+                )
+            })?;
+        if !(1..=MAX_FSYNC_INTERVAL_MS).contains(&ms) {
+            return Err(format!(
+                "an interval must be from 1ms to {MAX_FSYNC_INTERVAL_MS}ms, not {text:?}"
+            ));
+        }
+        Ok(Self::Interval(std::time::Duration::from_millis(ms)))
+    }
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("./hubbub-data"),
+            fsync: "always".to_owned(),
+            engine: StorageEngine::Durable,
+        }
     }
 }
 
@@ -425,6 +515,9 @@ impl Default for ClusterSettings {
             max_unauthenticated: 64,
             max_unauthenticated_bytes: 64 * 1024,
             tls: None,
+            shards: 16,
+            replicas: 3,
+            voters: Vec::new(),
         }
     }
 }

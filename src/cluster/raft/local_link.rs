@@ -1,0 +1,335 @@
+//! The in-process network: several nodes' [`ShardHost`]s in one process, their Raft
+//! calls handed from one to another directly instead of over ractor_cluster.
+//!
+//! It is the in-process test tier's port (issue #9): scenario tests run three nodes in
+//! one process, cut and heal links between them ([`LocalNet::cut`] drops calls
+//! silently both ways, as a real partition does), and check what each node applied,
+//! in a fraction of the time real processes take.
+
+use super::host::ShardHost;
+use super::network::RaftLink;
+use super::types::NodeId;
+use crate::cluster::wire::{RaftAnswer, RaftCall};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, RwLock, Weak};
+
+/// The nodes of one in-process cluster and the links cut between them.
+#[derive(Default)]
+pub struct LocalNet {
+    hosts: RwLock<HashMap<NodeId, Weak<ShardHost>>>,
+    cut: RwLock<BTreeSet<(NodeId, NodeId)>>,
+}
+
+impl LocalNet {
+    /// An empty network.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// The link of node `me`.
+    pub fn link(self: &Arc<Self>, me: NodeId) -> Arc<LocalLink> {
+        Arc::new(LocalLink {
+            me,
+            net: self.clone(),
+        })
+    }
+
+    /// Makes `host` reachable.
+    pub fn attach(&self, host: &Arc<ShardHost>) {
+        if let Ok(mut hosts) = self.hosts.write() {
+            hosts.insert(host.me(), Arc::downgrade(host));
+        }
+    }
+
+    /// Makes node `id` unreachable (it stopped).
+    pub fn detach(&self, id: NodeId) {
+        if let Ok(mut hosts) = self.hosts.write() {
+            hosts.remove(&id);
+        }
+    }
+
+    /// Drops everything between `a` and `b`, both ways, until [`LocalNet::heal`].
+    pub fn cut(&self, a: NodeId, b: NodeId) {
+        if let Ok(mut cut) = self.cut.write() {
+            cut.insert((a.min(b), a.max(b)));
+        }
+    }
+
+    /// Restores the link between `a` and `b`.
+    pub fn heal(&self, a: NodeId, b: NodeId) {
+        if let Ok(mut cut) = self.cut.write() {
+            cut.remove(&(a.min(b), a.max(b)));
+        }
+    }
+
+    fn is_cut(&self, a: NodeId, b: NodeId) -> bool {
+        self.cut
+            .read()
+            .map(|cut| cut.contains(&(a.min(b), a.max(b))))
+            .unwrap_or(false)
+    }
+
+    fn host(&self, id: NodeId) -> Option<Arc<ShardHost>> {
+        self.hosts.read().ok()?.get(&id)?.upgrade()
+    }
+}
+
+/// One node's end of a [`LocalNet`].
+pub struct LocalLink {
+    me: NodeId,
+    net: Arc<LocalNet>,
+}
+
+impl RaftLink for LocalLink {
+    fn send_call(&self, to: NodeId, call: RaftCall) -> bool {
+        let Some(host) = self.net.host(to) else {
+            return false;
+        };
+        // A cut link loses the call silently: the caller times out.
+        if !self.net.is_cut(self.me, to) {
+            host.serve(call);
+        }
+        true
+    }
+
+    fn send_answer(&self, to: NodeId, answer: RaftAnswer) -> bool {
+        let Some(host) = self.net.host(to) else {
+            return false;
+        };
+        if !self.net.is_cut(self.me, to) {
+            host.answered(answer);
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::raft::host::{ProposeError, Timing};
+    use crate::cluster::raft::state_machine::{Committed, Retention};
+    use crate::cluster::raft::types::{CommandOutcome, ShardCommand};
+    use crate::cluster::raft::LogDb;
+    use crate::cluster::shards::{node_id, Placement};
+    use crate::protocol::UserInfo;
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+
+    const SHARDS: u32 = 4;
+    const DEADLINE: Duration = Duration::from_secs(20);
+
+    fn timing() -> Timing {
+        Timing {
+            heartbeat: Duration::from_millis(50),
+            election: Duration::from_millis(300),
+        }
+    }
+
+    /// What one node's state machines handed to the node, in order.
+    #[derive(Default)]
+    struct Seen(Mutex<Vec<Committed>>);
+
+    struct Node {
+        name: String,
+        host: Arc<ShardHost>,
+        seen: Arc<Seen>,
+    }
+
+    async fn cluster(net: &Arc<LocalNet>, names: &[&str], replicas: usize) -> Vec<Node> {
+        let all: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let placement = Placement::new(&all, SHARDS, replicas).unwrap();
+        let mut nodes = Vec::new();
+        for name in names {
+            let seen = Arc::new(Seen::default());
+            let sink_seen = seen.clone();
+            let sink = move |_shard, committed: Vec<Committed>| {
+                sink_seen.0.lock().unwrap().extend(committed);
+            };
+            let host = ShardHost::start(
+                name,
+                placement.clone(),
+                &LogDb::memory(),
+                Retention::messages(1000),
+                timing(),
+                Arc::new(sink),
+                net.link(node_id(name)),
+            )
+            .await
+            .unwrap();
+            net.attach(&host);
+            nodes.push(Node {
+                name: name.to_string(),
+                host,
+                seen,
+            });
+        }
+        nodes
+    }
+
+    async fn until(what: &str, mut check: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !check() {
+            assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn publish(room: &str, n: usize) -> ShardCommand {
+        ShardCommand::Publish {
+            room: room.into(),
+            from: UserInfo {
+                id: "u".into(),
+                name: "U".into(),
+            },
+            content: format!("message {n}"),
+            id: format!("id-{room}-{n}"),
+            ts: n as u64,
+            idempotency_key: None,
+        }
+    }
+
+    fn seqs(node: &Node, room: &str) -> Vec<u64> {
+        node.seen
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| c.room == room)
+            .map(|c| c.message.seq)
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn three_nodes_order_every_room_once_and_every_node_applies_it_in_order() {
+        let net = LocalNet::new();
+        let nodes = cluster(&net, &["a", "b", "c"], 3).await;
+        until("a leader for every shard on every node", || {
+            nodes
+                .iter()
+                .all(|n| n.host.shards_with_leader() == SHARDS as usize)
+        })
+        .await;
+        let room = "lobby";
+        let shard = nodes[0].host.placement().shard_of(room);
+        // 60 publishes from all three nodes at once: most are forwarded to the leader.
+        let mut tasks = Vec::new();
+        for i in 0..60 {
+            let host = nodes[i % 3].host.clone();
+            tasks.push(tokio::spawn(async move {
+                host.propose(shard, publish(room, i)).await
+            }));
+        }
+        let mut ordered = Vec::new();
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(CommandOutcome::Published { seq, .. }) => ordered.push(seq),
+                other => panic!("unexpected outcome {other:?}"),
+            }
+        }
+        ordered.sort_unstable();
+        assert_eq!(ordered, (1..=60).collect::<Vec<u64>>());
+        for node in &nodes {
+            until(&format!("{} to apply 60", node.name), || {
+                seqs(node, room).len() == 60
+            })
+            .await;
+            assert_eq!(
+                seqs(node, room),
+                (1..=60).collect::<Vec<u64>>(),
+                "{}",
+                node.name
+            );
+            let reader = node.host.reader(shard).unwrap();
+            assert_eq!(reader.seq(room), 60);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_node_that_is_no_voter_follows_as_a_learner() {
+        let net = LocalNet::new();
+        let nodes = cluster(&net, &["a", "b", "c", "d"], 3).await;
+        until("leaders", || {
+            nodes
+                .iter()
+                .all(|n| n.host.shards_with_leader() == SHARDS as usize)
+        })
+        .await;
+        let room = "dev";
+        let shard = nodes[0].host.placement().shard_of(room);
+        let learner = nodes
+            .iter()
+            .find(|n| !n.host.placement().is_voter(shard, n.host.me()))
+            .unwrap();
+        for i in 0..10 {
+            let outcome = learner.host.propose(shard, publish(room, i)).await;
+            assert!(
+                matches!(outcome, Ok(CommandOutcome::Published { .. })),
+                "{outcome:?}"
+            );
+        }
+        until("the learner to apply all", || {
+            seqs(learner, room).len() == 10
+        })
+        .await;
+        assert_eq!(seqs(learner, room), (1..=10).collect::<Vec<u64>>());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cut_off_leader_loses_its_shard_and_catches_up_when_healed() {
+        let net = LocalNet::new();
+        let nodes = cluster(&net, &["a", "b", "c"], 3).await;
+        until("leaders", || {
+            nodes
+                .iter()
+                .all(|n| n.host.shards_with_leader() == SHARDS as usize)
+        })
+        .await;
+        let room = "ops";
+        let shard = nodes[0].host.placement().shard_of(room);
+        let leader = nodes[0].host.leader(shard).unwrap();
+        let (cut_off, rest): (Vec<&Node>, Vec<&Node>) =
+            nodes.iter().partition(|n| n.host.me() == leader);
+        let cut_off = cut_off[0];
+        for i in 0..5 {
+            assert!(cut_off.host.propose(shard, publish(room, i)).await.is_ok());
+        }
+        for other in &rest {
+            net.cut(leader, other.host.me());
+        }
+        // The majority elects a new leader and goes on ordering.
+        for i in 5..15 {
+            let outcome = rest[0].host.propose(shard, publish(room, i)).await;
+            assert!(
+                matches!(outcome, Ok(CommandOutcome::Published { .. })),
+                "{outcome:?}"
+            );
+        }
+        assert_ne!(rest[0].host.leader(shard), Some(leader));
+        // The minority orders nothing: its proposal fails once the deadline passes.
+        let minority = cut_off.host.propose(shard, publish(room, 99)).await;
+        assert!(
+            matches!(minority, Err(ProposeError::Unavailable(_))),
+            "{minority:?}"
+        );
+        for other in &rest {
+            net.heal(leader, other.host.me());
+        }
+        for node in &nodes {
+            until(&format!("{} to hold 15", node.name), || {
+                node.host.reader(shard).unwrap().seq(room) >= 15
+            })
+            .await;
+        }
+        // Nobody ever saw two messages with one seq, and every node saw 1..=15 in order
+        // (the minority's message 99 was never committed, or came after 15).
+        for node in &nodes {
+            let seen = seqs(node, room);
+            assert_eq!(
+                &seen[..15],
+                &(1..=15).collect::<Vec<u64>>()[..],
+                "{}",
+                node.name
+            );
+        }
+    }
+}

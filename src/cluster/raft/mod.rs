@@ -1,0 +1,34 @@
+//! Raft for the room logs (issue #9): rooms hash onto shards, and each shard is one
+//! openraft group (one `openraft::Raft<ShardTc>` per shard in the process). This
+//! module holds the storage half; the network, shard placement and the wiring into
+//! the Room actors come on top of it.
+//!
+//! - [`types`]: the type configuration [`ShardTc`], the node identity in
+//!   memberships, the commands a shard's log carries and what applying them answers.
+//! - [`state_machine`]: the rooms of a shard (seq, bounded history, idempotency
+//!   keys), applied by a pure core, snapshotted, and wrapped for openraft; committed
+//!   messages leave through an [`ApplySink`], and the node reads rooms through a
+//!   [`ShardReader`].
+//! - [`host`]: every shard's Raft on this node: bootstrap, learners, and the
+//!   proposers (batching, forwarding to the leader, retry until a deadline).
+//! - [`local_link`]: the in-process network (several nodes in one process) that the
+//!   in-process test tier runs on.
+//! - [`network`]: openraft's RPCs over the cluster's one Endpoint (no second port).
+//! - [`log_store`]: the node's one log database ([`LogDb`]: `memory` or durable redb,
+//!   with the `storage.fsync` policy) and each shard's Raft log, vote, committed
+//!   index and last snapshot in it ([`ShardLogStore`]).
+//!
+//! Nothing here is started by the node yet.
+
+pub mod host;
+pub mod local_link;
+pub mod log_store;
+pub mod network;
+pub mod state_machine;
+pub mod types;
+
+pub use log_store::{LogDb, ShardLogStore};
+pub use state_machine::{ApplySink, Committed, Retention, ShardReader, ShardStateMachine};
+pub use types::{
+    CommandOutcome, ShardBatch, ShardCommand, ShardId, ShardNode, ShardOutcome, ShardTc,
+};

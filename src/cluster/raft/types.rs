@@ -1,0 +1,102 @@
+//! The Raft type configuration of a shard and the application's commands.
+//!
+//! Owns: [`ShardTc`] (what openraft is instantiated with), the node identity carried
+//! in memberships ([`ShardNode`]), the commands a shard's log carries
+//! ([`ShardCommand`], proposed as one [`ShardBatch`]) and what applying them answers
+//! ([`ShardOutcome`]). Pure serde types: no I/O, no actors.
+//!
+//! Everything a command's apply needs is inside the command: the proposer stamps the
+//! message id (a UUIDv7) and the time before proposing, so every replica that applies
+//! the same entry computes the same state, whenever it applies it.
+
+use crate::protocol::UserInfo;
+use serde::{Deserialize, Serialize};
+use std::io::Cursor;
+
+/// A cluster node's id: the same in every shard's Raft group.
+pub type NodeId = u64;
+
+/// The number of a shard, `0..cluster.shards`.
+pub type ShardId = u32;
+
+openraft::declare_raft_types!(
+    /// The openraft type configuration of every shard's Raft group.
+    pub ShardTc:
+        D = ShardBatch,
+        R = ShardOutcome,
+        NodeId = NodeId,
+        Node = ShardNode,
+        Entry = openraft::Entry<ShardTc>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// A member of a shard's Raft group as its membership records it: the node's name
+/// (`node.name`), which is how the transport finds its Endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardNode {
+    /// The node's `node.name`.
+    pub name: String,
+}
+
+impl ShardNode {
+    /// The member called `name`.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self { name: name.into() }
+    }
+}
+
+/// One command of a shard's log. Applied in log order on every replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ShardCommand {
+    /// A chat message for `room`; it gets the room's next `seq` when applied, unless
+    /// its idempotency key was seen (then the original is answered).
+    Publish {
+        room: String,
+        from: UserInfo,
+        content: String,
+        /// The message id (a UUIDv7), stamped by the proposer.
+        id: String,
+        /// Milliseconds since the Unix epoch, stamped by the proposer.
+        ts: u64,
+        /// The publisher's key for retries: a second publish with the same key in the
+        /// same room answers the first one's id, seq and ts.
+        idempotency_key: Option<String>,
+    },
+}
+
+/// The application data of one log entry: the commands the proposer gathered while
+/// its previous write was in flight.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardBatch(pub Vec<ShardCommand>);
+
+/// What applying one log entry answers: one outcome per command of its batch, in
+/// order (none for a blank or membership entry, or for an entry applied before).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardOutcome(pub Vec<CommandOutcome>);
+
+/// What became of one command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandOutcome {
+    /// Ordered: the message is the room's `seq`-th.
+    Published { id: String, seq: u64, ts: u64 },
+    /// Its idempotency key was seen in this room: these are the ORIGINAL message's
+    /// id, seq and ts, and nothing new was added.
+    Duplicate { id: String, seq: u64, ts: u64 },
+    /// Not applied; nothing changed.
+    Refused { reason: Refusal },
+}
+
+/// Why a command was refused. The proposer checks these before proposing; apply
+/// checks again because a log entry is also peer input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Refusal {
+    /// Not a room name a client could join ([`crate::protocol::RoomName::parse`]).
+    BadRoom,
+    /// The idempotency key is empty or longer than [`MAX_IDEMPOTENCY_KEY_BYTES`].
+    BadIdempotencyKey,
+}
+
+/// Longest idempotency key a command may carry, in bytes (each room remembers a
+/// bounded number of them, so this bounds their memory in bytes).
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 128;
