@@ -537,6 +537,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_trickling_connection_fails_at_the_deadline_too() {
+        // The deadline runs from accept, not from the last byte: sending a byte now
+        // and then (well within the budget) does not keep the connection.
+        let (guard, trips, _released) = guard(65_536, Duration::from_millis(100));
+        let (ours, mut theirs) = tokio::io::duplex(1024);
+        let (read, write) = tokio::io::split(ours);
+        let (mut read, _write) = guard.wrap(read, write);
+        let trickle = tokio::spawn(async move {
+            for _ in 0..1_000 {
+                if theirs.write_all(&[0]).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        let mut byte = [0; 1];
+        let error = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let Err(e) = read.read(&mut byte).await {
+                    return e;
+                }
+            }
+        })
+        .await
+        .expect("the deadline ends the reads");
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(*trips.0.lock().expect("not poisoned"), [Tripped::Deadline]);
+        trickle.abort();
+    }
+
+    #[tokio::test]
     async fn a_silent_connection_fails_at_the_deadline() {
         let (guard, trips, _released) = guard(65_536, Duration::from_millis(50));
         let (ours, _theirs) = tokio::io::duplex(1024);
