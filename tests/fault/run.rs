@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 pub struct Rng(u64);
 
 impl Rng {
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -27,7 +27,7 @@ impl Rng {
 
     /// Uniform in `lo..hi`.
     pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo).max(1)
+        lo + self.next_u64() % (hi - lo).max(1)
     }
 
     pub fn millis(&mut self, lo: u64, hi: u64) -> Duration {
@@ -94,7 +94,7 @@ impl Run {
     }
 
     pub fn names(&self) -> Vec<String> {
-        (0..self.cluster.len())
+        (0..self.cluster.node_count())
             .map(|i| self.cluster.name(i))
             .collect()
     }
@@ -266,7 +266,7 @@ impl Run {
 
     /// Nodes whose process runs and is not stopped.
     pub fn running(&self) -> Vec<usize> {
-        (0..self.cluster.len())
+        (0..self.cluster.node_count())
             .filter(|i| self.cluster.is_running(*i) && !self.cluster.is_stopped(*i))
             .collect()
     }
@@ -278,7 +278,7 @@ impl Run {
     pub async fn finish(mut self) {
         self.streams_sent().await;
         self.cluster.net.heal_all();
-        for i in 0..self.cluster.len() {
+        for i in 0..self.cluster.node_count() {
             if self.cluster.is_stopped(i) {
                 self.cluster.sigcont(i);
             }

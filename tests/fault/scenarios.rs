@@ -192,11 +192,9 @@ async fn kill_owner(check_presence: bool) {
         .await;
     // Its clients come back on a survivor and resume with `since`.
     let target = survivors[run.rng.range(0, 2) as usize];
-    for i in 0..run.members.len() {
-        if run.members[i].node == owner {
-            let log = run.log.clone();
-            run.members[i].reconnect(&run.cluster, target, &log).await;
-        }
+    let log = run.log.clone();
+    for member in run.members.iter_mut().filter(|m| m.node == owner) {
+        member.reconnect(&run.cluster, target, &log).await;
     }
     run.finish().await;
 }
@@ -367,9 +365,10 @@ async fn whole_cluster_restart_keeps_history() {
         run.cluster.start_node(i).await;
     }
     run.cluster.wait_converged(&[0, 1, 2]).await;
-    for i in 0..run.members.len() {
-        let (log, node) = (run.log.clone(), run.members[i].node);
-        run.members[i].reconnect(&run.cluster, node, &log).await;
+    let log = run.log.clone();
+    for member in run.members.iter_mut() {
+        let node = member.node;
+        member.reconnect(&run.cluster, node, &log).await;
     }
     run.finish().await;
 }
