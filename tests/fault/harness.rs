@@ -133,7 +133,7 @@ impl FaultCluster {
         cluster
     }
 
-    pub fn len(&self) -> usize {
+    pub fn node_count(&self) -> usize {
         self.procs.len()
     }
 

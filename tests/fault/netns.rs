@@ -20,11 +20,11 @@
 //! Every namespace is deleted when the [`Net`] is dropped, panic or not (deleting a
 //! namespace deletes the veth ends in it, and so their peers and the routes over
 //! them); namespaces left by earlier runs whose process is gone are deleted at start.
-//! One [`Net`] exists at a time on the machine: it holds an exclusive lock on a file
-//! for its lifetime (the root-side addresses are the same in every run).
+//! One [`Net`] exists at a time on the machine: it holds a lock file (made with
+//! `create_new`, holding its pid; a lock whose process is gone is taken over) for its
+//! lifetime, as the root-side addresses are the same in every run.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::net::Ipv4Addr;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -51,10 +51,58 @@ struct Link {
 
 pub struct Net {
     namespaces: Vec<String>,
+    /// The root namespace's ends of the client links.
+    root_devs: Vec<String>,
     links: BTreeMap<(usize, usize), Link>,
     cut: BTreeMap<(usize, usize), bool>,
     pub method: CutMethod,
-    _lock: File,
+    _lock: Lock,
+}
+
+/// The machine-wide lock file of a live [`Net`]; removed when dropped.
+struct Lock;
+
+impl Lock {
+    /// Takes the lock, waiting (bounded) while another live process holds it.
+    fn take() -> Self {
+        let started = std::time::Instant::now();
+        loop {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(LOCK_FILE)
+            {
+                Ok(mut file) => {
+                    use std::io::Write;
+                    let _ = write!(file, "{}", std::process::id());
+                    return Self;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let holder = std::fs::read_to_string(LOCK_FILE).unwrap_or_default();
+                    let alive = !holder.trim().is_empty()
+                        && std::path::Path::new(&format!("/proc/{}", holder.trim())).exists();
+                    if !alive && started.elapsed() > std::time::Duration::from_millis(200) {
+                        // Its process is gone (or never wrote its pid): take it over.
+                        let _ = std::fs::remove_file(LOCK_FILE);
+                        continue;
+                    }
+                    assert!(
+                        started.elapsed() < std::time::Duration::from_secs(120),
+                        "{LOCK_FILE} is held by live process {holder} for over 2 minutes: \
+                         another fault suite run is using the namespaces"
+                    );
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(e) => panic!("cannot create {LOCK_FILE}: {e}"),
+            }
+        }
+    }
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(LOCK_FILE);
+    }
 }
 
 /// Node `i`'s address.
@@ -126,14 +174,41 @@ fn remove_stale() {
     }
 }
 
+/// Waits (bounded) until no root-namespace interface holds a client-link address: a
+/// deleted namespace's veth pairs go away asynchronously, and an earlier run's root
+/// ends would make this run's addresses and routes collide ("File exists").
+fn wait_root_addresses_gone() {
+    let started = std::time::Instant::now();
+    loop {
+        let held = ip(&["-o", "addr", "show", "to", "198.18.1.0/24"]);
+        if held.trim().is_empty() {
+            return;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(2) {
+            // Left by a run whose namespaces are gone: delete those ends now.
+            for dev in held.lines().filter_map(|l| l.split_whitespace().nth(1)) {
+                let dev = dev.split('@').next().unwrap_or(dev);
+                if dev.starts_with("hf") {
+                    let _ = Command::new("ip").args(["link", "delete", dev]).status();
+                }
+            }
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "root-namespace interfaces still hold 198.18.1.0/24 addresses: {held}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 impl Net {
     /// Makes `n` namespaces joined as described in the module doc.
     pub fn create(n: usize) -> Self {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         preflight();
-        let lock = File::create(LOCK_FILE).expect("create the netns lock file");
-        lock.lock().expect("lock the netns lock file");
+        let lock = Lock::take();
         remove_stale();
+        wait_root_addresses_gone();
         let pid = std::process::id();
         let run_no = NEXT.fetch_add(1, Ordering::Relaxed);
         // Interface names have at most 15 bytes: "hf" + pid in hex + run + 2.
@@ -143,6 +218,7 @@ impl Net {
             .collect();
         let mut net = Self {
             namespaces: Vec::new(),
+            root_devs: Vec::new(),
             links: BTreeMap::new(),
             cut: BTreeMap::new(),
             method: CutMethod::Neighbour,
@@ -166,6 +242,7 @@ impl Net {
             ip(&[
                 "link", "add", &root_dev, "type", "veth", "peer", "name", &node_dev, "netns", ns,
             ]);
+            net.root_devs.push(root_dev.clone());
             ip(&[
                 "addr",
                 "add",
@@ -429,6 +506,10 @@ impl Net {
 
 impl Drop for Net {
     fn drop(&mut self) {
+        // Deleting a veth end at once deletes its pair; a namespace's own go later.
+        for dev in &self.root_devs {
+            let _ = Command::new("ip").args(["link", "delete", dev]).status();
+        }
         for ns in &self.namespaces {
             let _ = Command::new("ip").args(["netns", "delete", ns]).status();
         }

@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 pub struct Rng(u64);
 
 impl Rng {
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -27,7 +27,7 @@ impl Rng {
 
     /// Uniform in `lo..hi`.
     pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo).max(1)
+        lo + self.next_u64() % (hi - lo).max(1)
     }
 
     pub fn millis(&mut self, lo: u64, hi: u64) -> Duration {
@@ -94,7 +94,7 @@ impl Run {
     }
 
     pub fn names(&self) -> Vec<String> {
-        (0..self.cluster.len())
+        (0..self.cluster.node_count())
             .map(|i| self.cluster.name(i))
             .collect()
     }
@@ -150,7 +150,9 @@ impl Run {
 
     /// For every node in `up` and every room: polls the node's presence (through a
     /// member of its own joined to the room) until it equals the members of the room
-    /// connected to nodes in `up`, or `bound` after `since` passes. Records a sample.
+    /// connected to nodes in `up`, or `bound` after `since` passes. The (node, room)
+    /// pairs are polled side by side, so each is timed by when it matched, not by when
+    /// its turn came. Records one sample per pair.
     pub async fn sample_presence(
         &mut self,
         after: &str,
@@ -161,82 +163,110 @@ impl Run {
         if !self.check_presence {
             return;
         }
-        let rooms: Vec<String> = {
-            let mut all: Vec<String> = self
-                .members
-                .iter()
-                .flat_map(|m| {
-                    m.rooms
-                        .lock()
-                        .expect("lock")
-                        .iter()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                })
-                .collect();
-            all.sort();
-            all.dedup();
-            all
-        };
-        for room in rooms {
+        let mut rooms: Vec<String> = self
+            .members
+            .iter()
+            .flat_map(|m| {
+                m.rooms
+                    .lock()
+                    .expect("lock")
+                    .iter()
+                    .cloned()
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        rooms.sort();
+        rooms.dedup();
+        struct Probe {
+            node: usize,
+            observer: usize,
+            room: String,
+            expected: BTreeMap<String, u64>,
+            last_seen: BTreeMap<String, u64>,
+            last_error: Option<String>,
+            matched_after: Option<Duration>,
+        }
+        let mut probes = Vec::new();
+        for room in &rooms {
             let expected: BTreeMap<String, u64> = self
                 .members
                 .iter()
                 .filter(|m| {
                     m.is_alive()
                         && up.contains(&m.node)
-                        && m.rooms.lock().expect("lock").contains(&room)
+                        && m.rooms.lock().expect("lock").contains(room)
                 })
                 .map(|m| (m.user.clone(), 1))
                 .collect();
             for node in up {
-                let Some(observer) = self.members.iter().find(|m| {
-                    m.node == *node && m.is_alive() && m.rooms.lock().expect("lock").contains(&room)
-                }) else {
-                    continue;
-                };
-                let mut last_seen = BTreeMap::new();
-                let mut last_error: Option<String>;
-                let matched_after = loop {
-                    match observer.presence(&room).await {
-                        Ok(seen) => (last_seen, last_error) = (seen, None),
-                        Err(e) => last_error = Some(e),
-                    }
-                    if last_seen == expected {
-                        // Matching late is not matching within the bound.
-                        break Some(since.elapsed()).filter(|d| *d <= bound);
-                    }
-                    if since.elapsed() > bound {
-                        break None;
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                };
-                eprintln!(
-                    "[{}] presence of {room} on {} after {after}: {}",
-                    self.label,
-                    self.cluster.name(*node),
-                    matched_after.map_or(
-                        format!("NOT matched within {bound:?}: {last_seen:?} vs {expected:?} (last error: {last_error:?})"),
-                        |d| format!("matched after {d:?}")
-                    )
-                );
-                self.presence.push(PresenceSample {
-                    node: self.cluster.name(*node),
-                    room: room.clone(),
-                    expected: expected.clone(),
-                    last_seen,
-                    last_error,
-                    matched_after,
-                    bound,
-                    after: after.to_owned(),
+                let observer = self.members.iter().position(|m| {
+                    m.node == *node && m.is_alive() && m.rooms.lock().expect("lock").contains(room)
                 });
+                if let Some(observer) = observer {
+                    probes.push(Probe {
+                        node: *node,
+                        observer,
+                        room: room.clone(),
+                        expected: expected.clone(),
+                        last_seen: BTreeMap::new(),
+                        last_error: None,
+                        matched_after: None,
+                    });
+                }
             }
+        }
+        // Each pair polls on its own, so one node that is slow to answer does not delay
+        // the verdict on the others.
+        let members = &self.members;
+        futures_util::future::join_all(probes.iter_mut().map(|probe| async move {
+            loop {
+                match members[probe.observer].presence(&probe.room).await {
+                    Ok(seen) => (probe.last_seen, probe.last_error) = (seen, None),
+                    Err(e) => probe.last_error = Some(e),
+                }
+                let at = since.elapsed();
+                // Matching late is not matching within the bound.
+                if probe.last_seen == probe.expected && at <= bound {
+                    probe.matched_after = Some(at);
+                    return;
+                }
+                if at > bound {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }))
+        .await;
+        for p in probes {
+            eprintln!(
+                "[{}] presence of {} on {} after {after}: {}",
+                self.label,
+                p.room,
+                self.cluster.name(p.node),
+                p.matched_after.map_or(
+                    format!(
+                        "NOT matched within {bound:?}: {:?} vs {:?} (last error: {:?})",
+                        p.last_seen, p.expected, p.last_error
+                    ),
+                    |d| format!("matched after {d:?}")
+                )
+            );
+            self.presence.push(PresenceSample {
+                node: self.cluster.name(p.node),
+                room: p.room,
+                expected: p.expected,
+                last_seen: p.last_seen,
+                last_error: p.last_error,
+                matched_after: p.matched_after,
+                bound,
+                after: after.to_owned(),
+            });
         }
     }
 
     /// Nodes whose process runs and is not stopped.
     pub fn running(&self) -> Vec<usize> {
-        (0..self.cluster.len())
+        (0..self.cluster.node_count())
             .filter(|i| self.cluster.is_running(*i) && !self.cluster.is_stopped(*i))
             .collect()
     }
@@ -248,7 +278,7 @@ impl Run {
     pub async fn finish(mut self) {
         self.streams_sent().await;
         self.cluster.net.heal_all();
-        for i in 0..self.cluster.len() {
+        for i in 0..self.cluster.node_count() {
             if self.cluster.is_stopped(i) {
                 self.cluster.sigcont(i);
             }
