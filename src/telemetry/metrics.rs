@@ -539,6 +539,8 @@ impl Metrics {
         self.content_refused
             .get_or_create(&[("reason", reason)])
             .inc();
+    }
+
     /// A request was refused by `limit`, one of [`LIMITS`].
     pub fn limit_refused(&self, limit: &'static str) {
         if let Some(i) = LIMITS.iter().position(|l| *l == limit) {

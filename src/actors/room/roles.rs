@@ -249,7 +249,7 @@ impl Room {
             self.send_to_relays(Body::RoomPresence {
                 room: self.room(),
                 epoch: self.epoch,
-                members: self.state.member_list(),
+                members: self.state.members.values().cloned().collect(),
                 joins,
                 leaves,
             });
