@@ -20,5 +20,6 @@ mod logs;
 mod metrics;
 mod presence;
 mod refused;
+mod replies;
 mod start_order;
 mod status;

@@ -12,6 +12,6 @@ mod bad_input;
 mod behaviour;
 mod chat;
 mod limits;
-mod replies;
 mod metrics;
+mod replies;
 mod tls;
