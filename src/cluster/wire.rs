@@ -460,7 +460,10 @@ mod tests {
             panic!("an older node's join answer should decode");
         };
         assert!(!data.more && !data.members_more);
-        assert_eq!((data.before, data.after, data.members_count), (None, None, None));
+        assert_eq!(
+            (data.before, data.after, data.members_count),
+            (None, None, None)
+        );
         let cut = JoinData {
             more: true,
             after: Some(7),

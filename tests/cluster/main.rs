@@ -21,5 +21,6 @@ mod metrics;
 mod peer_port;
 mod presence;
 mod refused;
+mod replies;
 mod start_order;
 mod status;

@@ -14,6 +14,6 @@ mod behaviour;
 mod chat;
 mod churn;
 mod limits;
-mod replies;
 mod metrics;
+mod replies;
 mod tls;

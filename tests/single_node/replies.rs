@@ -165,7 +165,11 @@ async fn presence_of_a_big_room_is_paged_by_id_and_has_a_count_only_form() {
     // The join reply lists the first page only, and says how many there are.
     let mut zed = node.connect("zed", "Zed").await;
     let join = request_ok(&mut zed, json!({"type": "join", "room": "crowd"})).await;
-    assert_eq!(join["members"].as_array().map(Vec::len), Some(PAGE), "{join}");
+    assert_eq!(
+        join["members"].as_array().map(Vec::len),
+        Some(PAGE),
+        "{join}"
+    );
     assert_eq!(join["members_more"], true);
     assert_eq!(join["members_count"], USERS + 1);
 
@@ -244,7 +248,14 @@ async fn control_characters_and_content_over_the_byte_bound_are_refused() {
     alice.join("lobby").await;
     bob.join("lobby").await;
 
-    for bad in ["bell\u{7}", "nul\u{0}", "cr\r\nlf", "del\u{7f}", "c1\u{85}", "\u{9b}31m"] {
+    for bad in [
+        "bell\u{7}",
+        "nul\u{0}",
+        "cr\r\nlf",
+        "del\u{7f}",
+        "c1\u{85}",
+        "\u{9b}31m",
+    ] {
         let code = alice
             .refused(json!({"type": "publish", "room": "lobby", "content": bad}))
             .await;

@@ -480,7 +480,11 @@ impl RoomState {
             return ReplyData::PresenceCount {
                 room,
                 count: total,
-                connections: self.members.values().map(|m| u64::from(m.connections)).sum(),
+                connections: self
+                    .members
+                    .values()
+                    .map(|m| u64::from(m.connections))
+                    .sum(),
             };
         }
         let page = self.bounds.page();
@@ -601,7 +605,8 @@ mod tests {
         let mut after = Some(4);
         let mut all = Vec::new();
         while let Some(from) = after {
-            let (mut got, more, before, next) = page(state.history_page(Some(26), Some(from), None));
+            let (mut got, more, before, next) =
+                page(state.history_page(Some(26), Some(from), None));
             assert_eq!(before, None);
             all.append(&mut got);
             after = if more { next } else { None };
