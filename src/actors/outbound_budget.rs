@@ -221,7 +221,10 @@ mod tests {
         let fakes = holders(&budget, &[300, 500, 100, 400]);
         // 1,300 in all: closing the 500 alone brings it to 800.
         assert_eq!(budget.shed(), 1);
-        let shed: Vec<bool> = fakes.iter().map(|f| f.shed.load(Ordering::SeqCst)).collect();
+        let shed: Vec<bool> = fakes
+            .iter()
+            .map(|f| f.shed.load(Ordering::SeqCst))
+            .collect();
         assert_eq!(shed, [false, true, false, false]);
     }
 

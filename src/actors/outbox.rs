@@ -657,11 +657,7 @@ mod tests {
     }
 
     /// An outbox of `frames` and `bytes` (0: none) under `budget`.
-    fn bounded(
-        frames: usize,
-        bytes: u64,
-        budget: &Arc<OutboundBudget>,
-    ) -> (Outbox, OutboxReader) {
+    fn bounded(frames: usize, bytes: u64, budget: &Arc<OutboundBudget>) -> (Outbox, OutboxReader) {
         let bounds = OutboxBounds { frames, bytes };
         Outbox::new(bounds, budget.clone(), Arc::new(Metrics::new()), None)
     }
@@ -867,14 +863,21 @@ mod tests {
         for _ in 0..6 {
             outbox.push("x".repeat(100).into()).unwrap();
         }
-        assert_eq!(outbox.push("x".repeat(100).into()), Err(PushError::SlowConsumer));
+        assert_eq!(
+            outbox.push("x".repeat(100).into()),
+            Err(PushError::SlowConsumer)
+        );
 
         let budget = Arc::new(OutboundBudget::new(0));
         let (outbox, reader) = bounded(100, 0, &budget);
         outbox.push("x".repeat(100).into()).unwrap();
         assert!(take(&reader, &waker).is_ready());
         assert!(take(&reader, &waker).is_pending());
-        assert_eq!((outbox.held(), budget.total()), (0, 0), "asked again: written");
+        assert_eq!(
+            (outbox.held(), budget.total()),
+            (0, 0),
+            "asked again: written"
+        );
     }
 
     #[test]
@@ -905,7 +908,10 @@ mod tests {
         outbox.push("x".repeat(700).into()).unwrap();
         outbox.close_now(close::HEARTBEAT_TIMEOUT, "heartbeat timeout");
         assert_eq!(budget.total(), text_cost(500), "the writer's part is left");
-        assert!(matches!(take(&reader, &waker), Poll::Ready((Taken::CloseNow(..), _))));
+        assert!(matches!(
+            take(&reader, &waker),
+            Poll::Ready((Taken::CloseNow(..), _))
+        ));
         assert_eq!(budget.total(), 0);
 
         let (outbox, reader) = bounded(100, 0, &budget);

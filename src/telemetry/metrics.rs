@@ -290,7 +290,11 @@ impl Metrics {
         );
         let slow_consumer_disconnects = SlowConsumer::ALL
             .iter()
-            .map(|hit| slow_consumers.get_or_create(&[("reason", hit.label())]).clone())
+            .map(|hit| {
+                slow_consumers
+                    .get_or_create(&[("reason", hit.label())])
+                    .clone()
+            })
             .collect();
         let outbound_bytes = Gauge::default();
         registry.register(
@@ -915,9 +919,18 @@ mod tests {
             (r#"hubbub_auth_failures_total{reason="expired"}"#, 1.0),
             (r#"hubbub_auth_failures_total{reason="missing_token"}"#, 0.0),
             ("hubbub_rate_limited_total", 1.0),
-            (r#"hubbub_slow_consumer_disconnects_total{reason="bytes"}"#, 1.0),
-            (r#"hubbub_slow_consumer_disconnects_total{reason="frames"}"#, 0.0),
-            (r#"hubbub_slow_consumer_disconnects_total{reason="node_budget"}"#, 0.0),
+            (
+                r#"hubbub_slow_consumer_disconnects_total{reason="bytes"}"#,
+                1.0,
+            ),
+            (
+                r#"hubbub_slow_consumer_disconnects_total{reason="frames"}"#,
+                0.0,
+            ),
+            (
+                r#"hubbub_slow_consumer_disconnects_total{reason="node_budget"}"#,
+                0.0,
+            ),
             ("hubbub_outbound_bytes", 4_096.0),
             ("hubbub_cluster_heartbeat_rtt_seconds_count", 1.0),
         ] {

@@ -85,9 +85,9 @@ impl MessageBody for OutboundBody {
         let mut buf = BytesMut::new();
         // Local, not kept between polls: an idle connection holds no buffer.
         let mut taken = Vec::new();
-        let polled = this
-            .reader
-            .poll_take(cx, &mut taken, MAX_FRAMES_PER_WRITE, MAX_BYTES_PER_WRITE);
+        let polled =
+            this.reader
+                .poll_take(cx, &mut taken, MAX_FRAMES_PER_WRITE, MAX_BYTES_PER_WRITE);
         match polled {
             Poll::Ready(Taken::CloseNow(code, reason)) => {
                 write_close(&mut buf, code, reason);

@@ -17,7 +17,9 @@ use super::frame_guard::FrameGuard;
 use super::gate::{IpSlot, Refused};
 use super::http::AppState;
 use super::outbound::{worker_relay, OutboundBody};
-use crate::actors::{ask, Outbox, OutboxBounds, SessionArgs, SessionMessage, SessionSupervisorMessage};
+use crate::actors::{
+    ask, Outbox, OutboxBounds, SessionArgs, SessionMessage, SessionSupervisorMessage,
+};
 use crate::auth::{Identity, Refusal};
 use crate::protocol::{close, decode_client_frame, ErrorBody, ErrorCode, FrameError};
 use actix_web::body::MessageBody;

@@ -487,7 +487,10 @@ async fn past_the_node_budget_the_connection_holding_the_most_is_closed_first() 
         if outbound_bytes(&metrics) >= 6.5 * MIB {
             break;
         }
-        assert!(big_requests < MAX_REQUESTS, "big never got the node to 6.5 MiB");
+        assert!(
+            big_requests < MAX_REQUESTS,
+            "big never got the node to 6.5 MiB"
+        );
     }
     assert_eq!(slow_consumers(&scrape(&node).await, "node_budget"), 0.0);
 
@@ -696,9 +699,7 @@ async fn a_silent_client_whose_socket_is_full_is_still_closed_with_4008() {
             last_pong = Instant::now();
         }
         firehose.step(&mut publisher, MAX_MESSAGES).await;
-        if firehose.acked % 100 == 0
-            && outbound_bytes(&scrape(&node).await) >= STALLED_BYTES
-        {
+        if firehose.acked % 100 == 0 && outbound_bytes(&scrape(&node).await) >= STALLED_BYTES {
             break;
         }
         assert!(

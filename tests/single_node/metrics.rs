@@ -88,7 +88,10 @@ async fn metrics_count_known_traffic_exactly() {
     assert_eq!(m.value("hubbub_rate_limited_total", &[]), limited as f64);
     for reason in ["frames", "bytes", "node_budget"] {
         let series = [("reason", reason)];
-        assert_eq!(m.value("hubbub_slow_consumer_disconnects_total", &series), 0.0);
+        assert_eq!(
+            m.value("hubbub_slow_consumer_disconnects_total", &series),
+            0.0
+        );
     }
     // Not clustered: no peers, no inter-node traffic.
     assert_eq!(m.value("hubbub_cluster_peers", &[("state", "up")]), 0.0);
@@ -183,8 +186,16 @@ async fn a_slow_consumer_is_counted_once() {
     publisher.publish("firehose", "after").await;
 
     let m = scrape(&node).await;
-    let by = |reason| m.value("hubbub_slow_consumer_disconnects_total", &[("reason", reason)]);
-    assert_eq!((by("frames"), by("bytes"), by("node_budget")), (1.0, 0.0, 0.0));
+    let by = |reason| {
+        m.value(
+            "hubbub_slow_consumer_disconnects_total",
+            &[("reason", reason)],
+        )
+    };
+    assert_eq!(
+        (by("frames"), by("bytes"), by("node_budget")),
+        (1.0, 0.0, 0.0)
+    );
     assert_eq!(m.value("hubbub_rate_limited_total", &[]), 0.0);
     wait_for(&node, "hubbub_connections", 1.0).await;
 }
