@@ -34,6 +34,9 @@
 //! | 10 | 48 | 482 |
 //! | 100 | 21 | 2,088 |
 //!
+//! Sixteen shards appending one entry each at the same time made 599 entries/s in
+//! all (their appends share commits), against 61 for one shard alone in that run.
+//!
 //! One fsynced commit costs ~15 ms here whatever it carries, so throughput comes
 //! from batching: the proposer's batches, and this writer's one commit for every
 //! shard's waiting appends.
@@ -49,9 +52,9 @@
 //!   acknowledged, so a write waits up to N ms more, and nothing acknowledged is
 //!   lost to a crash or a power loss (what is lost was never counted).
 //! - `never`: appends are acknowledged when written, before any fsync; the writer
-//!   fsyncs once a second (without that redb would keep nothing) and on close. A
-//!   crash of the process or a power loss loses up to the last second of entries
-//!   this node acknowledged: if a majority loses them at once, committed messages
+//!   fsyncs once a second (redb keeps a commit without fsync only until a crash)
+//!   and on close (a clean stop loses nothing). A crash of the process or a power
+//!   loss loses up to the last second of entries this node acknowledged: if a majority loses them at once, committed messages
 //!   are gone and Raft's guarantees do not hold. For benchmarks only.
 //! The vote is fsynced before `save_vote` returns under every policy (a node that
 //! forgot its vote could vote twice in a term). Truncations, purges, the committed
