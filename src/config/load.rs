@@ -2606,6 +2606,100 @@ mod tests {
     }
 
     #[test]
+    fn storage_fsync_is_always_never_or_an_interval_in_ms() {
+        use crate::config::FsyncPolicy;
+        use std::time::Duration;
+        for (text, policy) in [
+            ("always", FsyncPolicy::Always),
+            ("never", FsyncPolicy::Never),
+            ("100ms", FsyncPolicy::Interval(Duration::from_millis(100))),
+            ("1ms", FsyncPolicy::Interval(Duration::from_millis(1))),
+            (
+                "10000ms",
+                FsyncPolicy::Interval(Duration::from_millis(10_000)),
+            ),
+        ] {
+            assert_eq!(FsyncPolicy::parse(text), Ok(policy));
+            assert!(problems_after(|s| s.storage.fsync = text.to_owned()).is_empty());
+        }
+        for bad in ["", "100", "0ms", "10001ms", "1s", "Always", "-5ms", "fast"] {
+            let problems = problems_after(|s| s.storage.fsync = bad.to_owned());
+            assert_one_problem(&problems, "storage.fsync");
+            assert!(problems[0].contains(&format!("{bad:?}")), "{problems:?}");
+        }
+    }
+
+    #[test]
+    fn storage_dir_must_be_usable_for_the_durable_engine() {
+        let problems = problems_after(|s| s.storage.dir = PathBuf::new());
+        assert_one_problem(&problems, "storage.dir");
+        // The memory engine does not use it.
+        assert!(problems_after(|s| {
+            s.storage.dir = PathBuf::new();
+            s.storage.engine = StorageEngine::Memory;
+        })
+        .is_empty());
+        let file = std::env::temp_dir().join(format!("hubbub-storage-dir-{}", std::process::id()));
+        std::fs::write(&file, b"").expect("write");
+        let problems = problems_after(|s| s.storage.dir = file.clone());
+        let _ = std::fs::remove_file(&file);
+        assert_one_problem(&problems, "storage.dir");
+        assert!(
+            problems[0].contains(&file.display().to_string()),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn shards_and_replicas_have_bounds() {
+        for (shards, ok) in [
+            (0, false),
+            (1, true),
+            (16, true),
+            (1024, true),
+            (1025, false),
+        ] {
+            let problems = problems_after(|s| s.cluster.shards = shards);
+            if ok {
+                assert!(problems.is_empty(), "{shards}: {problems:?}");
+            } else {
+                assert_one_problem(&problems, "cluster.shards");
+            }
+        }
+        for (replicas, ok) in [(0, false), (1, true), (3, true), (9, true), (10, false)] {
+            let problems = problems_after(|s| s.cluster.replicas = replicas);
+            if ok {
+                assert!(problems.is_empty(), "{replicas}: {problems:?}");
+            } else {
+                assert_one_problem(&problems, "cluster.replicas");
+            }
+        }
+    }
+
+    #[test]
+    fn voters_are_valid_distinct_names_and_entries_of_nodes() {
+        let names = |v: &[&str]| v.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>();
+        assert!(problems_after(|s| s.cluster.voters = names(&["a", "b", "c"])).is_empty());
+        let problems = problems_after(|s| s.cluster.voters = names(&["a", "b", "a"]));
+        assert_one_problem(&problems, "cluster.voters");
+        assert!(problems[0].contains("\"a\""), "{problems:?}");
+        let problems = problems_after(|s| s.cluster.voters = names(&["a", "no spaces"]));
+        assert_one_problem(&problems, "cluster.voters[1]");
+        let entry = |name: &str, port: u16| NodeEntry {
+            name: name.to_owned(),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            bind: SocketAddr::from(([127, 0, 0, 1], port + 1000)),
+            advertise: String::new(),
+        };
+        let problems = problems_after(|s| {
+            s.nodes = vec![entry("a", 8081), entry("b", 8082)];
+            s.cluster.voters = names(&["a", "c"]);
+        });
+        assert_one_problem(&problems, "cluster.voters");
+        assert!(problems[0].contains("\"c\""), "{problems:?}");
+    }
+
+    #[test]
     fn seeds_must_be_dialable_host_ports() {
         let good = [
             "10.0.0.5:4370",
