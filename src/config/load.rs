@@ -1166,6 +1166,18 @@ fn check_outbound_bytes(limits: &LimitSettings, problems: &mut Problems) {
             ),
         );
     }
+    // A reply is queued whole: one that could not fit in the client's queue would close
+    // every client that asks for a full page.
+    if per_client != 0 && limits.max_reply_bytes as u64 > per_client {
+        problems.add(
+            "limits.max_reply_bytes",
+            format_args!(
+                "must be at most limits.outbound_bytes ({per_client}), not {}: a reply \
+                 larger than a client's queue would close the client that asked for it",
+                limits.max_reply_bytes
+            ),
+        );
+    }
     let node = limits.node_outbound_bytes;
     if node != 0 && node < per_client.max(MIN_OUTBOUND_BYTES) {
         problems.add(
@@ -2250,6 +2262,22 @@ mod tests {
             "limits.outbound_queue",
         );
         assert!(problems_after(|s| s.limits.outbound_queue = 1_000_000).is_empty());
+    }
+
+    #[test]
+    fn a_reply_must_fit_in_a_clients_queue() {
+        assert_one_problem(
+            &problems_after(|s| {
+                s.limits.outbound_bytes = 100_000;
+                s.limits.max_reply_bytes = 100_001;
+            }),
+            "limits.max_reply_bytes",
+        );
+        assert!(problems_after(|s| {
+            s.limits.outbound_bytes = 0;
+            s.limits.max_reply_bytes = 16 * 1024 * 1024;
+        })
+        .is_empty());
     }
 
     #[test]

@@ -878,8 +878,7 @@ impl Room {
                         // A first page is not the whole list: the RoomPresence sent
                         // before this answer brought that.
                         if !data.members_more {
-                            let (joins, leaves) =
-                                self.state.replace_members(data.members.clone());
+                            let (joins, leaves) = self.state.replace_members(data.members.clone());
                             if !self.batch_presence(myself, &joins, &leaves) {
                                 self.state
                                     .push_presence_diff(joins, leaves, Some(&pending.conn));
