@@ -56,6 +56,7 @@
 //!   and on close (a clean stop loses nothing). A crash of the process or a power
 //!   loss loses up to the last second of entries this node acknowledged: if a majority loses them at once, committed messages
 //!   are gone and Raft's guarantees do not hold. For benchmarks only.
+//!
 //! The vote is fsynced before `save_vote` returns under every policy (a node that
 //! forgot its vote could vote twice in a term). Truncations, purges, the committed
 //! index and snapshots ride along with the next fsync: commits are ordered, so a

@@ -559,6 +559,8 @@ impl ShardStateMachine {
     }
 }
 
+// openraft's own error type, which every caller returns as is.
+#[allow(clippy::result_large_err)]
 fn decode_snapshot(
     meta: &SnapshotMeta<NodeId, ShardNode>,
     data: &[u8],
