@@ -44,7 +44,7 @@ async fn join_leave_churn_in_a_five_thousand_member_room() {
         churners.push(tokio::spawn(async move {
             let mut cycles = 0u64;
             let query = format!("user=churner-{c}");
-            let Some(ws) = RawWs::dial_until(addr, loopback(99), &query, ends).await else {
+            let Ok(ws) = RawWs::dial_until(addr, loopback(99), &query, ends).await else {
                 return 0;
             };
             let (mut read, mut write) = ws.into_split();

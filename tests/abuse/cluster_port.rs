@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 
 /// Connections sending one huge frame each.
-const HUGE_FRAMES: usize = 40;
+const HUGE_FRAMES: usize = 64;
 /// The length they announce: just under the 16 MiB that ractor_cluster allows.
 const ANNOUNCED: u64 = 16 * 1024 * 1024 - 1;
 /// How much of it they send (then they hold the connection without finishing).

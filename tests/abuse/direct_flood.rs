@@ -38,7 +38,7 @@ async fn a_direct_message_flood_at_one_victim() {
                 let (mut ids, mut delivered) = (0u64, 0u64);
                 while Instant::now() < ends {
                     let query = format!("user=spam-{a}-{s}-{ids}");
-                    let Some(mut ws) = RawWs::dial_until(addr, loopback(80 + a), &query, ends).await
+                    let Ok(mut ws) = RawWs::dial_until(addr, loopback(80 + a), &query, ends).await
                     else {
                         break;
                     };

@@ -60,7 +60,7 @@ async fn reconnect_churn_with_a_long_lived_token() {
             let mut cycles = 0u64;
             while Instant::now() < ends {
                 tick.tick().await;
-                let Some(mut ws) = RawWs::dial_until(addr, loopback(90 + a), &query, ends).await
+                let Ok(mut ws) = RawWs::dial_until(addr, loopback(90 + a), &query, ends).await
                 else {
                     break;
                 };

@@ -64,7 +64,7 @@ async fn a_rename_storm_across_many_rooms() {
         let addr = node.http;
         storms.push(tokio::spawn(async move {
             let query = format!("user=renamer-{r}");
-            let Some(ws) = RawWs::dial_until(addr, loopback(69), &query, ends).await else {
+            let Ok(ws) = RawWs::dial_until(addr, loopback(69), &query, ends).await else {
                 return 0;
             };
             let (mut read, mut write) = ws.into_split();

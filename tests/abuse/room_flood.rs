@@ -29,7 +29,7 @@ async fn the_room_name_flood() {
             let mut connections = 0u64;
             while Instant::now() < ends {
                 let query = format!("user=flood-{f}-{connections}");
-                let Some(ws) = RawWs::dial_until(addr, loopback(60), &query, ends).await else {
+                let Ok(ws) = RawWs::dial_until(addr, loopback(60), &query, ends).await else {
                     break;
                 };
                 connections += 1;
@@ -65,13 +65,18 @@ async fn the_room_name_flood() {
     }
     let report = conversation.finish().await;
     let rooms_left = node.metric("hubbub_rooms").await.unwrap_or(f64::NAN);
+    let joins = node
+        .metric(r#"hubbub_messages_total{direction="in",type="join"}"#)
+        .await
+        .unwrap_or(f64::NAN);
     let (rss, health) = monitor.finish().await;
     assert_withstood(
         "room-flood",
         &rss,
         &health,
         &format!(
-            "{rooms} room names joined and left; hubbub_rooms {rooms_left} after; {}",
+            "{rooms} room names sent, {joins} joins read by the node; hubbub_rooms \
+             {rooms_left} after; {}",
             report.summary()
         ),
     );

@@ -175,6 +175,22 @@ impl AbuseNode {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        if clustered {
+            // Ready needs a quorum; publishing also needs the room owner's lease.
+            loop {
+                if let Some((200, body)) = http_get(http, "/cluster", HEALTHZ_TIMEOUT).await {
+                    let status: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+                    if status["lease_valid"] == true {
+                        break;
+                    }
+                }
+                assert!(
+                    started.elapsed() < DEADLINE,
+                    "[{label}] the node's lease was not valid within {DEADLINE:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
         node
     }
 
@@ -209,17 +225,6 @@ impl AbuseNode {
                 return value.unwrap_or(f64::NAN);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Panics (with the log's tail) unless the process still runs.
-    pub fn assert_alive(&mut self) {
-        if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-            panic!(
-                "[{}] the node exited with {status}\n{}",
-                self.label,
-                self.log_tail()
-            );
         }
     }
 
@@ -402,11 +407,6 @@ impl Monitor {
         self.started
     }
 
-    /// True once the node passed the bound (the node is dead then).
-    pub fn breached(&self) -> bool {
-        self.rss.is_finished()
-    }
-
     /// For an attack that could not go on (its setup failed): reports what the node
     /// did (a breach of the bound first), then panics with `error`.
     pub async fn fail(self, attack: &str, error: String) -> ! {
@@ -479,9 +479,10 @@ pub fn record_figures(line: &str) {
 /// The well-behaved member of an attacked room: [`PUBLISHERS`] users publishing in
 /// turn every [`PUBLISH_EVERY`], and a reader that keeps every `message` of the room.
 pub struct Conversation {
-    pub room: String,
+    started: Instant,
     reader_id: String,
-    stop: Arc<AtomicBool>,
+    stop_publishing: Arc<AtomicBool>,
+    stop_reading: Arc<AtomicBool>,
     publisher: JoinHandle<Published>,
     reader: JoinHandle<Read>,
     heard: Arc<Mutex<Read>>,
@@ -570,7 +571,8 @@ impl Conversation {
             publisher.discard_pending();
             publishers.push(publisher);
         }
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop_publishing = Arc::new(AtomicBool::new(false));
+        let stop_reading = Arc::new(AtomicBool::new(false));
         let heard = Arc::new(Mutex::new(Read {
             joined_at,
             ..Read::default()
@@ -578,7 +580,7 @@ impl Conversation {
         let reader = {
             let heard = heard.clone();
             let room = room.to_owned();
-            let stop = stop.clone();
+            let stop = stop_reading.clone();
             tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
                     let next =
@@ -605,7 +607,7 @@ impl Conversation {
         };
         let publisher = {
             let room = room.to_owned();
-            let stop = stop.clone();
+            let stop = stop_publishing.clone();
             tokio::spawn(async move {
                 let mut published = Published::default();
                 let mut tick = tokio::time::interval(PUBLISH_EVERY);
@@ -627,7 +629,9 @@ impl Conversation {
                         }
                         Ok(Some(r)) => published.failures.push(format!("publish refused: {r}")),
                         Ok(None) => {
-                            published.failures.push("a publisher's connection ended".into());
+                            published.failures.push(format!(
+                                "a publisher's connection ended, or its reply took over {DEADLINE:?}"
+                            ));
                             break;
                         }
                         Err(_) => published
@@ -639,9 +643,10 @@ impl Conversation {
             })
         };
         Self {
-            room: room.to_owned(),
+            started: Instant::now(),
             reader_id,
-            stop,
+            stop_publishing,
+            stop_reading,
             publisher,
             reader,
             heard,
@@ -655,7 +660,7 @@ impl Conversation {
 
     /// Stops publishing, waits (bounded) for the reader to catch up, and reports.
     pub async fn finish(self) -> ConversationReport {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop_publishing.store(true, Ordering::Relaxed);
         let published = self.publisher.await.expect("publisher task");
         let last = published.sent.keys().next_back().copied();
         let waited = Instant::now();
@@ -668,7 +673,8 @@ impl Conversation {
             drop(heard);
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        // The reader task has already stopped (stop is set) or stops within 200 ms.
+        self.stop_reading.store(true, Ordering::Relaxed);
+        // The reader task stops within 200 ms.
         let heard = self.reader.await.expect("reader task");
         let mut problems = published.failures.clone();
         if heard.ended {
@@ -702,9 +708,17 @@ impl Conversation {
                 "a message took {slowest_delivery:?} to arrive (bound {DELIVERY_BOUND:?})"
             ));
         }
-        if published.sent.len() < 5 {
+        if published.slowest_ack > DELIVERY_BOUND {
             problems.push(format!(
-                "only {} messages were published",
+                "a publish took {:?} to be acknowledged (bound {DELIVERY_BOUND:?})",
+                published.slowest_ack
+            ));
+        }
+        // A publisher that the node keeps waiting publishes less than its rate.
+        let due = (self.started.elapsed().as_millis() / PUBLISH_EVERY.as_millis()) as usize;
+        if published.sent.len() < (due / 2).max(5) {
+            problems.push(format!(
+                "only {} of about {due} messages were published",
                 published.sent.len()
             ));
         }
@@ -726,6 +740,15 @@ pub enum DialError {
     Refused(u16),
     /// No connection, or no answer in time.
     Failed(String),
+}
+
+impl std::fmt::Display for DialError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Refused(status) => write!(f, "upgrade refused with HTTP {status}"),
+            Self::Failed(why) => write!(f, "{why}"),
+        }
+    }
 }
 
 /// A WebSocket client on a bare TCP socket from a chosen source address.
@@ -808,20 +831,21 @@ impl RawWs {
     }
 
     /// [`RawWs::dial`] until it opens or `until` passes: a refusal (429 for the
-    /// handshake rate, 503) or a failed connect is tried again 50 ms later.
+    /// handshake rate, 503) or a failed connect is tried again 50 ms later. The error
+    /// is the last one.
     pub async fn dial_until(
         node: SocketAddr,
         from: IpAddr,
         query: &str,
         until: Instant,
-    ) -> Option<Self> {
+    ) -> Result<Self, DialError> {
         loop {
             match Self::dial(node, from, query).await {
-                Ok(ws) => return Some(ws),
+                Ok(ws) => return Ok(ws),
                 Err(_) if Instant::now() < until => {
                     tokio::time::sleep(Duration::from_millis(50)).await
                 }
-                Err(_) => return None,
+                Err(e) => return Err(e),
             }
         }
     }
@@ -993,7 +1017,7 @@ pub async fn crowd(
                 let query = format!("user={prefix}-{i}");
                 let mut ws = RawWs::dial_until(node, from, &query, until)
                     .await
-                    .ok_or_else(|| format!("member {prefix}-{i} could not connect"))?;
+                    .map_err(|e| format!("member {prefix}-{i} could not connect: {e}"))?;
                 let welcome = ws.next_of("welcome").await;
                 if !matches!(welcome, Ok(Some(_))) {
                     return Err(format!("member {prefix}-{i}: no welcome ({welcome:?})"));
