@@ -3,7 +3,9 @@
 //! the conversation's room and disconnects [`RECONNECTS_PER_SEC`] times a second for
 //! [`ATTACK`]. Every session must end with its connection, its token-expiry timer
 //! included: once the connections are gone the node's memory must come back to
-//! where it was before the churn.
+//! where it was before the churn, and `hubbub_session_timers` (where the node has
+//! it) to zero. Memory alone is a weak witness here: 400 sleeping sessions are a few
+//! MiB, within what the allocator keeps; the gauge counts them exactly.
 
 use crate::support::{
     assert_withstood, loopback, record_figures, AbuseNode, Conversation, Monitor, RawWs, MIB,
@@ -24,6 +26,9 @@ const TOKEN_LIFETIME_SECS: u64 = 24 * 60 * 60;
 /// allocator caches and grown tables hold, far less than the sessions would if they
 /// all stayed alive.
 const RETAINED: u64 = 16 * MIB;
+
+/// The gauge of token-expiry timers alive on the node.
+const SESSION_TIMERS: &str = "hubbub_session_timers";
 
 const SECRET: &str = "abuse-suite-hs256-secret-0123456789abcdef0123456789";
 
@@ -92,10 +97,17 @@ async fn reconnect_churn_with_a_long_lived_token() {
         tokio::time::sleep(Duration::from_millis(100)).await;
         after = node.rss().unwrap_or(u64::MAX);
     }
+    // The node's count of live token-expiry timers, if it keeps one.
+    let timers_during = node.metric(SESSION_TIMERS).await;
+    let timers_after = match timers_during {
+        Some(_) => Some(node.metric_settles(SESSION_TIMERS, 0.0).await),
+        None => None,
+    };
     let (rss, health) = monitor.finish().await;
     let figures = format!(
         "{cycles} reconnects with a {TOKEN_LIFETIME_SECS} s token; RSS {:.1} MiB before the \
-         churn, {:.1} MiB after (hubbub_connections {connections_after}); {}",
+         churn, {:.1} MiB after (hubbub_connections {connections_after}, \
+         {SESSION_TIMERS} {timers_after:?}); {}",
         baseline as f64 / MIB as f64,
         after as f64 / MIB as f64,
         report.summary()
@@ -112,5 +124,11 @@ async fn reconnect_churn_with_a_long_lived_token() {
         (after - baseline) as f64 / MIB as f64,
         RETAINED / MIB
     );
+    if let Some(timers) = timers_after {
+        assert_eq!(
+            timers, 0.0,
+            "reconnect: token-expiry timers outlived their connections\n{figures}"
+        );
+    }
     record_figures(&format!("reconnect: retained {:.1} MiB", after.saturating_sub(baseline) as f64 / MIB as f64));
 }

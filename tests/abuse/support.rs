@@ -856,6 +856,11 @@ impl RawWs {
         }
     }
 
+    /// Sends frames already encoded (with [`masked_text`]).
+    pub async fn send_bytes(&mut self, frames: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(frames).await
+    }
+
     /// Sends one text frame.
     pub async fn send(&mut self, text: &str) -> std::io::Result<()> {
         self.stream.write_all(&masked_text(text.as_bytes())).await
