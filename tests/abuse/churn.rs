@@ -31,7 +31,16 @@ async fn join_leave_churn_in_a_five_thousand_member_room() {
     // Watched from the start: filling the room is N joins of N² diffs.
     let monitor = Monitor::start(&node);
     let filled = Instant::now();
-    let members = match crowd(node.http, "resident", MEMBERS, 100, |_| vec![ROOM.to_owned()], None).await {
+    let members = match crowd(
+        node.http,
+        "resident",
+        MEMBERS,
+        100,
+        |_| vec![ROOM.to_owned()],
+        None,
+    )
+    .await
+    {
         Ok(members) => members,
         Err(e) => monitor.fail("churn", e).await,
     };
@@ -51,9 +60,12 @@ async fn join_leave_churn_in_a_five_thousand_member_room() {
             let drain = tokio::spawn(async move {
                 let _ = tokio::io::copy(&mut read, &mut tokio::io::sink()).await;
             });
-            let mut frames = masked_text(json!({"type": "join", "room": ROOM}).to_string().as_bytes());
+            let mut frames =
+                masked_text(json!({"type": "join", "room": ROOM}).to_string().as_bytes());
             frames.extend(masked_text(
-                json!({"type": "leave", "room": ROOM}).to_string().as_bytes(),
+                json!({"type": "leave", "room": ROOM})
+                    .to_string()
+                    .as_bytes(),
             ));
             let mut tick = tokio::time::interval(Duration::from_millis(1_000 / CYCLES_PER_SEC));
             while Instant::now() < ends && !drain.is_finished() {

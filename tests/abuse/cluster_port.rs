@@ -4,7 +4,7 @@
 //! 16 MiB (ractor_cluster's framing: a big-endian u64 length, then the bytes) and send
 //! most of them, or trickle a byte at a time. One the node closes comes back.
 
-use crate::support::{assert_withstood, tcp_from, loopback, AbuseNode, Conversation, Monitor};
+use crate::support::{assert_withstood, loopback, tcp_from, AbuseNode, Conversation, Monitor};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
@@ -24,7 +24,14 @@ const ATTACK: Duration = Duration::from_secs(15);
 
 /// One attacker: connect, announce, send `sent` bytes in chunks of `chunk` every
 /// `every`, hold; again when the node closes, until the attack ends. Connections made.
-async fn attacker(to: SocketAddr, from: u8, sent: usize, chunk: usize, every: Duration, ends: Instant) -> u64 {
+async fn attacker(
+    to: SocketAddr,
+    from: u8,
+    sent: usize,
+    chunk: usize,
+    every: Duration,
+    ends: Instant,
+) -> u64 {
     let mut connections = 0;
     while Instant::now() < ends {
         let Ok(mut stream) = tcp_from(loopback(from), to).await else {

@@ -33,7 +33,8 @@ async fn a_direct_message_flood_at_one_victim() {
             let addr = node.http;
             let victim = victim.clone();
             senders.push(tokio::spawn(async move {
-                let frame = json!({"type": "direct", "to": victim, "content": "\"".repeat(CONTENT_CHARS)});
+                let frame =
+                    json!({"type": "direct", "to": victim, "content": "\"".repeat(CONTENT_CHARS)});
                 let frame = frame.to_string();
                 let (mut ids, mut delivered) = (0u64, 0u64);
                 while Instant::now() < ends {
@@ -49,7 +50,7 @@ async fn a_direct_message_flood_at_one_victim() {
                         }
                         let mut ok = 0;
                         for _ in 0..BURST {
-                            let reply = ws.next_of("reply").await?;
+                            let reply = ws.next_answer().await?;
                             if reply.is_some_and(|r| r["ok"] == true) {
                                 ok += 1;
                             }

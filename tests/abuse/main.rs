@@ -14,9 +14,9 @@
 //! of each run are appended to `<target>/tmp/abuse-figures.txt`; to see them as they
 //! come: `cargo nextest run --test abuse --no-capture`.
 
+mod support;
 #[path = "../common/ws_client.rs"]
 mod ws_client;
-mod support;
 
 mod churn;
 mod cluster_port;

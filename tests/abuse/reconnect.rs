@@ -130,5 +130,8 @@ async fn reconnect_churn_with_a_long_lived_token() {
             "reconnect: token-expiry timers outlived their connections\n{figures}"
         );
     }
-    record_figures(&format!("reconnect: retained {:.1} MiB", after.saturating_sub(baseline) as f64 / MIB as f64));
+    record_figures(&format!(
+        "reconnect: retained {:.1} MiB",
+        after.saturating_sub(baseline) as f64 / MIB as f64
+    ));
 }

@@ -6,8 +6,8 @@
 //! back (as an attacker would) until the attack ends.
 
 use crate::support::{
-    assert_withstood, crowd, largest_content, loopback, AbuseNode, Client, Conversation,
-    Monitor, RawWs,
+    assert_withstood, crowd, largest_content, loopback, AbuseNode, Client, Conversation, Monitor,
+    RawWs,
 };
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -32,24 +32,30 @@ async fn non_reading_clients_asking_for_the_largest_replies() {
     let monitor = Monitor::start(&node);
 
     // Fill the room: the default message rate lets a user publish a burst of 10.
+    // Each filler joins with `since` the last seq, so that its join reply does not
+    // carry the history filled so far (over 1 MiB of it: more than one connection
+    // may have queued, issue #13).
     let mut filler = Client::connect(node.http, "user=filler-0").await;
     filler.join(ROOM).await;
-    let content = largest_content(&mut filler, ROOM).await;
+    let (content, mut seq) = largest_content(&mut filler, ROOM).await;
+    filler.close().await;
     let mut published = 1;
-    for f in 0.. {
+    for f in 1.. {
         if published >= FILL_MESSAGES {
             break;
         }
-        let mut filler = Client::connect(node.http, &format!("user=filler-{}", f + 1)).await;
-        filler.join(ROOM).await;
+        let mut filler = Client::connect(node.http, &format!("user=filler-{f}")).await;
+        filler
+            .ok(json!({"type": "join", "room": ROOM, "since": seq}))
+            .await;
         for _ in 0..10.min(FILL_MESSAGES - published) {
-            filler.publish(ROOM, &content).await;
+            seq = filler.publish(ROOM, &content).await["seq"]
+                .as_u64()
+                .expect("seq");
             published += 1;
         }
         filler.close().await;
     }
-    let seq = filler.join(ROOM).await["seq"].as_u64().expect("seq");
-    filler.close().await;
     // Members joined with `since` the last seq: their join replies carry no history.
     let crowd = crowd(
         node.http,
@@ -64,7 +70,7 @@ async fn non_reading_clients_asking_for_the_largest_replies() {
         Ok(members) => members,
         Err(e) => monitor.fail("replies", e).await,
     };
-    let conversation = Conversation::start(&node, ROOM).await;
+    let conversation = Conversation::start_after(&node, ROOM, seq).await;
     let ends = Instant::now() + ATTACK;
     let mut attackers = Vec::new();
     for a in 0..ATTACKERS {
@@ -80,8 +86,7 @@ async fn non_reading_clients_asking_for_the_largest_replies() {
             let mut n = 0u64;
             while Instant::now() < ends {
                 let query = format!("user=hog-{a}-{connections}");
-                let Ok(mut ws) = RawWs::dial_until(addr, loopback(50), &query, ends).await
-                else {
+                let Ok(mut ws) = RawWs::dial_until(addr, loopback(50), &query, ends).await else {
                     break;
                 };
                 connections += 1;

@@ -47,7 +47,9 @@ async fn the_room_name_flood() {
                         json!({"type": "join", "room": room}).to_string().as_bytes(),
                     );
                     frames.extend(crate::support::masked_text(
-                        json!({"type": "leave", "room": room}).to_string().as_bytes(),
+                        json!({"type": "leave", "room": room})
+                            .to_string()
+                            .as_bytes(),
                     ));
                     match tokio::time::timeout_at(ends.into(), write.write_all(&frames)).await {
                         Ok(Ok(())) => {}

@@ -21,8 +21,8 @@
 //! at least [`MIN_CYCLES`] ran between the windows.
 
 use crate::support::{
-    assert_withstood, crowd, loopback, masked_text, record_figures, AbuseNode, Conversation, Monitor, RawWs,
-    MIB,
+    assert_withstood, crowd, loopback, masked_text, record_figures, AbuseNode, Conversation,
+    Monitor, RawWs, MIB,
 };
 use serde_json::json;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -127,7 +127,7 @@ async fn a_soak_of_join_leave_churn_by_ever_new_users_stops_growing() {
                         }
                         ws.send_bytes(&frames).await?;
                         for _ in &targets {
-                            let reply = ws.next_of("reply").await?;
+                            let reply = ws.next_answer().await?;
                             ok &= reply.is_some_and(|r| r["ok"] == true);
                         }
                     }
@@ -210,5 +210,8 @@ async fn a_soak_of_join_leave_churn_by_ever_new_users_stops_growing() {
         between < MIN_CYCLES || growth <= allowed,
         "soak: the node's memory kept growing\n{figures}"
     );
-    record_figures(&format!("soak: held ({:.0} B/cycle)", growth as f64 / between as f64));
+    record_figures(&format!(
+        "soak: held ({:.0} B/cycle)",
+        growth as f64 / between as f64
+    ));
 }

@@ -115,11 +115,13 @@ impl AbuseNode {
         let http = SocketAddr::from(([127, 0, 0, 1], ports[0]));
         let cluster = clustered.then(|| SocketAddr::from(([127, 0, 0, 1], ports[1])));
         static NEXT: AtomicU64 = AtomicU64::new(0);
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("abuse").join(format!(
-            "{label}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join("abuse")
+            .join(format!(
+                "{label}-{}-{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            ));
         std::fs::create_dir_all(&dir).expect("test dir");
         let mut config = format!(
             "[node]\nname = \"abuse\"\nhttp_addr = \"{http}\"\n\n\
@@ -545,7 +547,14 @@ impl Conversation {
     /// Connects the reader and the publishers (from 127.0.0.1), joins them to `room`
     /// and starts publishing.
     pub async fn start(node: &AbuseNode, room: &str) -> Self {
-        Self::start_as(node, room, |user| format!("user={user}")).await
+        Self::start_as(node, room, None, |user| format!("user={user}")).await
+    }
+
+    /// [`Conversation::start`] in a room already at `seq`: the clients join with
+    /// `since` it, as clients that have read the room before do, so that their join
+    /// replies carry no history.
+    pub async fn start_after(node: &AbuseNode, room: &str, seq: u64) -> Self {
+        Self::start_as(node, room, Some(seq), |user| format!("user={user}")).await
     }
 
     /// [`Conversation::start`] on a node in JWT mode: `token(user)` signs a token.
@@ -554,20 +563,29 @@ impl Conversation {
         room: &str,
         token: impl Fn(&str) -> String,
     ) -> Self {
-        Self::start_as(node, room, |user| format!("token={}", token(user))).await
+        Self::start_as(node, room, None, |user| format!("token={}", token(user))).await
     }
 
     /// The conversation with `query(user)` as each client's query string.
-    async fn start_as(node: &AbuseNode, room: &str, query: impl Fn(&str) -> String) -> Self {
+    async fn start_as(
+        node: &AbuseNode,
+        room: &str,
+        since: Option<u64>,
+        query: impl Fn(&str) -> String,
+    ) -> Self {
         let addr = node.http;
+        let mut join = json!({"type": "join", "room": room});
+        if let Some(since) = since {
+            join["since"] = json!(since);
+        }
         let reader_id = format!("reader-{room}");
         let mut reader = Client::connect(addr, &query(&reader_id)).await;
-        let joined = reader.join(room).await;
+        let joined = reader.ok(join.clone()).await;
         let joined_at = joined["seq"].as_u64().expect("join reply has seq");
         let mut publishers = Vec::new();
         for i in 0..PUBLISHERS {
             let mut publisher = Client::connect(addr, &query(&format!("publisher-{i}"))).await;
-            publisher.join(room).await;
+            publisher.ok(join.clone()).await;
             publisher.discard_pending();
             publishers.push(publisher);
         }
@@ -618,7 +636,8 @@ impl Conversation {
                     let publisher = &mut publishers[n % PUBLISHERS];
                     n += 1;
                     let sent = Instant::now();
-                    let frame = json!({"type": "publish", "room": room, "content": format!("m{n}")});
+                    let frame =
+                        json!({"type": "publish", "room": room, "content": format!("m{n}")});
                     let reply = timeout(DEADLINE, publisher.try_request(frame)).await;
                     publisher.discard_pending();
                     published.slowest_ack = published.slowest_ack.max(sent.elapsed());
@@ -666,11 +685,13 @@ impl Conversation {
         let waited = Instant::now();
         // The publisher has stopped: the reader still reads until it has the last.
         while waited.elapsed() < DEADLINE {
-            let heard = self.heard.lock().expect("reader log");
-            if heard.ended || last.is_none_or(|l| heard.messages.iter().any(|m| m.0 >= l)) {
+            let caught_up = {
+                let heard = self.heard.lock().expect("reader log");
+                heard.ended || last.is_none_or(|l| heard.messages.iter().any(|m| m.0 >= l))
+            };
+            if caught_up {
                 break;
             }
-            drop(heard);
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         self.stop_reading.store(true, Ordering::Relaxed);
@@ -680,14 +701,12 @@ impl Conversation {
         if heard.ended {
             problems.push("the reader's connection was closed".into());
         }
-        let mut expected = heard.joined_at + 1;
         let mut slowest_delivery = Duration::ZERO;
-        for (seq, at) in &heard.messages {
+        for (expected, (seq, at)) in (heard.joined_at + 1..).zip(&heard.messages) {
             if *seq != expected {
                 problems.push(format!("message seq {seq} where {expected} was next"));
                 break;
             }
-            expected += 1;
             if let Some(sent) = published.sent.get(seq) {
                 slowest_delivery = slowest_delivery.max(at.saturating_duration_since(*sent));
             }
@@ -886,8 +905,8 @@ impl RawWs {
             let payload: Vec<u8> = self.buf.drain(..header + len).skip(header).collect();
             match opcode {
                 0x8 => {
-                    self.closed_with = (payload.len() >= 2)
-                        .then(|| u16::from_be_bytes([payload[0], payload[1]]));
+                    self.closed_with =
+                        (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
                     return Ok(None);
                 }
                 0x9 | 0xA => continue,
@@ -922,14 +941,31 @@ impl RawWs {
         }
     }
 
-    /// Sends a request and returns its reply (the first `reply` frame after it; send
-    /// one request at a time).
+    /// The next answer to a request: a `reply`, or an `error` frame (how a failed
+    /// request without a `ref` is answered). None when the node closed.
+    pub async fn next_answer(&mut self) -> std::io::Result<Option<Value>> {
+        loop {
+            let Some(text) = self.next_text().await? else {
+                return Ok(None);
+            };
+            let frame: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            if frame["type"] == "reply" || frame["type"] == "error" {
+                return Ok(Some(frame));
+            }
+        }
+    }
+
+    /// Sends a request (without a `ref`) and returns its answer ([`RawWs::next_answer`];
+    /// send one request at a time). A refusal is `{"ok": false}` or an `error` frame.
     pub async fn request(&mut self, frame: Value) -> std::io::Result<Value> {
         self.send(&frame.to_string()).await?;
         let closed = |ws: &Self| {
-            std::io::Error::other(format!("closed before the reply (code {:?})", ws.closed_with))
+            std::io::Error::other(format!(
+                "closed before the reply (code {:?})",
+                ws.closed_with
+            ))
         };
-        self.next_of("reply").await?.ok_or_else(|| closed(self))
+        self.next_answer().await?.ok_or_else(|| closed(self))
     }
 
     /// The two halves of the socket (bytes already read and not parsed are dropped).
@@ -1034,7 +1070,8 @@ pub async fn crowd(
                 let mut tries = 0;
                 let member = loop {
                     tries += 1;
-                    match join_member(node, from, &format!("{prefix}-{i}"), &rooms(i), since).await {
+                    match join_member(node, from, &format!("{prefix}-{i}"), &rooms(i), since).await
+                    {
                         Ok(member) => break member,
                         Err(e) if tries >= 3 => return Err(e),
                         Err(_) => {}
@@ -1073,9 +1110,31 @@ async fn join_member(
         if let Some(since) = since {
             frame["since"] = json!(since);
         }
-        match ws.request(frame).await {
-            Ok(reply) if reply["ok"] == true => {}
-            other => return Err(format!("member {user} joins {room}: {other:?}")),
+        ws.send(&frame.to_string())
+            .await
+            .map_err(|e| format!("member {user} joins {room}: {e}"))?;
+        // Read by its head, not parsed: a join reply in a big room lists every
+        // member, and thousands of them parsed would measure the test, not the node.
+        loop {
+            match ws.next_text().await {
+                Ok(Some(text)) if text.starts_with(r#"{"type":"reply""#) => {
+                    let head = &text[..text.len().min(64)];
+                    if head.contains(r#""ok":true"#) {
+                        break;
+                    }
+                    return Err(format!("member {user} joins {room}: {head}"));
+                }
+                Ok(Some(text)) if text.starts_with(r#"{"type":"error""#) => {
+                    return Err(format!("member {user} joins {room}: {text}"));
+                }
+                Ok(Some(_)) => {}
+                other => {
+                    return Err(format!(
+                        "member {user} joins {room}: {other:?} (close code {:?})",
+                        ws.closed_with
+                    ))
+                }
+            }
         }
     }
     Ok(ws.idle())
@@ -1084,8 +1143,9 @@ async fn join_member(
 /// The largest `content` the node accepts, as it reaches clients: 5,000 (the default
 /// `limits.max_message_chars`) four-byte characters if allowed (20,000 bytes), else
 /// 5,000 `"` (which JSON escapes to 10,000 bytes), else the longest accepted half.
-/// Control characters would escape larger but are refused (issue #13).
-pub async fn largest_content(client: &mut Client, room: &str) -> String {
+/// Control characters would escape larger but are refused (issue #13). Returns the
+/// content and the seq of the message published with it.
+pub async fn largest_content(client: &mut Client, room: &str) -> (String, u64) {
     let candidates = [
         "😀".repeat(5_000),
         "\"".repeat(5_000),
@@ -1097,7 +1157,7 @@ pub async fn largest_content(client: &mut Client, room: &str) -> String {
             .request(json!({"type": "publish", "room": room, "content": content}))
             .await;
         if reply["ok"] == true {
-            return content;
+            return (content, reply["data"]["seq"].as_u64().unwrap_or(0));
         }
     }
     panic!("the node refused every large content");
