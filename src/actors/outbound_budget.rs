@@ -155,7 +155,7 @@ impl OutboundBudget {
             .map(|holder| (holder.held(), holder))
             .filter(|(held, _)| *held > 0)
             .collect();
-        sized.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        sized.sort_unstable_by_key(|(held, _)| std::cmp::Reverse(*held));
         let mut closed = 0;
         for (held, holder) in sized {
             if total <= self.limit {
