@@ -1168,7 +1168,10 @@ fn check_outbound_bytes(limits: &LimitSettings, problems: &mut Problems) {
     }
     // A reply is queued whole: one that could not fit in the client's queue would close
     // every client that asks for a full page.
-    if per_client != 0 && limits.max_reply_bytes as u64 > per_client {
+    let per_client_valid = (MIN_OUTBOUND_BYTES..=MAX_OUTBOUND_BYTES).contains(&per_client);
+    let reply = limits.max_reply_bytes as u64;
+    // Each bound out of its own range is reported once, by its own check.
+    if per_client_valid && reply <= MAX_REPLY_BYTES as u64 && reply > per_client {
         problems.add(
             "limits.max_reply_bytes",
             format_args!(
@@ -2291,7 +2294,8 @@ mod tests {
                 "limits.outbound_bytes",
             );
         }
-        for good in [0, MIN_OUTBOUND_BYTES] {
+        // The smallest bound that still holds a default reply (limits.max_reply_bytes).
+        for good in [0, 262_144] {
             assert!(problems_after(|s| s.limits.outbound_bytes = good).is_empty());
         }
         assert!(problems_after(|s| {

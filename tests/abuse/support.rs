@@ -733,9 +733,12 @@ impl Conversation {
                 published.slowest_ack
             ));
         }
-        // A publisher that the node keeps waiting publishes less than its rate.
+        // A publisher that the node keeps waiting publishes less than its rate. How much
+        // less depends on the machine as much as on the node (publishers wait for each
+        // ack, and a loaded 2-core CI machine is slow), so the bound is a floor that a
+        // starved room misses, not a share of the rate: each ack is bounded above.
         let due = (self.started.elapsed().as_millis() / PUBLISH_EVERY.as_millis()) as usize;
-        if published.sent.len() < (due / 2).max(5) {
+        if published.sent.len() < (due / 5).max(5) {
             problems.push(format!(
                 "only {} of about {due} messages were published",
                 published.sent.len()

@@ -154,6 +154,8 @@ pub struct Room {
     idle_ttl: Duration,
     /// The pending idle timer, aborted when another is armed or the room stops.
     idle_timer: Option<IdleTimer>,
+    /// Set once the room asked its supervisor to retire it.
+    retiring: bool,
     /// Joins and leaves waiting for the next `PresenceTick` (large rooms only).
     presence_batch: PresenceBatch,
     metrics: Arc<Metrics>,
@@ -195,6 +197,7 @@ impl Actor for RoomActor {
             unreplicated: VecDeque::new(),
             idle_ttl: Duration::from_secs(settings.rooms.idle_ttl_secs),
             idle_timer: None,
+            retiring: false,
             presence_batch: PresenceBatch::new(
                 settings.rooms.presence_batch_members,
                 Duration::from_millis(settings.rooms.presence_batch_ms),
@@ -264,6 +267,15 @@ impl Room {
                     message,
                     unavailable("this node is shutting down; reconnect"),
                 );
+                return;
+            }
+        }
+        if self.retiring {
+            // The supervisor forgets this room before it stops it; a join that reached
+            // it in between is dropped unanswered, so the session looks the room up
+            // again and finds (or starts) the next one, instead of joining a room that
+            // is about to stop.
+            if let RoomMessage::Join { .. } = message {
                 return;
             }
         }
@@ -349,7 +361,10 @@ impl Room {
         if let Some(previous) = self.idle_timer.take() {
             previous.abort();
         }
-        let never_used = self.state.seq == 0 && self.unreplicated.is_empty();
+        // A room started for a join (or by a peer) waits the idle TTL until a first
+        // connection came and went: retiring at once would bounce the join on its way.
+        let never_used =
+            self.state.had_connection && self.state.seq == 0 && self.unreplicated.is_empty();
         if self.idle_ttl.is_zero() || never_used {
             let _ = myself.cast(RoomMessage::IdleCheck { generation });
         } else {
@@ -374,6 +389,7 @@ impl Room {
                 },
             );
         }
+        self.retiring = true;
         let _ = self.supervisor.cast(RoomSupervisorMessage::Retire {
             room: self.state.name.clone(),
             id: myself.get_id(),

@@ -144,6 +144,9 @@ pub struct RoomState {
     pub history_cap: usize,
     /// Bumped whenever the room empties or fills, so a stale idle timer does nothing.
     pub idle_generation: u64,
+    /// Whether any connection ever joined here: a room that never held a message
+    /// retires at once when it empties, but not before its first join has come.
+    pub had_connection: bool,
     /// How large its replies may be (set from the node's limits when the room starts).
     pub bounds: ReplyBounds,
 }
@@ -162,6 +165,7 @@ impl RoomState {
             history: VecDeque::new(),
             history_cap,
             idle_generation: 0,
+            had_connection: false,
             bounds: ReplyBounds::default(),
         }
     }
@@ -182,6 +186,7 @@ impl RoomState {
         active: bool,
     ) -> u32 {
         self.idle_generation += 1;
+        self.had_connection = true;
         self.connections.insert(
             id,
             Connection {
