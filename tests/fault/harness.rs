@@ -30,7 +30,8 @@ pub const DEADLINE: Duration = Duration::from_secs(15);
 pub const DETECTION_BOUND: Duration = Duration::from_millis(FAILURE_TIMEOUT_MS + 1_000);
 const HTTP_PORT: u16 = 4000;
 const CLUSTER_PORT: u16 = 4001;
-const COOKIE: &str = "fault-cookie";
+/// Long enough for the cookie rule off loopback (the nodes listen on 198.18.x.y).
+const COOKIE: &str = "fault-suite-cookie-0123456789abcdef";
 
 /// Held by a running fault test: one at a time in this process (nextest runs one per
 /// process anyway, in the `fault` group).
