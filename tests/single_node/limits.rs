@@ -699,7 +699,9 @@ async fn a_silent_client_whose_socket_is_full_is_still_closed_with_4008() {
             last_pong = Instant::now();
         }
         firehose.step(&mut publisher, MAX_MESSAGES).await;
-        if firehose.acked % 100 == 0 && outbound_bytes(&scrape(&node).await) >= STALLED_BYTES {
+        if firehose.acked.is_multiple_of(100)
+            && outbound_bytes(&scrape(&node).await) >= STALLED_BYTES
+        {
             break;
         }
         assert!(
