@@ -32,7 +32,7 @@ pub struct NodeContext {
     /// What every connection's outbox holds, and `limits.node_outbound_bytes`.
     pub outbound: Arc<OutboundBudget>,
     refs: RwLock<Refs>,
-    rooms_by_name: RwLock<HashMap<String, ActorRef<RoomMessage>>>,
+    rooms_by_name: RoomDirectory,
 }
 
 #[derive(Default, Clone)]
@@ -68,14 +68,16 @@ impl NodeContext {
             metrics,
             outbound,
             refs: RwLock::new(Refs::default()),
-            rooms_by_name: RwLock::new(HashMap::new()),
+            rooms_by_name: RoomDirectory::default(),
         }
     }
 
     /// The running Room actors by room name, kept by the RoomSupervisor so that the
     /// cluster Endpoint can reach a room without a detour through it.
-    pub fn room_directory(&self) -> RoomDirectory<'_> {
-        RoomDirectory(&self.rooms_by_name)
+    /// The handle is cheap to clone and may be kept (the port's implementations keep
+    /// one to call rooms back).
+    pub fn room_directory(&self) -> RoomDirectory {
+        self.rooms_by_name.clone()
     }
 
     fn read(&self) -> Refs {
@@ -126,9 +128,10 @@ impl NodeContext {
 }
 
 /// Read and (for the RoomSupervisor) write access to the running rooms by name.
-pub struct RoomDirectory<'a>(&'a RwLock<HashMap<String, ActorRef<RoomMessage>>>);
+#[derive(Clone, Default)]
+pub struct RoomDirectory(Arc<RwLock<HashMap<String, ActorRef<RoomMessage>>>>);
 
-impl RoomDirectory<'_> {
+impl RoomDirectory {
     /// The room's actor, if it runs on this node.
     pub fn get(&self, room: &str) -> Option<ActorRef<RoomMessage>> {
         self.0

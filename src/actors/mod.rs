@@ -27,13 +27,14 @@ mod message_rate;
 mod node;
 mod outbound_budget;
 mod outbox;
+pub mod port;
 mod presence;
 mod room;
 mod room_supervisor;
 mod session;
 mod session_supervisor;
 
-pub use context::NodeContext;
+pub use context::{NodeContext, RoomDirectory};
 pub use message_rate::MessageRate;
 pub use node::{start_node, NodeHandle};
 pub use outbound_budget::OutboundBudget;

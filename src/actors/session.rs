@@ -473,6 +473,7 @@ impl SessionActor {
             session,
             from,
             content,
+            idempotency_key: None,
             reply,
         })
         .await;

@@ -79,6 +79,8 @@ pub struct Cluster {
     next_req: AtomicU64,
     /// The node's metrics: every envelope sent is counted here by kind.
     pub metrics: Arc<Metrics>,
+    /// The Raft shards of the room logs, once started (cluster/raft/host.rs).
+    shard_host: std::sync::OnceLock<Arc<raft::host::ShardHost>>,
 }
 
 impl Cluster {
@@ -104,7 +106,18 @@ impl Cluster {
             endpoints: RwLock::new(HashMap::new()),
             next_req: AtomicU64::new(1),
             metrics,
+            shard_host: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The Raft shards of the room logs, once the node started them.
+    pub fn shard_host(&self) -> Option<Arc<raft::host::ShardHost>> {
+        self.shard_host.get().cloned()
+    }
+
+    /// Records the started shard host (once; the node does it at start).
+    pub fn set_shard_host(&self, host: Arc<raft::host::ShardHost>) {
+        let _ = self.shard_host.set(host);
     }
 
     /// Milliseconds on this node's monotonic clock.

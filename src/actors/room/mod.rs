@@ -38,12 +38,13 @@
 mod roles;
 mod state;
 
+use super::port::RemoteMember;
 use super::room_supervisor::RoomSupervisorMessage;
 use super::session::SessionHandle;
 use super::NodeContext;
 use crate::cluster::wire::Body;
 use crate::cluster::{Cluster, View};
-use crate::protocol::{ErrorBody, ErrorCode, ReplyData, RoomName, UserInfo};
+use crate::protocol::{ChatMessage, ErrorBody, ErrorCode, ReplyData, RoomName, UserInfo};
 use crate::telemetry::Metrics;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use ractor_cluster::RactorMessage;
@@ -81,6 +82,8 @@ pub enum RoomMessage {
         session: ActorId,
         from: UserInfo,
         content: String,
+        /// The client's key for retries (protocol v1 `publish.idempotency_key`).
+        idempotency_key: Option<String>,
         reply: RpcReplyPort<Result<ReplyData, ErrorBody>>,
     },
     Typing {
@@ -123,6 +126,14 @@ pub enum RoomMessage {
     },
     /// This node is leaving the cluster: hand the room to its next owner.
     HandOff(RpcReplyPort<()>),
+    /// Messages committed in the room's log, in log order (from the port).
+    Committed(Vec<ChatMessage>),
+    /// This node's copy of the room's log jumped: catch up with a read.
+    Reread,
+    /// Other nodes' members changed (absolute counts; from the port).
+    RemotePresence(Vec<RemoteMember>),
+    /// A member on another node is typing.
+    RemoteTyping(UserInfo),
 }
 
 /// Arguments to start a Room.
@@ -289,6 +300,7 @@ impl Room {
                 session,
                 from,
                 content,
+                idempotency_key: _,
                 reply,
             } => self.publish(myself, &session, from, content, reply),
             RoomMessage::Typing { session } => self.typing(&session),
@@ -327,6 +339,11 @@ impl Room {
                 self.hand_off();
                 let _ = reply.send(());
             }
+            // Wired with the Raft room logs (issue #9, in progress).
+            RoomMessage::Committed(_)
+            | RoomMessage::Reread
+            | RoomMessage::RemotePresence(_)
+            | RoomMessage::RemoteTyping(_) => {}
         }
     }
 

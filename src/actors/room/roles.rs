@@ -433,6 +433,7 @@ impl Room {
                 session: *session,
                 from,
                 content,
+                idempotency_key: None,
                 reply,
             }),
             Role::Unavailable => {
