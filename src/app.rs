@@ -6,12 +6,13 @@
 //! hands in resolves (`run_until_stopped` uses SIGINT / SIGTERM), then drains.
 
 use crate::actors::{
-    start_node, NodeContext, NodeHandle, RoomSupervisorMessage, SessionSupervisorMessage,
+    start_node, NodeContext, NodeHandle, SessionSupervisorMessage,
 };
 use crate::behaviour::Behaviours;
 use crate::cluster::membership::tls::PeerTls;
 use crate::cluster::membership::MembershipMessage;
-use crate::cluster::Cluster;
+use crate::actors::port::{PortFuture, Ports, SoloPresence};
+use crate::cluster::{room_log, Cluster};
 use crate::config::Settings;
 use crate::telemetry::Metrics;
 use crate::transport::{self, serve, serve_admin, AppState, Gate};
@@ -65,7 +66,7 @@ impl Application {
             ))
         });
         let ctx = Arc::new(NodeContext::new(settings, behaviours, cluster, metrics));
-        let node = start_node(ctx.clone())?;
+        let node = start_node(ctx.clone(), Box::new(boot_ports))?;
         let state = AppState::new(ctx, gate);
         let server = serve(listener, state.clone(), tls, admin_listener.is_none())?;
         let admin = match admin_listener {
@@ -200,6 +201,19 @@ fn bind_admin(settings: &Settings) -> std::io::Result<Option<TcpListener>> {
 /// How many nodes the cluster has, as far as configuration tells: the distinct
 /// addresses among the seeds and this node's own. Quorum is a majority of it (or of
 /// the nodes seen, when more have been seen).
+/// The node's [`crate::actors::PortBoot`]: the room logs on the Raft shard host, and
+/// presence across nodes (alone: nobody else to tell).
+fn boot_ports(ctx: Arc<NodeContext>) -> PortFuture<Result<Ports, String>> {
+    Box::pin(async move {
+        let host =
+            room_log::start_host(&ctx.settings, ctx.cluster.clone(), ctx.room_directory()).await?;
+        Ok(Ports {
+            log: Arc::new(room_log::RaftRoomLog::new(host)),
+            presence: Arc::new(SoloPresence),
+        })
+    })
+}
+
 fn cluster_size(settings: &Settings) -> usize {
     let own = settings.cluster.advertise_addr();
     let mut addrs: std::collections::BTreeSet<&str> =
@@ -221,14 +235,9 @@ async fn drain(state: &AppState) {
         + Duration::from_secs(settings.timeout_secs).saturating_sub(STOP_MARGIN);
     state.ready.store(false, Ordering::Release);
     tracing::info!(connections = state.open_connections(), "draining");
-    if let Some(cluster) = &state.ctx.cluster {
-        // Order matters: stop ordering, hand every room over, then say so.
-        cluster.start_leaving();
-        if let Some(rooms) = state.ctx.rooms() {
-            let handed =
-                crate::actors::ask(&rooms, |reply| RoomSupervisorMessage::HandOff { reply }).await;
-            tracing::info!(rooms = handed.unwrap_or(0), "rooms handed over");
-        }
+    if state.ctx.cluster.is_some() {
+        // Peers drop this node's presence at once instead of after the failure
+        // timeout. Its room-log shards elect new leaders when it stops.
         if let Some(membership) = state.ctx.membership() {
             let _ = crate::actors::ask(&membership, MembershipMessage::Leave).await;
         }

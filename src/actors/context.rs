@@ -3,6 +3,7 @@
 
 use super::message_rate::MessageRate;
 use super::outbound_budget::OutboundBudget;
+use super::port::Ports;
 use super::presence::PresenceMessage;
 use super::room::RoomMessage;
 use super::room_supervisor::RoomSupervisorMessage;
@@ -41,6 +42,7 @@ struct Refs {
     rooms: Option<ActorRef<RoomSupervisorMessage>>,
     sessions: Option<ActorRef<SessionSupervisorMessage>>,
     membership: Option<ActorRef<MembershipMessage>>,
+    ports: Option<Ports>,
 }
 
 impl NodeContext {
@@ -108,6 +110,16 @@ impl NodeContext {
     /// The Membership actor, when clustered and started.
     pub fn membership(&self) -> Option<ActorRef<MembershipMessage>> {
         self.read().membership
+    }
+
+    /// The port to the room logs and other nodes' presence, once the NodeSupervisor
+    /// has started them (before any room).
+    pub fn ports(&self) -> Option<Ports> {
+        self.read().ports
+    }
+
+    pub(crate) fn set_ports(&self, ports: Option<Ports>) {
+        self.write(|r| r.ports = ports);
     }
 
     pub(crate) fn set_membership(&self, actor: Option<ActorRef<MembershipMessage>>) {

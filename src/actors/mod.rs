@@ -36,7 +36,7 @@ mod session_supervisor;
 
 pub use context::{NodeContext, RoomDirectory};
 pub use message_rate::MessageRate;
-pub use node::{start_node, NodeHandle};
+pub use node::{start_node, NodeHandle, PortBoot};
 pub use outbound_budget::OutboundBudget;
 pub use outbox::{
     Fanout, Outbound, Outbox, OutboxBounds, OutboxReader, PushError, Taken, WakeRelay,

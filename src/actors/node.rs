@@ -4,7 +4,8 @@
 //! the actor system (beside actix's workers), spawns the NodeSupervisor there, and
 //! returns a [`NodeHandle`] once the tree is up.
 //!
-//! The NodeSupervisor starts, in order, Presence, the RoomSupervisor, the
+//! The NodeSupervisor starts, in order, the port's implementations (the room logs:
+//! see [`PortBoot`]), Presence, the RoomSupervisor, the
 //! SessionSupervisor and (when clustered) the ClusterSupervisor, and publishes their
 //! references in the [`NodeContext`].
 //! When a child stops or fails while the node is running, it is restarted:
@@ -21,6 +22,7 @@
 //! [`RESTART_WINDOW`]; past that the node supervisor stops, and the process exits
 //! non-zero so that its own supervisor (systemd, the container runtime) restarts it.
 
+use super::port::{PortFuture, Ports};
 use super::presence::PresenceActor;
 use super::room_supervisor::RoomSupervisor;
 use super::session_supervisor::{SessionSupervisor, SessionSupervisorMessage};
@@ -47,6 +49,11 @@ enum Child {
     Sessions,
     Cluster,
 }
+
+/// Starts the port's implementations (the room logs, presence across nodes) on the
+/// actor runtime, before any room: given to [`start_node`] by whoever builds the node
+/// (src/app.rs), so that `actors/` never names what implements the port.
+pub type PortBoot = Box<dyn FnOnce(Arc<NodeContext>) -> PortFuture<Result<Ports, String>> + Send>;
 
 struct NodeSupervisor {
     ctx: Arc<NodeContext>,
@@ -104,13 +111,16 @@ impl NodeSupervisor {
 impl Actor for NodeSupervisor {
     type Msg = NodeMessage;
     type State = NodeState;
-    type Arguments = ();
+    type Arguments = PortBoot;
 
     async fn pre_start(
         &self,
         myself: ActorRef<Self::Msg>,
-        _args: (),
+        boot: PortBoot,
     ) -> Result<NodeState, ActorProcessingErr> {
+        // First the room logs: every room reads and appends through them.
+        let ports = boot(self.ctx.clone()).await?;
+        self.ctx.set_ports(Some(ports));
         Ok(NodeState {
             presence: self.start_child(&myself, Child::Presence).await?,
             rooms: self.start_child(&myself, Child::Rooms).await?,
@@ -132,6 +142,10 @@ impl Actor for NodeSupervisor {
         self.ctx.set_presence(None);
         self.ctx.set_rooms(None);
         self.ctx.set_sessions(None);
+        if let Some(ports) = self.ctx.ports() {
+            ports.log.shutdown().await;
+        }
+        self.ctx.set_ports(None);
         Ok(())
     }
 
@@ -221,7 +235,7 @@ impl Drop for NodeHandle {
 }
 
 /// Starts the actor runtime thread and the supervision tree on it.
-pub fn start_node(ctx: Arc<NodeContext>) -> std::io::Result<NodeHandle> {
+pub fn start_node(ctx: Arc<NodeContext>, boot: PortBoot) -> std::io::Result<NodeHandle> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (stopped_tx, stopped_rx) = tokio::sync::watch::channel(false);
@@ -236,7 +250,7 @@ pub fn start_node(ctx: Arc<NodeContext>) -> std::io::Result<NodeHandle> {
         .spawn(move || {
             runtime.block_on(async move {
                 let supervisor = NodeSupervisor { ctx: thread_ctx };
-                let (node, handle) = match Actor::spawn(None, supervisor, ()).await {
+                let (node, handle) = match Actor::spawn(None, supervisor, boot).await {
                     Ok(started) => started,
                     Err(e) => {
                         let _ = ready_tx.send(Err(e.to_string()));

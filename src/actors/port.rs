@@ -73,6 +73,11 @@ pub trait RoomLog: Send + Sync + 'static {
     fn unready(&self) -> Option<String> {
         None
     }
+
+    /// Stops the logs (the node is stopping): nothing is appended afterwards.
+    fn shutdown(&self) -> PortFuture<()> {
+        Box::pin(async {})
+    }
 }
 
 /// One member on another node, as a change or as a state.

@@ -9,10 +9,6 @@
 //! stopping room (a join already on its way fails and the Session looks the room up
 //! again).
 //!
-//! In a cluster it also receives room traffic from peers for rooms not running here
-//! (starting the room when the traffic may create it, answering a recovery with
-//! "nothing held" otherwise), and forwards every new view to every room.
-//!
 //! When a child stops: it is forgotten. When a child fails (a panic in a behaviour):
 //! it is forgotten and logged; it is not restarted, because its history and members
 //! died with it. The next join starts it afresh, and sessions still holding the failed
@@ -20,8 +16,6 @@
 
 use super::room::{RoomActor, RoomArgs, RoomMessage};
 use super::NodeContext;
-use crate::cluster::wire::Body;
-use crate::cluster::View;
 use crate::protocol::{ErrorBody, ErrorCode, RoomName};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use ractor_cluster::RactorMessage;
@@ -40,19 +34,8 @@ pub enum RoomSupervisorMessage {
     Retire { room: RoomName, id: ActorId },
     /// How many rooms are running.
     Count { reply: RpcReplyPort<usize> },
-    /// The running rooms this node owns in its current view.
-    Owned { reply: RpcReplyPort<Vec<String>> },
-    /// Room traffic from a peer for a room whose actor was not found.
-    Remote {
-        room: String,
-        from: String,
-        body: Body,
-    },
-    /// Membership published a new view.
-    ViewChanged(Arc<View>),
-    /// This node is leaving the cluster: every room hands itself over; answers once
-    /// all have sent their handoff (so it goes out before the node says it left).
-    HandOff { reply: RpcReplyPort<usize> },
+    /// The names of the running rooms, sorted.
+    Names { reply: RpcReplyPort<Vec<String>> },
 }
 
 /// The RoomSupervisor actor.
@@ -65,7 +48,6 @@ pub struct RoomSupervisor {
 pub struct RoomSupervisorState {
     rooms: HashMap<RoomName, ActorRef<RoomMessage>>,
     names: HashMap<ActorId, RoomName>,
-    view: Option<Arc<View>>,
 }
 
 impl RoomSupervisorState {
@@ -127,94 +109,6 @@ impl RoomSupervisor {
         }
     }
 
-    /// Peer traffic for a room that is not running here.
-    async fn remote(
-        &self,
-        myself: &ActorRef<RoomSupervisorMessage>,
-        state: &mut RoomSupervisorState,
-        room: String,
-        from: String,
-        body: Body,
-    ) {
-        let Ok(name) = RoomName::parse(&room) else {
-            tracing::warn!(%from, "dropped room traffic with an invalid room name");
-            return;
-        };
-        let creates = match &body {
-            Body::RoomHandoff { .. }
-            | Body::RoomJoin { .. }
-            | Body::RoomPublish { .. }
-            | Body::RoomTyping { .. }
-            | Body::RoomRename { .. } => true,
-            Body::RoomMember { connections, .. } => *connections > 0,
-            Body::RecoverRequest { view, .. } if !state.rooms.contains_key(&name) => {
-                // Nothing held here for this room.
-                let ready = state.view.as_ref().is_some_and(|v| v.id == *view);
-                if let Some(cluster) = &self.ctx.cluster {
-                    cluster.send(
-                        &from,
-                        Body::RecoverState {
-                            room,
-                            view: *view,
-                            ready,
-                            replica: None,
-                        },
-                    );
-                }
-                return;
-            }
-            _ => state.rooms.contains_key(&name),
-        };
-        if !creates {
-            return;
-        }
-        // A leaving node's handoff carries history that exists nowhere else: it is
-        // taken in even past the cap.
-        let capped = !matches!(body, Body::RoomHandoff { .. });
-        match self.get_or_start(myself, state, name, capped).await {
-            Ok(actor) => {
-                let _ = actor.cast(RoomMessage::Remote { from, body });
-            }
-            Err(refused) => self.refuse_remote(room, from, body, refused),
-        }
-    }
-}
-
-impl RoomSupervisor {
-    /// Answers a peer's join or publish for a room that could not start here (over
-    /// `limits.max_rooms`), so its client hears why instead of waiting; other traffic
-    /// for such a room is dropped.
-    fn refuse_remote(&self, room: String, from: String, body: Body, refused: ErrorBody) {
-        let Some(cluster) = &self.ctx.cluster else {
-            return;
-        };
-        match body {
-            Body::RoomJoin { req, .. } => {
-                cluster.send(
-                    &from,
-                    Body::RoomJoined {
-                        room,
-                        req,
-                        epoch: 0,
-                        seq: 0,
-                        result: Err(refused),
-                        ring: None,
-                    },
-                );
-            }
-            Body::RoomPublish { req, .. } => {
-                cluster.send(
-                    &from,
-                    Body::RoomPublished {
-                        room,
-                        req,
-                        result: Err(refused),
-                    },
-                );
-            }
-            _ => {}
-        }
-    }
 }
 
 impl Actor for RoomSupervisor {
@@ -227,23 +121,8 @@ impl Actor for RoomSupervisor {
         myself: ActorRef<Self::Msg>,
         _args: (),
     ) -> Result<Self::State, ActorProcessingErr> {
-        let mut state = RoomSupervisorState::default();
-        if let Some(cluster) = &self.ctx.cluster {
-            state.view = Some(cluster.view());
-            // Forward every view change until this supervisor stops.
-            let mut views = cluster.subscribe();
-            tokio::spawn(async move {
-                while views.changed().await.is_ok() {
-                    let view = views.borrow_and_update().clone();
-                    if myself
-                        .cast(RoomSupervisorMessage::ViewChanged(view))
-                        .is_err()
-                    {
-                        break;
-                    }
-                }
-            });
-        }
+        let _ = myself;
+        let state = RoomSupervisorState::default();
         Ok(state)
     }
 
@@ -271,41 +150,10 @@ impl Actor for RoomSupervisor {
             RoomSupervisorMessage::Count { reply } => {
                 let _ = reply.send(state.rooms.len());
             }
-            RoomSupervisorMessage::Owned { reply } => {
-                let me = self.ctx.cluster.as_ref().map(|c| c.me.clone());
-                let mut owned: Vec<String> = state
-                    .rooms
-                    .keys()
-                    .filter(|room| match (&state.view, &me) {
-                        (Some(view), Some(me)) => view.owner_of(room.as_str()) == Some(me.as_str()),
-                        _ => true,
-                    })
-                    .map(|room| room.to_string())
-                    .collect();
-                owned.sort();
-                let _ = reply.send(owned);
-            }
-            RoomSupervisorMessage::Remote { room, from, body } => {
-                self.remote(&myself, state, room, from, body).await;
-            }
-            RoomSupervisorMessage::HandOff { reply } => {
-                let rooms: Vec<ActorRef<RoomMessage>> = state.rooms.values().cloned().collect();
-                let handed = futures_util::future::join_all(
-                    rooms
-                        .iter()
-                        .map(|room| crate::actors::ask(room, RoomMessage::HandOff)),
-                )
-                .await
-                .into_iter()
-                .filter(Result::is_ok)
-                .count();
-                let _ = reply.send(handed);
-            }
-            RoomSupervisorMessage::ViewChanged(view) => {
-                state.view = Some(view.clone());
-                for room in state.rooms.values() {
-                    let _ = room.cast(RoomMessage::ViewChanged(view.clone()));
-                }
+            RoomSupervisorMessage::Names { reply } => {
+                let mut names: Vec<String> = state.rooms.keys().map(|r| r.to_string()).collect();
+                names.sort();
+                let _ = reply.send(names);
             }
         }
         Ok(())

@@ -2,13 +2,13 @@
 //!
 //! It joins the process group `hubbub.node.<name>`; peers find it there and cast it
 //! `Frame(bytes)`. It decodes each envelope (malformed or foreign-version traffic is
-//! logged and dropped) and routes the body: heartbeats to Membership, room traffic to
-//! the room's actor (starting it through the RoomSupervisor when the body may create
-//! it), presence traffic to Presence. It never waits on anyone.
+//! logged and dropped) and routes the body: heartbeats to Membership, Raft calls and
+//! answers to the shard host (cluster/raft/host.rs), direct messages and renames to
+//! Presence. It never waits on anyone.
 
 use super::wire::{self, Body};
-use crate::actors::{NodeContext, PresenceMessage, RoomMessage, RoomSupervisorMessage};
-use ractor::{Actor, ActorProcessingErr, ActorRef, MessagingErr};
+use crate::actors::{NodeContext, PresenceMessage};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use ractor_cluster::RactorClusterMessage;
 use std::sync::Arc;
 
@@ -71,26 +71,23 @@ impl Actor for Endpoint {
                     let _ = presence.cast(PresenceMessage::Remote { from, body });
                 }
             }
-            body => {
-                let Some(room) = body.room().map(str::to_owned) else {
+            Body::RaftCall(call) => {
+                // A call names its caller: it must be the node that sent the envelope.
+                if call.from != crate::cluster::shards::node_id(&from) {
+                    self.ctx.metrics.cluster_message_invalid();
+                    tracing::warn!(%from, "dropped a raft call naming another node as its caller");
                     return Ok(());
-                };
-                let mut message = RoomMessage::Remote { from, body };
-                // Fast path: the room's actor runs here. A failed cast hands the
-                // message back, and the RoomSupervisor takes it from there.
-                if let Some(actor) = self.ctx.room_directory().get(&room) {
-                    match actor.cast(message) {
-                        Ok(()) => return Ok(()),
-                        Err(MessagingErr::SendErr(returned)) => message = returned,
-                        Err(_) => return Ok(()),
-                    }
                 }
-                if let (Some(rooms), RoomMessage::Remote { from, body }) =
-                    (self.ctx.rooms(), message)
-                {
-                    let _ = rooms.cast(RoomSupervisorMessage::Remote { room, from, body });
+                if let Some(host) = self.ctx.cluster.as_ref().and_then(|c| c.shard_host()) {
+                    host.serve(call);
                 }
             }
+            Body::RaftAnswer(answer) => {
+                if let Some(host) = self.ctx.cluster.as_ref().and_then(|c| c.shard_host()) {
+                    host.answered(answer);
+                }
+            }
+            _ => {}
         }
         Ok(())
     }

@@ -26,6 +26,7 @@
 pub mod endpoint;
 pub mod membership;
 pub mod raft;
+pub mod room_log;
 pub mod shards;
 pub mod supervisor;
 pub mod tracker;

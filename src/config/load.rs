@@ -969,6 +969,18 @@ impl Settings {
         }
     }
 
+    /// The nodes the room logs' shards are placed over: `cluster.voters` when given,
+    /// else the `[[nodes]]` names; this node alone when not clustered.
+    pub fn cluster_nodes(&self) -> Vec<String> {
+        if !self.cluster.enabled {
+            vec![self.node.name.clone()]
+        } else if !self.cluster.voters.is_empty() {
+            self.cluster.voters.clone()
+        } else {
+            self.nodes.iter().map(|n| n.name.clone()).collect()
+        }
+    }
+
     /// Every broken rule, as `section.key: reason`; empty when the settings are valid.
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Problems::default();
@@ -981,6 +993,24 @@ impl Settings {
         check_cluster(&self.cluster, &mut problems);
         check_cluster_port(&self.cluster, &mut problems);
         check_raft(&self.cluster, &self.nodes, &mut problems);
+        if self.cluster.enabled && !self.cluster_nodes().contains(&self.node.name) {
+            if self.cluster.voters.is_empty() && self.nodes.is_empty() {
+                problems.add(
+                    "cluster.voters",
+                    "must list the name of every node of the cluster when the nodes are not \
+                     described by [[nodes]]: the room logs' Raft groups are placed over them, \
+                     and they are never guessed from seeds",
+                );
+            } else {
+                problems.add(
+                    "cluster.voters",
+                    format_args!(
+                        "must include this node's name {:?}: every node of a cluster is listed",
+                        self.node.name
+                    ),
+                );
+            }
+        }
         check_storage(&self.storage, &mut problems);
         let access =
             super::access::problems(&self.auth, &self.rooms.acl, &self.rate_limit, &self.http);

@@ -187,6 +187,14 @@ pub enum ServerFrame {
         reason: String,
         reconnect_after_ms: u64,
     },
+    /// Protocol v1 addition: messages of `room` after seq `after` and before seq
+    /// `next` are no longer held, and this connection will not see them. The stream
+    /// goes on with `next`.
+    Gap {
+        room: String,
+        after: u64,
+        next: u64,
+    },
 }
 
 impl ServerFrame {

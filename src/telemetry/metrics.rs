@@ -178,6 +178,7 @@ pub struct Metrics {
     /// Handles into `hubbub_limit_refusals`, by index in [`LIMITS`].
     limit_refusals: Vec<Counter>,
     presence_batches: Counter,
+    delivery_gaps: Counter,
     room_state_entries: Gauge,
     session_timers: Gauge,
 }
@@ -372,6 +373,12 @@ impl Metrics {
             .iter()
             .map(|limit| refusals.get_or_create(&[("limit", limit)]).clone())
             .collect();
+        let delivery_gaps = Counter::default();
+        registry.register(
+            "hubbub_delivery_gaps",
+            "Times a room caught up from the log and found messages no longer held (its connections got a gap frame)",
+            delivery_gaps.clone(),
+        );
         let presence_batches = Counter::default();
         registry.register(
             "hubbub_presence_batches",
@@ -420,6 +427,7 @@ impl Metrics {
             content_refused,
             limit_refusals,
             presence_batches,
+            delivery_gaps,
             room_state_entries,
             session_timers,
         }
@@ -550,6 +558,11 @@ impl Metrics {
         if let Some(i) = LIMITS.iter().position(|l| *l == limit) {
             self.limit_refusals[i].inc();
         }
+    }
+
+    /// A room caught up and found messages no longer held.
+    pub fn delivery_gap(&self) {
+        self.delivery_gaps.inc();
     }
 
     /// A room sent one `presence_diff` for a batch of joins and leaves.

@@ -140,15 +140,15 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-/// Ready: the actor system is up, the node is not draining, and (when clustered) its
-/// view holds a majority of the cluster, so it can change rooms.
+/// Ready: the actor system is up, the node is not draining, and every shard of the
+/// room logs has a leader this node knows, so it can order messages in every room.
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let actors_up = state.ctx.sessions().is_some() && state.ctx.rooms().is_some();
-    let quorum = state
-        .ctx
-        .cluster
-        .as_ref()
-        .is_none_or(|cluster| cluster.view().has_quorum());
+    let unready = match state.ctx.ports() {
+        Some(ports) => ports.log.unready(),
+        None => Some("the room logs are not started".to_owned()),
+    };
+    let quorum = unready.is_none();
     if state.ready.load(Ordering::Acquire) && actors_up && quorum {
         HttpResponse::Ok().json(json!({
             "status": "ready",
@@ -157,11 +157,12 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         }))
     } else {
         let status = if quorum { "not ready" } else { "no quorum" };
-        HttpResponse::ServiceUnavailable().json(json!({ "status": status }))
+        HttpResponse::ServiceUnavailable().json(json!({ "status": status, "reason": unready }))
     }
 }
 
-/// The cluster as this node sees it (membership's status, the rooms it owns) and the
+/// The cluster as this node sees it (membership's status, the rooms running here, each
+/// shard's voters and leader) and the
 /// build it runs (`version`, `commit`); 404 on a node that is not clustered.
 async fn cluster(state: web::Data<AppState>) -> HttpResponse {
     let Some(membership) = state.ctx.membership() else {
@@ -174,15 +175,18 @@ async fn cluster(state: web::Data<AppState>) -> HttpResponse {
     match crate::actors::ask(&membership, MembershipMessage::Status).await {
         Ok(status) => {
             let mut body = serde_json::to_value(&status).unwrap_or_else(|_| json!({}));
-            let owned = match state.ctx.rooms() {
+            let rooms = match state.ctx.rooms() {
                 Some(rooms) => crate::actors::ask(&rooms, |reply| {
-                    crate::actors::RoomSupervisorMessage::Owned { reply }
+                    crate::actors::RoomSupervisorMessage::Names { reply }
                 })
                 .await
                 .unwrap_or_default(),
                 None => Vec::new(),
             };
-            body["rooms_owned"] = json!(owned);
+            body["rooms"] = json!(rooms);
+            if let Some(host) = state.ctx.cluster.as_ref().and_then(|c| c.shard_host()) {
+                body["shards"] = crate::cluster::room_log::shard_status(&host);
+            }
             body["version"] = json!(VERSION);
             body["commit"] = json!(COMMIT);
             HttpResponse::Ok().json(body)

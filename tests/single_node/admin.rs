@@ -185,13 +185,15 @@ async fn a_clustered_node_tells_its_version_in_cluster_on_the_admin_listener() {
         .and_then(|free| free.local_addr())
         .expect("a free port");
     settings.cluster.bind = port;
+    settings.cluster.voters = vec![settings.node.name.clone()];
     let mut node = Node::start_with(settings).await;
     let cluster = get(node.admin(), "/cluster").await;
     assert_eq!(cluster.status, 200, "{}", cluster.body);
     let cluster: Json = serde_json::from_str(&cluster.body).expect("JSON");
     assert_eq!(cluster["version"], VERSION, "{cluster}");
     assert_eq!(cluster["commit"], COMMIT, "{cluster}");
-    assert!(cluster.get("rooms_owned").is_some(), "{cluster}");
+    assert!(cluster.get("rooms").is_some(), "{cluster}");
+    assert_eq!(cluster["shards"].as_array().map(Vec::len), Some(16), "{cluster}");
     assert_eq!(get(node.public, "/cluster").await.status, 404);
     node.shut_down().await;
 }

@@ -142,10 +142,13 @@ async fn a_panicking_behaviour_fails_its_room_not_the_node() {
         .request(json!({"type": "history", "room": "fragile"}))
         .await;
     assert_eq!(reply["error"]["code"], "not_joined");
-    // The failed room is dropped by the session; joining again starts it afresh.
+    // The failed room is dropped by the session; joining again starts it afresh from
+    // the room's log, which the panic did not touch.
     let data = a.join("fragile").await;
-    assert_eq!(data["seq"], 0);
-    a.publish("fragile", "after").await;
+    assert_eq!(data["seq"], 1, "{data}");
+    assert_eq!(data["history"][0]["content"], "before", "{data}");
+    let ack = a.publish("fragile", "after").await;
+    assert_eq!(ack["seq"], 2);
     // Other rooms and other clients were never affected.
     b.publish("lobby", "still here").await;
     assert_eq!(

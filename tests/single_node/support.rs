@@ -31,6 +31,9 @@ pub fn test_settings() -> Settings {
     settings.log.level = "warn".to_owned();
     // Tests publish in bursts of their own; abuse.rs turns the per-user limit on.
     settings.rate_limit.messages_per_minute = 0;
+    // Nodes of one test process share its working directory: their room logs stay in
+    // memory (tests of durable history set a data directory of their own).
+    settings.storage.engine = hubbub::config::StorageEngine::Memory;
     if let Ok(level) = std::env::var("TEST_LOG") {
         settings.log.level = level;
         let _ = hubbub::telemetry::init(&settings.log, &settings.node.name);

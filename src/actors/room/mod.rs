@@ -1,64 +1,65 @@
 //! The Room actor: one per active room on a node.
 //!
-//! Owns the room as this node holds it ([`state::RoomState`]): the connections here,
-//! the members, the history ring. It also owns the room's ROLE on this node
-//! ([`roles`]):
+//! A room's messages are ordered by its **room log** (in a cluster, the Raft group of
+//! the room's shard; alone, a one-voter group on this node), reached only through the
+//! port ([`super::port::RoomLog`]). Every node with connections in a room runs its own
+//! Room actor, and they are all alike: there is no owner.
 //!
-//! - **Owner**: the one node that orders the room's messages. It assigns sequence
-//!   numbers, keeps the authoritative member list (every node's connections), and
-//!   sends each message, presence change, typing and rename once to every node that
-//!   holds the room. A single node (no cluster) is always the owner.
-//! - **Relay**: every other node with connections in the room. It forwards joins,
-//!   publishes, typing and renames to the owner, receives each broadcast once and
-//!   fans it out to its own connections, and keeps a copy of the history.
-//! - **Recovering**: the view made this node the owner; it is collecting what the
-//!   others hold before it orders anything (requests wait, bounded).
-//! - **Unavailable**: this node is cut off from most of the cluster; requests that
-//!   would change the room are refused with `unavailable`.
+//! - **Publish.** The room's behaviour sees the content, then the room appends it to
+//!   the log in a task of its own and goes on. The publisher's reply comes once the
+//!   message is committed (held by a majority of the shard) and, when it can be within
+//!   [`ACK_WAIT`], once this room has delivered it here (so the publisher sees its own
+//!   message before its reply).
+//! - **Delivery.** Committed messages arrive from the port in log order
+//!   (`Committed`). The room delivers each once, in `seq` order: the next one is shown
+//!   to this node's connections and kept in the ring; one already delivered is
+//!   skipped; one past a gap makes the room **catch up** first, reading what it missed
+//!   from this node's copy of the log. A message the log no longer holds is reported
+//!   to the connections as a `gap` frame, never skipped silently.
+//! - **Join.** The room catches up, then answers from its ring: the reply's history
+//!   ends at `seq` N, and N is the last message delivered here, so the live stream
+//!   that follows starts exactly at N+1.
+//! - **Presence.** This node's connections are told to the port (each node is the
+//!   authority for its own); other nodes' members come back as `RemotePresence`. The
+//!   member list is the sum of both.
 //!
 //! Parent: the RoomSupervisor. Monitors the Session of every connection joined here,
 //! so a session that ends for any reason leaves the room. When no connection is left
-//! (and, for an owner, no member on any node), the room keeps its history for
-//! `rooms.idle_ttl_secs`, then asks its supervisor to retire it; a room that never
-//! held a message has nothing to keep and asks at once. One idle timer at most is
-//! alive per room: arming it again, or the room stopping, aborts the previous one.
-//!
-//! What a room keeps per user follows its current members only (connections here,
-//! members, the owner's names and counts of other nodes); a member who leaves
-//! everywhere leaves no trace but the messages it sent. `hubbub_room_state_entries`
-//! counts these entries across the node's rooms.
+//! here, the room stops after `rooms.idle_ttl_secs` (at once if it never held a
+//! message): the messages stay in the log, and the next join starts it afresh from
+//! there. One idle timer at most is alive per room.
 //!
 //! In a room with more than `rooms.presence_batch_members` members, joins and leaves
-//! are gathered for `rooms.presence_batch_ms` and go out as one `presence_diff` (and,
-//! from an owner, one member list to each relay) instead of one per change.
-//!
-//! Every handler is synchronous (all sends are casts), so requests deferred during a
-//! recovery are replayed in order by the same dispatch function.
+//! are gathered for `rooms.presence_batch_ms` and go out as one `presence_diff`.
 
-mod roles;
+mod presence_batch;
 mod state;
 
-use super::port::RemoteMember;
+use super::port::{Append, Appended, Ports, RemoteMember};
 use super::room_supervisor::RoomSupervisorMessage;
 use super::session::SessionHandle;
 use super::NodeContext;
-use crate::cluster::wire::Body;
-use crate::cluster::{Cluster, View};
-use crate::protocol::{ChatMessage, ErrorBody, ErrorCode, ReplyData, RoomName, UserInfo};
+use crate::protocol::{
+    encode, ChatMessage, ErrorBody, ErrorCode, Member, ReplyData, RoomName, ServerFrame, UserInfo,
+};
 use crate::telemetry::Metrics;
+use presence_batch::PresenceBatch;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use ractor_cluster::RactorMessage;
-use roles::{OwnerBook, PendingJoin, PresenceBatch, Role, Unreplicated};
 use state::RoomState;
-use std::collections::{HashMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// A pending idle timer: the task that sends `IdleCheck`.
 type IdleTimer = ractor::concurrency::JoinHandle<Result<(), ractor::MessagingErr<RoomMessage>>>;
 
-/// Requests a recovering owner holds before it refuses more with `unavailable`.
-const MAX_DEFERRED: usize = 4096;
+/// A publisher's reply.
+type PublishReply = RpcReplyPort<Result<ReplyData, ErrorBody>>;
+
+/// How long a committed publish waits to be delivered here before it is answered
+/// anyway (it is committed: the answer is true either way).
+pub const ACK_WAIT: Duration = Duration::from_secs(1);
 
 /// A connection asking to join.
 pub struct JoinRequest {
@@ -113,19 +114,16 @@ pub enum RoomMessage {
     },
     /// The joins and leaves gathered since the batch began go out now.
     PresenceTick,
-    /// Room traffic from another node, routed here by the cluster Endpoint.
-    Remote {
-        from: String,
-        body: Body,
+    /// A publish's append finished (from the room's own append task).
+    Appended {
+        result: Result<Appended, ErrorBody>,
+        reply: PublishReply,
     },
-    /// Membership published a new view.
-    ViewChanged(Arc<View>),
-    /// Ask the nodes that were not ready again (during a recovery for `view`).
-    RecoveryRetry {
-        view: u64,
+    /// Publishes committed up to `seq` and still waiting for delivery here are
+    /// answered now.
+    AckDue {
+        seq: u64,
     },
-    /// This node is leaving the cluster: hand the room to its next owner.
-    HandOff(RpcReplyPort<()>),
     /// Messages committed in the room's log, in log order (from the port).
     Committed(Vec<ChatMessage>),
     /// This node's copy of the room's log jumped: catch up with a read.
@@ -151,17 +149,11 @@ pub struct RoomActor {
 pub struct Room {
     state: RoomState,
     supervisor: ActorRef<RoomSupervisorMessage>,
-    cluster: Option<Arc<Cluster>>,
-    view: Option<Arc<View>>,
-    role: Role,
-    /// The highest ownership epoch accepted (as owner: the current one).
-    epoch: u64,
-    book: OwnerBook,
-    pending_joins: HashMap<u64, PendingJoin>,
-    pending_publishes: HashMap<u64, RpcReplyPort<Result<ReplyData, ErrorBody>>>,
-    deferred: VecDeque<RoomMessage>,
-    /// Ordered messages waiting for the designated relay's confirmation.
-    unreplicated: VecDeque<Unreplicated>,
+    ports: Ports,
+    /// Other nodes' members: node → user id → (name, connections > 0).
+    remote: BTreeMap<String, BTreeMap<String, (String, u32)>>,
+    /// Publishes committed past what was delivered here, by seq.
+    acks: BTreeMap<u64, Vec<(Appended, PublishReply)>>,
     idle_ttl: Duration,
     /// The pending idle timer, aborted when another is armed or the room stops.
     idle_timer: Option<IdleTimer>,
@@ -181,11 +173,15 @@ impl Actor for RoomActor {
 
     async fn pre_start(
         &self,
-        myself: ActorRef<Self::Msg>,
+        _myself: ActorRef<Self::Msg>,
         args: RoomArgs,
     ) -> Result<Room, ActorProcessingErr> {
         let settings = &self.ctx.settings;
         tracing::debug!(room = %args.name, "room started");
+        let ports = self
+            .ctx
+            .ports()
+            .ok_or("the room logs are not started on this node")?;
         let mut room = Room {
             state: RoomState::new(
                 args.name.clone(),
@@ -197,15 +193,9 @@ impl Actor for RoomActor {
                 self.ctx.metrics.clone(),
             )),
             supervisor: args.supervisor,
-            cluster: self.ctx.cluster.clone(),
-            view: None,
-            role: Role::Owner,
-            epoch: 1,
-            book: OwnerBook::default(),
-            pending_joins: HashMap::new(),
-            pending_publishes: HashMap::new(),
-            deferred: VecDeque::new(),
-            unreplicated: VecDeque::new(),
+            ports,
+            remote: BTreeMap::new(),
+            acks: BTreeMap::new(),
             idle_ttl: Duration::from_secs(settings.rooms.idle_ttl_secs),
             idle_timer: None,
             retiring: false,
@@ -216,10 +206,15 @@ impl Actor for RoomActor {
             metrics: self.ctx.metrics.clone(),
             entries_reported: 0,
         };
-        if let Some(cluster) = room.cluster.clone() {
-            room.epoch = 0;
-            room.on_view(&myself, cluster.view());
+        // Start where this node's copy of the log is; no connection is here yet, so
+        // nothing is pushed.
+        let read = room.ports.log.read(room.state.name.as_str(), None);
+        room.state.replace_history(read.seq, read.messages);
+        room.state.pushed = room.state.seq;
+        for member in room.ports.presence.remote(room.state.name.as_str()) {
+            room.set_remote(member);
         }
+        room.state.replace_members(room.aggregate());
         Ok(room)
     }
 
@@ -255,32 +250,31 @@ impl Actor for RoomActor {
 
     async fn post_stop(
         &self,
-        myself: ActorRef<Self::Msg>,
+        _myself: ActorRef<Self::Msg>,
         room: &mut Room,
     ) -> Result<(), ActorProcessingErr> {
-        room.fail_pending("the room stopped");
+        // Committed publishes still waiting are committed: answer them.
+        room.release_acks(u64::MAX);
         if let Some(timer) = room.idle_timer.take() {
             timer.abort();
         }
+        // This node's connections are gone from the room for the other nodes too.
+        for (id, local) in std::mem::take(&mut room.state.local) {
+            let user = UserInfo {
+                id,
+                name: local.name,
+            };
+            room.ports.presence.local(room.state.name.as_str(), &user, 0);
+        }
         room.metrics.room_state_entries(-room.entries_reported);
         room.entries_reported = 0;
-        let _ = myself;
         Ok(())
     }
 }
 
 impl Room {
-    /// Handles one message. Synchronous, so deferred messages replay through it.
+    /// Handles one message.
     fn dispatch(&mut self, myself: &ActorRef<RoomMessage>, message: RoomMessage) {
-        if self.cluster.as_ref().is_some_and(|c| c.is_leaving()) {
-            if let RoomMessage::Join { .. } | RoomMessage::Publish { .. } = &message {
-                refuse(
-                    message,
-                    unavailable("this node is shutting down; reconnect"),
-                );
-                return;
-            }
-        }
         if self.retiring {
             // The supervisor forgets this room before it stops it; a join that reached
             // it in between is dropped unanswered, so the session looks the room up
@@ -300,9 +294,9 @@ impl Room {
                 session,
                 from,
                 content,
-                idempotency_key: _,
+                idempotency_key,
                 reply,
-            } => self.publish(myself, &session, from, content, reply),
+            } => self.publish(myself, &session, from, content, idempotency_key, reply),
             RoomMessage::Typing { session } => self.typing(&session),
             RoomMessage::History {
                 session,
@@ -312,6 +306,7 @@ impl Room {
                 reply,
             } => {
                 let answer = if self.state.connections.contains_key(&session) {
+                    self.catch_up();
                     Ok(self.state.history_page(before, after, limit))
                 } else {
                     Err(self.not_joined())
@@ -332,19 +327,21 @@ impl Room {
             RoomMessage::Rename { user_id, name } => self.rename(UserInfo { id: user_id, name }),
             RoomMessage::IdleCheck { generation } => self.idle_check(myself, generation),
             RoomMessage::PresenceTick => self.flush_presence(),
-            RoomMessage::Remote { from, body } => self.remote(myself, from, body),
-            RoomMessage::ViewChanged(view) => self.on_view(myself, view),
-            RoomMessage::RecoveryRetry { view } => self.retry_recovery(myself, view),
-            RoomMessage::HandOff(reply) => {
-                self.hand_off();
-                let _ = reply.send(());
+            RoomMessage::Appended { result, reply } => self.appended(myself, result, reply),
+            RoomMessage::AckDue { seq } => self.release_acks(seq),
+            RoomMessage::Committed(messages) => {
+                for message in messages {
+                    self.committed(message);
+                }
             }
-            // Wired with the Raft room logs (issue #9, in progress).
-            RoomMessage::Committed(_)
-            | RoomMessage::Reread
-            | RoomMessage::RemotePresence(_)
-            | RoomMessage::RemoteTyping(_) => {}
+            RoomMessage::Reread => self.catch_up(),
+            RoomMessage::RemotePresence(changes) => self.remote_presence(myself, changes),
+            RoomMessage::RemoteTyping(user) => self.state.push_typing(&user),
         }
+    }
+
+    fn room(&self) -> String {
+        self.state.name.to_string()
     }
 
     fn not_joined(&self) -> ErrorBody {
@@ -354,23 +351,346 @@ impl Room {
         )
     }
 
-    /// Holds a request until a recovery ends; refuses it when too many wait.
-    fn defer(&mut self, message: RoomMessage) {
-        if self.deferred.len() < MAX_DEFERRED {
-            self.deferred.push_back(message);
+    // ------------------------------------------------------------------ delivery
+
+    /// One committed message from the log, in log order.
+    fn committed(&mut self, message: ChatMessage) {
+        if message.seq <= self.state.seq {
+            return;
+        }
+        if message.seq == self.state.seq + 1 {
+            self.deliver(message);
         } else {
-            refuse(
-                message,
-                unavailable("the room is moving to another node; retry"),
-            );
+            // Something before it did not reach this room (it started, or the log
+            // jumped, in between): read it from the log first. The read includes
+            // `message`, which the log applied before it was sent here.
+            self.catch_up();
+            if message.seq == self.state.seq + 1 {
+                self.deliver(message);
+            }
         }
     }
 
-    /// When the room has just emptied, keep its history for `idle_ttl`, then retire;
-    /// a room that never held a message retires at once (it has nothing to keep, and
-    /// a flood of joins and leaves of new names must not leave rooms behind).
+    /// Delivers whatever this node's copy of the log holds past what was delivered
+    /// here; tells the connections when some of it is no longer held.
+    fn catch_up(&mut self) {
+        let read = self
+            .ports
+            .log
+            .read(self.state.name.as_str(), Some(self.state.seq));
+        if read.seq <= self.state.seq {
+            return;
+        }
+        let first_held = read.messages.first().map_or(read.seq + 1, |m| m.seq);
+        if read.gap || first_held > self.state.seq + 1 {
+            let last_missing = first_held - 1;
+            tracing::warn!(
+                room = %self.state.name,
+                from = self.state.seq + 1,
+                to = last_missing,
+                "messages were no longer in the log when this node caught up; connections are told"
+            );
+            self.metrics.delivery_gap();
+            let frame = ServerFrame::Gap {
+                room: self.room(),
+                after: self.state.seq,
+                next: last_missing + 1,
+            };
+            self.state.broadcast(&encode(&frame), None);
+            self.state.seq = last_missing;
+            self.state.pushed = last_missing;
+        }
+        for message in read.messages {
+            if message.seq == self.state.seq + 1 {
+                self.deliver(message);
+            }
+        }
+        if self.state.seq < read.seq {
+            // Nothing held reaches that far (cannot happen with a sane log).
+            self.state.seq = read.seq;
+            self.state.pushed = read.seq;
+        }
+        let seq = self.state.seq;
+        self.release_acks(seq);
+    }
+
+    /// Shows the next message to this node's connections and keeps it in the ring.
+    fn deliver(&mut self, message: ChatMessage) {
+        let seq = message.seq;
+        self.state.push_message(&message);
+        self.state.remember(message);
+        self.release_acks(seq);
+    }
+
+    /// Answers the publishes committed up to `seq`.
+    fn release_acks(&mut self, seq: u64) {
+        while let Some(entry) = self.acks.first_entry() {
+            if *entry.key() > seq {
+                break;
+            }
+            for (appended, reply) in entry.remove() {
+                let _ = reply.send(Ok(publish_reply(appended)));
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ local requests
+
+    fn join(
+        &mut self,
+        myself: &ActorRef<RoomMessage>,
+        request: JoinRequest,
+        reply: RpcReplyPort<Result<ReplyData, ErrorBody>>,
+    ) {
+        let id = request.session.actor.get_id();
+        if !self.state.connections.contains_key(&id) {
+            let user = &request.session.user;
+            if let Err(refused) = self.state.behaviour.authorize_join(&self.state.name, user) {
+                let _ = reply.send(Err(refused.into()));
+                // A room started for this join alone must not stay behind.
+                self.arm_idle_timer(myself);
+                return;
+            }
+            myself.get_cell().monitor(request.session.actor.get_cell());
+            let connections = self.state.add_connection(
+                id,
+                user,
+                request.session.outbox.clone(),
+                request.session.actor.get_cell(),
+                true,
+            );
+            self.ports
+                .presence
+                .local(self.state.name.as_str(), user, connections);
+            self.members_changed(myself, Some(&id), true);
+        }
+        self.catch_up();
+        let data = self.state.join_data(request.since);
+        let _ = reply.send(Ok(data.into_reply(self.room())));
+    }
+
+    /// A connection leaves (asked to, or its session ended).
+    pub(super) fn leave(&mut self, myself: &ActorRef<RoomMessage>, session: &ActorId) {
+        let Some((conn, user, left)) = self.state.remove_connection(session) else {
+            return;
+        };
+        myself.get_cell().unmonitor(conn.cell);
+        self.ports
+            .presence
+            .local(self.state.name.as_str(), &user, left);
+        self.members_changed(myself, None, true);
+        self.arm_idle_timer(myself);
+    }
+
+    fn publish(
+        &mut self,
+        myself: &ActorRef<RoomMessage>,
+        session: &ActorId,
+        from: UserInfo,
+        content: String,
+        idempotency_key: Option<String>,
+        reply: PublishReply,
+    ) {
+        if !self
+            .state
+            .connections
+            .get(session)
+            .is_some_and(|c| c.active)
+        {
+            let _ = reply.send(Err(self.not_joined()));
+            return;
+        }
+        let content = match self
+            .state
+            .behaviour
+            .on_publish(&self.state.name, &from, content)
+        {
+            Ok(content) => content,
+            Err(refused) => {
+                let _ = reply.send(Err(refused.into()));
+                return;
+            }
+        };
+        let append = self.ports.log.append(Append {
+            room: self.room(),
+            from,
+            content,
+            idempotency_key,
+        });
+        let room = myself.clone();
+        tokio::spawn(async move {
+            let result = append.await;
+            if let Err(ractor::MessagingErr::SendErr(RoomMessage::Appended { result, reply })) =
+                room.cast(RoomMessage::Appended { result, reply })
+            {
+                // The room stopped meanwhile: the answer is still the answer.
+                let _ = reply.send(result.map(publish_reply));
+            }
+        });
+    }
+
+    /// A publish's append finished: answer now if it was delivered here, else once it
+    /// is (bounded by [`ACK_WAIT`]).
+    fn appended(
+        &mut self,
+        myself: &ActorRef<RoomMessage>,
+        result: Result<Appended, ErrorBody>,
+        reply: PublishReply,
+    ) {
+        let appended = match result {
+            Ok(appended) => appended,
+            Err(error) => {
+                let _ = reply.send(Err(error));
+                return;
+            }
+        };
+        if appended.seq > self.state.seq {
+            self.catch_up();
+        }
+        if appended.seq <= self.state.seq {
+            let _ = reply.send(Ok(publish_reply(appended)));
+            return;
+        }
+        let seq = appended.seq;
+        self.acks.entry(seq).or_default().push((appended, reply));
+        myself.send_after(ACK_WAIT, move || RoomMessage::AckDue { seq });
+    }
+
+    fn typing(&mut self, session: &ActorId) {
+        let Some(conn) = self.state.connections.get(session).filter(|c| c.active) else {
+            return;
+        };
+        let Some(local) = self.state.local.get(&conn.user_id) else {
+            return;
+        };
+        let user = UserInfo {
+            id: conn.user_id.clone(),
+            name: local.name.clone(),
+        };
+        self.state.push_typing(&user);
+        self.ports.presence.typing(self.state.name.as_str(), &user);
+    }
+
+    /// A user of this node renamed itself: its connections here and the other nodes
+    /// learn the new name.
+    fn rename(&mut self, user: UserInfo) {
+        let Some(connections) = self.state.local.get(&user.id).map(|l| l.connections) else {
+            return;
+        };
+        if let Some(old_name) = self.state.rename(&user) {
+            self.state.push_renamed(&user, old_name);
+        }
+        self.ports
+            .presence
+            .local(self.state.name.as_str(), &user, connections);
+    }
+
+    // ------------------------------------------------------------------- presence
+
+    fn set_remote(&mut self, member: RemoteMember) {
+        let users = self.remote.entry(member.node).or_default();
+        if member.connections == 0 {
+            users.remove(&member.user.id);
+        } else {
+            users.insert(member.user.id, (member.user.name, member.connections));
+        }
+        self.remote.retain(|_, users| !users.is_empty());
+    }
+
+    fn remote_presence(&mut self, myself: &ActorRef<RoomMessage>, changes: Vec<RemoteMember>) {
+        for change in changes {
+            let renamed = self
+                .state
+                .members
+                .get(&change.user.id)
+                .filter(|m| change.connections > 0 && m.name != change.user.name)
+                .map(|m| m.name.clone());
+            if let Some(old_name) = renamed {
+                if !self.state.local.contains_key(&change.user.id) {
+                    self.state.push_renamed(&change.user, old_name);
+                }
+            }
+            self.set_remote(change);
+        }
+        self.members_changed(myself, None, false);
+    }
+
+    /// The room-wide member list: this node's connections plus every other node's.
+    fn aggregate(&self) -> Vec<Member> {
+        let mut members: BTreeMap<&str, Member> = BTreeMap::new();
+        for (id, local) in &self.state.local {
+            members.insert(
+                id,
+                Member {
+                    id: id.clone(),
+                    name: local.name.clone(),
+                    connections: local.connections,
+                },
+            );
+        }
+        for users in self.remote.values() {
+            for (id, (name, connections)) in users {
+                members
+                    .entry(id)
+                    .and_modify(|m| m.connections += connections)
+                    .or_insert_with(|| Member {
+                        id: id.clone(),
+                        name: name.clone(),
+                        connections: *connections,
+                    });
+            }
+        }
+        members.into_values().collect()
+    }
+
+    /// Recomputes the member list and tells this node's connections (but `except`)
+    /// who joined and who left. `local` when a change here caused it: the behaviour's
+    /// `on_join`/`on_leave` run on the node where the user's connections changed.
+    fn members_changed(
+        &mut self,
+        myself: &ActorRef<RoomMessage>,
+        except: Option<&ActorId>,
+        local: bool,
+    ) {
+        let (joins, leaves) = self.state.replace_members(self.aggregate());
+        if local {
+            for member in &joins {
+                self.state.behaviour.on_join(&self.state.name, member);
+            }
+            for member in &leaves {
+                self.state.behaviour.on_leave(&self.state.name, member);
+            }
+        }
+        if joins.is_empty() && leaves.is_empty() {
+            return;
+        }
+        if self.presence_batch.applies(self.state.members.len()) {
+            self.presence_batch.fold(joins, leaves);
+            if !self.presence_batch.armed {
+                self.presence_batch.armed = true;
+                myself.send_after(self.presence_batch.every, || RoomMessage::PresenceTick);
+            }
+            return;
+        }
+        self.state.push_presence_diff(joins, leaves, except);
+    }
+
+    /// The batch's time is up: one `presence_diff` to this node's connections.
+    fn flush_presence(&mut self) {
+        let (joins, leaves) = self.presence_batch.take();
+        if !joins.is_empty() || !leaves.is_empty() {
+            self.metrics.presence_batch();
+        }
+        self.state.push_presence_diff(joins, leaves, None);
+    }
+
+    // ---------------------------------------------------------------- lifetime
+
+    /// When the room has just emptied here, retire it after `idle_ttl`; a room that
+    /// never held a message retires at once (a flood of joins and leaves of new names
+    /// must not leave rooms behind). Its messages stay in the log either way.
     fn arm_idle_timer(&mut self, myself: &ActorRef<RoomMessage>) {
-        if !self.state.connections.is_empty() || self.book.has_remote_members() {
+        if !self.state.connections.is_empty() {
             return;
         }
         self.state.idle_generation += 1;
@@ -378,10 +698,9 @@ impl Room {
         if let Some(previous) = self.idle_timer.take() {
             previous.abort();
         }
-        // A room started for a join (or by a peer) waits the idle TTL until a first
-        // connection came and went: retiring at once would bounce the join on its way.
-        let never_used =
-            self.state.had_connection && self.state.seq == 0 && self.unreplicated.is_empty();
+        // A room started for a join waits the idle TTL until a first connection came
+        // and went: retiring at once would bounce the join on its way.
+        let never_used = self.state.had_connection && self.state.seq == 0 && self.acks.is_empty();
         if self.idle_ttl.is_zero() || never_used {
             let _ = myself.cast(RoomMessage::IdleCheck { generation });
         } else {
@@ -392,19 +711,8 @@ impl Room {
     }
 
     fn idle_check(&mut self, myself: &ActorRef<RoomMessage>, generation: u64) {
-        if generation != self.state.idle_generation
-            || !self.state.connections.is_empty()
-            || self.book.has_remote_members()
-        {
+        if generation != self.state.idle_generation || !self.state.connections.is_empty() {
             return;
-        }
-        if let (Role::Relay { owner }, Some(cluster)) = (&self.role, &self.cluster) {
-            cluster.send(
-                owner,
-                Body::RoomUnsubscribe {
-                    room: self.state.name.to_string(),
-                },
-            );
         }
         self.retiring = true;
         let _ = self.supervisor.cast(RoomSupervisorMessage::Retire {
@@ -412,15 +720,13 @@ impl Room {
             id: myself.get_id(),
         });
     }
-}
 
-impl Room {
     /// Brings this room's share of `hubbub_room_state_entries` up to date.
     fn report_entries(&mut self) {
         let held = self.state.connections.len()
             + self.state.local.len()
             + self.state.members.len()
-            + self.book.entries()
+            + self.remote.values().map(BTreeMap::len).sum::<usize>()
             + self.presence_batch.len();
         let held = i64::try_from(held).unwrap_or(i64::MAX);
         if held != self.entries_reported {
@@ -431,22 +737,11 @@ impl Room {
     }
 }
 
-/// An `unavailable` error with a reason.
-fn unavailable(message: &str) -> ErrorBody {
-    ErrorBody::new(ErrorCode::Unavailable, message)
-}
-
-/// Answers a request that will not be carried out.
-fn refuse(message: RoomMessage, error: ErrorBody) {
-    match message {
-        RoomMessage::Join { reply, .. }
-        | RoomMessage::Publish { reply, .. }
-        | RoomMessage::History { reply, .. } => {
-            let _ = reply.send(Err(error));
-        }
-        RoomMessage::Leave { reply, .. } => {
-            let _ = reply.send(());
-        }
-        _ => {}
+/// The reply to a committed publish.
+fn publish_reply(appended: Appended) -> ReplyData {
+    ReplyData::Publish {
+        id: appended.id,
+        seq: appended.seq,
+        ts: appended.ts,
     }
 }

@@ -1,6 +1,6 @@
-//! What a Room holds whatever its role: the connections on this node, the members
-//! (this node's, and the room-wide list), the history ring, and fan-out to local
-//! connections. Every broadcast is encoded once; the same bytes go to every member.
+//! What a Room holds: the connections on this node, the members (this node's, and
+//! the room-wide list), the ring of the newest committed messages as delivered here,
+//! and fan-out to local connections. Every broadcast is encoded once; the same bytes go to every member.
 
 //!
 //! Replies built here are bounded twice: in count (`limit`, [`MAX_HISTORY_LIMIT`],
@@ -10,7 +10,6 @@
 
 use crate::actors::outbox::{Fanout, Outbox};
 use crate::behaviour::RoomBehaviour;
-use crate::cluster::wire::JoinData;
 use crate::config::LimitSettings;
 use crate::protocol::{
     encode, json_len, ChatMessage, Member, ReplyData, RoomName, ServerFrame, UserInfo,
@@ -22,6 +21,39 @@ use ractor::{ActorCell, ActorId};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Bound;
 use std::sync::Arc;
+
+/// The data of a successful join, within the reply bounds (`limits.max_reply_bytes`,
+/// `limits.presence_page`). The cut fields mean what they mean in [`ReplyData::Join`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct JoinData {
+    pub seq: u64,
+    pub history: Vec<ChatMessage>,
+    pub members: Vec<Member>,
+    pub gap: bool,
+    pub more: bool,
+    pub before: Option<u64>,
+    pub after: Option<u64>,
+    pub members_more: bool,
+    pub members_count: Option<usize>,
+}
+
+impl JoinData {
+    /// The client's join reply for `room`.
+    pub fn into_reply(self, room: String) -> ReplyData {
+        ReplyData::Join {
+            room,
+            seq: self.seq,
+            history: self.history,
+            members: self.members,
+            gap: self.gap,
+            more: self.more,
+            before: self.before,
+            after: self.after,
+            members_more: self.members_more,
+            members_count: self.members_count,
+        }
+    }
+}
 
 /// Messages a `history` request returns when it gives no `limit`.
 const DEFAULT_HISTORY_LIMIT: u32 = 50;

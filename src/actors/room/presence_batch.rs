@@ -1,0 +1,89 @@
+//! The joins and leaves a large room gathers for one `presence_diff` (see
+//! `rooms.presence_batch_members` and `rooms.presence_batch_ms`).
+
+use crate::protocol::Member;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Joins and leaves a large room gathers for one `presence_diff` (see
+/// `rooms.presence_batch_members` and `rooms.presence_batch_ms`). Holds the net
+/// change per user since the batch began: one entry per user who joined or left
+/// meanwhile, so it is bounded by the members plus those who left.
+pub struct PresenceBatch {
+    /// Rooms with more members than this batch.
+    over: usize,
+    /// How long a batch gathers; zero turns batching off.
+    pub every: Duration,
+    /// User → whether it was a member when the batch began, and as what it is now.
+    changes: BTreeMap<String, Change>,
+    /// Whether a `PresenceTick` is on its way.
+    pub armed: bool,
+}
+
+struct Change {
+    was_member: bool,
+    /// Whether it is a member now; `member` is how it joined or left last.
+    present: bool,
+    member: Member,
+}
+
+impl PresenceBatch {
+    pub fn new(over: usize, every: Duration) -> Self {
+        Self {
+            over,
+            every,
+            changes: BTreeMap::new(),
+            armed: false,
+        }
+    }
+
+    /// Users with a change waiting.
+    pub fn len(&self) -> usize {
+        self.changes.len()
+    }
+
+    /// Whether changes to a room of `members` members go into a batch.
+    pub fn applies(&self, members: usize) -> bool {
+        !self.every.is_zero() && (self.armed || members > self.over)
+    }
+
+    pub fn fold(&mut self, joins: Vec<Member>, leaves: Vec<Member>) {
+        for (present, member) in joins
+            .into_iter()
+            .map(|m| (true, m))
+            .chain(leaves.into_iter().map(|m| (false, m)))
+        {
+            match self.changes.get_mut(&member.id) {
+                Some(change) => {
+                    change.present = present;
+                    change.member = member;
+                }
+                None => {
+                    self.changes.insert(
+                        member.id.clone(),
+                        Change {
+                            was_member: !present,
+                            present,
+                            member,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// The net joins and leaves since the batch began; the batch starts afresh.
+    pub fn take(&mut self) -> (Vec<Member>, Vec<Member>) {
+        self.armed = false;
+        let (mut joins, mut leaves) = (Vec::new(), Vec::new());
+        for change in std::mem::take(&mut self.changes).into_values() {
+            match (change.was_member, change.present) {
+                (false, true) => joins.push(change.member),
+                (true, false) => leaves.push(change.member),
+                // Joined and left (or left and came back) within one batch.
+                _ => {}
+            }
+        }
+        (joins, leaves)
+    }
+}

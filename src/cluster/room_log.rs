@@ -1,0 +1,255 @@
+//! The room logs as the actors see them: the Raft shard host behind the port
+//! ([`crate::actors::port::RoomLog`]).
+//!
+//! - [`RaftRoomLog`] implements the port: an append becomes a `Publish` command on
+//!   the room's shard (stamped here with its id and time, so every replica applies
+//!   the same entry), and a read is served from this node's applied copy.
+//! - [`RoomSink`] is where the shards' state machines put what they commit: it casts
+//!   each room's messages, in log order, to the room's actor if it runs here (a room
+//!   that starts later reads the log instead).
+//! - [`EndpointLink`] carries Raft calls over the cluster's one Endpoint; a node alone
+//!   uses [`NoPeers`].
+//! - [`boot`] opens the log database and starts the host: the node's `PortBoot`.
+//!
+//! Every publish carries an idempotency key: the client's, or else one made from the
+//! message id. The proposer retries a batch whose answer was lost; with a key, the
+//! retry answers the original instead of ordering the message twice.
+
+use super::raft::host::{ProposeError, ShardHost, Timing};
+use super::raft::network::RaftLink;
+use super::raft::state_machine::{ApplySink, Committed, Retention};
+use super::raft::types::{CommandOutcome, NodeId, ShardCommand, ShardId};
+use super::raft::LogDb;
+use super::shards::{shard_of, Placement};
+use super::wire::{Body, RaftAnswer, RaftCall};
+use super::Cluster;
+use crate::actors::port::{Append, Appended, LogRead, PortFuture, RoomLog};
+use crate::actors::{RoomDirectory, RoomMessage};
+use crate::config::{Settings, StorageEngine};
+use crate::protocol::{now_ms, ErrorBody, ErrorCode};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The port's room log, on the node's shard host.
+pub struct RaftRoomLog {
+    host: Arc<ShardHost>,
+}
+
+impl RaftRoomLog {
+    pub fn new(host: Arc<ShardHost>) -> Self {
+        Self { host }
+    }
+
+    fn shard(&self, room: &str) -> ShardId {
+        shard_of(room, self.host.placement().shards())
+    }
+}
+
+impl RoomLog for RaftRoomLog {
+    fn append(&self, append: Append) -> PortFuture<Result<Appended, ErrorBody>> {
+        let host = self.host.clone();
+        let shard = self.shard(&append.room);
+        let id = uuid::Uuid::now_v7().to_string();
+        let idempotency_key = Some(append.idempotency_key.unwrap_or_else(|| format!("~{id}")));
+        let command = ShardCommand::Publish {
+            room: append.room,
+            from: append.from,
+            content: append.content,
+            id,
+            ts: now_ms(),
+            idempotency_key,
+        };
+        Box::pin(async move {
+            match host.propose(shard, command).await {
+                Ok(CommandOutcome::Published { id, seq, ts }) => Ok(Appended {
+                    id,
+                    seq,
+                    ts,
+                    duplicate: false,
+                }),
+                Ok(CommandOutcome::Duplicate { id, seq, ts }) => Ok(Appended {
+                    id,
+                    seq,
+                    ts,
+                    duplicate: true,
+                }),
+                Ok(CommandOutcome::Refused { reason }) => Err(ErrorBody::new(
+                    ErrorCode::BadRequest,
+                    format!("the room's log refused the message: {reason:?}"),
+                )),
+                Err(ProposeError::Unavailable(reason)) => Err(ErrorBody::new(
+                    ErrorCode::Unavailable,
+                    format!("{reason}; retry"),
+                )),
+            }
+        })
+    }
+
+    fn read(&self, room: &str, after: Option<u64>) -> LogRead {
+        let Some(reader) = self.host.reader(self.shard(room)) else {
+            return LogRead::default();
+        };
+        let joined = reader.join(room, after);
+        LogRead {
+            seq: joined.seq,
+            messages: joined.messages,
+            gap: joined.gap,
+        }
+    }
+
+    fn unready(&self) -> Option<String> {
+        let shards = self.host.placement().shards() as usize;
+        let led = self.host.shards_with_leader();
+        (led < shards).then(|| format!("{} of {shards} room-log shards have no leader", shards - led))
+    }
+
+    fn shutdown(&self) -> PortFuture<()> {
+        let host = self.host.clone();
+        Box::pin(async move { host.shutdown().await })
+    }
+}
+
+/// Delivers what the shards commit to the Room actors running here.
+pub struct RoomSink {
+    rooms: RoomDirectory,
+    shards: u32,
+}
+
+impl ApplySink for RoomSink {
+    fn committed(&self, _shard: ShardId, committed: Vec<Committed>) {
+        // Grouped per room, each group in log order.
+        let mut by_room: BTreeMap<String, Vec<_>> = BTreeMap::new();
+        for entry in committed {
+            by_room.entry(entry.room).or_default().push(entry.message);
+        }
+        for (room, messages) in by_room {
+            if let Some(actor) = self.rooms.get(&room) {
+                let _ = actor.cast(RoomMessage::Committed(messages));
+            }
+        }
+    }
+
+    fn snapshot_installed(&self, shard: ShardId) {
+        for room in self.rooms.names() {
+            if shard_of(&room, self.shards) == shard {
+                if let Some(actor) = self.rooms.get(&room) {
+                    let _ = actor.cast(RoomMessage::Reread);
+                }
+            }
+        }
+    }
+}
+
+/// Raft calls over the cluster Endpoint, addressed by node name.
+pub struct EndpointLink {
+    cluster: Arc<Cluster>,
+    names: BTreeMap<NodeId, String>,
+}
+
+impl EndpointLink {
+    fn name(&self, id: NodeId) -> Option<&str> {
+        self.names.get(&id).map(String::as_str)
+    }
+}
+
+impl RaftLink for EndpointLink {
+    fn send_call(&self, to: NodeId, call: RaftCall) -> bool {
+        self.name(to)
+            .is_some_and(|name| self.cluster.send(name, Body::RaftCall(call)))
+    }
+
+    fn send_answer(&self, to: NodeId, answer: RaftAnswer) -> bool {
+        self.name(to)
+            .is_some_and(|name| self.cluster.send(name, Body::RaftAnswer(answer)))
+    }
+}
+
+/// The link of a node alone: there is nobody to call.
+pub struct NoPeers;
+
+impl RaftLink for NoPeers {
+    fn send_call(&self, _to: NodeId, _call: RaftCall) -> bool {
+        false
+    }
+
+    fn send_answer(&self, _to: NodeId, _answer: RaftAnswer) -> bool {
+        false
+    }
+}
+
+/// Opens the log database (`[storage]`) and starts every shard of this node: the room
+/// logs of [`crate::actors::PortBoot`]. A clear error when the data directory cannot
+/// be used.
+pub async fn start_host(
+    settings: &Settings,
+    cluster: Option<Arc<Cluster>>,
+    rooms: RoomDirectory,
+) -> Result<Arc<ShardHost>, String> {
+    let me = settings.node.name.clone();
+    let nodes = settings.cluster_nodes();
+    let placement = Placement::new(&nodes, settings.cluster.shards, settings.cluster.replicas)
+        .map_err(|e| format!("cluster.voters: {e}"))?;
+    let db = match settings.storage.engine {
+        StorageEngine::Memory => LogDb::memory(),
+        StorageEngine::Durable => {
+            let fsync = settings.storage.fsync_policy()?;
+            let dir = settings.storage.dir.join(&me);
+            std::fs::create_dir_all(&dir).map_err(|e| {
+                format!("storage.dir: cannot create {}: {e}", dir.display())
+            })?;
+            LogDb::open(&dir, fsync).map_err(|e| format!("storage.dir: {e}"))?
+        }
+    };
+    let link: Arc<dyn RaftLink> = match &cluster {
+        Some(cluster) => Arc::new(EndpointLink {
+            cluster: cluster.clone(),
+            names: placement
+                .nodes()
+                .map(|(name, id)| (id, name.to_owned()))
+                .collect(),
+        }),
+        None => Arc::new(NoPeers),
+    };
+    let retention = Retention::messages(settings.rooms.history);
+    let timing = match &cluster {
+        Some(_) => Timing {
+            heartbeat: Duration::from_millis(settings.cluster.heartbeat_ms.clamp(20, 200)),
+            election: Duration::from_millis(
+                (settings.cluster.failure_timeout_ms / 3).clamp(150, 1_000),
+            ),
+        },
+        // Alone, the one voter elects itself at once.
+        None => Timing {
+            heartbeat: Duration::from_millis(50),
+            election: Duration::from_millis(150),
+        },
+    };
+    let sink = Arc::new(RoomSink {
+        rooms,
+        shards: placement.shards(),
+    });
+    let host = ShardHost::start(&me, placement, &db, retention, timing, sink, link)
+        .await
+        .map_err(|e| format!("the room logs did not start: {e}"))?;
+    if let Some(cluster) = &cluster {
+        cluster.set_shard_host(host.clone());
+    }
+    Ok(host)
+}
+
+/// Each shard's voters and leader as this node knows them, for `GET /cluster`.
+pub fn shard_status(host: &ShardHost) -> serde_json::Value {
+    let placement = host.placement();
+    let name = |id: NodeId| placement.name_of(id).unwrap_or("?").to_owned();
+    let shards: Vec<serde_json::Value> = (0..placement.shards())
+        .map(|shard| {
+            serde_json::json!({
+                "shard": shard,
+                "voters": placement.voters(shard).into_iter().map(name).collect::<Vec<_>>(),
+                "leader": host.leader(shard).map(name),
+            })
+        })
+        .collect();
+    serde_json::Value::Array(shards)
+}
