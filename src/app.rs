@@ -5,13 +5,11 @@
 //! listener when `[admin] addr` is set, and returns before serving; [`Application::run`] serves until the shutdown future the caller
 //! hands in resolves (`run_until_stopped` uses SIGINT / SIGTERM), then drains.
 
-use crate::actors::{
-    start_node, NodeContext, NodeHandle, SessionSupervisorMessage,
-};
+use crate::actors::port::{PortFuture, Ports, SoloPresence};
+use crate::actors::{start_node, NodeContext, NodeHandle, SessionSupervisorMessage};
 use crate::behaviour::Behaviours;
 use crate::cluster::membership::tls::PeerTls;
 use crate::cluster::membership::MembershipMessage;
-use crate::actors::port::{PortFuture, Ports, SoloPresence};
 use crate::cluster::{room_log, Cluster};
 use crate::config::Settings;
 use crate::telemetry::Metrics;

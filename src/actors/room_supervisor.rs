@@ -108,7 +108,6 @@ impl RoomSupervisor {
             }
         }
     }
-
 }
 
 impl Actor for RoomSupervisor {

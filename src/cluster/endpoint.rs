@@ -87,7 +87,6 @@ impl Actor for Endpoint {
                     host.answered(answer);
                 }
             }
-            _ => {}
         }
         Ok(())
     }

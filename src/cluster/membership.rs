@@ -118,7 +118,6 @@ pub struct ClusterStatus {
     pub view: Vec<String>,
     pub quorum: usize,
     pub has_quorum: bool,
-    pub lease_valid: bool,
     pub peers: Vec<PeerStatus>,
 }
 
@@ -254,7 +253,6 @@ pub struct MembershipState {
     /// Our full ractor_cluster name (`name#inc@host`), to recognise ourselves.
     own_cluster_name: String,
     advertise: String,
-    heartbeat_ms: u64,
     failure_timeout_ms: u64,
     /// Distinct addresses among the seeds and our own.
     configured_size: usize,
@@ -291,12 +289,10 @@ impl Actor for MembershipActor {
         let settings = &self.ctx.settings.cluster;
         let me = cluster.me.clone();
         let advertise = settings.advertise_addr();
-        let mut addrs: BTreeSet<&str> = settings.seeds.iter().map(String::as_str).collect();
-        addrs.insert(&advertise);
-        let configured_size = addrs.len();
+        // The cluster's nodes as configured (`cluster.voters` or `[[nodes]]`), never
+        // guessed from seeds.
+        let configured_size = self.ctx.settings.cluster_nodes().len().max(1);
         let view = View::solo(&me, cluster.incarnation, configured_size);
-        // Whatever a previous Membership (one that failed) granted itself ends here.
-        cluster.set_lease_until(0);
         cluster.publish_view(view.clone());
         // Read again on every start, so that a restarted Membership picks up
         // replaced certificates.
@@ -343,7 +339,6 @@ impl Actor for MembershipActor {
             ),
             targets: Targets::new(&advertise, &settings.seeds, now),
             advertise,
-            heartbeat_ms: settings.heartbeat_ms,
             failure_timeout_ms: settings.failure_timeout_ms,
             configured_size,
             counts_peers_from: now + settings.failure_timeout_ms,
@@ -370,7 +365,6 @@ impl Actor for MembershipActor {
             ticker.abort();
         }
         let cluster = &state.cluster;
-        cluster.set_lease_until(0);
         for name in state.peers.keys() {
             cluster.set_endpoint(name, None);
         }
@@ -467,28 +461,6 @@ async fn start_node_server(
             }
         }
     }
-}
-
-/// Until when a node may order messages, in its monotonic milliseconds: 0 without a
-/// quorum; for ever in a cluster of one; else until `failure_timeout − heartbeat`
-/// after the (quorum − 1)-th latest heartbeat acknowledged by a peer of the view while
-/// it shared that view (`acks`: one per such peer). A peer declares us down no sooner
-/// than `failure_timeout` after it last heard us, which is after we sent that ping, so
-/// the lease lapses before any of those peers can give our rooms to another node.
-pub fn lease_until(view: &View, acks: &[u64], failure_timeout_ms: u64, heartbeat_ms: u64) -> u64 {
-    if !view.has_quorum() {
-        return 0;
-    }
-    let needed = view.quorum - 1;
-    if needed == 0 {
-        return u64::MAX;
-    }
-    let mut acks: Vec<u64> = acks.iter().copied().filter(|&ack| ack > 0).collect();
-    if acks.len() < needed {
-        return 0;
-    }
-    acks.sort_unstable_by(|a, b| b.cmp(a));
-    acks[needed - 1] + failure_timeout_ms.saturating_sub(heartbeat_ms)
 }
 
 /// Whether `addr` looks like a `host:port` worth dialling.
@@ -1130,18 +1102,6 @@ impl MembershipState {
             .filter(|name| self.view.members.contains_key(*name))
             .count();
         self.cluster.metrics.set_peers(up, self.peers.len() - up);
-        let acks: Vec<u64> = self
-            .peers
-            .iter()
-            .filter(|(name, peer)| self.view.members.get(*name) == Some(&peer.inc))
-            .map(|(_, peer)| peer.agreeing_ack)
-            .collect();
-        self.cluster.set_lease_until(lease_until(
-            &self.view,
-            &acks,
-            self.failure_timeout_ms,
-            self.heartbeat_ms,
-        ));
     }
 
     fn status(&self) -> ClusterStatus {
@@ -1154,7 +1114,6 @@ impl MembershipState {
             view: self.view.members.keys().cloned().collect(),
             quorum: self.view.quorum,
             has_quorum: self.view.has_quorum(),
-            lease_valid: self.cluster.lease_valid(),
             peers: self
                 .peers
                 .iter()
@@ -1179,36 +1138,6 @@ impl MembershipState {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn view(names: &[&str], size: usize) -> View {
-        View::new(names.iter().map(|n| (n.to_string(), 1)).collect(), size)
-    }
-
-    #[test]
-    fn no_quorum_no_lease() {
-        assert_eq!(lease_until(&view(&["a"], 3), &[], 600, 100), 0);
-        assert_eq!(lease_until(&view(&["a"], 3), &[5_000], 600, 100), 0);
-    }
-
-    #[test]
-    fn a_cluster_of_one_holds_the_lease_for_ever() {
-        assert_eq!(lease_until(&view(&["a"], 1), &[], 600, 100), u64::MAX);
-    }
-
-    #[test]
-    fn the_lease_follows_the_quorum_minus_one_th_latest_ack() {
-        // 3 nodes, quorum 2: one ack is enough, the latest counts.
-        let three = view(&["a", "b", "c"], 3);
-        assert_eq!(lease_until(&three, &[1_000, 2_000], 600, 100), 2_500);
-        assert_eq!(lease_until(&three, &[0, 0], 600, 100), 0);
-        // 5 nodes, quorum 3: the second latest of the acks.
-        let five = view(&["a", "b", "c", "d", "e"], 5);
-        assert_eq!(
-            lease_until(&five, &[1_000, 3_000, 2_000, 0], 600, 100),
-            2_500
-        );
-        assert_eq!(lease_until(&five, &[3_000, 0, 0, 0], 600, 100), 0);
-    }
 
     #[test]
     fn only_host_and_port_addresses_are_dialled() {

@@ -11,7 +11,8 @@
 //! - [`wire`]: every message that crosses nodes; versioned; decoded with a `Result`.
 //! - [`raft`]: the Raft storage of the room logs (types, state machine, log store);
 //!   not started by the node yet.
-//! - [`view`]: views, quorum and rendezvous ownership (pure).
+//! - [`view`]: who this node believes is up (pure).
+//! - [`room_log`]: the room logs behind the actors' port (Raft shard host, sink, link).
 //! - `membership`: dials seeds and gossiped peers, redials with backoff, runs our
 //!   own heartbeat and failure detector (ractor_cluster detects neither a frozen nor a
 //!   partitioned peer), publishes the view and keeps the lease.
@@ -71,10 +72,6 @@ pub struct Cluster {
     /// How long a silent peer stays up.
     pub failure_timeout: Duration,
     started: Instant,
-    /// Monotonic ms (since `started`) until which this node may order messages.
-    lease_until: AtomicU64,
-    /// Set when this node starts leaving: it orders nothing from then on.
-    leaving: std::sync::atomic::AtomicBool,
     view_tx: watch::Sender<Arc<View>>,
     endpoints: RwLock<HashMap<String, ActorRef<EndpointMessage>>>,
     next_req: AtomicU64,
@@ -101,8 +98,6 @@ impl Cluster {
             heartbeat,
             failure_timeout,
             started: Instant::now(),
-            lease_until: AtomicU64::new(0),
-            leaving: std::sync::atomic::AtomicBool::new(false),
             view_tx,
             endpoints: RwLock::new(HashMap::new()),
             next_req: AtomicU64::new(1),
@@ -124,28 +119,6 @@ impl Cluster {
     /// Milliseconds on this node's monotonic clock.
     pub fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
-    }
-
-    /// True while this node may order messages for the rooms it owns: a quorum of
-    /// peers that share its view has answered a heartbeat recently enough that none
-    /// of them can have declared it down yet.
-    pub fn lease_valid(&self) -> bool {
-        !self.is_leaving() && self.now_ms() < self.lease_until.load(Ordering::Acquire)
-    }
-
-    /// Stops this node ordering anything, for good: the first step of leaving.
-    pub fn start_leaving(&self) {
-        self.leaving.store(true, Ordering::Release);
-    }
-
-    /// True once [`Cluster::start_leaving`] was called.
-    pub fn is_leaving(&self) -> bool {
-        self.leaving.load(Ordering::Acquire)
-    }
-
-    /// Extends (or shortens) the lease; Membership calls this on every heartbeat.
-    pub fn set_lease_until(&self, until_ms: u64) {
-        self.lease_until.store(until_ms, Ordering::Release);
     }
 
     /// The current view.

@@ -101,7 +101,12 @@ impl RoomLog for RaftRoomLog {
     fn unready(&self) -> Option<String> {
         let shards = self.host.placement().shards() as usize;
         let led = self.host.shards_with_leader();
-        (led < shards).then(|| format!("{} of {shards} room-log shards have no leader", shards - led))
+        (led < shards).then(|| {
+            format!(
+                "{} of {shards} room-log shards have no leader",
+                shards - led
+            )
+        })
     }
 
     fn shutdown(&self) -> PortFuture<()> {
@@ -195,9 +200,8 @@ pub async fn start_host(
         StorageEngine::Durable => {
             let fsync = settings.storage.fsync_policy()?;
             let dir = settings.storage.dir.join(&me);
-            std::fs::create_dir_all(&dir).map_err(|e| {
-                format!("storage.dir: cannot create {}: {e}", dir.display())
-            })?;
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| format!("storage.dir: cannot create {}: {e}", dir.display()))?;
             LogDb::open(&dir, fsync).map_err(|e| format!("storage.dir: {e}"))?
         }
     };

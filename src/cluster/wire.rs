@@ -10,11 +10,11 @@
 //! Adding a variant or an optional field (`#[serde(default)]`) is compatible; renaming
 //! one is not. A node drops envelopes of another version and logs it.
 
-use crate::protocol::{ChatMessage, ErrorBody, Member, ReplyData, UserInfo};
+use crate::protocol::UserInfo;
 use serde::{Deserialize, Serialize};
 
 /// The version of this wire format.
-pub const WIRE_VERSION: u16 = 1;
+pub const WIRE_VERSION: u16 = 2;
 
 /// The largest envelope a node accepts, in bytes.
 pub const MAX_ENVELOPE_BYTES: usize = 16 * 1024 * 1024;
@@ -38,67 +38,6 @@ pub struct PeerAddr {
     pub name: String,
     pub inc: u64,
     pub addr: String,
-}
-
-/// What a node holds of a room, sent to a new owner during recovery.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Replica {
-    /// The highest ownership epoch this node has accepted for the room.
-    pub epoch: u64,
-    /// The highest sequence number it holds.
-    pub seq: u64,
-    /// Its history ring, oldest first.
-    pub history: Vec<ChatMessage>,
-    /// Members connected to THIS node, with this node's connection counts.
-    pub local_members: Vec<Member>,
-}
-
-/// The data of a successful join, computed by the room's owner within its reply
-/// bounds (`limits.max_reply_bytes`, `limits.presence_page`): the relay passes it on
-/// as the client's join reply unchanged. The cut fields mean what they mean in
-/// [`ReplyData::Join`]; a node that does not send them sends an uncut reply.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct JoinData {
-    pub seq: u64,
-    pub history: Vec<ChatMessage>,
-    pub members: Vec<Member>,
-    pub gap: bool,
-    #[serde(default)]
-    pub more: bool,
-    #[serde(default)]
-    pub before: Option<u64>,
-    #[serde(default)]
-    pub after: Option<u64>,
-    #[serde(default)]
-    pub members_more: bool,
-    #[serde(default)]
-    pub members_count: Option<usize>,
-}
-
-impl JoinData {
-    /// The client's join reply for `room`.
-    pub fn into_reply(self, room: String) -> ReplyData {
-        ReplyData::Join {
-            room,
-            seq: self.seq,
-            history: self.history,
-            members: self.members,
-            gap: self.gap,
-            more: self.more,
-            before: self.before,
-            after: self.after,
-            members_more: self.members_more,
-            members_count: self.members_count,
-        }
-    }
-}
-
-/// The acknowledgement of a publish.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PublishAck {
-    pub id: String,
-    pub seq: u64,
-    pub ts: u64,
 }
 
 /// Which openraft call a [`RaftCall`] carries.
@@ -189,116 +128,6 @@ pub enum Body {
     /// The answer to a `RaftCall`, paired by `corr`.
     RaftAnswer(RaftAnswer),
 
-    // ---- rooms: relay → owner ----
-    /// A connection on the sending node joins; `connections` is how many of the
-    /// user's connections on that node are now in the room.
-    RoomJoin {
-        room: String,
-        req: u64,
-        user: UserInfo,
-        connections: u32,
-        since: Option<u64>,
-    },
-    /// The user's connection count on the sending node changed (0: it left there).
-    RoomMember {
-        room: String,
-        user: UserInfo,
-        connections: u32,
-    },
-    /// A publish from a connection on the sending node.
-    RoomPublish {
-        room: String,
-        req: u64,
-        from: UserInfo,
-        content: String,
-    },
-    /// A user on the sending node is typing.
-    RoomTyping { room: String, user: UserInfo },
-    /// A user on the sending node was renamed.
-    RoomRename { room: String, user: UserInfo },
-    /// The sending node no longer holds the room; stop sending it messages.
-    RoomUnsubscribe { room: String },
-    /// The sending relay holds every message up to `seq` (answer to a `RoomMessage`
-    /// with `ack: true`). The owner shows a message to its own connections and
-    /// acknowledges its publisher only once one relay holds it.
-    RoomAck { room: String, seq: u64 },
-
-    // ---- rooms: owner → relays ----
-    /// Answer to `RoomJoin`. `ring` carries the owner's whole history when the
-    /// joining node did not hold the room yet, so that it starts with a full copy.
-    RoomJoined {
-        room: String,
-        req: u64,
-        epoch: u64,
-        seq: u64,
-        result: Result<JoinData, ErrorBody>,
-        #[serde(default)]
-        ring: Option<Vec<ChatMessage>>,
-    },
-    /// Answer to `RoomPublish`; sent after the `RoomMessage` it acknowledges.
-    RoomPublished {
-        room: String,
-        req: u64,
-        result: Result<PublishAck, ErrorBody>,
-    },
-    /// A message the owner ordered. `ack` asks the receiver to answer `RoomAck`.
-    RoomMessage {
-        room: String,
-        epoch: u64,
-        message: ChatMessage,
-        #[serde(default)]
-        ack: bool,
-    },
-    /// The room's members changed: the full list, and who joined or left.
-    RoomPresence {
-        room: String,
-        epoch: u64,
-        members: Vec<Member>,
-        joins: Vec<Member>,
-        leaves: Vec<Member>,
-    },
-    /// Typing, relayed by the owner to every node holding the room.
-    RoomTyped { room: String, user: UserInfo },
-    /// A member's name changed.
-    RoomRenamed {
-        room: String,
-        epoch: u64,
-        user: UserInfo,
-        old_name: String,
-    },
-
-    // ---- rooms: ownership changes ----
-    /// A node that the view `view` makes the room's owner asks for what others hold.
-    RecoverRequest { room: String, view: u64 },
-    /// Answer: `ready` is false when the answering node is not in view `view` yet
-    /// (the owner asks again); `replica` is None when it does not hold the room.
-    RecoverState {
-        room: String,
-        view: u64,
-        ready: bool,
-        replica: Option<Replica>,
-    },
-    /// The new owner took over under `view` with `epoch`; its merged history and
-    /// members. Relays replace their copy, fence off older epochs, and push to their
-    /// clients the messages they had missed.
-    OwnerAnnounce {
-        room: String,
-        view: u64,
-        epoch: u64,
-        seq: u64,
-        history: Vec<ChatMessage>,
-        members: Vec<Member>,
-    },
-
-    /// A leaving node hands what it holds of a room to the node that owns it next, so
-    /// the room keeps its history even if no other node held it.
-    RoomHandoff {
-        room: String,
-        epoch: u64,
-        seq: u64,
-        history: Vec<ChatMessage>,
-    },
-
     // ---- presence (presence.rs) ----
     /// Deliver an encoded `direct` frame to every connection of `to` on the receiver.
     Direct { req: u64, to: String, frame: String },
@@ -317,50 +146,9 @@ impl Body {
             Self::Leaving {} => "leaving",
             Self::RaftCall(_) => "raft_call",
             Self::RaftAnswer(_) => "raft_answer",
-            Self::RoomHandoff { .. } => "room_handoff",
-            Self::RoomJoin { .. } => "room_join",
-            Self::RoomMember { .. } => "room_member",
-            Self::RoomPublish { .. } => "room_publish",
-            Self::RoomTyping { .. } => "room_typing",
-            Self::RoomRename { .. } => "room_rename",
-            Self::RoomUnsubscribe { .. } => "room_unsubscribe",
-            Self::RoomAck { .. } => "room_ack",
-            Self::RoomJoined { .. } => "room_joined",
-            Self::RoomPublished { .. } => "room_published",
-            Self::RoomMessage { .. } => "room_message",
-            Self::RoomPresence { .. } => "room_presence",
-            Self::RoomTyped { .. } => "room_typed",
-            Self::RoomRenamed { .. } => "room_renamed",
-            Self::RecoverRequest { .. } => "recover_request",
-            Self::RecoverState { .. } => "recover_state",
-            Self::OwnerAnnounce { .. } => "owner_announce",
             Self::Direct { .. } => "direct",
             Self::DirectResult { .. } => "direct_result",
             Self::UserRenamed { .. } => "user_renamed",
-        }
-    }
-
-    /// The room a room message is about; None for membership and presence traffic.
-    pub fn room(&self) -> Option<&str> {
-        match self {
-            Self::RoomJoin { room, .. }
-            | Self::RoomMember { room, .. }
-            | Self::RoomPublish { room, .. }
-            | Self::RoomTyping { room, .. }
-            | Self::RoomRename { room, .. }
-            | Self::RoomUnsubscribe { room }
-            | Self::RoomAck { room, .. }
-            | Self::RoomJoined { room, .. }
-            | Self::RoomPublished { room, .. }
-            | Self::RoomMessage { room, .. }
-            | Self::RoomPresence { room, .. }
-            | Self::RoomTyped { room, .. }
-            | Self::RoomRenamed { room, .. }
-            | Self::RecoverRequest { room, .. }
-            | Self::RecoverState { room, .. }
-            | Self::OwnerAnnounce { room, .. }
-            | Self::RoomHandoff { room, .. } => Some(room),
-            _ => None,
         }
     }
 }
@@ -424,62 +212,22 @@ mod tests {
                     addr: "127.0.0.1:4372".into(),
                 }],
             },
-            Body::RoomPublished {
-                room: "lobby".into(),
+            Body::Direct {
                 req: 4,
-                result: Err(ErrorBody::new(crate::protocol::ErrorCode::Forbidden, "no")),
+                to: "bob".into(),
+                frame: "{}".into(),
             },
-            Body::RecoverState {
-                room: "lobby".into(),
-                view: 9,
-                ready: true,
-                replica: Some(Replica {
-                    epoch: 1,
-                    seq: 0,
-                    history: vec![],
-                    local_members: vec![],
-                }),
+            Body::UserRenamed {
+                user: UserInfo {
+                    id: "bob".into(),
+                    name: "Bob".into(),
+                },
             },
         ];
         for body in bodies {
             let sent = envelope(body);
             assert_eq!(decode(&encode(&sent)), Ok(sent));
         }
-    }
-
-    #[test]
-    fn a_join_answer_without_the_cut_fields_decodes_as_uncut() {
-        let old = br#"{"v":1,"from":"a","inc":1,"body":{"t":"room_joined","room":"lobby","req":3,"epoch":2,"seq":0,"result":{"Ok":{"seq":0,"history":[],"members":[],"gap":false}}}}"#;
-        let Ok(Envelope {
-            body: Body::RoomJoined {
-                result: Ok(data), ..
-            },
-            ..
-        }) = decode(old)
-        else {
-            panic!("an older node's join answer should decode");
-        };
-        assert!(!data.more && !data.members_more);
-        assert_eq!(
-            (data.before, data.after, data.members_count),
-            (None, None, None)
-        );
-        let cut = JoinData {
-            more: true,
-            after: Some(7),
-            members_more: true,
-            members_count: Some(300),
-            ..data
-        };
-        let sent = envelope(Body::RoomJoined {
-            room: "lobby".into(),
-            req: 3,
-            epoch: 2,
-            seq: 9,
-            result: Ok(cut),
-            ring: None,
-        });
-        assert_eq!(decode(&encode(&sent)), Ok(sent));
     }
 
     #[test]

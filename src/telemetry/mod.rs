@@ -24,7 +24,18 @@ use tracing_subscriber::{fmt, EnvFilter};
 /// Installs the global subscriber for the node called `node`. Call once, early in
 /// `main`; records of the `log` crate (actix) come through it too.
 pub fn init(log: &LogSettings, node: &str) -> Result<(), String> {
-    let filter = EnvFilter::try_new(&log.level).map_err(|e| format!("log.level: {e}"))?;
+    let mut filter = EnvFilter::try_new(&log.level).map_err(|e| format!("log.level: {e}"))?;
+    if !log.level.contains("openraft") {
+        // openraft logs every unanswered RPC to a down peer at WARN and ERROR, many
+        // times a second: what matters of it (a shard without a leader, a storage
+        // failure) hubbub reports itself (/readyz, /cluster, its own lines). Name
+        // `openraft=LEVEL` in `log.level` to see it.
+        filter = filter.add_directive(
+            "openraft=off"
+                .parse()
+                .map_err(|e| format!("log filter: {e}"))?,
+        );
+    }
     let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let installed = match log.format {
         LogFormat::Json => builder

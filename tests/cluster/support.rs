@@ -21,7 +21,6 @@
 
 pub use crate::ws_client::Client;
 use crate::ws_client::Dial;
-use hubbub::cluster::View;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::OpenOptions;
@@ -85,6 +84,8 @@ pub struct NodeSpec {
 /// Real `hubbub` processes forming (or failing to form) one cluster.
 pub struct Cluster {
     label: String,
+    /// The names of the nodes planned by [`Cluster::plan`]: the cluster's voters.
+    base: Vec<String>,
     dir: PathBuf,
     nodes: BTreeMap<String, Node>,
     /// Last: released only after every process is gone.
@@ -105,6 +106,7 @@ impl Cluster {
         let dir = test_dir(label);
         let mut cluster = Self {
             label: label.to_owned(),
+            base: names.clone(),
             dir,
             nodes: BTreeMap::new(),
             _serial: serial,
@@ -164,6 +166,17 @@ impl Cluster {
 
     fn add_planned(&mut self, spec: NodeSpec, http: SocketAddr, bind: SocketAddr) {
         let config = self.dir.join(format!("{}.toml", spec.key));
+        // Every node of the cluster is listed: the planned ones, and an extra node itself.
+        let mut voters: Vec<String> = self.base.clone();
+        if !voters.contains(&spec.name) {
+            voters.push(spec.name.clone());
+        }
+        let voters = voters
+            .iter()
+            .map(|v| format!("\"{v}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let data = self.dir.join(format!("{}-data", spec.key));
         let seeds = spec
             .seeds
             .iter()
@@ -180,8 +193,12 @@ impl Cluster {
              bind = \"{bind}\"\n\
              cookie = \"{cookie}\"\n\
              seeds = [{seeds}]\n\
+             voters = [{voters}]\n\
              heartbeat_ms = {HEARTBEAT_MS}\n\
              failure_timeout_ms = {FAILURE_TIMEOUT_MS}\n\
+             \n\
+             [storage]\n\
+             dir = \"{data}\"\n\
              \n\
              [rooms]\n\
              history = 10000\n\
@@ -198,6 +215,7 @@ impl Cluster {
              format = \"json\"\n",
             name = spec.name,
             cookie = spec.cookie,
+            data = data.display(),
         );
         std::fs::write(&config, text).expect("write node config");
         let log = self.dir.join(format!("{}.log", spec.key));
@@ -543,13 +561,20 @@ pub fn view_names(status: &Value) -> BTreeSet<&str> {
         .unwrap_or_default()
 }
 
-/// The node that owns `room` when exactly `nodes` are up: computed with the same
-/// rendezvous hashing the nodes use (ownership depends on names only).
+/// The node expected to lead `room`'s shard when exactly `nodes` are up: the first of
+/// the shard's voters (placed over every configured node, cluster/shards.rs) that is
+/// up. The first voter campaigns first, so it leads once it is up; among the others
+/// the election decides, so a test that needs to know reads `/cluster`.
 pub fn owner_of(room: &str, nodes: &[&str]) -> String {
-    let members = nodes.iter().map(|n| (n.to_string(), 0)).collect();
-    View::new(members, nodes.len())
-        .owner_of(room)
-        .expect("a view with members has an owner")
+    let all: Vec<String> = (0..nodes.len().max(3)).map(node_name).collect();
+    let placement = hubbub::cluster::shards::Placement::new(&all, 16, 3).expect("placement");
+    let shard = placement.shard_of(room);
+    placement
+        .voters(shard)
+        .into_iter()
+        .filter_map(|id| placement.name_of(id))
+        .find(|name| nodes.contains(name))
+        .unwrap_or(nodes[0])
         .to_owned()
 }
 

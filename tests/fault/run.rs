@@ -8,7 +8,6 @@ use crate::checker::{self, PresenceSample, Record};
 use crate::harness::{FaultCluster, Log, Member, NodeAddr, DEADLINE};
 use crate::hubbub_node::HISTORY;
 use crate::ws_client::Client;
-use hubbub::cluster::View;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
@@ -35,13 +34,18 @@ impl Rng {
     }
 }
 
-/// The owner of `room` when exactly `nodes` are up, by today's rendezvous hashing.
-pub fn owner_of(room: &str, nodes: &[String]) -> String {
-    let members = nodes.iter().map(|n| (n.clone(), 0)).collect();
-    View::new(members, nodes.len())
-        .owner_of(room)
-        .expect("a view with members has an owner")
-        .to_owned()
+/// The node expected to lead `room`'s shard when exactly `nodes` are up: the first
+/// up voter of the shard (the first voter campaigns first; see cluster/shards.rs).
+pub fn owner_of(room: &str, all: &[String], nodes: &[String]) -> String {
+    let all = all.to_vec();
+    let placement = hubbub::cluster::shards::Placement::new(&all, 16, 3).expect("placement");
+    let shard = placement.shard_of(room);
+    placement
+        .voters(shard)
+        .into_iter()
+        .filter_map(|id| placement.name_of(id))
+        .find(|name| nodes.iter().any(|n| n == name))
+        .map_or_else(|| nodes[0].clone(), str::to_owned)
 }
 
 /// The first room `<prefix>-<i>` that `pick` accepts.
@@ -109,8 +113,8 @@ impl Run {
             .cloned()
             .collect();
         find_room(&format!("f{}{tag}", self.seed % 10_000), |room| {
-            owner_of(room, &names) == names[owner]
-                && next.is_none_or(|x| owner_of(room, &without) == names[x])
+            owner_of(room, &names, &names) == names[owner]
+                && next.is_none_or(|x| owner_of(room, &names, &without) == names[x])
         })
     }
 

@@ -193,7 +193,11 @@ async fn a_clustered_node_tells_its_version_in_cluster_on_the_admin_listener() {
     assert_eq!(cluster["version"], VERSION, "{cluster}");
     assert_eq!(cluster["commit"], COMMIT, "{cluster}");
     assert!(cluster.get("rooms").is_some(), "{cluster}");
-    assert_eq!(cluster["shards"].as_array().map(Vec::len), Some(16), "{cluster}");
+    assert_eq!(
+        cluster["shards"].as_array().map(Vec::len),
+        Some(16),
+        "{cluster}"
+    );
     assert_eq!(get(node.public, "/cluster").await.status, 404);
     node.shut_down().await;
 }

@@ -264,7 +264,9 @@ impl Actor for RoomActor {
                 id,
                 name: local.name,
             };
-            room.ports.presence.local(room.state.name.as_str(), &user, 0);
+            room.ports
+                .presence
+                .local(room.state.name.as_str(), &user, 0);
         }
         room.metrics.room_state_entries(-room.entries_reported);
         room.entries_reported = 0;

@@ -256,18 +256,6 @@ impl RoomState {
         Some((conn, user, left))
     }
 
-    /// This node's members, with this node's counts.
-    pub fn local_members(&self) -> Vec<Member> {
-        self.local
-            .iter()
-            .map(|(id, m)| Member {
-                id: id.clone(),
-                name: m.name.clone(),
-                connections: m.connections,
-            })
-            .collect()
-    }
-
     /// Replaces the room-wide member list; returns who joined and who left.
     pub fn replace_members(&mut self, members: Vec<Member>) -> (Vec<Member>, Vec<Member>) {
         let next: BTreeMap<String, Member> =
@@ -308,20 +296,6 @@ impl RoomState {
         let skip = history.len().saturating_sub(self.history_cap);
         self.history = history.into_iter().skip(skip).collect();
         self.seq = self.seq.max(seq);
-    }
-
-    /// Pushes every held message this node's connections have not seen yet.
-    pub fn push_unseen(&mut self) {
-        let unseen: Vec<ByteString> = self
-            .history
-            .iter()
-            .filter(|m| m.seq > self.pushed)
-            .map(|m| encode(&ServerFrame::Message(m.clone())))
-            .collect();
-        for frame in &unseen {
-            self.broadcast(frame, None);
-        }
-        self.pushed = self.pushed.max(self.seq);
     }
 
     /// Pushes one ordered message to this node's connections.
@@ -683,7 +657,7 @@ mod tests {
         assert_eq!(resume.history.first().map(|m| m.seq), Some(11));
         assert!(resume.more && resume.before.is_none());
         assert_eq!(resume.after, resume.history.last().map(|m| m.seq));
-        assert!(json_len(&resume) <= 5_000 + 300);
+        assert!(json_len(&resume.into_reply("r".into())) <= 5_000 + 300);
         let fresh = state.join_data(None);
         assert_eq!(fresh.history.last().map(|m| m.seq), Some(30));
         assert!(fresh.more && fresh.after.is_none());

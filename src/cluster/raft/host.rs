@@ -5,10 +5,12 @@
 //! committed entry and can serve any room from its own copy), the [`ShardServer`] that
 //! answers peers' Raft calls, and one **proposer** task per shard.
 //!
-//! - **Bootstrap.** The shard's preferred leader (its first voter, cluster/shards.rs)
-//!   initializes the group with the configured voters, once: openraft refuses a second
-//!   `initialize` (NotAllowed), which a restart meets and ignores. It also campaigns
-//!   first (a shorter election timeout), so leaders spread over the nodes at start.
+//! - **Bootstrap.** Every voter of a shard initializes the group with the configured
+//!   voters, once (the same config on each pristine voter is safe in openraft; a
+//!   restart meets NotAllowed and ignores it), so a shard forms with any majority of
+//!   its voters, whichever start. The preferred leader (its first voter,
+//!   cluster/shards.rs) campaigns first (a shorter election timeout), so leaders
+//!   spread over the nodes at start.
 //! - **Learners.** Whichever node leads a shard adds the configured non-voters as
 //!   learners (non-blocking), checked on every change of the shard's metrics.
 //! - **Proposing.** A proposal waits in its shard's queue (bounded: a full queue is
@@ -153,7 +155,10 @@ impl ShardHost {
 
     async fn bootstrap(self: &Arc<Self>) -> Result<(), StartError> {
         for (&shard, state) in &self.shards {
-            if self.placement.preferred_leader(shard) == Some(self.me) {
+            // Every voter initializes the group with the same voters (safe in openraft:
+            // the same config on several pristine nodes), so a shard forms whichever
+            // of its voters start; later starts meet NotAllowed and go on.
+            if self.placement.is_voter(shard, self.me) {
                 let voters: BTreeMap<NodeId, ShardNode> = self
                     .placement
                     .voters(shard)
