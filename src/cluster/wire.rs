@@ -10,6 +10,7 @@
 //! Adding a variant or an optional field (`#[serde(default)]`) is compatible; renaming
 //! one is not. A node drops envelopes of another version and logs it.
 
+use super::tracker::{Entry, KeyRange};
 use crate::protocol::{ChatMessage, ErrorBody, Member, ReplyData, UserInfo};
 use serde::{Deserialize, Serialize};
 
@@ -306,6 +307,33 @@ pub enum Body {
     DirectResult { req: u64, delivered: u32 },
     /// A user's display name changed on the sending node.
     UserRenamed { user: UserInfo },
+
+    // ---- presence without an owner (presence_sync.rs, tracker.rs) ----
+    /// The sender's connections of one user in `room` are now `entry.connections`
+    /// (absolute, so a repeat is harmless; 0: gone from there).
+    PresenceDelta { room: String, entry: Entry },
+    /// One chunk of the sender's digest: every room in `range` it holds members of,
+    /// with the hash of its entries there. `reply` asks the receiver to send its own
+    /// digest back (the sender just saw it join its view).
+    PresenceDigest {
+        #[serde(default)]
+        range: KeyRange,
+        rooms: Vec<(String, u64)>,
+        #[serde(default)]
+        reply: bool,
+    },
+    /// Send me your state of these rooms (their hashes differed from my copy).
+    PresenceAsk { rooms: Vec<String> },
+    /// One chunk of the sender's state of `room`: its users in `range` (user ids).
+    PresenceState {
+        room: String,
+        #[serde(default)]
+        range: KeyRange,
+        entries: Vec<Entry>,
+    },
+    /// A user on the sending node is typing in `room`; sent to the nodes that hold
+    /// members of it.
+    PresenceTyping { room: String, user: UserInfo },
 }
 
 impl Body {
@@ -337,10 +365,16 @@ impl Body {
             Self::Direct { .. } => "direct",
             Self::DirectResult { .. } => "direct_result",
             Self::UserRenamed { .. } => "user_renamed",
+            Self::PresenceDelta { .. } => "presence_delta",
+            Self::PresenceDigest { .. } => "presence_digest",
+            Self::PresenceAsk { .. } => "presence_ask",
+            Self::PresenceState { .. } => "presence_state",
+            Self::PresenceTyping { .. } => "presence_typing",
         }
     }
 
-    /// The room a room message is about; None for membership and presence traffic.
+    /// The room a room message is about; None for membership and presence traffic
+    /// (presence bodies name a room but go to the presence port, not to the room).
     pub fn room(&self) -> Option<&str> {
         match self {
             Self::RoomJoin { room, .. }
@@ -445,6 +479,72 @@ mod tests {
             let sent = envelope(body);
             assert_eq!(decode(&encode(&sent)), Ok(sent));
         }
+    }
+
+    #[test]
+    fn presence_bodies_round_trip_and_are_not_room_traffic() {
+        let entry = Entry {
+            user: "ann".into(),
+            name: "Ann".into(),
+            connections: 2,
+        };
+        let bodies = vec![
+            Body::PresenceDelta {
+                room: "lobby".into(),
+                entry: entry.clone(),
+            },
+            Body::PresenceDigest {
+                range: KeyRange {
+                    from: Some("a".into()),
+                    to: None,
+                },
+                rooms: vec![("lobby".into(), u64::MAX)],
+                reply: true,
+            },
+            Body::PresenceAsk {
+                rooms: vec!["lobby".into()],
+            },
+            Body::PresenceState {
+                room: "lobby".into(),
+                range: KeyRange::all(),
+                entries: vec![entry],
+            },
+            Body::PresenceTyping {
+                room: "lobby".into(),
+                user: UserInfo {
+                    id: "ann".into(),
+                    name: "Ann".into(),
+                },
+            },
+        ];
+        for body in bodies {
+            assert_eq!(body.room(), None, "{}", body.kind());
+            assert!(body.kind().starts_with("presence_"));
+            let sent = envelope(body);
+            assert_eq!(decode(&encode(&sent)), Ok(sent));
+        }
+        // The exact JSON of a digest chunk; an open range and `reply` may be left out.
+        let digest = Body::PresenceDigest {
+            range: KeyRange {
+                from: Some("m".into()),
+                to: None,
+            },
+            rooms: vec![("news".into(), 7)],
+            reply: false,
+        };
+        assert_eq!(
+            serde_json::to_string(&digest).unwrap(),
+            r#"{"t":"presence_digest","range":{"from":"m"},"rooms":[["news",7]],"reply":false}"#
+        );
+        let short = br#"{"v":1,"from":"a","inc":1,"body":{"t":"presence_digest","rooms":[]}}"#;
+        assert_eq!(
+            decode(short).map(|e| e.body),
+            Ok(Body::PresenceDigest {
+                range: KeyRange::all(),
+                rooms: vec![],
+                reply: false,
+            })
+        );
     }
 
     #[test]
