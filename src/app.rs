@@ -5,7 +5,8 @@
 //! listener when `[admin] addr` is set, and returns before serving; [`Application::run`] serves until the shutdown future the caller
 //! hands in resolves (`run_until_stopped` uses SIGINT / SIGTERM), then drains.
 
-use crate::actors::port::{PortFuture, Ports, SoloPresence};
+use crate::actors::port::{PortFuture, Ports, PresencePort, SoloPresence};
+use crate::cluster::presence_sync::TrackerPort;
 use crate::actors::{start_node, NodeContext, NodeHandle, SessionSupervisorMessage};
 use crate::behaviour::Behaviours;
 use crate::cluster::membership::tls::PeerTls;
@@ -205,9 +206,17 @@ fn boot_ports(ctx: Arc<NodeContext>) -> PortFuture<Result<Ports, String>> {
     Box::pin(async move {
         let host =
             room_log::start_host(&ctx.settings, ctx.cluster.clone(), ctx.room_directory()).await?;
+        let presence: Arc<dyn PresencePort> = match &ctx.cluster {
+            Some(cluster) => {
+                let port = Arc::new(TrackerPort::new(cluster.clone(), ctx.room_directory()));
+                cluster.set_presence_port(port.clone());
+                port
+            }
+            None => Arc::new(SoloPresence),
+        };
         Ok(Ports {
             log: Arc::new(room_log::RaftRoomLog::new(host)),
-            presence: Arc::new(SoloPresence),
+            presence,
         })
     })
 }

@@ -4,7 +4,8 @@
 //! `Frame(bytes)`. It decodes each envelope (malformed or foreign-version traffic is
 //! logged and dropped) and routes the body: heartbeats to Membership, Raft calls and
 //! answers to the shard host (cluster/raft/host.rs), direct messages and renames to
-//! Presence. It never waits on anyone.
+//! Presence, presence traffic to the presence port (cluster/presence_sync.rs). It
+//! never waits on anyone.
 
 use super::wire::{self, Body};
 use crate::actors::{NodeContext, PresenceMessage};
@@ -69,6 +70,15 @@ impl Actor for Endpoint {
             body @ (Body::Direct { .. } | Body::DirectResult { .. } | Body::UserRenamed { .. }) => {
                 if let Some(presence) = self.ctx.presence() {
                     let _ = presence.cast(PresenceMessage::Remote { from, body });
+                }
+            }
+            body @ (Body::PresenceDelta { .. }
+            | Body::PresenceDigest { .. }
+            | Body::PresenceAsk { .. }
+            | Body::PresenceState { .. }
+            | Body::PresenceTyping { .. }) => {
+                if let Some(port) = self.ctx.cluster.as_ref().and_then(|c| c.presence_port()) {
+                    port.on_wire(&from, inc, body);
                 }
             }
             Body::RaftCall(call) => {

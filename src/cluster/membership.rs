@@ -37,6 +37,9 @@
 //!   processes with one name are two nodes to it, and refuse the newcomer ourselves
 //!   (node_server.rs says why). A wrong cookie fails ractor_cluster's challenge; we log
 //!   it by name and address.
+//! - **Presence.** Every heartbeat ends with the presence port's tick
+//!   (presence_sync.rs: digests, and dropping nodes gone from the view); a peer
+//!   declared down leaves presence at once.
 //! - **The view and the lease.** The view is this node plus every up peer, published
 //!   through [`Cluster::publish_view`]. The lease ([`Cluster::set_lease_until`]) lets
 //!   this node order messages while a quorum of its view has recently acknowledged a
@@ -1006,6 +1009,9 @@ impl MembershipState {
             }
         }
         self.dial_due(myself);
+        if let Some(presence) = self.cluster.presence_port() {
+            presence.tick();
+        }
         let peers = &self.peers;
         self.targets.expire(now, |addr| {
             peers
@@ -1014,9 +1020,13 @@ impl MembershipState {
         });
     }
 
-    /// Takes a peer out of the view and closes its connection.
+    /// Takes a peer out of the view and closes its connection; its users leave
+    /// presence here at once.
     fn declare_down(&mut self, name: &str, reason: &'static str, silent_ms: u64) {
         self.stop_peer_session(name, reason);
+        if let Some(presence) = self.cluster.presence_port() {
+            presence.node_down(name);
+        }
         if let Some(peer) = self.peers.get_mut(name) {
             peer.up = false;
             peer.agreeing_ack = 0;

@@ -13,6 +13,8 @@
 //!   not started by the node yet.
 //! - [`view`]: who this node believes is up (pure).
 //! - [`room_log`]: the room logs behind the actors' port (Raft shard host, sink, link).
+//! - [`tracker`] and [`presence_sync`]: presence without an owner (the pure tracker,
+//!   and the port that puts it on the wire: deltas, digests, node down).
 //! - `membership`: dials seeds and gossiped peers, redials with backoff, runs our
 //!   own heartbeat and failure detector (ractor_cluster detects neither a frozen nor a
 //!   partitioned peer), publishes the view and keeps the lease.
@@ -26,6 +28,7 @@
 
 pub mod endpoint;
 pub mod membership;
+pub mod presence_sync;
 pub mod raft;
 pub mod room_log;
 pub mod shards;
@@ -79,6 +82,8 @@ pub struct Cluster {
     pub metrics: Arc<Metrics>,
     /// The Raft shards of the room logs, once started (cluster/raft/host.rs).
     shard_host: std::sync::OnceLock<Arc<raft::host::ShardHost>>,
+    /// Presence across nodes, once started (cluster/presence_sync.rs).
+    presence_port: std::sync::OnceLock<Arc<presence_sync::TrackerPort>>,
 }
 
 impl Cluster {
@@ -103,6 +108,7 @@ impl Cluster {
             next_req: AtomicU64::new(1),
             metrics,
             shard_host: std::sync::OnceLock::new(),
+            presence_port: std::sync::OnceLock::new(),
         }
     }
 
@@ -114,6 +120,17 @@ impl Cluster {
     /// Records the started shard host (once; the node does it at start).
     pub fn set_shard_host(&self, host: Arc<raft::host::ShardHost>) {
         let _ = self.shard_host.set(host);
+    }
+
+    /// Presence across nodes, once the node started it: the Endpoint hands it presence
+    /// traffic, Membership its heartbeats and the peers it declares down.
+    pub fn presence_port(&self) -> Option<Arc<presence_sync::TrackerPort>> {
+        self.presence_port.get().cloned()
+    }
+
+    /// Records the presence port (once; the node does it at start).
+    pub fn set_presence_port(&self, port: Arc<presence_sync::TrackerPort>) {
+        let _ = self.presence_port.set(port);
     }
 
     /// Milliseconds on this node's monotonic clock.

@@ -10,8 +10,9 @@
 //! the digest when it returns; a node that restarted (a new incarnation) replaces
 //! whatever its previous life had announced.
 //!
-//! No I/O here: the node's presence actor feeds this struct what arrives and sends what
-//! it returns. Every operation reports the [`RemoteChange`]s it made, per room, so the
+//! No I/O here: presence_sync.rs feeds this struct what arrives and sends what it
+//! returns. A large digest or room state may come in chunks, each over a
+//! [`KeyRange`] of room names or user ids. Every operation reports the [`RemoteChange`]s it made, per room, so the
 //! room's actor can update its member list and tell its connections.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -24,6 +25,32 @@ pub struct Entry {
     pub name: String,
     /// Connections of the user in the room on that node; 0 means it left there.
     pub connections: u32,
+}
+
+/// A range of keys (room names or user ids) that one chunk of a digest or of a room's
+/// state covers: `from` inclusive, `to` exclusive, None open. A large digest or room
+/// travels as several chunks of adjacent ranges, so a chunk can be applied on its own
+/// (what it does not list inside its range is gone) and a lost one costs nothing but
+/// its own range until the next digest.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KeyRange {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+}
+
+impl KeyRange {
+    /// Every key.
+    pub fn all() -> Self {
+        Self::default()
+    }
+
+    /// Whether `key` lies in the range.
+    pub fn contains(&self, key: &str) -> bool {
+        self.from.as_deref().is_none_or(|from| key >= from)
+            && self.to.as_deref().is_none_or(|to| key < to)
+    }
 }
 
 /// What one node holds of one room: user → (name, connections > 0).
@@ -143,13 +170,29 @@ impl Tracker {
         inc: u64,
         digest: &[(String, u64)],
     ) -> (Vec<String>, Vec<RemoteChange>) {
+        self.on_digest_range(node, inc, &KeyRange::all(), digest)
+    }
+
+    /// One chunk of a digest from `node`: every room in `range` it holds members of.
+    /// Rooms outside the range are left alone (listed ones there are ignored).
+    pub fn on_digest_range(
+        &mut self,
+        node: &str,
+        inc: u64,
+        range: &KeyRange,
+        digest: &[(String, u64)],
+    ) -> (Vec<String>, Vec<RemoteChange>) {
         let mut changes = self.meet(node, inc);
-        let listed: BTreeMap<&str, u64> = digest.iter().map(|(r, h)| (r.as_str(), *h)).collect();
+        let listed: BTreeMap<&str, u64> = digest
+            .iter()
+            .filter(|(room, _)| range.contains(room))
+            .map(|(r, h)| (r.as_str(), *h))
+            .collect();
         let remote = self.remote.entry(node.to_owned()).or_default();
         let gone: Vec<String> = remote
             .rooms
             .keys()
-            .filter(|room| !listed.contains_key(room.as_str()))
+            .filter(|room| range.contains(room) && !listed.contains_key(room.as_str()))
             .cloned()
             .collect();
         for room in gone {
@@ -173,12 +216,30 @@ impl Tracker {
         room: &str,
         entries: Vec<Entry>,
     ) -> Vec<RemoteChange> {
+        self.on_room_state_range(node, inc, room, &KeyRange::all(), entries)
+    }
+
+    /// One chunk of a room's state from `node`: its users in `range` (user ids).
+    /// Users outside the range are left alone (listed ones there are ignored).
+    pub fn on_room_state_range(
+        &mut self,
+        node: &str,
+        inc: u64,
+        room: &str,
+        range: &KeyRange,
+        entries: Vec<Entry>,
+    ) -> Vec<RemoteChange> {
         let mut changes = self.meet(node, inc);
         let remote = self.remote.entry(node.to_owned()).or_default();
-        let before = remote.rooms.remove(room).unwrap_or_default();
+        let mut kept = remote.rooms.remove(room).unwrap_or_default();
+        let in_range: Vec<String> = kept.keys().filter(|u| range.contains(u)).cloned().collect();
+        let before: RoomEntries = in_range
+            .into_iter()
+            .filter_map(|user| kept.remove_entry(&user))
+            .collect();
         let after: RoomEntries = entries
             .into_iter()
-            .filter(|e| e.connections > 0)
+            .filter(|e| e.connections > 0 && range.contains(&e.user))
             .map(|e| (e.user, (e.name, e.connections)))
             .collect();
         let users: BTreeSet<&String> = before.keys().chain(after.keys()).collect();
@@ -200,8 +261,9 @@ impl Tracker {
                 });
             }
         }
-        if !after.is_empty() {
-            remote.rooms.insert(room.to_owned(), after);
+        kept.extend(after);
+        if !kept.is_empty() {
+            remote.rooms.insert(room.to_owned(), kept);
         }
         changes
     }
@@ -425,6 +487,73 @@ mod tests {
         assert_eq!(a.digest(), b.digest());
         b.set_local("r", "x", "X", 2);
         assert_ne!(a.digest(), b.digest());
+    }
+
+    #[test]
+    fn a_digest_chunk_drops_only_rooms_inside_its_range() {
+        let mut us = Tracker::new();
+        for room in ["a", "f", "m", "z"] {
+            us.on_delta("b", 1, room, entry("bob", 1));
+        }
+        let range = KeyRange {
+            from: Some("b".into()),
+            to: Some("n".into()),
+        };
+        // Lists nothing in [b, n): f and m are gone there, a and z untouched; a
+        // listed room outside the range is ignored.
+        let (ask, changes) = us.on_digest_range("b", 1, &range, &[("q".into(), 1)]);
+        assert!(ask.is_empty());
+        let mut gone: Vec<&str> = changes.iter().map(|c| c.room.as_str()).collect();
+        gone.sort();
+        assert_eq!(gone, vec!["f", "m"]);
+        for (room, held) in [("a", 1), ("f", 0), ("m", 0), ("z", 1), ("q", 0)] {
+            assert_eq!(us.remote_room(room).len(), held, "{room}");
+        }
+    }
+
+    #[test]
+    fn a_room_state_chunk_replaces_only_users_inside_its_range() {
+        let mut us = Tracker::new();
+        for user in ["ann", "bob", "cy", "dan"] {
+            us.on_delta("b", 1, "lobby", entry(user, 1));
+        }
+        let range = KeyRange {
+            from: Some("b".into()),
+            to: Some("d".into()),
+        };
+        let changes = us.on_room_state_range(
+            "b",
+            1,
+            "lobby",
+            &range,
+            vec![entry("bob", 2), entry("dan", 5), entry("bea", 1)],
+        );
+        let mut summary: Vec<(String, u32)> = changes
+            .into_iter()
+            .map(|c| (c.user, c.connections))
+            .collect();
+        summary.sort();
+        assert_eq!(
+            summary,
+            vec![("bea".into(), 1), ("bob".into(), 2), ("cy".into(), 0)]
+        );
+        let held: Vec<(String, u32)> = us.remote_room("lobby")[0]
+            .1
+            .iter()
+            .map(|e| (e.user.clone(), e.connections))
+            .collect();
+        assert_eq!(
+            held,
+            vec![
+                ("ann".into(), 1),
+                ("bea".into(), 1),
+                ("bob".into(), 2),
+                ("dan".into(), 1)
+            ]
+        );
+        // An empty chunk over every user empties the room.
+        us.on_room_state_range("b", 1, "lobby", &KeyRange::all(), vec![]);
+        assert!(us.remote_room("lobby").is_empty());
     }
 
     #[test]

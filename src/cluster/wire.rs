@@ -10,6 +10,7 @@
 //! Adding a variant or an optional field (`#[serde(default)]`) is compatible; renaming
 //! one is not. A node drops envelopes of another version and logs it.
 
+use super::tracker::{Entry, KeyRange};
 use crate::protocol::UserInfo;
 use serde::{Deserialize, Serialize};
 
@@ -135,6 +136,33 @@ pub enum Body {
     DirectResult { req: u64, delivered: u32 },
     /// A user's display name changed on the sending node.
     UserRenamed { user: UserInfo },
+
+    // ---- presence without an owner (presence_sync.rs, tracker.rs) ----
+    /// The sender's connections of one user in `room` are now `entry.connections`
+    /// (absolute, so a repeat is harmless; 0: gone from there).
+    PresenceDelta { room: String, entry: Entry },
+    /// One chunk of the sender's digest: every room in `range` it holds members of,
+    /// with the hash of its entries there. `reply` asks the receiver to send its own
+    /// digest back (the sender just saw it join its view).
+    PresenceDigest {
+        #[serde(default)]
+        range: KeyRange,
+        rooms: Vec<(String, u64)>,
+        #[serde(default)]
+        reply: bool,
+    },
+    /// Send me your state of these rooms (their hashes differed from my copy).
+    PresenceAsk { rooms: Vec<String> },
+    /// One chunk of the sender's state of `room`: its users in `range` (user ids).
+    PresenceState {
+        room: String,
+        #[serde(default)]
+        range: KeyRange,
+        entries: Vec<Entry>,
+    },
+    /// A user on the sending node is typing in `room`; sent to the nodes that hold
+    /// members of it.
+    PresenceTyping { room: String, user: UserInfo },
 }
 
 impl Body {
@@ -149,6 +177,11 @@ impl Body {
             Self::Direct { .. } => "direct",
             Self::DirectResult { .. } => "direct_result",
             Self::UserRenamed { .. } => "user_renamed",
+            Self::PresenceDelta { .. } => "presence_delta",
+            Self::PresenceDigest { .. } => "presence_digest",
+            Self::PresenceAsk { .. } => "presence_ask",
+            Self::PresenceState { .. } => "presence_state",
+            Self::PresenceTyping { .. } => "presence_typing",
         }
     }
 }

@@ -68,7 +68,7 @@ pub const SERVER_FRAME_TYPES: [&str; 11] = [
 
 /// Kinds of the bodies nodes send each other (`wire::Body::kind`), counted from the
 /// start at zero. A kind not listed is still counted, under its own name.
-pub const CLUSTER_KINDS: [&str; 23] = [
+pub const CLUSTER_KINDS: [&str; 28] = [
     "ping",
     "pong",
     "leaving",
@@ -92,6 +92,11 @@ pub const CLUSTER_KINDS: [&str; 23] = [
     "direct",
     "direct_result",
     "user_renamed",
+    "presence_delta",
+    "presence_digest",
+    "presence_ask",
+    "presence_state",
+    "presence_typing",
 ];
 
 /// The limits that refuse a client's request on a connection that stays open, each
@@ -181,6 +186,7 @@ pub struct Metrics {
     delivery_gaps: Counter,
     room_state_entries: Gauge,
     session_timers: Gauge,
+    presence_entries: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -400,6 +406,13 @@ impl Metrics {
              expiring token at most",
             session_timers.clone(),
         );
+        let presence_entries = Gauge::default();
+        registry.register(
+            "hubbub_presence_entries",
+            "Presence entries (node, room, user) the presence tracker holds: this node's \
+             own and every up peer's as last heard; set every heartbeat",
+            presence_entries.clone(),
+        );
         registry.register_collector(Box::new(ProcessCollector));
 
         Self {
@@ -430,6 +443,7 @@ impl Metrics {
             delivery_gaps,
             room_state_entries,
             session_timers,
+            presence_entries,
         }
     }
 
@@ -573,6 +587,11 @@ impl Metrics {
     /// A room's per-user entries changed by `delta` (see `hubbub_room_state_entries`).
     pub fn room_state_entries(&self, delta: i64) {
         self.room_state_entries.inc_by(delta);
+    }
+
+    /// Sets the presence tracker's entries (see `hubbub_presence_entries`).
+    pub fn set_presence_entries(&self, entries: usize) {
+        self.presence_entries.set(gauge_value(entries));
     }
 
     /// A token-expiry timer started (`1`) or ended (`-1`).
@@ -922,6 +941,7 @@ mod tests {
         metrics.slow_consumer_disconnect(SlowConsumer::Bytes);
         metrics.set_outbound_bytes(4_096);
         metrics.heartbeat_rtt(Duration::from_millis(1));
+        metrics.set_presence_entries(12);
         let text = metrics.encode().unwrap();
         assert!(text.ends_with("# EOF\n"), "{text}");
         for (series, expected) in [
@@ -946,6 +966,7 @@ mod tests {
             ),
             ("hubbub_outbound_bytes", 4_096.0),
             ("hubbub_cluster_heartbeat_rtt_seconds_count", 1.0),
+            ("hubbub_presence_entries", 12.0),
         ] {
             assert_eq!(sample(&text, series), Some(expected), "{series} in\n{text}");
         }

@@ -464,6 +464,12 @@ impl Room {
             self.ports
                 .presence
                 .local(self.state.name.as_str(), user, connections);
+            // Read the other nodes' members afresh: a change that came while this
+            // room was starting (before the directory knew it) is not lost for it.
+            self.remote.clear();
+            for member in self.ports.presence.remote(self.state.name.as_str()) {
+                self.set_remote(member);
+            }
             self.members_changed(myself, Some(&id), true);
         }
         self.catch_up();
