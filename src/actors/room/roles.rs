@@ -906,6 +906,7 @@ impl Room {
                         id: ack.id,
                         seq: ack.seq,
                         ts: ack.ts,
+                        duplicate: false,
                     }));
                 }
             }
@@ -1281,6 +1282,7 @@ fn complete(room: &Room, ack_to: AckTo, result: Result<PublishAck, ErrorBody>) {
                 id: ack.id,
                 seq: ack.seq,
                 ts: ack.ts,
+                duplicate: false,
             }));
         }
         AckTo::Remote { node, req } => {
