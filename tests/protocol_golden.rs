@@ -8,9 +8,10 @@
 //! a change that breaks a literal here breaks clients.
 
 use hubbub::protocol::{
-    close, decode_client_frame, encode, validate_display_name, validate_user_id, ChatMessage,
-    ClientFrame, DirectFrame, ErrorBody, ErrorCode, FrameError, Member, Ref, ReplyData, Request,
-    RoomName, ServerFrame, UserInfo, MAX_HISTORY_LIMIT, MAX_NAME_CHARS, PROTOCOL_VERSION,
+    close, decode_client_frame, encode, validate_display_name, validate_idempotency_key,
+    validate_user_id, ChatMessage, ClientFrame, DirectFrame, ErrorBody, ErrorCode, FrameError,
+    Member, Ref, ReplyData, Request, RoomName, ServerFrame, UserInfo, MAX_HISTORY_LIMIT,
+    MAX_IDEMPOTENCY_KEY_BYTES, MAX_NAME_CHARS, PROTOCOL_VERSION,
 };
 use serde_json::{json, Value};
 
@@ -192,9 +193,29 @@ fn reply_publish() {
                 id: MESSAGE_ID.to_owned(),
                 seq: 4,
                 ts: TS,
+                duplicate: false,
             },
         ),
         r#"{"type":"reply","ref":3,"ok":true,"data":{"id":"01912f4e-7b3a-7c21-9d4e-5a6b7c8d9e0f","seq":4,"ts":1722500000000}}"#,
+    );
+}
+
+/// *(v1 addition)* A publish whose `idempotency_key` the room had seen: the original
+/// message's id, seq and ts, with `duplicate: true` last. A first publish has no
+/// `duplicate` field at all (above).
+#[test]
+fn reply_publish_of_a_retry() {
+    pin(
+        &ServerFrame::ok(
+            reference("4"),
+            ReplyData::Publish {
+                id: MESSAGE_ID.to_owned(),
+                seq: 4,
+                ts: TS,
+                duplicate: true,
+            },
+        ),
+        r#"{"type":"reply","ref":4,"ok":true,"data":{"id":"01912f4e-7b3a-7c21-9d4e-5a6b7c8d9e0f","seq":4,"ts":1722500000000,"duplicate":true}}"#,
     );
 }
 
@@ -652,6 +673,7 @@ fn publish() {
         Request::Publish {
             room: room("lobby"),
             content: "hello \"you\" ✓".to_owned(),
+            idempotency_key: None,
         }
     );
     // Content length and emptiness are the Session's to check (it knows the limits):
@@ -661,8 +683,92 @@ fn publish() {
         Request::Publish {
             room: room("lobby"),
             content: "  ".to_owned(),
+            idempotency_key: None,
         }
     );
+}
+
+/// *(v1 addition)* `idempotency_key`: kept exactly as sent (untrimmed, any Unicode),
+/// up to [`MAX_IDEMPOTENCY_KEY_BYTES`] bytes of UTF-8; null is the same as absent.
+#[test]
+fn publish_with_an_idempotency_key() {
+    let frame = decoded(
+        r#"{"type":"publish","room":"lobby","content":"hi","idempotency_key":"0191-retry-1","ref":7}"#,
+    );
+    assert_eq!(
+        frame.request,
+        Request::Publish {
+            room: room("lobby"),
+            content: "hi".to_owned(),
+            idempotency_key: Some("0191-retry-1".to_owned()),
+        }
+    );
+    assert_eq!(ref_json(&frame.reference), json!(7));
+    assert_eq!(
+        request(r#"{"type":"publish","room":"lobby","content":"hi","idempotency_key":null}"#),
+        Request::Publish {
+            room: room("lobby"),
+            content: "hi".to_owned(),
+            idempotency_key: None,
+        }
+    );
+    let longest = "k".repeat(MAX_IDEMPOTENCY_KEY_BYTES);
+    // 42 three-byte characters: 126 bytes, under the bound in bytes.
+    let wide = "✓".repeat(42);
+    for key in [longest.as_str(), wide.as_str(), " spaced key ", "x"] {
+        let text =
+            json!({"type": "publish", "room": "lobby", "content": "hi", "idempotency_key": key})
+                .to_string();
+        assert_eq!(
+            request(&text),
+            Request::Publish {
+                room: room("lobby"),
+                content: "hi".to_owned(),
+                idempotency_key: Some(key.to_owned()),
+            },
+            "{key:?}"
+        );
+    }
+    assert_eq!(
+        MAX_IDEMPOTENCY_KEY_BYTES, 128,
+        "docs/protocol.md states 128"
+    );
+}
+
+/// *(v1 addition)* A key that is empty, over 128 bytes (counted in UTF-8, so 43
+/// three-byte characters are too many), holds a control character (C0, DEL, C1) or is
+/// not a string is a `bad_request` that keeps the `ref` and names the field.
+#[test]
+fn a_bad_idempotency_key_is_bad_request() {
+    let too_long = "k".repeat(MAX_IDEMPOTENCY_KEY_BYTES + 1);
+    let too_wide = "✓".repeat(43);
+    for key in [
+        json!(""),
+        json!(too_long),
+        json!(too_wide),
+        json!("a\nb"),
+        json!("tab\there"),
+        json!("nul\u{0}"),
+        json!("del\u{7f}"),
+        json!("c1\u{85}"),
+        json!(5),
+        json!(true),
+        json!(["k"]),
+        json!({"k": 1}),
+    ] {
+        let text = json!({"type": "publish", "room": "lobby", "content": "hi", "idempotency_key": key, "ref": "p"})
+            .to_string();
+        let e = refused(&text);
+        assert_eq!(e.error.code, ErrorCode::BadRequest, "{text}");
+        assert_eq!(ref_json(&e.reference), json!("p"), "{text}");
+        assert_eq!(
+            e.error.message,
+            "`idempotency_key` must be a string of 1 to 128 bytes with no control characters",
+            "{text}"
+        );
+    }
+    assert!(validate_idempotency_key("ok").is_ok());
+    assert!(validate_idempotency_key("").is_err());
 }
 
 #[test]
@@ -795,6 +901,7 @@ fn a_lone_surrogate_is_bad_request_with_a_clear_message() {
         Request::Publish {
             room: room("lobby"),
             content: "\u{1F600}".to_owned(),
+            idempotency_key: None,
         }
     );
 }
@@ -860,6 +967,7 @@ fn unknown_fields_are_ignored() {
         Request::Publish {
             room: room("lobby"),
             content: "hi".to_owned(),
+            idempotency_key: None,
         }
     );
     assert_eq!(ref_json(&frame.reference), json!(1));

@@ -295,7 +295,14 @@ impl SessionActor {
             Request::Ping => return Some(ServerFrame::Pong { reference }),
             Request::Join { room, since } => self.join(myself, state, room, since).await,
             Request::Leave { room } => self.leave(myself, state, room).await,
-            Request::Publish { room, content } => self.publish(myself, state, room, content).await,
+            Request::Publish {
+                room,
+                content,
+                idempotency_key,
+            } => {
+                self.publish(myself, state, room, content, idempotency_key)
+                    .await
+            }
             Request::Typing { room } => match state.rooms.get(&room) {
                 Some(actor) => {
                     // A typing event is a cast the room fans out to every member: at
@@ -462,6 +469,7 @@ impl SessionActor {
         state: &mut SessionState,
         room: RoomName,
         content: String,
+        idempotency_key: Option<String>,
     ) -> Result<ReplyData, ErrorBody> {
         self.check_content(&content)?;
         let actor = state.rooms.get(&room).ok_or_else(|| not_joined(&room))?;
@@ -473,7 +481,9 @@ impl SessionActor {
             session,
             from,
             content,
-            idempotency_key: None,
+            // The room hands it to its log, which answers a key it has seen with the
+            // original message (`duplicate: true` in the reply).
+            idempotency_key,
             reply,
         })
         .await;

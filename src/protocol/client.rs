@@ -17,6 +17,10 @@ pub const MAX_NAME_CHARS: usize = 64;
 pub const MAX_USER_ID_CHARS: usize = 64;
 /// Largest `limit` a history request may ask for; larger values are clamped.
 pub const MAX_HISTORY_LIMIT: u32 = 1000;
+/// Longest `idempotency_key` a `publish` may carry, in bytes of UTF-8. Each room
+/// remembers a bounded number of keys, so this bounds their memory in bytes; the
+/// room logs (`cluster::raft`) check the same bound again on apply.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 128;
 
 /// The `ref` a client attaches to a frame: a string or a number, echoed in the reply.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -69,6 +73,11 @@ pub enum Request {
     Publish {
         room: RoomName,
         content: String,
+        /// Protocol v1 addition: the client's key for retries. A second `publish`
+        /// with the same key in the same room is answered with the first one's `id`,
+        /// `seq` and `ts` and publishes nothing. Checked by
+        /// [`validate_idempotency_key`].
+        idempotency_key: Option<String>,
     },
     Typing {
         room: RoomName,
@@ -145,6 +154,10 @@ struct JoinFields {
 struct PublishFields {
     room: String,
     content: String,
+    /// Read as any JSON value so that a key of the wrong type gets the same clear
+    /// message as a key out of bounds; null is the same as absent.
+    #[serde(default)]
+    idempotency_key: Value,
 }
 
 #[derive(Deserialize)]
@@ -243,6 +256,11 @@ fn decode_request(kind: &str, value: &Value) -> Result<Request, ErrorBody> {
             Request::Publish {
                 room: RoomName::parse(&f.room)?,
                 content: f.content,
+                idempotency_key: match &f.idempotency_key {
+                    Value::Null => None,
+                    Value::String(key) => Some(validate_idempotency_key(key)?),
+                    _ => return Err(bad_idempotency_key()),
+                },
             }
         }
         "typing" => Request::Typing {
@@ -314,6 +332,27 @@ pub fn validate_user_id(id: &str) -> Result<String, ErrorBody> {
         ));
     }
     Ok(id.to_owned())
+}
+
+/// Checks a `publish`'s `idempotency_key`: 1 to [`MAX_IDEMPOTENCY_KEY_BYTES`] bytes of
+/// UTF-8 with no control character (C0, DEL or C1). Kept exactly as sent, untrimmed:
+/// two keys are the same key only when they are the same bytes.
+pub fn validate_idempotency_key(key: &str) -> Result<String, ErrorBody> {
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_BYTES || key.chars().any(char::is_control)
+    {
+        return Err(bad_idempotency_key());
+    }
+    Ok(key.to_owned())
+}
+
+fn bad_idempotency_key() -> ErrorBody {
+    ErrorBody::new(
+        ErrorCode::BadRequest,
+        format!(
+            "`idempotency_key` must be a string of 1 to {MAX_IDEMPOTENCY_KEY_BYTES} bytes with no \
+             control characters"
+        ),
+    )
 }
 
 /// Checks and trims a display name: 1 to 64 characters, no control characters.

@@ -11,8 +11,9 @@ mod codes;
 mod server;
 
 pub use client::{
-    decode_client_frame, validate_display_name, validate_user_id, ClientFrame, FrameError, Ref,
-    Request, RoomName, MAX_HISTORY_LIMIT, MAX_NAME_CHARS,
+    decode_client_frame, validate_display_name, validate_idempotency_key, validate_user_id,
+    ClientFrame, FrameError, Ref, Request, RoomName, MAX_HISTORY_LIMIT, MAX_IDEMPOTENCY_KEY_BYTES,
+    MAX_NAME_CHARS,
 };
 pub use codes::{close, ErrorBody, ErrorCode};
 pub use server::{

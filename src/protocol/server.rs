@@ -56,8 +56,9 @@ fn is_false(b: &bool) -> bool {
 /// The `data` of a successful reply; which variant depends on the request.
 ///
 /// Protocol v1 additions (`more`, `before`, `after`, `members_more`, `members_count`,
-/// `count`) appear only when a reply is cut or paged, so an uncut reply has exactly
-/// the fields it always had.
+/// `count`) appear only when a reply is cut or paged, and `duplicate` only on the
+/// answer to a retried publish, so any other reply has exactly the fields it always
+/// had.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum ReplyData {
@@ -92,6 +93,11 @@ pub enum ReplyData {
         id: String,
         seq: u64,
         ts: u64,
+        /// Protocol v1 addition: the `publish` carried an `idempotency_key` the room
+        /// had seen, so nothing was published and `id`, `seq` and `ts` are the
+        /// original message's. Absent (false) on a first publish.
+        #[serde(default, skip_serializing_if = "is_false")]
+        duplicate: bool,
     },
     History {
         room: String,

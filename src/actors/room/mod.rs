@@ -751,5 +751,6 @@ fn publish_reply(appended: Appended) -> ReplyData {
         id: appended.id,
         seq: appended.seq,
         ts: appended.ts,
+        duplicate: appended.duplicate,
     }
 }

@@ -97,6 +97,7 @@ pub enum Refusal {
     BadIdempotencyKey,
 }
 
-/// Longest idempotency key a command may carry, in bytes (each room remembers a
-/// bounded number of them, so this bounds their memory in bytes).
-pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 128;
+/// Longest idempotency key a command may carry, in bytes: the client protocol's
+/// bound (`publish.idempotency_key`), checked again on apply because a log entry is
+/// peer input too.
+pub use crate::protocol::MAX_IDEMPOTENCY_KEY_BYTES;
