@@ -6,11 +6,11 @@
 //! hands in resolves (`run_until_stopped` uses SIGINT / SIGTERM), then drains.
 
 use crate::actors::port::{PortFuture, Ports, PresencePort, SoloPresence};
-use crate::cluster::presence_sync::TrackerPort;
 use crate::actors::{start_node, NodeContext, NodeHandle, SessionSupervisorMessage};
 use crate::behaviour::Behaviours;
 use crate::cluster::membership::tls::PeerTls;
 use crate::cluster::membership::MembershipMessage;
+use crate::cluster::presence_sync::TrackerPort;
 use crate::cluster::{room_log, Cluster};
 use crate::config::Settings;
 use crate::telemetry::Metrics;

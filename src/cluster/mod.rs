@@ -9,8 +9,7 @@
 //! ```
 //!
 //! - [`wire`]: every message that crosses nodes; versioned; decoded with a `Result`.
-//! - [`raft`]: the Raft storage of the room logs (types, state machine, log store);
-//!   not started by the node yet.
+//! - [`raft`]: the Raft room logs (types, state machine, log store, network, host).
 //! - [`view`]: who this node believes is up (pure).
 //! - [`room_log`]: the room logs behind the actors' port (Raft shard host, sink, link).
 //! - [`tracker`] and [`presence_sync`]: presence without an owner (the pure tracker,

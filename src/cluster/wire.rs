@@ -296,7 +296,7 @@ mod tests {
         assert!(matches!(decode(b"\xff\x00"), Err(WireError::Malformed(_))));
         assert!(matches!(decode(b"{}"), Err(WireError::Malformed(_))));
         assert!(matches!(
-            decode(br#"{"v":1,"from":"a","inc":1,"body":{"t":"nope"}}"#),
+            decode(br#"{"v":2,"from":"a","inc":1,"body":{"t":"nope"}}"#),
             Err(WireError::Malformed(_))
         ));
         assert_eq!(

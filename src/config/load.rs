@@ -1797,6 +1797,11 @@ mod tests {
     fn problems_after(change: impl FnOnce(&mut Settings)) -> Vec<String> {
         let mut settings = Settings::default();
         change(&mut settings);
+        // A cluster lists its nodes (tested on its own below); these tests are about
+        // other rules.
+        if settings.cluster.voters.is_empty() && settings.nodes.is_empty() {
+            settings.cluster.voters = vec![settings.node.name.clone()];
+        }
         match settings.validate() {
             Ok(()) => Vec::new(),
             Err(ConfigError::Invalid(problems)) => problems,
@@ -2736,6 +2741,37 @@ mod tests {
                 assert_one_problem(&problems, "cluster.replicas");
             }
         }
+    }
+
+    #[test]
+    fn a_cluster_of_node_and_seeds_must_list_its_voters_with_this_node() {
+        let mut settings = Settings::default();
+        settings.cluster.enabled = true;
+        settings.cluster.cookie = Secret::new("a-cookie-long-enough-for-any-address-here");
+        let problems = settings.problems();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("cluster.voters: must list")),
+            "{problems:?}"
+        );
+        settings.cluster.voters = vec!["other".into()];
+        let problems = settings.problems();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("must include this node's name")),
+            "{problems:?}"
+        );
+        settings.cluster.voters = vec![settings.node.name.clone(), "other".into()];
+        assert!(
+            !settings
+                .problems()
+                .iter()
+                .any(|p| p.starts_with("cluster.voters")),
+            "{:?}",
+            settings.problems()
+        );
     }
 
     #[test]

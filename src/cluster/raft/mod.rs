@@ -18,7 +18,7 @@
 //!   with the `storage.fsync` policy) and each shard's Raft log, vote, committed
 //!   index and last snapshot in it ([`ShardLogStore`]).
 //!
-//! Nothing here is started by the node yet.
+//! The node starts it through cluster/room_log.rs (the actors' port).
 
 pub mod host;
 pub mod local_link;
