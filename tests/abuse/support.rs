@@ -182,7 +182,10 @@ impl AbuseNode {
             loop {
                 if let Some((200, body)) = http_get(http, "/cluster", HEALTHZ_TIMEOUT).await {
                     let status: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-                    if status["lease_valid"] == true {
+                    if status["shards"]
+                        .as_array()
+                        .is_some_and(|s| s.iter().all(|x| !x["leader"].is_null()))
+                    {
                         break;
                     }
                 }

@@ -439,7 +439,9 @@ impl Cluster {
                 status.as_ref().is_some_and(|s| {
                     view_names(s) == want
                         && s["has_quorum"] == true
-                        && s["lease_valid"] == true
+                        && s["shards"]
+                            .as_array()
+                            .is_some_and(|shards| shards.iter().all(|x| !x["leader"].is_null()))
                         && s["view_id"]
                             == statuses[0]
                                 .as_ref()

@@ -258,7 +258,9 @@ pub fn converged(nodes: &[&Node], what: &str) -> Vec<Value> {
             let ok = view_of(status) == names
                 && status["view_id"] == first
                 && status["has_quorum"] == true
-                && status["lease_valid"] == true;
+                && status["shards"]
+                    .as_array()
+                    .is_some_and(|s| s.iter().all(|x| !x["leader"].is_null()));
             if !ok {
                 return Err(status.to_string());
             }

@@ -242,9 +242,9 @@ impl FaultCluster {
                     .iter()
                     .filter_map(|v| v.as_str().map(str::to_owned))
                     .collect();
-                let good = status.as_ref().is_some_and(|s| {
-                    view == want && s["has_quorum"] == true && s["lease_valid"] == true
-                });
+                let good = status
+                    .as_ref()
+                    .is_some_and(|s| view == want && s["has_quorum"] == true);
                 ok &= good;
                 last.push(format!(
                     "{}: {:?}",
