@@ -1799,7 +1799,10 @@ mod tests {
         change(&mut settings);
         // A cluster lists its nodes (tested on its own below); these tests are about
         // other rules.
-        if settings.cluster.voters.is_empty() && settings.nodes.is_empty() {
+        if settings.cluster.enabled
+            && settings.cluster.voters.is_empty()
+            && settings.nodes.is_empty()
+        {
             settings.cluster.voters = vec![settings.node.name.clone()];
         }
         match settings.validate() {
@@ -3710,6 +3713,7 @@ port = 1",
         let weak = |change: &dyn Fn(&mut Settings)| {
             problems_after(|s| {
                 s.cluster.enabled = true;
+                s.cluster.voters = vec![s.node.name.clone()];
                 s.cluster.cookie = Secret::new("test-cookie");
                 change(s);
             })
@@ -3754,6 +3758,7 @@ port = 1",
     fn a_weak_cookie_on_loopback_only_is_a_warning() {
         let mut settings = Settings::default();
         settings.cluster.enabled = true;
+        settings.cluster.voters = vec![settings.node.name.clone()];
         settings.cluster.cookie = Secret::new("test-cookie");
         assert!(settings.problems().is_empty());
         let warnings = warnings(&settings);
