@@ -58,6 +58,7 @@ fn membership_forms_detects_failures_and_refuses_impostors() {
         let name = format!("n{}", i + 1);
         let mut node = Node::new(&dir, &name, "test-cookie", &seeds, &name);
         node.cluster = *seed;
+        node.voters = vec!["n1".into(), "n2".into(), "n3".into()];
         nodes.nodes.push(node);
     }
     // Reverse order: start order must not matter.

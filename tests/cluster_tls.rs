@@ -160,6 +160,7 @@ fn mutual_tls_admits_the_cluster_and_refuses_the_rest() {
     let seeds: Vec<SocketAddr> = nodes.nodes.iter().map(|n| n.cluster).collect();
     for node in &mut nodes.nodes {
         node.seeds = seeds.clone();
+        node.voters = vec!["n1".into(), "n2".into(), "n3".into()];
     }
     let started = Instant::now();
     for node in nodes.nodes.iter_mut().rev() {

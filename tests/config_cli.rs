@@ -471,9 +471,10 @@ fn the_example_cluster_file_is_accepted_with_a_warning_on_one_machine_only() {
 /// One node of a cluster across machines, with `cookie`.
 fn reachable_node(cookie: &str) -> TempConfig {
     TempConfig::new(&format!(
-        "[node]\nhttp_addr = \"127.0.0.1:0\"\n\n\
+        "[node]\nname = \"a\"\nhttp_addr = \"127.0.0.1:0\"\n\n\
          [cluster]\nenabled = true\nbind = \"0.0.0.0:0\"\nadvertise = \"10.0.0.5:4370\"\n\
-         cookie = \"{cookie}\"\nseeds = [\"10.0.0.5:4370\", \"10.0.0.6:4370\"]\n"
+         cookie = \"{cookie}\"\nseeds = [\"10.0.0.5:4370\", \"10.0.0.6:4370\"]\n\
+         voters = [\"a\", \"b\"]\n"
     ))
 }
 

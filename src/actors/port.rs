@@ -68,9 +68,17 @@ pub trait RoomLog: Send + Sync + 'static {
     /// held one when None), and its seq. Never blocks on the network.
     fn read(&self, room: &str, after: Option<u64>) -> LogRead;
 
-    /// Why rooms cannot be ordered from this node right now (no leader known for
-    /// some shard), for readiness; None when they can.
+    /// Why rooms cannot be ordered from this node right now (some shard has no known
+    /// leader, or this node reaches no majority of its voters), for readiness; None
+    /// when they can.
     fn unready(&self) -> Option<String> {
+        None
+    }
+
+    /// Why `room` cannot be ordered from this node right now (its shard has no leader,
+    /// or this node reaches no majority of its voters), for a join to refuse with
+    /// `unavailable`; None when it can.
+    fn unavailable(&self, _room: &str) -> Option<String> {
         None
     }
 

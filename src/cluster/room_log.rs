@@ -15,21 +15,23 @@
 //! message id. The proposer retries a batch whose answer was lost; with a key, the
 //! retry answers the original instead of ordering the message twice.
 
-use super::raft::host::{ProposeError, ShardHost, Timing};
+use super::raft::host::{ProposeError, ShardHost, Timing, Wiring};
 use super::raft::network::RaftLink;
 use super::raft::state_machine::{ApplySink, Committed, Retention};
 use super::raft::types::{CommandOutcome, NodeId, ShardCommand, ShardId};
 use super::raft::LogDb;
-use super::shards::{shard_of, Placement};
+use super::shards::{node_id, shard_of, Placement};
+use super::view::View;
 use super::wire::{Body, RaftAnswer, RaftCall};
 use super::Cluster;
 use crate::actors::port::{Append, Appended, LogRead, PortFuture, RoomLog};
 use crate::actors::{RoomDirectory, RoomMessage};
 use crate::config::{Settings, StorageEngine};
 use crate::protocol::{now_ms, ErrorBody, ErrorCode};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 
 /// The port's room log, on the node's shard host.
 pub struct RaftRoomLog {
@@ -99,14 +101,22 @@ impl RoomLog for RaftRoomLog {
     }
 
     fn unready(&self) -> Option<String> {
-        let shards = self.host.placement().shards() as usize;
-        let led = self.host.shards_with_leader();
-        (led < shards).then(|| {
+        let shards = self.host.placement().shards();
+        let mut reasons: Vec<String> = (0..shards)
+            .filter_map(|shard| self.host.unavailable(shard))
+            .collect();
+        let unavailable = reasons.len();
+        reasons.dedup();
+        (unavailable > 0).then(|| {
             format!(
-                "{} of {shards} room-log shards have no leader",
-                shards - led
+                "{unavailable} of {shards} room-log shards cannot order messages here: {}",
+                reasons.join("; ")
             )
         })
+    }
+
+    fn unavailable(&self, room: &str) -> Option<String> {
+        self.host.unavailable(self.shard(room))
     }
 
     fn shutdown(&self) -> PortFuture<()> {
@@ -217,10 +227,14 @@ pub async fn start_host(
     };
     let retention = Retention::messages(settings.rooms.history);
     let timing = match &cluster {
+        // A follower campaigns once its leader lease (its election_timeout_max) and an
+        // election timeout have passed since the leader was last heard: for the
+        // second voter by rank 3.5 to 4 election times, so a quarter of the failure
+        // timeout puts failover at about the failure timeout (docs/cluster.md).
         Some(_) => Timing {
             heartbeat: Duration::from_millis(settings.cluster.heartbeat_ms.clamp(20, 200)),
             election: Duration::from_millis(
-                (settings.cluster.failure_timeout_ms / 3).clamp(150, 1_000),
+                (settings.cluster.failure_timeout_ms / 4).clamp(150, 1_000),
             ),
         },
         // Alone, the one voter elects itself at once.
@@ -233,13 +247,33 @@ pub async fn start_host(
         rooms,
         shards: placement.shards(),
     });
-    let host = ShardHost::start(&me, placement, &db, retention, timing, sink, link)
+    let reach = cluster.as_ref().map(|cluster| reach_of(cluster));
+    let wiring = Wiring { sink, link, reach };
+    let host = ShardHost::start(&me, placement, &db, retention, timing, wiring)
         .await
         .map_err(|e| format!("the room logs did not start: {e}"))?;
     if let Some(cluster) = &cluster {
         cluster.set_shard_host(host.clone());
     }
     Ok(host)
+}
+
+/// The nodes of the cluster's current view as Raft ids, kept up to date: the host
+/// refuses at once on a shard of which it reaches no majority.
+fn reach_of(cluster: &Cluster) -> watch::Receiver<BTreeSet<NodeId>> {
+    let ids =
+        |view: &View| -> BTreeSet<NodeId> { view.members.keys().map(|n| node_id(n)).collect() };
+    let mut views = cluster.subscribe();
+    let (tx, rx) = watch::channel(ids(&views.borrow_and_update()));
+    tokio::spawn(async move {
+        while views.changed().await.is_ok() {
+            let up = ids(&views.borrow_and_update());
+            if tx.send(up).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 /// Each shard's voters and leader as this node knows them, for `GET /cluster`.

@@ -12,10 +12,14 @@
 //!   `s, s+1, …, s+replicas-1` (mod the node count) of the node list sorted by name.
 //!   Consecutive shards start on consecutive nodes, so every node is the first voter
 //!   of `shards / nodes` shards (± 1) and votes in `shards * replicas / nodes`.
-//! - The first voter of a shard is its *preferred leader*: it bootstraps the group and
-//!   campaigns first (a shorter election timeout), so leaders spread evenly at start.
-//!   openraft 0.9 has no leader transfer, so after failures leaders may bunch up until
-//!   nodes restart (docs/cluster.md).
+//! - The voters of a shard are ranked: the first is its *preferred leader*, and each
+//!   voter's election timeout grows with its rank (cluster/raft/host.rs), so the first
+//!   voter up leads: leaders spread evenly at start, and when a node fails, its shards
+//!   pass to the next voter of each. The successors' order turns with every round of
+//!   shards over the nodes (`(s / nodes) mod (replicas - 1)`), so a failed node's
+//!   shards spread over the survivors instead of all going to its neighbour.
+//!   openraft 0.9 has no leader transfer, so a node that comes back does not take its
+//!   shards back until their leaders fail (docs/cluster.md).
 //! - A node that is not a voter of a shard follows it as a Raft learner: every node
 //!   applies every shard's committed log, so it can serve any room's members, history
 //!   and resume from its own copy (docs/cluster.md says what that costs).
@@ -92,7 +96,15 @@ impl Placement {
         let n = sorted.len();
         let r = replicas.min(n);
         let voters = (0..shards as usize)
-            .map(|s| (0..r).map(|k| (s + k) % n).collect())
+            .map(|s| {
+                // The first voter by position; the successors' order turns with each
+                // round of shards over the nodes, so a node's shards pass to different
+                // survivors when it fails.
+                let turn = if r > 2 { (s / n) % (r - 1) } else { 0 };
+                let mut rest: Vec<usize> = (1..r).map(|k| (s + k) % n).collect();
+                rest.rotate_left(turn);
+                std::iter::once(s % n).chain(rest).collect()
+            })
             .collect();
         Ok(Self {
             shards,
@@ -148,6 +160,12 @@ impl Placement {
     /// The node that bootstraps `shard` and campaigns first.
     pub fn preferred_leader(&self, shard: ShardId) -> Option<NodeId> {
         self.voters(shard).first().copied()
+    }
+
+    /// The rank of `id` among `shard`'s voters (0: the preferred leader); None for a
+    /// node that does not vote in it.
+    pub fn rank(&self, shard: ShardId, id: NodeId) -> Option<usize> {
+        self.voters(shard).iter().position(|v| *v == id)
     }
 
     /// Whether node `id` votes in `shard`.
@@ -255,5 +273,23 @@ mod tests {
         assert_eq!(p.name_of(42), None);
         assert!(p.is_voter(1, node_id("a")));
         assert!(p.voters(99).is_empty());
+    }
+
+    #[test]
+    fn a_failed_nodes_shards_pass_to_different_survivors() {
+        let p = Placement::new(&names(&["a", "b", "c"]), 16, 3).unwrap();
+        let mut successors: BTreeMap<NodeId, usize> = BTreeMap::new();
+        for s in 0..16 {
+            let voters = p.voters(s);
+            assert_eq!(voters.len(), 3);
+            assert_eq!(p.rank(s, voters[1]), Some(1));
+            if voters[0] == node_id("a") {
+                *successors.entry(voters[1]).or_default() += 1;
+            }
+        }
+        // a first-votes 6 shards; b and c each take 3 of them over.
+        assert_eq!(successors.get(&node_id("b")), Some(&3), "{successors:?}");
+        assert_eq!(successors.get(&node_id("c")), Some(&3), "{successors:?}");
+        assert_eq!(p.rank(0, node_id("nobody")), None);
     }
 }

@@ -45,7 +45,12 @@ pub struct PeerAddr {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RpcKind {
+    /// AppendEntries carrying log entries.
     AppendEntries,
+    /// AppendEntries without entries (a heartbeat, or a commit index moving on);
+    /// served as AppendEntries, apart only so metrics can tell replication from
+    /// keeping leadership.
+    Heartbeat,
     Vote,
     InstallSnapshot,
     /// A batch of commands forwarded to the shard's leader (`Raft::client_write`).
@@ -172,7 +177,13 @@ impl Body {
             Self::Ping { .. } => "ping",
             Self::Pong { .. } => "pong",
             Self::Leaving {} => "leaving",
-            Self::RaftCall(_) => "raft_call",
+            Self::RaftCall(call) => match call.kind {
+                RpcKind::AppendEntries => "raft_append",
+                RpcKind::Heartbeat => "raft_heartbeat",
+                RpcKind::Vote => "raft_vote",
+                RpcKind::InstallSnapshot => "raft_snapshot",
+                RpcKind::ClientWrite => "raft_write",
+            },
             Self::RaftAnswer(_) => "raft_answer",
             Self::Direct { .. } => "direct",
             Self::DirectResult { .. } => "direct_result",

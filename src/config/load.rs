@@ -2633,6 +2633,8 @@ mod tests {
             None,
             env(&[
                 ("HUBBUB_CLUSTER__ENABLED", "true"),
+                ("HUBBUB_NODE__NAME", "a"),
+                ("HUBBUB_CLUSTER__VOTERS", "a"),
                 (
                     "HUBBUB_CLUSTER__COOKIE",
                     "s3cret-cookie-of-at-least-32-chars",
@@ -3743,6 +3745,8 @@ port = 1",
         );
         assert_one_problem(
             &weak(&|s| {
+                s.node.name = "b".into();
+                s.cluster.voters.clear();
                 s.nodes = vec![NodeEntry {
                     name: "b".into(),
                     http_addr: "127.0.0.1:8082".parse().unwrap(),

@@ -68,27 +68,16 @@ pub const SERVER_FRAME_TYPES: [&str; 11] = [
 
 /// Kinds of the bodies nodes send each other (`wire::Body::kind`), counted from the
 /// start at zero. A kind not listed is still counted, under its own name.
-pub const CLUSTER_KINDS: [&str; 28] = [
+pub const CLUSTER_KINDS: [&str; 17] = [
     "ping",
     "pong",
     "leaving",
-    "room_handoff",
-    "room_join",
-    "room_member",
-    "room_publish",
-    "room_typing",
-    "room_rename",
-    "room_unsubscribe",
-    "room_ack",
-    "room_joined",
-    "room_published",
-    "room_message",
-    "room_presence",
-    "room_typed",
-    "room_renamed",
-    "recover_request",
-    "recover_state",
-    "owner_announce",
+    "raft_append",
+    "raft_heartbeat",
+    "raft_vote",
+    "raft_snapshot",
+    "raft_write",
+    "raft_answer",
     "direct",
     "direct_result",
     "user_renamed",
@@ -859,8 +848,8 @@ mod tests {
         metrics.frame_in("publish");
         metrics.frame_in_invalid();
         metrics.frame_in("subscribe");
-        metrics.cluster_message_out("room_message");
-        metrics.cluster_message_in("room_ack");
+        metrics.cluster_message_out("raft_append");
+        metrics.cluster_message_in("raft_answer");
         metrics.cluster_message_in("leave");
         metrics.cluster_message_invalid();
         let text = metrics.encode().unwrap();
@@ -882,11 +871,11 @@ mod tests {
             Some(0.0)
         );
         assert_eq!(
-            value(r#"hubbub_cluster_messages_total{direction="out",kind="room_message"}"#),
+            value(r#"hubbub_cluster_messages_total{direction="out",kind="raft_append"}"#),
             Some(1.0)
         );
         assert_eq!(
-            value(r#"hubbub_cluster_messages_total{direction="in",kind="room_ack"}"#),
+            value(r#"hubbub_cluster_messages_total{direction="in",kind="raft_answer"}"#),
             Some(1.0)
         );
         assert_eq!(

@@ -125,12 +125,14 @@ impl AbuseNode {
         std::fs::create_dir_all(&dir).expect("test dir");
         let mut config = format!(
             "[node]\nname = \"abuse\"\nhttp_addr = \"{http}\"\n\n\
-             [log]\nlevel = \"warn,ractor_cluster=error\"\nformat = \"json\"\n\n"
+             [log]\nlevel = \"warn,ractor_cluster=error\"\nformat = \"json\"\n\n\
+             [storage]\ndir = {storage:?}\n\n",
+            storage = dir.join("data").display().to_string(),
         );
         if let Some(bind) = cluster {
             config.push_str(&format!(
                 "[cluster]\nenabled = true\nbind = \"{bind}\"\ncookie = \"{COOKIE}\"\n\
-                 seeds = [\"{bind}\"]\n\n"
+                 seeds = [\"{bind}\"]\nvoters = [\"abuse\"]\n\n"
             ));
         }
         config.push_str(extra);
@@ -178,7 +180,7 @@ impl AbuseNode {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         if clustered {
-            // Ready needs a quorum; publishing also needs the room owner's lease.
+            // Publishing needs every shard of the room logs to have its leader.
             loop {
                 if let Some((200, body)) = http_get(http, "/cluster", HEALTHZ_TIMEOUT).await {
                     let status: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
@@ -191,7 +193,7 @@ impl AbuseNode {
                 }
                 assert!(
                     started.elapsed() < DEADLINE,
-                    "[{label}] the node's lease was not valid within {DEADLINE:?}"
+                    "[{label}] the room logs had no leader within {DEADLINE:?}"
                 );
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }

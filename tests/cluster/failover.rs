@@ -3,7 +3,8 @@
 //! lost, and the rest keeps chatting.
 
 use crate::support::{
-    find_room, is_diff, is_message, owner_of, Client, Cluster, DEADLINE, DETECTION_BOUND, RETRYABLE,
+    find_room, is_diff, is_message, next_owner, owner_of, shard_of, voters_of, Client, Cluster,
+    DEADLINE, DETECTION_BOUND, RETRYABLE,
 };
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -249,8 +250,9 @@ async fn owner_killed_mid_stream(
         reader_node
     };
     let room = find_room("stream", |room| {
-        owner_of(room, &all) == owner && owner_of(room, &["b", "c"]) == successor
+        owner_of(room, &all) == owner && next_owner(room, &all, &["b", "c"]) == successor
     });
+    let shard = shard_of(&room, &all);
     eprintln!("[{label}] {room}: owner {owner}, then {successor}; publisher on {publisher_node}, reader on {reader_node}");
 
     // Someone on the owner's node too, as in real life; it reconnects elsewhere later.
@@ -275,18 +277,12 @@ async fn owner_killed_mid_stream(
         || (restart_at_once && moved_back_at.is_none_or(|at| acks.len() < at + 50))
     {
         if restart_at_once && killed_at.is_some() && moved_back_at.is_none() && n % 10 == 0 {
-            let owned = cluster
-                .try_cluster_status(owner)
-                .await
-                .is_some_and(|status| {
-                    status["rooms_owned"]
-                        .as_array()
-                        .is_some_and(|rooms| rooms.iter().any(|r| r == room.as_str()))
-                });
-            if owned {
+            // Back: it knows the room's shard's leader again (itself, when it came
+            // back before the others elected one: its rank campaigns first).
+            if let Some(leader) = cluster.leader_seen_by(owner, shard).await {
                 moved_back_at = Some(acks.len());
                 eprintln!(
-                    "[{label}] the room is back on {owner} after {} acks",
+                    "[{label}] {owner} is back after {} acks; the room's shard is led by {leader}",
                     acks.len()
                 );
             }
@@ -751,7 +747,7 @@ async fn sigstop_of_the_owner_never_lets_two_nodes_hand_out_one_seq() {
     let mut cluster = Cluster::start("sigstop-owner", 3).await;
     let all = ["a", "b", "c"];
     let room = find_room("fenced", |room| owner_of(room, &all) == "c");
-    let interim = owner_of(&room, &["a", "b"]);
+    let interim = next_owner(&room, &all, &["a", "b"]);
     eprintln!("[sigstop-owner] {room}: owner c, while c is frozen {interim}");
 
     let mut frozen = cluster.connect("c", "frozen").await;
@@ -888,9 +884,10 @@ async fn sigstop_of_the_owner_never_lets_two_nodes_hand_out_one_seq() {
     );
 }
 
-/// Two nodes freeze: the third, owner of a room, is cut off from the majority. It
-/// stops ordering once its lease runs out (`unavailable`), still serves what it holds,
-/// and carries on where it left off once the others are back.
+/// Two nodes freeze: the third, leader of a room's shard, is cut off from the
+/// majority. It stops taking messages once its failure detector sees the others down
+/// (`unavailable`, within the failure timeout and a margin), still serves what it
+/// holds, and carries on where it left off once the others are back.
 #[tokio::test]
 async fn a_node_cut_off_from_the_majority_stops_ordering_until_it_rejoins() {
     let mut cluster = Cluster::start("minority", 3).await;
@@ -914,7 +911,7 @@ async fn a_node_cut_off_from_the_majority_stops_ordering_until_it_rejoins() {
     let stopped = Instant::now();
     cluster.sigstop("a");
     cluster.sigstop("b");
-    // c orders while its lease lasts, then refuses.
+    // c may answer a publish that was committed before the freeze; then it refuses.
     let mut during = 0;
     let refused_after = loop {
         let reply = carol
@@ -944,9 +941,14 @@ async fn a_node_cut_off_from_the_majority_stops_ordering_until_it_rejoins() {
         "c ordered for {refused_after:?} without a majority"
     );
 
-    // From then on it refuses whatever changes the room, and answers from its copy.
-    let status = cluster.cluster_status("c").await;
-    assert_eq!(status["lease_valid"], false, "{status}");
+    // From then on it refuses whatever changes the room, says so in its readiness,
+    // and answers from its copy.
+    let (code, body) = cluster.http("c", "/readyz").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("no quorum") && body.contains("majority"),
+        "{body}"
+    );
     let lost_quorum = loop {
         let status = cluster.cluster_status("c").await;
         if status["has_quorum"] == false {
@@ -1209,49 +1211,78 @@ fn assert_stream_consistent(
     }
 }
 
-/// Polls until `node` lists `room` among the rooms it owns; returns when.
-async fn wait_owner(cluster: &Cluster, node: &str, room: &str) -> Instant {
+/// Polls `observer`'s `/cluster` until `shard` has a leader not in `dead`; asserts it
+/// is `expected` (the next voter in rank order); returns when it was seen.
+async fn wait_leader_but(
+    cluster: &Cluster,
+    observer: &str,
+    shard: usize,
+    dead: &[&str],
+    expected: &str,
+) -> Instant {
     let started = Instant::now();
     loop {
-        if let Some(status) = cluster.try_cluster_status(node).await {
-            let owned = status["rooms_owned"]
-                .as_array()
-                .is_some_and(|rooms| rooms.iter().any(|r| r == room));
-            if owned {
+        if let Some(leader) = cluster.leader_seen_by(observer, shard).await {
+            if !dead.contains(&leader.as_str()) {
+                assert_eq!(
+                    leader, expected,
+                    "shard {shard}'s lead passed out of rank order"
+                );
                 return Instant::now();
             }
         }
         assert!(
             started.elapsed() < DEADLINE,
-            "{node} never took {room} over"
+            "no new leader of shard {shard} after {dead:?} died"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
-/// Five nodes, so that two can die one after the other: the owner is killed while
-/// a client streams, then its successor as soon as it has taken over. The room goes
-/// through three owners and three epochs; no ack is lost, no seq named twice.
+/// Five nodes, every one a voter of every shard, so that two leaders can die one
+/// after the other: the room's leader is killed while a client streams, then its
+/// successor as soon as it has taken over. The room goes through three leaders; no
+/// ack is lost, no seq named twice.
 #[tokio::test]
 async fn kill9_of_two_owners_in_turn_loses_no_acked_message() {
-    let mut cluster = Cluster::start("two-owners", 5).await;
+    let mut cluster = Cluster::plan("two-owners", 5).await;
+    let names = cluster.names();
+    for name in &names {
+        cluster.set_env(name, "HUBBUB_CLUSTER__REPLICAS", "5");
+        cluster.start_node(name).await;
+    }
+    cluster.wait_converged(&names).await;
     let all = ["a", "b", "c", "d", "e"];
     let room = find_room("relay-race", |room| owner_of(room, &all) == "a");
-    let first = owner_of(&room, &all[1..]);
-    let first = first.as_str();
-    let rest: Vec<&str> = all[1..].iter().copied().filter(|n| *n != first).collect();
-    let second = owner_of(&room, &rest);
-    let second = second.as_str();
-    let others: Vec<&str> = rest.iter().copied().filter(|n| *n != second).collect();
-    let (publisher_node, reader_node) = (others[0], others[1]);
-    eprintln!("[two-owners] {room}: owners a, {first}, {second}; publisher on {publisher_node}, reader on {reader_node}");
+    let shard = shard_of(&room, &all);
+    // Whoever leads the room's shard now (start order decides) dies first; voters
+    // campaign in rank order, so the first two by rank among the rest lead next, in
+    // turn. The clients sit on the last two, which never lead while those are up.
+    let ranked = voters_of(&room, &all, 5);
+    let asked = Instant::now();
+    let zero = loop {
+        if let Some(leader) = cluster.leader_seen_by("a", shard).await {
+            break leader;
+        }
+        assert!(asked.elapsed() < DEADLINE, "shard {shard} has no leader");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let rest: Vec<&str> = ranked
+        .iter()
+        .map(String::as_str)
+        .filter(|n| *n != zero)
+        .collect();
+    let (first, second) = (rest[0], rest[1]);
+    let (publisher_node, reader_node) = (rest[2], rest[3]);
+    let zero = zero.as_str();
+    eprintln!("[two-owners] {room}: leaders {zero}, then by rank {first}, {second}; publisher on {publisher_node}, reader on {reader_node}");
 
     let mut reader = cluster.connect(reader_node, "reader").await;
     reader.join_retry(&room).await;
     let mut publisher = cluster.connect(publisher_node, "publisher").await;
     publisher.join_retry(&room).await;
     let mut bystanders = Vec::new();
-    for node in ["a", first, second] {
+    for node in [zero, first, second] {
         let mut client = cluster.connect(node, &format!("on-{node}")).await;
         client.join_retry(&room).await;
         bystanders.push(client);
@@ -1261,16 +1292,17 @@ async fn kill9_of_two_owners_in_turn_loses_no_acked_message() {
 
     acks_reach(&mut count, 30).await;
     let killed = Instant::now();
-    cluster.kill9("a");
-    let took = wait_owner(&cluster, first, &room).await - killed;
+    cluster.kill9(zero);
+    let took = wait_leader_but(&cluster, publisher_node, shard, &[zero], first).await - killed;
     let acked = *count.borrow();
     acks_reach(&mut count, acked + 30).await;
     let killed_again = Instant::now();
     cluster.kill9(first);
-    let took_again = wait_owner(&cluster, second, &room).await - killed_again;
+    let took_again = wait_leader_but(&cluster, publisher_node, shard, &[zero, first], second).await
+        - killed_again;
     let acked = *count.borrow();
     acks_reach(&mut count, acked + 30).await;
-    eprintln!("[two-owners] {first} took over {took:?} after a died, {second} {took_again:?} after {first} died");
+    eprintln!("[two-owners] {first} took the lead {took:?} after {zero} died, {second} {took_again:?} after {first} died");
 
     stop_stream.send(()).expect("the streamer runs");
     let StreamReport { acks, refusals, .. } = stream.await.expect("streamer task");

@@ -5,7 +5,7 @@
 //! is counted and logged once, and real peers still join afterwards.
 
 use crate::scrape::Metrics;
-use crate::support::{Cluster, NodeSpec, COOKIE, DEADLINE, FAILURE_TIMEOUT_MS};
+use crate::support::{Cluster, DEADLINE, FAILURE_TIMEOUT_MS};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -182,18 +182,20 @@ async fn a_frame_past_the_budget_before_authenticating_closes_the_connection_unr
 
 #[tokio::test]
 async fn past_the_cap_peers_are_refused_at_once_and_silent_ones_closed_at_the_deadline() {
-    let mut cluster = Cluster::plan("peercap", 2).await;
+    // Three configured nodes; c starts last, seeded with a alone.
+    let mut cluster = Cluster::plan("peercap", 3).await;
     cluster.set_env(
         "a",
         "HUBBUB_CLUSTER__FAILURE_TIMEOUT_MS",
         &DEADLINE_MS.to_string(),
     );
-    let names = cluster.names();
+    let addr = cluster.bind_addr("a");
+    cluster.set_seeds("c", &[addr.to_string()]);
+    let names = ["a".to_owned(), "b".to_owned()];
     for name in &names {
         cluster.start_node(name).await;
     }
     cluster.wait_converged(&names).await;
-    let addr = cluster.bind_addr("a");
     let deadline = Duration::from_millis(DEADLINE_MS);
 
     // Fill the cap with connections that never send a byte.
@@ -247,12 +249,6 @@ async fn past_the_cap_peers_are_refused_at_once_and_silent_ones_closed_at_the_de
 
     // A real node still joins through a: its connection authenticates and stays
     // past the deadline.
-    cluster.plan_extra(NodeSpec {
-        key: "c".to_owned(),
-        name: "c".to_owned(),
-        cookie: COOKIE.to_owned(),
-        seeds: vec![addr.to_string()],
-    });
     cluster.start_node("c").await;
     let all = cluster.names();
     cluster.wait_converged(&all).await;

@@ -1,7 +1,7 @@
 //! Start order does not matter: nodes started in reverse order form the cluster, and a
 //! node that joins late gets the rooms' history and chats with the rest.
 
-use crate::support::{find_room, is_message, owner_of, Cluster, NodeSpec, COOKIE};
+use crate::support::{find_room, is_message, owner_of, Cluster};
 use std::time::Instant;
 
 #[tokio::test]
@@ -107,14 +107,16 @@ async fn a_late_node_converges_and_gets_the_full_history() {
 
 #[tokio::test]
 async fn a_node_seeded_with_one_peer_meets_them_all() {
-    let mut cluster = Cluster::start("one-seed", 3).await;
-    // d knows only a; gossip must introduce it to b and c (and them to it).
-    cluster.plan_extra(NodeSpec {
-        key: "d".to_owned(),
-        name: "d".to_owned(),
-        cookie: COOKIE.to_owned(),
-        seeds: vec![cluster.bind_addr("a").to_string()],
-    });
+    // Four configured nodes; d comes last and knows only a: gossip must introduce it
+    // to b and c (and them to it).
+    let mut cluster = Cluster::plan("one-seed", 4).await;
+    let a = cluster.bind_addr("a").to_string();
+    cluster.set_seeds("d", &[a]);
+    let three: Vec<String> = ["a", "b", "c"].map(str::to_owned).to_vec();
+    for name in &three {
+        cluster.start_node(name).await;
+    }
+    cluster.wait_converged(&three).await;
     let started = Instant::now();
     cluster.start_node("d").await;
     cluster.wait_converged(&cluster.names()).await;

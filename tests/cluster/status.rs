@@ -1,5 +1,5 @@
-//! `GET /cluster`: this node, every peer with its state and heartbeat round trip, and
-//! the rooms this node owns.
+//! `GET /cluster`: this node, every peer with its state and heartbeat round trip, the
+//! rooms running here, and each shard of the room logs with its voters and leader.
 
 use crate::support::{
     find_room, owner_of, view_names, Cluster, DEADLINE, FAILURE_TIMEOUT_MS, HEARTBEAT_MS,
@@ -7,16 +7,37 @@ use crate::support::{
 use serde_json::Value;
 use std::time::Instant;
 
-/// The names in a `/cluster` answer's `rooms_owned`.
-fn rooms_owned(status: &Value) -> Vec<&str> {
-    status["rooms_owned"]
+/// The names in a `/cluster` answer's `rooms` (the rooms running on that node), sorted.
+fn rooms_here(status: &Value) -> Vec<String> {
+    let mut rooms: Vec<String> = status["rooms"]
         .as_array()
-        .map(|rooms| rooms.iter().filter_map(Value::as_str).collect())
+        .map(|rooms| {
+            rooms
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    rooms.sort();
+    rooms
+}
+
+/// Each shard's leader in a `/cluster` answer, in shard order.
+fn leaders(status: &Value) -> Vec<Option<String>> {
+    status["shards"]
+        .as_array()
+        .map(|shards| {
+            shards
+                .iter()
+                .map(|s| s["leader"].as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 #[tokio::test]
-async fn cluster_status_shows_peers_and_the_rooms_each_node_owns() {
+async fn cluster_status_shows_peers_rooms_and_shards() {
     let cluster = Cluster::start("status", 3).await;
     let all = ["a", "b", "c"];
     let names = cluster.names();
@@ -60,38 +81,71 @@ async fn cluster_status_shows_peers_and_the_rooms_each_node_owns() {
         }
     }
 
-    // Rooms in use show up at their owner, and only there.
+    // Every shard lists its three voters and a leader among them, the same on every
+    // node.
+    for name in &names {
+        let status = cluster.cluster_status(name).await;
+        let shards = status["shards"].as_array().expect("shards");
+        assert!(!shards.is_empty(), "{status}");
+        for (i, shard) in shards.iter().enumerate() {
+            assert_eq!(shard["shard"], i, "{shard}");
+            let mut voters: Vec<&str> = shard["voters"]
+                .as_array()
+                .expect("voters")
+                .iter()
+                .filter_map(Value::as_str)
+                .collect();
+            voters.sort();
+            assert_eq!(voters, all, "{name}: {shard}");
+        }
+    }
+    let started = Instant::now();
+    loop {
+        let mut seen = Vec::new();
+        for name in &names {
+            seen.push(leaders(&cluster.cluster_status(name).await));
+        }
+        let agreed = seen.windows(2).all(|w| w[0] == w[1])
+            && seen[0]
+                .iter()
+                .all(|l| l.as_deref().is_some_and(|l| all.contains(&l)));
+        if agreed {
+            break;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the shards' leaders as a, b, c see them: {seen:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    // The rooms in use show up on every node with members in them, and only there.
     let rooms: Vec<String> = all
         .iter()
         .map(|node| find_room("owned", |room| owner_of(room, &all) == *node))
         .collect();
     let mut clients = Vec::new();
-    for node in all {
+    for node in ["a", "b"] {
         let mut client = cluster.connect(node, &format!("user-{node}")).await;
         for room in &rooms {
             client.join_retry(room).await;
         }
         clients.push(client);
     }
+    let mut expected = rooms.clone();
+    expected.sort();
     let started = Instant::now();
     loop {
-        let mut owned = Vec::new();
+        let mut here = Vec::new();
         for name in &names {
-            let status = cluster.cluster_status(name).await;
-            owned.push(
-                rooms_owned(&status)
-                    .into_iter()
-                    .map(str::to_owned)
-                    .collect::<Vec<_>>(),
-            );
+            here.push(rooms_here(&cluster.cluster_status(name).await));
         }
-        let expected: Vec<Vec<String>> = rooms.iter().map(|room| vec![room.clone()]).collect();
-        if owned == expected {
+        if here == [expected.clone(), expected.clone(), Vec::new()] {
             break;
         }
         assert!(
             started.elapsed() < DEADLINE,
-            "rooms_owned of a, b, c: {owned:?}, expected {expected:?}"
+            "rooms running on a, b, c: {here:?}, expected {expected:?} on a and b"
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }

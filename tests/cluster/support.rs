@@ -234,6 +234,28 @@ impl Cluster {
         );
     }
 
+    /// Replaces a planned node's `cluster.seeds` (before it starts).
+    pub fn set_seeds(&mut self, name: &str, seeds: &[String]) {
+        let config = &self.nodes[name].config;
+        let text = std::fs::read_to_string(config).expect("read node config");
+        let listed = seeds
+            .iter()
+            .map(|s| format!("\"{s}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let text: Vec<String> = text
+            .lines()
+            .map(|line| {
+                if line.starts_with("seeds = ") {
+                    format!("seeds = [{listed}]")
+                } else {
+                    line.to_owned()
+                }
+            })
+            .collect();
+        std::fs::write(config, text.join("\n") + "\n").expect("write node config");
+    }
+
     /// Every planned node's name, in order.
     pub fn names(&self) -> Vec<String> {
         self.nodes.keys().cloned().collect()
@@ -424,10 +446,30 @@ impl Cluster {
         }
     }
 
+    /// The leader of `shard` as `observer` reports it in `/cluster` (None: no answer, or
+    /// no leader known).
+    pub async fn leader_seen_by(&self, observer: &str, shard: usize) -> Option<String> {
+        let status = self.try_cluster_status(observer).await?;
+        status["shards"][shard]["leader"]
+            .as_str()
+            .map(str::to_owned)
+    }
+
     /// Polls `/cluster` on every node of `names` until all report the same view, whose
-    /// members are exactly `names`, with a quorum and a valid lease. Returns how long
+    /// members are exactly `names`, with a quorum, and every shard of the room logs has
+    /// a leader among them. Returns how long
     /// that took; panics after [`DEADLINE`] with what each node last said.
     pub async fn wait_converged(&self, names: &[String]) -> Duration {
+        self.wait_agreed(names, true).await
+    }
+
+    /// As [`Cluster::wait_converged`], but only the membership view: whether the room
+    /// logs' shards have elected leaders among `names` yet is not waited for.
+    pub async fn wait_view(&self, names: &[String]) -> Duration {
+        self.wait_agreed(names, false).await
+    }
+
+    async fn wait_agreed(&self, names: &[String], leaders: bool) -> Duration {
         let started = Instant::now();
         let want: BTreeSet<&str> = names.iter().map(String::as_str).collect();
         loop {
@@ -439,9 +481,12 @@ impl Cluster {
                 status.as_ref().is_some_and(|s| {
                     view_names(s) == want
                         && s["has_quorum"] == true
-                        && s["shards"]
-                            .as_array()
-                            .is_some_and(|shards| shards.iter().all(|x| !x["leader"].is_null()))
+                        && (!leaders
+                            || s["shards"].as_array().is_some_and(|shards| {
+                                shards
+                                    .iter()
+                                    .all(|x| x["leader"].as_str().is_some_and(|l| want.contains(l)))
+                            }))
                         && s["view_id"]
                             == statuses[0]
                                 .as_ref()
@@ -563,20 +608,49 @@ pub fn view_names(status: &Value) -> BTreeSet<&str> {
         .unwrap_or_default()
 }
 
-/// The node expected to lead `room`'s shard when exactly `nodes` are up: the first of
-/// the shard's voters (placed over every configured node, cluster/shards.rs) that is
-/// up. The first voter campaigns first, so it leads once it is up; among the others
-/// the election decides, so a test that needs to know reads `/cluster`.
-pub fn owner_of(room: &str, nodes: &[&str]) -> String {
-    let all: Vec<String> = (0..nodes.len().max(3)).map(node_name).collect();
-    let placement = hubbub::cluster::shards::Placement::new(&all, 16, 3).expect("placement");
+/// The placement of a test cluster of the nodes `all` (16 shards, 3 replicas: the
+/// defaults the test configs keep).
+fn placement(all: &[&str]) -> hubbub::cluster::shards::Placement {
+    let all: Vec<String> = all.iter().map(|n| n.to_string()).collect();
+    hubbub::cluster::shards::Placement::new(&all, 16, 3).expect("placement")
+}
+
+/// The voters of `room`'s shard in rank order, in a cluster of the nodes `all` with
+/// `replicas` voters per shard.
+pub fn voters_of(room: &str, all: &[&str], replicas: usize) -> Vec<String> {
+    let all: Vec<String> = all.iter().map(|n| n.to_string()).collect();
+    let placement = hubbub::cluster::shards::Placement::new(&all, 16, replicas).expect("placement");
+    placement
+        .voters(placement.shard_of(room))
+        .into_iter()
+        .filter_map(|id| placement.name_of(id).map(str::to_owned))
+        .collect()
+}
+
+/// The shard of `room` in a cluster of the nodes `all`.
+pub fn shard_of(room: &str, all: &[&str]) -> usize {
+    placement(all).shard_of(room) as usize
+}
+
+/// The node expected to lead `room`'s shard in a cluster of the nodes `all` with all
+/// of them up: the shard's first voter (cluster/shards.rs), which campaigns first.
+pub fn owner_of(room: &str, all: &[&str]) -> String {
+    next_owner(room, all, all)
+}
+
+/// The node expected to lead `room`'s shard once only `up` (of the cluster of `all`)
+/// are up: the first of its voters in rank order that is up (voters campaign in rank
+/// order). An expectation, not a rule: an election decides, so a test that must know
+/// reads `/cluster`.
+pub fn next_owner(room: &str, all: &[&str], up: &[&str]) -> String {
+    let placement = placement(all);
     let shard = placement.shard_of(room);
     placement
         .voters(shard)
         .into_iter()
         .filter_map(|id| placement.name_of(id))
-        .find(|name| nodes.contains(name))
-        .unwrap_or(nodes[0])
+        .find(|name| up.contains(name))
+        .unwrap_or(up[0])
         .to_owned()
 }
 

@@ -32,6 +32,11 @@ pub struct NodeConfig<'a> {
     pub bind: SocketAddr,
     pub cookie: &'a str,
     pub seeds: &'a [SocketAddr],
+    /// `cluster.voters`: the names of every node of the cluster (this one included).
+    pub voters: &'a [String],
+    /// `storage.dir`: where the node keeps its room logs (under `<dir>/<name>/`); a
+    /// restart with the same directory finds them again.
+    pub storage: &'a Path,
     /// TOML appended at the end (whole sections).
     pub extra: &'a str,
 }
@@ -44,11 +49,18 @@ pub fn config_text(node: &NodeConfig<'_>) -> String {
         .map(|s| format!("\"{s}\""))
         .collect::<Vec<_>>()
         .join(", ");
+    let voters = node
+        .voters
+        .iter()
+        .map(|v| format!("{v:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     format!(
         "[node]\nname = \"{name}\"\nhttp_addr = \"{http}\"\n\n\
          [cluster]\nenabled = true\nbind = \"{bind}\"\ncookie = \"{cookie}\"\n\
-         seeds = [{seeds}]\nheartbeat_ms = {HEARTBEAT_MS}\n\
+         seeds = [{seeds}]\nvoters = [{voters}]\nheartbeat_ms = {HEARTBEAT_MS}\n\
          failure_timeout_ms = {FAILURE_TIMEOUT_MS}\n\n\
+         [storage]\ndir = {storage:?}\n\n\
          [rooms]\nhistory = {HISTORY}\n\n\
          [limits]\nframes_per_second = 0\n\n\
          [rate_limit]\nmessages_per_minute = 0\nhandshakes_per_ip_per_sec = 0\n\n\
@@ -57,6 +69,7 @@ pub fn config_text(node: &NodeConfig<'_>) -> String {
         http = node.http,
         bind = node.bind,
         cookie = node.cookie,
+        storage = node.storage.display().to_string(),
         extra = node.extra,
     )
 }

@@ -54,6 +54,12 @@ pub struct Node {
     pub cluster: SocketAddr,
     pub cookie: String,
     pub seeds: Vec<SocketAddr>,
+    /// `cluster.voters`: every node of the cluster by name; only this node unless the
+    /// test names them all.
+    pub voters: Vec<String>,
+    /// `storage.dir` (the room logs), one per process label so a namesake never opens
+    /// another's files; kept across restarts.
+    pub storage: PathBuf,
     /// TOML appended to the generated config (after `[cluster]`), e.g. `[cluster.tls]`.
     pub extra_config: String,
     pub config: PathBuf,
@@ -70,6 +76,8 @@ impl Node {
             cluster: SocketAddr::from(([127, 0, 0, 1], ports[1])),
             cookie: cookie.to_owned(),
             seeds: seeds.to_vec(),
+            voters: vec![name.to_owned()],
+            storage: dir.join(format!("{label}-data")),
             extra_config: String::new(),
             config: dir.join(format!("{label}.toml")),
             log: dir.join(format!("{label}.log")),
@@ -80,17 +88,21 @@ impl Node {
     /// Writes the config and starts the process; its log goes to `self.log`.
     pub fn start(&mut self) {
         let seeds: Vec<String> = self.seeds.iter().map(|s| format!("\"{s}\"")).collect();
+        let voters: Vec<String> = self.voters.iter().map(|v| format!("{v:?}")).collect();
         let config = format!(
             "[node]\nname = \"{name}\"\nhttp_addr = \"{http}\"\n\n\
              [log]\nlevel = \"info\"\nformat = \"json\"\n\n\
+             [storage]\ndir = {storage:?}\n\n\
              [cluster]\nenabled = true\nbind = \"{cluster}\"\ncookie = \"{cookie}\"\n\
-             seeds = [{seeds}]\nheartbeat_ms = {HEARTBEAT_MS}\n\
+             seeds = [{seeds}]\nvoters = [{voters}]\nheartbeat_ms = {HEARTBEAT_MS}\n\
              failure_timeout_ms = {FAILURE_TIMEOUT_MS}\n\n{extra}",
             name = self.name,
             http = self.http,
             cluster = self.cluster,
             cookie = self.cookie,
             seeds = seeds.join(", "),
+            voters = voters.join(", "),
+            storage = self.storage.display().to_string(),
             extra = self.extra_config,
         );
         std::fs::write(&self.config, config).expect("config written");
@@ -244,8 +256,8 @@ pub fn wait_for<T>(
     }
 }
 
-/// Waits until `nodes` all see exactly each other up, with one view id, quorum and a
-/// valid lease; returns the statuses.
+/// Waits until `nodes` all see exactly each other up, with one view id, a quorum, and
+/// a leader for every shard of the room logs; returns the statuses.
 pub fn converged(nodes: &[&Node], what: &str) -> Vec<Value> {
     let names: BTreeSet<String> = nodes.iter().map(|n| n.name.clone()).collect();
     wait_for(CONVERGE, what, || {

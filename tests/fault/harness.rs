@@ -89,6 +89,8 @@ impl FaultCluster {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create test dir");
         let mut procs = Vec::new();
+        let voters: Vec<String> = (0..n).map(node_name).collect();
+        let storage = dir.join("data");
         for i in 0..n {
             let name = node_name(i);
             let http = SocketAddr::from((node_addr(i), HTTP_PORT));
@@ -104,6 +106,8 @@ impl FaultCluster {
                 bind,
                 cookie: COOKIE,
                 seeds: &seeds,
+                voters: &voters,
+                storage: &storage,
                 extra: "",
             });
             std::fs::write(&config, text).expect("write config");
@@ -226,7 +230,8 @@ impl FaultCluster {
         }
     }
 
-    /// Polls `/cluster` of `nodes` until each sees exactly them, with quorum and lease.
+    /// Polls `/cluster` of `nodes` until each sees exactly them, with a quorum, and
+    /// every shard of the room logs has a leader among them.
     pub async fn wait_converged(&self, nodes: &[usize]) -> Duration {
         let want: BTreeSet<String> = nodes.iter().map(|i| self.name(*i)).collect();
         let started = Instant::now();
@@ -242,9 +247,15 @@ impl FaultCluster {
                     .iter()
                     .filter_map(|v| v.as_str().map(str::to_owned))
                     .collect();
-                let good = status
-                    .as_ref()
-                    .is_some_and(|s| view == want && s["has_quorum"] == true);
+                let good = status.as_ref().is_some_and(|s| {
+                    view == want
+                        && s["has_quorum"] == true
+                        && s["shards"].as_array().is_some_and(|shards| {
+                            shards
+                                .iter()
+                                .all(|x| x["leader"].as_str().is_some_and(|l| want.contains(l)))
+                        })
+                });
                 ok &= good;
                 last.push(format!(
                     "{}: {:?}",

@@ -446,6 +446,16 @@ impl Room {
     ) {
         let id = request.session.actor.get_id();
         if !self.state.connections.contains_key(&id) {
+            // A join that could not meet the live stream (nothing can be ordered from
+            // here now) is refused, so the client retries rather than waits in silence.
+            if let Some(reason) = self.ports.log.unavailable(self.state.name.as_str()) {
+                let _ = reply.send(Err(ErrorBody::new(
+                    ErrorCode::Unavailable,
+                    format!("{reason}; retry"),
+                )));
+                self.arm_idle_timer(myself);
+                return;
+            }
             let user = &request.session.user;
             if let Err(refused) = self.state.behaviour.authorize_join(&self.state.name, user) {
                 let _ = reply.send(Err(refused.into()));

@@ -8,9 +8,10 @@
 //! - **Bootstrap.** Every voter of a shard initializes the group with the configured
 //!   voters, once (the same config on each pristine voter is safe in openraft; a
 //!   restart meets NotAllowed and ignores it), so a shard forms with any majority of
-//!   its voters, whichever start. The preferred leader (its first voter,
-//!   cluster/shards.rs) campaigns first (a shorter election timeout), so leaders
-//!   spread over the nodes at start.
+//!   its voters, whichever start. Voters campaign in rank order (election timeouts
+//!   in bands by rank, [`raft_config`]): the first voter up leads, so leaders spread
+//!   over the nodes at start and a failed leader's shards pass to their next voters
+//!   (cluster/shards.rs).
 //! - **Learners.** Whichever node leads a shard adds the configured non-voters as
 //!   learners (non-blocking), checked on every change of the shard's metrics.
 //! - **Proposing.** A proposal waits in its shard's queue (bounded: a full queue is
@@ -20,7 +21,12 @@
 //!   on), writes it on the leader (here, or forwarded to the leader over the cluster),
 //!   and answers each proposal with its command's outcome. A write that fails for want
 //!   of a leader is retried until [`PROPOSE_DEADLINE`]; then every proposal in it is
-//!   answered `unavailable`. A retried batch can be ordered twice if the first attempt
+//!   answered `unavailable`. A shard of which this node reaches no majority of voters
+//!   (by the cluster's failure detector, [`Reach`]) refuses at once, and a write
+//!   waiting when that happens is answered `unavailable` then, not at the deadline: a
+//!   node cut off from the majority stops taking messages within the failure timeout.
+//!   (Such a write may still commit after the partition heals; with its idempotency key
+//!   a retry answers the original.) A retried batch can be ordered twice if the first attempt
 //!   was committed but its answer lost: commands that carry an idempotency key are
 //!   answered with the original, the others can appear twice (docs/cluster.md).
 
@@ -35,10 +41,10 @@ use crate::cluster::wire::{RaftAnswer, RaftCall, RpcKind};
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::raft::ClientWriteResponse;
 use openraft::{Config, Raft, ServerState};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// Commands one log entry carries at most.
 pub const MAX_BATCH: usize = 256;
@@ -55,6 +61,20 @@ pub struct Timing {
     pub heartbeat: Duration,
     /// The shortest election timeout (a preferred leader's); others wait longer.
     pub election: Duration,
+}
+
+/// The nodes this node's failure detector believes are up (itself included); None for
+/// a node alone, which reaches all there is.
+pub type Reach = Option<watch::Receiver<BTreeSet<NodeId>>>;
+
+/// What a host is connected to.
+pub struct Wiring {
+    /// Where the state machines put what they commit.
+    pub sink: Arc<dyn ApplySink>,
+    /// How Raft calls reach the other nodes.
+    pub link: Arc<dyn RaftLink>,
+    /// Who the failure detector says is up.
+    pub reach: Reach,
 }
 
 /// Why a proposal was not ordered.
@@ -91,20 +111,21 @@ pub struct ShardHost {
     server: Arc<ShardServer>,
     transport: Arc<Transport>,
     shards: HashMap<ShardId, Shard>,
+    reach: Reach,
 }
 
 impl ShardHost {
     /// Starts every shard of `placement` on node `me` (one of its nodes), with its log
-    /// in `db`, delivering committed messages to `sink` and talking through `link`.
+    /// in `db`, wired as `wiring` says.
     pub async fn start(
         me: &str,
         placement: Placement,
         db: &LogDb,
         retention: Retention,
         timing: Timing,
-        sink: Arc<dyn ApplySink>,
-        link: Arc<dyn RaftLink>,
+        wiring: Wiring,
     ) -> Result<Arc<Self>, StartError> {
+        let Wiring { sink, link, reach } = wiring;
         let me = crate::cluster::shards::node_id(me);
         let transport = Arc::new(Transport::new(me, link));
         let server = Arc::new(ShardServer::new(me));
@@ -117,8 +138,10 @@ impl ShardHost {
                 .await
                 .map_err(|e| fail(e.to_string()))?;
             let reader = machine.reader();
-            let preferred = placement.preferred_leader(shard) == Some(me);
-            let config = raft_config(shard, timing, preferred).map_err(fail)?;
+            let rank = placement
+                .rank(shard, me)
+                .unwrap_or(placement.voters(shard).len());
+            let config = raft_config(shard, timing, rank).map_err(fail)?;
             let network = ShardNetwork {
                 shard,
                 transport: transport.clone(),
@@ -145,6 +168,7 @@ impl ShardHost {
             server,
             transport,
             shards,
+            reach,
         });
         for (shard, proposals) in queues {
             tokio::spawn(run_proposer(Arc::downgrade(&host), shard, proposals));
@@ -218,6 +242,57 @@ impl ShardHost {
             .count()
     }
 
+    /// Why nothing can be ordered in `shard` from this node now: it reaches no
+    /// majority of the shard's voters, or the shard has no known leader.
+    pub fn unavailable(&self, shard: ShardId) -> Option<String> {
+        if let Some(reason) = self.cut_off(shard) {
+            return Some(reason);
+        }
+        self.leader(shard)
+            .is_none()
+            .then(|| "the room's shard has no leader yet".to_owned())
+    }
+
+    /// Why this node cannot reach a majority of `shard`'s voters, if it cannot.
+    fn cut_off(&self, shard: ShardId) -> Option<String> {
+        let reach = self.reach.as_ref()?;
+        let up = reach.borrow();
+        self.cut_off_from(&up, shard)
+    }
+
+    fn cut_off_from(&self, up: &BTreeSet<NodeId>, shard: ShardId) -> Option<String> {
+        let voters = self.placement.voters(shard);
+        let quorum = voters.len() / 2 + 1;
+        let reached = voters
+            .iter()
+            .filter(|v| **v == self.me || up.contains(v))
+            .count();
+        (reached < quorum).then(|| {
+            format!(
+                "this node reaches {reached} of the {} nodes of the room's shard, and a \
+                 majority ({quorum}) is needed",
+                voters.len()
+            )
+        })
+    }
+
+    /// Resolves once this node is cut off from `shard`'s majority (never for a node
+    /// alone), with the reason.
+    async fn lost_majority(&self, shard: ShardId) -> String {
+        let Some(mut reach) = self.reach.clone() else {
+            return std::future::pending().await;
+        };
+        loop {
+            let reason = self.cut_off_from(&reach.borrow_and_update(), shard);
+            if let Some(reason) = reason {
+                return reason;
+            }
+            if reach.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
     /// Orders `command` in its room's shard; resolves once it is committed.
     pub async fn propose(
         &self,
@@ -272,13 +347,24 @@ impl ShardHost {
         let deadline = Instant::now() + PROPOSE_DEADLINE;
         let mut pause = Duration::from_millis(20);
         loop {
+            if let Some(reason) = self.cut_off(shard) {
+                return Err(ProposeError::Unavailable(reason));
+            }
             let leader = state.raft.metrics().borrow().current_leader;
-            let attempt = match leader {
-                Some(leader) if leader == self.me => {
-                    local_write(&state.raft, batch.clone(), deadline).await
+            let attempt = async {
+                match leader {
+                    Some(leader) if leader == self.me => {
+                        local_write(&state.raft, batch.clone(), deadline).await
+                    }
+                    Some(leader) => self.forward(shard, leader, &batch, deadline).await,
+                    None => Err(Retry("the room's shard has no leader yet".into())),
                 }
-                Some(leader) => self.forward(shard, leader, &batch, deadline).await,
-                None => Err(Retry("the room's shard has no leader yet".into())),
+            };
+            let attempt = tokio::select! {
+                attempt = attempt => attempt,
+                reason = self.lost_majority(shard) => {
+                    return Err(ProposeError::Unavailable(reason));
+                }
             };
             let reason = match attempt {
                 Ok(outcome) => return Ok(outcome),
@@ -347,13 +433,15 @@ fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, ShardNode>>) -> Ret
     }
 }
 
-fn raft_config(shard: ShardId, timing: Timing, preferred: bool) -> Result<Config, String> {
-    let election = timing.election.as_millis().max(1) as u64;
-    let (min, max) = if preferred {
-        (election, election * 3 / 2)
-    } else {
-        (election * 3 / 2, election * 5 / 2)
-    };
+/// openraft's settings for one shard on a voter of `rank` (0: the preferred leader;
+/// a learner passes its position past the voters). Each rank's election timeouts lie
+/// in a band of their own, `[1 + rank/2, 1.5 + rank/2)` times the election time, so
+/// the first voter up campaigns first and, in the common case, wins: a failed leader's
+/// shard passes to its next voter (cluster/shards.rs spreads those).
+fn raft_config(shard: ShardId, timing: Timing, rank: usize) -> Result<Config, String> {
+    let election = timing.election.as_millis().max(2) as u64;
+    let min = election + rank as u64 * election / 2;
+    let max = min + election / 2;
     Config {
         cluster_name: format!("shard-{shard}"),
         heartbeat_interval: timing.heartbeat.as_millis().max(1) as u64,

@@ -106,14 +106,16 @@ impl RaftLink for LocalLink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::raft::host::{ProposeError, Timing};
+    use crate::cluster::raft::host::{ProposeError, Timing, Wiring, PROPOSE_DEADLINE};
     use crate::cluster::raft::state_machine::{Committed, Retention};
     use crate::cluster::raft::types::{CommandOutcome, ShardCommand};
     use crate::cluster::raft::LogDb;
     use crate::cluster::shards::{node_id, Placement};
     use crate::protocol::UserInfo;
+    use std::collections::BTreeSet;
     use std::sync::Mutex;
     use std::time::{Duration, Instant};
+    use tokio::sync::watch;
 
     const SHARDS: u32 = 4;
     const DEADLINE: Duration = Duration::from_secs(20);
@@ -133,13 +135,17 @@ mod tests {
         name: String,
         host: Arc<ShardHost>,
         seen: Arc<Seen>,
+        /// Who this node's failure detector says is up (every node at first).
+        reach: watch::Sender<BTreeSet<NodeId>>,
     }
 
     async fn cluster(net: &Arc<LocalNet>, names: &[&str], replicas: usize) -> Vec<Node> {
         let all: Vec<String> = names.iter().map(|s| s.to_string()).collect();
         let placement = Placement::new(&all, SHARDS, replicas).unwrap();
         let mut nodes = Vec::new();
+        let everyone: BTreeSet<NodeId> = names.iter().map(|n| node_id(n)).collect();
         for name in names {
+            let (reach, reach_rx) = watch::channel(everyone.clone());
             let seen = Arc::new(Seen::default());
             let sink_seen = seen.clone();
             let sink = move |_shard, committed: Vec<Committed>| {
@@ -151,8 +157,11 @@ mod tests {
                 &LogDb::memory(),
                 Retention::messages(1000),
                 timing(),
-                Arc::new(sink),
-                net.link(node_id(name)),
+                Wiring {
+                    sink: Arc::new(sink),
+                    link: net.link(node_id(name)),
+                    reach: Some(reach_rx),
+                },
             )
             .await
             .unwrap();
@@ -161,6 +170,7 @@ mod tests {
                 name: name.to_string(),
                 host,
                 seen,
+                reach,
             });
         }
         nodes
@@ -331,5 +341,70 @@ mod tests {
                 node.name
             );
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_node_that_sees_no_majority_refuses_at_once_and_answers_a_waiting_write() {
+        let net = LocalNet::new();
+        let nodes = cluster(&net, &["a", "b", "c"], 3).await;
+        until("leaders", || {
+            nodes
+                .iter()
+                .all(|n| n.host.shards_with_leader() == SHARDS as usize)
+        })
+        .await;
+        let room = "island";
+        let shard = nodes[0].host.placement().shard_of(room);
+        let leader = nodes[0].host.leader(shard).unwrap();
+        let island = nodes.iter().find(|n| n.host.me() == leader).unwrap();
+        assert!(island.host.propose(shard, publish(room, 0)).await.is_ok());
+        assert_eq!(island.host.unavailable(shard), None);
+
+        // Cut off, but its detector has not noticed yet: the write waits...
+        for other in nodes.iter().filter(|n| n.host.me() != leader) {
+            net.cut(leader, other.host.me());
+        }
+        let host = island.host.clone();
+        let waiting = tokio::spawn(async move { host.propose(shard, publish(room, 1)).await });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            !waiting.is_finished(),
+            "a write without a majority returned early"
+        );
+        // ...until the detector says the others are down: answered then, not at the
+        // deadline.
+        let noticed = Instant::now();
+        island.reach.send_replace(BTreeSet::from([leader]));
+        let outcome = waiting.await.unwrap();
+        assert!(
+            matches!(outcome, Err(ProposeError::Unavailable(_))),
+            "{outcome:?}"
+        );
+        assert!(
+            noticed.elapsed() < PROPOSE_DEADLINE / 2,
+            "{:?}",
+            noticed.elapsed()
+        );
+        // From then on it refuses at once, and says why.
+        let refused = Instant::now();
+        let outcome = island.host.propose(shard, publish(room, 2)).await;
+        assert!(
+            matches!(outcome, Err(ProposeError::Unavailable(ref r)) if r.contains("majority")),
+            "{outcome:?}"
+        );
+        assert!(
+            refused.elapsed() < PROPOSE_DEADLINE / 2,
+            "{:?}",
+            refused.elapsed()
+        );
+        let reason = island.host.unavailable(shard).expect("unavailable");
+        assert!(reason.contains("reaches 1 of the 3"), "{reason}");
+        // The others never stop.
+        let majority = nodes.iter().find(|n| n.host.me() != leader).unwrap();
+        let outcome = majority.host.propose(shard, publish(room, 3)).await;
+        assert!(
+            matches!(outcome, Ok(CommandOutcome::Published { .. })),
+            "{outcome:?}"
+        );
     }
 }

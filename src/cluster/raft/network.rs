@@ -238,8 +238,12 @@ where
         rpc: AppendEntriesRequest<C>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, C::Node, RaftError<NodeId>>> {
-        self.rpc::<C, _, _, _>(RpcKind::AppendEntries, &rpc, &option)
-            .await
+        let kind = if rpc.entries.is_empty() {
+            RpcKind::Heartbeat
+        } else {
+            RpcKind::AppendEntries
+        };
+        self.rpc::<C, _, _, _>(kind, &rpc, &option).await
     }
 
     async fn install_snapshot(
@@ -329,7 +333,7 @@ impl ShardServer {
             .ok_or_else(|| format!("shard {} does not run here", call.shard))?;
         let bytes = &call.payload.0;
         let encoded = match call.kind {
-            RpcKind::AppendEntries => {
+            RpcKind::AppendEntries | RpcKind::Heartbeat => {
                 let rpc: AppendEntriesRequest<C> = decode(bytes).map_err(|e| e.to_string())?;
                 encode(&raft.append_entries(rpc).await)
             }
