@@ -27,12 +27,17 @@ FROM debian:bookworm-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates curl \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin hubbub
+ && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin hubbub \
+ && mkdir -p /var/lib/hubbub && chown hubbub /var/lib/hubbub
 COPY --from=build /src/target/release/hubbub /usr/local/bin/hubbub
 USER hubbub
+# The room logs (storage.dir): mount a volume here, or history is lost with the
+# container.
 ENV HUBBUB_NODE__HTTP_ADDR=0.0.0.0:8080 \
     HUBBUB_CLUSTER__BIND=0.0.0.0:4370 \
+    HUBBUB_STORAGE__DIR=/var/lib/hubbub \
     HUBBUB_LOG__FORMAT=json
+VOLUME /var/lib/hubbub
 EXPOSE 8080 4370
 # Alive: /healthz answers while the process serves HTTP. (Readiness for a load
 # balancer is /readyz, which is 503 while draining or without a cluster quorum.)

@@ -568,6 +568,18 @@ fn goodbye() {
 }
 
 #[test]
+fn gap() {
+    pin(
+        &ServerFrame::Gap {
+            room: "lobby".to_owned(),
+            after: 41,
+            next: 97,
+        },
+        r#"{"type":"gap","room":"lobby","after":41,"next":97}"#,
+    );
+}
+
+#[test]
 fn refs_are_echoed_as_sent() {
     // Integers (negative and up to u64::MAX) and strings come back verbatim.
     for (sent, echoed) in [

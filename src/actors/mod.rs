@@ -52,7 +52,7 @@ use ractor::{ActorRef, Message, RpcReplyPort};
 use std::time::Duration;
 
 /// How long an actor waits for another's answer before it gives up with `internal`.
-const ASK_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why an `ask` got no answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,7 +8,11 @@
 //! with the session however the session ends, so a long token reconnected often
 //! leaves no sleeping task behind (`hubbub_session_timers`). The transport's read loop
 //! decodes each client frame and casts it here with an [`InflightPermit`]; the Session
-//! answers every request through the outbox, in the order the frames arrived.
+//! answers every request through the outbox, in the order the frames arrived
+//! ([`Answers`]). Publishes are pipelined: each is handed to its room at once and
+//! answered when committed (up to [`MAX_PUBLISHES_IN_FLIGHT`]), so a client that
+//! sends many does not wait one commit per message, and a request behind them is
+//! handled meanwhile (its answer still goes out after theirs).
 //!
 //! Parent: the SessionSupervisor. Watched (monitored) by Presence and by every Room it
 //! joins, which is how they learn that it ended. When this actor ends for any reason
@@ -24,10 +28,11 @@ use super::room_supervisor::RoomSupervisorMessage;
 use super::{ask, AskError, NodeContext};
 use crate::auth::Grants;
 use crate::protocol::{
-    close, encode, ClientFrame, ErrorBody, ErrorCode, FrameError, ReplyData, Request, RoomName,
-    ServerFrame, UserInfo, PROTOCOL_VERSION,
+    close, encode, ClientFrame, ErrorBody, ErrorCode, FrameError, Ref, ReplyData, Request,
+    RoomName, ServerFrame, UserInfo, PROTOCOL_VERSION,
 };
 use crate::telemetry::Metrics;
+use bytestring::ByteString;
 use governor::{clock::Clock, DefaultDirectRateLimiter, Quota, RateLimiter};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use ractor_cluster::RactorMessage;
@@ -39,6 +44,10 @@ use tokio::sync::OwnedSemaphorePermit;
 
 /// The least time between two typing events this session forwards to one room.
 const TYPING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Publishes one session may have handed to rooms and not yet had answered; past it
+/// the session waits for each publish's answer before reading the next frame.
+const MAX_PUBLISHES_IN_FLIGHT: usize = 64;
 
 /// How many times a join looks the room up again when the room it found had just
 /// stopped (an idle room retiring at that moment).
@@ -73,6 +82,60 @@ pub enum SessionMessage {
         reason: String,
         reconnect_after_ms: u64,
     },
+    /// A pipelined publish was answered by its room (or not in time).
+    Published(PublishAnswer),
+}
+
+/// The answer to one pipelined publish, for its slot in [`Answers`].
+pub struct PublishAnswer {
+    slot: u64,
+    room: RoomName,
+    reference: Option<Ref>,
+    received: Instant,
+    answer: Result<Result<ReplyData, ErrorBody>, AskError>,
+}
+
+/// The session's answers in the order their requests arrived: an answer whose
+/// request came after a publish still waiting for its commit waits behind it.
+#[derive(Default)]
+struct Answers {
+    next_slot: u64,
+    /// Slots in arrival order; None until answered.
+    queue: std::collections::VecDeque<(u64, Option<ByteString>)>,
+    /// Publishes handed to rooms and not answered yet.
+    in_flight: usize,
+}
+
+impl Answers {
+    /// Sends `frame` now, or after the answers still owed before it.
+    fn send(&mut self, outbox: &Outbox, frame: ByteString) {
+        if self.queue.is_empty() {
+            let _ = outbox.push(frame);
+        } else {
+            let slot = self.reserve();
+            self.fill(outbox, slot, frame);
+        }
+    }
+
+    /// A place for an answer to come later.
+    fn reserve(&mut self) -> u64 {
+        let slot = self.next_slot;
+        self.next_slot += 1;
+        self.queue.push_back((slot, None));
+        slot
+    }
+
+    /// `slot`'s answer came: send it, and every answer after it that was waiting.
+    fn fill(&mut self, outbox: &Outbox, slot: u64, frame: ByteString) {
+        if let Some(entry) = self.queue.iter_mut().find(|(s, _)| *s == slot) {
+            entry.1 = Some(frame);
+        }
+        while let Some((_, Some(_))) = self.queue.front() {
+            if let Some((_, Some(frame))) = self.queue.pop_front() {
+                let _ = outbox.push(frame);
+            }
+        }
+    }
 }
 
 /// Arguments to start a Session.
@@ -103,6 +166,7 @@ pub struct SessionState {
     grants: Grants,
     limiter: Option<DefaultDirectRateLimiter>,
     churn: ChurnLimits,
+    answers: Answers,
     /// Closes the connection when the token expires; aborted when the state drops.
     _token_timer: Option<TokenTimer>,
     _close_on_drop: CloseOnDrop,
@@ -198,6 +262,7 @@ impl Actor for SessionActor {
             grants: args.grants,
             limiter,
             churn: ChurnLimits::new(&settings.limits, self.ctx.metrics.clone()),
+            answers: Answers::default(),
             _token_timer: token_timer,
         };
         self.register(&myself, &state);
@@ -217,10 +282,10 @@ impl Actor for SessionActor {
                 // Boxed: the requests that wait on other actors make a large future,
                 // and an unboxed one would sit in every connection's actor for its
                 // whole life, idle or not.
-                let answer = Box::pin(self.on_request(&myself, state, frame)).await;
+                let answer = Box::pin(self.on_request(&myself, state, frame, received)).await;
                 if let Some(reply) = answer {
                     count_answer(&self.ctx.metrics, kind, received, &reply);
-                    let _ = state.outbox.push(encode(&reply));
+                    state.answers.send(&state.outbox, encode(&reply));
                 }
             }
             SessionMessage::Inbound(Err(bad), _permit) => {
@@ -232,7 +297,7 @@ impl Actor for SessionActor {
                 };
                 let reply = ServerFrame::failure(bad.reference, error);
                 count_answer(&self.ctx.metrics, "invalid", Instant::now(), &reply);
-                let _ = state.outbox.push(encode(&reply));
+                state.answers.send(&state.outbox, encode(&reply));
             }
             SessionMessage::NameChanged(name) => {
                 state.user.name = name.clone();
@@ -263,6 +328,25 @@ impl Actor for SessionActor {
                     .outbox
                     .close_after_queued(close::SERVICE_RESTART, &reason);
             }
+            SessionMessage::Published(published) => {
+                state.answers.in_flight = state.answers.in_flight.saturating_sub(1);
+                let PublishAnswer {
+                    slot,
+                    room,
+                    reference,
+                    received,
+                    answer,
+                } = published;
+                let reply = match forget_if_gone(state, &room, answer).and_then(|inner| inner) {
+                    Ok(data) => ServerFrame::ok(reference, data),
+                    Err(error) => {
+                        tracing::debug!(session = %state.id, user = %state.user.id, kind = "publish", code = error.code.as_str(), "request refused");
+                        ServerFrame::failure(reference, error)
+                    }
+                };
+                count_answer(&self.ctx.metrics, "publish", received, &reply);
+                state.answers.fill(&state.outbox, slot, encode(&reply));
+            }
         }
         Ok(())
     }
@@ -285,6 +369,7 @@ impl SessionActor {
         myself: &ActorRef<SessionMessage>,
         state: &mut SessionState,
         frame: ClientFrame,
+        received: Instant,
     ) -> Option<ServerFrame> {
         let ClientFrame { reference, request } = frame;
         if let Some(limited) = rate_limited(state) {
@@ -300,8 +385,21 @@ impl SessionActor {
                 content,
                 idempotency_key,
             } => {
-                self.publish(myself, state, room, content, idempotency_key)
-                    .await
+                if state.answers.in_flight < MAX_PUBLISHES_IN_FLIGHT {
+                    let publish = Publish {
+                        room,
+                        content,
+                        idempotency_key,
+                    };
+                    match self.pipeline_publish(myself, state, publish, reference.clone(), received)
+                    {
+                        Ok(()) => return None,
+                        Err(error) => Err(error),
+                    }
+                } else {
+                    self.publish(myself, state, room, content, idempotency_key)
+                        .await
+                }
             }
             Request::Typing { room } => match state.rooms.get(&room) {
                 Some(actor) => {
@@ -463,6 +561,56 @@ impl SessionActor {
         })
     }
 
+    /// Hands a publish to its room and answers it later, in its turn
+    /// ([`SessionMessage::Published`]); an error when it is refused before that.
+    fn pipeline_publish(
+        &self,
+        myself: &ActorRef<SessionMessage>,
+        state: &mut SessionState,
+        publish: Publish,
+        reference: Option<Ref>,
+        received: Instant,
+    ) -> Result<(), ErrorBody> {
+        let Publish {
+            room,
+            content,
+            idempotency_key,
+        } = publish;
+        self.check_content(&content)?;
+        let actor = state.rooms.get(&room).ok_or_else(|| not_joined(&room))?;
+        self.ctx.access.may_publish(&room, &state.grants)?;
+        self.ctx.message_rate.check(&state.user.id)?;
+        let (tx, rx) = ractor::concurrency::oneshot();
+        let message = RoomMessage::Publish {
+            session: myself.get_id(),
+            from: state.user.clone(),
+            content,
+            idempotency_key,
+            reply: tx.into(),
+        };
+        if actor.cast(message).is_err() {
+            return forget_if_gone(state, &room, Err::<(), _>(AskError::Gone));
+        }
+        let slot = state.answers.reserve();
+        state.answers.in_flight += 1;
+        let me = myself.clone();
+        tokio::spawn(async move {
+            let answer = match tokio::time::timeout(super::ASK_TIMEOUT, rx).await {
+                Ok(Ok(answer)) => Ok(answer),
+                Ok(Err(_)) => Err(AskError::Gone),
+                Err(_) => Err(AskError::Timeout),
+            };
+            let _ = me.cast(SessionMessage::Published(PublishAnswer {
+                slot,
+                room,
+                reference,
+                received,
+                answer,
+            }));
+        });
+        Ok(())
+    }
+
     async fn publish(
         &self,
         myself: &ActorRef<SessionMessage>,
@@ -600,6 +748,13 @@ fn count_answer(metrics: &Metrics, kind: &str, received: Instant, answer: &Serve
         }
         _ => {}
     }
+}
+
+/// A publish request's parts.
+struct Publish {
+    room: RoomName,
+    content: String,
+    idempotency_key: Option<String>,
 }
 
 /// Checks the connection's frame rate; the error to answer with when it is over.

@@ -381,8 +381,11 @@ pub struct Member {
     pub node: usize,
     tx: mpsc::UnboundedSender<Cmd>,
     pub outcomes: Arc<Mutex<Outcomes>>,
-    /// Rooms joined, as the member last knew.
+    /// Rooms joined, as the member last knew (none once disconnected).
     pub rooms: Arc<Mutex<BTreeSet<String>>>,
+    /// Rooms the member joined and did not leave, kept across disconnections: what a
+    /// reconnect joins again.
+    wanted: Arc<Mutex<BTreeSet<String>>>,
     /// The last seq this member saw per room (for `since`).
     pub last_seq: Arc<Mutex<BTreeMap<String, u64>>>,
     pub alive: Arc<std::sync::atomic::AtomicBool>,
@@ -392,7 +395,15 @@ impl Member {
     /// Connects `user` (label = user) to node `node` and starts recording.
     pub async fn connect(cluster: &FaultCluster, node: usize, user: &str, log: &Log) -> Self {
         let client = Client::connect(cluster.http(node), &format!("user={user}&name={user}")).await;
-        Self::spawn(client, user, node, log, Default::default())
+        Self::spawn(
+            client,
+            user,
+            node,
+            log,
+            Default::default(),
+            Default::default(),
+            Default::default(),
+        )
     }
 
     /// Connects again as the same user (same label), to `node`, keeping what it saw.
@@ -404,10 +415,16 @@ impl Member {
         .await;
         self.close().await;
         let seqs = self.last_seq.lock().expect("lock").clone();
-        let rooms: Vec<String> = std::mem::take(&mut *self.rooms.lock().expect("lock"))
-            .into_iter()
-            .collect();
-        *self = Self::spawn(client, &self.user.clone(), node, log, seqs);
+        let rooms: Vec<String> = self.wanted.lock().expect("lock").iter().cloned().collect();
+        *self = Self::spawn(
+            client,
+            &self.user.clone(),
+            node,
+            log,
+            seqs,
+            self.outcomes.clone(),
+            self.wanted.clone(),
+        );
         for room in rooms {
             let since = self.last_seq.lock().expect("lock").get(&room).copied();
             self.join_since(&room, since).await;
@@ -420,6 +437,8 @@ impl Member {
         node: usize,
         log: &Log,
         seqs: BTreeMap<String, u64>,
+        outcomes: Arc<Mutex<Outcomes>>,
+        wanted: Arc<Mutex<BTreeSet<String>>>,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let member = Self {
@@ -427,8 +446,9 @@ impl Member {
             user: user.to_owned(),
             node,
             tx,
-            outcomes: Default::default(),
+            outcomes,
             rooms: Default::default(),
+            wanted,
             last_seq: Arc::new(Mutex::new(seqs)),
             alive: Arc::new(true.into()),
         };
@@ -441,6 +461,7 @@ impl Member {
             closing: None,
             outcomes: member.outcomes.clone(),
             rooms: member.rooms.clone(),
+            wanted: member.wanted.clone(),
             last_seq: member.last_seq.clone(),
             alive: member.alive.clone(),
         };
@@ -546,6 +567,7 @@ struct Task {
     closing: Option<oneshot::Sender<()>>,
     outcomes: Arc<Mutex<Outcomes>>,
     rooms: Arc<Mutex<BTreeSet<String>>>,
+    wanted: Arc<Mutex<BTreeSet<String>>>,
     last_seq: Arc<Mutex<BTreeMap<String, u64>>>,
     alive: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -699,6 +721,7 @@ impl Task {
                                 gap: data["gap"] == true,
                             });
                             self.saw(&room, seq);
+                            self.wanted.lock().expect("lock").insert(room.clone());
                             self.rooms.lock().expect("lock").insert(room);
                         }
                         let _ = done.send(frame.clone());
@@ -706,6 +729,7 @@ impl Task {
                     Waiting::Leave(room, done) => {
                         if ok {
                             self.record(Event::Left { room: room.clone() });
+                            self.wanted.lock().expect("lock").remove(&room);
                             self.rooms.lock().expect("lock").remove(&room);
                         }
                         let _ = done.send(frame.clone());

@@ -13,7 +13,7 @@
 //! (the `fault` group in .config/nextest.toml). `FAULT_SEED=<n>` replays a schedule;
 //! `KEEP_FAULT_TEST_LOGS=1` keeps the nodes' logs of a passing run.
 //!
-//! `sudo -E cargo nextest run --test fault` (the ignored scenarios: `--run-ignored all`).
+//! `sudo -E cargo nextest run --test fault`.
 
 mod checker;
 mod harness;

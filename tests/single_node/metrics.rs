@@ -98,7 +98,7 @@ async fn metrics_count_known_traffic_exactly() {
     assert_eq!(
         m.value(
             "hubbub_cluster_messages_total",
-            &[("direction", "out"), ("kind", "room_message")]
+            &[("direction", "out"), ("kind", "raft_append")]
         ),
         0.0
     );

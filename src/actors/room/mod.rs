@@ -444,6 +444,9 @@ impl Room {
         request: JoinRequest,
         reply: RpcReplyPort<Result<ReplyData, ErrorBody>>,
     ) {
+        // Deliver what the log committed before this join to the members already
+        // here, and only to them: the joining connection gets it in its history.
+        self.catch_up();
         let id = request.session.actor.get_id();
         if !self.state.connections.contains_key(&id) {
             // A join that could not meet the live stream (nothing can be ordered from
@@ -482,7 +485,6 @@ impl Room {
             }
             self.members_changed(myself, Some(&id), true);
         }
-        self.catch_up();
         let data = self.state.join_data(request.since);
         let _ = reply.send(Ok(data.into_reply(self.room())));
     }

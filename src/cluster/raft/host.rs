@@ -50,8 +50,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub const MAX_BATCH: usize = 256;
 /// Proposals one shard's queue holds; past it a proposal is refused at once.
 pub const QUEUE: usize = 4_096;
-/// How long a proposal may wait for a leader before it is answered `unavailable`.
-pub const PROPOSE_DEADLINE: Duration = Duration::from_secs(5);
+/// How long a proposal may wait for a leader before it is answered `unavailable`:
+/// under the 5 s a session waits for any answer (actors::ASK_TIMEOUT), so the client
+/// hears why.
+pub const PROPOSE_DEADLINE: Duration = Duration::from_secs(4);
 
 /// Raft timing, derived from `[cluster]` (heartbeat and failure timeout).
 #[derive(Debug, Clone, Copy)]
