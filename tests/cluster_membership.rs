@@ -120,6 +120,8 @@ fn membership_forms_detects_failures_and_refuses_impostors() {
 
     // ---- a node with the wrong cookie: refused, logged, never up ----
     let mut intruder = Node::new(&dir, "intruder", "wrong-cookie", &seeds, "intruder");
+    // It believes it is one of four: alone it has no majority.
+    intruder.voters = ["n1", "n2", "n3", "intruder"].map(String::from).to_vec();
     intruder.start();
     nodes.nodes.push(intruder);
     wait_for(CONVERGE, "the wrong cookie to be logged", || {
@@ -134,6 +136,7 @@ fn membership_forms_detects_failures_and_refuses_impostors() {
 
     // ---- a second node named n1: refused, logged, the first n1 stays ----
     let mut namesake = Node::new(&dir, "n1", "test-cookie", &seeds, "n1-namesake");
+    namesake.voters = ["n1", "n2", "n3"].map(String::from).to_vec();
     namesake.start();
     nodes.nodes.push(namesake);
     wait_for(CONVERGE, "the taken name to be logged", || {

@@ -232,6 +232,10 @@ fn mutual_tls_admits_the_cluster_and_refuses_the_rest() {
     // Trusts only its own CA: it refuses our nodes' certificates itself.
     let mut stranger = tls_node(&dir, "stranger", &seeds, &other, &other);
     let mut plain = Node::new(&dir, "plain", "test-cookie", &seeds, "plain");
+    // Each believes it is one of the cluster: alone it has no majority.
+    for intruder in [&mut rogue, &mut stranger, &mut plain] {
+        intruder.voters = vec!["n1".into(), "n2".into(), "n3".into(), intruder.name.clone()];
+    }
     let intruding = Instant::now();
     rogue.start();
     stranger.start();

@@ -8,7 +8,7 @@ use crate::checker::{self, PresenceSample, Record};
 use crate::harness::{FaultCluster, Log, Member, NodeAddr, DEADLINE};
 use crate::hubbub_node::HISTORY;
 use crate::ws_client::Client;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 
@@ -65,6 +65,9 @@ pub struct Run {
     pub members: Vec<Member>,
     pub presence: Vec<PresenceSample>,
     streams: Vec<JoinHandle<()>>,
+    /// Members that publish a stream: not presence observers, since their presence
+    /// answers queue behind their publishes' (docs/protocol.md, Frames).
+    streamers: BTreeSet<usize>,
     next_user: usize,
     /// False: [`Run::sample_presence`] samples nothing (rule (d) is not checked).
     pub check_presence: bool,
@@ -92,6 +95,7 @@ impl Run {
             members: Vec::new(),
             presence: Vec::new(),
             streams: Vec::new(),
+            streamers: BTreeSet::new(),
             next_user: 0,
             check_presence: true,
         }
@@ -133,6 +137,7 @@ impl Run {
     /// Publishes `count` messages to `room` through member `by`, `rate` per second,
     /// in a task of its own; [`Run::finish`] waits for it.
     pub fn stream(&mut self, by: usize, room: &str, count: u64, rate: u64) {
+        self.streamers.insert(by);
         let publisher = self.members[by].publisher();
         let (room, label) = (room.to_owned(), self.members[by].label.clone());
         let interval = Duration::from_micros(1_000_000 / rate.max(1));
@@ -203,9 +208,14 @@ impl Run {
                 .map(|m| (m.user.clone(), 1))
                 .collect();
             for node in up {
-                let observer = self.members.iter().position(|m| {
+                let observes = |i: &usize| {
+                    let m = &self.members[*i];
                     m.node == *node && m.is_alive() && m.rooms.lock().expect("lock").contains(room)
-                });
+                };
+                let observer = (0..self.members.len())
+                    .filter(|i| !self.streamers.contains(i))
+                    .find(observes)
+                    .or_else(|| (0..self.members.len()).find(observes));
                 if let Some(observer) = observer {
                     probes.push(Probe {
                         node: *node,

@@ -47,7 +47,7 @@ use presence_batch::PresenceBatch;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use ractor_cluster::RactorMessage;
 use state::RoomState;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -152,6 +152,8 @@ pub struct Room {
     ports: Ports,
     /// Other nodes' members: node → user id → (name, connections > 0).
     remote: BTreeMap<String, BTreeMap<String, (String, u32)>>,
+    /// The first join read the other nodes' members afresh (see `join`).
+    remote_read: bool,
     /// Publishes committed past what was delivered here, by seq.
     acks: BTreeMap<u64, Vec<(Appended, PublishReply)>>,
     idle_ttl: Duration,
@@ -195,6 +197,7 @@ impl Actor for RoomActor {
             supervisor: args.supervisor,
             ports,
             remote: BTreeMap::new(),
+            remote_read: false,
             acks: BTreeMap::new(),
             idle_ttl: Duration::from_secs(settings.rooms.idle_ttl_secs),
             idle_timer: None,
@@ -477,13 +480,20 @@ impl Room {
             self.ports
                 .presence
                 .local(self.state.name.as_str(), user, connections);
-            // Read the other nodes' members afresh: a change that came while this
-            // room was starting (before the directory knew it) is not lost for it.
-            self.remote.clear();
-            for member in self.ports.presence.remote(self.state.name.as_str()) {
-                self.set_remote(member);
+            let mut touched = BTreeSet::from([user.id.clone()]);
+            // On the first join, read the other nodes' members afresh: a change that
+            // came while this room was starting (before the directory knew it) is not
+            // lost for it. Later changes reach it as RemotePresence.
+            if !self.remote_read {
+                self.remote_read = true;
+                touched.extend(self.remote_ids());
+                self.remote.clear();
+                for member in self.ports.presence.remote(self.state.name.as_str()) {
+                    self.set_remote(member);
+                }
+                touched.extend(self.remote_ids());
             }
-            self.members_changed(myself, Some(&id), true);
+            self.members_changed(myself, Some(&id), true, touched);
         }
         let data = self.state.join_data(request.since);
         let _ = reply.send(Ok(data.into_reply(self.room())));
@@ -498,7 +508,7 @@ impl Room {
         self.ports
             .presence
             .local(self.state.name.as_str(), &user, left);
-        self.members_changed(myself, None, true);
+        self.members_changed(myself, None, true, BTreeSet::from([user.id]));
         self.arm_idle_timer(myself);
     }
 
@@ -618,6 +628,7 @@ impl Room {
     }
 
     fn remote_presence(&mut self, myself: &ActorRef<RoomMessage>, changes: Vec<RemoteMember>) {
+        let touched: BTreeSet<String> = changes.iter().map(|c| c.user.id.clone()).collect();
         for change in changes {
             let renamed = self
                 .state
@@ -632,7 +643,40 @@ impl Room {
             }
             self.set_remote(change);
         }
-        self.members_changed(myself, None, false);
+        self.members_changed(myself, None, false, touched);
+    }
+
+    /// Every user id the other nodes' copies hold.
+    fn remote_ids(&self) -> BTreeSet<String> {
+        self.remote
+            .values()
+            .flat_map(|users| users.keys().cloned())
+            .collect()
+    }
+
+    /// The room-wide entry of user `id`: this node's connections plus every other
+    /// node's (the local name first); None when the user has none anywhere.
+    fn member_of(&self, id: &str) -> Option<Member> {
+        let mut member = self.state.local.get(id).map(|local| Member {
+            id: id.to_owned(),
+            name: local.name.clone(),
+            connections: local.connections,
+        });
+        for users in self.remote.values() {
+            if let Some((name, connections)) = users.get(id) {
+                match &mut member {
+                    Some(m) => m.connections += connections,
+                    None => {
+                        member = Some(Member {
+                            id: id.to_owned(),
+                            name: name.clone(),
+                            connections: *connections,
+                        })
+                    }
+                }
+            }
+        }
+        member
     }
 
     /// The room-wide member list: this node's connections plus every other node's.
@@ -663,7 +707,8 @@ impl Room {
         members.into_values().collect()
     }
 
-    /// Recomputes the member list and tells this node's connections (but `except`)
+    /// Recomputes the member list's entries of `touched` and tells this node's
+    /// connections (but `except`)
     /// who joined and who left. `local` when a change here caused it: the behaviour's
     /// `on_join`/`on_leave` run on the node where the user's connections changed.
     fn members_changed(
@@ -671,8 +716,27 @@ impl Room {
         myself: &ActorRef<RoomMessage>,
         except: Option<&ActorId>,
         local: bool,
+        touched: BTreeSet<String>,
     ) {
-        let (joins, leaves) = self.state.replace_members(self.aggregate());
+        // Only the users whose connections changed: a join in a room of thousands
+        // does not rebuild the whole list.
+        let (mut joins, mut leaves) = (Vec::new(), Vec::new());
+        for id in touched {
+            match (self.state.members.remove(&id), self.member_of(&id)) {
+                (None, Some(now)) => {
+                    joins.push(now.clone());
+                    self.state.members.insert(id, now);
+                }
+                (Some(before), None) => leaves.push(Member {
+                    connections: 0,
+                    ..before
+                }),
+                (Some(_), Some(now)) => {
+                    self.state.members.insert(id, now);
+                }
+                (None, None) => {}
+            }
+        }
         if local {
             for member in &joins {
                 self.state.behaviour.on_join(&self.state.name, member);

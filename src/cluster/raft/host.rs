@@ -16,7 +16,7 @@
 //!   learners (non-blocking), checked on every change of the shard's metrics.
 //! - **Proposing.** A proposal waits in its shard's queue (bounded: a full queue is
 //!   `unavailable` at once). The proposer takes everything queued, up to
-//!   [`MAX_BATCH`] commands, as one log entry (openraft does not batch `client_write`,
+//!   [`MAX_BATCH`] commands and [`MAX_BATCH_BYTES`], as one log entry (openraft does not batch `client_write`,
 //!   and each entry costs a log write: batching is what keeps a shard fast with fsync
 //!   on), writes it on the leader (here, or forwarded to the leader over the cluster),
 //!   and answers each proposal with its command's outcome. A write that fails for want
@@ -48,6 +48,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 /// Commands one log entry carries at most.
 pub const MAX_BATCH: usize = 256;
+/// Bytes (about) one log entry carries at most: a batch closes before the command that
+/// would pass it (a single command always goes), so one entry always fits in an
+/// AppendEntries well under the cluster frame limit (network.rs).
+pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
 /// Proposals one shard's queue holds; past it a proposal is refused at once.
 pub const QUEUE: usize = 4_096;
 /// How long a proposal may wait for a leader before it is answered `unavailable`:
@@ -468,11 +472,29 @@ async fn run_proposer(
     mut proposals: mpsc::Receiver<Proposal>,
 ) {
     let mut waiting = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = proposals.recv().await {
+    // A proposal that did not fit in the last batch opens the next one.
+    let mut carried: Option<Proposal> = None;
+    loop {
+        let first = match carried.take() {
+            Some(first) => first,
+            None => match proposals.recv().await {
+                Some(first) => first,
+                None => return,
+            },
+        };
+        let mut bytes = first.command.approx_bytes();
         waiting.push(first);
         while waiting.len() < MAX_BATCH {
             match proposals.try_recv() {
-                Ok(next) => waiting.push(next),
+                Ok(next) => {
+                    let size = next.command.approx_bytes();
+                    if bytes + size > MAX_BATCH_BYTES {
+                        carried = Some(next);
+                        break;
+                    }
+                    bytes += size;
+                    waiting.push(next);
+                }
                 Err(_) => break,
             }
         }

@@ -25,7 +25,8 @@ use super::super::shards::{NodeId, ShardId};
 use super::super::wire::{Bytes, RaftAnswer, RaftCall, RpcKind};
 use super::types::ShardTc;
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -168,6 +169,23 @@ impl Transport {
     }
 }
 
+/// The most bytes of encoded request one Raft call carries: in the envelope it grows
+/// by a third (base64) and stays well under the cluster frame limit
+/// (`wire::MAX_ENVELOPE_BYTES`, 16 MiB).
+pub const MAX_RPC_PAYLOAD: usize = 8 * 1024 * 1024;
+// In an envelope (base64 and a margin) the largest payload stays under the frame
+// limit, and the largest entry fits in one call.
+const _: () =
+    assert!(MAX_RPC_PAYLOAD * 4 / 3 + 64 * 1024 < crate::cluster::wire::MAX_ENVELOPE_BYTES);
+const _: () = assert!(super::host::MAX_BATCH_BYTES * 4 / 3 < MAX_RPC_PAYLOAD);
+
+/// For an AppendEntries of `entries` entries encoded in `payload` bytes: None when it
+/// may go, else how many entries to send instead (openraft's `PayloadTooLarge` hint).
+/// A single entry always goes (the proposer bounds an entry's bytes).
+pub fn fewer_entries(payload: usize, entries: usize) -> Option<u64> {
+    (payload > MAX_RPC_PAYLOAD && entries > 1).then(|| (entries / 2).max(1) as u64)
+}
+
 /// openraft's network factory for one shard.
 pub struct ShardNetwork {
     pub shard: ShardId,
@@ -213,6 +231,21 @@ impl ShardConnection {
         E: std::error::Error + DeserializeOwned,
     {
         let payload = encode(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        self.send::<C, Resp, E>(kind, payload, option).await
+    }
+
+    /// Sends an encoded request and decodes the answer.
+    async fn send<C, Resp, E>(
+        &self,
+        kind: RpcKind,
+        payload: Vec<u8>,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, C::Node, RaftError<NodeId, E>>>
+    where
+        C: RaftTypeConfig<NodeId = NodeId>,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
         let bytes = self
             .transport
             .call(self.target, self.shard, kind, payload, option.hard_ttl())
@@ -243,7 +276,14 @@ where
         } else {
             RpcKind::AppendEntries
         };
-        self.rpc::<C, _, _, _>(kind, &rpc, &option).await
+        let payload = encode(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        if let Some(hint) = fewer_entries(payload.len(), rpc.entries.len()) {
+            // openraft sends fewer entries next time: no frame near the limit.
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(hint),
+            ));
+        }
+        self.send::<C, _, _>(kind, payload, &option).await
     }
 
     async fn install_snapshot(
@@ -489,5 +529,14 @@ mod tests {
         );
         let back: VoteRequest<NodeId> = decode(&encode(&vote).unwrap()).unwrap();
         assert_eq!(back, vote);
+    }
+
+    #[test]
+    fn an_append_entries_near_the_frame_limit_asks_for_fewer_entries() {
+        assert_eq!(fewer_entries(MAX_RPC_PAYLOAD, 64), None);
+        assert_eq!(fewer_entries(MAX_RPC_PAYLOAD + 1, 64), Some(32));
+        assert_eq!(fewer_entries(MAX_RPC_PAYLOAD + 1, 3), Some(1));
+        // One entry always goes: the proposer bounds an entry's bytes.
+        assert_eq!(fewer_entries(MAX_RPC_PAYLOAD * 2, 1), None);
     }
 }

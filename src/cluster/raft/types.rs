@@ -65,6 +65,31 @@ pub enum ShardCommand {
     },
 }
 
+impl ShardCommand {
+    /// About how many bytes the command takes encoded (its strings plus a margin), for
+    /// bounding a batch in bytes.
+    pub fn approx_bytes(&self) -> usize {
+        match self {
+            Self::Publish {
+                room,
+                from,
+                content,
+                id,
+                idempotency_key,
+                ..
+            } => {
+                room.len()
+                    + from.id.len()
+                    + from.name.len()
+                    + content.len()
+                    + id.len()
+                    + idempotency_key.as_ref().map_or(0, String::len)
+                    + 32
+            }
+        }
+    }
+}
+
 /// The application data of one log entry: the commands the proposer gathered while
 /// its previous write was in flight.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
