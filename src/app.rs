@@ -204,8 +204,13 @@ fn bind_admin(settings: &Settings) -> std::io::Result<Option<TcpListener>> {
 /// presence across nodes (alone: nobody else to tell).
 fn boot_ports(ctx: Arc<NodeContext>) -> PortFuture<Result<Ports, String>> {
     Box::pin(async move {
-        let host =
-            room_log::start_host(&ctx.settings, ctx.cluster.clone(), ctx.room_directory()).await?;
+        let host = room_log::start_host(
+            &ctx.settings,
+            ctx.cluster.clone(),
+            ctx.room_directory(),
+            ctx.metrics.clone(),
+        )
+        .await?;
         let presence: Arc<dyn PresencePort> = match &ctx.cluster {
             Some(cluster) => {
                 let port = Arc::new(TrackerPort::new(cluster.clone(), ctx.room_directory()));

@@ -16,6 +16,7 @@
 //! retry answers the original instead of ordering the message twice.
 
 use super::raft::host::{ProposeError, ShardHost, Timing, Wiring};
+use super::raft::log_store::DB_FILE;
 use super::raft::network::RaftLink;
 use super::raft::state_machine::{ApplySink, Committed, Retention};
 use super::raft::types::{CommandOutcome, NodeId, ShardCommand, ShardId};
@@ -28,7 +29,9 @@ use crate::actors::port::{Append, Appended, LogRead, PortFuture, RoomLog};
 use crate::actors::{RoomDirectory, RoomMessage};
 use crate::config::{Settings, StorageEngine};
 use crate::protocol::{now_ms, ErrorBody, ErrorCode};
+use crate::telemetry::Metrics;
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -200,19 +203,21 @@ pub async fn start_host(
     settings: &Settings,
     cluster: Option<Arc<Cluster>>,
     rooms: RoomDirectory,
+    metrics: Arc<Metrics>,
 ) -> Result<Arc<ShardHost>, String> {
     let me = settings.node.name.clone();
     let nodes = settings.cluster_nodes();
     let placement = Placement::new(&nodes, settings.cluster.shards, settings.cluster.replicas)
         .map_err(|e| format!("cluster.voters: {e}"))?;
-    let db = match settings.storage.engine {
-        StorageEngine::Memory => LogDb::memory(),
+    let (db, file) = match settings.storage.engine {
+        StorageEngine::Memory => (LogDb::memory(), None),
         StorageEngine::Durable => {
             let fsync = settings.storage.fsync_policy()?;
             let dir = settings.storage.dir.join(&me);
             std::fs::create_dir_all(&dir)
                 .map_err(|e| format!("storage.dir: cannot create {}: {e}", dir.display()))?;
-            LogDb::open(&dir, fsync).map_err(|e| format!("storage.dir: {e}"))?
+            let db = LogDb::open(&dir, fsync).map_err(|e| format!("storage.dir: {e}"))?;
+            (db, Some(dir.join(DB_FILE)))
         }
     };
     let link: Arc<dyn RaftLink> = match &cluster {
@@ -225,7 +230,10 @@ pub async fn start_host(
         }),
         None => Arc::new(NoPeers),
     };
-    let retention = Retention::messages(settings.rooms.history);
+    let retention = Retention {
+        max_age_ms: settings.rooms.history_max_age_secs.saturating_mul(1_000),
+        ..Retention::messages(settings.rooms.history)
+    };
     let timing = match &cluster {
         // A follower campaigns once its leader lease (its election_timeout_max) and an
         // election timeout have passed since the leader was last heard: for the
@@ -255,7 +263,22 @@ pub async fn start_host(
     if let Some(cluster) = &cluster {
         cluster.set_shard_host(host.clone());
     }
+    if let Some(file) = file {
+        tokio::spawn(watch_disk(Arc::downgrade(&host), file, metrics));
+    }
     Ok(host)
+}
+
+/// Reads the database file's size into `hubbub_storage_bytes` every 5 s while the host
+/// runs.
+async fn watch_disk(host: std::sync::Weak<ShardHost>, file: PathBuf, metrics: Arc<Metrics>) {
+    while host.strong_count() > 0 {
+        // One stat every few seconds: cheap enough to make on the runtime.
+        if let Ok(meta) = std::fs::metadata(&file) {
+            metrics.set_storage_bytes(meta.len());
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
 }
 
 /// The nodes of the cluster's current view as Raft ids, kept up to date: the host

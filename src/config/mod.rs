@@ -177,8 +177,11 @@ pub struct LimitSettings {
 pub struct RoomSettings {
     /// Messages each room keeps for `history` requests and `since` resume.
     pub history: usize,
-    /// Seconds an empty room keeps its history before it stops. 0 stops it at once.
-    /// A room that never held a message stops as soon as it is empty.
+    /// Seconds a message is kept, counted back from the room's newest message; 0:
+    /// no age bound (only `history` drops messages).
+    pub history_max_age_secs: u64,
+    /// Seconds an empty room's actor keeps running before it stops (its history
+    /// stays in the room log). 0 stops it at once.
     pub idle_ttl_secs: u64,
     /// Rooms with more members than this send their joins and leaves as one
     /// `presence_diff` per `presence_batch_ms`. 0: every room does.
@@ -476,6 +479,7 @@ impl Default for RoomSettings {
     fn default() -> Self {
         Self {
             history: 100,
+            history_max_age_secs: 0,
             idle_ttl_secs: 300,
             presence_batch_members: 100,
             presence_batch_ms: 200,

@@ -176,6 +176,7 @@ pub struct Metrics {
     room_state_entries: Gauge,
     session_timers: Gauge,
     presence_entries: Gauge,
+    storage_bytes: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -402,6 +403,13 @@ impl Metrics {
              own and every up peer's as last heard; set every heartbeat",
             presence_entries.clone(),
         );
+        let storage_bytes = Gauge::default();
+        registry.register(
+            "hubbub_storage_bytes",
+            "Bytes the room logs' database file takes on disk (storage.dir); 0 with the \
+             memory engine; read every 5 s",
+            storage_bytes.clone(),
+        );
         registry.register_collector(Box::new(ProcessCollector));
 
         Self {
@@ -433,6 +441,7 @@ impl Metrics {
             room_state_entries,
             session_timers,
             presence_entries,
+            storage_bytes,
         }
     }
 
@@ -576,6 +585,12 @@ impl Metrics {
     /// A room's per-user entries changed by `delta` (see `hubbub_room_state_entries`).
     pub fn room_state_entries(&self, delta: i64) {
         self.room_state_entries.inc_by(delta);
+    }
+
+    /// Sets the size of the room logs' database file (see `hubbub_storage_bytes`).
+    pub fn set_storage_bytes(&self, bytes: u64) {
+        self.storage_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     /// Sets the presence tracker's entries (see `hubbub_presence_entries`).

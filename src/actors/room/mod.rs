@@ -493,7 +493,7 @@ impl Room {
                 }
                 touched.extend(self.remote_ids());
             }
-            self.members_changed(myself, Some(&id), true, touched);
+            self.members_changed(myself, Some(&id), true, touched, &BTreeMap::new());
         }
         let data = self.state.join_data(request.since);
         let _ = reply.send(Ok(data.into_reply(self.room())));
@@ -508,7 +508,13 @@ impl Room {
         self.ports
             .presence
             .local(self.state.name.as_str(), &user, left);
-        self.members_changed(myself, None, true, BTreeSet::from([user.id]));
+        self.members_changed(
+            myself,
+            None,
+            true,
+            BTreeSet::from([user.id]),
+            &BTreeMap::new(),
+        );
         self.arm_idle_timer(myself);
     }
 
@@ -629,21 +635,32 @@ impl Room {
 
     fn remote_presence(&mut self, myself: &ActorRef<RoomMessage>, changes: Vec<RemoteMember>) {
         let touched: BTreeSet<String> = changes.iter().map(|c| c.user.id.clone()).collect();
-        for change in changes {
+        // The names these changes carry: the newest heard for those users. Another
+        // node's copy may still hold the old name until its own change comes.
+        let names: BTreeMap<String, String> = changes
+            .iter()
+            .filter(|c| c.connections > 0)
+            .map(|c| (c.user.id.clone(), c.user.name.clone()))
+            .collect();
+        for (id, name) in &names {
             let renamed = self
                 .state
                 .members
-                .get(&change.user.id)
-                .filter(|m| change.connections > 0 && m.name != change.user.name)
+                .get(id)
+                .filter(|m| m.name != *name && !self.state.local.contains_key(id))
                 .map(|m| m.name.clone());
             if let Some(old_name) = renamed {
-                if !self.state.local.contains_key(&change.user.id) {
-                    self.state.push_renamed(&change.user, old_name);
-                }
+                let user = UserInfo {
+                    id: id.clone(),
+                    name: name.clone(),
+                };
+                self.state.push_renamed(&user, old_name);
             }
+        }
+        for change in changes {
             self.set_remote(change);
         }
-        self.members_changed(myself, None, false, touched);
+        self.members_changed(myself, None, false, touched, &names);
     }
 
     /// Every user id the other nodes' copies hold.
@@ -717,6 +734,7 @@ impl Room {
         except: Option<&ActorId>,
         local: bool,
         touched: BTreeSet<String>,
+        names: &BTreeMap<String, String>,
     ) {
         // Only the users whose connections changed: a join in a room of thousands
         // does not rebuild the whole list.
@@ -731,7 +749,12 @@ impl Room {
                     connections: 0,
                     ..before
                 }),
-                (Some(_), Some(now)) => {
+                (Some(before), Some(mut now)) => {
+                    // A user with no connection here keeps the name last heard, or the
+                    // new one a change brought, whichever node's copy is listed first.
+                    if !self.state.local.contains_key(&id) {
+                        now.name = names.get(&id).cloned().unwrap_or(before.name);
+                    }
                     self.state.members.insert(id, now);
                 }
                 (None, None) => {}
