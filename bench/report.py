@@ -339,8 +339,9 @@ def main():
     w("- **efficiency** (hubbub cluster only): one room per case with its members spread "
       "over the nodes; 200 messages published; `hubbub_cluster_messages_total` "
       "(direction `out`) read from every node's `/metrics` before and after. The target "
-      "is one `room_message` per broadcast per node, other than the room's owner "
-      "(from `GET /cluster`), that holds members, whatever the number of members.")
+      "is at most one `raft_append` (AppendEntries with entries) per broadcast to each "
+      "node other than the leader of the room's shard (from `GET /cluster`), whatever "
+      "the number of members: every node applies every shard's log.")
     w("")
 
     w("## Fan-out\n")
@@ -485,7 +486,7 @@ def main():
         if res["metric"] != "available":
             w("**metric not available**: the nodes did not serve `hubbub_cluster_messages_total` "
               "on `/metrics`. Deliveries were still checked:\n")
-        w("| members | per node | owner | published | delivered / expected | room_message per broadcast | target | | room traffic per broadcast, by kind |")
+        w("| members | per node | shard leader | published | delivered / expected | raft_append per broadcast | target (at most) | | room-log traffic per broadcast, by kind |")
         w("|---:|---|---|---:|---:|---:|---:|---|---|")
         for c in res["cases"]:
             kinds = c.get("sent_per_broadcast")
@@ -498,9 +499,9 @@ def main():
               f"{'met' if c['met'] else ('**missed**' if c['met'] is False else '—')} | "
               f"{', '.join(f'{k} {v:.2f}' for k, v in kinds.items()) if kinds else '—'} |")
         w("")
-        w("`room_publish` (relay → owner) and `room_published` (its answer) appear when the "
-          "publisher's node is not the owner; `room_ack` is the designated relay "
-          "confirming it holds the message (docs/cluster.md, *visible means replicated*).\n")
+        w("`raft_write` (a publish forwarded to the shard's leader) appears when the "
+          "publisher's node does not lead the room's shard; `raft_answer` are the answers "
+          "to every Raft call (docs/cluster.md, *Rooms across nodes*).\n")
 
     profiling = Path(__file__).with_name("profiling.md")
     if profiling.exists():

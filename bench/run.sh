@@ -177,12 +177,13 @@ machine
 log "machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # ---- the systems ----------------------------------------------------------------
-# hubbub_config FILE NAME HTTP_PORT [CLUSTER_PORT SEEDS]: the benchmark's settings.
+# hubbub_config FILE NAME HTTP_PORT [CLUSTER_PORT SEEDS VOTERS]: the benchmark's
+# settings. The room logs are durable, in $OUT (storage.fsync "always", the default).
 # Rate limits are off (every peer runs without any) and the connection cap is above
 # the idle scenario's 10,000; the nodes of a cluster, which share the machine, each
 # get half its cores (`node.threads`); everything else is the default.
 hubbub_config() {
-  local file=$1 name=$2 http=$3 bind=${4:-} seeds=${5:-}
+  local file=$1 name=$2 http=$3 bind=${4:-} seeds=${5:-} voters=${6:-}
   {
     printf '[node]\nname = "%s"\nhttp_addr = "127.0.0.1:%s"\n' "$name" "$http"
     # Nodes that share the machine each get their share of its cores.
@@ -190,10 +191,11 @@ hubbub_config() {
     printf '\n'
     printf '[limits]\nmax_connections = 20000\nframes_per_second = 0\n\n'
     printf '[rate_limit]\nmessages_per_minute = 0\nconnections_per_ip = 0\nhandshakes_per_ip_per_sec = 0\n\n'
-    printf '[log]\nlevel = "warn"\nformat = "json"\n'
+    printf '[log]\nlevel = "warn"\nformat = "json"\n\n'
+    printf '[storage]\ndir = "%s/data"\n' "$OUT"
     if [[ -n $bind ]]; then
-      printf '\n[cluster]\nenabled = true\nbind = "127.0.0.1:%s"\ncookie = "bench-cookie-%s"\nseeds = [%s]\n' \
-        "$bind" "$STAMP" "$seeds"
+      printf '\n[cluster]\nenabled = true\nbind = "127.0.0.1:%s"\ncookie = "bench-cookie-%s"\nseeds = [%s]\nvoters = [%s]\n' \
+        "$bind" "$STAMP" "$seeds" "$voters"
     fi
   } >"$file"
 }
@@ -213,14 +215,14 @@ start_hubbub-2() {
   local a b ca cb
   read -r a b ca cb < <(free_ports 4)
   local seeds="\"127.0.0.1:$ca\", \"127.0.0.1:$cb\""
-  hubbub_config "$OUT/hubbub-a.toml" a "$a" "$ca" "$seeds"
-  hubbub_config "$OUT/hubbub-b.toml" b "$b" "$cb" "$seeds"
+  hubbub_config "$OUT/hubbub-a.toml" a "$a" "$ca" "$seeds" '"a", "b"'
+  hubbub_config "$OUT/hubbub-b.toml" b "$b" "$cb" "$seeds" '"a", "b"'
   local pa pb
   started hubbub-a -- "$HUBBUB" serve --config "$OUT/hubbub-a.toml"
   pa=$STARTED
   started hubbub-b -- "$HUBBUB" serve --config "$OUT/hubbub-b.toml"
   pb=$STARTED
-  # Ready means the node sees a quorum of the two.
+  # Ready means every shard of the room logs has its leader.
   wait_for "$a" /readyz
   wait_for "$b" /readyz
   SERVER_PIDS="$pa $pb"

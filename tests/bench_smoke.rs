@@ -41,7 +41,9 @@ impl Node {
                  [limits]\nmax_connections = 1000\nframes_per_second = 0\n\n\
                  [rate_limit]\nmessages_per_minute = 0\nconnections_per_ip = 0\n\
                  handshakes_per_ip_per_sec = 0\n\n\
-                 [log]\nlevel = \"warn\"\n"
+                 [log]\nlevel = \"warn\"\n\n\
+                 [storage]\ndir = {data:?}\n",
+                data = dir.join("data").display().to_string(),
             ),
         )
         .expect("write config");

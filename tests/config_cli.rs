@@ -513,6 +513,8 @@ fn a_node_starts_among_kubernetes_service_variables_and_warns_once() {
         .arg("serve")
         .env("HUBBUB_NODE__HTTP_ADDR", "127.0.0.1:0")
         .env("HUBBUB_LOG__FORMAT", "json")
+        // No room logs left in the working directory.
+        .env("HUBBUB_STORAGE__ENGINE", "memory")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
     for (name, value) in KUBERNETES_SERVICE_ENV {

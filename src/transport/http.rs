@@ -183,10 +183,16 @@ async fn cluster(state: web::Data<AppState>) -> HttpResponse {
                 .unwrap_or_default(),
                 None => Vec::new(),
             };
-            body["rooms"] = json!(rooms);
             if let Some(host) = state.ctx.cluster.as_ref().and_then(|c| c.shard_host()) {
                 body["shards"] = crate::cluster::room_log::shard_status(&host);
+                let placement = host.placement();
+                let shard_of: serde_json::Map<String, serde_json::Value> = rooms
+                    .iter()
+                    .map(|room| (room.clone(), json!(placement.shard_of(room))))
+                    .collect();
+                body["room_shards"] = json!(shard_of);
             }
+            body["rooms"] = json!(rooms);
             body["version"] = json!(VERSION);
             body["commit"] = json!(COMMIT);
             HttpResponse::Ok().json(body)

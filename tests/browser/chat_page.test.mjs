@@ -11,6 +11,8 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { mkdtempSync } from 'node:fs';
+import os from 'node:os';
 import { createInterface } from 'node:readline';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -58,6 +60,9 @@ function startNode(settings = {}) {
     // The tests send bursts (eleven messages in two seconds) to check ordering and
     // dedupe; the per-user message limit (burst 10) is tested in the Rust suites.
     HUBBUB_RATE_LIMIT__MESSAGES_PER_MINUTE: '0',
+    // Each node its own room logs: a node started afresh has no history, and two
+    // nodes never share (or lock) one database.
+    HUBBUB_STORAGE__DIR: mkdtempSync(path.join(os.tmpdir(), 'hubbub-browser-')),
     ...settings,
   });
   const proc = spawn(HUBBUB_BIN, [], { cwd: REPO_ROOT, env, stdio: ['ignore', 'ignore', 'pipe'] });
@@ -430,11 +435,13 @@ describe('chat page', () => {
   });
 
   // protocol.md, `join`: a `since` above the room's `seq` means the room started afresh
-  // (here: it emptied while Bob was away and, with rooms.idle_ttl_secs = 0, retired at
-  // once), so its seqs are being handed out again. The page must drop its old messages
-  // rather than skip the new ones as duplicates.
+  // (here: its node kept its room logs in memory and restarted while Bob was away), so
+  // its seqs are being handed out again. The page must drop its old messages rather
+  // than skip the new ones as duplicates. (A room that merely retires keeps its
+  // history in the log: only a node that lost its log starts a room afresh.)
   it('reconnect to a room that started afresh: new messages are not taken for old ones', { timeout: TEST_TIMEOUT_MS }, async () => {
-    const retiring = await startNode({ HUBBUB_ROOMS__IDLE_TTL_SECS: '0' });
+    const forgetful = { HUBBUB_STORAGE__ENGINE: 'memory' };
+    let retiring = await startNode(forgetful);
     const room = `brief-${Date.now().toString(36)}`;
     await withUsers(['Alice', 'Bob'], async (alice, bob) => {
       const join = async (u) => {
@@ -450,11 +457,14 @@ describe('chat page', () => {
         await seqOf(bob.page, text);
       }
 
-      // Bob drops off; the room empties and retires.
+      // Bob drops off; the node restarts on the same address with nothing.
       await bob.context.setOffline(true);
       await bob.page.evaluate(() => window.hubbub.client.ws.close());
       await bob.page.locator('[data-testid="status"][data-state="reconnecting"]').waitFor();
       await alice.page.locator(memberSelector(bob.userId)).waitFor({ state: 'detached' });
+      await stopNode(retiring);
+      retiring = await startNode({ ...forgetful, HUBBUB_NODE__HTTP_ADDR: retiring.addr });
+      await connected(alice.page);
 
       // Alice finds it new, and sends two messages: seqs 1 and 2 again, below Bob's 3.
       await join(alice);

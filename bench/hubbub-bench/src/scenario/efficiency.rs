@@ -3,11 +3,12 @@
 //! For each member count in `--members`, the members of one fresh room are spread
 //! over the URLs (one node each), one of them publishes `--messages` messages, and
 //! `hubbub_cluster_messages_total` is read from every node's `/metrics` before and
-//! after. The target: each broadcast costs as many `room_message` messages sent
-//! between nodes as there are nodes other than the room's owner holding members,
-//! whatever the number of members. The owner is found in `GET /cluster`'s
-//! `rooms_owned`. Without the metric the scenario still publishes, checks delivery and
-//! reports the metric as not available.
+//! after. The target: a broadcast is one entry of its room's Raft log, which the
+//! shard's leader (the room's *owner* here) sends to every other node in an
+//! AppendEntries (`raft_append`): at most one per other node per broadcast (fewer when
+//! publishes share an entry), whatever the number of members. The leader is found in
+//! `GET /cluster` (`room_shards` and `shards`). Without the metric the scenario still
+//! publishes, checks delivery and reports the metric as not available.
 
 use super::{Common, Context};
 use crate::conn::SourcePlan;
@@ -21,8 +22,8 @@ use std::time::Duration;
 
 /// The counter this scenario reads.
 pub const METRIC: &str = "hubbub_cluster_messages_total";
-/// The kind of cluster message that carries a broadcast from a room's owner.
-pub const BROADCAST_KIND: &str = "room_message";
+/// The kind of cluster message that carries a broadcast from its shard's leader.
+pub const BROADCAST_KIND: &str = "raft_append";
 
 /// Options of `efficiency`.
 #[derive(Debug, Clone, clap::Args, Serialize)]
@@ -48,7 +49,7 @@ pub struct Case {
     pub members: usize,
     /// Members per URL, in `--url` order.
     pub members_per_node: Vec<u64>,
-    /// The URL index of the room's owner, from `GET /cluster`.
+    /// The URL index of the room's shard's leader, from `GET /cluster`.
     pub owner: Option<usize>,
     pub published: u64,
     pub expected_deliveries: u64,
@@ -56,12 +57,13 @@ pub struct Case {
     pub lost: u64,
     pub latency: LatencySummary,
     pub errors: BTreeMap<String, u64>,
-    /// Nodes other than the owner holding members: the target per broadcast.
+    /// Nodes other than the leader (every node applies the log): the most
+    /// `raft_append` per broadcast.
     pub expected_per_broadcast: Option<u64>,
-    /// Room traffic between nodes (`room_*` kinds sent), per broadcast, all nodes
-    /// together; None when the metric is not available.
+    /// Room-log traffic between nodes (`raft_*` kinds sent but heartbeats), per
+    /// broadcast, all nodes together; None when the metric is not available.
     pub sent_per_broadcast: Option<BTreeMap<String, f64>>,
-    /// `room_message` sent per broadcast.
+    /// `raft_append` sent per broadcast.
     pub broadcast_messages_per_broadcast: Option<f64>,
     pub met: Option<bool>,
 }
@@ -150,25 +152,21 @@ async fn run_case(
                 .filter_map(|(kind, n)| {
                     let grew = n - before.get(kind).copied().unwrap_or(0.0);
                     // Heartbeats and gossip run on their own clock, not per broadcast.
-                    (grew > 0.0 && kind.starts_with("room_"))
+                    (grew > 0.0 && kind.starts_with("raft_") && kind != "raft_heartbeat")
                         .then(|| (kind.clone(), grew / published as f64))
                 })
                 .collect::<BTreeMap<_, _>>(),
         ),
         _ => None,
     };
-    let expected_per_broadcast = owner.map(|owner| {
-        members_per_node
-            .iter()
-            .enumerate()
-            .filter(|&(node, &n)| node != owner && n > 0)
-            .count() as u64
-    });
+    // Every node applies every shard's log, members or not: the leader sends each
+    // entry to every other node.
+    let expected_per_broadcast = owner.map(|_| ctx.targets.len().saturating_sub(1) as u64);
     let broadcast = per_broadcast
         .as_ref()
         .map(|kinds| kinds.get(BROADCAST_KIND).copied().unwrap_or(0.0));
     let met = match (broadcast, expected_per_broadcast) {
-        (Some(measured), Some(want)) => Some((measured - want as f64).abs() < 0.01),
+        (Some(measured), Some(want)) => Some(measured <= want as f64 + 0.01),
         _ => None,
     };
     Ok(Case {
@@ -193,23 +191,31 @@ fn crowd_size(per_node: &[u64]) -> usize {
     per_node.iter().sum::<u64>() as usize
 }
 
-/// The index of the URL whose node owns `room`, from `GET /cluster`.
+/// The index of the URL whose node leads `room`'s shard, from `GET /cluster`: the
+/// room's shard from `room_shards` of a node running it, that shard's leader from
+/// `shards`, and the URL whose node has that name.
 async fn find_owner(ctx: &Context, room: &str) -> Option<usize> {
-    for (i, target) in ctx.targets.iter().enumerate() {
-        let Some((200, body)) = probe::http_get(target.addr, &target.host, "/cluster").await else {
-            continue;
+    let mut names = Vec::new();
+    let mut leader = None;
+    for target in &ctx.targets {
+        let status = match probe::http_get(target.addr, &target.host, "/cluster").await {
+            Some((200, body)) => serde_json::from_str::<serde_json::Value>(&body).ok(),
+            _ => None,
         };
-        let Ok(status) = serde_json::from_str::<serde_json::Value>(&body) else {
-            continue;
-        };
-        let owns = status["rooms_owned"]
-            .as_array()
-            .is_some_and(|rooms| rooms.iter().any(|r| r.as_str() == Some(room)));
-        if owns {
-            return Some(i);
+        let status = status.unwrap_or_default();
+        names.push(status["node"].as_str().map(str::to_owned));
+        if leader.is_none() {
+            if let Some(shard) = status["room_shards"][room].as_u64() {
+                leader = status["shards"][shard as usize]["leader"]
+                    .as_str()
+                    .map(str::to_owned);
+            }
         }
     }
-    None
+    let leader = leader?;
+    names
+        .iter()
+        .position(|n| n.as_deref() == Some(leader.as_str()))
 }
 
 /// Cluster messages sent so far by kind, all nodes together; None when any node lacks
