@@ -1,8 +1,10 @@
 //! The Endpoint: the one actor of a node that peers can address.
 //!
 //! It joins the process group `hubbub.node.<name>`; peers find it there and cast it
-//! `Frame(bytes)`. It decodes each envelope (malformed or foreign-version traffic is
-//! logged and dropped) and routes the body: heartbeats to Membership, Raft calls and
+//! `Frame(bytes)`. It decodes each frame (malformed or foreign-version traffic is
+//! logged and dropped), checks that it carries the sender key this node issued to the
+//! node it claims to come from (sender_keys.rs; dropped and logged otherwise), and
+//! routes the body: heartbeats to Membership, Raft calls and
 //! answers to the shard host (cluster/raft/host.rs), direct messages and renames to
 //! Presence, presence traffic to the presence port (cluster/presence_sync.rs). It
 //! never waits on anyone.
@@ -11,7 +13,13 @@ use super::wire::{self, Body};
 use crate::actors::{NodeContext, PresenceMessage};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use ractor_cluster::RactorClusterMessage;
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A dropped frame is logged at most this often per reason (a flood of forged frames
+/// must not become a flood of log lines); every one is counted.
+const DROP_LOG_EVERY: Duration = Duration::from_secs(1);
 
 /// The only message peers send: an encoded [`wire::Envelope`].
 #[derive(RactorClusterMessage)]
@@ -26,38 +34,68 @@ pub struct Endpoint {
 
 impl Actor for Endpoint {
     type Msg = EndpointMessage;
-    type State = ();
+    type State = DropLog;
     type Arguments = ();
 
     async fn pre_start(
         &self,
         myself: ActorRef<Self::Msg>,
         _args: (),
-    ) -> Result<(), ActorProcessingErr> {
+    ) -> Result<DropLog, ActorProcessingErr> {
         let name = super::endpoint_group(&self.ctx.settings.node.name);
         ractor::pg::join(name, vec![myself.get_cell()]);
-        Ok(())
+        Ok(DropLog::default())
     }
 
     async fn handle(
         &self,
         _myself: ActorRef<Self::Msg>,
         message: EndpointMessage,
-        _state: &mut (),
+        drops: &mut DropLog,
     ) -> Result<(), ActorProcessingErr> {
         let EndpointMessage::Frame(bytes) = message;
-        let envelope = match wire::decode(&bytes) {
-            Ok(envelope) => envelope,
+        let frame = match wire::decode(&bytes) {
+            Ok(frame) => frame,
             Err(e) => {
                 self.ctx.metrics.cluster_message_invalid();
-                tracing::warn!(error = %e, "dropped cluster traffic");
+                self.ctx.metrics.cluster_frame_dropped("undecodable");
+                if drops.due("undecodable") {
+                    tracing::warn!(error = %e, "dropped cluster traffic");
+                }
                 return Ok(());
             }
         };
-        self.ctx.metrics.cluster_message_in(envelope.body.kind());
+        let Some(cluster) = self.ctx.cluster.as_ref() else {
+            return Ok(());
+        };
+        let envelope = frame.envelope;
         let from = envelope.from;
         let inc = envelope.inc;
+        if let Body::SenderKey { key } = &envelope.body {
+            self.ctx.metrics.cluster_message_in(envelope.body.kind());
+            if cluster.key_offered(&from, inc, key) {
+                tracing::debug!(peer = %from, "took the sender key for our frames to peer");
+            }
+            return Ok(());
+        }
+        if let Err(refusal) = cluster.check_sender(&from, inc, &frame.key) {
+            let reason = refusal.reason();
+            self.ctx.metrics.cluster_frame_dropped(reason);
+            if drops.due(reason) {
+                tracing::warn!(
+                    claimed = %from,
+                    kind = envelope.body.kind(),
+                    reason,
+                    "dropped a cluster frame that does not carry the sender key issued to \
+                     the node it names: another peer holding the cookie may be sending \
+                     in that node's name"
+                );
+            }
+            return Ok(());
+        }
+        self.ctx.metrics.cluster_message_in(envelope.body.kind());
         match envelope.body {
+            Body::SenderKey { .. } => {}
             body @ (Body::Ping { .. } | Body::Pong { .. } | Body::Leaving {}) => {
                 if let Some(membership) = self.ctx.membership() {
                     let _ = membership.cast(crate::cluster::membership::MembershipMessage::Wire {
@@ -77,28 +115,50 @@ impl Actor for Endpoint {
             | Body::PresenceAsk { .. }
             | Body::PresenceState { .. }
             | Body::PresenceTyping { .. }) => {
-                if let Some(port) = self.ctx.cluster.as_ref().and_then(|c| c.presence_port()) {
+                if let Some(port) = cluster.presence_port() {
                     port.on_wire(&from, inc, body);
                 }
             }
             Body::RaftCall(call) => {
                 // A call names its caller: it must be the node that sent the envelope.
                 if call.from != crate::cluster::shards::node_id(&from) {
-                    self.ctx.metrics.cluster_message_invalid();
-                    tracing::warn!(%from, "dropped a raft call naming another node as its caller");
+                    self.ctx.metrics.cluster_frame_dropped("wrong_caller");
+                    if drops.due("wrong_caller") {
+                        tracing::warn!(%from, "dropped a raft call naming another node as its caller");
+                    }
                     return Ok(());
                 }
-                if let Some(host) = self.ctx.cluster.as_ref().and_then(|c| c.shard_host()) {
+                if let Some(host) = cluster.shard_host() {
                     host.serve(call);
                 }
             }
             Body::RaftAnswer(answer) => {
-                if let Some(host) = self.ctx.cluster.as_ref().and_then(|c| c.shard_host()) {
+                if let Some(host) = cluster.shard_host() {
                     host.answered(answer);
                 }
             }
         }
         Ok(())
+    }
+}
+
+/// When a dropped frame was last logged, by reason.
+#[derive(Default)]
+pub struct DropLog {
+    last: HashMap<&'static str, Instant>,
+}
+
+impl DropLog {
+    /// Whether a drop for `reason` should be logged now.
+    fn due(&mut self, reason: &'static str) -> bool {
+        let now = Instant::now();
+        match self.last.get(reason) {
+            Some(at) if now.duration_since(*at) < DROP_LOG_EVERY => false,
+            _ => {
+                self.last.insert(reason, now);
+                true
+            }
+        }
     }
 }
 

@@ -585,6 +585,7 @@ impl MembershipState {
                 // ractor_cluster's duplicate-connection election replaced one
                 // connection with this node by another; the old one is stopping.
                 tracing::debug!(peer = %name, "a new connection replaces the old one");
+                self.cluster.accept_sender(&name, inc);
                 peer.session = Some(id);
                 peer.endpoint = None;
                 peer.connected_at = now;
@@ -618,6 +619,7 @@ impl MembershipState {
                 ..Peer::default()
             };
         }
+        self.cluster.accept_sender(&name, inc);
         peer.session = Some(id);
         peer.connected_at = now;
         if let Some(cs) = info.peer_name.as_ref().map(|n| &n.connection_string) {
@@ -919,8 +921,20 @@ impl MembershipState {
             _ => true,
         };
         if changed {
+            let reached = found.is_some();
             peer.endpoint = found.clone();
             self.cluster.set_endpoint(name, found);
+            if reached {
+                self.offer_key(name);
+            }
+        }
+    }
+
+    /// Sends `name` the key its frames to us must carry, through its own session
+    /// (the Endpoint found through it), unless it has shown it holds it.
+    fn offer_key(&self, name: &str) {
+        if let Some(key) = self.cluster.key_to_offer(name) {
+            self.cluster.send(name, Body::SenderKey { key });
         }
     }
 
@@ -1005,7 +1019,8 @@ impl MembershipState {
         let ping = self.cluster.encode(ping);
         for (name, peer) in &self.peers {
             if peer.endpoint.is_some() {
-                self.cluster.send_encoded(name, ping.clone());
+                self.offer_key(name);
+                self.cluster.send_encoded(name, &ping);
             }
         }
         self.dial_due(myself);

@@ -30,6 +30,7 @@ pub mod membership;
 pub mod presence_sync;
 pub mod raft;
 pub mod room_log;
+pub mod sender_keys;
 pub mod shards;
 pub mod supervisor;
 pub mod tracker;
@@ -41,12 +42,13 @@ pub use view::View;
 
 use crate::telemetry::Metrics;
 use ractor::ActorRef;
+use sender_keys::{Refusal, SenderKeys};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
-use wire::{Body, Envelope, WIRE_VERSION};
+use wire::{Body, Envelope};
 
 /// The process group every node's Endpoint joins, under `hubbub.node.<name>`.
 pub const ENDPOINT_GROUP_PREFIX: &str = "hubbub.node.";
@@ -76,6 +78,8 @@ pub struct Cluster {
     started: Instant,
     view_tx: watch::Sender<Arc<View>>,
     endpoints: RwLock<HashMap<String, ActorRef<EndpointMessage>>>,
+    /// The sender keys issued to peers and by them (sender_keys.rs).
+    keys: Mutex<SenderKeys>,
     next_req: AtomicU64,
     /// The node's metrics: every envelope sent is counted here by kind.
     pub metrics: Arc<Metrics>,
@@ -104,6 +108,7 @@ impl Cluster {
             started: Instant::now(),
             view_tx,
             endpoints: RwLock::new(HashMap::new()),
+            keys: Mutex::new(SenderKeys::default()),
             next_req: AtomicU64::new(1),
             metrics,
             shard_host: std::sync::OnceLock::new(),
@@ -169,6 +174,34 @@ impl Cluster {
         }
     }
 
+    /// We accepted a session for `name` in incarnation `inc` (Membership only): the
+    /// key its frames must carry (stable for the incarnation).
+    pub fn accept_sender(&self, name: &str, inc: u64) -> String {
+        self.with_keys(|keys| keys.accept(name, inc))
+    }
+
+    /// The key to offer `name` again, while it has not shown it holds it.
+    pub fn key_to_offer(&self, name: &str) -> Option<String> {
+        self.with_keys(|keys| keys.to_offer(name))
+    }
+
+    /// Checks that a frame claiming to come from `name` (incarnation `inc`) carries the
+    /// key issued to it (the Endpoint, for every frame but a key offer).
+    pub fn check_sender(&self, name: &str, inc: u64, key: &str) -> Result<(), Refusal> {
+        self.with_keys(|keys| keys.check(name, inc, key))
+    }
+
+    /// `name` offers the key for our frames to it; true when taken.
+    pub fn key_offered(&self, name: &str, inc: u64, key: &str) -> bool {
+        self.with_keys(|keys| keys.offered(name, inc, key))
+    }
+
+    fn with_keys<T>(&self, f: impl FnOnce(&mut SenderKeys) -> T) -> T {
+        // A panic elsewhere while the lock was held leaves the keys whole.
+        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut keys)
+    }
+
     /// A fresh request number, unique on this node.
     pub fn next_req(&self) -> u64 {
         self.next_req.fetch_add(1, Ordering::Relaxed)
@@ -178,7 +211,6 @@ impl Cluster {
     pub fn encode(&self, body: Body) -> Encoded {
         let kind = body.kind();
         let bytes = wire::encode(&Envelope {
-            v: WIRE_VERSION,
             from: self.me.clone(),
             inc: self.incarnation,
             body,
@@ -188,33 +220,41 @@ impl Cluster {
 
     /// Sends a body to one node; false when that node is not reachable.
     pub fn send(&self, to: &str, body: Body) -> bool {
-        self.send_encoded(to, self.encode(body))
+        self.send_encoded(to, &self.encode(body))
     }
 
-    /// Sends an already encoded envelope (encode once, send to many). Each envelope
-    /// addressed to a peer whose Endpoint is known is counted in
-    /// `hubbub_cluster_messages_total`, before it leaves: once it has, the peer may
-    /// have acted on it before this thread runs on.
-    pub fn send_encoded(&self, to: &str, encoded: Encoded) -> bool {
+    /// Sends an already encoded envelope (encode once, send to many), sealed with the
+    /// key `to` issued us. A peer whose Endpoint is not known, or that has not given
+    /// us its key yet, is not reachable (false); only a key offer goes without one.
+    /// Each envelope sent is counted in `hubbub_cluster_messages_total`, before it
+    /// leaves: once it has, the peer may have acted on it before this thread runs on.
+    pub fn send_encoded(&self, to: &str, encoded: &Encoded) -> bool {
         let endpoint = self
             .endpoints
             .read()
             .ok()
             .and_then(|endpoints| endpoints.get(to).cloned());
-        match endpoint {
-            Some(endpoint) => {
-                self.metrics.cluster_message_out(encoded.kind);
-                endpoint.cast(EndpointMessage::Frame(encoded.bytes)).is_ok()
-            }
-            None => false,
-        }
+        let Some(endpoint) = endpoint else {
+            return false;
+        };
+        let key = if encoded.kind == "sender_key" {
+            Some(String::new())
+        } else {
+            self.with_keys(|keys| keys.key_for(to).map(str::to_owned))
+        };
+        let Some(key) = key else {
+            return false;
+        };
+        self.metrics.cluster_message_out(encoded.kind);
+        let frame = wire::seal(&key, &encoded.bytes);
+        endpoint.cast(EndpointMessage::Frame(frame)).is_ok()
     }
 
     /// Sends one body to several nodes, encoding it once.
     pub fn send_to_all<'a>(&self, to: impl IntoIterator<Item = &'a String>, body: Body) {
         let bytes = self.encode(body);
         for node in to {
-            self.send_encoded(node, bytes.clone());
+            self.send_encoded(node, &bytes);
         }
     }
 }

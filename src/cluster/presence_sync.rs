@@ -1161,11 +1161,14 @@ mod tests {
                 .expect("open")
         }
 
+        const B_KEY: &str = "b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0";
+
         async fn next_body(rx: &mut UnboundedReceiver<EndpointMessage>) -> Body {
             let EndpointMessage::Frame(bytes) = next(rx).await;
-            let envelope = crate::cluster::wire::decode(&bytes).expect("decodes");
-            assert_eq!(envelope.from, "a");
-            envelope.body
+            let frame = crate::cluster::wire::decode(&bytes).expect("decodes");
+            assert_eq!(frame.key, B_KEY, "sealed with the key b gave us");
+            assert_eq!(frame.envelope.from, "a");
+            frame.envelope.body
         }
 
         async fn next_presence(rx: &mut UnboundedReceiver<RoomMessage>) -> Vec<RemoteMember> {
@@ -1189,6 +1192,8 @@ mod tests {
             cluster.publish_view(View::new(members.into(), 2));
             let (endpoint, mut peer) = spawn::<EndpointMessage>().await;
             cluster.set_endpoint("b", Some(endpoint.clone()));
+            cluster.accept_sender("b", 5);
+            assert!(cluster.key_offered("b", 5, B_KEY));
             let rooms = RoomDirectory::default();
             let (room, mut lobby) = spawn::<RoomMessage>().await;
             rooms.insert("lobby", room.clone());

@@ -1,10 +1,13 @@
 //! Every message that crosses nodes, in one place.
 //!
-//! A message is an [`Envelope`] (wire version, sender's node name and incarnation)
-//! around a [`Body`], serialised as JSON and carried as the `Vec<u8>` payload of the
-//! one cluster-visible actor message (`EndpointMessage::Frame`). Decoding returns a
-//! `Result`: malformed or unexpected traffic is logged and dropped by the receiver and
-//! never panics an actor (ractor's own `BytesConvertable` decoding would).
+//! A message is an [`Envelope`] (sender's node name and incarnation) around a
+//! [`Body`], serialised as JSON, and sealed into a frame with the wire version and the
+//! sender key the receiver issued to the sender (sender_keys.rs):
+//! `{"v":3,"key":"…","env":{…}}`. The frame is the `Vec<u8>` payload of the one
+//! cluster-visible actor message (`EndpointMessage::Frame`). An envelope is encoded
+//! once and sealed per receiver. Decoding returns a `Result`: malformed or unexpected
+//! traffic is logged and dropped by the receiver and never panics an actor (ractor's
+//! own `BytesConvertable` decoding would).
 //!
 //! Versioning: [`WIRE_VERSION`] is bumped when a change is not backwards compatible.
 //! Adding a variant or an optional field (`#[serde(default)]`) is compatible; renaming
@@ -15,7 +18,7 @@ use crate::protocol::UserInfo;
 use serde::{Deserialize, Serialize};
 
 /// The version of this wire format.
-pub const WIRE_VERSION: u16 = 2;
+pub const WIRE_VERSION: u16 = 3;
 
 /// The largest envelope a node accepts, in bytes.
 pub const MAX_ENVELOPE_BYTES: usize = 16 * 1024 * 1024;
@@ -23,9 +26,7 @@ pub const MAX_ENVELOPE_BYTES: usize = 16 * 1024 * 1024;
 /// One message between nodes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Envelope {
-    /// [`WIRE_VERSION`] of the sender.
-    pub v: u16,
-    /// The sender's node name.
+    /// The sender's node name (a claim until its frame's key is checked).
     pub from: String,
     /// The sender's incarnation: random per process start, so a restarted node is
     /// told apart from its previous life.
@@ -114,6 +115,10 @@ impl<'de> Deserialize<'de> for Bytes {
 #[serde(tag = "t", rename_all = "snake_case")]
 pub enum Body {
     // ---- membership (membership.rs) ----
+    /// The key the receiver's frames to the sender must carry from now on (sent
+    /// through the receiver's own session; sender_keys.rs). The one body taken without
+    /// a key.
+    SenderKey { key: String },
     /// Heartbeat. `sent_at` is the sender's monotonic clock in ms, echoed in the
     /// pong; `view` is the id of the sender's current view; `peers` gossips the nodes
     /// the sender knows so every node can dial every other (full mesh).
@@ -177,6 +182,7 @@ impl Body {
             Self::Ping { .. } => "ping",
             Self::Pong { .. } => "pong",
             Self::Leaving {} => "leaving",
+            Self::SenderKey { .. } => "sender_key",
             Self::RaftCall(call) => match call.kind {
                 RpcKind::AppendEntries => "raft_append",
                 RpcKind::Heartbeat => "raft_heartbeat",
@@ -208,14 +214,35 @@ pub enum WireError {
     Version(u16),
 }
 
-/// Serialises an envelope.
+/// Serialises an envelope (once; [`seal`] makes a frame of it per receiver).
 pub fn encode(envelope: &Envelope) -> Vec<u8> {
     // Serialising these types cannot fail (string keys only); never panic on it.
     serde_json::to_vec(envelope).unwrap_or_default()
 }
 
-/// Decodes and checks an envelope.
-pub fn decode(bytes: &[u8]) -> Result<Envelope, WireError> {
+/// The frame for one receiver: the wire version, the sender key that receiver issued
+/// us (empty for a `SenderKey` offer), and the encoded envelope.
+pub fn seal(key: &str, envelope: &[u8]) -> Vec<u8> {
+    // A key is hex digits (sender_keys.rs): nothing in it needs escaping.
+    let mut frame = Vec::with_capacity(envelope.len() + key.len() + 32);
+    frame.extend_from_slice(format!("{{\"v\":{WIRE_VERSION},\"key\":\"").as_bytes());
+    frame.extend(key.bytes().filter(u8::is_ascii_hexdigit));
+    frame.extend_from_slice(b"\",\"env\":");
+    frame.extend_from_slice(envelope);
+    frame.push(b'}');
+    frame
+}
+
+/// A decoded frame: the key it carries and its envelope.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Frame {
+    pub key: String,
+    #[serde(rename = "env")]
+    pub envelope: Envelope,
+}
+
+/// Decodes and checks a frame (size, version, shape; not yet its key).
+pub fn decode(bytes: &[u8]) -> Result<Frame, WireError> {
     if bytes.len() > MAX_ENVELOPE_BYTES {
         return Err(WireError::TooLarge(bytes.len()));
     }
@@ -237,10 +264,22 @@ mod tests {
 
     fn envelope(body: Body) -> Envelope {
         Envelope {
-            v: WIRE_VERSION,
             from: "a".into(),
             inc: 7,
             body,
+        }
+    }
+
+    const KEY: &str = "0123456789abcdef0123456789abcdef";
+
+    fn sealed(envelope: &Envelope) -> Vec<u8> {
+        seal(KEY, &encode(envelope))
+    }
+
+    fn frame(envelope: Envelope) -> Frame {
+        Frame {
+            key: KEY.into(),
+            envelope,
         }
     }
 
@@ -270,7 +309,7 @@ mod tests {
         ];
         for body in bodies {
             let sent = envelope(body);
-            assert_eq!(decode(&encode(&sent)), Ok(sent));
+            assert_eq!(decode(&sealed(&sent)), Ok(frame(sent)));
         }
     }
 
@@ -284,16 +323,16 @@ mod tests {
             kind: RpcKind::AppendEntries,
             payload: Bytes(vec![0, 1, 2, 255]),
         });
-        let bytes = encode(&envelope(call.clone()));
+        let bytes = sealed(&envelope(call.clone()));
         let text = String::from_utf8(bytes.clone()).unwrap();
         assert!(text.contains("\"AAEC/w==\""), "{text}");
-        assert_eq!(decode(&bytes).map(|e| e.body), Ok(call));
+        assert_eq!(decode(&bytes).map(|f| f.envelope.body), Ok(call));
         for result in [
             Ok(Bytes(vec![7; 40])),
             Err("shard 3 does not run here".into()),
         ] {
             let answer = envelope(Body::RaftAnswer(RaftAnswer { corr: 5, result }));
-            assert_eq!(decode(&encode(&answer)), Ok(answer));
+            assert_eq!(decode(&sealed(&answer)), Ok(frame(answer)));
         }
         let bad = text.replace("AAEC/w==", "not base64!");
         assert!(matches!(
@@ -303,16 +342,32 @@ mod tests {
     }
 
     #[test]
+    fn a_frame_carries_its_key_beside_the_envelope() {
+        let sent = envelope(Body::Pong { echo: 1, view: 2 });
+        let text = String::from_utf8(sealed(&sent)).unwrap();
+        assert!(
+            text.starts_with(&format!("{{\"v\":3,\"key\":\"{KEY}\",\"env\":{{")),
+            "{text}"
+        );
+        // A key offer is sealed with no key; nothing but hex digits is ever written.
+        let offer = seal("", &encode(&sent));
+        assert_eq!(decode(&offer).map(|f| f.key), Ok(String::new()));
+        let odd = seal("\"}, \"x", &encode(&sent));
+        assert_eq!(decode(&odd).map(|f| f.key), Ok(String::new()));
+    }
+
+    #[test]
     fn bad_bytes_are_errors_not_panics() {
         assert!(matches!(decode(b"\xff\x00"), Err(WireError::Malformed(_))));
         assert!(matches!(decode(b"{}"), Err(WireError::Malformed(_))));
         assert!(matches!(
-            decode(br#"{"v":2,"from":"a","inc":1,"body":{"t":"nope"}}"#),
+            decode(br#"{"v":3,"key":"","env":{"from":"a","inc":1,"body":{"t":"nope"}}}"#),
             Err(WireError::Malformed(_))
         ));
+        // The previous wire version (no key, `v` in the envelope) is told by its version.
         assert_eq!(
-            decode(br#"{"v":99,"from":"a","inc":1,"body":{"t":"pong","echo":1,"view":1}}"#),
-            Err(WireError::Version(99))
+            decode(br#"{"v":2,"from":"a","inc":1,"body":{"t":"pong","echo":1,"view":1}}"#),
+            Err(WireError::Version(2))
         );
     }
 }

@@ -68,10 +68,11 @@ pub const SERVER_FRAME_TYPES: [&str; 11] = [
 
 /// Kinds of the bodies nodes send each other (`wire::Body::kind`), counted from the
 /// start at zero. A kind not listed is still counted, under its own name.
-pub const CLUSTER_KINDS: [&str; 17] = [
+pub const CLUSTER_KINDS: [&str; 18] = [
     "ping",
     "pong",
     "leaving",
+    "sender_key",
     "raft_append",
     "raft_heartbeat",
     "raft_vote",
@@ -167,6 +168,7 @@ pub struct Metrics {
     // The cluster port before authentication (cluster/membership/peer_port.rs).
     peer_unauthenticated: Gauge,
     peer_refusals: Family<Labels1, Counter>,
+    cluster_frames_dropped: Family<Labels1, Counter>,
     replies_cut: Family<Labels1, Counter>,
     content_refused: Family<Labels1, Counter>,
     /// Handles into `hubbub_limit_refusals`, by index in [`LIMITS`].
@@ -338,6 +340,18 @@ impl Metrics {
             "Incoming peer connections closed before they authenticated, by reason",
             peer_refusals.clone(),
         );
+        let cluster_frames_dropped = Family::<Labels1, Counter>::default();
+        registry.register(
+            "hubbub_cluster_frames_dropped",
+            "Frames from peers dropped unread, by reason: undecodable (malformed, too \
+             large or another wire version), unknown_sender (from a node no session was \
+             accepted for), bad_key (without the sender key issued to the node it names), \
+             wrong_caller (a Raft call naming another node than its sender)",
+            cluster_frames_dropped.clone(),
+        );
+        for reason in CLUSTER_DROP_REASONS {
+            drop(cluster_frames_dropped.get_or_create(&[("reason", reason)]));
+        }
         let replies_cut = Family::<Labels1, Counter>::default();
         registry.register(
             "hubbub_replies_cut",
@@ -433,6 +447,7 @@ impl Metrics {
             auth_failures,
             peer_unauthenticated,
             peer_refusals,
+            cluster_frames_dropped,
             replies_cut,
             content_refused,
             limit_refusals,
@@ -631,6 +646,14 @@ impl Metrics {
             .inc();
     }
 
+    /// A frame from a peer was dropped unread; `reason` is one of
+    /// [`CLUSTER_DROP_REASONS`].
+    pub fn cluster_frame_dropped(&self, reason: &'static str) {
+        self.cluster_frames_dropped
+            .get_or_create(&[("reason", reason)])
+            .inc();
+    }
+
     /// Shows every reason a peer connection can be refused for at 0 from the start.
     pub fn peer_refusal_reasons(&self, reasons: &[&'static str]) {
         for reason in reasons {
@@ -638,6 +661,10 @@ impl Metrics {
         }
     }
 }
+
+/// The `reason` label of `hubbub_cluster_frames_dropped_total`, each shown from the start.
+pub const CLUSTER_DROP_REASONS: [&str; 4] =
+    ["undecodable", "unknown_sender", "bad_key", "wrong_caller"];
 
 /// The `reply` label of `hubbub_replies_cut_total`, each shown from the start.
 pub const REPLY_CUTS: [&str; 4] = ["history", "join", "join_members", "presence"];

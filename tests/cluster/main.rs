@@ -16,6 +16,7 @@ mod chat;
 mod drain;
 mod failover;
 mod harness;
+mod impersonation;
 mod logs;
 mod metrics;
 mod peer_port;
