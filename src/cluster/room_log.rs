@@ -15,7 +15,7 @@
 //! message id. The proposer retries a batch whose answer was lost; with a key, the
 //! retry answers the original instead of ordering the message twice.
 
-use super::raft::host::{ProposeError, ShardHost, Timing, Wiring};
+use super::raft::host::{NodeNames, ProposeError, ShardHost, Timing, Wiring};
 use super::raft::log_store::DB_FILE;
 use super::raft::network::RaftLink;
 use super::raft::state_machine::{ApplySink, Committed, Retention};
@@ -82,6 +82,10 @@ impl RoomLog for RaftRoomLog {
                 Ok(CommandOutcome::Refused { reason }) => Err(ErrorBody::new(
                     ErrorCode::BadRequest,
                     format!("the room's log refused the message: {reason:?}"),
+                )),
+                Ok(CommandOutcome::NodesSet) => Err(ErrorBody::new(
+                    ErrorCode::Internal,
+                    "the room's log answered a publish as a node list change",
                 )),
                 Err(ProposeError::Unavailable(reason)) => Err(ErrorBody::new(
                     ErrorCode::Unavailable,
@@ -162,24 +166,24 @@ impl ApplySink for RoomSink {
 /// Raft calls over the cluster Endpoint, addressed by node name.
 pub struct EndpointLink {
     cluster: Arc<Cluster>,
-    names: BTreeMap<NodeId, String>,
+    names: Arc<NodeNames>,
 }
 
 impl EndpointLink {
-    fn name(&self, id: NodeId) -> Option<&str> {
-        self.names.get(&id).map(String::as_str)
+    fn name(&self, id: NodeId) -> Option<String> {
+        self.names.get(id)
     }
 }
 
 impl RaftLink for EndpointLink {
     fn send_call(&self, to: NodeId, call: RaftCall) -> bool {
         self.name(to)
-            .is_some_and(|name| self.cluster.send(name, Body::RaftCall(call)))
+            .is_some_and(|name| self.cluster.send(&name, Body::RaftCall(call)))
     }
 
     fn send_answer(&self, to: NodeId, answer: RaftAnswer) -> bool {
         self.name(to)
-            .is_some_and(|name| self.cluster.send(name, Body::RaftAnswer(answer)))
+            .is_some_and(|name| self.cluster.send(&name, Body::RaftAnswer(answer)))
     }
 }
 
@@ -220,13 +224,11 @@ pub async fn start_host(
             (db, Some(dir.join(DB_FILE)))
         }
     };
+    let names = Arc::new(NodeNames::default());
     let link: Arc<dyn RaftLink> = match &cluster {
         Some(cluster) => Arc::new(EndpointLink {
             cluster: cluster.clone(),
-            names: placement
-                .nodes()
-                .map(|(name, id)| (id, name.to_owned()))
-                .collect(),
+            names: names.clone(),
         }),
         None => Arc::new(NoPeers),
     };
@@ -256,8 +258,14 @@ pub async fn start_host(
         shards: placement.shards(),
     });
     let reach = cluster.as_ref().map(|cluster| reach_of(cluster));
-    let wiring = Wiring { sink, link, reach };
-    let host = ShardHost::start(&me, placement, &db, retention, timing, wiring)
+    let wiring = Wiring {
+        sink,
+        link,
+        reach,
+        names,
+    };
+    let join = cluster.is_some() && settings.cluster.join;
+    let host = ShardHost::start(&me, placement, &db, retention, timing, wiring, join)
         .await
         .map_err(|e| format!("the room logs did not start: {e}"))?;
     if let Some(cluster) = &cluster {

@@ -62,6 +62,7 @@ pub enum PlacementError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placement {
     shards: u32,
+    replicas: usize,
     /// Node names sorted, and their ids (same order).
     nodes: Vec<(String, NodeId)>,
     /// For each shard, the positions in `nodes` of its voters, preferred leader first.
@@ -108,12 +109,24 @@ impl Placement {
             .collect();
         Ok(Self {
             shards,
+            replicas,
             nodes: sorted
                 .into_iter()
                 .map(|name| (name.clone(), node_id(&name)))
                 .collect(),
             voters,
         })
+    }
+
+    /// The same shards and replicas over another node list (a runtime change of the
+    /// cluster's nodes).
+    pub fn with_nodes(&self, nodes: &[String]) -> Result<Self, PlacementError> {
+        Self::new(nodes, self.shards, self.replicas)
+    }
+
+    /// The node names, sorted.
+    pub fn names(&self) -> Vec<String> {
+        self.nodes.iter().map(|(name, _)| name.clone()).collect()
     }
 
     /// How many shards there are.

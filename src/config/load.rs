@@ -1044,6 +1044,14 @@ fn check_node(node: &NodeSettings, problems: &mut Problems) {
 /// The most threads `node.threads` may ask for, per runtime.
 const MAX_THREADS: usize = 256;
 
+/// Whether `name` may name a node (the rule of `node.name`): for node lists that
+/// arrive at runtime (`POST /cluster/nodes`, a `SetNodes` log entry).
+pub fn is_node_name(name: &str) -> bool {
+    let mut problems = Problems(Vec::new());
+    check_node_name("", name, &mut problems);
+    problems.0.is_empty()
+}
+
 /// The rule for a node's name, wherever it is given (`node.name`, `nodes[i].name`).
 fn check_node_name(key: &str, name: &str, problems: &mut Problems) {
     if name.is_empty() {

@@ -21,8 +21,8 @@ pub use access::{
     PublishRule, RateLimitSettings,
 };
 pub use load::{
-    default_config_toml, environment_warning, load, load_every_node, load_every_node_with_env,
-    load_with_env, warnings, ConfigError, ConfigSource, CONFIG_PATH_ENV,
+    default_config_toml, environment_warning, is_node_name, load, load_every_node,
+    load_every_node_with_env, load_with_env, warnings, ConfigError, ConfigSource, CONFIG_PATH_ENV,
 };
 
 /// The whole configuration of one node.
@@ -264,6 +264,11 @@ pub struct ClusterSettings {
     /// The names of the nodes that may vote, for the `[node]` + `seeds` form; empty
     /// with `[[nodes]]`, whose entries are the voters.
     pub voters: Vec<String>,
+    /// This node joins a cluster that already runs (a node being added, or replacing
+    /// a dead one with an empty data dir): it never bootstraps a shard's Raft group,
+    /// and waits for the shards' leaders to add it once the cluster's node list names
+    /// it (docs/operations.md, "Adding a node").
+    pub join: bool,
 }
 
 impl ClusterSettings {
@@ -522,6 +527,7 @@ impl Default for ClusterSettings {
             shards: 16,
             replicas: 3,
             voters: Vec::new(),
+            join: false,
         }
     }
 }

@@ -77,6 +77,7 @@ pub fn serve(
         if operator_routes {
             app.service(get("/cluster", cluster))
                 .service(get("/metrics", super::scrape::metrics))
+                .service(web::resource("/cluster/nodes").to(super::cluster_admin::admin_only))
         } else {
             app
         }
@@ -109,6 +110,14 @@ pub fn serve_admin(listener: TcpListener, state: AppState) -> std::io::Result<Se
             .service(get("/readyz", readyz))
             .service(get("/cluster", cluster))
             .service(get("/metrics", super::scrape::metrics))
+            .service(
+                web::resource("/cluster/nodes")
+                    .app_data(web::PayloadConfig::new(
+                        super::cluster_admin::MAX_BODY_BYTES,
+                    ))
+                    .route(web::get().to(super::cluster_admin::nodes))
+                    .route(web::post().to(super::cluster_admin::change)),
+            )
     })
     .disable_signals()
     .shutdown_timeout(1)
@@ -185,6 +194,9 @@ async fn cluster(state: web::Data<AppState>) -> HttpResponse {
             };
             if let Some(host) = state.ctx.cluster.as_ref().and_then(|c| c.shard_host()) {
                 body["shards"] = crate::cluster::room_log::shard_status(&host);
+                let (nodes, source) = host.node_list();
+                body["nodes"] = json!(nodes);
+                body["nodes_source"] = json!(source.as_str());
                 let placement = host.placement();
                 let shard_of: serde_json::Map<String, serde_json::Value> = rooms
                     .iter()

@@ -1,12 +1,14 @@
 //! HTTP and WebSocket: the node's face to clients.
 //!
 //! Owns: the actix-web server (plain HTTP, or HTTPS and WSS with `[http.tls]`), its
-//! routes (`/`, `/ws`, `/healthz`, `/readyz`, `/cluster`, `/metrics`) and, for each
+//! routes (`/`, `/ws`, `/healthz`, `/readyz`, `/cluster`, `/metrics`, and
+//! `/cluster/nodes` on the admin listener: cluster_admin.rs) and, for each
 //! WebSocket, the read loop that decodes frames and forwards them to the connection's
 //! Session actor, and the response body that writes what its outbox holds. Every upgrade first passes the [`Gate`] (origin,
 //! per-address limits, authentication). Knows the actors only through the SessionSupervisor
 //! and the Session's message type; room logic never lives here.
 
+mod cluster_admin;
 mod frame_guard;
 mod gate;
 mod http;

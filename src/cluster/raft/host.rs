@@ -12,8 +12,18 @@
 //!   in bands by rank, [`raft_config`]): the first voter up leads, so leaders spread
 //!   over the nodes at start and a failed leader's shards pass to their next voters
 //!   (cluster/shards.rs).
-//! - **Learners.** Whichever node leads a shard adds the configured non-voters as
-//!   learners (non-blocking), checked on every change of the shard's metrics.
+//! - **Learners and membership changes** (`reconcile`). Whichever node leads a shard
+//!   moves its group to what the cluster's node list places there: the nodes not in
+//!   the group are added as learners; once the shard's voters-to-be are all up and
+//!   caught up, one membership change makes them the voters (removed voters stay
+//!   learners); then nodes no longer listed are removed. Checked on every change of
+//!   the shard's metrics and every second. The node list is the configured one until
+//!   `SetNodes` changes it in shard 0's log (`set_nodes`, `POST /cluster/nodes`);
+//!   every node follows shard 0, so every node's placement follows the same list.
+//! - **Joining.** A node started with `cluster.join` never bootstraps: it waits for
+//!   the leaders to add it (a new node, or one replacing a dead one with an empty
+//!   data dir: two pristine voters of one shard bootstrapping on their own could
+//!   elect a leader without the rest).
 //! - **Proposing.** A proposal waits in its shard's queue (bounded: a full queue is
 //!   `unavailable` at once). The proposer takes everything queued, up to
 //!   [`MAX_BATCH`] commands and [`MAX_BATCH_BYTES`], as one log entry (openraft does not batch `client_write`,
@@ -40,9 +50,10 @@ use crate::cluster::shards::Placement;
 use crate::cluster::wire::{RaftAnswer, RaftCall, RpcKind};
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::raft::ClientWriteResponse;
+use openraft::ChangeMembers;
 use openraft::{Config, Raft, ServerState};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -81,6 +92,9 @@ pub struct Wiring {
     pub link: Arc<dyn RaftLink>,
     /// Who the failure detector says is up.
     pub reach: Reach,
+    /// Node names by id, shared with the link (the host adds the names of every node
+    /// list it follows).
+    pub names: Arc<NodeNames>,
 }
 
 /// Why a proposal was not ordered.
@@ -109,11 +123,67 @@ struct Shard {
     queue: mpsc::Sender<Proposal>,
 }
 
+/// Node names by Raft id: every name this node has seen in a node list (configured or
+/// set at runtime), for addressing Raft calls. Shared with the link.
+#[derive(Debug, Default)]
+pub struct NodeNames(RwLock<BTreeMap<NodeId, String>>);
+
+impl NodeNames {
+    /// The names of `placement`'s nodes, added to those known.
+    pub fn learn(&self, placement: &Placement) {
+        let mut names = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        for (name, id) in placement.nodes() {
+            names.insert(id, name.to_owned());
+        }
+    }
+
+    /// The name of node `id`, if it was ever listed.
+    pub fn get(&self, id: NodeId) -> Option<String> {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+            .cloned()
+    }
+}
+
+/// Where the cluster's node list comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeListSource {
+    /// `[[nodes]]` or `cluster.voters`.
+    Config,
+    /// A `SetNodes` in shard 0's log (`POST /cluster/nodes`).
+    Runtime,
+}
+
+impl NodeListSource {
+    /// As `GET /cluster` shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Config => "config",
+            Self::Runtime => "runtime",
+        }
+    }
+}
+
+/// Why a node list change was not made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SetNodesError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
 /// Every shard of this node.
 pub struct ShardHost {
     me: NodeId,
     timing: Timing,
-    placement: Placement,
+    /// What the cluster's current node list places where.
+    placement: RwLock<Arc<Placement>>,
+    /// The configured node list's placement (what a new cluster starts from).
+    configured: Arc<Placement>,
+    names: Arc<NodeNames>,
     server: Arc<ShardServer>,
     transport: Arc<Transport>,
     shards: HashMap<ShardId, Shard>,
@@ -121,8 +191,8 @@ pub struct ShardHost {
 }
 
 impl ShardHost {
-    /// Starts every shard of `placement` on node `me` (one of its nodes), with its log
-    /// in `db`, wired as `wiring` says.
+    /// Starts every shard of `placement` (the configured node list) on node `me`, with
+    /// its log in `db`, wired as `wiring` says. With `join`, it bootstraps no shard.
     pub async fn start(
         me: &str,
         placement: Placement,
@@ -130,8 +200,17 @@ impl ShardHost {
         retention: Retention,
         timing: Timing,
         wiring: Wiring,
+        join: bool,
     ) -> Result<Arc<Self>, StartError> {
-        let Wiring { sink, link, reach } = wiring;
+        let Wiring {
+            sink,
+            link,
+            reach,
+            names,
+        } = wiring;
+        names.learn(&placement);
+        let configured = Arc::new(placement);
+        let mut placement = configured.clone();
         let me = crate::cluster::shards::node_id(me);
         let transport = Arc::new(Transport::new(me, link));
         let server = Arc::new(ShardServer::new(me));
@@ -156,6 +235,14 @@ impl ShardHost {
                 .await
                 .map_err(|e| fail(e.to_string()))?;
             server.insert(shard, raft.clone());
+            if shard == 0 {
+                // A node list set at runtime (shard 0's log, applied by now from its
+                // snapshot and committed entries) holds over the configured one.
+                if let Some(set) = reader.nodes().and_then(|n| configured.with_nodes(&n).ok()) {
+                    names.learn(&set);
+                    placement = Arc::new(set);
+                }
+            }
             let (queue, proposals) = mpsc::channel(QUEUE);
             shards.insert(
                 shard,
@@ -170,7 +257,9 @@ impl ShardHost {
         let host = Arc::new(Self {
             me,
             timing,
-            placement,
+            placement: RwLock::new(placement),
+            configured,
+            names,
             server,
             transport,
             shards,
@@ -179,18 +268,19 @@ impl ShardHost {
         for (shard, proposals) in queues {
             tokio::spawn(run_proposer(Arc::downgrade(&host), shard, proposals));
         }
-        host.bootstrap().await?;
+        host.bootstrap(join).await?;
         Ok(host)
     }
 
-    async fn bootstrap(self: &Arc<Self>) -> Result<(), StartError> {
+    async fn bootstrap(self: &Arc<Self>, join: bool) -> Result<(), StartError> {
+        let placement = self.placement();
         for (&shard, state) in &self.shards {
             // Every voter initializes the group with the same voters (safe in openraft:
             // the same config on several pristine nodes), so a shard forms whichever
-            // of its voters start; later starts meet NotAllowed and go on.
-            if self.placement.is_voter(shard, self.me) {
-                let voters: BTreeMap<NodeId, ShardNode> = self
-                    .placement
+            // of its voters start; later starts meet NotAllowed and go on. A joining
+            // node leaves it to the running cluster.
+            if !join && placement.is_voter(shard, self.me) {
+                let voters: BTreeMap<NodeId, ShardNode> = placement
                     .voters(shard)
                     .into_iter()
                     .map(|id| (id, self.node(id)))
@@ -206,13 +296,13 @@ impl ShardHost {
                     }
                 }
             }
-            tokio::spawn(add_learners(Arc::downgrade(self), shard));
+            tokio::spawn(reconcile(Arc::downgrade(self), shard));
         }
         Ok(())
     }
 
     fn node(&self, id: NodeId) -> ShardNode {
-        ShardNode::new(self.placement.name_of(id).unwrap_or_default())
+        ShardNode::new(self.names.get(id).unwrap_or_default())
     }
 
     /// This node's Raft id.
@@ -220,9 +310,124 @@ impl ShardHost {
         self.me
     }
 
-    /// The shard placement this host runs.
-    pub fn placement(&self) -> &Placement {
-        &self.placement
+    /// What the cluster's current node list places where.
+    pub fn placement(&self) -> Arc<Placement> {
+        self.placement
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The cluster's node list now, and where it comes from.
+    pub fn node_list(&self) -> (Vec<String>, NodeListSource) {
+        let placement = self.placement();
+        let source = if placement.names() == self.configured.names() {
+            NodeListSource::Config
+        } else {
+            NodeListSource::Runtime
+        };
+        (placement.names(), source)
+    }
+
+    /// The configured node list (`[[nodes]]` or `cluster.voters`).
+    pub fn configured_nodes(&self) -> Vec<String> {
+        self.configured.names()
+    }
+
+    /// Makes `nodes` the cluster's node list: ordered in shard 0's log, so every node
+    /// applies it; each shard's leader then moves its group to match. Resolves once
+    /// committed (the groups move after, within seconds: `GET /cluster` shows them).
+    pub async fn set_nodes(&self, mut nodes: Vec<String>) -> Result<Vec<String>, SetNodesError> {
+        nodes.sort();
+        if !super::state_machine::valid_node_list(&nodes) {
+            return Err(SetNodesError::Invalid(
+                "a node list names at least one node, each once, each a valid node.name".into(),
+            ));
+        }
+        let placement = self
+            .placement()
+            .with_nodes(&nodes)
+            .map_err(|e| SetNodesError::Invalid(e.to_string()))?;
+        match self
+            .propose(
+                0,
+                ShardCommand::SetNodes {
+                    nodes: nodes.clone(),
+                },
+            )
+            .await
+        {
+            Ok(CommandOutcome::NodesSet) => {
+                self.adopt(placement);
+                Ok(nodes)
+            }
+            Ok(other) => Err(SetNodesError::Invalid(format!(
+                "the cluster's log refused the node list: {other:?}"
+            ))),
+            Err(ProposeError::Unavailable(reason)) => Err(SetNodesError::Unavailable(reason)),
+        }
+    }
+
+    /// Follows shard 0's node list when it changed (every reconcile round).
+    fn refresh_placement(&self) {
+        let Some(nodes) = self.shards.get(&0).and_then(|s| s.reader.nodes()) else {
+            return;
+        };
+        if nodes == self.placement().names() {
+            return;
+        }
+        match self.configured.with_nodes(&nodes) {
+            Ok(placement) => self.adopt(placement),
+            Err(e) => tracing::error!(
+                error = %e,
+                "the cluster's node list in the room logs cannot be placed; keeping the last one"
+            ),
+        }
+    }
+
+    fn adopt(&self, placement: Placement) {
+        let mut current = self
+            .placement
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if current.names() == placement.names() {
+            return;
+        }
+        self.names.learn(&placement);
+        let configured = self.configured.names();
+        if placement.names() != configured {
+            tracing::info!(
+                nodes = ?placement.names(),
+                configured = ?configured,
+                "the cluster's node list is now {:?}; it differs from this node's \
+                 configured list, which is no longer used (update the config to match)",
+                placement.names()
+            );
+        } else {
+            tracing::info!(nodes = ?placement.names(), "the cluster's node list is now {:?}", placement.names());
+        }
+        *current = Arc::new(placement);
+    }
+
+    /// The voters of `shard` now: its Raft membership's, or the placement's while the
+    /// group has no membership yet.
+    fn voters_now(&self, shard: ShardId) -> Vec<NodeId> {
+        let voters: Vec<NodeId> = self
+            .raft(shard)
+            .map(|raft| {
+                raft.metrics()
+                    .borrow()
+                    .membership_config
+                    .membership()
+                    .voter_ids()
+                    .collect()
+            })
+            .unwrap_or_default();
+        if voters.is_empty() {
+            self.placement().voters(shard)
+        } else {
+            voters
+        }
     }
 
     /// Read access to the rooms of `shard` as this node has applied them.
@@ -259,6 +464,13 @@ impl ShardHost {
             .then(|| "the room's shard has no leader yet".to_owned())
     }
 
+    /// Whether the failure detector says node `id` is up (always, for a node alone).
+    fn reaches(&self, id: NodeId) -> bool {
+        self.reach
+            .as_ref()
+            .is_none_or(|reach| reach.borrow().contains(&id))
+    }
+
     /// Why this node cannot reach a majority of `shard`'s voters, if it cannot.
     fn cut_off(&self, shard: ShardId) -> Option<String> {
         let reach = self.reach.as_ref()?;
@@ -267,7 +479,7 @@ impl ShardHost {
     }
 
     fn cut_off_from(&self, up: &BTreeSet<NodeId>, shard: ShardId) -> Option<String> {
-        let voters = self.placement.voters(shard);
+        let voters = self.voters_now(shard);
         let quorum = voters.len() / 2 + 1;
         let reached = voters
             .iter()
@@ -528,43 +740,223 @@ async fn run_proposer(
     }
 }
 
-/// Adds the shard's configured learners whenever this node leads it.
-async fn add_learners(host: std::sync::Weak<ShardHost>, shard: ShardId) {
-    let Some((raft, learners, nodes)) = host.upgrade().and_then(|host| {
-        let raft = host.raft(shard)?.clone();
-        let learners = host.placement.learners(shard);
-        let nodes: Vec<(NodeId, ShardNode)> =
-            learners.iter().map(|&id| (id, host.node(id))).collect();
-        Some((raft, learners, nodes))
-    }) else {
+/// How far (in log entries) a learner may trail the leader and still be made a voter.
+const CAUGHT_UP: u64 = 64;
+/// How long one membership change may take before the next round tries again.
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a shard's leader does next to move the group to what the node list places
+/// there (pure: `reconcile` runs it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Step {
+    /// Nothing to do.
+    Settled,
+    /// Add these listed nodes, up and not in the group, as learners.
+    AddLearners(Vec<NodeId>),
+    /// Make exactly these the voters (removed voters stay learners).
+    SetVoters(BTreeSet<NodeId>),
+    /// Remove these learners, no longer listed.
+    Remove(BTreeSet<NodeId>),
+    /// The voters-to-be are not all up or caught up yet.
+    Wait,
+}
+
+/// The next step for a group whose voters are `voters` and other members `learners`,
+/// towards `want` voters and `listed` nodes, given who is `up` and each member's
+/// `lag` behind the leader (None: unknown).
+fn next_step(
+    voters: &BTreeSet<NodeId>,
+    learners: &BTreeSet<NodeId>,
+    want: &BTreeSet<NodeId>,
+    listed: &BTreeSet<NodeId>,
+    up: &dyn Fn(NodeId) -> bool,
+    lag: &dyn Fn(NodeId) -> Option<u64>,
+) -> Step {
+    let members: BTreeSet<NodeId> = voters.union(learners).copied().collect();
+    let missing: Vec<NodeId> = listed
+        .iter()
+        .filter(|id| !members.contains(id) && up(**id))
+        .copied()
+        .collect();
+    if !missing.is_empty() {
+        return Step::AddLearners(missing);
+    }
+    if voters != want {
+        let ready = want.iter().all(|id| {
+            voters.contains(id)
+                || (members.contains(id) && up(*id) && lag(*id).is_some_and(|l| l <= CAUGHT_UP))
+        });
+        return if ready {
+            Step::SetVoters(want.clone())
+        } else {
+            Step::Wait
+        };
+    }
+    let gone: BTreeSet<NodeId> = learners.difference(listed).copied().collect();
+    if gone.is_empty() {
+        Step::Settled
+    } else {
+        Step::Remove(gone)
+    }
+}
+
+/// Whenever this node leads `shard`: moves the group to what the cluster's node list
+/// places there, one step at a time ([`next_step`]). Runs on every change of the
+/// shard's metrics and every second (the node list and who is up change too).
+async fn reconcile(host: std::sync::Weak<ShardHost>, shard: ShardId) {
+    let Some(raft) = host.upgrade().and_then(|h| h.raft(shard).cloned()) else {
         return;
     };
-    if learners.is_empty() {
-        return;
-    }
     let mut metrics = raft.metrics();
     loop {
-        let (leading, missing) = {
-            let m = metrics.borrow();
-            let known: Vec<NodeId> = m.membership_config.nodes().map(|(id, _)| *id).collect();
-            (
-                m.state == ServerState::Leader,
-                learners
-                    .iter()
-                    .copied()
-                    .filter(|id| !known.contains(id))
-                    .collect::<Vec<_>>(),
-            )
+        let Some(host) = host.upgrade() else {
+            return;
         };
-        if leading {
-            for id in missing {
-                if let Some((_, node)) = nodes.iter().find(|(nid, _)| *nid == id) {
-                    let _ = raft.add_learner(id, node.clone(), false).await;
+        // Cheap (shard 0's list against the current one): every shard's round looks.
+        host.refresh_placement();
+        let step = {
+            let m = metrics.borrow_and_update();
+            let membership = m.membership_config.membership();
+            if m.state != ServerState::Leader || membership.get_joint_config().len() > 1 {
+                None
+            } else {
+                let placement = host.placement();
+                let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+                let learners: BTreeSet<NodeId> = membership.learner_ids().collect();
+                let want: BTreeSet<NodeId> = placement.voters(shard).into_iter().collect();
+                let listed: BTreeSet<NodeId> = placement.nodes().map(|(_, id)| id).collect();
+                let last = m.last_log_index.unwrap_or(0);
+                let replication = m.replication.clone().unwrap_or_default();
+                let me = host.me;
+                let up = |id: NodeId| id == me || host.reaches(id);
+                let lag = |id: NodeId| {
+                    if id == me {
+                        return Some(0);
+                    }
+                    replication
+                        .get(&id)
+                        .map(|matched| last.saturating_sub(matched.map_or(0, |l| l.index)))
+                };
+                Some(next_step(&voters, &learners, &want, &listed, &up, &lag))
+            }
+        };
+        let nodes: Vec<(NodeId, ShardNode)> = match &step {
+            Some(Step::AddLearners(ids)) => ids.iter().map(|&id| (id, host.node(id))).collect(),
+            _ => Vec::new(),
+        };
+        drop(host);
+        let change = async {
+            match step {
+                Some(Step::AddLearners(_)) => {
+                    for (id, node) in nodes {
+                        if let Err(e) = raft.add_learner(id, node.clone(), false).await {
+                            tracing::debug!(shard, node = %node.name, error = %e, "could not add a learner");
+                        }
+                    }
+                }
+                Some(Step::SetVoters(voters)) => {
+                    tracing::info!(shard, voters = ?voters, "changing the shard's voters");
+                    if let Err(e) = raft.change_membership(voters, true).await {
+                        tracing::warn!(shard, error = %e, "the shard's voters did not change");
+                    }
+                }
+                Some(Step::Remove(gone)) => {
+                    tracing::info!(shard, nodes = ?gone, "removing nodes no longer listed from the shard");
+                    if let Err(e) = raft
+                        .change_membership(ChangeMembers::RemoveNodes(gone), false)
+                        .await
+                    {
+                        tracing::warn!(shard, error = %e, "the nodes were not removed");
+                    }
+                }
+                Some(Step::Settled | Step::Wait) | None => {}
+            }
+        };
+        let _ = tokio::time::timeout(CHANGE_TIMEOUT, change).await;
+        tokio::select! {
+            changed = metrics.changed() => {
+                if changed.is_err() {
+                    return;
                 }
             }
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
-        if metrics.changed().await.is_err() {
-            return;
-        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{next_step, Step, CAUGHT_UP};
+    use std::collections::BTreeSet;
+
+    fn set(ids: &[u64]) -> BTreeSet<u64> {
+        ids.iter().copied().collect()
+    }
+
+    #[test]
+    fn a_group_moves_to_its_placement_one_safe_step_at_a_time() {
+        let all_up = |_| true;
+        let caught_up = |_| Some(0);
+        // Settled.
+        let (v, l) = (set(&[1, 2, 3]), set(&[4]));
+        let listed = set(&[1, 2, 3, 4]);
+        assert_eq!(
+            next_step(&v, &l, &set(&[1, 2, 3]), &listed, &all_up, &caught_up),
+            Step::Settled
+        );
+        // A new node listed: first a learner (only once it is up).
+        let listed5 = set(&[1, 2, 3, 4, 5]);
+        assert_eq!(
+            next_step(&v, &l, &set(&[1, 2, 5]), &listed5, &all_up, &caught_up),
+            Step::AddLearners(vec![5])
+        );
+        let five_down = |id| id != 5;
+        assert_eq!(
+            next_step(&v, &l, &set(&[1, 2, 5]), &listed5, &five_down, &caught_up),
+            Step::Wait
+        );
+        // A learner that trails, or is down, is not made a voter yet.
+        let l5 = set(&[4, 5]);
+        let trailing = |id| Some(if id == 5 { CAUGHT_UP + 1 } else { 0 });
+        assert_eq!(
+            next_step(&v, &l5, &set(&[1, 2, 5]), &listed5, &all_up, &trailing),
+            Step::Wait
+        );
+        assert_eq!(
+            next_step(&v, &l5, &set(&[1, 2, 5]), &listed5, &all_up, &|_| None),
+            Step::Wait
+        );
+        assert_eq!(
+            next_step(&v, &l5, &set(&[1, 2, 5]), &listed5, &all_up, &caught_up),
+            Step::SetVoters(set(&[1, 2, 5]))
+        );
+        // 3 no longer listed: once the voters are right, it is removed.
+        let (v, l) = (set(&[1, 2, 5]), set(&[3, 4]));
+        assert_eq!(
+            next_step(
+                &v,
+                &l,
+                &set(&[1, 2, 5]),
+                &set(&[1, 2, 4, 5]),
+                &all_up,
+                &caught_up
+            ),
+            Step::Remove(set(&[3]))
+        );
+        // A voter that is down stays until its replacement is ready; the change itself
+        // does not need the leaving voter.
+        let three_down = |id| id != 3;
+        let (v, l) = (set(&[1, 2, 3]), set(&[4]));
+        assert_eq!(
+            next_step(
+                &v,
+                &l,
+                &set(&[1, 2, 4]),
+                &set(&[1, 2, 4]),
+                &three_down,
+                &caught_up
+            ),
+            Step::SetVoters(set(&[1, 2, 4]))
+        );
     }
 }

@@ -140,40 +140,55 @@ mod tests {
     }
 
     async fn cluster(net: &Arc<LocalNet>, names: &[&str], replicas: usize) -> Vec<Node> {
-        let all: Vec<String> = names.iter().map(|s| s.to_string()).collect();
-        let placement = Placement::new(&all, SHARDS, replicas).unwrap();
         let mut nodes = Vec::new();
-        let everyone: BTreeSet<NodeId> = names.iter().map(|n| node_id(n)).collect();
         for name in names {
-            let (reach, reach_rx) = watch::channel(everyone.clone());
-            let seen = Arc::new(Seen::default());
-            let sink_seen = seen.clone();
-            let sink = move |_shard, committed: Vec<Committed>| {
-                sink_seen.0.lock().unwrap().extend(committed);
-            };
-            let host = ShardHost::start(
-                name,
-                placement.clone(),
-                &LogDb::memory(),
-                Retention::messages(1000),
-                timing(),
-                Wiring {
-                    sink: Arc::new(sink),
-                    link: net.link(node_id(name)),
-                    reach: Some(reach_rx),
-                },
-            )
-            .await
-            .unwrap();
-            net.attach(&host);
-            nodes.push(Node {
-                name: name.to_string(),
-                host,
-                seen,
-                reach,
-            });
+            nodes.push(start_node(net, name, names, names, replicas, false).await);
         }
         nodes
+    }
+
+    /// Starts node `name` with `listed` as its configured node list, believing every
+    /// node of `up` is up.
+    async fn start_node(
+        net: &Arc<LocalNet>,
+        name: &str,
+        listed: &[&str],
+        up: &[&str],
+        replicas: usize,
+        join: bool,
+    ) -> Node {
+        let all: Vec<String> = listed.iter().map(|s| s.to_string()).collect();
+        let placement = Placement::new(&all, SHARDS, replicas).unwrap();
+        let everyone: BTreeSet<NodeId> = up.iter().map(|n| node_id(n)).collect();
+        let (reach, reach_rx) = watch::channel(everyone);
+        let seen = Arc::new(Seen::default());
+        let sink_seen = seen.clone();
+        let sink = move |_shard, committed: Vec<Committed>| {
+            sink_seen.0.lock().unwrap().extend(committed);
+        };
+        let host = ShardHost::start(
+            name,
+            placement,
+            &LogDb::memory(),
+            Retention::messages(1000),
+            timing(),
+            Wiring {
+                sink: Arc::new(sink),
+                link: net.link(node_id(name)),
+                reach: Some(reach_rx),
+                names: Arc::default(),
+            },
+            join,
+        )
+        .await
+        .unwrap();
+        net.attach(&host);
+        Node {
+            name: name.to_string(),
+            host,
+            seen,
+            reach,
+        }
     }
 
     async fn until(what: &str, mut check: impl FnMut() -> bool) {
@@ -252,6 +267,120 @@ mod tests {
             let reader = node.host.reader(shard).unwrap();
             assert_eq!(reader.seq(room), 60);
         }
+    }
+
+    fn voters(node: &Node, shard: u32) -> BTreeSet<NodeId> {
+        let raft = node.host.raft(shard).unwrap();
+        let metrics = raft.metrics();
+        let m = metrics.borrow();
+        m.membership_config.membership().voter_ids().collect()
+    }
+
+    fn members(node: &Node, shard: u32) -> BTreeSet<NodeId> {
+        let raft = node.host.raft(shard).unwrap();
+        let metrics = raft.metrics();
+        let m = metrics.borrow();
+        m.membership_config
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nodes_added_and_removed_at_runtime_move_every_shards_voters() {
+        let net = LocalNet::new();
+        let four = ["a", "b", "c", "d"];
+        let mut nodes = Vec::new();
+        for name in ["a", "b", "c"] {
+            nodes.push(start_node(&net, name, &["a", "b", "c"], &four, 3, false).await);
+        }
+        until("a leader for every shard on every node", || {
+            nodes
+                .iter()
+                .all(|n| n.host.shards_with_leader() == SHARDS as usize)
+        })
+        .await;
+        let room = "lobby";
+        let shard = nodes[0].host.placement().shard_of(room);
+        for i in 0..20 {
+            let outcome = nodes[0].host.propose(shard, publish(room, i)).await;
+            assert!(
+                matches!(outcome, Ok(CommandOutcome::Published { .. })),
+                "{outcome:?}"
+            );
+        }
+
+        // d joins (its own list already names it) and bootstraps nothing; then the
+        // list is changed on b, and every shard moves to the four-node placement.
+        nodes.push(start_node(&net, "d", &four, &four, 3, true).await);
+        assert!(
+            (0..SHARDS).all(|s| members(&nodes[3], s).is_empty()),
+            "a joining node bootstraps no shard"
+        );
+        let set = nodes[1].host.set_nodes(names(&["d", "c", "b", "a"])).await;
+        assert_eq!(set, Ok(names(&four)));
+        let want = Placement::new(&names(&four), SHARDS, 3).unwrap();
+        until(
+            "every shard's voters to follow the four-node list everywhere",
+            || {
+                nodes.iter().all(|n| {
+                    (0..SHARDS).all(|s| {
+                        voters(n, s) == want.voters(s).into_iter().collect::<BTreeSet<_>>()
+                            && members(n, s).len() == 4
+                    })
+                })
+            },
+        )
+        .await;
+        for node in &nodes {
+            assert_eq!(node.host.node_list().0, names(&four), "{}", node.name);
+        }
+        assert_eq!(
+            nodes[0].host.node_list().1,
+            crate::cluster::raft::host::NodeListSource::Runtime
+        );
+        // d holds the history from before it existed.
+        until("d to apply the earlier messages", || {
+            seqs(&nodes[3], room) == (1..=20).collect::<Vec<u64>>()
+        })
+        .await;
+
+        // c is removed, from d: it leaves every group, and the rest go on.
+        let three = ["a", "b", "d"];
+        assert_eq!(
+            nodes[3].host.set_nodes(names(&three)).await,
+            Ok(names(&three))
+        );
+        let want = Placement::new(&names(&three), SHARDS, 3).unwrap();
+        let c = node_id("c");
+        until("c to leave every shard, on a, b and d", || {
+            [0, 1, 3].iter().all(|&i| {
+                (0..SHARDS).all(|s| {
+                    !members(&nodes[i], s).contains(&c)
+                        && voters(&nodes[i], s)
+                            == want.voters(s).into_iter().collect::<BTreeSet<_>>()
+                })
+            })
+        })
+        .await;
+        for (i, node) in nodes.iter().enumerate().filter(|(i, _)| *i != 2) {
+            let outcome = node.host.propose(shard, publish(room, 100 + i)).await;
+            assert!(
+                matches!(outcome, Ok(CommandOutcome::Published { .. })),
+                "{}: {outcome:?}",
+                node.name
+            );
+        }
+        // A list that cannot be placed is refused before anything is proposed.
+        assert!(matches!(
+            nodes[0].host.set_nodes(names(&["a", "a"])).await,
+            Err(crate::cluster::raft::host::SetNodesError::Invalid(_))
+        ));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

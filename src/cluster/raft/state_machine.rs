@@ -52,7 +52,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// The first byte of every snapshot: the version of its encoding.
-const SNAPSHOT_FORMAT: u8 = 1;
+const SNAPSHOT_FORMAT: u8 = 2;
 
 /// How much of each room a shard keeps. The same on every node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -256,6 +256,25 @@ pub struct ShardState {
     /// The last membership applied.
     pub last_membership: StoredMembership<NodeId, ShardNode>,
     rooms: BTreeMap<String, RoomLog>,
+    /// The cluster's node list as last set at runtime (`SetNodes`, shard 0 only);
+    /// None: the configured one holds.
+    nodes: Option<Vec<String>>,
+}
+
+/// A node list a `SetNodes` may carry: some nodes, each a node name, none twice.
+pub fn valid_node_list(nodes: &[String]) -> bool {
+    let distinct: std::collections::BTreeSet<&String> = nodes.iter().collect();
+    !nodes.is_empty()
+        && distinct.len() == nodes.len()
+        && nodes.iter().all(|n| crate::config::is_node_name(n))
+}
+
+/// The snapshot layout of format 1 (before runtime node lists), read on upgrade.
+#[derive(Deserialize)]
+struct ShardStateV1 {
+    last_applied: Option<LogId<NodeId>>,
+    last_membership: StoredMembership<NodeId, ShardNode>,
+    rooms: BTreeMap<String, RoomLog>,
 }
 
 /// A join's read of a room: where the client starts and what it gets first.
@@ -273,6 +292,11 @@ impl ShardState {
     /// A room's log, if it ever had a message.
     pub fn room(&self, room: &str) -> Option<&RoomLog> {
         self.rooms.get(room)
+    }
+
+    /// The node list set at runtime, if one was.
+    pub fn nodes(&self) -> Option<&[String]> {
+        self.nodes.as_deref()
     }
 
     /// The rooms with a log, by name.
@@ -323,6 +347,17 @@ impl ShardState {
         committed: &mut Vec<Committed>,
     ) -> CommandOutcome {
         match command {
+            ShardCommand::SetNodes { nodes } => {
+                if !valid_node_list(nodes) {
+                    return CommandOutcome::Refused {
+                        reason: Refusal::BadNodes,
+                    };
+                }
+                let mut sorted = nodes.clone();
+                sorted.sort();
+                self.nodes = Some(sorted);
+                CommandOutcome::NodesSet
+            }
             ShardCommand::Publish {
                 room,
                 from,
@@ -432,6 +467,16 @@ impl ShardState {
             Some((&SNAPSHOT_FORMAT, body)) => {
                 postcard::from_bytes(body).map_err(SnapshotDecodeError::Corrupt)
             }
+            Some((1, body)) => {
+                let old: ShardStateV1 =
+                    postcard::from_bytes(body).map_err(SnapshotDecodeError::Corrupt)?;
+                Ok(Self {
+                    last_applied: old.last_applied,
+                    last_membership: old.last_membership,
+                    rooms: old.rooms,
+                    nodes: None,
+                })
+            }
             Some((&other, _)) => Err(SnapshotDecodeError::Format(other)),
             None => Err(SnapshotDecodeError::Empty),
         }
@@ -485,6 +530,11 @@ impl ShardReader {
     /// The last log entry applied.
     pub fn last_applied(&self) -> Option<LogId<NodeId>> {
         self.read().last_applied
+    }
+
+    /// The node list set at runtime, if one was (shard 0).
+    pub fn nodes(&self) -> Option<Vec<String>> {
+        self.read().nodes().map(<[String]>::to_vec)
     }
 }
 

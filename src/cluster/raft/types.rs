@@ -63,6 +63,10 @@ pub enum ShardCommand {
         /// same room answers the first one's id, seq and ts.
         idempotency_key: Option<String>,
     },
+    /// The cluster's node list from now on (proposed to shard 0, and read from shard
+    /// 0 only: every node follows shard 0, so every node applies it). Each shard's leader then moves its group to
+    /// the voters the new list places there (raft/host.rs, `reconcile`).
+    SetNodes { nodes: Vec<String> },
 }
 
 impl ShardCommand {
@@ -86,6 +90,7 @@ impl ShardCommand {
                     + idempotency_key.as_ref().map_or(0, String::len)
                     + 32
             }
+            Self::SetNodes { nodes } => nodes.iter().map(|n| n.len() + 8).sum::<usize>() + 16,
         }
     }
 }
@@ -110,6 +115,8 @@ pub enum CommandOutcome {
     Duplicate { id: String, seq: u64, ts: u64 },
     /// Not applied; nothing changed.
     Refused { reason: Refusal },
+    /// The node list is now the one proposed.
+    NodesSet,
 }
 
 /// Why a command was refused. The proposer checks these before proposing; apply
@@ -120,6 +127,8 @@ pub enum Refusal {
     BadRoom,
     /// The idempotency key is empty or longer than [`MAX_IDEMPOTENCY_KEY_BYTES`].
     BadIdempotencyKey,
+    /// A node list that cannot be placed (empty, a name twice, not a node name).
+    BadNodes,
 }
 
 /// Longest idempotency key a command may carry, in bytes: the client protocol's
