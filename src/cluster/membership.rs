@@ -139,6 +139,8 @@ pub struct PeerStatus {
     pub rtt_ms: Option<f64>,
     /// How long ago anything was heard from the peer, in milliseconds.
     pub last_heard_ms_ago: Option<u64>,
+    /// Whether it follows the same node list as this node (None: not heard yet).
+    pub same_node_list: Option<bool>,
 }
 
 /// The Membership actor.
@@ -241,6 +243,10 @@ struct Peer {
     agreeing_ack: u64,
     /// The incarnation that announced it was leaving: never up again.
     left: Option<u64>,
+    /// The hash of the node list it announced last (0: none yet).
+    list_hash: u64,
+    /// The hash of another list than ours we warned about.
+    warned_list: Option<u64>,
 }
 
 /// Membership's state.
@@ -812,6 +818,7 @@ impl MembershipState {
                 sent_at,
                 view: _,
                 peers: gossip,
+                nodes,
             } => {
                 peer.last_heard = Some(now);
                 if peer.endpoint.is_none() {
@@ -825,6 +832,7 @@ impl MembershipState {
                     },
                 );
                 self.learn(from, inc, gossip);
+                self.check_node_lists(from, nodes);
             }
             Body::Pong { echo, view } => {
                 if echo > now {
@@ -970,6 +978,44 @@ impl MembershipState {
             sent_at,
             view: self.view.id,
             peers: self.gossip(),
+            nodes: self.own_list_hash(),
+        }
+    }
+
+    /// The hash of the node list this node follows (0 before its room logs run, and
+    /// while it joins and has no list from the cluster yet).
+    fn own_list_hash(&self) -> u64 {
+        self.cluster
+            .shard_host()
+            .and_then(|host| host.announced_placement())
+            .map_or(0, |placement| super::shards::list_hash(&placement))
+    }
+
+    /// Tells the shard host whether every peer up follows the same node list as this
+    /// node; a peer whose list differs is logged once per list it announces.
+    fn check_node_lists(&mut self, from: &str, theirs: u64) {
+        let mine = self.own_list_hash();
+        let Some(peer) = self.peers.get_mut(from) else {
+            return;
+        };
+        if theirs != 0 && mine != 0 && theirs != mine && peer.warned_list != Some(theirs) {
+            tracing::warn!(
+                peer = %from,
+                "peer {from} follows another node list than this node (or other shards or \
+                 replicas): shards are not moved to either until they agree; compare \
+                 GET /cluster/nodes on both, and the configs' [[nodes]] or cluster.voters"
+            );
+        }
+        peer.warned_list = (theirs != mine).then_some(theirs);
+        peer.list_hash = theirs;
+        let up = || self.peers.iter().filter(|(_, p)| p.up);
+        let all = up().all(|(_, p)| p.list_hash == 0 || mine == 0 || p.list_hash == mine);
+        let agreeing = up()
+            .filter(|(_, p)| mine != 0 && p.list_hash == mine)
+            .map(|(name, _)| super::shards::node_id(name))
+            .collect();
+        if let Some(host) = self.cluster.shard_host() {
+            host.set_list_agreement(agreeing, all);
         }
     }
 
@@ -1154,6 +1200,8 @@ impl MembershipState {
                     incarnation: peer.inc,
                     rtt_ms: peer.rtt_ms.map(|ms| (ms * 1_000.0).round() / 1_000.0),
                     last_heard_ms_ago: peer.last_heard.map(|t| now.saturating_sub(t)),
+                    same_node_list: (peer.list_hash != 0)
+                        .then(|| peer.list_hash == self.own_list_hash()),
                 })
                 .collect(),
         }

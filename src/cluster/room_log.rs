@@ -307,15 +307,29 @@ fn reach_of(cluster: &Cluster) -> watch::Receiver<BTreeSet<NodeId>> {
     rx
 }
 
-/// Each shard's voters and leader as this node knows them, for `GET /cluster`.
+/// Each shard's voters and leader as this node knows them, for `GET /cluster`:
+/// `voters` from the shard's Raft membership (ranked as placed when they are the
+/// placed ones), `placed` where the node list puts them (the two differ while a node
+/// list change moves the group), and `learners`, how many nodes follow it.
 pub fn shard_status(host: &ShardHost) -> serde_json::Value {
     let placement = host.placement();
-    let name = |id: NodeId| placement.name_of(id).unwrap_or("?").to_owned();
+    let name = |id: NodeId| host.name_of(id).unwrap_or_else(|| "?".to_owned());
     let shards: Vec<serde_json::Value> = (0..placement.shards())
         .map(|shard| {
+            let placed = placement.voters(shard);
+            let (mut voters, learners) = host.members(shard);
+            // Ranked as placed where they agree; the others after, by id.
+            voters.sort_by_key(|id| {
+                (
+                    placed.iter().position(|p| p == id).unwrap_or(usize::MAX),
+                    *id,
+                )
+            });
             serde_json::json!({
                 "shard": shard,
-                "voters": placement.voters(shard).into_iter().map(name).collect::<Vec<_>>(),
+                "voters": voters.into_iter().map(name).collect::<Vec<_>>(),
+                "placed": placed.into_iter().map(name).collect::<Vec<_>>(),
+                "learners": learners,
                 "leader": host.leader(shard).map(name),
             })
         })

@@ -38,6 +38,18 @@ pub fn node_id(name: &str) -> NodeId {
     xxh3_64(format!("hubbub-node:{name}").as_bytes())
 }
 
+/// A hash of a node list with the shards and replicas it is placed with: nodes whose
+/// hashes differ would place shards differently.
+pub fn list_hash(placement: &Placement) -> u64 {
+    let text = format!(
+        "{}/{}/{}",
+        placement.shards,
+        placement.replicas,
+        placement.names().join(",")
+    );
+    xxh3_64(text.as_bytes()).max(1)
+}
+
 /// The shard that orders `room`, of `shards`.
 pub fn shard_of(room: &str, shards: u32) -> ShardId {
     (xxh3_64(room.as_bytes()) % u64::from(shards.max(1))) as ShardId

@@ -126,6 +126,10 @@ pub enum Body {
         sent_at: u64,
         view: u64,
         peers: Vec<PeerAddr>,
+        /// A hash of the node list the sender follows (`shards::list_hash`; 0: none
+        /// yet), so nodes whose lists differ are told apart (raft/host.rs).
+        #[serde(default)]
+        nodes: u64,
     },
     /// Answer to a ping.
     Pong { echo: u64, view: u64 },
@@ -294,6 +298,7 @@ mod tests {
                     inc: 3,
                     addr: "127.0.0.1:4372".into(),
                 }],
+                nodes: 9,
             },
             Body::Direct {
                 req: 4,

@@ -73,11 +73,12 @@ pub fn serve(
             .service(get("/", chat_page))
             .service(get("/ws", websocket::upgrade))
             .service(get("/healthz", healthz))
-            .service(get("/readyz", readyz));
+            .service(get("/readyz", readyz))
+            // Never changed from the port clients use; says where it is.
+            .service(web::resource("/cluster/nodes").to(super::cluster_admin::admin_only));
         if operator_routes {
             app.service(get("/cluster", cluster))
                 .service(get("/metrics", super::scrape::metrics))
-                .service(web::resource("/cluster/nodes").to(super::cluster_admin::admin_only))
         } else {
             app
         }

@@ -19,6 +19,7 @@ mod harness;
 mod impersonation;
 mod logs;
 mod metrics;
+mod nodes;
 mod peer_port;
 mod presence;
 mod refused;

@@ -1,7 +1,7 @@
 //! Start order does not matter: nodes started in reverse order form the cluster, and a
 //! node that joins late gets the rooms' history and chats with the rest.
 
-use crate::support::{find_room, is_message, owner_of, Cluster};
+use crate::support::{find_room, is_message, owner_of, Cluster, DEADLINE};
 use std::time::Instant;
 
 #[tokio::test]
@@ -52,9 +52,18 @@ async fn a_late_node_converges_and_gets_the_full_history() {
             bob.publish_retry(room, &format!("bob {k}")).await;
         }
     }
+    // An ack says the message is committed and applied on the publisher's node; a
+    // reads its own copy, which may apply bob's last one a heartbeat later.
     let mut before = Vec::new();
     for room in rooms {
-        let history = alice.full_history(room).await;
+        let started = Instant::now();
+        let history = loop {
+            let history = alice.full_history(room).await;
+            if history.len() >= 10 || started.elapsed() > DEADLINE {
+                break history;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
         assert_eq!(history.len(), 10, "{room} before c arrives");
         before.push(history);
     }

@@ -67,6 +67,9 @@ struct Node {
     starts: u32,
     /// Settings a test overrides for this node, as HUBBUB_SECTION__KEY variables.
     env: Vec<(String, String)>,
+    /// Its admin listener (`[admin] addr`), when a test gave it one: `/cluster` and
+    /// `/metrics` are served there then.
+    admin: Option<SocketAddr>,
 }
 
 /// An extra node a test plans itself (see [`Cluster::plan_extra`]).
@@ -230,6 +233,7 @@ impl Cluster {
                 child: None,
                 starts: 0,
                 env: Vec::new(),
+                admin: None,
             },
         );
     }
@@ -276,6 +280,20 @@ impl Cluster {
     /// A node's HTTP (and WebSocket) address.
     pub fn http_addr(&self, name: &str) -> SocketAddr {
         self.node(name).http
+    }
+
+    /// Gives a planned node an admin listener on a free port (before it starts);
+    /// returns its address. The harness reads `/cluster` and `/metrics` there from then.
+    pub fn add_admin(&mut self, name: &str) -> SocketAddr {
+        let addr = free_port().local_addr().expect("local addr");
+        self.set_env(name, "HUBBUB_ADMIN__ADDR", &addr.to_string());
+        self.node_mut(name).admin = Some(addr);
+        addr
+    }
+
+    /// Where a node serves `/cluster` and `/metrics`: its admin listener, if it has one.
+    fn operator_addr(&self, name: &str) -> SocketAddr {
+        self.node(name).admin.unwrap_or(self.node(name).http)
     }
 
     /// A node's cluster address (`cluster.bind`, which is also what it advertises).
@@ -426,7 +444,11 @@ impl Cluster {
 
     /// A plain HTTP GET to a node: (status, body). Panics when it gets no answer.
     pub async fn http(&self, name: &str, path: &str) -> (u16, String) {
-        try_http(self.http_addr(name), path)
+        let addr = match path {
+            "/cluster" | "/metrics" => self.operator_addr(name),
+            _ => self.http_addr(name),
+        };
+        try_http(addr, path)
             .await
             .unwrap_or_else(|| panic!("node {name} did not answer GET {path}"))
     }
@@ -440,7 +462,7 @@ impl Cluster {
 
     /// `GET /cluster` of a node; None when it does not answer in time, or not 200.
     pub async fn try_cluster_status(&self, name: &str) -> Option<Value> {
-        match try_http(self.http_addr(name), "/cluster").await? {
+        match try_http(self.operator_addr(name), "/cluster").await? {
             (200, body) => serde_json::from_str(&body).ok(),
             _ => None,
         }

@@ -184,6 +184,14 @@ pub struct ShardHost {
     /// The configured node list's placement (what a new cluster starts from).
     configured: Arc<Placement>,
     names: Arc<NodeNames>,
+    /// Every peer up follows the same node list as this node (Membership says so from
+    /// their heartbeats); leaders move no group while it is false.
+    peers_agree: std::sync::atomic::AtomicBool,
+    /// The peers up that announce the same node list as this node (Membership);
+    /// None for a node alone.
+    agreeing: std::sync::Mutex<Option<BTreeSet<NodeId>>>,
+    /// Started with `cluster.join`: nothing bootstrapped here.
+    join: bool,
     server: Arc<ShardServer>,
     transport: Arc<Transport>,
     shards: HashMap<ShardId, Shard>,
@@ -260,6 +268,9 @@ impl ShardHost {
             placement: RwLock::new(placement),
             configured,
             names,
+            peers_agree: std::sync::atomic::AtomicBool::new(true),
+            agreeing: std::sync::Mutex::new(None),
+            join,
             server,
             transport,
             shards,
@@ -275,26 +286,16 @@ impl ShardHost {
     async fn bootstrap(self: &Arc<Self>, join: bool) -> Result<(), StartError> {
         let placement = self.placement();
         for (&shard, state) in &self.shards {
-            // Every voter initializes the group with the same voters (safe in openraft:
-            // the same config on several pristine nodes), so a shard forms whichever
-            // of its voters start; later starts meet NotAllowed and go on. A joining
-            // node leaves it to the running cluster.
-            if !join && placement.is_voter(shard, self.me) {
-                let voters: BTreeMap<NodeId, ShardNode> = placement
-                    .voters(shard)
-                    .into_iter()
-                    .map(|id| (id, self.node(id)))
-                    .collect();
-                match state.raft.initialize(voters).await {
-                    Ok(()) => {}
-                    Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
-                    Err(e) => {
-                        return Err(StartError {
-                            shard,
-                            reason: e.to_string(),
-                        })
-                    }
-                }
+            // Every voter initializes a pristine group with the same voters (safe in
+            // openraft: the same config on several pristine nodes), so a shard forms
+            // whichever of its voters start; a group already initialized (a restart)
+            // needs nothing. A joining node leaves it to the running cluster.
+            let pristine = !state.raft.is_initialized().await.map_err(|e| StartError {
+                shard,
+                reason: e.to_string(),
+            })?;
+            if pristine && !join && placement.is_voter(shard, self.me) {
+                tokio::spawn(initialize(Arc::downgrade(self), shard));
             }
             tokio::spawn(reconcile(Arc::downgrade(self), shard));
         }
@@ -327,6 +328,45 @@ impl ShardHost {
             NodeListSource::Runtime
         };
         (placement.names(), source)
+    }
+
+    /// The node list this node follows, as heartbeats announce it: None for a joining
+    /// node that has not yet applied a list from shard 0 (its configured list is only
+    /// a guess, and must not hold the others' groups still).
+    pub fn announced_placement(&self) -> Option<Arc<Placement>> {
+        let unplaced = self.join
+            && self
+                .shards
+                .get(&0)
+                .is_none_or(|s| s.reader.nodes().is_none());
+        (!unplaced).then(|| self.placement())
+    }
+
+    /// Which peers up follow the same node list as this node, and whether all do
+    /// (Membership, on heartbeats).
+    pub fn set_list_agreement(&self, agreeing: BTreeSet<NodeId>, all: bool) {
+        *self.agreeing.lock().unwrap_or_else(PoisonError::into_inner) = Some(agreeing);
+        self.peers_agree
+            .store(all, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether a majority of `voters` (this node included) is known to follow this
+    /// node's node list: a pristine shard is bootstrapped only then, so nodes whose
+    /// lists differ never initialize one group with two different voter sets. A node
+    /// alone (no cluster) always is.
+    fn majority_agrees(&self, voters: &[NodeId]) -> bool {
+        let agreeing = self.agreeing.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.reach.is_none() {
+            return true;
+        }
+        let Some(agreeing) = agreeing.as_ref() else {
+            return false;
+        };
+        let count = voters
+            .iter()
+            .filter(|v| **v == self.me || agreeing.contains(v))
+            .count();
+        count > voters.len() / 2
     }
 
     /// The configured node list (`[[nodes]]` or `cluster.voters`).
@@ -407,6 +447,26 @@ impl ShardHost {
             tracing::info!(nodes = ?placement.names(), "the cluster's node list is now {:?}", placement.names());
         }
         *current = Arc::new(placement);
+    }
+
+    /// The name of node `id`, if any node list this node followed named it.
+    pub fn name_of(&self, id: NodeId) -> Option<String> {
+        self.names.get(id)
+    }
+
+    /// `shard`'s voters and how many learners it has, as this node's copy of its
+    /// membership says (no voters: the group has no membership here yet).
+    pub fn members(&self, shard: ShardId) -> (Vec<NodeId>, usize) {
+        let Some(raft) = self.raft(shard) else {
+            return (Vec::new(), 0);
+        };
+        let metrics = raft.metrics();
+        let m = metrics.borrow();
+        let membership = m.membership_config.membership();
+        (
+            membership.voter_ids().collect(),
+            membership.learner_ids().count(),
+        )
     }
 
     /// The voters of `shard` now: its Raft membership's, or the placement's while the
@@ -740,6 +800,56 @@ async fn run_proposer(
     }
 }
 
+/// Initializes a pristine `shard` with the voters this node's list places there, once a
+/// majority of them announce the same list ([`ShardHost::majority_agrees`]): nodes
+/// whose configured lists differ wait (and Membership logs why) instead of forming
+/// one group twice over different voters.
+async fn initialize(host: std::sync::Weak<ShardHost>, shard: ShardId) {
+    let mut waited = Duration::ZERO;
+    loop {
+        let Some(host) = host.upgrade() else {
+            return;
+        };
+        let placement = host.placement();
+        let voters = placement.voters(shard);
+        if host.majority_agrees(&voters) {
+            let Some(raft) = host.raft(shard) else {
+                return;
+            };
+            let members: BTreeMap<NodeId, ShardNode> =
+                voters.iter().map(|&id| (id, host.node(id))).collect();
+            match raft.initialize(members).await {
+                Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                Err(e) => tracing::error!(shard, error = %e, "the shard could not be bootstrapped"),
+            }
+            return;
+        }
+        // Already formed by the others (this node was added later, or restarted with
+        // an empty data dir): nothing to bootstrap.
+        if host.raft(shard).is_some_and(|raft| {
+            raft.metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .voter_ids()
+                .next()
+                .is_some()
+        }) {
+            return;
+        }
+        drop(host);
+        if waited == Duration::from_secs(30) {
+            tracing::warn!(
+                shard,
+                "shard not bootstrapped after 30 s: no majority of its voters is up with the \
+                 same node list as this node (see GET /cluster, peers' same_node_list)"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        waited += Duration::from_millis(50);
+    }
+}
+
 /// How far (in log entries) a learner may trail the leader and still be made a voter.
 const CAUGHT_UP: u64 = 64;
 /// How long one membership change may take before the next round tries again.
@@ -817,7 +927,8 @@ async fn reconcile(host: std::sync::Weak<ShardHost>, shard: ShardId) {
         let step = {
             let m = metrics.borrow_and_update();
             let membership = m.membership_config.membership();
-            if m.state != ServerState::Leader || membership.get_joint_config().len() > 1 {
+            let agree = host.peers_agree.load(std::sync::atomic::Ordering::Relaxed);
+            if m.state != ServerState::Leader || membership.get_joint_config().len() > 1 || !agree {
                 None
             } else {
                 let placement = host.placement();

@@ -182,6 +182,8 @@ mod tests {
         )
         .await
         .unwrap();
+        // What Membership tells a host from heartbeats: every node up follows one list.
+        host.set_list_agreement(up.iter().map(|n| node_id(n)).collect(), true);
         net.attach(&host);
         Node {
             name: name.to_string(),
