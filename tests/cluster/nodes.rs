@@ -232,3 +232,47 @@ async fn a_node_is_added_and_another_removed_through_the_admin_listener() {
         "{body}"
     );
 }
+
+#[tokio::test]
+async fn a_node_with_another_node_list_is_told_and_forms_no_shard_of_its_own() {
+    let mut cluster = Cluster::plan("node-lists", 3).await;
+    // c believes in a fourth node: its placement differs from a's and b's.
+    cluster.set_env("c", "HUBBUB_CLUSTER__VOTERS", "a,b,c,d");
+    for name in ["a", "b", "c"] {
+        cluster.start_node(name).await;
+    }
+    cluster.wait_converged(&cluster.names()).await;
+    let started = Instant::now();
+    loop {
+        let status = cluster.cluster_status("a").await;
+        let c = status["peers"]
+            .as_array()
+            .and_then(|peers| peers.iter().find(|p| p["name"] == "c"))
+            .cloned()
+            .unwrap_or(Value::Null);
+        if c["same_node_list"] == json!(false) {
+            break;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "a never told c's list apart: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        cluster
+            .log("a")
+            .contains("follows another node list than this node"),
+        "a says so: {}",
+        cluster.log_tail("a")
+    );
+    // Every shard, on every node, is the group a and b formed: no d anywhere.
+    let three = placed(&["a", "b", "c"]);
+    for name in ["a", "b", "c"] {
+        let status = cluster.cluster_status(name).await;
+        assert_eq!(voters(&status), three, "{name}: {status}");
+    }
+    let mut client = cluster.connect("c", "carol").await;
+    client.join_retry(ROOM).await;
+    client.publish_retry(ROOM, "still one cluster").await;
+}
