@@ -82,6 +82,12 @@ pub trait RoomLog: Send + Sync + 'static {
         None
     }
 
+    /// Whether this node's copy of `room`'s log can trail what is committed (it does
+    /// not lead the room's shard): a join resuming past the copy waits for it then.
+    fn may_trail(&self, _room: &str) -> bool {
+        false
+    }
+
     /// Stops the logs (the node is stopping): nothing is appended afterwards.
     fn shutdown(&self) -> PortFuture<()> {
         Box::pin(async {})

@@ -1,5 +1,6 @@
-//! Membership: who is in the cluster, who is up, and whether this node may order
-//! messages (the lease).
+//! Membership: who is in the cluster and who is up (the view, which the room logs'
+//! shard host reads to refuse at once what it cannot order, and presence to drop the
+//! entries of nodes that are gone).
 //!
 //! One actor, child of the ClusterSupervisor; it owns the ractor_cluster `NodeServer`
 //! (linked to it, so a failing NodeServer fails Membership and both are restarted)
@@ -40,21 +41,16 @@
 //! - **Presence.** Every heartbeat ends with the presence port's tick
 //!   (presence_sync.rs: digests, and dropping nodes gone from the view); a peer
 //!   declared down leaves presence at once.
-//! - **The view and the lease.** The view is this node plus every up peer, published
-//!   through [`Cluster::publish_view`]. The lease ([`Cluster::set_lease_until`]) lets
-//!   this node order messages while a quorum of its view has recently acknowledged a
-//!   heartbeat sent in that same view (see [`lease_until`]).
+//! - **The view.** The view is this node plus every up peer, published through
+//!   [`Cluster::publish_view`]; its quorum is a majority of the node list the room
+//!   logs follow (configured or changed at runtime: raft/host.rs), never guessed from
+//!   the names seen. Ordering is Raft's (cluster/raft/): the view only tells who is
+//!   reachable.
 //!
-//! Fencing. The lease is sound only if no peer takes a node out of its view sooner
-//! than `failure_timeout_ms` after it last heard from it. So a peer leaves the view
-//! on silence only, never at the instant its connection drops (a dropped connection
-//! is often one-sided or transient, and the node on the other end may still hold a
-//! valid lease); a peer that reconnects within the timeout with the same incarnation
-//! causes no view change at all, and one that comes back with a new incarnation
-//! (it restarted, so its old life holds nothing) replaces the old one at once. For
-//! the same reason a freshly started Membership counts no peers toward a quorum for
-//! its first `failure_timeout_ms`: it has forgotten when it last heard each peer, and
-//! acknowledgements given by its previous life may still back a peer's lease.
+//! A peer leaves the view on silence only, never at the instant its connection drops
+//! (a dropped connection is often one-sided or transient); a peer that reconnects
+//! within the timeout with the same incarnation causes no view change at all, and one
+//! that comes back with a new incarnation (it restarted) replaces the old one at once.
 
 mod dialer;
 mod handshake_guard;
@@ -72,7 +68,7 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, Supervi
 use ractor_cluster::node::NodeServerSessionInformation;
 use ractor_cluster::{NodeServerMessage, NodeSessionMessage, RactorMessage};
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -98,7 +94,7 @@ pub enum MembershipMessage {
     Wire { from: String, inc: u64, body: Body },
     /// The state shown at `GET /cluster`.
     Status(RpcReplyPort<ClusterStatus>),
-    /// Every `heartbeat_ms`: timeouts, pings, dials, the view and the lease.
+    /// Every `heartbeat_ms`: timeouts, pings, dials and the view.
     Tick,
     /// A NodeServer session event (forwarded by our subscription).
     Session(SessionEvent, Box<NodeServerSessionInformation>),
@@ -107,7 +103,7 @@ pub enum MembershipMessage {
         target: String,
         result: Result<SocketAddr, DialError>,
     },
-    /// This node is shutting down (its lease is already void): tell every peer.
+    /// This node is shutting down: tell every peer.
     Leave(RpcReplyPort<()>),
 }
 
@@ -239,8 +235,6 @@ struct Peer {
     up: bool,
     last_heard: Option<u64>,
     rtt_ms: Option<f64>,
-    /// The latest `sent_at` of ours it acknowledged while sharing our current view.
-    agreeing_ack: u64,
     /// The incarnation that announced it was leaving: never up again.
     left: Option<u64>,
     /// The hash of the node list it announced last (0: none yet).
@@ -263,15 +257,11 @@ pub struct MembershipState {
     own_cluster_name: String,
     advertise: String,
     failure_timeout_ms: u64,
-    /// Distinct addresses among the seeds and our own.
+    /// The configured node list's size (the view's quorum until the room logs run).
     configured_size: usize,
-    /// Peers count toward our view only from this time on (see the module doc).
-    counts_peers_from: u64,
     sessions: HashMap<ActorId, Session>,
     peers: BTreeMap<String, Peer>,
     targets: Targets,
-    /// Every node name ever up in our view, this node included.
-    ever_up: BTreeSet<String>,
     /// The view last published.
     view: Arc<View>,
     ticker: Option<JoinHandle<()>>,
@@ -350,10 +340,8 @@ impl Actor for MembershipActor {
             advertise,
             failure_timeout_ms: settings.failure_timeout_ms,
             configured_size,
-            counts_peers_from: now + settings.failure_timeout_ms,
             sessions: HashMap::new(),
             peers: BTreeMap::new(),
-            ever_up: BTreeSet::from([me]),
             view: Arc::new(view),
             ticker: Some(ticker),
             sent: VecDeque::new(),
@@ -489,10 +477,12 @@ impl MembershipState {
         &self.cluster.me
     }
 
-    /// The cluster's size for quorum: the configured estimate, or every node ever
-    /// seen up when that is more.
+    /// The cluster's size for the view's quorum: the node list the room logs follow
+    /// (configured, or changed at runtime), never guessed from the names seen.
     fn cluster_size(&self) -> usize {
-        self.configured_size.max(self.ever_up.len())
+        self.cluster
+            .shard_host()
+            .map_or(self.configured_size, |host| host.placement().names().len())
     }
 
     // ---- ractor_cluster session events ----
@@ -834,7 +824,7 @@ impl MembershipState {
                 self.learn(from, inc, gossip);
                 self.check_node_lists(from, nodes);
             }
-            Body::Pong { echo, view } => {
+            Body::Pong { echo, view: _ } => {
                 if echo > now {
                     tracing::debug!(peer = %from, "pong echoing a time still to come; dropped");
                     return;
@@ -850,9 +840,6 @@ impl MembershipState {
                 self.cluster
                     .metrics
                     .heartbeat_rtt(Duration::from_secs_f64(rtt_ms.max(0.0) / 1_000.0));
-                if view == view_id {
-                    peer.agreeing_ack = peer.agreeing_ack.max(echo);
-                }
             }
             Body::Leaving {} => {
                 // It stopped ordering before it said so: safe to drop it at once.
@@ -1090,7 +1077,6 @@ impl MembershipState {
         }
         if let Some(peer) = self.peers.get_mut(name) {
             peer.up = false;
-            peer.agreeing_ack = 0;
             tracing::warn!(
                 peer = %name,
                 addr = peer.addr.as_deref().unwrap_or(""),
@@ -1116,9 +1102,9 @@ impl MembershipState {
         self.cluster.set_endpoint(name, None);
     }
 
-    // ---- the view and the lease ----
+    // ---- the view ----
 
-    /// Brings peers up, publishes the view if it changed, and renews the lease.
+    /// Brings peers up, and publishes the view if it changed.
     fn refresh(&mut self) {
         let now = self.now();
         let timeout = self.failure_timeout_ms;
@@ -1139,26 +1125,18 @@ impl MembershipState {
                 if let Some(target) = &session.target {
                     self.targets.succeeded(target, now);
                 }
-                self.ever_up.insert(name.clone());
                 tracing::info!(peer = %name, addr = peer.addr.as_deref().unwrap_or(""), "peer is up");
             }
         }
         let me = &self.cluster.me;
         let mut members = BTreeMap::from([(me.clone(), self.cluster.incarnation)]);
-        if now >= self.counts_peers_from {
-            for (name, peer) in &self.peers {
-                if peer.up {
-                    members.insert(name.clone(), peer.inc);
-                }
+        for (name, peer) in &self.peers {
+            if peer.up {
+                members.insert(name.clone(), peer.inc);
             }
         }
         let view = View::new(members, self.cluster_size());
         if view.id != self.view.id || view.quorum != self.view.quorum {
-            if view.id != self.view.id {
-                for peer in self.peers.values_mut() {
-                    peer.agreeing_ack = 0;
-                }
-            }
             tracing::info!(
                 view_id = view.id,
                 members = ?view.members.keys().collect::<Vec<_>>(),

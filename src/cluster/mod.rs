@@ -16,14 +16,14 @@
 //!   and the port that puts it on the wire: deltas, digests, node down).
 //! - `membership`: dials seeds and gossiped peers, redials with backoff, runs our
 //!   own heartbeat and failure detector (ractor_cluster detects neither a frozen nor a
-//!   partitioned peer), publishes the view and keeps the lease.
+//!   partitioned peer), and publishes the view.
 //! - `endpoint`: the ONLY actor peers can see (Session actors are never advertised).
 //!   It receives every envelope, decodes it and hands it to Membership, the room's
 //!   actor, or Presence.
 //!
-//! [`Cluster`] is the handle the rest of the node uses: the current view, the lease,
-//! and `send`. In single-node mode there is no `Cluster` at all and every room is
-//! simply owned locally. docs/cluster.md states what is guaranteed and what is not.
+//! [`Cluster`] is the handle the rest of the node uses: the current view, sender keys,
+//! and `send`. In single-node mode there is no `Cluster` at all: the room logs are a
+//! one-voter Raft group of each shard. docs/cluster.md states what is guaranteed and what is not.
 
 pub mod endpoint;
 pub mod membership;

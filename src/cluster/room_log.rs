@@ -126,6 +126,10 @@ impl RoomLog for RaftRoomLog {
         self.host.unavailable(self.shard(room))
     }
 
+    fn may_trail(&self, room: &str) -> bool {
+        self.host.leader(self.shard(room)) != Some(self.host.me())
+    }
+
     fn shutdown(&self) -> PortFuture<()> {
         let host = self.host.clone();
         Box::pin(async move { host.shutdown().await })

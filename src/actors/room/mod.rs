@@ -61,6 +61,13 @@ type PublishReply = RpcReplyPort<Result<ReplyData, ErrorBody>>;
 /// anyway (it is committed: the answer is true either way).
 pub const ACK_WAIT: Duration = Duration::from_secs(1);
 
+/// How long a join whose `since` is past this node's copy of the room's log waits for
+/// the copy to get there (it lags the leader by a heartbeat, or more just after a
+/// restart), before it is answered from what the copy holds.
+pub const JOIN_WAIT: Duration = Duration::from_secs(2);
+/// Joins one room keeps waiting at once; past it a join is answered at once.
+const MAX_WAITING_JOINS: usize = 1_024;
+
 /// A connection asking to join.
 pub struct JoinRequest {
     pub session: SessionHandle,
@@ -128,6 +135,8 @@ pub enum RoomMessage {
     Committed(Vec<ChatMessage>),
     /// This node's copy of the room's log jumped: catch up with a read.
     Reread,
+    /// A join waiting for this node's copy of the log may have waited long enough.
+    JoinDue,
     /// Other nodes' members changed (absolute counts; from the port).
     RemotePresence(Vec<RemoteMember>),
     /// A member on another node is typing.
@@ -166,6 +175,16 @@ pub struct Room {
     metrics: Arc<Metrics>,
     /// This room's share of `hubbub_room_state_entries` as last reported.
     entries_reported: i64,
+    /// Joins resuming past what this node's copy of the log holds, waiting for it
+    /// (until [`JOIN_WAIT`]): answering them now would take their `since` for another
+    /// room's numbers and send everything again.
+    waiting_joins: Vec<WaitingJoin>,
+}
+
+struct WaitingJoin {
+    request: JoinRequest,
+    reply: RpcReplyPort<Result<ReplyData, ErrorBody>>,
+    until: std::time::Instant,
 }
 
 impl Actor for RoomActor {
@@ -208,6 +227,7 @@ impl Actor for RoomActor {
             ),
             metrics: self.ctx.metrics.clone(),
             entries_reported: 0,
+            waiting_joins: Vec::new(),
         };
         // Start where this node's copy of the log is; no connection is here yet, so
         // nothing is pushed.
@@ -290,7 +310,10 @@ impl Room {
             }
         }
         match message {
-            RoomMessage::Join { request, reply } => self.join(myself, request, reply),
+            RoomMessage::Join { request, reply } => {
+                self.join(myself, request, reply, false);
+                self.answer_waiting_joins(myself);
+            }
             RoomMessage::Leave { session, reply } => {
                 self.leave(myself, &session);
                 let _ = reply.send(());
@@ -338,8 +361,13 @@ impl Room {
                 for message in messages {
                     self.committed(message);
                 }
+                self.answer_waiting_joins(myself);
             }
-            RoomMessage::Reread => self.catch_up(),
+            RoomMessage::Reread => {
+                self.catch_up();
+                self.answer_waiting_joins(myself);
+            }
+            RoomMessage::JoinDue => self.answer_waiting_joins(myself),
             RoomMessage::RemotePresence(changes) => self.remote_presence(myself, changes),
             RoomMessage::RemoteTyping(user) => self.state.push_typing(&user),
         }
@@ -441,15 +469,50 @@ impl Room {
 
     // ------------------------------------------------------------ local requests
 
+    /// Answers the waiting joins this node's copy of the log has reached, and those
+    /// that waited [`JOIN_WAIT`].
+    fn answer_waiting_joins(&mut self, myself: &ActorRef<RoomMessage>) {
+        if self.waiting_joins.is_empty() {
+            return;
+        }
+        let now = std::time::Instant::now();
+        let seq = self.state.seq;
+        let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting_joins)
+            .into_iter()
+            .partition(|w| w.request.since.is_none_or(|since| since <= seq) || w.until <= now);
+        self.waiting_joins = waiting;
+        for w in due {
+            self.join(myself, w.request, w.reply, true);
+        }
+    }
+
     fn join(
         &mut self,
         myself: &ActorRef<RoomMessage>,
         request: JoinRequest,
         reply: RpcReplyPort<Result<ReplyData, ErrorBody>>,
+        waited: bool,
     ) {
         // Deliver what the log committed before this join to the members already
         // here, and only to them: the joining connection gets it in its history.
         self.catch_up();
+        // A client resuming from a seq this node's copy has not reached yet saw it on
+        // another node: wait for the copy (bounded) rather than answer as if the
+        // numbers were another room's.
+        let ahead = request.since.is_some_and(|since| since > self.state.seq);
+        if ahead
+            && !waited
+            && self.waiting_joins.len() < MAX_WAITING_JOINS
+            && self.ports.log.may_trail(self.state.name.as_str())
+        {
+            self.waiting_joins.push(WaitingJoin {
+                request,
+                reply,
+                until: std::time::Instant::now() + JOIN_WAIT,
+            });
+            myself.send_after(JOIN_WAIT, || RoomMessage::JoinDue);
+            return;
+        }
         let id = request.session.actor.get_id();
         if !self.state.connections.contains_key(&id) {
             // A join that could not meet the live stream (nothing can be ordered from
