@@ -23,7 +23,7 @@
 //! Waits are polls with a deadline ([`DEADLINE`]), never fixed sleeps; the only sleeps
 //! are the pauses between polls and between retries of a refused request.
 
-use crate::hubbub_node::{agreed, end_test, free_addrs, shown, test_dir, NodeProcess};
+use crate::hubbub_node::{end_test, free_addrs, test_dir, wait_agreed, NodeProcess};
 pub use crate::hubbub_node::{
     peer_state, try_http, view_names, wait_for, NodeConfig, DEADLINE, DETECTION_BOUND,
     FAILURE_TIMEOUT_MS, HEARTBEAT_MS,
@@ -31,7 +31,7 @@ pub use crate::hubbub_node::{
 pub use crate::ws_client::Client;
 use crate::ws_client::Dial;
 use serde_json::Value;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -301,20 +301,9 @@ impl Cluster {
         deadline: Duration,
         what: &str,
     ) -> Vec<Value> {
-        let want: BTreeSet<&str> = names.iter().map(String::as_str).collect();
+        let nodes: Vec<&NodeProcess> = names.iter().map(|n| self.node(n)).collect();
         let what = format!("[{}] {what} ({names:?})", self.label);
-        wait_for(deadline, &what, async || {
-            let mut statuses = Vec::new();
-            for name in names {
-                statuses.push(self.try_cluster_status(name).await);
-            }
-            if agreed(&statuses, &want, leaders) {
-                Ok(statuses.into_iter().flatten().collect())
-            } else {
-                Err(format!("last /cluster:\n{}", shown(names, &statuses)))
-            }
-        })
-        .await
+        wait_agreed(&nodes, leaders, deadline, &what).await
     }
 
     /// Polls `observer`'s `/cluster` until it reports `peer` as down (listed with

@@ -543,19 +543,35 @@ pub fn agreed(statuses: &[Option<Value>], want: &BTreeSet<&str>, leaders: bool) 
     })
 }
 
-/// Each node's `/cluster` answer, one line each, for a failure message.
-pub fn shown(names: &[String], statuses: &[Option<Value>]) -> String {
-    names
-        .iter()
-        .zip(statuses)
-        .map(|(n, s)| {
-            format!(
-                "  {n}: {}",
-                s.as_ref().map_or("no answer".to_owned(), Value::to_string)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+/// Polls `/cluster` of `nodes` until their answers are [`agreed`] (on a view of
+/// exactly their names); panics after `deadline` with `what` and what each node said
+/// last. Returns the answers, in the order of `nodes`.
+pub async fn wait_agreed(
+    nodes: &[&NodeProcess],
+    leaders: bool,
+    deadline: Duration,
+    what: &str,
+) -> Vec<Value> {
+    let want: BTreeSet<&str> = nodes.iter().map(|n| n.config.name.as_str()).collect();
+    wait_for(deadline, what, async || {
+        let mut statuses = Vec::new();
+        for node in nodes {
+            statuses.push(node.status().await);
+        }
+        if agreed(&statuses, &want, leaders) {
+            return Ok(statuses.into_iter().flatten().collect());
+        }
+        let shown: Vec<String> = nodes
+            .iter()
+            .zip(&statuses)
+            .map(|(n, s)| {
+                let said = s.as_ref().map_or("no answer".to_owned(), Value::to_string);
+                format!("  {}: {said}", n.config.name)
+            })
+            .collect();
+        Err(format!("last /cluster:\n{}", shown.join("\n")))
+    })
+    .await
 }
 
 /// A minimal HTTP/1.1 GET over a raw socket; None when there is no complete answer

@@ -12,7 +12,7 @@
 //! the connection's end) into the run's shared log; the scenario sends it commands.
 
 use crate::checker::{Entry, Event, Seen};
-use crate::hubbub_node::{agreed, end_test, shown, test_dir, wait_for, NodeConfig, NodeProcess};
+use crate::hubbub_node::{end_test, test_dir, wait_agreed, NodeConfig, NodeProcess};
 pub use crate::hubbub_node::{DEADLINE, DETECTION_BOUND};
 use crate::netns::{node_addr, Net};
 use crate::ws_client::{members, Client, Dial};
@@ -152,29 +152,13 @@ impl FaultCluster {
         self.procs[i].is_stopped()
     }
 
-    pub async fn status(&self, i: usize) -> Option<Value> {
-        self.procs[i].status().await
-    }
-
     /// Polls `/cluster` of `nodes` until each sees exactly them (one view), with a
     /// quorum, and every shard of the room logs has a leader among them.
     pub async fn wait_converged(&self, nodes: &[usize]) -> Duration {
-        let names: Vec<String> = nodes.iter().map(|i| self.name(*i)).collect();
-        let want: BTreeSet<&str> = names.iter().map(String::as_str).collect();
         let started = Instant::now();
-        let what = format!("[{}] {names:?} to converge", self.label);
-        wait_for(DEADLINE * 2, &what, async || {
-            let mut statuses = Vec::new();
-            for i in nodes {
-                statuses.push(self.status(*i).await);
-            }
-            if agreed(&statuses, &want, true) {
-                Ok(())
-            } else {
-                Err(shown(&names, &statuses))
-            }
-        })
-        .await;
+        let procs: Vec<&NodeProcess> = nodes.iter().map(|i| &self.procs[*i]).collect();
+        let what = format!("[{}] nodes {nodes:?} to converge", self.label);
+        wait_agreed(&procs, true, DEADLINE * 2, &what).await;
         started.elapsed()
     }
 }
