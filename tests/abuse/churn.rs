@@ -27,7 +27,7 @@ const ROOM: &str = "town-square";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_leave_churn_in_a_five_thousand_member_room() {
-    let node = AbuseNode::start("churn", "").await;
+    let node = AbuseNode::start("churn").await;
     // Watched from the start: filling the room is N joins of N² diffs.
     let monitor = Monitor::start(&node);
     let filled = Instant::now();

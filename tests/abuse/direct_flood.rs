@@ -22,7 +22,7 @@ const ATTACK: Duration = Duration::from_secs(15);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_direct_message_flood_at_one_victim() {
-    let node = AbuseNode::start("direct-flood", "").await;
+    let node = AbuseNode::start("direct-flood").await;
     let monitor = Monitor::start(&node);
     let conversation = Conversation::start(&node, "lobby").await;
     let victim = conversation.reader_id().to_owned();

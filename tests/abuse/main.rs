@@ -14,6 +14,8 @@
 //! of each run are appended to `<target>/tmp/abuse-figures.txt`; to see them as they
 //! come: `cargo nextest run --test abuse --no-capture`.
 
+#[path = "../common/hubbub_node.rs"]
+mod hubbub_node;
 mod support;
 #[path = "../common/ws_client.rs"]
 mod ws_client;

@@ -7,6 +7,7 @@
 //! it) to zero. Memory alone is a weak witness here: 400 sleeping sessions are a few
 //! MiB, within what the allocator keeps; the gauge counts them exactly.
 
+use crate::hubbub_node::toml_str;
 use crate::support::{
     assert_withstood, loopback, record_figures, AbuseNode, Conversation, Monitor, RawWs, MIB,
 };
@@ -44,10 +45,11 @@ fn token(sub: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnect_churn_with_a_long_lived_token() {
-    let node = AbuseNode::start(
-        "reconnect",
-        &format!("[auth]\nmode = \"jwt\"\nsecret = \"{SECRET}\"\n"),
-    )
+    let node = AbuseNode::start_configured("reconnect", |config| {
+        config
+            .set("auth", "mode", toml_str("jwt"))
+            .set("auth", "secret", toml_str(SECRET));
+    })
     .await;
     let monitor = Monitor::start(&node);
     // The conversation's clients use anonymous-style queries: give them tokens.

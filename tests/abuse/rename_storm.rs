@@ -27,7 +27,7 @@ fn room(i: usize) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rename_storm_across_many_rooms() {
-    let node = AbuseNode::start("rename-storm", "").await;
+    let node = AbuseNode::start("rename-storm").await;
     let monitor = Monitor::start(&node);
     let members = crowd(
         node.http,

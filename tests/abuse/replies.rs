@@ -28,7 +28,7 @@ const ROOM: &str = "big-replies";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_reading_clients_asking_for_the_largest_replies() {
-    let node = AbuseNode::start("replies", "").await;
+    let node = AbuseNode::start("replies").await;
     let monitor = Monitor::start(&node);
 
     // Fill the room: the default message rate lets a user publish a burst of 10.

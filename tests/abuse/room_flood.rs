@@ -17,7 +17,7 @@ const ATTACK: Duration = Duration::from_secs(20);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_room_name_flood() {
-    let node = AbuseNode::start("room-flood", "").await;
+    let node = AbuseNode::start("room-flood").await;
     let monitor = Monitor::start(&node);
     let conversation = Conversation::start(&node, "lobby").await;
     let ends = Instant::now() + ATTACK;

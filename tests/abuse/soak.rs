@@ -66,7 +66,7 @@ fn room(i: usize) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_soak_of_join_leave_churn_by_ever_new_users_stops_growing() {
-    let node = AbuseNode::start("soak", "").await;
+    let node = AbuseNode::start("soak").await;
     let monitor = Monitor::start(&node);
     let keepers = crowd(node.http, "keeper", ROOMS, 200, |i| vec![room(i)], None).await;
     let _keepers = match keepers {

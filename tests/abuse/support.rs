@@ -19,16 +19,18 @@
 //!
 //! Every wait is bounded; attacks run for a stated time and stop by themselves.
 
+use crate::hubbub_node::{end_test, free_addrs, test_dir, wait_for, NodeConfig, NodeProcess};
+pub use crate::hubbub_node::{http_get, DEADLINE};
 pub use crate::ws_client::Client;
 use crate::ws_client::Dial;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write as _;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -37,9 +39,6 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
-/// The longest any single wait lasts (a connect, a reply): generous, for a loaded
-/// 2-core machine.
-pub const DEADLINE: Duration = Duration::from_secs(15);
 /// The resident memory a node with default limits must stay under whatever the
 /// attack (docs/operations.md, "Memory under abuse").
 pub const RSS_BOUND: u64 = 512 * MIB;
@@ -77,132 +76,78 @@ pub struct AbuseNode {
     /// The cluster port, when the attack needs the cluster enabled.
     pub cluster: Option<SocketAddr>,
     dir: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
+    process: NodeProcess,
     _serial: tokio::sync::MutexGuard<'static, ()>,
 }
 
 /// A cluster cookie long enough for any check: 48 characters.
 pub const COOKIE: &str = "abuse-suite-cookie-0123456789abcdef0123456789ab";
-
-/// Free ports on 127.0.0.1 (held together so that they are distinct).
-fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("a free port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("bound").port())
-        .collect()
-}
+/// Lines of the node's log printed after a failure.
+const LOG_TAIL_LINES: usize = 40;
 
 impl AbuseNode {
-    /// Starts a node whose config sets only its name, its ports and its log, plus
-    /// `extra` (TOML sections an attack needs, e.g. `[auth]`); waits until it is ready.
-    pub async fn start(label: &str, extra: &str) -> Self {
-        Self::start_with(label, false, extra).await
+    /// Starts a node whose config sets only its name, its ports, its storage and its
+    /// log; waits until it is ready.
+    pub async fn start(label: &str) -> Self {
+        Self::start_with(label, false, |_| {}).await
+    }
+
+    /// [`AbuseNode::start`] with what an attack needs set in the config on top (e.g.
+    /// `[auth]`).
+    pub async fn start_configured(label: &str, configure: impl FnOnce(&mut NodeConfig)) -> Self {
+        Self::start_with(label, false, configure).await
     }
 
     /// [`AbuseNode::start`] with the cluster enabled on a loopback port: a one-node
     /// cluster seeded with itself, with a 48-character cookie.
     pub async fn start_clustered(label: &str) -> Self {
-        Self::start_with(label, true, "").await
+        Self::start_with(label, true, |_| {}).await
     }
 
-    async fn start_with(label: &str, clustered: bool, extra: &str) -> Self {
+    async fn start_with(
+        label: &str,
+        clustered: bool,
+        configure: impl FnOnce(&mut NodeConfig),
+    ) -> Self {
         let serial = SERIAL.lock().await;
-        let ports = free_ports(2);
-        let http = SocketAddr::from(([127, 0, 0, 1], ports[0]));
-        let cluster = clustered.then(|| SocketAddr::from(([127, 0, 0, 1], ports[1])));
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-            .join("abuse")
-            .join(format!(
-                "{label}-{}-{}",
-                std::process::id(),
-                NEXT.fetch_add(1, Ordering::Relaxed)
-            ));
-        std::fs::create_dir_all(&dir).expect("test dir");
-        let mut config = format!(
-            "[node]\nname = \"abuse\"\nhttp_addr = \"{http}\"\n\n\
-             [log]\nlevel = \"warn,ractor_cluster=error\"\nformat = \"json\"\n\n\
-             [storage]\ndir = {storage:?}\n\n",
-            storage = dir.join("data").display().to_string(),
-        );
+        let addrs = free_addrs(2);
+        let http = addrs[0];
+        let cluster = clustered.then_some(addrs[1]);
+        let dir = test_dir("abuse", label);
+        let mut config = NodeConfig::new("abuse", http, &dir.join("data"));
+        config.log_level("warn,ractor_cluster=error");
         if let Some(bind) = cluster {
-            config.push_str(&format!(
-                "[cluster]\nenabled = true\nbind = \"{bind}\"\ncookie = \"{COOKIE}\"\n\
-                 seeds = [\"{bind}\"]\nvoters = [\"abuse\"]\n\n"
-            ));
+            config.cluster(bind, COOKIE, &[bind], &["abuse"]);
         }
-        config.push_str(extra);
-        let config_path = dir.join("node.toml");
-        std::fs::write(&config_path, config).expect("config written");
-        let log = dir.join("node.log");
-        let log_file = File::create(&log).expect("log file");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_hubbub"));
-        // The generated file is the whole configuration.
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("HUBBUB_") {
-                command.env_remove(key);
-            }
-        }
-        let child = command
-            .arg("serve")
-            .arg("--config")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().expect("log handle"))
-            .stderr(log_file)
-            .spawn()
-            .expect("hubbub starts");
+        configure(&mut config);
+        let mut process = NodeProcess::new(config, &dir, "node");
+        process.spawn();
         let mut node = Self {
             label: label.to_owned(),
             http,
             cluster,
             dir,
-            log,
-            child: Some(child),
+            process,
             _serial: serial,
         };
-        let started = Instant::now();
-        loop {
-            if let Some(Ok(Some(status))) = node.child.as_mut().map(Child::try_wait) {
-                panic!("[{label}] the node exited at start with {status}");
-            }
-            if let Some((200, _)) = http_get(http, "/readyz", HEALTHZ_TIMEOUT).await {
-                break;
-            }
-            assert!(
-                started.elapsed() < DEADLINE,
-                "[{label}] the node was not ready within {DEADLINE:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        node.process.wait_answering("/readyz").await;
         if clustered {
             // Publishing needs every shard of the room logs to have its leader.
-            loop {
-                if let Some((200, body)) = http_get(http, "/cluster", HEALTHZ_TIMEOUT).await {
-                    let status: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-                    if status["shards"]
-                        .as_array()
-                        .is_some_and(|s| s.iter().all(|x| !x["leader"].is_null()))
-                    {
-                        break;
-                    }
-                }
-                assert!(
-                    started.elapsed() < DEADLINE,
-                    "[{label}] the room logs had no leader within {DEADLINE:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            let what = format!("[{label}] the room logs to have their leaders");
+            wait_for(DEADLINE, &what, async || {
+                let status = node.process.status().await.ok_or("no answer")?;
+                let led = status["shards"]
+                    .as_array()
+                    .is_some_and(|s| s.iter().all(|x| !x["leader"].is_null()));
+                led.then_some(()).ok_or(status.to_string())
+            })
+            .await;
         }
         node
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
+        self.process.try_pid().unwrap_or(0)
     }
 
     /// The node's resident memory in bytes; None once the process is gone.
@@ -234,30 +179,17 @@ impl AbuseNode {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
 }
 
 impl Drop for AbuseNode {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!(
-                "[{}] node log kept in {}; its tail:\n{}",
-                self.label,
-                self.log.display(),
-                self.log_tail()
-            );
-        } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
+        end_test(
+            &self.label,
+            &self.dir,
+            [&mut self.process],
+            false,
+            LOG_TAIL_LINES,
+        );
     }
 }
 
@@ -267,22 +199,6 @@ fn rss_of(pid: u32) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
-}
-
-/// A minimal HTTP/1.1 GET over a fresh socket; None without a whole answer in `within`.
-pub async fn http_get(addr: SocketAddr, path: &str, within: Duration) -> Option<(u16, String)> {
-    let exchange = async {
-        let mut stream = TcpStream::connect(addr).await.ok()?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.ok()?;
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await.ok()?;
-        let text = String::from_utf8_lossy(&raw).to_string();
-        let status = text.split_whitespace().nth(1)?.parse().ok()?;
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
-        Some((status, body))
-    };
-    timeout(within, exchange).await.ok().flatten()
 }
 
 /// Well-behaved clients reach the node over plain WS from 127.0.0.1.

@@ -9,19 +9,17 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// Long enough that a leave seen well before it cannot be the failure detector.
-const SLOW_FAILURE_TIMEOUT_MS: &str = "5000";
+const SLOW_FAILURE_TIMEOUT_MS: u64 = 5000;
 
 #[tokio::test]
 async fn sigterm_leaves_at_once_and_the_rooms_keep_their_history() {
     let mut cluster = Cluster::plan("leave", 3).await;
     let names = cluster.names();
     for name in &names {
-        cluster.set_env(
-            name,
-            "HUBBUB_CLUSTER__FAILURE_TIMEOUT_MS",
-            SLOW_FAILURE_TIMEOUT_MS,
-        );
-        cluster.set_env(name, "HUBBUB_SHUTDOWN__TIMEOUT_SECS", "10");
+        cluster
+            .config(name)
+            .set("cluster", "failure_timeout_ms", SLOW_FAILURE_TIMEOUT_MS)
+            .set("shutdown", "timeout_secs", 10);
     }
     for name in &names {
         cluster.start_node(name).await;
@@ -204,8 +202,10 @@ async fn a_rolling_restart_loses_no_acknowledged_message() {
     let mut cluster = Cluster::plan("rolling", 3).await;
     let names = cluster.names();
     for name in &names {
-        cluster.set_env(name, "HUBBUB_SHUTDOWN__TIMEOUT_SECS", "10");
-        cluster.set_env(name, "HUBBUB_SHUTDOWN__RECONNECT_SPREAD_MS", "200");
+        cluster
+            .config(name)
+            .set("shutdown", "timeout_secs", 10)
+            .set("shutdown", "reconnect_spread_ms", 200);
     }
     for name in &names {
         cluster.start_node(name).await;

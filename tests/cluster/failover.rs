@@ -1259,7 +1259,7 @@ async fn kill9_of_two_owners_in_turn_loses_no_acked_message() {
     let mut cluster = Cluster::plan("two-owners", 5).await;
     let names = cluster.names();
     for name in &names {
-        cluster.set_env(name, "HUBBUB_CLUSTER__REPLICAS", "5");
+        cluster.config(name).set("cluster", "replicas", 5);
         cluster.start_node(name).await;
     }
     cluster.wait_converged(&names).await;

@@ -12,7 +12,7 @@ async fn trace_logs_are_json_lines_with_the_node_and_no_secret() {
     let mut cluster = Cluster::plan("logs", 2).await;
     let names = cluster.names();
     for name in &names {
-        cluster.set_env(name, "HUBBUB_LOG__LEVEL", "trace");
+        cluster.config(name).log_level("trace");
     }
     for name in &names {
         cluster.start_node(name).await;

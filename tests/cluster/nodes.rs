@@ -143,7 +143,7 @@ async fn a_node_is_added_and_another_removed_through_the_admin_listener() {
         seeds: Vec::new(),
     });
     admin.insert("d", cluster.add_admin("d"));
-    cluster.set_env("d", "HUBBUB_CLUSTER__JOIN", "true");
+    cluster.config("d").set("cluster", "join", true);
     cluster.start_node("d").await;
     let four: Vec<String> = ["a", "b", "c", "d"].map(String::from).to_vec();
     cluster.wait_view(&four).await;
@@ -237,7 +237,7 @@ async fn a_node_is_added_and_another_removed_through_the_admin_listener() {
 async fn a_node_with_another_node_list_is_told_and_forms_no_shard_of_its_own() {
     let mut cluster = Cluster::plan("node-lists", 3).await;
     // c believes in a fourth node: its placement differs from a's and b's.
-    cluster.set_env("c", "HUBBUB_CLUSTER__VOTERS", "a,b,c,d");
+    cluster.config("c").voters(&["a", "b", "c", "d"]);
     for name in ["a", "b", "c"] {
         cluster.start_node(name).await;
     }

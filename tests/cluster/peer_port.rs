@@ -184,13 +184,11 @@ async fn a_frame_past_the_budget_before_authenticating_closes_the_connection_unr
 async fn past_the_cap_peers_are_refused_at_once_and_silent_ones_closed_at_the_deadline() {
     // Three configured nodes; c starts last, seeded with a alone.
     let mut cluster = Cluster::plan("peercap", 3).await;
-    cluster.set_env(
-        "a",
-        "HUBBUB_CLUSTER__FAILURE_TIMEOUT_MS",
-        &DEADLINE_MS.to_string(),
-    );
+    cluster
+        .config("a")
+        .set("cluster", "failure_timeout_ms", DEADLINE_MS);
     let addr = cluster.bind_addr("a");
-    cluster.set_seeds("c", &[addr.to_string()]);
+    cluster.config("c").seeds(&[addr]);
     let names = ["a".to_owned(), "b".to_owned()];
     for name in &names {
         cluster.start_node(name).await;

@@ -32,20 +32,12 @@ async fn a_join_on_a_relay_is_bounded_by_the_owner_and_pages_to_everything() {
     let mut cluster = Cluster::plan("replies", 2).await;
     let names = cluster.names();
     for name in &names {
-        for (key, value) in [
-            ("HUBBUB_LIMITS__MAX_REPLY_BYTES", REPLY_BYTES.to_string()),
-            (
-                "HUBBUB_LIMITS__MAX_MESSAGE_BYTES",
-                MESSAGE_BYTES.to_string(),
-            ),
-            ("HUBBUB_LIMITS__PRESENCE_PAGE", PAGE.to_string()),
-            (
-                "HUBBUB_RATE_LIMIT__HANDSHAKES_PER_IP_PER_SEC",
-                "0".to_owned(),
-            ),
-        ] {
-            cluster.set_env(name, key, &value);
-        }
+        cluster
+            .config(name)
+            .set("limits", "max_reply_bytes", REPLY_BYTES)
+            .set("limits", "max_message_bytes", MESSAGE_BYTES)
+            .set("limits", "presence_page", PAGE)
+            .set("rate_limit", "handshakes_per_ip_per_sec", 0);
         cluster.start_node(name).await;
     }
     cluster.wait_converged(&names).await;

@@ -119,8 +119,8 @@ async fn a_node_seeded_with_one_peer_meets_them_all() {
     // Four configured nodes; d comes last and knows only a: gossip must introduce it
     // to b and c (and them to it).
     let mut cluster = Cluster::plan("one-seed", 4).await;
-    let a = cluster.bind_addr("a").to_string();
-    cluster.set_seeds("d", &[a]);
+    let a = cluster.bind_addr("a");
+    cluster.config("d").seeds(&[a]);
     let three: Vec<String> = ["a", "b", "c"].map(str::to_owned).to_vec();
     for name in &three {
         cluster.start_node(name).await;

@@ -12,26 +12,24 @@
 //! the connection's end) into the run's shared log; the scenario sends it commands.
 
 use crate::checker::{Entry, Event, Seen};
-use crate::hubbub_node::{self, NodeConfig, FAILURE_TIMEOUT_MS};
+use crate::hubbub_node::{end_test, test_dir, wait_agreed, NodeConfig, NodeProcess};
+pub use crate::hubbub_node::{DEADLINE, DETECTION_BOUND};
 use crate::netns::{node_addr, Net};
 use crate::ws_client::{members, Client, Dial};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
-/// The longest any single wait lasts.
-pub const DEADLINE: Duration = Duration::from_secs(15);
-/// The presence bound after a node stops, freezes or is cut off.
-pub const DETECTION_BOUND: Duration = Duration::from_millis(FAILURE_TIMEOUT_MS + 1_000);
 const HTTP_PORT: u16 = 4000;
 const CLUSTER_PORT: u16 = 4001;
 /// Long enough for the cookie rule off loopback (the nodes listen on 198.18.x.y).
 const COOKIE: &str = "fault-suite-cookie-0123456789abcdef";
+/// Lines of each node's log printed after a failure.
+const LOG_TAIL_LINES: usize = 60;
 
 /// Held by a running fault test: one at a time in this process (nextest runs one per
 /// process anyway, in the `fault` group).
@@ -59,20 +57,10 @@ pub fn node_name(i: usize) -> String {
     char::from(b'a' + i as u8).to_string()
 }
 
-struct Proc {
-    name: String,
-    http: SocketAddr,
-    config: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
-    starts: u32,
-    stopped: bool,
-}
-
 pub struct FaultCluster {
     pub label: String,
     dir: PathBuf,
-    procs: Vec<Proc>,
+    procs: Vec<NodeProcess>,
     /// Dropped after the processes (field order).
     pub net: Net,
     _serial: tokio::sync::MutexGuard<'static, ()>,
@@ -83,44 +71,23 @@ impl FaultCluster {
     pub async fn start(label: &str, n: usize) -> Self {
         let serial = SERIAL.lock().await;
         let net = Net::create(n);
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-            .join("fault")
-            .join(format!("{label}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create test dir");
-        let mut procs = Vec::new();
+        let dir = test_dir("fault", label);
         let voters: Vec<String> = (0..n).map(node_name).collect();
         let storage = dir.join("data");
-        for i in 0..n {
-            let name = node_name(i);
+        let mut procs = Vec::new();
+        for (i, name) in voters.iter().enumerate() {
             let http = SocketAddr::from((node_addr(i), HTTP_PORT));
             let bind = SocketAddr::from((node_addr(i), CLUSTER_PORT));
             let seeds: Vec<SocketAddr> = (0..n)
                 .filter(|j| *j != i)
                 .map(|j| SocketAddr::from((node_addr(j), CLUSTER_PORT)))
                 .collect();
-            let config = dir.join(format!("{name}.toml"));
-            let text = hubbub_node::config_text(&NodeConfig {
-                name: &name,
-                http,
-                bind,
-                cookie: COOKIE,
-                seeds: &seeds,
-                voters: &voters,
-                storage: &storage,
-                extra: "",
-            });
-            std::fs::write(&config, text).expect("write config");
-            let log = dir.join(format!("{name}.log"));
-            procs.push(Proc {
-                name,
-                http,
-                config,
-                log,
-                child: None,
-                starts: 0,
-                stopped: false,
-            });
+            let mut config = NodeConfig::new(name, http, &storage);
+            config.cluster(bind, COOKIE, &seeds, &voters).test_tuning();
+            let ns = net.namespace(i);
+            procs.push(
+                NodeProcess::new(config, &dir, name).run_through(&["ip", "netns", "exec", ns]),
+            );
         }
         let mut cluster = Self {
             label: label.to_owned(),
@@ -143,67 +110,28 @@ impl FaultCluster {
     }
 
     pub fn name(&self, i: usize) -> String {
-        self.procs[i].name.clone()
+        self.procs[i].config.name.clone()
     }
 
     pub fn http(&self, i: usize) -> NodeAddr {
-        NodeAddr(self.procs[i].http)
+        NodeAddr(self.procs[i].http())
     }
 
     /// Starts node `i`'s process in its namespace; waits until `/healthz` answers.
     pub async fn start_node(&mut self, i: usize) {
-        let ns = self.net.namespace(i).to_owned();
-        let p = &mut self.procs[i];
-        assert!(p.child.is_none(), "node {} already runs", p.name);
-        p.starts += 1;
-        p.child = Some(hubbub_node::spawn(
-            &["ip", "netns", "exec", &ns],
-            &p.config,
-            &p.log,
-            p.starts,
-        ));
-        p.stopped = false;
-        let (addr, started) = (p.http, Instant::now());
-        loop {
-            if let Some(Ok(Some(status))) = self.procs[i].child.as_mut().map(|c| c.try_wait()) {
-                panic!(
-                    "node {} exited during start with {status}\n{}",
-                    self.name(i),
-                    self.tail(i)
-                );
-            }
-            if let Some((200, _)) = hubbub_node::try_http(addr, "/healthz").await {
-                return;
-            }
-            assert!(
-                started.elapsed() < DEADLINE,
-                "node {} not serving within {DEADLINE:?}",
-                self.name(i)
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn pid(&self, i: usize) -> u32 {
-        self.procs[i].child.as_ref().expect("node runs").id()
+        self.procs[i].start().await;
     }
 
     pub fn kill9(&mut self, i: usize) {
-        if let Some(mut child) = self.procs[i].child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        self.procs[i].stopped = false;
+        self.procs[i].kill9();
     }
 
     pub fn sigstop(&mut self, i: usize) {
-        hubbub_node::signal(self.pid(i), "-STOP");
-        self.procs[i].stopped = true;
+        self.procs[i].signal("-STOP");
     }
 
     pub fn sigcont(&mut self, i: usize) {
-        hubbub_node::signal(self.pid(i), "-CONT");
-        self.procs[i].stopped = false;
+        self.procs[i].signal("-CONT");
     }
 
     /// kill -9 (if running), then start again with the same config (same name and
@@ -215,100 +143,36 @@ impl FaultCluster {
         self.start_node(i).await;
     }
 
+    /// Started and not killed since.
     pub fn is_running(&self, i: usize) -> bool {
-        self.procs[i].child.is_some()
+        self.procs[i].try_pid().is_some()
     }
 
     pub fn is_stopped(&self, i: usize) -> bool {
-        self.procs[i].stopped
+        self.procs[i].is_stopped()
     }
 
-    pub async fn status(&self, i: usize) -> Option<Value> {
-        match hubbub_node::try_http(self.procs[i].http, "/cluster").await? {
-            (200, body) => serde_json::from_str(&body).ok(),
-            _ => None,
-        }
-    }
-
-    /// Polls `/cluster` of `nodes` until each sees exactly them, with a quorum, and
-    /// every shard of the room logs has a leader among them.
+    /// Polls `/cluster` of `nodes` until each sees exactly them (one view), with a
+    /// quorum, and every shard of the room logs has a leader among them.
     pub async fn wait_converged(&self, nodes: &[usize]) -> Duration {
-        let want: BTreeSet<String> = nodes.iter().map(|i| self.name(*i)).collect();
         let started = Instant::now();
-        loop {
-            let mut last = Vec::new();
-            let mut ok = true;
-            for i in nodes {
-                let status = self.status(*i).await;
-                let view: BTreeSet<String> = status
-                    .as_ref()
-                    .and_then(|s| s["view"].as_array().cloned())
-                    .unwrap_or_default()
-                    .iter()
-                    .filter_map(|v| v.as_str().map(str::to_owned))
-                    .collect();
-                let good = status.as_ref().is_some_and(|s| {
-                    view == want
-                        && s["has_quorum"] == true
-                        && s["shards"].as_array().is_some_and(|shards| {
-                            shards
-                                .iter()
-                                .all(|x| x["leader"].as_str().is_some_and(|l| want.contains(l)))
-                        })
-                });
-                ok &= good;
-                last.push(format!(
-                    "{}: {:?}",
-                    self.name(*i),
-                    status.map(|s| s.to_string())
-                ));
-            }
-            if ok {
-                return started.elapsed();
-            }
-            assert!(
-                started.elapsed() < DEADLINE * 2,
-                "[{}] {want:?} did not converge within {:?}:\n{}",
-                self.label,
-                DEADLINE * 2,
-                last.join("\n")
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn tail(&self, i: usize) -> String {
-        format!(
-            "---- node {} log ({}) ----\n{}",
-            self.procs[i].name,
-            self.procs[i].log.display(),
-            hubbub_node::log_tail(&self.procs[i].log, 60)
-        )
+        let procs: Vec<&NodeProcess> = nodes.iter().map(|i| &self.procs[*i]).collect();
+        let what = format!("[{}] nodes {nodes:?} to converge", self.label);
+        wait_agreed(&procs, true, DEADLINE * 2, &what).await;
+        started.elapsed()
     }
 }
 
 impl Drop for FaultCluster {
     fn drop(&mut self) {
-        let failed = std::thread::panicking();
-        for p in &mut self.procs {
-            // SIGKILL ends stopped processes too.
-            if let Some(mut child) = p.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-        if failed || std::env::var_os("KEEP_FAULT_TEST_LOGS").is_some() {
-            for i in 0..self.procs.len() {
-                eprintln!("{}", self.tail(i));
-            }
-            eprintln!(
-                "[{}] configs and logs kept in {}",
-                self.label,
-                self.dir.display()
-            );
-        } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
+        let keep = std::env::var_os("KEEP_FAULT_TEST_LOGS").is_some();
+        end_test(
+            &self.label,
+            &self.dir,
+            &mut self.procs,
+            keep,
+            LOG_TAIL_LINES,
+        );
     }
 }
 
