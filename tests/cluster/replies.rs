@@ -2,7 +2,7 @@
 //! (`JoinData`) within the owner's `limits.max_reply_bytes` and `limits.presence_page`,
 //! and the relay, handed a first page of members, still knows every member.
 
-use crate::support::{owner_of, Client, Cluster};
+use crate::support::{is_message, owner_of, Client, Cluster};
 use serde_json::{json, Value};
 
 const REPLY_BYTES: usize = 20_000;
@@ -50,11 +50,22 @@ async fn a_join_on_a_relay_is_bounded_by_the_owner_and_pages_to_everything() {
         client.join_retry(&room).await;
         owners_clients.push(client);
     }
+    // A member on the relay, so that the join below comes once the relay's copy of
+    // the log has applied every message (it trails the owner by a heartbeat).
+    let mut watcher = cluster.connect("b", "watcher").await;
+    watcher.join_retry(&room).await;
     const COUNT: u64 = 30;
     let content = "\"\\\n\t".repeat(MESSAGE_BYTES / 4 - 1);
     for _ in 1..=COUNT {
         owners_clients[0].publish_retry(&room, &content).await;
     }
+    watcher
+        .expect(
+            |f| is_message(f, &room) && f["seq"] == COUNT,
+            "the last message on the relay",
+        )
+        .await;
+    watcher.ok(json!({"type": "leave", "room": room})).await;
 
     // On the relay: the owner's answer is cut for size and lists the first page.
     let mut zed = cluster.connect("b", "zed").await;
