@@ -804,6 +804,7 @@ mod tests {
                     room: "r".into(),
                     joins: vec![],
                     leaves: vec![],
+                    updates: vec![],
                 },
             ),
             (

@@ -42,6 +42,7 @@ use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::raft::ClientWriteResponse;
 use openraft::{Config, Raft, ServerState};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -118,7 +119,14 @@ pub struct ShardHost {
     transport: Arc<Transport>,
     shards: HashMap<ShardId, Shard>,
     reach: Reach,
+    /// False until every shard could order messages from here once: until then a
+    /// refusal says the node is starting (its failure detector counts no peers for
+    /// its first failure timeout), not that it is cut off.
+    settled: AtomicBool,
 }
+
+/// How often a starting host checks whether it has settled (see `ShardHost::settled`).
+const SETTLE_CHECK: Duration = Duration::from_millis(100);
 
 impl ShardHost {
     /// Starts every shard of `placement` on node `me` (one of its nodes), with its log
@@ -175,10 +183,12 @@ impl ShardHost {
             transport,
             shards,
             reach,
+            settled: AtomicBool::new(false),
         });
         for (shard, proposals) in queues {
             tokio::spawn(run_proposer(Arc::downgrade(&host), shard, proposals));
         }
+        tokio::spawn(watch_settled(Arc::downgrade(&host)));
         host.bootstrap().await?;
         Ok(host)
     }
@@ -250,13 +260,31 @@ impl ShardHost {
 
     /// Why nothing can be ordered in `shard` from this node now: it reaches no
     /// majority of the shard's voters, or the shard has no known leader.
+    /// The reason starts with what the node is doing: `starting` (it has not yet been
+    /// able to order messages in every shard since it started), or `no quorum`.
     pub fn unavailable(&self, shard: ShardId) -> Option<String> {
-        if let Some(reason) = self.cut_off(shard) {
-            return Some(reason);
+        let reason = self.cut_off(shard).or_else(|| {
+            self.leader(shard)
+                .is_none()
+                .then(|| "the room's shard has no leader yet".to_owned())
+        })?;
+        Some(self.explain(reason))
+    }
+
+    /// `reason` prefixed with what the node is doing: starting, or without a quorum.
+    fn explain(&self, reason: String) -> String {
+        if self.settled.load(Ordering::Acquire) {
+            format!("no quorum: {reason}")
+        } else {
+            format!("this node is starting: {reason}")
         }
-        self.leader(shard)
-            .is_none()
-            .then(|| "the room's shard has no leader yet".to_owned())
+    }
+
+    /// Whether every shard can order messages from here now.
+    fn all_available(&self) -> bool {
+        self.shards
+            .keys()
+            .all(|&shard| self.cut_off(shard).is_none() && self.leader(shard).is_some())
     }
 
     /// Why this node cannot reach a majority of `shard`'s voters, if it cannot.
@@ -354,7 +382,7 @@ impl ShardHost {
         let mut pause = Duration::from_millis(20);
         loop {
             if let Some(reason) = self.cut_off(shard) {
-                return Err(ProposeError::Unavailable(reason));
+                return Err(ProposeError::Unavailable(self.explain(reason)));
             }
             let leader = state.raft.metrics().borrow().current_leader;
             let attempt = async {
@@ -369,7 +397,7 @@ impl ShardHost {
             let attempt = tokio::select! {
                 attempt = attempt => attempt,
                 reason = self.lost_majority(shard) => {
-                    return Err(ProposeError::Unavailable(reason));
+                    return Err(ProposeError::Unavailable(self.explain(reason)));
                 }
             };
             let reason = match attempt {
@@ -377,7 +405,7 @@ impl ShardHost {
                 Err(Retry(reason)) => reason,
             };
             if Instant::now() + pause >= deadline {
-                return Err(ProposeError::Unavailable(reason));
+                return Err(ProposeError::Unavailable(self.explain(reason)));
             }
             // Wait for the shard's metrics to change (a new leader) or the pause.
             let mut metrics = state.raft.metrics();
@@ -462,6 +490,21 @@ fn raft_config(shard: ShardId, timing: Timing, rank: usize) -> Result<Config, St
     }
     .validate()
     .map_err(|e| e.to_string())
+}
+
+/// Marks the host settled the first time every shard can order messages from it, then
+/// ends (also when the host is gone).
+async fn watch_settled(host: std::sync::Weak<ShardHost>) {
+    loop {
+        {
+            let Some(host) = host.upgrade() else { return };
+            if host.all_available() {
+                host.settled.store(true, Ordering::Release);
+                return;
+            }
+        }
+        tokio::time::sleep(SETTLE_CHECK).await;
+    }
 }
 
 /// One shard's proposer: takes what is queued as one batch, writes it, answers each.
