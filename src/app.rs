@@ -247,7 +247,10 @@ const ALONE_READY_WAIT: Duration = Duration::from_secs(5);
 fn await_room_logs_alone(ctx: &NodeContext) {
     let started = std::time::Instant::now();
     while started.elapsed() < ALONE_READY_WAIT {
-        if ctx.ports().is_some_and(|ports| ports.log.unready().is_none()) {
+        if ctx
+            .ports()
+            .is_some_and(|ports| ports.log.unready().is_none())
+        {
             return;
         }
         // The actor system runs on its own thread (start_node): this thread only waits.
