@@ -681,33 +681,48 @@ export class HubbubClient {
     if (!room) throw new HubbubError('not_joined', `join ${name} first`);
     const key = idempotencyKey || randomKey();
     const deadline = Date.now() + (deadlineMs ?? this.options.retryDeadlineMs);
-    for (let attempt = 0; ; attempt++) {
-      if (room.state !== 'joined') {
-        if (this._queued >= this.options.offlineQueueMax) {
-          throw new HubbubError('queue_full', `${this._queued} publishes are already waiting for a connection`);
+    if (this._queued >= this.options.offlineQueueMax && room.state !== 'joined') {
+      throw new HubbubError('queue_full', `${this._queued} publishes are already waiting for a connection`);
+    }
+    // One publish of a room at a time: a node orders a connection's pipelined
+    // publishes in no promised order, and a chat's messages must keep the order they
+    // were written in (queued ones included).
+    const previous = room.chain || Promise.resolve();
+    let release;
+    room.chain = new Promise((resolve) => { release = resolve; });
+    this._queued++;
+    let counted = true;
+    const sent = () => { if (counted) { counted = false; this._queued--; } };
+    try {
+      await previous;
+      for (let attempt = 0; ; attempt++) {
+        if (room.state !== 'joined') await this._waitJoined(room, deadline);
+        if (Date.now() >= deadline) throw new HubbubError('timeout', `not published within ${deadlineMs ?? this.options.retryDeadlineMs} ms`);
+        const generation = this._generation;
+        try {
+          const reply = this.request(
+            { type: 'publish', room: name, content, idempotency_key: key },
+            { timeoutMs: Math.max(1, Math.min(this.options.requestTimeoutMs, deadline - Date.now())) },
+          );
+          sent();
+          return await reply;
+        } catch (e) {
+          if (!isRetryable(e) && e.code !== 'offline') throw e;
+          if (e.code === 'not_joined' && this.rooms.get(name) !== room) throw e;
+          const wait = e.retryAfterMs || backoff(attempt, this.options.backoffMinMs, this.options.backoffMaxMs);
+          if (Date.now() + wait >= deadline) throw e;
+          this._emit('retry', { op: 'publish', room: name, error: e, attempt: attempt + 1, waitMs: wait });
+          if (e.code === 'not_joined' && generation === this._generation && room.state === 'joined') {
+            // The node forgot the room (it restarted it): join it again.
+            this._setRoomState(room, 'rejoining');
+            this._joinLoop(room).catch(() => {});
+          }
+          await new Promise((resolve) => this._timer(wait, resolve));
         }
-        this._queued++;
-        try { await this._waitJoined(room, deadline); } finally { this._queued--; }
       }
-      const generation = this._generation;
-      try {
-        return await this.request(
-          { type: 'publish', room: name, content, idempotency_key: key },
-          { timeoutMs: Math.max(1, Math.min(this.options.requestTimeoutMs, deadline - Date.now())) },
-        );
-      } catch (e) {
-        if (!isRetryable(e) && e.code !== 'offline') throw e;
-        if (e.code === 'not_joined' && this.rooms.get(name) !== room) throw e;
-        const wait = e.retryAfterMs || backoff(attempt, this.options.backoffMinMs, this.options.backoffMaxMs);
-        if (Date.now() + wait >= deadline) throw e;
-        this._emit('retry', { op: 'publish', room: name, error: e, attempt: attempt + 1, waitMs: wait });
-        if (e.code === 'not_joined' && generation === this._generation && room.state === 'joined') {
-          // The node forgot the room (it restarted it): join it again.
-          this._setRoomState(room, 'rejoining');
-          this._joinLoop(room).catch(() => {});
-        }
-        await new Promise((resolve) => this._timer(wait, resolve));
-      }
+    } finally {
+      sent();
+      release();
     }
   }
 
