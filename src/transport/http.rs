@@ -15,6 +15,9 @@ use tokio_rustls::rustls::ServerConfig;
 
 /// The chat page, embedded in the binary.
 const CHAT_PAGE: &str = include_str!("chat.html");
+/// The JavaScript client library (clients/js), served as is at `/hubbub.js`: the chat
+/// page imports it, and so may any page (no build step anywhere).
+const CLIENT_JS: &str = include_str!("../../clients/js/hubbub.js");
 
 /// What every request handler shares.
 #[derive(Clone)]
@@ -107,6 +110,7 @@ pub fn serve(
         let app = App::new()
             .app_data(data.clone())
             .service(get("/", chat_page))
+            .service(get("/hubbub.js", client_js))
             .service(get("/ws", websocket::upgrade))
             .service(get("/healthz", healthz))
             .service(get("/readyz", readyz));
@@ -169,6 +173,12 @@ async fn chat_page() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
         .body(CHAT_PAGE)
+}
+
+async fn client_js() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/javascript; charset=utf-8")
+        .body(CLIENT_JS)
 }
 
 /// Alive: the process answers HTTP.

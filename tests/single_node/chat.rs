@@ -361,6 +361,14 @@ async fn ping_gets_pong_and_health_endpoints_answer() {
     let (status, body) = node.get("/").await;
     assert_eq!(status, 200);
     assert!(body.contains("<html"));
+    assert!(
+        body.contains("from '/hubbub.js'"),
+        "the page imports the library"
+    );
+    // The client library, served as the file in clients/js.
+    let (status, body) = node.get("/hubbub.js").await;
+    assert_eq!(status, 200);
+    assert_eq!(body, include_str!("../../clients/js/hubbub.js"));
 }
 
 #[tokio::test]
