@@ -214,9 +214,11 @@ describe('failover', () => {
       await until('alice has the first ones', () => sent.every((t) => has(alice, room, t)));
 
       await a.kill9();
+      const killed = Date.now();
       // Bob keeps talking while alice is away (his publishes may wait for a new leader).
       for (let i = 0; i < 5; i++) { sent.push(`during ${i}`); await bob.publish(room, sent.at(-1)); }
       await until('alice on another node, joined', () => alice.state === 'connected' && alice.node !== 'a' && alice.roomInfo(room).state === 'joined');
+      console.log(`[failover] alice joined on node ${alice.node} ${Date.now() - killed} ms after the kill (bob published meanwhile)`);
       for (let i = 0; i < 3; i++) { sent.push(`after ${i}`); await bob.publish(room, sent.at(-1)); }
       await until('alice has everything', () => sent.every((t) => has(alice, room, t)));
       assertOnceInOrder(alice, room, sent);
@@ -240,11 +242,13 @@ describe('failover', () => {
       await a.kill9();
       await until('alice not connected', () => alice.state !== 'connected');
       const sinceKill = alice.seen.rooms.length;
+      const restarted = Date.now();
       await a.start();
       // While a has no quorum it refuses the upgrade (503, as /readyz): the client stays
       // offline or connecting; a room is shown joined only once a join reply said so.
       const early = await a.readyz();
       await until('alice rejoined', () => alice.roomInfo(room).state === 'joined', DEADLINE_MS);
+      console.log(`[restart] rejoined ${Date.now() - restarted} ms after the restart began; a answered ${early.status} just after it listened`);
       const joinedEvents = alice.seen.rooms.slice(sinceKill).filter((r) => r.room === room && r.state === 'joined');
       assert.equal(joinedEvents.length, 1, `joined once after the restart: ${JSON.stringify(alice.seen.rooms.slice(sinceKill))}`);
       const ready = await a.readyz();
