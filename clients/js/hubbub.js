@@ -403,7 +403,8 @@ export class HubbubClient {
     const rooms = [...this.rooms.values()];
     if (rooms.length === 0) { this._setState('connected'); return; }
     this._setState('rejoining');
-    for (const room of rooms) this._joinLoop(room);
+    // A failure is the room's state (and `room` event), not a rejection for anyone.
+    for (const room of rooms) this._joinLoop(room).catch(() => {});
     this._settleRejoin();
   }
 

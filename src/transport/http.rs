@@ -86,7 +86,7 @@ impl NotReady {
             Self::Leaving => {
                 "the node is leaving (shutting down); connect to another node".to_owned()
             }
-            Self::NoQuorum(reason) => format!("the node is not ready: {reason}"),
+            Self::NoQuorum(reason) => reason.clone(),
         }
     }
 }

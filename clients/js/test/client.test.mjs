@@ -154,6 +154,25 @@ describe('one node', () => {
     assert.ok(!has(alice, room, 'never'), 'the timed-out publish was never sent');
   });
 
+  it('a frozen node (open socket, no answers) is noticed by the ping and left', { timeout: TEST_TIMEOUT_MS }, async () => {
+    const room = `frozen-${Date.now()}`;
+    const alice = client(node.url, { user: 'alice4', pingIntervalMs: 300, requestTimeoutMs: 1_000 });
+    await alice.join(room);
+    node.freeze();
+    const frozen = Date.now();
+    try {
+      await until('alice gives the connection up', () => alice.state !== 'connected', 10_000);
+      const noticed = Date.now() - frozen;
+      console.log(`[frozen] connection given up ${noticed} ms after SIGSTOP`);
+      assert.ok(noticed <= 300 + 1_000 + 1_000, `noticed after ${noticed} ms`);
+      assert.match(alice.lastError.message, /stopped answering/);
+      assert.notEqual(alice.roomInfo(room).state, 'joined');
+    } finally {
+      node.thaw();
+    }
+    await until('alice back', () => alice.state === 'connected' && alice.roomInfo(room).state === 'joined');
+  });
+
   it('goodbye: waits reconnect_after_ms, then resumes with since', { timeout: TEST_TIMEOUT_MS }, async () => {
     const room = `bye-${Date.now()}`;
     const alice = client(node.url, { user: 'alice3' });

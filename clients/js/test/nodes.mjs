@@ -121,6 +121,10 @@ class Node {
   /** SIGKILL: no goodbye, no leave; the data dir stays for a restart. */
   async kill9() { await this._signal('SIGKILL'); }
 
+  /** SIGSTOP / SIGCONT: a frozen process keeps its sockets open and answers nothing. */
+  freeze() { this.proc.kill('SIGSTOP'); }
+  thaw() { this.proc.kill('SIGCONT'); }
+
   /** SIGTERM: the drain (goodbye to every client, then exit). */
   async stop() { await this._signal('SIGTERM'); }
 

@@ -263,16 +263,20 @@ impl ShardHost {
     /// The reason starts with what the node is doing: `starting` (it has not yet been
     /// able to order messages in every shard since it started), or `no quorum`.
     pub fn unavailable(&self, shard: ShardId) -> Option<String> {
-        let reason = self.cut_off(shard).or_else(|| {
+        self.why_not(shard).map(|reason| self.explain(reason))
+    }
+
+    /// [`ShardHost::unavailable`] without saying what the node is doing.
+    pub fn why_not(&self, shard: ShardId) -> Option<String> {
+        self.cut_off(shard).or_else(|| {
             self.leader(shard)
                 .is_none()
                 .then(|| "the room's shard has no leader yet".to_owned())
-        })?;
-        Some(self.explain(reason))
+        })
     }
 
     /// `reason` prefixed with what the node is doing: starting, or without a quorum.
-    fn explain(&self, reason: String) -> String {
+    pub fn explain(&self, reason: String) -> String {
         if self.settled.load(Ordering::Acquire) {
             format!("no quorum: {reason}")
         } else {
