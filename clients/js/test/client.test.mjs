@@ -247,6 +247,24 @@ describe('failover', () => {
       await a.waitReady();
     });
 
+    it('presence counts across nodes: one user on two nodes is ×2, then ×1 when one closes', { timeout: TEST_TIMEOUT_MS }, async () => {
+      const { a, b, c: cNode } = cluster.nodes;
+      await Promise.all([a.waitReady(), b.waitReady(), cNode.waitReady()]);
+      const room = `counts-${Date.now()}`;
+      const watcher = client([cNode.url], { user: 'watcher-x' });
+      await watcher.join(room);
+      const onA = client([a.url], { user: 'erin', name: 'Erin' });
+      const onB = client([b.url], { user: 'erin', name: 'Erin' });
+      await onA.join(room);
+      await onB.join(room);
+      const count = () => watcher.seen.presence[room]?.get('erin')?.connections;
+      await until('erin ×2 at the watcher on c', () => count() === 2);
+      onB.close();
+      await until('erin ×1 once her connection on b closed', () => count() === 1);
+      onA.close();
+      await until('erin gone', () => !watcher.seen.presence[room].has('erin'));
+    });
+
     it('a restart without quorum: the client waits, never shows the room joined before it is, then receives', { timeout: TEST_TIMEOUT_MS }, async () => {
       const { a, b } = cluster.nodes;
       await a.waitReady();
