@@ -156,8 +156,10 @@ export class HubbubClient {
   close() {
     if (this.state === 'closed') return;
     this._generation++;
-    for (const t of this._timers) clearTimeout(t);
-    this._timers.clear();
+    // Only the connection's own timers: the waits of publishes and joins still end
+    // (each then finds the client closed and fails with `closed`).
+    this._clearTimer(this._reconnectTimer);
+    this._clearTimer(this._pingTimer);
     const ws = this._ws;
     this._ws = null;
     this._failPending(new HubbubError('closed', 'the client was closed'));
@@ -170,8 +172,7 @@ export class HubbubClient {
   reconnectNow() {
     if (this.state === 'closed') return;
     if (this._ws) { this._drop(new HubbubError('disconnected', 'reconnect asked for')); return; }
-    for (const t of this._timers) clearTimeout(t);
-    this._timers.clear();
+    this._clearTimer(this._reconnectTimer);
     this._open();
   }
 
@@ -265,7 +266,6 @@ export class HubbubClient {
     this._generation++;
     this.lastError = error;
     this._clearTimer(this._pingTimer);
-    this._clearTimer(this._rejoinTimer);
     if (ws && !closedAlready) {
       ws.onclose = null;
       ws.onmessage = null;
@@ -295,7 +295,7 @@ export class HubbubClient {
     this.retryAt = Date.now() + delay;
     this.state = 'offline';
     this._emit('state', { state: 'offline', retryAt: this.retryAt, node: this.node, url: this.url, error: this.lastError });
-    this._timer(delay, () => { if (this.state === 'offline') this._open(); });
+    this._reconnectTimer = this._timer(delay, () => { if (this.state === 'offline') this._open(); });
   }
 
   _failPending(error) {
@@ -652,6 +652,7 @@ export class HubbubClient {
     return new Promise((resolve, reject) => {
       const w = {
         check: () => {
+          if (this.state === 'closed') return w.fail(new HubbubError('closed', 'the client was closed'));
           if (this.rooms.get(room.name) !== room) return w.fail(new HubbubError('not_joined', `left ${room.name}`));
           if (room.state === 'joined') return w.done();
           if (room.state === 'failed' && room.error && !isRetryable(room.error)) return w.fail(room.error);
@@ -690,12 +691,17 @@ export class HubbubClient {
     // were written in (queued ones included).
     const previous = room.chain || Promise.resolve();
     let release;
-    room.chain = new Promise((resolve) => { release = resolve; });
+    const mine = new Promise((resolve) => { release = resolve; });
+    // The next one waits for every earlier one, also when this one gives up first.
+    room.chain = Promise.all([previous, mine]);
     this._queued++;
     let counted = true;
     const sent = () => { if (counted) { counted = false; this._queued--; } };
     try {
-      await previous;
+      let timer;
+      await Promise.race([previous, new Promise((_, reject) => {
+        timer = this._timer(deadline - Date.now(), () => reject(new HubbubError('timeout', `not published within ${deadlineMs ?? this.options.retryDeadlineMs} ms: earlier publishes of ${name} were still waiting`)));
+      })]).finally(() => this._clearTimer(timer));
       for (let attempt = 0; ; attempt++) {
         if (room.state !== 'joined') await this._waitJoined(room, deadline);
         if (Date.now() >= deadline) throw new HubbubError('timeout', `not published within ${deadlineMs ?? this.options.retryDeadlineMs} ms`);

@@ -6,7 +6,7 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import WebSocket from 'ws';
 import { HubbubClient, HubbubError } from '../hubbub.js';
-import { DEADLINE_MS, silentServer, startCluster, startNode, stopNode, until } from './nodes.mjs';
+import { DEADLINE_MS, freePort, silentServer, startCluster, startNode, stopNode, until } from './nodes.mjs';
 
 const TEST_TIMEOUT_MS = 120_000;
 const clients = new Set();
@@ -61,6 +61,24 @@ describe('options', () => {
     if (!globalThis.WebSocket) {
       assert.throws(() => new HubbubClient({ urls: 'ws://x/ws' }), /no WebSocket: pass `WebSocket`/);
     }
+  });
+});
+
+describe('without a node', () => {
+  it('close() fails what waits (a join, a queued publish) with closed, and reconnectNow keeps them waiting', { timeout: TEST_TIMEOUT_MS }, async () => {
+    const c = client(`ws://127.0.0.1:${await freePort()}/ws`, { retryDeadlineMs: 60_000 });
+    const joining = c.join('lobby');
+    const publishing = c.publish('lobby', 'never sent');
+    const short = c.publish('lobby', 'short', { deadlineMs: 1_500 });
+    await until('offline', () => c.state === 'offline');
+    c.reconnectNow(); // a retry now must not drop what waits, nor its deadline
+    await until('offline again', () => c.seen.states.filter((s) => s.state === 'offline').length >= 2);
+    await assert.rejects(short, (e) => e.code === 'timeout');
+    c.close();
+    await assert.rejects(joining, (e) => e.code === 'closed');
+    await assert.rejects(publishing, (e) => e.code === 'closed');
+    assert.equal(c.state, 'closed');
+    assert.throws(() => c.connect(), (e) => e.code === 'closed');
   });
 });
 
