@@ -677,4 +677,27 @@ describe('chat page on a cluster', () => {
       for (const u of users) await u.context.close().catch(() => {});
     }
   });
+
+  it('with ?nodes= the page fails over to another node while its own is down', { timeout: 3 * TEST_TIMEOUT_MS }, async () => {
+    const { a, b, c } = cluster.nodes;
+    await a.waitReady();
+    const users = [];
+    try {
+      const carol = await openUser('Carol', a, { query: `?nodes=${b.addr},${c.addr}` });
+      users.push(carol);
+      const bob = await openUser('Bob', b);
+      users.push(bob);
+      await waitForText(carol.page, '[data-testid="status"]', 'Connected to node a');
+      await a.kill9();
+      await carol.page.waitForFunction(() => /^Connected to node [bc]$/.test(document.querySelector('[data-testid="status"]').textContent), null, { timeout: 60_000 });
+      await carol.page.locator('[data-testid="rooms"] li[data-room="lobby"][data-state="joined"]').waitFor();
+      const text = uniq('to carol on another node');
+      await sendViaUi(bob.page, text);
+      await seqOf(carol.page, text);
+      for (const u of users) assert.deepEqual(u.errors.map(String), [], `no uncaught errors in ${u.label}'s page`);
+    } finally {
+      for (const u of users) await u.context.close().catch(() => {});
+      await a.start();
+    }
+  });
 });
