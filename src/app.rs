@@ -66,6 +66,9 @@ impl Application {
         });
         let ctx = Arc::new(NodeContext::new(settings, behaviours, cluster, metrics));
         let node = start_node(ctx.clone(), Box::new(boot_ports))?;
+        if ctx.cluster.is_none() {
+            await_room_logs_alone(&ctx);
+        }
         let state = AppState::new(ctx, gate);
         let server = serve(listener, state.clone(), tls, admin_listener.is_none())?;
         let admin = match admin_listener {
@@ -232,6 +235,28 @@ fn cluster_size(settings: &Settings) -> usize {
         settings.cluster.seeds.iter().map(String::as_str).collect();
     addrs.insert(own.as_str());
     addrs.len()
+}
+
+/// How long a node alone waits at start for its one-voter room logs to elect
+/// themselves (about 100 ms) before it serves anyway.
+const ALONE_READY_WAIT: Duration = Duration::from_secs(5);
+
+/// Blocks until a node alone can order messages, so that it is ready (and upgrades
+/// are taken, see `AppState::not_ready`) from the moment it says it is listening. A
+/// clustered node cannot wait here: its quorum needs the other nodes.
+fn await_room_logs_alone(ctx: &NodeContext) {
+    let started = std::time::Instant::now();
+    while started.elapsed() < ALONE_READY_WAIT {
+        if ctx
+            .ports()
+            .is_some_and(|ports| ports.log.unready().is_none())
+        {
+            return;
+        }
+        // The actor system runs on its own thread (start_node): this thread only waits.
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    tracing::warn!("the room logs are not ready yet; serving anyway");
 }
 
 /// What is kept back from `shutdown.timeout_secs` for stopping the HTTP server and the

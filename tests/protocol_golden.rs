@@ -489,6 +489,7 @@ fn presence_diff_join_and_leave() {
             room: "lobby".to_owned(),
             joins: vec![member("bob", "Bob", 1)],
             leaves: vec![],
+            updates: vec![],
         },
         r#"{"type":"presence_diff","room":"lobby","joins":[{"id":"bob","name":"Bob","connections":1}],"leaves":[]}"#,
     );
@@ -497,8 +498,23 @@ fn presence_diff_join_and_leave() {
             room: "lobby".to_owned(),
             joins: vec![],
             leaves: vec![member("bob", "Bob", 0)],
+            updates: vec![],
         },
         r#"{"type":"presence_diff","room":"lobby","joins":[],"leaves":[{"id":"bob","name":"Bob","connections":0}]}"#,
+    );
+}
+
+#[test]
+fn presence_diff_reports_a_changed_connection_count() {
+    // Protocol v1 addition: a member's second connection closed; still present.
+    pin(
+        &ServerFrame::PresenceDiff {
+            room: "lobby".to_owned(),
+            joins: vec![],
+            leaves: vec![],
+            updates: vec![member("alice", "Alice", 1)],
+        },
+        r#"{"type":"presence_diff","room":"lobby","joins":[],"leaves":[],"updates":[{"id":"alice","name":"Alice","connections":1}]}"#,
     );
 }
 
@@ -509,6 +525,7 @@ fn presence_diff_batched_in_a_large_room() {
             room: "stadium".to_owned(),
             joins: vec![member("carol", "Carol", 1), member("dan", "Dan", 1)],
             leaves: vec![member("erin", "Erin", 0)],
+            updates: vec![],
         },
         r#"{"type":"presence_diff","room":"stadium","joins":[{"id":"carol","name":"Carol","connections":1},{"id":"dan","name":"Dan","connections":1}],"leaves":[{"id":"erin","name":"Erin","connections":0}]}"#,
     );

@@ -110,15 +110,15 @@ impl RoomLog for RaftRoomLog {
     fn unready(&self) -> Option<String> {
         let shards = self.host.placement().shards();
         let mut reasons: Vec<String> = (0..shards)
-            .filter_map(|shard| self.host.unavailable(shard))
+            .filter_map(|shard| self.host.why_not(shard))
             .collect();
         let unavailable = reasons.len();
         reasons.dedup();
         (unavailable > 0).then(|| {
-            format!(
+            self.host.explain(format!(
                 "{unavailable} of {shards} room-log shards cannot order messages here: {}",
                 reasons.join("; ")
-            )
+            ))
         })
     }
 

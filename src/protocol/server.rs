@@ -175,6 +175,10 @@ pub enum ServerFrame {
         room: String,
         joins: Vec<Member>,
         leaves: Vec<Member>,
+        /// Protocol v1 addition: members still present whose connection count changed
+        /// (absolute counts); absent when empty, so a diff without one is as before.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        updates: Vec<Member>,
     },
     Direct(DirectFrame),
     Renamed {

@@ -831,6 +831,7 @@ mod tests {
                     room: "r".into(),
                     joins: vec![],
                     leaves: vec![],
+                    updates: vec![],
                 },
             ),
             (

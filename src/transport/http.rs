@@ -15,6 +15,9 @@ use tokio_rustls::rustls::ServerConfig;
 
 /// The chat page, embedded in the binary.
 const CHAT_PAGE: &str = include_str!("chat.html");
+/// The JavaScript client library (clients/js), served as is at `/hubbub.js`: the chat
+/// page imports it, and so may any page (no build step anywhere).
+const CLIENT_JS: &str = include_str!("../../clients/js/hubbub.js");
 
 /// What every request handler shares.
 #[derive(Clone)]
@@ -50,6 +53,42 @@ impl AppState {
     pub fn open_connections(&self) -> usize {
         self.ctx.settings.limits.max_connections - self.connections.available_permits()
     }
+
+    /// Why the node takes no new clients now, or None when it is ready: what `/readyz`
+    /// answers and what refuses a WebSocket upgrade, so the two never disagree.
+    pub fn not_ready(&self) -> Option<NotReady> {
+        let actors_up = self.ctx.sessions().is_some() && self.ctx.rooms().is_some();
+        if !self.ready.load(Ordering::Acquire) || !actors_up {
+            return Some(NotReady::Leaving);
+        }
+        let unready = match self.ctx.ports() {
+            Some(ports) => ports.log.unready(),
+            None => Some("this node is starting: the room logs are not started".to_owned()),
+        };
+        unready.map(NotReady::NoQuorum)
+    }
+}
+
+/// Why a node is not ready (see [`AppState::not_ready`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotReady {
+    /// Draining for shutdown (or the actor system stopped): clients go elsewhere.
+    Leaving,
+    /// Some shard of the room logs cannot order messages from here: the node is
+    /// starting (the reason begins `this node is starting`) or has no quorum.
+    NoQuorum(String),
+}
+
+impl NotReady {
+    /// What a refused client is told.
+    pub fn message(&self) -> String {
+        match self {
+            Self::Leaving => {
+                "the node is leaving (shutting down); connect to another node".to_owned()
+            }
+            Self::NoQuorum(reason) => reason.clone(),
+        }
+    }
 }
 
 /// Starts serving clients on an already bound listener, over TLS when `tls` is given
@@ -71,6 +110,7 @@ pub fn serve(
         let app = App::new()
             .app_data(data.clone())
             .service(get("/", chat_page))
+            .service(get("/hubbub.js", client_js))
             .service(get("/ws", websocket::upgrade))
             .service(get("/healthz", healthz))
             .service(get("/readyz", readyz))
@@ -145,6 +185,12 @@ async fn chat_page() -> HttpResponse {
         .body(CHAT_PAGE)
 }
 
+async fn client_js() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/javascript; charset=utf-8")
+        .body(CLIENT_JS)
+}
+
 /// Alive: the process answers HTTP.
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
@@ -153,21 +199,16 @@ async fn healthz() -> HttpResponse {
 /// Ready: the actor system is up, the node is not draining, and every shard of the
 /// room logs has a leader this node knows, so it can order messages in every room.
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let actors_up = state.ctx.sessions().is_some() && state.ctx.rooms().is_some();
-    let unready = match state.ctx.ports() {
-        Some(ports) => ports.log.unready(),
-        None => Some("the room logs are not started".to_owned()),
-    };
-    let quorum = unready.is_none();
-    if state.ready.load(Ordering::Acquire) && actors_up && quorum {
-        HttpResponse::Ok().json(json!({
+    match state.not_ready() {
+        None => HttpResponse::Ok().json(json!({
             "status": "ready",
             "node": state.ctx.settings.node.name,
             "connections": state.open_connections(),
-        }))
-    } else {
-        let status = if quorum { "not ready" } else { "no quorum" };
-        HttpResponse::ServiceUnavailable().json(json!({ "status": status, "reason": unready }))
+        })),
+        Some(NotReady::Leaving) => HttpResponse::ServiceUnavailable()
+            .json(json!({ "status": "not ready", "reason": NotReady::Leaving.message() })),
+        Some(NotReady::NoQuorum(reason)) => HttpResponse::ServiceUnavailable()
+            .json(json!({ "status": "no quorum", "reason": reason })),
     }
 }
 

@@ -1,6 +1,6 @@
 //! The WebSocket endpoint: upgrade, then one read loop per connection.
 //!
-//! The upgrade checks readiness, then passes the [`Gate`](super::gate::Gate) (origin,
+//! The upgrade checks readiness (what `/readyz` says, [`AppState::not_ready`]), then passes the [`Gate`](super::gate::Gate) (origin,
 //! per-address limits, who the client is), then the connection cap, creates the
 //! connection's [`Outbox`] (its response body, [`OutboundBody`], drains it) and asks
 //! the SessionSupervisor for a Session actor. The read loop then runs on this actix worker
@@ -42,8 +42,11 @@ pub async fn upgrade(
     body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
-    if !state.ready.load(Ordering::Acquire) {
-        return Ok(refuse_unavailable("the node is not accepting connections"));
+    // The same test as /readyz: a node that could not order a message (starting, no
+    // quorum) or is leaving takes no client, which goes to another node instead of
+    // joining rooms that refuse it.
+    if let Some(not_ready) = state.not_ready() {
+        return Ok(refuse_unavailable(&not_ready.message()));
     }
     let admitted = match state.gate.admit(&req) {
         Ok(admitted) => admitted,

@@ -17,6 +17,8 @@ import { createInterface } from 'node:readline';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
+// The library's own helpers for real nodes (a cluster from one [[nodes]] file, kill -9).
+import { startCluster } from '../../clients/js/test/nodes.mjs';
 
 const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 // A relative HUBBUB_BIN is taken from the repo root (where run.sh runs).
@@ -131,23 +133,35 @@ let userCounter = 0;
  * page loaded. With `name`, the display name is put in localStorage before the page's
  * script runs, as a returning user would have it.
  */
-async function openUser(name, target = node) {
-  const context = await browser.newContext({ viewport: { width: 1100, height: 640 } });
+async function openUser(name, target = node, { viewport = { width: 1100, height: 640 }, query = '' } = {}) {
+  const context = await browser.newContext({ viewport });
   context.setDefaultTimeout(WAIT_MS);
   if (name) {
     await context.addInitScript((n) => {
-      try { localStorage.setItem('hubbub.name', n); } catch { /* about:blank */ }
+      try { if (!localStorage.getItem('hubbub.name')) localStorage.setItem('hubbub.name', n); } catch { /* about:blank */ }
     }, name);
   }
   const page = await context.newPage();
   const errors = [];
   page.on('pageerror', (e) => errors.push(e));
-  await page.goto(`http://${target.addr}/`);
-  // The page connects by itself and auto-joins lobby.
-  await connected(page);
-  await page.waitForFunction(() => window.hubbub.rooms.lobby?.joined === true, null, { timeout: WAIT_MS });
-  const userId = await page.evaluate(() => window.hubbub.user.id);
-  return { context, page, errors, userId, label: `${++userCounter}-${name || 'unnamed'}` };
+  await page.goto(`http://${target.addr}/${query}`);
+  const user = { context, page, errors, label: `${++userCounter}-${name || 'unnamed'}` };
+  if (name) await landed(user);
+  return user;
+}
+
+/** The page connected by itself and joined lobby (its rooms of the last visit). */
+async function landed(user) {
+  await connected(user.page);
+  await user.page.waitForFunction(() => window.hubbub.rooms.lobby?.joined === true, null, { timeout: WAIT_MS });
+  user.userId = await user.page.evaluate(() => window.hubbub.user.id);
+}
+
+/** The socket drops and the browser is offline, so every reconnect fails meanwhile. */
+async function goOffline(user) {
+  await user.context.setOffline(true);
+  await user.page.evaluate(() => window.hubbub.client.reconnectNow());
+  await user.page.locator('[data-testid="status"][data-state="offline"]').waitFor();
 }
 
 async function connected(page) {
@@ -237,18 +251,27 @@ async function withUsers(names, body, target = node) {
 
 describe('chat page', () => {
   it('two users in lobby: members, typing, sending (and a screenshot)', { timeout: TEST_TIMEOUT_MS }, async () => {
-    // Bob has no stored name: he sets it through the name form below.
+    // Bob has no stored name: he is asked for one before anything else, and no raw id
+    // is ever shown as his name.
     await withUsers(['Alice', null], async (alice, bob) => {
+      await bob.page.getByTestId('name-prompt').waitFor();
+      assert.equal(await bob.page.locator('[data-testid="status"]').getAttribute('data-state'), 'idle', 'not connected before a name');
+      await bob.page.getByTestId('name-prompt-input').fill('Bobby');
+      await bob.page.getByTestId('name-prompt-button').click();
+      await landed(bob);
+      await waitForText(alice.page, `${memberSelector(bob.userId)} .member-name`, 'Bobby');
       // Both landed in lobby.
       for (const u of [alice, bob]) {
         await u.page.locator('[data-testid="rooms"] li[data-room="lobby"].active').waitFor();
         await waitForText(u.page, '[data-testid="room-title"]', '#lobby');
       }
 
-      // Bob names himself through the name form; Alice sees the new name.
+      // Bob renames himself through the name form; Alice sees the new name, and a line
+      // in her timeline says so.
       await bob.page.getByTestId('name-input').fill('Bob');
       await bob.page.getByTestId('name-button').click();
       await bob.page.waitForFunction(() => window.hubbub.user.name === 'Bob', null, { timeout: WAIT_MS });
+      await alice.page.locator('[data-testid="system"]', { hasText: 'Bobby is now Bob' }).waitFor();
 
       // Each sees the other in the member list, by id and name; themselves marked.
       await waitForText(alice.page, `${memberSelector(bob.userId)} .member-name`, 'Bob');
@@ -370,13 +393,7 @@ describe('chat page', () => {
 
       // Bob's browser goes offline (so reconnect attempts fail and he stays away while
       // Alice sends) and his socket is closed from inside the page.
-      await bob.context.setOffline(true);
-      await bob.page.evaluate(() => {
-        const ws = window.hubbub.client.ws;
-        if (!ws) throw new Error('the page holds no socket');
-        ws.close();
-      });
-      await bob.page.locator('[data-testid="status"][data-state="reconnecting"]').waitFor();
+      await goOffline(bob);
       // Alice sees him leave: the server noticed the disconnect.
       await alice.page.locator(memberSelector(bob.userId)).waitFor({ state: 'detached' });
 
@@ -399,7 +416,7 @@ describe('chat page', () => {
       await Promise.all([
         bob.context.setOffline(false),
         alice.page.evaluate((texts) => Promise.all(texts.map((content) =>
-          window.hubbub.client.request({ type: 'publish', room: 'lobby', content }))), burst),
+          window.hubbub.client.publish('lobby', content))), burst),
       ]);
 
       await connected(bob.page);
@@ -458,9 +475,7 @@ describe('chat page', () => {
       }
 
       // Bob drops off; the node restarts on the same address with nothing.
-      await bob.context.setOffline(true);
-      await bob.page.evaluate(() => window.hubbub.client.ws.close());
-      await bob.page.locator('[data-testid="status"][data-state="reconnecting"]').waitFor();
+      await goOffline(bob);
       await alice.page.locator(memberSelector(bob.userId)).waitFor({ state: 'detached' });
       await stopNode(retiring);
       retiring = await startNode({ ...forgetful, HUBBUB_NODE__HTTP_ADDR: retiring.addr });
@@ -496,5 +511,193 @@ describe('chat page', () => {
       assert.deepEqual(await shownMessages(bob.page), atAlice, 'Bob shows what Alice shows');
     }, retiring);
     await stopNode(retiring);
+  });
+
+  it('a reload keeps rooms, name and direct messages; a direct message to oneself shows once', { timeout: TEST_TIMEOUT_MS }, async () => {
+    const room = `kept-${Date.now().toString(36)}`;
+    await withUsers(['Alice', 'Bob'], async (alice, bob) => {
+      await alice.page.getByTestId('room-input').fill(room);
+      await alice.page.getByTestId('join-button').click();
+      await alice.page.locator(`[data-testid="rooms"] li[data-room="${room}"][data-state="joined"]`).waitFor();
+      // A direct message to Bob, from his entry in the member list.
+      await alice.page.locator('[data-testid="rooms"] li[data-room="lobby"]').click();
+      await alice.page.locator(memberSelector(bob.userId)).click();
+      const dm = uniq('psst');
+      await sendViaUi(alice.page, dm);
+      await messageLocator(alice.page, dm).waitFor();
+      await bob.page.locator(`[data-testid="conversations"] li[data-peer="${alice.userId}"]`).waitFor();
+      // And one to herself: shown once, though every connection of hers gets a copy.
+      await alice.page.locator('[data-testid="rooms"] li[data-room="lobby"]').click();
+      await alice.page.locator(memberSelector(alice.userId)).click();
+      const note = uniq('note to self');
+      await sendViaUi(alice.page, note);
+      await messageLocator(alice.page, note).waitFor();
+      await alice.page.waitForFunction(() => window.hubbub.state === 'connected');
+      assert.equal(await messageLocator(alice.page, note).count(), 1, 'a direct message to oneself shows once');
+
+      await alice.page.reload();
+      await landed(alice);
+      await alice.page.waitForFunction((r) => window.hubbub.rooms[r]?.joined === true, room, { timeout: WAIT_MS });
+      assert.deepEqual(
+        await alice.page.locator('[data-testid="rooms"] li').evaluateAll((ns) => ns.map((n) => n.dataset.room)),
+        ['lobby', room], 'both rooms are back');
+      assert.equal(await alice.page.getByTestId('name-input').inputValue(), 'Alice');
+      assert.equal(await alice.page.getByTestId('name-prompt').isVisible(), false, 'no name prompt for a returning user');
+      await alice.page.locator(`[data-testid="conversations"] li[data-peer="${bob.userId}"]`).click();
+      await messageLocator(alice.page, dm).waitFor();
+      await alice.page.locator(`[data-testid="conversations"] li[data-peer="${alice.userId}"]`).click();
+      assert.equal(await messageLocator(alice.page, note).count(), 1);
+    });
+  });
+
+  it('offline: a banner, a disabled input, and a room list that does not claim to be joined', { timeout: TEST_TIMEOUT_MS }, async () => {
+    await withUsers(['Alice'], async (alice) => {
+      const banner = alice.page.getByTestId('offline-banner');
+      assert.equal(await banner.isVisible(), false);
+      await goOffline(alice);
+      await banner.waitFor();
+      assert.match(await banner.textContent(), /offline: retrying in \d+s/);
+      assert.match(await alice.page.getByTestId('status').textContent(), /^Offline \(retry in \d+s\)$/);
+      assert.equal(await alice.page.getByTestId('message-input').isDisabled(), true, 'the input is disabled');
+      assert.notEqual(await alice.page.locator('[data-testid="rooms"] li[data-room="lobby"]').getAttribute('data-state'), 'joined');
+      await alice.page.getByTestId('members-stale').waitFor();
+      await alice.context.setOffline(false);
+      await alice.page.getByTestId('retry-now').click().catch(() => { /* already back */ });
+      await connected(alice.page);
+      await banner.waitFor({ state: 'hidden' });
+      await alice.page.locator('[data-testid="rooms"] li[data-room="lobby"][data-state="joined"]').waitFor();
+      assert.equal(await alice.page.getByTestId('message-input').isDisabled(), false);
+    });
+  });
+
+  it('a second tab: ×2 in the others\' member list, back when it closes; joins and leaves in the timeline', { timeout: TEST_TIMEOUT_MS }, async () => {
+    await withUsers(['Alice', 'Bob'], async (alice, bob) => {
+      await alice.page.locator('[data-testid="system"]', { hasText: 'Bob joined' }).last().waitFor();
+      const tab = await bob.context.newPage(); // same browser, same user
+      await tab.goto(`http://${node.addr}/`);
+      await connected(tab);
+      await waitForText(alice.page, `${memberSelector(bob.userId)} .conns`, '×2');
+      await tab.close();
+      await alice.page.waitForFunction((sel) => !document.querySelector(sel), `${memberSelector(bob.userId)} .conns`, { timeout: WAIT_MS });
+      assert.equal(await alice.page.locator(memberSelector(bob.userId)).count(), 1, 'still a member');
+      await bob.context.close();
+      await alice.page.locator(memberSelector(bob.userId)).waitFor({ state: 'detached' });
+      await alice.page.locator('[data-testid="system"]', { hasText: 'Bob left' }).last().waitFor();
+    });
+  });
+
+  it('at phone width the message box is on screen', { timeout: TEST_TIMEOUT_MS }, async () => {
+    const phone = await openUser('Pat', node, { viewport: { width: 375, height: 667 } });
+    try {
+      for (const id of ['message-input', 'send-button', 'status']) {
+        const box = await phone.page.getByTestId(id).boundingBox();
+        assert.ok(box && box.y >= 0 && box.y + box.height <= 667 && box.x + box.width <= 375, `${id} within the screen: ${JSON.stringify(box)}`);
+      }
+      const text = uniq('from a phone');
+      await sendViaUi(phone.page, text);
+      await seqOf(phone.page, text);
+      await phone.page.screenshot({ path: '/tmp/hubbub-chat-phone.png' });
+    } finally {
+      await phone.context.close();
+    }
+  });
+});
+
+// The issue's scenario: two browsers on a three-node cluster; Alice's node is killed
+// with -9 and restarted while her page retries. It must end with her page rejoined and
+// receiving Bob's messages, with no action of hers; and while it is not rejoined, the
+// room must not be shown joined.
+describe('chat page on a cluster', () => {
+  let cluster = null;
+  before(async () => { cluster = await startCluster(); });
+  after(async () => { await cluster?.stop(); });
+
+  it('kill -9 and restart of Alice\'s node: her page rejoins and receives Bob\'s messages by itself', { timeout: 3 * TEST_TIMEOUT_MS }, async () => {
+    const { a, b } = cluster.nodes;
+    const users = [];
+    try {
+      const alice = await openUser('Alice', a);
+      users.push(alice);
+      const bob = await openUser('Bob', b);
+      users.push(bob);
+      await waitForText(alice.page, `${memberSelector(bob.userId)} .member-name`, 'Bob');
+      const before = uniq('before the kill');
+      await sendViaUi(bob.page, before);
+      await seqOf(alice.page, before);
+
+      // Every state the lobby entry shows from now on, recorded in the page.
+      await alice.page.evaluate(() => {
+        window.lobbyStates = [];
+        const note = () => {
+          const li = document.querySelector('[data-testid="rooms"] li[data-room="lobby"]');
+          const s = li?.dataset.state;
+          const joined = window.hubbub.rooms.lobby?.joined === true;
+          if (s && s !== window.lobbyStates.at(-1)?.shown) window.lobbyStates.push({ shown: s, joined });
+          if (s === 'joined' && !joined) window.lobbyStates.push({ shown: s, joined, lie: true });
+        };
+        new MutationObserver(note).observe(document.getElementById('rooms'), { subtree: true, childList: true, attributes: true });
+        note();
+      });
+
+      await a.kill9();
+      await alice.page.locator('[data-testid="status"]:not([data-state="connected"])').waitFor();
+      await alice.page.locator('[data-testid="rooms"] li[data-room="lobby"]:not([data-state="joined"])').waitFor();
+      const during = uniq('while a is down');
+      await sendViaUi(bob.page, during);
+      await seqOf(bob.page, during);
+      const restarted = Date.now();
+      await a.start();
+
+      // No action of Alice's: the page reconnects (the node refuses upgrades until it has
+      // its quorum), rejoins with since, and gets what she missed.
+      await alice.page.locator('[data-testid="rooms"] li[data-room="lobby"][data-state="joined"]').waitFor({ timeout: 60_000 });
+      console.log(`[cluster page] lobby joined again ${Date.now() - restarted} ms after node a was started again`);
+      await connected(alice.page);
+      await seqOf(alice.page, during);
+      const after = uniq('after the restart');
+      await sendViaUi(bob.page, after);
+      await seqOf(alice.page, after);
+      const states = await alice.page.evaluate(() => window.lobbyStates);
+      assert.ok(!states.some((s) => s.lie), `never shown joined while not joined: ${JSON.stringify(states)}`);
+      assert.ok(states.some((s) => s.shown !== 'joined'), `the lobby was shown not joined meanwhile: ${JSON.stringify(states)}`);
+      // Exactly once, in order, the same as Bob's.
+      const atAlice = await shownMessages(alice.page);
+      const atBob = await shownMessages(bob.page);
+      for (const text of [before, during, after]) {
+        assert.equal(atAlice.filter(([, body]) => body === text).length, 1, `"${text}" once at Alice`);
+      }
+      const seqs = atAlice.map(([seq]) => seq);
+      for (let i = 1; i < seqs.length; i++) assert.ok(seqs[i] > seqs[i - 1], `Alice's seqs increase: ${seqs}`);
+      assert.deepEqual(atAlice.slice(-3), atBob.slice(-3));
+      for (const u of users) assert.deepEqual(u.errors.map(String), [], `no uncaught errors in ${u.label}'s page`);
+    } catch (e) {
+      for (const u of users) await u.page.screenshot({ path: `/tmp/hubbub-chat-failure-${u.label}.png`, fullPage: true }).catch(() => {});
+      throw e;
+    } finally {
+      for (const u of users) await u.context.close().catch(() => {});
+    }
+  });
+
+  it('with ?nodes= the page fails over to another node while its own is down', { timeout: 3 * TEST_TIMEOUT_MS }, async () => {
+    const { a, b, c } = cluster.nodes;
+    await a.waitReady();
+    const users = [];
+    try {
+      const carol = await openUser('Carol', a, { query: `?nodes=${b.addr},${c.addr}` });
+      users.push(carol);
+      const bob = await openUser('Bob', b);
+      users.push(bob);
+      await waitForText(carol.page, '[data-testid="status"]', 'Connected to node a');
+      await a.kill9();
+      await carol.page.waitForFunction(() => /^Connected to node [bc]$/.test(document.querySelector('[data-testid="status"]').textContent), null, { timeout: 60_000 });
+      await carol.page.locator('[data-testid="rooms"] li[data-room="lobby"][data-state="joined"]').waitFor();
+      const text = uniq('to carol on another node');
+      await sendViaUi(bob.page, text);
+      await seqOf(carol.page, text);
+      for (const u of users) assert.deepEqual(u.errors.map(String), [], `no uncaught errors in ${u.label}'s page`);
+    } finally {
+      for (const u of users) await u.context.close().catch(() => {});
+      await a.start();
+    }
   });
 });

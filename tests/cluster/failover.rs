@@ -979,14 +979,21 @@ async fn a_node_cut_off_from_the_majority_stops_ordering_until_it_rejoins() {
             .await;
         assert_eq!(code, "unavailable");
     }
-    let mut newcomer = cluster.connect("c", "newcomer").await;
-    let code = newcomer
-        .refused(json!({"type": "join", "room": room}))
-        .await;
+    // A new client is not taken at all (as /readyz says), and is told why.
+    let refusal = Client::try_connect(cluster.http_addr("c"), "user=newcomer&name=newcomer")
+        .await
+        .err()
+        .expect("a node without a majority refuses new clients");
+    assert_eq!(refusal.status, 503, "{}", refusal.body);
     assert_eq!(
-        code, "unavailable",
-        "joining a room on a node without a majority"
+        refusal.body["error"]["code"], "unavailable",
+        "{}",
+        refusal.body
     );
+    let message = refusal.body["error"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(message.contains("no quorum"), "{message}");
     // (Whether it may also show the message it ordered but could not replicate is
     // the business of `history_never_shows_a_message_no_other_node_holds`.)
     let held: Vec<(u64, String)> = carol.full_history(&room).await.iter().map(seq_id).collect();
@@ -1030,6 +1037,8 @@ async fn a_node_cut_off_from_the_majority_stops_ordering_until_it_rejoins() {
         (1..=after_seq).collect::<Vec<_>>(),
         "no seq skipped or reused"
     );
+    // Healed, c takes new clients again.
+    let mut newcomer = cluster.connect("c", "newcomer").await;
     newcomer.join_retry(&room).await;
 }
 

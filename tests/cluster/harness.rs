@@ -9,6 +9,10 @@ async fn harness_starts_processes_and_signals_reach_them() {
     let mut cluster = Cluster::plan("harness", 3).await;
     for name in cluster.names() {
         cluster.start_node(&name).await;
+    }
+    // A node takes clients once it can order messages: with a majority up.
+    cluster.wait_converged(&cluster.names()).await;
+    for name in cluster.names() {
         let client = cluster.connect(&name, &format!("user-{name}")).await;
         assert_eq!(client.user_id(), format!("user-{name}"));
         client.close().await;

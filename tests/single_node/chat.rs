@@ -206,6 +206,15 @@ async fn two_connections_of_one_user_are_one_member() {
     tab1.join("lobby").await;
     watcher.expect_type("presence_diff").await;
     let data = tab2.join("lobby").await;
+    // The second tab is no join, but the others hear of the new count (v1 addition).
+    let diff = watcher
+        .expect(
+            |f| f["type"] == "presence_diff" && f["updates"][0]["id"] == "dana",
+            "dana's count going up",
+        )
+        .await;
+    assert_eq!(diff["updates"][0]["connections"], 2, "{diff}");
+    assert_eq!(diff["joins"], json!([]), "{diff}");
     let dana = data["members"]
         .as_array()
         .unwrap()
@@ -215,8 +224,17 @@ async fn two_connections_of_one_user_are_one_member() {
         .unwrap();
     assert_eq!(dana["connections"], 2);
 
-    // Closing one tab is not a leave; closing the last one is.
+    // Closing one tab is not a leave, but the count goes down (v1 addition: `updates`);
+    // closing the last one is a leave.
     tab1.close().await;
+    let diff = watcher
+        .expect(
+            |f| f["type"] == "presence_diff" && f["updates"][0]["id"] == "dana",
+            "dana's count going down",
+        )
+        .await;
+    assert_eq!(diff["updates"][0]["connections"], 1, "{diff}");
+    assert_eq!(diff["leaves"], json!([]), "{diff}");
     // Presence learns of the closed tab through its monitor; poll until it has.
     let deadline = tokio::time::Instant::now() + crate::support::DEADLINE;
     let members = loop {
@@ -343,6 +361,14 @@ async fn ping_gets_pong_and_health_endpoints_answer() {
     let (status, body) = node.get("/").await;
     assert_eq!(status, 200);
     assert!(body.contains("<html"));
+    assert!(
+        body.contains("from '/hubbub.js'"),
+        "the page imports the library"
+    );
+    // The client library, served as the file in clients/js.
+    let (status, body) = node.get("/hubbub.js").await;
+    assert_eq!(status, 200);
+    assert_eq!(body, include_str!("../../clients/js/hubbub.js"));
 }
 
 #[tokio::test]

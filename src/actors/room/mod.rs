@@ -46,7 +46,7 @@ use crate::telemetry::Metrics;
 use presence_batch::PresenceBatch;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use ractor_cluster::RactorMessage;
-use state::RoomState;
+use state::{MemberChanges, RoomState};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -801,7 +801,7 @@ impl Room {
     ) {
         // Only the users whose connections changed: a join in a room of thousands
         // does not rebuild the whole list.
-        let (mut joins, mut leaves) = (Vec::new(), Vec::new());
+        let (mut joins, mut leaves, mut updates) = (Vec::new(), Vec::new(), Vec::new());
         for id in touched {
             match (self.state.members.remove(&id), self.member_of(&id)) {
                 (None, Some(now)) => {
@@ -818,6 +818,11 @@ impl Room {
                     if !self.state.local.contains_key(&id) {
                         now.name = names.get(&id).cloned().unwrap_or(before.name);
                     }
+                    // Another connection of a member came or went: the others' counts
+                    // would go stale without a frame (protocol v1 addition, `updates`).
+                    if now.connections != before.connections {
+                        updates.push(now.clone());
+                    }
                     self.state.members.insert(id, now);
                 }
                 (None, None) => {}
@@ -831,27 +836,32 @@ impl Room {
                 self.state.behaviour.on_leave(&self.state.name, member);
             }
         }
-        if joins.is_empty() && leaves.is_empty() {
+        let changes = MemberChanges {
+            joins,
+            leaves,
+            updates,
+        };
+        if changes.is_empty() {
             return;
         }
         if self.presence_batch.applies(self.state.members.len()) {
-            self.presence_batch.fold(joins, leaves);
+            self.presence_batch.fold(changes);
             if !self.presence_batch.armed {
                 self.presence_batch.armed = true;
                 myself.send_after(self.presence_batch.every, || RoomMessage::PresenceTick);
             }
             return;
         }
-        self.state.push_presence_diff(joins, leaves, except);
+        self.state.push_presence_diff(changes, except);
     }
 
     /// The batch's time is up: one `presence_diff` to this node's connections.
     fn flush_presence(&mut self) {
-        let (joins, leaves) = self.presence_batch.take();
-        if !joins.is_empty() || !leaves.is_empty() {
+        let changes = self.presence_batch.take();
+        if !changes.is_empty() {
             self.metrics.presence_batch();
         }
-        self.state.push_presence_diff(joins, leaves, None);
+        self.state.push_presence_diff(changes, None);
     }
 
     // ---------------------------------------------------------------- lifetime

@@ -1,6 +1,7 @@
 //! The joins and leaves a large room gathers for one `presence_diff` (see
 //! `rooms.presence_batch_members` and `rooms.presence_batch_ms`).
 
+use super::state::MemberChanges;
 use crate::protocol::Member;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -47,12 +48,20 @@ impl PresenceBatch {
         !self.every.is_zero() && (self.armed || members > self.over)
     }
 
-    pub fn fold(&mut self, joins: Vec<Member>, leaves: Vec<Member>) {
-        for (present, member) in joins
+    /// Adds one change to the batch: a later change of a user replaces an earlier one.
+    pub fn fold(&mut self, changes: MemberChanges) {
+        let MemberChanges {
+            joins,
+            leaves,
+            updates,
+        } = changes;
+        // (was a member before this change, is one after it, as what)
+        let all = joins
             .into_iter()
-            .map(|m| (true, m))
-            .chain(leaves.into_iter().map(|m| (false, m)))
-        {
+            .map(|m| (false, true, m))
+            .chain(updates.into_iter().map(|m| (true, true, m)))
+            .chain(leaves.into_iter().map(|m| (true, false, m)));
+        for (was_member, present, member) in all {
             match self.changes.get_mut(&member.id) {
                 Some(change) => {
                     change.present = present;
@@ -62,7 +71,7 @@ impl PresenceBatch {
                     self.changes.insert(
                         member.id.clone(),
                         Change {
-                            was_member: !present,
+                            was_member,
                             present,
                             member,
                         },
@@ -72,18 +81,22 @@ impl PresenceBatch {
         }
     }
 
-    /// The net joins and leaves since the batch began; the batch starts afresh.
-    pub fn take(&mut self) -> (Vec<Member>, Vec<Member>) {
+    /// The net joins, leaves and count changes since the batch began; the batch starts
+    /// afresh.
+    pub fn take(&mut self) -> MemberChanges {
         self.armed = false;
-        let (mut joins, mut leaves) = (Vec::new(), Vec::new());
+        let mut out = MemberChanges::default();
         for change in std::mem::take(&mut self.changes).into_values() {
             match (change.was_member, change.present) {
-                (false, true) => joins.push(change.member),
-                (true, false) => leaves.push(change.member),
-                // Joined and left (or left and came back) within one batch.
-                _ => {}
+                (false, true) => out.joins.push(change.member),
+                (true, false) => out.leaves.push(change.member),
+                // Present before and after (another count, or left and came back):
+                // its count now, absolute, so a repeat is harmless.
+                (true, true) => out.updates.push(change.member),
+                // Joined and left again within one batch.
+                (false, false) => {}
             }
         }
-        (joins, leaves)
+        out
     }
 }

@@ -22,6 +22,22 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Bound;
 use std::sync::Arc;
 
+/// One `presence_diff`'s worth of change: who joined (first connection), who left
+/// (last connection), and who is still present with another connection count.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct MemberChanges {
+    pub joins: Vec<Member>,
+    pub leaves: Vec<Member>,
+    pub updates: Vec<Member>,
+}
+
+impl MemberChanges {
+    /// Nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.joins.is_empty() && self.leaves.is_empty() && self.updates.is_empty()
+    }
+}
+
 /// The data of a successful join, within the reply bounds (`limits.max_reply_bytes`,
 /// `limits.presence_page`). The cut fields mean what they mean in [`ReplyData::Join`].
 #[derive(Debug, Clone, PartialEq)]
@@ -306,19 +322,20 @@ impl RoomState {
     }
 
     /// Sends a presence_diff to this node's connections (but `except`), if non-empty.
-    pub fn push_presence_diff(
-        &self,
-        joins: Vec<Member>,
-        leaves: Vec<Member>,
-        except: Option<&ActorId>,
-    ) {
-        if joins.is_empty() && leaves.is_empty() {
+    pub fn push_presence_diff(&self, diff: MemberChanges, except: Option<&ActorId>) {
+        if diff.is_empty() {
             return;
         }
+        let MemberChanges {
+            joins,
+            leaves,
+            updates,
+        } = diff;
         let diff = ServerFrame::PresenceDiff {
             room: self.name.to_string(),
             joins,
             leaves,
+            updates,
         };
         self.broadcast(&encode(&diff), except);
     }

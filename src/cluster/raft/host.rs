@@ -53,6 +53,7 @@ use openraft::raft::ClientWriteResponse;
 use openraft::ChangeMembers;
 use openraft::{Config, Raft, ServerState};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -186,7 +187,7 @@ pub struct ShardHost {
     names: Arc<NodeNames>,
     /// Every peer up follows the same node list as this node (Membership says so from
     /// their heartbeats); leaders move no group while it is false.
-    peers_agree: std::sync::atomic::AtomicBool,
+    peers_agree: AtomicBool,
     /// The peers up that announce the same node list as this node (Membership);
     /// None for a node alone.
     agreeing: std::sync::Mutex<Option<BTreeSet<NodeId>>>,
@@ -196,7 +197,14 @@ pub struct ShardHost {
     transport: Arc<Transport>,
     shards: HashMap<ShardId, Shard>,
     reach: Reach,
+    /// False until every shard could order messages from here once: until then a
+    /// refusal says the node is starting (its peers are not up in its view yet, or its
+    /// shards have not found their leaders), not that it is cut off.
+    settled: AtomicBool,
 }
+
+/// How often a starting host checks whether it has settled (see `ShardHost::settled`).
+const SETTLE_CHECK: Duration = Duration::from_millis(100);
 
 impl ShardHost {
     /// Starts every shard of `placement` (the configured node list) on node `me`, with
@@ -268,17 +276,19 @@ impl ShardHost {
             placement: RwLock::new(placement),
             configured,
             names,
-            peers_agree: std::sync::atomic::AtomicBool::new(true),
+            peers_agree: AtomicBool::new(true),
             agreeing: std::sync::Mutex::new(None),
             join,
             server,
             transport,
             shards,
             reach,
+            settled: AtomicBool::new(false),
         });
         for (shard, proposals) in queues {
             tokio::spawn(run_proposer(Arc::downgrade(&host), shard, proposals));
         }
+        tokio::spawn(watch_settled(Arc::downgrade(&host)));
         host.bootstrap(join).await?;
         Ok(host)
     }
@@ -346,8 +356,7 @@ impl ShardHost {
     /// (Membership, on heartbeats).
     pub fn set_list_agreement(&self, agreeing: BTreeSet<NodeId>, all: bool) {
         *self.agreeing.lock().unwrap_or_else(PoisonError::into_inner) = Some(agreeing);
-        self.peers_agree
-            .store(all, std::sync::atomic::Ordering::Relaxed);
+        self.peers_agree.store(all, Ordering::Relaxed);
     }
 
     /// Whether a majority of `voters` (this node included) is known to follow this
@@ -515,13 +524,35 @@ impl ShardHost {
 
     /// Why nothing can be ordered in `shard` from this node now: it reaches no
     /// majority of the shard's voters, or the shard has no known leader.
+    /// The reason starts with what the node is doing: `starting` (it has not yet been
+    /// able to order messages in every shard since it started), or `no quorum`.
     pub fn unavailable(&self, shard: ShardId) -> Option<String> {
-        if let Some(reason) = self.cut_off(shard) {
-            return Some(reason);
+        self.why_not(shard).map(|reason| self.explain(reason))
+    }
+
+    /// [`ShardHost::unavailable`] without saying what the node is doing.
+    pub fn why_not(&self, shard: ShardId) -> Option<String> {
+        self.cut_off(shard).or_else(|| {
+            self.leader(shard)
+                .is_none()
+                .then(|| "the room's shard has no leader yet".to_owned())
+        })
+    }
+
+    /// `reason` prefixed with what the node is doing: starting, or without a quorum.
+    pub fn explain(&self, reason: String) -> String {
+        if self.settled.load(Ordering::Acquire) {
+            format!("no quorum: {reason}")
+        } else {
+            format!("this node is starting: {reason}")
         }
-        self.leader(shard)
-            .is_none()
-            .then(|| "the room's shard has no leader yet".to_owned())
+    }
+
+    /// Whether every shard can order messages from here now.
+    fn all_available(&self) -> bool {
+        self.shards
+            .keys()
+            .all(|&shard| self.cut_off(shard).is_none() && self.leader(shard).is_some())
     }
 
     /// Whether the failure detector says node `id` is up (always, for a node alone).
@@ -626,7 +657,7 @@ impl ShardHost {
         let mut pause = Duration::from_millis(20);
         loop {
             if let Some(reason) = self.cut_off(shard) {
-                return Err(ProposeError::Unavailable(reason));
+                return Err(ProposeError::Unavailable(self.explain(reason)));
             }
             let leader = state.raft.metrics().borrow().current_leader;
             let attempt = async {
@@ -641,7 +672,7 @@ impl ShardHost {
             let attempt = tokio::select! {
                 attempt = attempt => attempt,
                 reason = self.lost_majority(shard) => {
-                    return Err(ProposeError::Unavailable(reason));
+                    return Err(ProposeError::Unavailable(self.explain(reason)));
                 }
             };
             let reason = match attempt {
@@ -649,7 +680,7 @@ impl ShardHost {
                 Err(Retry(reason)) => reason,
             };
             if Instant::now() + pause >= deadline {
-                return Err(ProposeError::Unavailable(reason));
+                return Err(ProposeError::Unavailable(self.explain(reason)));
             }
             // Wait for the shard's metrics to change (a new leader) or the pause.
             let mut metrics = state.raft.metrics();
@@ -734,6 +765,21 @@ fn raft_config(shard: ShardId, timing: Timing, rank: usize) -> Result<Config, St
     }
     .validate()
     .map_err(|e| e.to_string())
+}
+
+/// Marks the host settled the first time every shard can order messages from it, then
+/// ends (also when the host is gone).
+async fn watch_settled(host: std::sync::Weak<ShardHost>) {
+    loop {
+        {
+            let Some(host) = host.upgrade() else { return };
+            if host.all_available() {
+                host.settled.store(true, Ordering::Release);
+                return;
+            }
+        }
+        tokio::time::sleep(SETTLE_CHECK).await;
+    }
 }
 
 /// One shard's proposer: takes what is queued as one batch, writes it, answers each.
@@ -927,7 +973,7 @@ async fn reconcile(host: std::sync::Weak<ShardHost>, shard: ShardId) {
         let step = {
             let m = metrics.borrow_and_update();
             let membership = m.membership_config.membership();
-            let agree = host.peers_agree.load(std::sync::atomic::Ordering::Relaxed);
+            let agree = host.peers_agree.load(Ordering::Relaxed);
             if m.state != ServerState::Leader || membership.get_joint_config().len() > 1 || !agree {
                 None
             } else {

@@ -530,12 +530,50 @@ mod tests {
         );
         let reason = island.host.unavailable(shard).expect("unavailable");
         assert!(reason.contains("reaches 1 of the 3"), "{reason}");
+        // It had been able to order messages before: not "starting".
+        assert!(reason.starts_with("no quorum: "), "{reason}");
         // The others never stop.
         let majority = nodes.iter().find(|n| n.host.me() != leader).unwrap();
         let outcome = majority.host.propose(shard, publish(room, 3)).await;
         assert!(
             matches!(outcome, Ok(CommandOutcome::Published { .. })),
             "{outcome:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_node_that_has_not_yet_seen_a_majority_says_it_is_starting() {
+        let net = LocalNet::new();
+        let all: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let placement = Placement::new(&all, SHARDS, 3).unwrap();
+        // As at a real start: the failure detector counts no peer yet.
+        let (_reach, reach_rx) = watch::channel(BTreeSet::from([node_id("a")]));
+        let host = ShardHost::start(
+            "a",
+            placement.clone(),
+            &LogDb::memory(),
+            Retention::messages(1000),
+            timing(),
+            Wiring {
+                sink: Arc::new(|_shard, _committed: Vec<Committed>| {}),
+                link: net.link(node_id("a")),
+                reach: Some(reach_rx),
+                names: Arc::default(),
+            },
+            false,
+        )
+        .await
+        .unwrap();
+        let shard = placement.shard_of("lobby");
+        let reason = host.unavailable(shard).expect("unavailable");
+        assert!(
+            reason.starts_with("this node is starting: ") && reason.contains("reaches 1 of the 3"),
+            "{reason}"
+        );
+        let refused = host.propose(shard, publish("lobby", 0)).await;
+        assert!(
+            matches!(refused, Err(ProposeError::Unavailable(ref r)) if r.starts_with("this node is starting: ")),
+            "{refused:?}"
         );
     }
 }

@@ -1,0 +1,192 @@
+// Real hubbub processes for the library's tests: configs written to a temp dir, free
+// ports, kill -9 and restart on the same ports and data, readiness polled. Every wait
+// is a poll with a deadline; nothing sleeps for a fixed time.
+
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+
+const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
+export const HUBBUB_BIN = path.resolve(REPO_ROOT, process.env.HUBBUB_BIN || 'target/debug/hubbub');
+/** The longest one expectation waits: generous, the machine may be loaded. */
+export const DEADLINE_MS = 30_000;
+const STARTUP_DEADLINE_MS = 30_000;
+
+const started = new Set();
+process.once('exit', () => {
+  for (const node of started) node.proc?.kill('SIGKILL');
+});
+
+/** Polls `check` (sync or async) every 20 ms until it returns a truthy value, which it
+ * returns; throws naming `what` after `deadlineMs`. */
+export async function until(what, check, deadlineMs = DEADLINE_MS) {
+  const end = Date.now() + deadlineMs;
+  let last;
+  for (;;) {
+    try {
+      const v = await check();
+      if (v) return v;
+    } catch (e) { last = e; }
+    if (Date.now() > end) throw new Error(`timed out after ${deadlineMs} ms waiting for ${what}${last ? `: ${last.message}` : ''}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/** A port nothing listens on right now. */
+export async function freePort() {
+  const server = net.createServer();
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  const { port } = server.address();
+  await new Promise((r) => server.close(r));
+  return port;
+}
+
+/** A TCP server that accepts and never answers (a frozen node, a black hole). */
+export async function silentServer() {
+  const sockets = new Set();
+  const server = net.createServer((s) => { sockets.add(s); s.on('error', () => {}); });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    url: `ws://127.0.0.1:${server.address().port}/ws`,
+    close: () => { for (const s of sockets) s.destroy(); return new Promise((r) => server.close(r)); },
+  };
+}
+
+const BASE_CONFIG = `
+[log]
+level = "info"
+format = "json"
+
+[limits]
+frames_per_second = 0
+
+[rate_limit]
+messages_per_minute = 0
+handshakes_per_ip_per_sec = 0
+
+[heartbeat]
+interval_ms = 2000
+timeout_ms = 10000
+`;
+
+/** One hubbub process with a config file of its own; `start` again after `kill9`. */
+class Node {
+  constructor({ name, dir, config, args }) {
+    this.name = name;
+    this.dir = dir;
+    this.config = config;
+    this.args = args;
+    this.proc = null;
+    this.addr = null;
+    this.logTail = [];
+  }
+
+  get url() { return `ws://${this.addr}/ws`; }
+
+  async start() {
+    const env = {};
+    for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('HUBBUB_')) env[k] = v;
+    const proc = spawn(HUBBUB_BIN, this.args, { env, stdio: ['ignore', 'ignore', 'pipe'] });
+    this.proc = proc;
+    started.add(this);
+    await new Promise((resolve, reject) => {
+      const fail = (why) => { clearTimeout(timer); reject(new Error(`node ${this.name}: ${why}\n${this.logTail.join('\n')}`)); };
+      const timer = setTimeout(() => fail('did not say it is listening'), STARTUP_DEADLINE_MS);
+      proc.once('error', (e) => fail(`cannot start ${HUBBUB_BIN}: ${e.message}`));
+      proc.once('exit', (code, signal) => { if (this.proc === proc && !this.listening) fail(`exited (code ${code}, signal ${signal})`); });
+      this.listening = false;
+      createInterface({ input: proc.stderr }).on('line', (line) => {
+        this.logTail.push(line);
+        if (this.logTail.length > 40) this.logTail.shift();
+        if (this.listening) return;
+        let entry;
+        try { entry = JSON.parse(line); } catch { return; }
+        const message = entry.message ?? entry.fields?.message;
+        const addr = entry.addr ?? entry.fields?.addr;
+        if (message === 'hubbub is listening' && typeof addr === 'string') {
+          this.addr = addr;
+          this.listening = true;
+          clearTimeout(timer);
+          resolve();
+        }
+      });
+    });
+    return this;
+  }
+
+  /** SIGKILL: no goodbye, no leave; the data dir stays for a restart. */
+  async kill9() { await this._signal('SIGKILL'); }
+
+  /** SIGSTOP / SIGCONT: a frozen process keeps its sockets open and answers nothing. */
+  freeze() { this.proc.kill('SIGSTOP'); }
+  thaw() { this.proc.kill('SIGCONT'); }
+
+  /** SIGTERM: the drain (goodbye to every client, then exit). */
+  async stop() { await this._signal('SIGTERM'); }
+
+  async _signal(sig) {
+    const proc = this.proc;
+    if (!proc || proc.exitCode !== null || proc.signalCode !== null) return;
+    const exited = new Promise((r) => proc.once('exit', r));
+    proc.kill(sig);
+    const hard = setTimeout(() => proc.kill('SIGKILL'), 15_000);
+    await exited;
+    clearTimeout(hard);
+    started.delete(this);
+  }
+
+  async readyz() {
+    const res = await fetch(`http://${this.addr}/readyz`);
+    return { status: res.status, body: await res.json() };
+  }
+
+  async waitReady(deadlineMs = DEADLINE_MS) {
+    await until(`node ${this.name} ready`, async () => (await this.readyz()).status === 200, deadlineMs);
+  }
+}
+
+/** A node alone on a free port (kept across restarts), its room logs on disk. */
+export async function startNode(extra = '') {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'hubbub-js-'));
+  const port = await freePort();
+  const config = path.join(dir, 'node.toml');
+  writeFileSync(config, `[node]\nname = "solo"\nhttp_addr = "127.0.0.1:${port}"\n\n[storage]\ndir = "${dir}/data"\n${BASE_CONFIG}\n${extra}`);
+  const node = new Node({ name: 'solo', dir, config, args: ['--config', config] });
+  return node.start();
+}
+
+/** Three nodes a, b, c of one cluster (one `[[nodes]]` file, as cluster.toml), each ready. */
+export async function startCluster(names = ['a', 'b', 'c']) {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'hubbub-js-cluster-'));
+  const config = path.join(dir, 'cluster.toml');
+  let text = `[cluster]\ncookie = "js-client-tests"\nheartbeat_ms = 100\nfailure_timeout_ms = 600\n\n[storage]\ndir = "${dir}/data"\n${BASE_CONFIG}\n`;
+  const ports = {};
+  for (const name of names) {
+    ports[name] = [await freePort(), await freePort()];
+    text += `\n[[nodes]]\nname = "${name}"\nhttp_addr = "127.0.0.1:${ports[name][0]}"\nbind = "127.0.0.1:${ports[name][1]}"\n`;
+  }
+  writeFileSync(config, text);
+  const nodes = {};
+  for (const name of names) nodes[name] = new Node({ name, dir, config, args: ['--config', config, '--node', name] });
+  await Promise.all(Object.values(nodes).map((n) => n.start()));
+  await Promise.all(Object.values(nodes).map((n) => n.waitReady()));
+  return {
+    nodes,
+    dir,
+    urls: () => names.map((n) => nodes[n].url),
+    async stop() {
+      await Promise.all(Object.values(nodes).map((n) => n.kill9()));
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Removes a single node's dir after it stopped. */
+export async function stopNode(node) {
+  await node.kill9();
+  rmSync(node.dir, { recursive: true, force: true });
+}
