@@ -65,8 +65,16 @@ impl RoomLog for RaftRoomLog {
             ts: now_ms(),
             idempotency_key,
         };
+        // Queued now, not when the future is first polled: a room's appends are ordered
+        // in the order the Room asked for them (one connection's publishes keep their
+        // order however many are in flight).
+        let queued = host.enqueue(shard, command);
         Box::pin(async move {
-            match host.propose(shard, command).await {
+            let outcome = match queued {
+                Ok(committed) => committed.await,
+                Err(e) => Err(e),
+            };
+            match outcome {
                 Ok(CommandOutcome::Published { id, seq, ts }) => Ok(Appended {
                     id,
                     seq,

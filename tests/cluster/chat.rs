@@ -132,3 +132,44 @@ fn triple(frame: &Value) -> (u64, String, String) {
         frame["content"].as_str().expect("content").to_owned(),
     )
 }
+
+/// One connection's publishes keep their order however many are in flight, on the
+/// shard's leader and on a node that forwards them to it.
+#[tokio::test]
+async fn publishes_in_flight_keep_the_order_they_were_sent_in() {
+    let cluster = Cluster::start("pipelined", 3).await;
+    let all = ["a", "b", "c"];
+    let room = "pipeline";
+    let leader = owner_of(room, &all);
+    let follower = all
+        .iter()
+        .find(|n| **n != leader)
+        .expect("a follower")
+        .to_string();
+    for node in [leader.as_str(), follower.as_str()] {
+        let mut client = cluster.connect(node, &format!("p-{node}")).await;
+        client.join_retry(room).await;
+        // A first publish that waits, so the shard has its leader and the room runs.
+        client.publish_retry(room, "warm up").await;
+        let mut refs = Vec::new();
+        for i in 0..40 {
+            refs.push(
+                client
+                    .send_request(serde_json::json!({
+                        "type": "publish", "room": room, "content": format!("{node} {i}")
+                    }))
+                    .await,
+            );
+        }
+        let mut seqs = Vec::new();
+        for reference in &refs {
+            let reply = client.reply_to(reference).await;
+            assert_eq!(reply["ok"], true, "{node}: {reply}");
+            seqs.push(reply["data"]["seq"].as_u64().expect("a seq"));
+        }
+        assert!(
+            seqs.windows(2).all(|w| w[1] == w[0] + 1),
+            "on {node}, 40 publishes in flight were ordered as {seqs:?}"
+        );
+    }
+}

@@ -608,6 +608,17 @@ impl ShardHost {
         shard: ShardId,
         command: ShardCommand,
     ) -> Result<CommandOutcome, ProposeError> {
+        self.enqueue(shard, command)?.await
+    }
+
+    /// Queues `command` in its shard now (commands queued one after the other are
+    /// ordered in that order), and returns what resolves once it is committed.
+    pub fn enqueue(
+        &self,
+        shard: ShardId,
+        command: ShardCommand,
+    ) -> Result<impl std::future::Future<Output = Result<CommandOutcome, ProposeError>>, ProposeError>
+    {
         let state = self
             .shards
             .get(&shard)
@@ -617,9 +628,11 @@ impl ShardHost {
             .queue
             .try_send(Proposal { command, reply })
             .map_err(|_| ProposeError::Unavailable("the room's shard is overloaded".into()))?;
-        answer
-            .await
-            .unwrap_or_else(|_| Err(ProposeError::Unavailable("the shard stopped".into())))
+        Ok(async move {
+            answer
+                .await
+                .unwrap_or_else(|_| Err(ProposeError::Unavailable("the shard stopped".into())))
+        })
     }
 
     /// A peer's Raft call: served in a task of its own; the answer goes back through
