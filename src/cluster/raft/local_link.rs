@@ -193,6 +193,15 @@ mod tests {
         }
     }
 
+    async fn every_shard_led(nodes: &[Node]) {
+        until("a leader for every shard on every node", || {
+            nodes
+                .iter()
+                .all(|n| n.host.shards_with_leader() == SHARDS as usize)
+        })
+        .await;
+    }
+
     async fn until(what: &str, mut check: impl FnMut() -> bool) {
         let start = Instant::now();
         while !check() {
@@ -230,12 +239,7 @@ mod tests {
     async fn three_nodes_order_every_room_once_and_every_node_applies_it_in_order() {
         let net = LocalNet::new();
         let nodes = cluster(&net, &["a", "b", "c"], 3).await;
-        until("a leader for every shard on every node", || {
-            nodes
-                .iter()
-                .all(|n| n.host.shards_with_leader() == SHARDS as usize)
-        })
-        .await;
+        every_shard_led(&nodes).await;
         let room = "lobby";
         let shard = nodes[0].host.placement().shard_of(room);
         // 60 publishes from all three nodes at once: most are forwarded to the leader.
@@ -301,12 +305,7 @@ mod tests {
         for name in ["a", "b", "c"] {
             nodes.push(start_node(&net, name, &["a", "b", "c"], &four, 3, false).await);
         }
-        until("a leader for every shard on every node", || {
-            nodes
-                .iter()
-                .all(|n| n.host.shards_with_leader() == SHARDS as usize)
-        })
-        .await;
+        every_shard_led(&nodes).await;
         let room = "lobby";
         let shard = nodes[0].host.placement().shard_of(room);
         for i in 0..20 {
@@ -389,12 +388,7 @@ mod tests {
     async fn a_node_that_is_no_voter_follows_as_a_learner() {
         let net = LocalNet::new();
         let nodes = cluster(&net, &["a", "b", "c", "d"], 3).await;
-        until("leaders", || {
-            nodes
-                .iter()
-                .all(|n| n.host.shards_with_leader() == SHARDS as usize)
-        })
-        .await;
+        every_shard_led(&nodes).await;
         let room = "dev";
         let shard = nodes[0].host.placement().shard_of(room);
         let learner = nodes
@@ -419,12 +413,7 @@ mod tests {
     async fn a_cut_off_leader_loses_its_shard_and_catches_up_when_healed() {
         let net = LocalNet::new();
         let nodes = cluster(&net, &["a", "b", "c"], 3).await;
-        until("leaders", || {
-            nodes
-                .iter()
-                .all(|n| n.host.shards_with_leader() == SHARDS as usize)
-        })
-        .await;
+        every_shard_led(&nodes).await;
         let room = "ops";
         let shard = nodes[0].host.placement().shard_of(room);
         let leader = nodes[0].host.leader(shard).unwrap();
@@ -478,12 +467,7 @@ mod tests {
     async fn a_node_that_sees_no_majority_refuses_at_once_and_answers_a_waiting_write() {
         let net = LocalNet::new();
         let nodes = cluster(&net, &["a", "b", "c"], 3).await;
-        until("leaders", || {
-            nodes
-                .iter()
-                .all(|n| n.host.shards_with_leader() == SHARDS as usize)
-        })
-        .await;
+        every_shard_led(&nodes).await;
         let room = "island";
         let shard = nodes[0].host.placement().shard_of(room);
         let leader = nodes[0].host.leader(shard).unwrap();
