@@ -249,11 +249,11 @@ def storage_section(w, runs, repeats):
         on, _ = fanout_best(which, "hubbub")
         off, _ = fanout_best(which, "hubbub-mem")
         if on and off:
-            ratios.append(f"{off / on:.2f}× in the {name}")
+            ratios.append(f"{off / on:.2f}× ({name})")
     if ratios:
-        w(f"Storage off held {' and '.join(ratios)} the rate of storage on (above 1: the "
-          f"disk costs fan-out; within the spread of two ramps of one system, see above, "
-          f"it does not).\n")
+        w(f"Highest rate held, storage off against storage on: {', '.join(ratios)}. Above 1, "
+          f"the disk costs fan-out; read it against how far two ramps of one system land "
+          f"apart (above).\n")
 
 
 def ack_section(w, runs):
@@ -379,8 +379,12 @@ def main():
     w(f"| load average (1, 5, 15 min) | before: {load_before}; after: {load_after} (the benchmark's own load) |")
     w(f"| hubbub | commit {machine['git_commit']}{' (with uncommitted changes)' if machine.get('git_dirty') else ''}, "
       f"{machine['rustc']}, release profile |")
-    w(f"| peers | Node {machine['node']}, ws {machine['ws']}, socket.io {machine['socket.io']}, "
-      f"@socket.io/redis-adapter {machine['redis_adapter']}, {machine['redis'].split(' sha=')[0]} |")
+    peers = [f"Node {machine['node']}" if machine.get("node") else None,
+             f"ws {machine['ws']}" if machine.get("ws") else None,
+             f"socket.io {machine['socket.io']}" if machine.get("socket.io") else None,
+             f"@socket.io/redis-adapter {machine['redis_adapter']}" if machine.get("redis_adapter") else None,
+             machine["redis"].split(" sha=")[0] if machine.get("redis") else None]
+    w(f"| peers | {', '.join(p for p in peers if p) or 'none in this run'} |")
     w("")
     w("The load generator runs on the same cores as the system under test (loopback only), "
       "so every system shares the machine with the same client; figures compare systems, "

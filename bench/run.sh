@@ -124,13 +124,29 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
 
+# Only what the chosen systems need: Node and the peers' packages for node-ws and
+# socket.io, Redis for socketio-2.
+NODE_PEERS=()
+NEED_REDIS=0
+for system in $SYSTEMS; do
+  case $system in
+    node-ws) NODE_PEERS+=(node-ws) ;;
+    socketio-1) NODE_PEERS+=(socketio) ;;
+    socketio-2) NODE_PEERS+=(socketio) NEED_REDIS=1 ;;
+  esac
+done
+
 log "install"
 command -v python3 >/dev/null || apt_install python3
 command -v curl >/dev/null || apt_install curl
-command -v node >/dev/null || apt_install nodejs npm
-command -v npm >/dev/null || apt_install npm
-command -v redis-server >/dev/null || apt_install redis-server
-for peer in node-ws socketio; do
+if ((${#NODE_PEERS[@]} > 0)); then
+  command -v node >/dev/null || apt_install nodejs npm
+  command -v npm >/dev/null || apt_install npm
+fi
+if [[ $NEED_REDIS == 1 ]]; then
+  command -v redis-server >/dev/null || apt_install redis-server
+fi
+for peer in $(printf '%s\n' "${NODE_PEERS[@]:-}" | sort -u); do
   dir=bench/peers/$peer
   if [[ ! -d $dir/node_modules || $dir/package-lock.json -nt $dir/node_modules ]]; then
     (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
@@ -155,6 +171,12 @@ def first(cmd):
         return subprocess.run(cmd, capture_output=True, text=True, shell=True).stdout.strip().splitlines()[0]
     except Exception:
         return None
+def version(package_json):
+    # None when that peer is not installed (not among the systems run).
+    try:
+        return json.load(open(package_json))['version']
+    except OSError:
+        return None
 model = None
 with open('/proc/cpuinfo') as f:
     for line in f:
@@ -178,9 +200,9 @@ json.dump({
     'rustc': first('rustc --version'),
     'node': first('node --version'),
     'redis': first('redis-server --version'),
-    'ws': json.load(open('bench/peers/node-ws/node_modules/ws/package.json'))['version'],
-    'socket.io': json.load(open('bench/peers/socketio/node_modules/socket.io/package.json'))['version'],
-    'redis_adapter': json.load(open('bench/peers/socketio/node_modules/@socket.io/redis-adapter/package.json'))['version'],
+    'ws': version('bench/peers/node-ws/node_modules/ws/package.json'),
+    'socket.io': version('bench/peers/socketio/node_modules/socket.io/package.json'),
+    'redis_adapter': version('bench/peers/socketio/node_modules/@socket.io/redis-adapter/package.json'),
     'quick': os.environ.get('BENCH_QUICK') == '1',
 }, open(sys.argv[1], 'w'), indent=2)
 EOF
