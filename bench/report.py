@@ -16,16 +16,23 @@ from pathlib import Path
 
 SYSTEMS = [
     ("hubbub", "hubbub, one node"),
+    ("hubbub-mem", "hubbub, one node, storage in memory"),
     ("node-ws", "Node ws, one process"),
     ("socketio-1", "socket.io 4, one process"),
     ("floor", "Rust floor"),
     ("hubbub-2", "hubbub, two-node cluster"),
     ("socketio-2", "socket.io 4, two processes + Redis"),
+    ("hubbub-3", "hubbub, three-node cluster"),
 ]
+# The hubbub systems: what their room logs are kept in, and how many nodes they have.
+STORAGE = {"hubbub": "durable", "hubbub-mem": "memory", "hubbub-2": "durable", "hubbub-3": "durable"}
+NODES = {"hubbub": 1, "hubbub-mem": 1, "hubbub-2": 2, "hubbub-3": 3}
 NAMES = dict(SYSTEMS)
 COLOURS = {
     "hubbub": "#e8710a",
+    "hubbub-mem": "#c25400",
     "hubbub-2": "#f5a55a",
+    "hubbub-3": "#fbd0a8",
     "node-ws": "#4a7fb5",
     "socketio-1": "#6aa84f",
     "socketio-2": "#a3cf8f",
@@ -86,10 +93,19 @@ def fanout_best(runs, system):
     return result.get("max_rate_held"), result.get("best")
 
 
+# Left out of the "same load for every system" rate: three nodes on a machine's shared
+# cores hold far less, and would pull that rate (and the comparison at it) down to the
+# ramp's first step for everyone.
+NOT_IN_COMMON_RATE = {"hubbub-3"}
+
+
 def common_rate(runs):
-    """The highest rate every system's ramp ran and held: the same load for all."""
+    """The highest rate every system's ramp ran and held (but NOT_IN_COMMON_RATE's): the
+    same load for all."""
     held_sets = []
     for key, _ in SYSTEMS:
+        if key in NOT_IN_COMMON_RATE:
+            continue
         run = runs.get((key, "fanout"))
         if run:
             held_sets.append({round(s["rate"]) for s in run["result"]["steps"] if s["held"]})
@@ -165,19 +181,136 @@ def targets(runs, repeats):
     else:
         rows.append(("idle: ≤ 16 KiB resident per connection at 10,000 connections", "not measured", "—"))
 
-    eff = runs.get(("hubbub-2", "efficiency"))
-    label = "cluster: inter-node messages per broadcast = other nodes with members"
-    if not eff:
-        rows.append((label, "not measured", "—"))
-    elif eff["result"]["metric"] != "available":
-        rows.append((label, "metric not available (hubbub_cluster_messages_total)", "—"))
-    else:
+    for key in ("hubbub-2", "hubbub-3"):
+        eff = runs.get((key, "efficiency"))
+        label = (f"{NAMES[key]}: at most one `raft_append` per broadcast to each other node, "
+                 f"whatever the members")
+        if not eff:
+            if key == "hubbub-2":
+                rows.append((label, "not measured", "—"))
+            continue
+        if eff["result"]["metric"] != "available":
+            rows.append((label, "metric not available (hubbub_cluster_messages_total)", "—"))
+            continue
         cases = eff["result"]["cases"]
         shown = "; ".join(
             f"{c['members']} members: {c['broadcast_messages_per_broadcast']:.2f} (target {c['expected_per_broadcast']})"
             for c in cases)
         rows.append((label, shown, "met" if all(c["met"] for c in cases) else "**missed**"))
+
+    acks = [(key, run) for key, _ in SYSTEMS for run in [runs.get((key, "ack"))] if run]
+    label = "ack: every publish acknowledged in time, at every rate (hubbub systems)"
+    if acks:
+        steps = [(key, s) for key, run in acks for s in run["result"]["steps"]]
+        failed = sum(s["failed"] for _, s in steps)
+        sent = sum(s["sent"] for _, s in steps)
+        who = sorted({NAMES[key] for key, s in steps if s["failed"]})
+        rows.append((label,
+                     f"{sent - failed:,} of {sent:,} acknowledged over {len(steps)} steps" +
+                     (f"; failures on {', '.join(who)}" if who else ""),
+                     "met" if failed == 0 else "**missed**"))
+    else:
+        rows.append((label, "not measured", "—"))
     return rows
+
+
+def storage_section(w, runs, repeats):
+    """Fan-out of one node with durable room logs against the same node with them in
+    memory, from the same run."""
+    pair = [key for key in ("hubbub", "hubbub-mem") if (key, "fanout") in runs]
+    w("## Fan-out, storage on vs off\n")
+    if len(pair) < 2:
+        w("Not measured in this run (it needs the systems `hubbub` and `hubbub-mem`).\n")
+        return
+    w("One hubbub node with its room logs durable (`storage.fsync = \"always\"`, the "
+      "default: every publish waits for an fsync, publishes waiting at the same time "
+      "share one) and the same node with `storage.engine = \"memory\"`, through the same "
+      "fan-out ramp in the same run.\n")
+    both = [{round(s["rate"]) for s in runs[(key, "fanout")]["result"]["steps"] if s["held"]} for key in pair]
+    same = max(both[0] & both[1]) if both[0] & both[1] else None
+    head = "| system | storage | highest rate held (msg/s) | second ramp | deliveries/s | p99 ms at best |"
+    rule = "|---|---|---:|---:|---:|---:|"
+    if same:
+        head += f" at {same:,} msg/s (held by both): p50 ms | p99 ms | server CPU µs per delivery |"
+        rule += "---:|---:|---:|"
+    w(head)
+    w(rule)
+    for key in pair:
+        run = runs[(key, "fanout")]
+        r = run["result"]
+        best = r.get("best")
+        again = repeats.get((key, "fanout"))
+        again_text = (rate(again["result"]["max_rate_held"]) if again and again["result"]["max_rate_held"]
+                      else ("none held" if again else "—"))
+        storage = ("durable, fsync `always`" if STORAGE[key] == "durable" else "memory")
+        row = (f"| {NAMES[key]} | {storage} | {rate(r['max_rate_held']) if best else 'none held'} | {again_text} | "
+               f"{rate(best['deliveries_per_s']) if best else '—'} | {ms(best['latency']['p99_ms']) if best else '—'} |")
+        if same:
+            at = step_at(run, same)
+            server = at.get("server")
+            row += (f" {ms(at['latency']['p50_ms'])} | {ms(at['latency']['p99_ms'])} | "
+                    f"{server['cpu_us_per_delivery']:.1f} |" if server else
+                    f" {ms(at['latency']['p50_ms'])} | {ms(at['latency']['p99_ms'])} | — |")
+        w(row)
+    w("")
+    ratios = []
+    for which, name in ((runs, "first ramps"), (repeats, "second ramps")):
+        on, _ = fanout_best(which, "hubbub")
+        off, _ = fanout_best(which, "hubbub-mem")
+        if on and off:
+            ratios.append(f"{off / on:.2f}× ({name})")
+    if ratios:
+        w(f"Highest rate held, storage off against storage on: {', '.join(ratios)}. Above 1, "
+          f"the disk costs fan-out; read it against how far two ramps of one system land "
+          f"apart (above).\n")
+
+
+def ack_section(w, runs):
+    """Publish-to-acknowledgement latency at fixed rates, per hubbub system."""
+    w("## Publish-to-ack latency\n")
+    acks = [(key, runs[(key, "ack")]) for key, _ in SYSTEMS if (key, "ack") in runs]
+    if not acks:
+        w("Not measured in this run.\n")
+        return
+    p = acks[0][1]["params"]
+    w(f"{p['publishers']} publishers spread round robin over the nodes, in {p['rooms']} rooms, "
+      f"{p['duration']:g} s per rate, {p['size']}-byte contents; the time from sending a "
+      f"publish to its reply, which comes once the message is committed (on a cluster: "
+      f"held by a majority of its shard's voters). A publish with no reply within "
+      f"{acks[0][1]['result']['reply_timeout_ms'] / 1000:g} s of its step's end counts as a "
+      f"timeout; failed = due and not acknowledged.\n")
+    w("| system | nodes | storage | rate (msg/s) | sent | acked | p50 ms | p90 ms | p99 ms | max ms | "
+      "at the leader: p50 / p99 ms | forwarded: p50 / p99 ms | errors |")
+    w("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for key, run in acks:
+        for s in run["result"]["steps"]:
+            lat = s["latency"]
+            at, fw = s.get("latency_at_leader"), s.get("latency_forwarded")
+            split = lambda l: f"{ms(l['p50_ms'])} / {ms(l['p99_ms'])} ({l['count']:,})" if l and l["count"] else "—"
+            if s["failed"] or s["errors"]:
+                kinds = ", ".join(f"{k} ×{v}" for k, v in sorted(s["errors"].items(), key=lambda kv: -kv[1]))
+                errors = (f"{s['failed']:,} failed ({s['refused']:,} refused, {s['timeouts']:,} timeouts)"
+                          + (f"; {kinds}" if kinds else ""))
+            else:
+                errors = "none"
+            w(f"| {NAMES[key]} | {NODES.get(key, run['result']['nodes'])} | {STORAGE.get(key, '—')} | "
+              f"{rate(s['rate'])} | {s['sent']:,} | {s['acked']:,} | {ms(lat['p50_ms'])} | {ms(lat['p90_ms'])} | "
+              f"{ms(lat['p99_ms'])} | {ms(lat['max_ms'])} | {split(at)} | {split(fw)} | {errors} |")
+    w("")
+    one, three = runs.get(("hubbub", "ack")), runs.get(("hubbub-3", "ack"))
+    if one and three:
+        lines = []
+        for s3 in three["result"]["steps"]:
+            s1 = next((s for s in one["result"]["steps"] if round(s["rate"]) == round(s3["rate"])), None)
+            if s1 and s1["latency"]["count"] and s3["latency"]["count"]:
+                lines.append(f"at {rate(s3['rate'])} msg/s, p50 {ms(s1['latency']['p50_ms'])} → "
+                             f"{ms(s3['latency']['p50_ms'])} ms and p99 {ms(s1['latency']['p99_ms'])} → "
+                             f"{ms(s3['latency']['p99_ms'])} ms")
+        if lines:
+            w("Raft across three nodes against one node (both durable): " + "; ".join(lines) + ".\n")
+    lag = max((s["send_lag"]["p99_ms"] for _, run in acks for s in run["result"]["steps"]), default=0)
+    w(f"The load generator sent on schedule within {ms(lag)} ms at p99 in every step (its own "
+      f"lag, not in the latencies above).\n")
 
 
 def chart(runs, path):
@@ -255,17 +388,21 @@ def main():
     w(f"| load average (1, 5, 15 min) | before: {load_before}; after: {load_after} (the benchmark's own load) |")
     w(f"| hubbub | commit {machine['git_commit']}{' (with uncommitted changes)' if machine.get('git_dirty') else ''}, "
       f"{machine['rustc']}, release profile |")
-    w(f"| peers | Node {machine['node']}, ws {machine['ws']}, socket.io {machine['socket.io']}, "
-      f"@socket.io/redis-adapter {machine['redis_adapter']}, {machine['redis'].split(' sha=')[0]} |")
+    peers = [f"Node {machine['node']}" if machine.get("node") else None,
+             f"ws {machine['ws']}" if machine.get("ws") else None,
+             f"socket.io {machine['socket.io']}" if machine.get("socket.io") else None,
+             f"@socket.io/redis-adapter {machine['redis_adapter']}" if machine.get("redis_adapter") else None,
+             machine["redis"].split(" sha=")[0] if machine.get("redis") else None]
+    w(f"| peers | {', '.join(p for p in peers if p) or 'none in this run'} |")
     w("")
     w("The load generator runs on the same cores as the system under test (loopback only), "
       "so every system shares the machine with the same client; figures compare systems, "
       "they are not what a dedicated server would do.\n")
 
     w("### Repeating it\n")
-    w("```sh\nbench/run.sh                 # everything (~15 min): installs, builds, runs, writes this page\n"
+    w("```sh\nbench/run.sh                 # everything (~22 min on 2 cores): installs, builds, runs, writes this page\n"
       "BENCH_QUICK=1 bench/run.sh   # small numbers, to check the script\n"
-      "BENCH_REPEAT=0 bench/run.sh  # without the second fan-out ramp per system (~9 min)\n"
+      "BENCH_REPEAT=0 bench/run.sh  # without the second fan-out ramp per system (~14 min)\n"
       "BENCH_SYSTEMS=\"hubbub floor\" bench/run.sh   # some systems only\n```\n")
     w("Check `uptime` first: with other work on the machine the figures are noise. "
       "The exact load generator commands of this run (URLs and pids differ per run; "
@@ -274,7 +411,7 @@ def main():
     w("```sh")
     seen = set()
     for key, _ in SYSTEMS:
-        for scenario in ("fanout", "idle", "churn", "efficiency"):
+        for scenario in ("fanout", "idle", "churn", "efficiency", "ack"):
             run = runs.get((key, scenario))
             if run:
                 line = f"# {key}\n{command(run)}"
@@ -295,12 +432,20 @@ def main():
     w("| hubbub, one node | `target/release/hubbub` with defaults except: rate limits off "
       "(`limits.frames_per_second = 0`, `[rate_limit]` all 0: none of the peers has any) "
       "and `limits.max_connections = 20000`; logs at `warn`. Every other limit "
-      "(outbound queue 1024 with slow-consumer close, history 100, heartbeats) stays on. |")
+      "(outbound queue 1024 with slow-consumer close, history 100, heartbeats) stays on. "
+      "The room logs are durable (`storage.engine = \"durable\"`, the default, in an "
+      "empty directory under the run's output at every start) with the default "
+      "`storage.fsync = \"always\"`: a publish is answered only once its entry is fsynced. |")
+    w("| hubbub, one node, storage in memory | the same with `storage.engine = \"memory\"`: "
+      "the same Raft path, nothing written to disk |")
     w("| hubbub, two-node cluster | the same, two processes with `[cluster]` on (default "
       "heartbeat 500 ms, failure timeout 3 s), each seeded with both addresses, and each "
       "sized to its half of the machine with `node.threads` = half the cores (1 here: one "
       "HTTP worker, one actor thread; a socket.io process is single-threaded too); "
-      "clients spread over both nodes |")
+      "clients spread over both nodes; durable storage as for one node |")
+    w("| hubbub, three-node cluster | the same with three nodes, voters `a`, `b`, `c`: "
+      "every shard's Raft group spans the three and commits on two; `node.threads` = a "
+      "third of the cores (at least 1); clients spread over the three nodes |")
     w("| Node ws | `bench/peers/node-ws/server.js`: the tutorial broadcast server extended "
       "to `join`/`leave`/`publish` → `message` (with `seq` per room) and `reply`, in hubbub's "
       "frame shapes; one process |")
@@ -342,6 +487,17 @@ def main():
       "is at most one `raft_append` (AppendEntries with entries) per broadcast to each "
       "node other than the leader of the room's shard (from `GET /cluster`), whatever "
       "the number of members: every node applies every shard's log.")
+    w("- **ack** (hubbub systems): P publishers spread round robin over the nodes, each "
+      "joined to one of R rooms, publish at a fixed total rate for T seconds per rate "
+      "(the schedule does not wait for replies). For each publish: the time from handing "
+      "it to its connection to its `reply` (`ok: true`, matched by `ref`), which hubbub "
+      "sends only once the message is committed by a majority of its shard's voters. "
+      "After each rate the load generator waits for the step's replies up to its "
+      "`--timeout-ms`; a publish with no reply by then is a *timeout*, an error, "
+      "and has no latency; a refusal is counted by its code. On a cluster the latency is "
+      "also split by whether the publisher's node led its room's shard (`GET /cluster`) "
+      "or forwarded the publish to the leader. It runs on the node(s) that have just run "
+      "the fan-out ramp and churn, after a warm-up at the first rate.")
     w("")
 
     w("## Fan-out\n")
@@ -392,7 +548,8 @@ def main():
     if same:
         w(f"The same load for every system: {same:,} messages/s "
           f"({same * (fan_params['clients'] // fan_params['rooms']):,} deliveries/s), the highest "
-          f"rate every ramp ran and held:\n")
+          f"rate every ramp ran and held"
+          f"{' (but ' + ', '.join(NAMES[k] for k in sorted(NOT_IN_COMMON_RATE)) + ', shown when its ramp ran that rate)' if any((k, 'fanout') in runs for k in NOT_IN_COMMON_RATE) else ''}:\n")
         w("| system | p50 ms | p90 ms | p99 ms | max ms | server CPU µs per delivery |")
         w("|---|---:|---:|---:|---:|---:|")
         for key, name in SYSTEMS:
@@ -446,6 +603,9 @@ def main():
         w(f"| {name} | {'; '.join(cells)} |")
     w("")
 
+    storage_section(w, runs, repeats)
+    ack_section(w, runs)
+
     w("## Idle connections\n")
     w("| system | open | failed | RSS before | RSS held | per connection | connect p99 ms |")
     w("|---|---:|---:|---:|---:|---:|---:|")
@@ -478,10 +638,13 @@ def main():
     w("")
 
     w("## Cluster efficiency\n")
-    eff = runs.get(("hubbub-2", "efficiency"))
-    if not eff:
+    effs = [(key, runs.get((key, "efficiency"))) for key in ("hubbub-2", "hubbub-3")]
+    effs = [(key, eff) for key, eff in effs if eff]
+    if not effs:
         w("Not measured in this run.\n")
-    else:
+    for key, eff in effs:
+        if len(effs) > 1:
+            w(f"### {NAMES[key]}\n")
         res = eff["result"]
         if res["metric"] != "available":
             w("**metric not available**: the nodes did not serve `hubbub_cluster_messages_total` "
@@ -492,13 +655,14 @@ def main():
             kinds = c.get("sent_per_broadcast")
             per = c.get("broadcast_messages_per_broadcast")
             w(f"| {c['members']} | {' / '.join(str(n) for n in c['members_per_node'])} | "
-              f"{'node ' + 'ab'[c['owner']] if c['owner'] is not None else 'unknown'} | {c['published']} | "
+              f"{'node ' + 'abc'[c['owner']] if c['owner'] is not None else 'unknown'} | {c['published']} | "
               f"{c['received']:,} / {c['expected_deliveries']:,} | "
               f"{f'{per:.2f}' if per is not None else 'metric not available'} | "
               f"{c['expected_per_broadcast'] if c['expected_per_broadcast'] is not None else '—'} | "
               f"{'met' if c['met'] else ('**missed**' if c['met'] is False else '—')} | "
               f"{', '.join(f'{k} {v:.2f}' for k, v in kinds.items()) if kinds else '—'} |")
         w("")
+    if effs:
         w("`raft_write` (a publish forwarded to the shard's leader) appears when the "
           "publisher's node does not lead the room's shard; `raft_answer` are the answers "
           "to every Raft call (docs/cluster.md, *Rooms across nodes*).\n")

@@ -1,14 +1,22 @@
 #!/usr/bin/env bash
 # The full benchmark: hubbub against a Node `ws` server, socket.io (one process, and two
 # behind Redis), and a Rust floor, through the same scenarios on this machine in one
-# run; then docs/performance.md and docs/performance.svg are written from the results.
+# run; hubbub also with its room logs in memory (storage on vs off) and as a
+# three-node cluster (publish-to-ack latency across nodes); then docs/performance.md
+# and docs/performance.svg are written from the results.
 #
-#   bench/run.sh                  the full run (about 15 minutes on 2 cores)
-#   BENCH_REPEAT=0 bench/run.sh   without the second fan-out ramp per system (~9 min)
-#   BENCH_QUICK=1 bench/run.sh    small numbers, to check the script end to end (~5 min)
-#   BENCH_SYSTEMS="hubbub floor" bench/run.sh    only some systems
-#                                 (hubbub node-ws socketio-1 floor hubbub-2 socketio-2)
+#   bench/run.sh                  the full run (about 22 minutes on 2 cores)
+#   BENCH_REPEAT=0 bench/run.sh   without the second fan-out ramp per system (~14 min)
+#   BENCH_QUICK=1 bench/run.sh    small numbers, to check the script end to end (~7 min)
+#   BENCH_SYSTEMS="hubbub floor" bench/run.sh    only some systems (default: all of
+#                                 hubbub hubbub-mem node-ws socketio-1 floor hubbub-2
+#                                 socketio-2 hubbub-3)
 #   BENCH_NO_DOC=1 bench/run.sh   results only, docs/ untouched
+#
+# The systems: hubbub (one node, durable room logs, storage.fsync "always", the
+# default), hubbub-mem (the same with storage.engine "memory"), hubbub-2 and hubbub-3
+# (two and three clustered nodes, durable), and the peers. Every hubbub system also
+# runs `ack` (publish-to-acknowledgement latency at fixed rates).
 #
 # It installs what is missing (npm packages from the lock files, Debian's redis-server,
 # python3 for the report), builds release binaries, starts one system at a time on
@@ -24,7 +32,7 @@ OUT=${BENCH_OUT:-$ROOT/target/bench/$STAMP}
 mkdir -p "$OUT"
 LOG=$OUT/logs
 mkdir -p "$LOG"
-SYSTEMS=${BENCH_SYSTEMS:-"hubbub node-ws socketio-1 floor hubbub-2 socketio-2"}
+SYSTEMS=${BENCH_SYSTEMS:-"hubbub hubbub-mem node-ws socketio-1 floor hubbub-2 socketio-2 hubbub-3"}
 QUICK=${BENCH_QUICK:-0}
 
 log() { printf '\n== %s\n' "$*" >&2; }
@@ -36,6 +44,7 @@ if [[ $QUICK == 1 ]]; then
   IDLE=(--connections 1000 --hold 1 --settle 1)
   CHURN=(--rate 200 --duration 2 --max-inflight 256)
   EFFICIENCY=(--members 2,20 --messages 50 --rate 100)
+  ACK=(--publishers 6 --rooms 6 --rate 200,1000 --duration 1.5 --warmup 0.5 --settle 0.5)
 else
   # 1000 clients in 10 rooms (100 members each), 10 publishers; each step publishes for
   # 4 s. The rate doubles while a step holds (p99 <= 50 ms, nothing lost, no error),
@@ -46,6 +55,9 @@ else
   IDLE=(--connections 10000 --hold 3 --settle 2)
   CHURN=(--rate 1000 --duration 5 --max-inflight 256)
   EFFICIENCY=(--members 2,20,200 --messages 200 --rate 200)
+  # 12 publishers (4 per node of hubbub-3) in 12 rooms, 10 s at 200 and at 1000
+  # messages/s in all; a publish with no reply 10 s after its step is an error.
+  ACK=(--publishers 12 --rooms 12 --rate 200,1000 --duration 10 --warmup 2 --settle 1)
 fi
 
 # ---- processes we start, stopped on any exit ------------------------------------
@@ -112,13 +124,29 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
 
+# Only what the chosen systems need: Node and the peers' packages for node-ws and
+# socket.io, Redis for socketio-2.
+NODE_PEERS=()
+NEED_REDIS=0
+for system in $SYSTEMS; do
+  case $system in
+    node-ws) NODE_PEERS+=(node-ws) ;;
+    socketio-1) NODE_PEERS+=(socketio) ;;
+    socketio-2) NODE_PEERS+=(socketio) NEED_REDIS=1 ;;
+  esac
+done
+
 log "install"
 command -v python3 >/dev/null || apt_install python3
 command -v curl >/dev/null || apt_install curl
-command -v node >/dev/null || apt_install nodejs npm
-command -v npm >/dev/null || apt_install npm
-command -v redis-server >/dev/null || apt_install redis-server
-for peer in node-ws socketio; do
+if ((${#NODE_PEERS[@]} > 0)); then
+  command -v node >/dev/null || apt_install nodejs npm
+  command -v npm >/dev/null || apt_install npm
+fi
+if [[ $NEED_REDIS == 1 ]]; then
+  command -v redis-server >/dev/null || apt_install redis-server
+fi
+for peer in $(printf '%s\n' "${NODE_PEERS[@]:-}" | sort -u); do
   dir=bench/peers/$peer
   if [[ ! -d $dir/node_modules || $dir/package-lock.json -nt $dir/node_modules ]]; then
     (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
@@ -143,6 +171,12 @@ def first(cmd):
         return subprocess.run(cmd, capture_output=True, text=True, shell=True).stdout.strip().splitlines()[0]
     except Exception:
         return None
+def version(package_json):
+    # None when that peer is not installed (not among the systems run).
+    try:
+        return json.load(open(package_json))['version']
+    except OSError:
+        return None
 model = None
 with open('/proc/cpuinfo') as f:
     for line in f:
@@ -166,9 +200,9 @@ json.dump({
     'rustc': first('rustc --version'),
     'node': first('node --version'),
     'redis': first('redis-server --version'),
-    'ws': json.load(open('bench/peers/node-ws/node_modules/ws/package.json'))['version'],
-    'socket.io': json.load(open('bench/peers/socketio/node_modules/socket.io/package.json'))['version'],
-    'redis_adapter': json.load(open('bench/peers/socketio/node_modules/@socket.io/redis-adapter/package.json'))['version'],
+    'ws': version('bench/peers/node-ws/node_modules/ws/package.json'),
+    'socket.io': version('bench/peers/socketio/node_modules/socket.io/package.json'),
+    'redis_adapter': version('bench/peers/socketio/node_modules/@socket.io/redis-adapter/package.json'),
     'quick': os.environ.get('BENCH_QUICK') == '1',
 }, open(sys.argv[1], 'w'), indent=2)
 EOF
@@ -177,22 +211,24 @@ machine
 log "machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # ---- the systems ----------------------------------------------------------------
-# hubbub_config FILE NAME HTTP_PORT [CLUSTER_PORT SEEDS VOTERS]: the benchmark's
-# settings. The room logs are durable, in $OUT (storage.fsync "always", the default).
-# Rate limits are off (every peer runs without any) and the connection cap is above
-# the idle scenario's 10,000; the nodes of a cluster, which share the machine, each
-# get half its cores (`node.threads`); everything else is the default.
+# hubbub_config FILE NAME HTTP_PORT ENGINE DATA [CLUSTER_PORT SEEDS VOTERS NODES]: the
+# benchmark's settings. ENGINE "durable" keeps the room logs in DATA (storage.fsync
+# "always", the default); "memory" keeps them in memory. Rate limits are off (every
+# peer runs without any) and the connection cap is above the idle scenario's 10,000;
+# the NODES nodes of a cluster, which share the machine, each get their share of its
+# cores (`node.threads` = cores / NODES, at least 1); everything else is the default.
 hubbub_config() {
-  local file=$1 name=$2 http=$3 bind=${4:-} seeds=${5:-} voters=${6:-}
+  local file=$1 name=$2 http=$3 engine=$4 data=$5 bind=${6:-} seeds=${7:-} voters=${8:-} nodes=${9:-1}
   {
     printf '[node]\nname = "%s"\nhttp_addr = "127.0.0.1:%s"\n' "$name" "$http"
     # Nodes that share the machine each get their share of its cores.
-    if [[ -n $bind ]]; then printf 'threads = %s\n' "$(( $(nproc) / 2 > 0 ? $(nproc) / 2 : 1 ))"; fi
+    if [[ -n $bind ]]; then printf 'threads = %s\n' "$(( $(nproc) / nodes > 0 ? $(nproc) / nodes : 1 ))"; fi
     printf '\n'
     printf '[limits]\nmax_connections = 20000\nframes_per_second = 0\n\n'
     printf '[rate_limit]\nmessages_per_minute = 0\nconnections_per_ip = 0\nhandshakes_per_ip_per_sec = 0\n\n'
     printf '[log]\nlevel = "warn"\nformat = "json"\n\n'
-    printf '[storage]\ndir = "%s/data"\n' "$OUT"
+    printf '[storage]\nengine = "%s"\n' "$engine"
+    if [[ $engine == durable ]]; then printf 'dir = "%s"\n' "$data"; fi
     if [[ -n $bind ]]; then
       printf '\n[cluster]\nenabled = true\nbind = "127.0.0.1:%s"\ncookie = "bench-cookie-%s"\nseeds = [%s]\nvoters = [%s]\n' \
         "$bind" "$STAMP" "$seeds" "$voters"
@@ -200,23 +236,45 @@ hubbub_config() {
   } >"$file"
 }
 
+# fresh_data SYSTEM: an empty data directory for SYSTEM's nodes (each start begins
+# with empty room logs, so that no system replays an earlier one's, and the nodes of
+# different clusters that share a name never share a log).
+fresh_data() {
+  rm -rf "$OUT/data/$1"
+  mkdir -p "$OUT/data/$1"
+  printf '%s' "$OUT/data/$1"
+}
+
 # start_SYSTEM: starts it; sets URLS (comma-separated), PROTOCOL and SERVER_PIDS.
 start_hubbub() {
-  local port
+  local port data
   port=$(free_ports 1)
-  hubbub_config "$OUT/hubbub.toml" bench "$port"
+  data=$(fresh_data hubbub)
+  hubbub_config "$OUT/hubbub.toml" bench "$port" durable "$data"
   started hubbub -- "$HUBBUB" serve --config "$OUT/hubbub.toml"
   SERVER_PIDS=$STARTED
   wait_for "$port" /readyz
   URLS=ws://127.0.0.1:$port PROTOCOL=hubbub
 }
 
+# One node like `hubbub`, its room logs in memory: fan-out with storage off.
+start_hubbub-mem() {
+  local port
+  port=$(free_ports 1)
+  hubbub_config "$OUT/hubbub-mem.toml" bench "$port" memory ""
+  started hubbub-mem -- "$HUBBUB" serve --config "$OUT/hubbub-mem.toml"
+  SERVER_PIDS=$STARTED
+  wait_for "$port" /readyz
+  URLS=ws://127.0.0.1:$port PROTOCOL=hubbub
+}
+
 start_hubbub-2() {
-  local a b ca cb
+  local a b ca cb data
   read -r a b ca cb < <(free_ports 4)
+  data=$(fresh_data hubbub-2)
   local seeds="\"127.0.0.1:$ca\", \"127.0.0.1:$cb\""
-  hubbub_config "$OUT/hubbub-a.toml" a "$a" "$ca" "$seeds" '"a", "b"'
-  hubbub_config "$OUT/hubbub-b.toml" b "$b" "$cb" "$seeds" '"a", "b"'
+  hubbub_config "$OUT/hubbub-a.toml" a "$a" durable "$data" "$ca" "$seeds" '"a", "b"' 2
+  hubbub_config "$OUT/hubbub-b.toml" b "$b" durable "$data" "$cb" "$seeds" '"a", "b"' 2
   local pa pb
   started hubbub-a -- "$HUBBUB" serve --config "$OUT/hubbub-a.toml"
   pa=$STARTED
@@ -227,6 +285,31 @@ start_hubbub-2() {
   wait_for "$b" /readyz
   SERVER_PIDS="$pa $pb"
   URLS=ws://127.0.0.1:$a,ws://127.0.0.1:$b PROTOCOL=hubbub
+}
+
+# Three clustered nodes, voters a, b, c: every shard's Raft group spans all three and
+# commits on two.
+start_hubbub-3() {
+  local a b c ca cb cc data
+  read -r a b c ca cb cc < <(free_ports 6)
+  data=$(fresh_data hubbub-3)
+  local seeds="\"127.0.0.1:$ca\", \"127.0.0.1:$cb\", \"127.0.0.1:$cc\""
+  local voters='"a", "b", "c"'
+  hubbub_config "$OUT/hubbub-3a.toml" a "$a" durable "$data" "$ca" "$seeds" "$voters" 3
+  hubbub_config "$OUT/hubbub-3b.toml" b "$b" durable "$data" "$cb" "$seeds" "$voters" 3
+  hubbub_config "$OUT/hubbub-3c.toml" c "$c" durable "$data" "$cc" "$seeds" "$voters" 3
+  local pa pb pc
+  started hubbub-3a -- "$HUBBUB" serve --config "$OUT/hubbub-3a.toml"
+  pa=$STARTED
+  started hubbub-3b -- "$HUBBUB" serve --config "$OUT/hubbub-3b.toml"
+  pb=$STARTED
+  started hubbub-3c -- "$HUBBUB" serve --config "$OUT/hubbub-3c.toml"
+  pc=$STARTED
+  wait_for "$a" /readyz
+  wait_for "$b" /readyz
+  wait_for "$c" /readyz
+  SERVER_PIDS="$pa $pb $pc"
+  URLS=ws://127.0.0.1:$a,ws://127.0.0.1:$b,ws://127.0.0.1:$c PROTOCOL=hubbub
 }
 
 start_node-ws() {
@@ -317,10 +400,17 @@ for system in $SYSTEMS; do
   sleep 1
   # shellcheck disable=SC2046 # one --pid per process
   bench_run "$system" fanout "${FANOUT[@]}" $(pid_args)
-  bench_run "$system" churn "${CHURN[@]}" --source-ips 8
-  if [[ $system == hubbub-2 ]]; then
-    bench_run "$system" efficiency "${EFFICIENCY[@]}"
+  # hubbub-mem differs from hubbub in its storage only, which joins and leaves do
+  # not touch: it runs fan-out and ack, not churn.
+  if [[ $system != hubbub-mem ]]; then
+    bench_run "$system" churn "${CHURN[@]}" --source-ips 8
   fi
+  case $system in
+    hubbub*) bench_run "$system" ack "${ACK[@]}" ;;
+  esac
+  case $system in
+    hubbub-2 | hubbub-3) bench_run "$system" efficiency "${EFFICIENCY[@]}" ;;
+  esac
   stop_all
   sleep 2
 done

@@ -1,7 +1,8 @@
 //! Smoke run of the benchmark's load generator (`bench/hubbub-bench`): every scenario
-//! with small numbers against a real `hubbub` process, and `fanout` and `churn` against
-//! the Rust floor (`bench/peers/rust-floor`, in-process). Each run writes its JSON
-//! result, and the counts in it must add up: nothing lost, nothing refused, no error.
+//! but `efficiency` (which needs a cluster) with small numbers against a real `hubbub`
+//! process, and `fanout` and `churn` against the Rust floor (`bench/peers/rust-floor`,
+//! in-process). Each run writes its JSON result, and the counts in it must add up:
+//! nothing lost, nothing refused, no error, every publish of `ack` acknowledged.
 //! Latency is not checked here; the full benchmark is `bench/run.sh`
 //! (docs/performance.md).
 
@@ -11,7 +12,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// How long the node may take to start answering `/healthz`.
+/// How long the node may take to be ready (`/readyz`: every shard of its room logs
+/// has a leader, so joins and publishes are not refused as `unavailable`).
 const START_DEADLINE: Duration = Duration::from_secs(20);
 
 /// A `hubbub` process with the benchmark's limits (rate limits off), killed on drop.
@@ -63,21 +65,21 @@ impl Node {
         let child = command.spawn().expect("spawn hubbub");
         let node = Self { child, http, dir };
         let started = Instant::now();
-        while !node.healthy().await {
+        while !node.ready().await {
             assert!(
                 started.elapsed() < START_DEADLINE,
-                "hubbub did not answer /healthz within {START_DEADLINE:?}"
+                "hubbub was not ready (/readyz) within {START_DEADLINE:?}"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         node
     }
 
-    async fn healthy(&self) -> bool {
+    async fn ready(&self) -> bool {
         let addr = self.http;
         let host = addr.to_string();
         matches!(
-            hubbub_bench::probe::http_get(addr, &host, "/healthz").await,
+            hubbub_bench::probe::http_get(addr, &host, "/readyz").await,
             Some((200, _))
         )
     }
@@ -185,6 +187,41 @@ const RAMP: [&str; 20] = [
     "10",
 ];
 const CHURN: [&str; 5] = ["churn", "--rate", "20", "--duration", "2"];
+const ACK: [&str; 11] = [
+    "ack",
+    "--publishers",
+    "4",
+    "--rooms",
+    "2",
+    "--rate",
+    "40,80",
+    "--duration",
+    "1",
+    "--warmup",
+    "0",
+];
+
+/// Every publish of every step got its reply (the acknowledgement, sent once the
+/// message is committed), each with a measured latency.
+fn assert_ack_adds_up(result: &Value, publishers: u64, per_step: &[u64]) {
+    assert_no_errors(result, "ack");
+    let r = &result["result"];
+    assert_eq!(r["connected"], publishers, "{r:#}");
+    let steps = r["steps"].as_array().expect("steps");
+    assert_eq!(steps.len(), per_step.len(), "{r:#}");
+    for (step, &publishes) in steps.iter().zip(per_step) {
+        assert_eq!(step["offered"], publishes, "{step:#}");
+        assert_eq!(step["sent"], publishes, "{step:#}");
+        assert_eq!(step["acked"], publishes, "{step:#}");
+        assert_eq!(step["refused"], 0, "{step:#}");
+        assert_eq!(step["timeouts"], 0, "{step:#}");
+        assert_eq!(step["failed"], 0, "{step:#}");
+        assert_eq!(step["latency"]["count"], publishes, "{step:#}");
+        let p50 = step["latency"]["p50_ms"].as_f64().expect("p50");
+        let max = step["latency"]["max_ms"].as_f64().expect("max");
+        assert!(p50 > 0.0 && p50 <= max, "{step:#}");
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_scenario_adds_up_against_a_real_node() {
@@ -242,6 +279,11 @@ async fn every_scenario_adds_up_against_a_real_node() {
 
     let churn = bench(&dir, "churn", &[&["--url", &url][..], &CHURN].concat()).await;
     assert_churn_adds_up(&churn, 40);
+
+    // Four publishers at 40 and then 80 messages/s for 1 s: 40 and 80 publishes, each
+    // acknowledged by the node once committed to its durable room log.
+    let ack = bench(&dir, "ack", &[&["--url", &url][..], &ACK].concat()).await;
+    assert_ack_adds_up(&ack, 4, &[40, 80]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

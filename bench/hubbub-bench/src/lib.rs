@@ -9,7 +9,7 @@
 //!   the reader/writer split.
 //! - [`members`]: clients joined to rooms and the publishers among them, counted per
 //!   step (used by `fanout` and `efficiency`).
-//! - [`scenario`]: `fanout`, `idle`, `churn`, `efficiency`, each ending in a
+//! - [`scenario`]: `fanout`, `idle`, `churn`, `efficiency`, `ack`, each ending in a
 //!   [`Report`] (JSON and a human summary).
 //! - [`probe`]: the server seen from outside: RSS, `/metrics`, `/cluster`.
 //! - [`stats`]: the clock, latency histograms, the error tally.
@@ -34,9 +34,10 @@ pub use scenario::{Common, Report};
     version,
     about = "Load generator for hubbub and its peers (loopback only)",
     long_about = "Load generator for hubbub and its peers: fan-out rate and latency, idle \
-                  connections' memory, connection churn, and inter-node messages per \
-                  broadcast in a cluster. Speaks hubbub protocol v1 and Socket.IO v5. \
-                  Targets must be loopback addresses."
+                  connections' memory, connection churn, inter-node messages per \
+                  broadcast in a cluster, and publish-to-acknowledgement latency. \
+                  Speaks hubbub protocol v1 and Socket.IO v5. Targets must be loopback \
+                  addresses."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -58,6 +59,10 @@ pub enum Scenario {
     /// Inter-node messages per broadcast in a hubbub cluster, from
     /// hubbub_cluster_messages_total.
     Efficiency(scenario::efficiency::EfficiencyArgs),
+    /// Publishers at fixed rates: the time from each publish to its reply (the
+    /// acknowledgement, sent once the message is committed), and every publish that
+    /// got none.
+    Ack(scenario::ack::AckArgs),
 }
 
 /// Runs a scenario and returns its report; writes the JSON result when `--json` was
@@ -83,6 +88,10 @@ pub async fn run(cli: Cli) -> Result<Report, String> {
         Scenario::Efficiency(args) => {
             let (result, summary) = scenario::efficiency::run(common, &ctx, args).await?;
             started.report("efficiency", common, &ctx, args, result, summary)
+        }
+        Scenario::Ack(args) => {
+            let (result, summary) = scenario::ack::run(common, &ctx, args).await?;
+            started.report("ack", common, &ctx, args, result, summary)
         }
     };
     if let Some(path) = &common.json {

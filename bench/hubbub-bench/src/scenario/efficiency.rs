@@ -194,7 +194,7 @@ fn crowd_size(per_node: &[u64]) -> usize {
 /// The index of the URL whose node leads `room`'s shard, from `GET /cluster`: the
 /// room's shard from `room_shards` of a node running it, that shard's leader from
 /// `shards`, and the URL whose node has that name.
-async fn find_owner(ctx: &Context, room: &str) -> Option<usize> {
+pub(crate) async fn find_owner(ctx: &Context, room: &str) -> Option<usize> {
     let mut names = Vec::new();
     let mut leader = None;
     for target in &ctx.targets {

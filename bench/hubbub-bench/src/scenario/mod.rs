@@ -2,6 +2,7 @@
 //! the run's context (targets, error tally, progress bars), and the [`Report`] each
 //! one ends with.
 
+pub mod ack;
 pub mod churn;
 pub mod efficiency;
 pub mod fanout;
