@@ -364,16 +364,15 @@ impl ShardHost {
     /// lists differ never initialize one group with two different voter sets. A node
     /// alone (no cluster) always is.
     fn majority_agrees(&self, voters: &[NodeId]) -> bool {
-        let agreeing = self.agreeing.lock().unwrap_or_else(PoisonError::into_inner);
         if self.reach.is_none() {
             return true;
         }
-        let Some(agreeing) = agreeing.as_ref() else {
-            return false;
-        };
+        let agreeing = self.agreeing.lock().unwrap_or_else(PoisonError::into_inner);
+        // Before any peer was heard, this node alone agrees with itself: enough for a
+        // shard whose only voter it is.
         let count = voters
             .iter()
-            .filter(|v| **v == self.me || agreeing.contains(v))
+            .filter(|v| **v == self.me || agreeing.as_ref().is_some_and(|a| a.contains(v)))
             .count();
         count > voters.len() / 2
     }

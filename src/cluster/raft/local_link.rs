@@ -525,6 +525,35 @@ mod tests {
         );
     }
 
+    /// A clustered node whose list names only itself hears no heartbeat announcing a
+    /// list, and needs none: it alone is its shards' majority.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_clustered_node_listed_alone_bootstraps_without_hearing_a_peer() {
+        let net = LocalNet::new();
+        let placement = Placement::new(&["a".to_string()], SHARDS, 3).unwrap();
+        let (_reach, reach_rx) = watch::channel(BTreeSet::from([node_id("a")]));
+        let host = ShardHost::start(
+            "a",
+            placement,
+            &LogDb::memory(),
+            Retention::messages(10),
+            timing(),
+            Wiring {
+                sink: Arc::new(|_shard, _committed: Vec<Committed>| {}),
+                link: net.link(node_id("a")),
+                reach: Some(reach_rx),
+                names: Arc::default(),
+            },
+            false,
+        )
+        .await
+        .unwrap();
+        until("every shard to elect the one node", || {
+            host.shards_with_leader() == SHARDS as usize
+        })
+        .await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_node_that_has_not_yet_seen_a_majority_says_it_is_starting() {
         let net = LocalNet::new();
