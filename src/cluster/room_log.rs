@@ -117,8 +117,18 @@ impl RoomLog for RaftRoomLog {
 
     fn unready(&self) -> Option<String> {
         let shards = self.host.placement().shards();
+        // Once started, a shard electing a new leader (its last one failed) while this
+        // node reaches a majority of its voters is not a reason to turn clients away:
+        // only being cut off is. While starting, every shard must have had a leader.
+        let settled = self.host.is_settled();
         let mut reasons: Vec<String> = (0..shards)
-            .filter_map(|shard| self.host.why_not(shard))
+            .filter_map(|shard| {
+                if settled {
+                    self.host.cut_off_reason(shard)
+                } else {
+                    self.host.why_not(shard)
+                }
+            })
             .collect();
         let unavailable = reasons.len();
         reasons.dedup();

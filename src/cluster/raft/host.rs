@@ -547,6 +547,16 @@ impl ShardHost {
         }
     }
 
+    /// Whether every shard has been able to order messages from here since the start.
+    pub fn is_settled(&self) -> bool {
+        self.settled.load(Ordering::Acquire)
+    }
+
+    /// Why this node reaches no majority of `shard`'s voters, if it does not.
+    pub fn cut_off_reason(&self, shard: ShardId) -> Option<String> {
+        self.cut_off(shard)
+    }
+
     /// Whether every shard can order messages from here now.
     fn all_available(&self) -> bool {
         self.shards
