@@ -18,9 +18,17 @@ async fn harness_starts_processes_and_signals_reach_them() {
         client.close().await;
     }
 
-    // A stopped process accepts TCP connections but answers nothing.
+    // A stopped process accepts TCP connections but answers nothing (from the moment
+    // the signal has taken effect: `kill` returns once it is sent).
     cluster.sigstop("b");
-    assert_eq!(try_http(cluster.http_addr("b"), "/healthz").await, None);
+    let stopped = std::time::Instant::now();
+    while let Some(answer) = try_http(cluster.http_addr("b"), "/healthz").await {
+        assert!(
+            stopped.elapsed() < crate::support::DEADLINE,
+            "b still answers after SIGSTOP: {answer:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     cluster.sigcont("b");
     let (status, _) = cluster.http("b", "/healthz").await;
     assert_eq!(status, 200);
