@@ -67,6 +67,7 @@
 //! `StorageError`, which stops that shard's Raft (not the process); nothing here
 //! panics on what is on disk.
 
+use super::log_tail::LogTail;
 use super::types::{NodeId, ShardId, ShardNode, ShardTc};
 use crate::config::FsyncPolicy;
 use openraft::storage::{LogFlushed, RaftLogStorage};
@@ -151,8 +152,50 @@ struct MemoryShard {
 
 struct Durable {
     db: Arc<redb::Database>,
+    /// Each shard's newest entries, so that reads of them skip the blocking pool
+    /// (log_tail.rs says why).
+    tails: Mutex<HashMap<ShardId, LogTail>>,
     requests: Option<mpsc::Sender<WriteRequest>>,
     writer: Option<JoinHandle<()>>,
+}
+
+impl Durable {
+    /// Hands `ops` to the writer thread; the answer comes once they are committed.
+    fn send(
+        &self,
+        shard: ShardId,
+        ops: Vec<Op>,
+        sync: Sync,
+        flushed: Option<LogFlushed<ShardTc>>,
+    ) -> Result<oneshot::Receiver<Result<(), String>>, EngineError> {
+        let (written, answer) = oneshot::channel();
+        let request = WriteRequest {
+            shard,
+            ops,
+            sync,
+            written,
+            flushed,
+        };
+        let sender = self
+            .requests
+            .as_ref()
+            .ok_or_else(|| EngineError("the log database is closed".to_owned()))?;
+        sender
+            .send(request)
+            .map_err(|_| EngineError("the log writer has stopped".to_owned()))?;
+        Ok(answer)
+    }
+
+    /// The entries of `start..end` from the shard's tail, if it holds them all.
+    fn from_tail(
+        &self,
+        shard: ShardId,
+        start: Bound<u64>,
+        end: Bound<u64>,
+    ) -> Option<Vec<(u64, Vec<u8>)>> {
+        let tails = self.tails.lock().unwrap_or_else(PoisonError::into_inner);
+        tails.get(&shard)?.get(start, end)
+    }
 }
 
 impl Drop for Durable {
@@ -177,6 +220,18 @@ enum Op {
     RemoveLogsThrough(u64),
 }
 
+impl Op {
+    /// This op as the shard's log tail must learn it (`None`: metadata).
+    fn for_tail(&self) -> Option<Op> {
+        match self {
+            Op::PutLog(index, bytes) => Some(Op::PutLog(*index, bytes.clone())),
+            Op::RemoveLogsFrom(index) => Some(Op::RemoveLogsFrom(*index)),
+            Op::RemoveLogsThrough(index) => Some(Op::RemoveLogsThrough(*index)),
+            Op::PutMeta(..) => None,
+        }
+    }
+}
+
 /// When a write must be on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Sync {
@@ -186,7 +241,14 @@ enum Sync {
     Policy,
     /// With whatever fsync comes next.
     Lazy,
+    /// Not worth a transaction of its own: written with the next one the writer makes
+    /// for any other reason, or after [`DEFER_AT_MOST`] if none comes. Nobody waits
+    /// for it (the committed index).
+    Deferred,
 }
+
+/// How long a [`Sync::Deferred`] write waits for a transaction to ride along with.
+const DEFER_AT_MOST: Duration = Duration::from_millis(100);
 
 struct WriteRequest {
     shard: ShardId,
@@ -237,6 +299,7 @@ impl LogDb {
         Ok(Self {
             inner: Arc::new(Engine::Durable(Durable {
                 db,
+                tails: Mutex::new(HashMap::new()),
                 requests: Some(requests),
                 writer: Some(writer),
             })),
@@ -286,26 +349,58 @@ impl LogDb {
                 Ok(())
             }
             Engine::Durable(durable) => {
-                let (written, answer) = oneshot::channel();
-                let request = WriteRequest {
-                    shard,
-                    ops,
-                    sync,
-                    written,
-                    flushed,
-                };
-                let sender = durable
-                    .requests
-                    .as_ref()
-                    .ok_or_else(|| EngineError("the log database is closed".to_owned()))?;
-                sender
-                    .send(request)
-                    .map_err(|_| EngineError("the log writer has stopped".to_owned()))?;
+                // What the tail learns once the write is committed (log ops only).
+                let tail_ops: Vec<Op> = ops.iter().filter_map(Op::for_tail).collect();
+                let answer = durable.send(shard, ops, sync, flushed)?;
                 match answer.await {
-                    Ok(result) => result.map_err(EngineError),
+                    Ok(Ok(())) => {
+                        if !tail_ops.is_empty() {
+                            let mut tails =
+                                durable.tails.lock().unwrap_or_else(PoisonError::into_inner);
+                            let tail = tails.entry(shard).or_default();
+                            for op in tail_ops {
+                                match op {
+                                    Op::PutLog(index, bytes) => tail.put(index, bytes),
+                                    Op::RemoveLogsFrom(index) => tail.remove_from(index),
+                                    Op::RemoveLogsThrough(index) => tail.remove_through(index),
+                                    Op::PutMeta(..) => {}
+                                }
+                            }
+                        }
+                        Ok(())
+                    }
+                    Ok(Err(e)) => {
+                        // What the database holds is no longer known: forget the tail.
+                        let mut tails =
+                            durable.tails.lock().unwrap_or_else(PoisonError::into_inner);
+                        tails.remove(&shard);
+                        Err(EngineError(e))
+                    }
                     Err(_) => Err(EngineError("the log writer has stopped".to_owned())),
                 }
             }
+        }
+    }
+
+    /// Queues metadata `ops` (durable with the next fsync) and does not wait for them:
+    /// for what openraft only reads back at start (the committed index), where
+    /// waiting would put one more trip to the writer thread into every commit. The
+    /// writer's queue is FIFO, so a later write still sees this one; a failure is
+    /// logged by the writer.
+    fn write_meta_detached(&self, shard: ShardId, ops: Vec<Op>) -> Result<(), EngineError> {
+        match &*self.inner {
+            Engine::Memory(shards) => {
+                // Synchronous anyway: nothing to wait for.
+                let mut shards = shards.lock().unwrap_or_else(PoisonError::into_inner);
+                let stored = shards.entry(shard).or_default();
+                for op in ops {
+                    if let Op::PutMeta(kind, bytes) = op {
+                        stored.meta.insert(kind, bytes);
+                    }
+                }
+                Ok(())
+            }
+            Engine::Durable(durable) => durable.send(shard, ops, Sync::Deferred, None).map(drop),
         }
     }
 
@@ -364,6 +459,9 @@ impl LogDb {
                 }))
             }
             Engine::Durable(durable) => {
+                if let Some(held) = durable.from_tail(shard, start, end) {
+                    return Ok(held);
+                }
                 Self::read_durable(&durable.db, move |db| {
                     if is_empty_range(start, end) {
                         return Ok(Vec::new());
@@ -459,10 +557,18 @@ fn write_loop(db: &redb::Database, queue: &mpsc::Receiver<WriteRequest>, policy:
     let mut unsynced: Vec<LogFlushed<ShardTc>> = Vec::new();
     // When the oldest commit not yet followed by an fsync was made.
     let mut dirty_since: Option<Instant> = None;
+    // Deferred writes waiting for a transaction, and since when the oldest waits.
+    let mut deferred: Vec<WriteRequest> = Vec::new();
+    let mut deferred_since: Option<Instant> = None;
     loop {
-        let due_at = dirty_since
+        let sync_due_at = dirty_since
             .zip(sync_every)
             .map(|(since, every)| since + every);
+        let defer_due_at = deferred_since.map(|since| since + DEFER_AT_MOST);
+        let due_at = match (sync_due_at, defer_due_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let first = match due_at {
             Some(due_at) => {
                 match queue.recv_timeout(due_at.saturating_duration_since(Instant::now())) {
@@ -483,13 +589,35 @@ fn write_loop(db: &redb::Database, queue: &mpsc::Receiver<WriteRequest>, policy:
                 Err(_) => break,
             }
         }
-        let due = due_at.is_some_and(|due_at| Instant::now() >= due_at);
+        let now = Instant::now();
+        if group.iter().all(|r| r.sync == Sync::Deferred)
+            && deferred_since.is_none_or(|since| now < since + DEFER_AT_MOST)
+            && sync_due_at.is_none_or(|due_at| now < due_at)
+        {
+            // Only deferred writes, and nothing else due: wait for company.
+            if !group.is_empty() {
+                deferred_since.get_or_insert(now);
+                deferred.append(&mut group);
+            }
+            continue;
+        }
+        if !deferred.is_empty() {
+            // Older than what just came: they go first, in the order they were sent.
+            deferred.append(&mut group);
+            group = std::mem::take(&mut deferred);
+        }
+        deferred_since = None;
+        let due = sync_due_at.is_some_and(|due_at| now >= due_at);
         let fsync = due
             || group.iter().any(|r| {
                 r.sync == Sync::Now || (r.sync == Sync::Policy && policy == FsyncPolicy::Always)
             });
         let result = commit(db, &group, fsync);
         let failed = result.as_ref().err().map(|e| e.0.clone());
+        if let Some(e) = &failed {
+            // Some writes (the committed index) have nobody waiting for their answer.
+            tracing::error!(error = %e, writes = group.len(), "a Raft log commit failed");
+        }
         for request in group {
             let _ = request.written.send(match &failed {
                 None => Ok(()),
@@ -523,8 +651,8 @@ fn write_loop(db: &redb::Database, queue: &mpsc::Receiver<WriteRequest>, policy:
         }
     }
     // Closing: make everything written durable before the database is closed.
-    if dirty_since.is_some() || !unsynced.is_empty() {
-        let result = commit(db, &[], true);
+    if dirty_since.is_some() || !unsynced.is_empty() || !deferred.is_empty() {
+        let result = commit(db, &deferred, true);
         if let Err(e) = &result {
             tracing::error!(error = %e, "the Raft log's last fsync failed");
         }
@@ -736,14 +864,9 @@ impl RaftLogStorage<ShardTc> for ShardLogStore {
     ) -> Result<(), StorageError<NodeId>> {
         let fail = |e: EngineError| io_error(ErrorSubject::Store, ErrorVerb::Write, &e);
         let bytes = encode(&committed).map_err(fail)?;
+        // Read back only at start, to re-apply what was committed: not worth a wait.
         self.db
-            .write(
-                self.shard,
-                vec![Op::PutMeta(META_COMMITTED, bytes)],
-                Sync::Lazy,
-                None,
-            )
-            .await
+            .write_meta_detached(self.shard, vec![Op::PutMeta(META_COMMITTED, bytes)])
             .map_err(fail)
     }
 
@@ -889,6 +1012,32 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn the_committed_index_is_written_without_a_transaction_of_its_own() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = LogDb::open(dir.path(), FsyncPolicy::Always).expect("open");
+        let mut store = db.shard(3);
+        // Alone, it is written once DEFER_AT_MOST has passed.
+        store
+            .save_committed(Some(log_id(1)))
+            .await
+            .expect("committed");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while store.read_committed().await.expect("read") != Some(log_id(1)) {
+            assert!(Instant::now() < deadline, "the deferred write never landed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // With company, it rides along with the next write, in order.
+        store
+            .save_committed(Some(log_id(2)))
+            .await
+            .expect("committed");
+        store
+            .save_vote(&Vote::new_committed(1, 1))
+            .await
+            .expect("vote");
+        assert_eq!(store.read_committed().await.expect("read"), Some(log_id(2)));
+    }
     #[tokio::test]
     async fn a_reopened_store_has_its_vote_log_committed_index_and_snapshot() {
         for policy in [

@@ -17,12 +17,15 @@
 //! - [`log_store`]: the node's one log database ([`LogDb`]: `memory` or durable redb,
 //!   with the `storage.fsync` policy) and each shard's Raft log, vote, committed
 //!   index and last snapshot in it ([`ShardLogStore`]).
+//! - [`log_tail`]: each shard's newest entries in memory, so the reads that follow an
+//!   append (apply, replication) skip the disk thread.
 //!
 //! The node starts it through cluster/room_log.rs (the actors' port).
 
 pub mod host;
 pub mod local_link;
 pub mod log_store;
+pub mod log_tail;
 pub mod network;
 pub mod state_machine;
 pub mod types;
