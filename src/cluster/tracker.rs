@@ -125,6 +125,20 @@ impl Tracker {
             .collect()
     }
 
+    /// Every room some other node holds members of (for the server API's room list).
+    pub fn remote_rooms(&self) -> BTreeSet<String> {
+        self.remote
+            .values()
+            .flat_map(|remote| {
+                remote
+                    .rooms
+                    .iter()
+                    .filter(|(_, entries)| !entries.is_empty())
+                    .map(|(room, _)| room.clone())
+            })
+            .collect()
+    }
+
     /// The digest of this node's entries: every room with a local member and its hash.
     pub fn digest(&self) -> Vec<(String, u64)> {
         self.local

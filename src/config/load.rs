@@ -42,6 +42,7 @@ const ENV_LIST_KEYS: &[&str] = &[
     "auth.algorithms",
     "http.allowed_origins",
     "http.trusted_proxies",
+    "api.keys",
 ];
 const ENV_LIST_SEPARATOR: char = ',';
 /// Settings of optional tables, which the defaults lack, that the environment may set.
@@ -1020,6 +1021,7 @@ impl Settings {
         check_nodes(&self.nodes, &mut problems);
         check_cookie_strength(self, &mut problems);
         check_admin(self, &mut problems);
+        check_api(&self.api, &mut problems);
         problems.0
     }
 }
@@ -1620,6 +1622,51 @@ fn check_nodes(entries: &[NodeEntry], problems: &mut Problems) {
 
 /// `admin.addr`: empty, or an `IP:port` of its own (not the client listener's, nor
 /// the cluster's).
+/// The shortest server API key: a key is a bearer credential, so it must not be
+/// guessable.
+const MIN_API_KEY_CHARS: usize = 16;
+/// `api.max_body_bytes`: room for a publish of a few words at the least, 16 MiB at most.
+const MIN_API_BODY_BYTES: usize = 1_024;
+const MAX_API_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+fn check_api(api: &super::ApiSettings, problems: &mut Problems) {
+    for (i, key) in api.keys.iter().enumerate() {
+        let chars = key.expose().chars().count();
+        if key.is_blank() {
+            problems.add(&format!("api.keys[{i}]"), "must not be empty");
+        } else if chars < MIN_API_KEY_CHARS {
+            problems.add(
+                &format!("api.keys[{i}]"),
+                format_args!(
+                    "is {chars} characters long, fewer than the {MIN_API_KEY_CHARS} a key needs \
+                     (make one with `openssl rand -hex 32`)"
+                ),
+            );
+        } else if key
+            .expose()
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+        {
+            problems.add(
+                &format!("api.keys[{i}]"),
+                "must not contain whitespace or control characters",
+            );
+        }
+    }
+    if !(MIN_API_BODY_BYTES..=MAX_API_BODY_BYTES).contains(&api.max_body_bytes) {
+        problems.add(
+            "api.max_body_bytes",
+            format_args!("must be between {MIN_API_BODY_BYTES} and {MAX_API_BODY_BYTES}"),
+        );
+    }
+    if api.requests_per_second > 0 && api.burst == 0 {
+        problems.add(
+            "api.burst",
+            "must be at least 1 while api.requests_per_second is not 0",
+        );
+    }
+}
+
 fn check_admin(settings: &Settings, problems: &mut Problems) {
     let addr = settings.admin.addr.trim();
     if addr.is_empty() {

@@ -1,0 +1,83 @@
+//! The server HTTP API: how the application's backend talks to hubbub (docs/api.md;
+//! the OpenAPI document is docs/api.yaml, served at `/api/openapi.yaml`).
+//!
+//! Owns: the `/api/` routes and their JSON, the API keys (`[api] keys`, compared in
+//! constant time, never logged) and each key's rate limit ([`keys`]), the bound on
+//! request bodies, and the mapping of coded errors (the protocol's family,
+//! `protocol::codes`) to HTTP statuses ([`error`]). Served on the admin listener when
+//! `[admin] addr` is set, else on the public one (`transport::http`); with no key
+//! configured it is not mounted at all, and every `/api/` path is 404.
+//!
+//! Must not know: how rooms order messages or how nodes talk. The calls
+//! ([`calls`]) ask the actors what a client's requests ask them (the RoomSupervisor
+//! and Room for rooms, Presence for users), so a server publish takes a client
+//! publish's path and every call works from any node of a cluster.
+
+mod calls;
+pub mod error;
+pub mod keys;
+
+pub use calls::{MAX_BROADCAST_ROOMS, SYSTEM_USER};
+pub use error::ApiError;
+
+use crate::actors::NodeContext;
+use actix_web::web;
+use std::sync::Arc;
+
+/// The OpenAPI 3 document of the whole API, served as it is.
+pub const OPENAPI: &str = include_str!("../../docs/api.yaml");
+
+/// Every call, as (method, path): what the routes serve and docs/api.yaml describes
+/// (a test holds the two equal).
+pub const CALLS: &[(&str, &str)] = &[
+    ("post", "/api/publish"),
+    ("post", "/api/broadcast"),
+    ("post", "/api/direct"),
+    ("post", "/api/disconnect"),
+    ("post", "/api/subscribe"),
+    ("post", "/api/unsubscribe"),
+    ("post", "/api/presence"),
+    ("post", "/api/presence_count"),
+    ("post", "/api/history"),
+    ("post", "/api/rooms"),
+    ("post", "/api/user"),
+    ("get", "/api/openapi.yaml"),
+];
+
+/// What the API's routes share: the node and the keys with their buckets.
+pub struct Api {
+    pub ctx: Arc<NodeContext>,
+    pub keys: keys::Keys,
+}
+
+impl Api {
+    /// The API of a node, or None when `[api] keys` is empty (the API is off).
+    pub fn new(ctx: Arc<NodeContext>) -> Option<Arc<Self>> {
+        let keys = keys::Keys::new(&ctx.settings.api);
+        keys.any().then(|| Arc::new(Self { ctx, keys }))
+    }
+}
+
+/// Mounts the API under `/api/` on an actix-web app (nothing when it is off).
+pub fn routes(config: &mut web::ServiceConfig, api: Option<Arc<Api>>) {
+    let Some(api) = api else {
+        return;
+    };
+    config.service(
+        web::scope("/api")
+            .app_data(web::Data::from(api))
+            .service(web::resource("/publish").route(web::post().to(calls::publish)))
+            .service(web::resource("/broadcast").route(web::post().to(calls::broadcast)))
+            .service(web::resource("/direct").route(web::post().to(calls::direct)))
+            .service(web::resource("/disconnect").route(web::post().to(calls::disconnect)))
+            .service(web::resource("/subscribe").route(web::post().to(calls::subscribe)))
+            .service(web::resource("/unsubscribe").route(web::post().to(calls::unsubscribe)))
+            .service(web::resource("/presence").route(web::post().to(calls::presence)))
+            .service(web::resource("/presence_count").route(web::post().to(calls::presence_count)))
+            .service(web::resource("/history").route(web::post().to(calls::history)))
+            .service(web::resource("/rooms").route(web::post().to(calls::rooms)))
+            .service(web::resource("/user").route(web::post().to(calls::user)))
+            .service(web::resource("/openapi.yaml").route(web::get().to(calls::openapi)))
+            .default_service(web::to(calls::unknown)),
+    );
+}
