@@ -154,7 +154,9 @@ fn describe(settings: &hubbub::Settings) -> String {
             None => "http_addr".to_owned(),
         };
         let plural = if keys == 1 { "" } else { "s" };
-        text.push_str(&format!(", server API on at {on}/api/ ({keys} key{plural})"));
+        text.push_str(&format!(
+            ", server API on at {on}/api/ ({keys} key{plural})"
+        ));
     } else {
         text.push_str(", server API off (no [api] keys)");
     }

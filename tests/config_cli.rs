@@ -176,7 +176,11 @@ fn check_config_never_prints_the_cookie() {
 fn check_config_says_whether_the_server_api_is_on_and_never_prints_a_key() {
     let output = run(hubbub().arg("check-config"));
     assert_ok(&output);
-    assert!(stdout(&output).contains("server API off"), "{}", stdout(&output));
+    assert!(
+        stdout(&output).contains("server API off"),
+        "{}",
+        stdout(&output)
+    );
     let (old, new) = ("old-api-key-do-not-print", "new-api-key-do-not-print");
     let output = run(hubbub()
         .arg("check-config")
@@ -196,8 +200,16 @@ fn check_config_says_whether_the_server_api_is_on_and_never_prints_a_key() {
         .arg("check-config")
         .env("HUBBUB_API__KEYS", "short-key"));
     assert!(!output.status.success());
-    assert!(stderr(&output).contains("api.keys[0]"), "{}", stderr(&output));
-    assert!(!stderr(&output).contains("short-key"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("api.keys[0]"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(
+        !stderr(&output).contains("short-key"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 #[test]

@@ -27,22 +27,33 @@ use std::sync::Arc;
 /// The OpenAPI 3 document of the whole API, served as it is.
 pub const OPENAPI: &str = include_str!("../../docs/api.yaml");
 
-/// Every call, as (method, path): what the routes serve and docs/api.yaml describes
-/// (a test holds the two equal).
-pub const CALLS: &[(&str, &str)] = &[
-    ("post", "/api/publish"),
-    ("post", "/api/broadcast"),
-    ("post", "/api/direct"),
-    ("post", "/api/disconnect"),
-    ("post", "/api/subscribe"),
-    ("post", "/api/unsubscribe"),
-    ("post", "/api/presence"),
-    ("post", "/api/presence_count"),
-    ("post", "/api/history"),
-    ("post", "/api/rooms"),
-    ("post", "/api/user"),
-    ("get", "/api/openapi.yaml"),
-];
+/// Declares the calls once: [`CALLS`] lists exactly what [`routes`] mounts.
+macro_rules! calls {
+    ($($method:ident $path:literal => $handler:path),* $(,)?) => {
+        /// Every call, as (method, path): what the routes serve, and what
+        /// docs/api.yaml must describe (tests/api/openapi.rs holds the two equal).
+        pub const CALLS: &[(&str, &str)] = &[$((stringify!($method), concat!("/api", $path))),*];
+
+        fn mount(scope: actix_web::Scope) -> actix_web::Scope {
+            scope$(.service(web::resource($path).route(web::$method().to($handler))))*
+        }
+    };
+}
+
+calls! {
+    post "/publish" => calls::publish,
+    post "/broadcast" => calls::broadcast,
+    post "/direct" => calls::direct,
+    post "/disconnect" => calls::disconnect,
+    post "/subscribe" => calls::subscribe,
+    post "/unsubscribe" => calls::unsubscribe,
+    post "/presence" => calls::presence,
+    post "/presence_count" => calls::presence_count,
+    post "/history" => calls::history,
+    post "/rooms" => calls::rooms,
+    post "/user" => calls::user,
+    get "/openapi.yaml" => calls::openapi,
+}
 
 /// What the API's routes share: the node and the keys with their buckets.
 pub struct Api {
@@ -63,21 +74,6 @@ pub fn routes(config: &mut web::ServiceConfig, api: Option<Arc<Api>>) {
     let Some(api) = api else {
         return;
     };
-    config.service(
-        web::scope("/api")
-            .app_data(web::Data::from(api))
-            .service(web::resource("/publish").route(web::post().to(calls::publish)))
-            .service(web::resource("/broadcast").route(web::post().to(calls::broadcast)))
-            .service(web::resource("/direct").route(web::post().to(calls::direct)))
-            .service(web::resource("/disconnect").route(web::post().to(calls::disconnect)))
-            .service(web::resource("/subscribe").route(web::post().to(calls::subscribe)))
-            .service(web::resource("/unsubscribe").route(web::post().to(calls::unsubscribe)))
-            .service(web::resource("/presence").route(web::post().to(calls::presence)))
-            .service(web::resource("/presence_count").route(web::post().to(calls::presence_count)))
-            .service(web::resource("/history").route(web::post().to(calls::history)))
-            .service(web::resource("/rooms").route(web::post().to(calls::rooms)))
-            .service(web::resource("/user").route(web::post().to(calls::user)))
-            .service(web::resource("/openapi.yaml").route(web::get().to(calls::openapi)))
-            .default_service(web::to(calls::unknown)),
-    );
+    let scope = web::scope("/api").app_data(web::Data::from(api));
+    config.service(mount(scope).default_service(web::to(calls::unknown)));
 }

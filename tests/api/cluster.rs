@@ -57,13 +57,24 @@ async fn cluster_every_call_works_from_a_node_without_the_members() {
         (answer.status == 200 && answer.json()["count"] == 2).then(|| answer.json())
     })
     .await;
-    let ids: Vec<&str> = presence["members"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = presence["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, ["alice", "bob"]);
     let count = api.ok("/api/presence_count", json!({"room": room})).await;
-    assert_eq!((count["count"].clone(), count["connections"].clone()), (json!(2), json!(2)));
+    assert_eq!(
+        (count["count"].clone(), count["connections"].clone()),
+        (json!(2), json!(2))
+    );
     let rooms = api.ok("/api/rooms", json!({})).await;
     assert!(
-        rooms["rooms"].as_array().unwrap().contains(&json!({"room": room, "members": 2, "connections": 2})),
+        rooms["rooms"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"room": room, "members": 2, "connections": 2})),
         "{rooms}"
     );
 
@@ -74,10 +85,23 @@ async fn cluster_every_call_works_from_a_node_without_the_members() {
         json!({"room": room, "content": "from the backend", "idempotency_key": "once"}),
     )
     .await;
-    let on_a = alice.expect(|f| f["type"] == "message" && f["content"] == "from the backend", "on a").await;
-    let on_b = bob.expect(|f| f["type"] == "message" && f["content"] == "from the backend", "on b").await;
+    let on_a = alice
+        .expect(
+            |f| f["type"] == "message" && f["content"] == "from the backend",
+            "on a",
+        )
+        .await;
+    let on_b = bob
+        .expect(
+            |f| f["type"] == "message" && f["content"] == "from the backend",
+            "on b",
+        )
+        .await;
     assert_eq!(on_a, on_b);
-    assert_eq!((on_a["seq"].clone(), on_a["id"].clone()), (published["seq"].clone(), published["id"].clone()));
+    assert_eq!(
+        (on_a["seq"].clone(), on_a["id"].clone()),
+        (published["seq"].clone(), published["id"].clone())
+    );
     assert_eq!(on_a["from"]["id"], "system");
     // Idempotent across nodes: the same key from a gives the same message.
     let again = ok_retry(
@@ -86,7 +110,10 @@ async fn cluster_every_call_works_from_a_node_without_the_members() {
         json!({"room": room, "content": "from the backend", "idempotency_key": "once"}),
     )
     .await;
-    assert_eq!((again["id"].clone(), again["duplicate"].clone()), (published["id"].clone(), json!(true)));
+    assert_eq!(
+        (again["id"].clone(), again["duplicate"].clone()),
+        (published["id"].clone(), json!(true))
+    );
     // Stored: c's copy of the log has it.
     let history = eventually("c's history has the message", || async {
         let answer = api.post("/api/history", &json!({"room": room})).await;
@@ -97,14 +124,26 @@ async fn cluster_every_call_works_from_a_node_without_the_members() {
             .then_some(json)
     })
     .await;
-    assert_eq!(history["messages"].as_array().unwrap().len(), 1, "{history}");
+    assert_eq!(
+        history["messages"].as_array().unwrap().len(),
+        1,
+        "{history}"
+    );
 
     // Direct from c to a user on a.
-    let sent = api.ok("/api/direct", json!({"to": "alice", "content": "just you"})).await;
+    let sent = api
+        .ok("/api/direct", json!({"to": "alice", "content": "just you"}))
+        .await;
     assert_eq!(sent["delivered"], 1, "{sent}");
     let direct = alice.expect_type("direct").await;
     assert_eq!(direct["content"], "just you");
-    api.refused("/api/direct", json!({"to": "nobody", "content": "x"}), 404, "user_offline").await;
+    api.refused(
+        "/api/direct",
+        json!({"to": "nobody", "content": "x"}),
+        404,
+        "user_offline",
+    )
+    .await;
 
     // One user's connections, from c.
     let user = api.ok("/api/user", json!({"user_id": "bob"})).await;
@@ -114,19 +153,34 @@ async fn cluster_every_call_works_from_a_node_without_the_members() {
 
     // Subscribe bob (on b) to a second room from c, then take him out again.
     let side = format!("{room}-side");
-    let joined = ok_retry(&api, "/api/subscribe", json!({"user_id": "bob", "room": side})).await;
+    let joined = ok_retry(
+        &api,
+        "/api/subscribe",
+        json!({"user_id": "bob", "room": side}),
+    )
+    .await;
     assert_eq!(joined["connections"], 1, "{joined}");
     assert_eq!(bob.expect_type("subscribed").await["room"], side.as_str());
     let user = api.ok("/api/user", json!({"user_id": "bob"})).await;
     let mut rooms = vec![room.clone(), side.clone()];
     rooms.sort();
     assert_eq!(user["connections"][0]["rooms"], json!(rooms));
-    api.ok("/api/unsubscribe", json!({"user_id": "bob", "room": side})).await;
+    api.ok("/api/unsubscribe", json!({"user_id": "bob", "room": side}))
+        .await;
     assert_eq!(bob.expect_type("unsubscribed").await["room"], side.as_str());
 
     // Disconnect alice (on a) from c.
-    let answer = api.ok("/api/disconnect", json!({"user_id": "alice", "reason": "bye"})).await;
+    let answer = api
+        .ok(
+            "/api/disconnect",
+            json!({"user_id": "alice", "reason": "bye"}),
+        )
+        .await;
     assert_eq!(answer["disconnected"], 1, "{answer}");
     assert_eq!(alice.expect_close().await, Some(4010));
-    bob.expect(|f| f["type"] == "presence_diff" && f["leaves"][0]["id"] == "alice", "alice leaving").await;
+    bob.expect(
+        |f| f["type"] == "presence_diff" && f["leaves"][0]["id"] == "alice",
+        "alice leaving",
+    )
+    .await;
 }

@@ -134,9 +134,12 @@ pub async fn request(
     headers: &[(String, String)],
     body: &[u8],
 ) -> Answer {
-    timeout(CALL_DEADLINE, request_now(addr, method, path, headers, body))
-        .await
-        .unwrap_or_else(|_| panic!("{method} {path} answered within {CALL_DEADLINE:?}"))
+    timeout(
+        CALL_DEADLINE,
+        request_now(addr, method, path, headers, body),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{method} {path} answered within {CALL_DEADLINE:?}"))
 }
 
 async fn request_now(
