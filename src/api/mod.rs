@@ -21,6 +21,7 @@ pub use calls::{MAX_BROADCAST_ROOMS, SYSTEM_USER};
 pub use error::ApiError;
 
 use crate::actors::NodeContext;
+use actix_web::dev::Service;
 use actix_web::web;
 use std::sync::Arc;
 
@@ -74,6 +75,23 @@ pub fn routes(config: &mut web::ServiceConfig, api: Option<Arc<Api>>) {
     let Some(api) = api else {
         return;
     };
+    let metrics = api.ctx.metrics.clone();
     let scope = web::scope("/api").app_data(web::Data::from(api));
-    config.service(mount(scope).default_service(web::to(calls::unknown)));
+    let scope = mount(scope)
+        .default_service(web::to(calls::unknown))
+        // Every answer counted by call and status (`hubbub_api_calls`).
+        .wrap_fn(move |req, service| {
+            let call = CALLS
+                .iter()
+                .find(|(_, path)| *path == req.path())
+                .map_or("unknown", |(_, path)| &path["/api/".len()..]);
+            let metrics = metrics.clone();
+            let answer = service.call(req);
+            async move {
+                let answer = answer.await?;
+                metrics.api_call(call, answer.status().as_u16());
+                Ok(answer)
+            }
+        });
+    config.service(scope);
 }

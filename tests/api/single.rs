@@ -71,6 +71,18 @@ async fn a_call_needs_one_of_the_keys() {
     // Both keys of a rotation work.
     api.ok("/api/publish", body.clone()).await;
     api.with_key(Some(OTHER_KEY)).ok("/api/publish", body).await;
+    // Counted by call and status, and the refusals by limit.
+    let (_, metrics) = _node.get("/metrics").await;
+    for line in [
+        r#"hubbub_api_calls_total{call="publish",status="401"} 4"#,
+        r#"hubbub_api_calls_total{call="publish",status="200"} 2"#,
+        r#"hubbub_limit_refusals_total{limit="api_key"} 4"#,
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} not in:\n{metrics}"
+        );
+    }
     // The document is served to anyone who can reach the API.
     let doc = api.with_key(None).call("GET", "/api/openapi.yaml").await;
     assert_eq!(doc.status, 200);
