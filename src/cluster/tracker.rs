@@ -406,6 +406,23 @@ mod tests {
     }
 
     #[test]
+    fn remote_rooms_are_those_another_node_holds_members_of() {
+        let mut t = Tracker::new();
+        t.set_local("mine", "me", "ME", 1);
+        t.on_delta("b", 1, "lobby", entry("bob", 1));
+        t.on_delta("c", 1, "lobby", entry("cat", 2));
+        t.on_delta("c", 1, "side", entry("cat", 1));
+        let rooms: Vec<String> = t.remote_rooms().into_iter().collect();
+        assert_eq!(rooms, ["lobby", "side"]);
+        t.on_delta("c", 1, "side", entry("cat", 0));
+        t.node_down("b");
+        let rooms: Vec<String> = t.remote_rooms().into_iter().collect();
+        assert_eq!(rooms, ["lobby"]);
+        t.node_down("c");
+        assert!(t.remote_rooms().is_empty());
+    }
+
+    #[test]
     fn a_lost_delta_is_repaired_by_the_digest() {
         // Node b's own tracker, and ours, which misses b's second delta.
         let mut b = Tracker::new();
