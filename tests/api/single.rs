@@ -682,3 +682,23 @@ async fn with_an_admin_listener_the_api_is_there_and_not_on_the_public_port() {
     let _ = stop.send(());
     let _ = running.await;
 }
+
+#[tokio::test]
+async fn a_server_publish_goes_through_the_rooms_behaviour_like_a_clients() {
+    let behaviours = Behaviours::new()
+        .with("kids:*", hubbub::behaviour::WordFilter::new(["darn"]))
+        .unwrap()
+        .with("news:*", hubbub::behaviour::AnnounceOnly::new(["editor"]))
+        .unwrap();
+    let node = TestNode::start_with(api_settings(), behaviours).await;
+    let api = Api::new(node.addr, KEY);
+    let mut kid = node.connect("kid", "Kid").await;
+    kid.join("kids:club").await;
+    api.ok("/api/publish", json!({"room": "kids:club", "content": "oh DARN it"})).await;
+    assert_eq!(kid.expect_type("message").await["content"], "oh **** it");
+    // Refused by the behaviour: 403, and nothing ordered.
+    api.refused("/api/publish", json!({"room": "news:today", "content": "x"}), 403, "forbidden").await;
+    let editor = json!({"room": "news:today", "content": "extra", "from": {"user_id": "editor"}});
+    let published = api.ok("/api/publish", editor).await;
+    assert_eq!(published["seq"], 1);
+}
