@@ -68,7 +68,7 @@ pub const SERVER_FRAME_TYPES: [&str; 11] = [
 
 /// Kinds of the bodies nodes send each other (`wire::Body::kind`), counted from the
 /// start at zero. A kind not listed is still counted, under its own name.
-pub const CLUSTER_KINDS: [&str; 18] = [
+pub const CLUSTER_KINDS: [&str; 20] = [
     "ping",
     "pong",
     "leaving",
@@ -87,6 +87,8 @@ pub const CLUSTER_KINDS: [&str; 18] = [
     "presence_ask",
     "presence_state",
     "presence_typing",
+    "user_call",
+    "user_call_result",
 ];
 
 /// The limits that refuse a client's request on a connection that stays open, each
