@@ -474,8 +474,15 @@ async fn call_connections(sessions: Vec<SessionHandle>, call: UserCall) -> UserC
     let mut result = UserCallResult::default();
     let session_call = match call {
         UserCall::Disconnect { code, reason } => {
+            // Checked by the API on the node called; bounded here too, as a close
+            // frame holds at most 123 bytes of reason.
+            let mut end = reason.len().min(123);
+            while !reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            let reason = &reason[..end];
             for session in &sessions {
-                session.outbox.close_now(code, &reason);
+                session.outbox.close_now(code, reason);
             }
             result.affected = sessions.len() as u32;
             return result;
