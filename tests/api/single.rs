@@ -694,10 +694,20 @@ async fn a_server_publish_goes_through_the_rooms_behaviour_like_a_clients() {
     let api = Api::new(node.addr, KEY);
     let mut kid = node.connect("kid", "Kid").await;
     kid.join("kids:club").await;
-    api.ok("/api/publish", json!({"room": "kids:club", "content": "oh DARN it"})).await;
+    api.ok(
+        "/api/publish",
+        json!({"room": "kids:club", "content": "oh DARN it"}),
+    )
+    .await;
     assert_eq!(kid.expect_type("message").await["content"], "oh **** it");
     // Refused by the behaviour: 403, and nothing ordered.
-    api.refused("/api/publish", json!({"room": "news:today", "content": "x"}), 403, "forbidden").await;
+    api.refused(
+        "/api/publish",
+        json!({"room": "news:today", "content": "x"}),
+        403,
+        "forbidden",
+    )
+    .await;
     let editor = json!({"room": "news:today", "content": "extra", "from": {"user_id": "editor"}});
     let published = api.ok("/api/publish", editor).await;
     assert_eq!(published["seq"], 1);
