@@ -2713,6 +2713,66 @@ mod tests {
     }
 
     #[test]
+    fn api_keys_come_from_the_environment_as_a_list_and_never_show() {
+        let settings = load_with_env(
+            &ConfigSource::Defaults,
+            None,
+            env(&[(
+                "HUBBUB_API__KEYS",
+                "first-api-key-0123456789,second-api-key-0123456789",
+            )]),
+        )
+        .expect("env keys load");
+        let keys: Vec<&str> = settings.api.keys.iter().map(|k| k.expose()).collect();
+        assert_eq!(
+            keys,
+            ["first-api-key-0123456789", "second-api-key-0123456789"]
+        );
+        assert!(settings.api.enabled());
+        assert!(!Settings::default().api.enabled());
+        for shown in [format!("{settings:?}"), format!("{:?}", settings.api)] {
+            assert!(!shown.contains("api-key"), "{shown}");
+        }
+    }
+
+    #[test]
+    fn api_settings_have_bounds() {
+        for (adjust, key) in [
+            (
+                (|s: &mut Settings| s.api.keys = vec![Secret::new("short")]) as fn(&mut Settings),
+                "api.keys[0]",
+            ),
+            (
+                |s: &mut Settings| s.api.keys = vec![Secret::new("has a space in it 0123")],
+                "api.keys[0]",
+            ),
+            (
+                |s: &mut Settings| s.api.keys = vec![Secret::new("  ")],
+                "api.keys[0]",
+            ),
+            (
+                |s: &mut Settings| s.api.max_body_bytes = 100,
+                "api.max_body_bytes",
+            ),
+            (
+                |s: &mut Settings| s.api.max_body_bytes = 17 * 1024 * 1024,
+                "api.max_body_bytes",
+            ),
+            (|s: &mut Settings| s.api.burst = 0, "api.burst"),
+        ] {
+            let problems = problems_after(adjust);
+            assert_one_problem(&problems, key);
+            assert!(!problems[0].contains("short\""), "{problems:?}");
+        }
+        // Off: no key, and a zero rate needs no burst.
+        assert!(problems_after(|s| {
+            s.api.requests_per_second = 0;
+            s.api.burst = 0;
+        })
+        .is_empty());
+    }
+
+    #[test]
     fn cookie_is_required_when_enabled() {
         let problems = problems_after(|s| s.cluster.enabled = true);
         assert_one_problem(&problems, "cluster.cookie");
