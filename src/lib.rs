@@ -13,11 +13,14 @@
 //!   connection's bounded outbound queue.
 //! - [`behaviour`]: the `RoomBehaviour` trait developers implement to change rooms.
 //! - [`cluster`]: membership, failure detection, the wire between nodes, ownership.
+//! - [`api`]: the server HTTP API for the application's backend (`/api/`, keys from
+//!   `[api]`): it reaches rooms and users through the same actors as clients do.
 //! - [`app`]: builds a node from settings; [`telemetry`]: logs and metrics.
 //!
 //! docs/architecture.md draws the tree and follows one message through it.
 
 pub mod actors;
+pub mod api;
 pub mod app;
 pub mod auth;
 pub mod behaviour;

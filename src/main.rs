@@ -125,7 +125,8 @@ fn print_valid(every: &[hubbub::Settings]) {
     }
 }
 
-/// Who a node is and where it listens; never the cookie.
+/// Who a node is and where it listens, and whether its server API is on; never the
+/// cookie or an API key.
 fn describe(settings: &hubbub::Settings) -> String {
     let scheme = if settings.http.tls.is_some() {
         "https"
@@ -143,6 +144,21 @@ fn describe(settings: &hubbub::Settings) -> String {
             text.push_str(&format!(" advertised as {}", cluster.advertise));
         }
         text.push_str(&format!(", seeds [{}]", cluster.seeds.join(", ")));
+    }
+    // Whether the server API is on and where; how many keys, never which.
+    let api = &settings.api;
+    if api.enabled() {
+        let keys = api.keys.iter().filter(|k| !k.is_blank()).count();
+        let on = match settings.admin.listen_addr() {
+            Some(admin) => format!("admin {admin}"),
+            None => "http_addr".to_owned(),
+        };
+        let plural = if keys == 1 { "" } else { "s" };
+        text.push_str(&format!(
+            ", server API on at {on}/api/ ({keys} key{plural})"
+        ));
+    } else {
+        text.push_str(", server API off (no [api] keys)");
     }
     text
 }

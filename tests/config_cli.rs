@@ -173,6 +173,46 @@ fn check_config_never_prints_the_cookie() {
 }
 
 #[test]
+fn check_config_says_whether_the_server_api_is_on_and_never_prints_a_key() {
+    let output = run(hubbub().arg("check-config"));
+    assert_ok(&output);
+    assert!(
+        stdout(&output).contains("server API off"),
+        "{}",
+        stdout(&output)
+    );
+    let (old, new) = ("old-api-key-do-not-print", "new-api-key-do-not-print");
+    let output = run(hubbub()
+        .arg("check-config")
+        .env("HUBBUB_API__KEYS", format!("{old},{new}")));
+    assert_ok(&output);
+    let out = stdout(&output);
+    assert!(
+        out.contains("server API on at http_addr/api/ (2 keys)"),
+        "{out}"
+    );
+    for key in [old, new] {
+        assert!(!out.contains(key), "{out}");
+        assert!(!stderr(&output).contains(key), "{}", stderr(&output));
+    }
+    // A short key is refused, and the refusal does not show it either.
+    let output = run(hubbub()
+        .arg("check-config")
+        .env("HUBBUB_API__KEYS", "short-key"));
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("api.keys[0]"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(
+        !stderr(&output).contains("short-key"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
 fn environment_overrides_the_chosen_node() {
     let output = run(hubbub()
         .args(["check-config", "--config", CLUSTER_FILE, "--node", "a"])

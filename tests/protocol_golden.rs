@@ -597,6 +597,23 @@ fn gap() {
 }
 
 #[test]
+fn subscribed_and_unsubscribed() {
+    pin(
+        &ServerFrame::Subscribed {
+            room: "lobby".to_owned(),
+            seq: 41,
+        },
+        r#"{"type":"subscribed","room":"lobby","seq":41}"#,
+    );
+    pin(
+        &ServerFrame::Unsubscribed {
+            room: "lobby".to_owned(),
+        },
+        r#"{"type":"unsubscribed","room":"lobby"}"#,
+    );
+}
+
+#[test]
 fn refs_are_echoed_as_sent() {
     // Integers (negative and up to u64::MAX) and strings come back verbatim.
     for (sent, echoed) in [
@@ -1210,6 +1227,9 @@ fn error_codes_serialise_to_their_documented_names() {
         (ErrorCode::Internal, "internal"),
         (ErrorCode::Unavailable, "unavailable"),
         (ErrorCode::RoomLimit, "room_limit"),
+        (ErrorCode::Unauthorized, "unauthorized"),
+        (ErrorCode::NotFound, "not_found"),
+        (ErrorCode::TooLarge, "too_large"),
     ];
     for (code, name) in documented {
         assert_eq!(serde_json::to_value(code).unwrap(), json!(name));
@@ -1231,6 +1251,7 @@ fn close_codes_have_their_documented_values() {
     assert_eq!(close::TOKEN_EXPIRED, 4001);
     assert_eq!(close::HEARTBEAT_TIMEOUT, 4008);
     assert_eq!(close::SLOW_CONSUMER, 4009);
+    assert_eq!(close::DISCONNECTED, 4010);
 }
 
 #[test]

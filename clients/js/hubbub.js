@@ -361,6 +361,8 @@ export class HubbubClient {
         return;
       }
       case 'renamed': return this._onRenamed(f);
+      case 'subscribed': return this._onSubscribed(f);
+      case 'unsubscribed': return this._onUnsubscribed(f);
       case 'direct': {
         if (f.id != null) {
           if (this._seenDirects.has(f.id)) return;
@@ -529,6 +531,25 @@ export class HubbubClient {
     if (room.lastSeq < seq && !restarted) room.lastSeq = seq;
     this._emit('presence', { room: room.name, members: room.members, joins: [], leaves: [], updates: [] });
     this._setRoomState(room, 'joined');
+  }
+
+  /** The application's backend joined this connection to a room (server API): the
+   * room is joined from here on, its messages after `seq` follow, and it is rejoined
+   * on later connections like any room `join` joined. */
+  _onSubscribed(f) {
+    if (typeof f.room !== 'string' || this.rooms.has(f.room)) return;
+    const seq = Number(f.seq);
+    const room = { name: f.room, state: 'joining', error: null, lastSeq: Number.isFinite(seq) && seq > 0 ? seq : 0, ids: new RecentIds(SEEN_IDS), members: new Map(), resuming: false, buffer: [] };
+    this.rooms.set(f.room, room);
+    this._setRoomState(room, 'joined');
+  }
+
+  /** The backend took this connection out of a room: it is left, as by `leave`. */
+  _onUnsubscribed(f) {
+    if (!this.rooms.delete(f.room)) return;
+    this._emit('room', { room: f.room, state: 'left', error: null });
+    for (const w of [...this._waiters]) w.check();
+    this._settleRejoin();
   }
 
   _onMessage(f) {

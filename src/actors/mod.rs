@@ -44,7 +44,10 @@ pub use outbox::{
 pub use presence::PresenceMessage;
 pub use room::RoomMessage;
 pub use room_supervisor::RoomSupervisorMessage;
-pub use session::{InflightPermit, SessionArgs, SessionHandle, SessionMessage};
+pub(crate) use session::check_content;
+pub use session::{
+    InflightPermit, SessionAnswer, SessionArgs, SessionCall, SessionHandle, SessionMessage,
+};
 pub use session_supervisor::SessionSupervisorMessage;
 
 use ractor::rpc::CallResult;

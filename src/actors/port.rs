@@ -114,6 +114,12 @@ pub trait PresencePort: Send + Sync + 'static {
 
     /// A member here is typing in `room`: tell the nodes that hold members of it.
     fn typing(&self, room: &str, user: &UserInfo);
+
+    /// Every room that other nodes hold members of, as this node last heard (the
+    /// server API's room list); none for a node alone.
+    fn remote_rooms(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// Presence of a node alone: nobody else to tell, nobody else to hear.

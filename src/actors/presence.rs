@@ -22,11 +22,11 @@
 //! reason is forgotten at once; a user is forgotten, bucket and all, with its last
 //! session, so the state follows who is online now.
 
-use super::session::{SessionHandle, SessionMessage};
-use super::NodeContext;
-use crate::cluster::wire::Body;
+use super::session::{SessionAnswer, SessionCall, SessionHandle, SessionMessage};
+use super::{ask, NodeContext};
+use crate::cluster::wire::{Body, UserCall, UserCallResult};
 use crate::protocol::{
-    encode, now_ms, DirectFrame, ErrorBody, ErrorCode, ReplyData, ServerFrame, UserInfo,
+    encode, now_ms, DirectFrame, ErrorBody, ErrorCode, ReplyData, RoomName, ServerFrame, UserInfo,
 };
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -40,6 +40,13 @@ use std::time::Duration;
 /// The longest a direct message waits for other nodes to say how many connections
 /// they reached.
 pub const DIRECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The longest a server API call on a user's connections waits for the other nodes'
+/// results; past it the call is answered with what came.
+pub const USER_CALL_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The longest one connection may take to do a server API call (a join asks its room).
+const CONNECTION_CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Messages to Presence.
 #[derive(RactorMessage)]
@@ -73,6 +80,16 @@ pub enum PresenceMessage {
     Remote { from: String, body: Body },
     /// A cluster direct message stops waiting for the nodes that have not answered.
     DirectTimeout { req: u64 },
+    /// A server API call on every connection of `user`, on every node.
+    UserCall {
+        user: String,
+        call: UserCall,
+        reply: RpcReplyPort<UserCallResult>,
+    },
+    /// This node's part of the user call `req` is done.
+    UserCallLocal { req: u64, result: UserCallResult },
+    /// The user call `req` stops waiting for the nodes that have not answered.
+    UserCallTimeout { req: u64 },
 }
 
 /// The Presence actor; holds only the node context.
@@ -139,6 +156,56 @@ impl PresenceActor {
         pending.finish();
     }
 
+    /// Starts a server API call on every connection of `user`: this node's are
+    /// called from a task (a connection's answer may wait on its room, and Presence
+    /// must not wait), every other node in the view gets a `UserCall`; the reply sums
+    /// what came within [`USER_CALL_TIMEOUT`].
+    fn user_call(
+        &self,
+        myself: &ActorRef<PresenceMessage>,
+        state: &mut PresenceState,
+        user: String,
+        call: UserCall,
+        reply: RpcReplyPort<UserCallResult>,
+    ) {
+        let req = match &self.ctx.cluster {
+            Some(cluster) => cluster.next_req(),
+            None => {
+                state.next_call += 1;
+                state.next_call
+            }
+        };
+        let mut pending = PendingCall {
+            local_done: false,
+            waiting: BTreeSet::new(),
+            result: UserCallResult::default(),
+            reply,
+        };
+        if let Some(cluster) = &self.ctx.cluster {
+            let view = cluster.view();
+            for node in view.members.keys().filter(|n| **n != cluster.me) {
+                let body = Body::UserCall {
+                    req,
+                    user: user.clone(),
+                    call: call.clone(),
+                };
+                if cluster.send(node, body) {
+                    pending.waiting.insert(node.clone());
+                }
+            }
+        }
+        state.pending_calls.insert(req, pending);
+        let sessions = state.sessions_of(&user);
+        let me = myself.clone();
+        tokio::spawn(async move {
+            let result = call_connections(sessions, call).await;
+            let _ = me.cast(PresenceMessage::UserCallLocal { req, result });
+        });
+        myself.send_after(USER_CALL_TIMEOUT, move || {
+            PresenceMessage::UserCallTimeout { req }
+        });
+    }
+
     fn remote(&self, state: &mut PresenceState, from: String, body: Body) {
         match body {
             Body::Direct { req, to, frame } => {
@@ -175,6 +242,29 @@ impl PresenceActor {
                     }
                 }
             }
+            Body::UserCall { req, user, call } => {
+                let sessions = state.sessions_of(&user);
+                if let Some(cluster) = self.ctx.cluster.clone() {
+                    tokio::spawn(async move {
+                        let result = call_connections(sessions, call).await;
+                        cluster.send(&from, Body::UserCallResult { req, result });
+                    });
+                }
+            }
+            Body::UserCallResult { req, result } => {
+                let done = match state.pending_calls.get_mut(&req) {
+                    Some(pending) => {
+                        if pending.waiting.remove(&from) {
+                            pending.result.merge(result);
+                        }
+                        pending.done()
+                    }
+                    None => false,
+                };
+                if done {
+                    state.finish_call(req);
+                }
+            }
             other => tracing::debug!(kind = other.kind(), "unexpected presence traffic dropped"),
         }
     }
@@ -196,6 +286,24 @@ pub struct PresenceState {
     user_of: HashMap<ActorId, String>,
     /// Direct messages waiting for other nodes' counts.
     pending: HashMap<u64, PendingDirect>,
+    /// Server API user calls waiting for this node's connections and other nodes.
+    pending_calls: HashMap<u64, PendingCall>,
+    /// Numbers the user calls of a node that is not clustered.
+    next_call: u64,
+}
+
+/// A user call waiting for its parts: this node's (`local_done`) and other nodes'.
+struct PendingCall {
+    local_done: bool,
+    waiting: BTreeSet<String>,
+    result: UserCallResult,
+    reply: RpcReplyPort<UserCallResult>,
+}
+
+impl PendingCall {
+    fn done(&self) -> bool {
+        self.local_done && self.waiting.is_empty()
+    }
 }
 
 struct PendingDirect {
@@ -297,6 +405,23 @@ impl Actor for PresenceActor {
                     pending.finish();
                 }
             }
+            PresenceMessage::UserCall { user, call, reply } => {
+                self.user_call(&myself, state, user, call, reply)
+            }
+            PresenceMessage::UserCallLocal { req, result } => {
+                let done = match state.pending_calls.get_mut(&req) {
+                    Some(pending) => {
+                        pending.local_done = true;
+                        pending.result.merge(result);
+                        pending.done()
+                    }
+                    None => false,
+                };
+                if done {
+                    state.finish_call(req);
+                }
+            }
+            PresenceMessage::UserCallTimeout { req } => state.finish_call(req),
             PresenceMessage::NameOf { user_id, reply } => {
                 let _ = reply.send(state.users.get(&user_id).map(|u| u.name.clone()));
             }
@@ -344,7 +469,83 @@ fn rename(user: &mut OnlineUser, name: String) {
     }
 }
 
+/// Does a user call on these connections (of one user, on this node).
+async fn call_connections(sessions: Vec<SessionHandle>, call: UserCall) -> UserCallResult {
+    let mut result = UserCallResult::default();
+    let session_call = match call {
+        UserCall::Disconnect { code, reason } => {
+            // Checked by the API on the node called; bounded here too, as a close
+            // frame holds at most 123 bytes of reason.
+            let mut end = reason.len().min(123);
+            while !reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            let reason = &reason[..end];
+            for session in &sessions {
+                session.outbox.close_now(code, reason);
+            }
+            result.affected = sessions.len() as u32;
+            return result;
+        }
+        UserCall::Join { room } => match RoomName::parse(&room) {
+            Ok(room) => SessionCall::Join(room),
+            Err(refused) => {
+                result.refused = Some(refused);
+                return result;
+            }
+        },
+        UserCall::Leave { room } => match RoomName::parse(&room) {
+            Ok(room) => SessionCall::Leave(room),
+            Err(refused) => {
+                result.refused = Some(refused);
+                return result;
+            }
+        },
+        UserCall::Connections => SessionCall::Info,
+    };
+    let asks = sessions.iter().map(|session| {
+        let call = session_call.clone();
+        let actor = session.actor.clone();
+        async move {
+            let asked = ask(&actor, |reply| SessionMessage::Server { call, reply });
+            tokio::time::timeout(CONNECTION_CALL_TIMEOUT, asked).await
+        }
+    });
+    for answer in futures_util::future::join_all(asks).await {
+        match answer {
+            Ok(Ok(SessionAnswer::Done(Ok(())))) => result.affected += 1,
+            Ok(Ok(SessionAnswer::Done(Err(refused)))) => {
+                if result.refused.is_none() {
+                    result.refused = Some(refused);
+                }
+            }
+            Ok(Ok(SessionAnswer::Info(info))) => {
+                result.affected += 1;
+                result.connections.push(info);
+            }
+            // A connection that ended meanwhile is simply not counted.
+            Ok(Err(_)) | Err(_) => {}
+        }
+    }
+    result
+}
+
 impl PresenceState {
+    /// The live sessions of `user` on this node.
+    fn sessions_of(&self, user: &str) -> Vec<SessionHandle> {
+        self.users
+            .get(user)
+            .map(|u| u.sessions.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Answers the user call `req` with what it has gathered.
+    fn finish_call(&mut self, req: u64) {
+        if let Some(pending) = self.pending_calls.remove(&req) {
+            let _ = pending.reply.send(pending.result);
+        }
+    }
+
     /// Takes one direct message from `user`'s inbound bucket; how long to wait when it
     /// is empty. A user not online here has no bucket (nothing is delivered here).
     fn take_inbound(&self, user: &str) -> Result<(), Duration> {

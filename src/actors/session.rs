@@ -28,13 +28,13 @@ use super::room_supervisor::RoomSupervisorMessage;
 use super::{ask, AskError, NodeContext};
 use crate::auth::Grants;
 use crate::protocol::{
-    close, encode, ClientFrame, ErrorBody, ErrorCode, FrameError, Ref, ReplyData, Request,
-    RoomName, ServerFrame, UserInfo, PROTOCOL_VERSION,
+    close, encode, now_ms, ClientFrame, ConnectionInfo, ErrorBody, ErrorCode, FrameError, Ref,
+    ReplyData, Request, RoomName, ServerFrame, UserInfo, PROTOCOL_VERSION,
 };
 use crate::telemetry::Metrics;
 use bytestring::ByteString;
 use governor::{clock::Clock, DefaultDirectRateLimiter, Quota, RateLimiter};
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -84,6 +84,30 @@ pub enum SessionMessage {
     },
     /// A pipelined publish was answered by its room (or not in time).
     Published(PublishAnswer),
+    /// A server API call on this connection (docs/api.md), through Presence.
+    Server {
+        call: SessionCall,
+        reply: RpcReplyPort<SessionAnswer>,
+    },
+}
+
+/// What the server API asks of one connection.
+#[derive(Debug, Clone)]
+pub enum SessionCall {
+    /// Join the room as the backend asks (`subscribe`): not checked against
+    /// `[[rooms.acl]]` or the churn limits, only `limits.max_rooms_per_session`.
+    Join(RoomName),
+    /// Leave the room (`unsubscribe`).
+    Leave(RoomName),
+    /// Where the connection is and what it has joined.
+    Info,
+}
+
+/// A connection's answer to a [`SessionCall`].
+#[derive(Debug)]
+pub enum SessionAnswer {
+    Done(Result<(), ErrorBody>),
+    Info(ConnectionInfo),
 }
 
 /// The answer to one pipelined publish, for its slot in [`Answers`].
@@ -158,6 +182,8 @@ pub struct SessionActor {
 /// What changes during a session.
 pub struct SessionState {
     id: String,
+    /// When the connection was opened (ms since the epoch), for the server API.
+    connected_at: u64,
     user: UserInfo,
     outbox: Outbox,
     rooms: HashMap<RoomName, ActorRef<RoomMessage>>,
@@ -254,6 +280,7 @@ impl Actor for SessionActor {
         });
         let state = SessionState {
             id: args.id,
+            connected_at: now_ms(),
             user: args.user,
             _close_on_drop: args.outbox.close_on_drop(),
             outbox: args.outbox,
@@ -347,6 +374,28 @@ impl Actor for SessionActor {
                 count_answer(&self.ctx.metrics, "publish", received, &reply);
                 state.answers.fill(&state.outbox, slot, encode(&reply));
             }
+            SessionMessage::Server { call, reply } => {
+                let answer = match call {
+                    SessionCall::Join(room) => {
+                        SessionAnswer::Done(Box::pin(self.server_join(&myself, state, room)).await)
+                    }
+                    SessionCall::Leave(room) => {
+                        SessionAnswer::Done(Box::pin(self.server_leave(&myself, state, room)).await)
+                    }
+                    SessionCall::Info => {
+                        let mut rooms: Vec<String> =
+                            state.rooms.keys().map(|r| r.to_string()).collect();
+                        rooms.sort();
+                        SessionAnswer::Info(ConnectionInfo {
+                            node: self.ctx.settings.node.name.clone(),
+                            session: state.id.clone(),
+                            rooms,
+                            connected_at: state.connected_at,
+                        })
+                    }
+                };
+                let _ = reply.send(answer);
+            }
         }
         Ok(())
     }
@@ -378,8 +427,8 @@ impl SessionActor {
         let kind = request.kind();
         let answer = match request {
             Request::Ping => return Some(ServerFrame::Pong { reference }),
-            Request::Join { room, since } => self.join(myself, state, room, since).await,
-            Request::Leave { room } => self.leave(myself, state, room).await,
+            Request::Join { room, since } => self.join(myself, state, room, since, false).await,
+            Request::Leave { room } => self.leave(myself, state, room, false).await,
             Request::Publish {
                 room,
                 content,
@@ -436,7 +485,7 @@ impl SessionActor {
                 Some(actor) => {
                     let session = myself.get_id();
                     let answer = ask(actor, |reply| RoomMessage::History {
-                        session,
+                        session: Some(session),
                         before,
                         after,
                         limit,
@@ -483,6 +532,7 @@ impl SessionActor {
         state: &mut SessionState,
         room: RoomName,
         since: Option<u64>,
+        by_server: bool,
     ) -> Result<ReplyData, ErrorBody> {
         let max_rooms = self.ctx.settings.limits.max_rooms_per_session;
         if !state.rooms.contains_key(&room) && state.rooms.len() >= max_rooms {
@@ -491,9 +541,12 @@ impl SessionActor {
                 format!("a connection may join at most {max_rooms} rooms"),
             ));
         }
-        self.ctx.access.may_join(&room, &state.grants)?;
-        state.churn.join_or_leave()?;
-        if !state.rooms.contains_key(&room)
+        if !by_server {
+            self.ctx.access.may_join(&room, &state.grants)?;
+            state.churn.join_or_leave()?;
+        }
+        if !by_server
+            && !state.rooms.contains_key(&room)
             && self.ctx.room_directory().get(room.as_str()).is_none()
         {
             // This join would start the room here.
@@ -546,11 +599,14 @@ impl SessionActor {
         myself: &ActorRef<SessionMessage>,
         state: &mut SessionState,
         room: RoomName,
+        by_server: bool,
     ) -> Result<ReplyData, ErrorBody> {
         if !state.rooms.contains_key(&room) {
             return Err(not_joined(&room));
         }
-        state.churn.join_or_leave()?;
+        if !by_server {
+            state.churn.join_or_leave()?;
+        }
         let actor = state.rooms.remove(&room).ok_or_else(|| not_joined(&room))?;
         state.last_typing.remove(&room);
         let session = myself.get_id();
@@ -559,6 +615,47 @@ impl SessionActor {
         Ok(ReplyData::Leave {
             room: room.to_string(),
         })
+    }
+
+    /// The backend joins this connection to `room` (server API `subscribe`); the
+    /// client is told with a `subscribed` frame, in its turn among the answers. A
+    /// room already joined is left as it is.
+    async fn server_join(
+        &self,
+        myself: &ActorRef<SessionMessage>,
+        state: &mut SessionState,
+        room: RoomName,
+    ) -> Result<(), ErrorBody> {
+        if state.rooms.contains_key(&room) {
+            return Ok(());
+        }
+        let data = self.join(myself, state, room.clone(), None, true).await?;
+        let seq = match data {
+            ReplyData::Join { seq, .. } => seq,
+            _ => 0,
+        };
+        let frame = ServerFrame::Subscribed {
+            room: room.to_string(),
+            seq,
+        };
+        state.answers.send(&state.outbox, encode(&frame));
+        Ok(())
+    }
+
+    /// The backend takes this connection out of `room` (server API `unsubscribe`);
+    /// the client is told with an `unsubscribed` frame.
+    async fn server_leave(
+        &self,
+        myself: &ActorRef<SessionMessage>,
+        state: &mut SessionState,
+        room: RoomName,
+    ) -> Result<(), ErrorBody> {
+        self.leave(myself, state, room.clone(), true).await?;
+        let frame = ServerFrame::Unsubscribed {
+            room: room.to_string(),
+        };
+        state.answers.send(&state.outbox, encode(&frame));
+        Ok(())
     }
 
     /// Hands a publish to its room and answers it later, in its turn
@@ -679,55 +776,61 @@ impl SessionActor {
         Ok(ReplyData::Rename { user })
     }
 
-    /// The content rules of `publish` and `direct` (docs/protocol.md): not blank, no
-    /// control character but `\n` and `\t`, within the character and byte bounds.
+    /// The content rules of `publish` and `direct` ([`check_content`]).
     fn check_content(&self, content: &str) -> Result<(), ErrorBody> {
-        let limits = &self.ctx.settings.limits;
-        let refused = |reason, code, message: String| {
-            self.ctx.metrics.content_refused(reason);
-            Err(ErrorBody::new(code, message))
-        };
-        if content.trim().is_empty() {
-            return Err(ErrorBody::new(
-                ErrorCode::BadRequest,
-                "content must not be empty",
-            ));
-        }
-        // C0 (but \n and \t), DEL and C1: they render as nothing or garble a
-        // terminal, and JSON escapes each as six bytes.
-        if let Some((at, c)) = content
-            .chars()
-            .enumerate()
-            .find(|(_, c)| c.is_control() && !matches!(c, '\n' | '\t'))
-        {
-            return refused(
-                "control_character",
-                ErrorCode::BadRequest,
-                format!(
-                    "content must not contain control characters other than \\n and \\t \
-                     (U+{:04X} at character {at})",
-                    u32::from(c)
-                ),
-            );
-        }
-        let max_bytes = limits.max_message_bytes;
-        if max_bytes > 0 && content.len() > max_bytes {
-            return refused(
-                "bytes",
-                ErrorCode::TooLong,
-                format!("content is limited to {max_bytes} bytes of UTF-8"),
-            );
-        }
-        let max = limits.max_message_chars;
-        if content.chars().count() > max {
-            return refused(
-                "chars",
-                ErrorCode::TooLong,
-                format!("content is limited to {max} characters"),
-            );
-        }
-        Ok(())
+        check_content(&self.ctx, content)
     }
+}
+
+/// The content rules of `publish` and `direct` (docs/protocol.md): not blank, no
+/// control character but `\n` and `\t`, within the character and byte bounds. The
+/// server API's publishes and direct messages keep them too.
+pub(crate) fn check_content(ctx: &NodeContext, content: &str) -> Result<(), ErrorBody> {
+    let limits = &ctx.settings.limits;
+    let refused = |reason, code, message: String| {
+        ctx.metrics.content_refused(reason);
+        Err(ErrorBody::new(code, message))
+    };
+    if content.trim().is_empty() {
+        return Err(ErrorBody::new(
+            ErrorCode::BadRequest,
+            "content must not be empty",
+        ));
+    }
+    // C0 (but \n and \t), DEL and C1: they render as nothing or garble a
+    // terminal, and JSON escapes each as six bytes.
+    if let Some((at, c)) = content
+        .chars()
+        .enumerate()
+        .find(|(_, c)| c.is_control() && !matches!(c, '\n' | '\t'))
+    {
+        return refused(
+            "control_character",
+            ErrorCode::BadRequest,
+            format!(
+                "content must not contain control characters other than \\n and \\t \
+                     (U+{:04X} at character {at})",
+                u32::from(c)
+            ),
+        );
+    }
+    let max_bytes = limits.max_message_bytes;
+    if max_bytes > 0 && content.len() > max_bytes {
+        return refused(
+            "bytes",
+            ErrorCode::TooLong,
+            format!("content is limited to {max_bytes} bytes of UTF-8"),
+        );
+    }
+    let max = limits.max_message_chars;
+    if content.chars().count() > max {
+        return refused(
+            "chars",
+            ErrorCode::TooLong,
+            format!("content is limited to {max} characters"),
+        );
+    }
+    Ok(())
 }
 
 /// Counts what an answer tells the metrics: a `rate_limited` refusal (whichever limit

@@ -105,7 +105,11 @@ impl Actor for Endpoint {
                     });
                 }
             }
-            body @ (Body::Direct { .. } | Body::DirectResult { .. } | Body::UserRenamed { .. }) => {
+            body @ (Body::Direct { .. }
+            | Body::DirectResult { .. }
+            | Body::UserRenamed { .. }
+            | Body::UserCall { .. }
+            | Body::UserCallResult { .. }) => {
                 if let Some(presence) = self.ctx.presence() {
                     let _ = presence.cast(PresenceMessage::Remote { from, body });
                 }

@@ -167,6 +167,11 @@ impl PresenceSync {
             .collect()
     }
 
+    /// Every room another node holds members of.
+    pub fn remote_rooms(&self) -> Vec<String> {
+        self.tracker.remote_rooms().into_iter().collect()
+    }
+
     /// A member here is typing in `room`: for the up nodes that hold members of it.
     pub fn typing(&self, room: &str, user: &UserInfo, up: &Peers) -> Effects {
         let to = self
@@ -445,6 +450,10 @@ impl PresencePort for TrackerPort {
 
     fn remote(&self, room: &str) -> Vec<RemoteMember> {
         self.lock().remote(room)
+    }
+
+    fn remote_rooms(&self) -> Vec<String> {
+        self.lock().remote_rooms()
     }
 
     fn typing(&self, room: &str, user: &UserInfo) {

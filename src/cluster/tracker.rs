@@ -125,6 +125,20 @@ impl Tracker {
             .collect()
     }
 
+    /// Every room some other node holds members of (for the server API's room list).
+    pub fn remote_rooms(&self) -> BTreeSet<String> {
+        self.remote
+            .values()
+            .flat_map(|remote| {
+                remote
+                    .rooms
+                    .iter()
+                    .filter(|(_, entries)| !entries.is_empty())
+                    .map(|(room, _)| room.clone())
+            })
+            .collect()
+    }
+
     /// The digest of this node's entries: every room with a local member and its hash.
     pub fn digest(&self) -> Vec<(String, u64)> {
         self.local
@@ -389,6 +403,23 @@ mod tests {
         assert_eq!(gone[0].connections, 0);
         assert!(t.remote_room("lobby").is_empty());
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn remote_rooms_are_those_another_node_holds_members_of() {
+        let mut t = Tracker::new();
+        t.set_local("mine", "me", "ME", 1);
+        t.on_delta("b", 1, "lobby", entry("bob", 1));
+        t.on_delta("c", 1, "lobby", entry("cat", 2));
+        t.on_delta("c", 1, "side", entry("cat", 1));
+        let rooms: Vec<String> = t.remote_rooms().into_iter().collect();
+        assert_eq!(rooms, ["lobby", "side"]);
+        t.on_delta("c", 1, "side", entry("cat", 0));
+        t.node_down("b");
+        let rooms: Vec<String> = t.remote_rooms().into_iter().collect();
+        assert_eq!(rooms, ["lobby"]);
+        t.node_down("c");
+        assert!(t.remote_rooms().is_empty());
     }
 
     #[test]

@@ -14,7 +14,7 @@
 //! one is not. A node drops envelopes of another version and logs it.
 
 use super::tracker::{Entry, KeyRange};
-use crate::protocol::UserInfo;
+use crate::protocol::{ConnectionInfo, ErrorBody, UserInfo};
 use serde::{Deserialize, Serialize};
 
 /// The version of this wire format.
@@ -177,6 +177,55 @@ pub enum Body {
     /// A user on the sending node is typing in `room`; sent to the nodes that hold
     /// members of it.
     PresenceTyping { room: String, user: UserInfo },
+
+    // ---- the server API (api/, actors/presence.rs) ----
+    /// Do `call` on every connection of `user` on the receiver, and answer with a
+    /// `UserCallResult` of the same `req`.
+    UserCall {
+        req: u64,
+        user: String,
+        call: UserCall,
+    },
+    /// What a `UserCall` did on the sending node.
+    UserCallResult { req: u64, result: UserCallResult },
+}
+
+/// What the server API asks of one user's connections on a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum UserCall {
+    /// Close each connection with `code` and `reason`.
+    Disconnect { code: u16, reason: String },
+    /// Join each connection to `room` (the backend's `subscribe`).
+    Join { room: String },
+    /// Take each connection out of `room`.
+    Leave { room: String },
+    /// Describe each connection.
+    Connections,
+}
+
+/// What a [`UserCall`] did on one node (or, summed, on all of them).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserCallResult {
+    /// Connections the call was done on.
+    pub affected: u32,
+    /// For `Connections`: each connection of the user there.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub connections: Vec<ConnectionInfo>,
+    /// The first refusal met (a connection in too many rooms, one not in the room).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<ErrorBody>,
+}
+
+impl UserCallResult {
+    /// Adds another node's (or connection's) result to this one.
+    pub fn merge(&mut self, other: UserCallResult) {
+        self.affected += other.affected;
+        self.connections.extend(other.connections);
+        if self.refused.is_none() {
+            self.refused = other.refused;
+        }
+    }
 }
 
 impl Body {
@@ -203,6 +252,8 @@ impl Body {
             Self::PresenceAsk { .. } => "presence_ask",
             Self::PresenceState { .. } => "presence_state",
             Self::PresenceTyping { .. } => "presence_typing",
+            Self::UserCall { .. } => "user_call",
+            Self::UserCallResult { .. } => "user_call_result",
         }
     }
 }
@@ -316,6 +367,76 @@ mod tests {
             let sent = envelope(body);
             assert_eq!(decode(&sealed(&sent)), Ok(frame(sent)));
         }
+    }
+
+    #[test]
+    fn user_calls_round_trip_and_merge() {
+        let calls = [
+            UserCall::Disconnect {
+                code: 4010,
+                reason: "banned".into(),
+            },
+            UserCall::Join {
+                room: "lobby".into(),
+            },
+            UserCall::Leave {
+                room: "lobby".into(),
+            },
+            UserCall::Connections,
+        ];
+        for call in calls {
+            let sent = envelope(Body::UserCall {
+                req: 3,
+                user: "bob".into(),
+                call,
+            });
+            assert_eq!(decode(&sealed(&sent)), Ok(frame(sent)));
+        }
+        let here = UserCallResult {
+            affected: 1,
+            connections: vec![ConnectionInfo {
+                node: "a".into(),
+                session: "s1".into(),
+                rooms: vec!["lobby".into()],
+                connected_at: 5,
+            }],
+            refused: None,
+        };
+        let sent = envelope(Body::UserCallResult {
+            req: 3,
+            result: here.clone(),
+        });
+        let text = String::from_utf8(sealed(&sent)).unwrap();
+        assert!(
+            text.contains(r#""t":"user_call_result","req":3,"result":{"affected":1,"connections":[{"node":"a""#),
+            "{text}"
+        );
+        assert_eq!(decode(&sealed(&sent)), Ok(frame(sent)));
+        // The first refusal stays; counts and connections add up.
+        let mut total = UserCallResult::default();
+        total.merge(here.clone());
+        total.merge(UserCallResult {
+            affected: 0,
+            connections: Vec::new(),
+            refused: Some(ErrorBody::new(
+                crate::protocol::ErrorCode::TooManyRooms,
+                "full",
+            )),
+        });
+        total.merge(UserCallResult {
+            affected: 2,
+            connections: Vec::new(),
+            refused: Some(ErrorBody::new(crate::protocol::ErrorCode::NotJoined, "no")),
+        });
+        assert_eq!(total.affected, 3);
+        assert_eq!(total.connections, here.connections);
+        assert_eq!(
+            total.refused.map(|e| e.code),
+            Some(crate::protocol::ErrorCode::TooManyRooms)
+        );
+        // An older node's answer without the optional fields still decodes.
+        let bare = br#"{"v":3,"key":"","env":{"from":"a","inc":1,"body":{"t":"user_call_result","req":1,"result":{"affected":0}}}}"#;
+        assert!(decode(bare).is_ok());
     }
 
     #[test]

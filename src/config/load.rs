@@ -42,6 +42,7 @@ const ENV_LIST_KEYS: &[&str] = &[
     "auth.algorithms",
     "http.allowed_origins",
     "http.trusted_proxies",
+    "api.keys",
 ];
 const ENV_LIST_SEPARATOR: char = ',';
 /// Settings of optional tables, which the defaults lack, that the environment may set.
@@ -1020,6 +1021,7 @@ impl Settings {
         check_nodes(&self.nodes, &mut problems);
         check_cookie_strength(self, &mut problems);
         check_admin(self, &mut problems);
+        check_api(&self.api, &mut problems);
         problems.0
     }
 }
@@ -1620,6 +1622,51 @@ fn check_nodes(entries: &[NodeEntry], problems: &mut Problems) {
 
 /// `admin.addr`: empty, or an `IP:port` of its own (not the client listener's, nor
 /// the cluster's).
+/// The shortest server API key: a key is a bearer credential, so it must not be
+/// guessable.
+const MIN_API_KEY_CHARS: usize = 16;
+/// `api.max_body_bytes`: room for a publish of a few words at the least, 16 MiB at most.
+const MIN_API_BODY_BYTES: usize = 1_024;
+const MAX_API_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+fn check_api(api: &super::ApiSettings, problems: &mut Problems) {
+    for (i, key) in api.keys.iter().enumerate() {
+        let chars = key.expose().chars().count();
+        if key.is_blank() {
+            problems.add(&format!("api.keys[{i}]"), "must not be empty");
+        } else if chars < MIN_API_KEY_CHARS {
+            problems.add(
+                &format!("api.keys[{i}]"),
+                format_args!(
+                    "is {chars} characters long, fewer than the {MIN_API_KEY_CHARS} a key needs \
+                     (make one with `openssl rand -hex 32`)"
+                ),
+            );
+        } else if key
+            .expose()
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+        {
+            problems.add(
+                &format!("api.keys[{i}]"),
+                "must not contain whitespace or control characters",
+            );
+        }
+    }
+    if !(MIN_API_BODY_BYTES..=MAX_API_BODY_BYTES).contains(&api.max_body_bytes) {
+        problems.add(
+            "api.max_body_bytes",
+            format_args!("must be between {MIN_API_BODY_BYTES} and {MAX_API_BODY_BYTES}"),
+        );
+    }
+    if api.requests_per_second > 0 && api.burst == 0 {
+        problems.add(
+            "api.burst",
+            "must be at least 1 while api.requests_per_second is not 0",
+        );
+    }
+}
+
 fn check_admin(settings: &Settings, problems: &mut Problems) {
     let addr = settings.admin.addr.trim();
     if addr.is_empty() {
@@ -2663,6 +2710,66 @@ mod tests {
             assert!(!shown.contains("s3cret"), "{shown}");
         }
         assert!(format!("{settings:?}").contains("cookie: [redacted]"));
+    }
+
+    #[test]
+    fn api_keys_come_from_the_environment_as_a_list_and_never_show() {
+        let settings = load_with_env(
+            &ConfigSource::Defaults,
+            None,
+            env(&[(
+                "HUBBUB_API__KEYS",
+                "first-api-key-0123456789,second-api-key-0123456789",
+            )]),
+        )
+        .expect("env keys load");
+        let keys: Vec<&str> = settings.api.keys.iter().map(|k| k.expose()).collect();
+        assert_eq!(
+            keys,
+            ["first-api-key-0123456789", "second-api-key-0123456789"]
+        );
+        assert!(settings.api.enabled());
+        assert!(!Settings::default().api.enabled());
+        for shown in [format!("{settings:?}"), format!("{:?}", settings.api)] {
+            assert!(!shown.contains("api-key"), "{shown}");
+        }
+    }
+
+    #[test]
+    fn api_settings_have_bounds() {
+        for (adjust, key) in [
+            (
+                (|s: &mut Settings| s.api.keys = vec![Secret::new("short")]) as fn(&mut Settings),
+                "api.keys[0]",
+            ),
+            (
+                |s: &mut Settings| s.api.keys = vec![Secret::new("has a space in it 0123")],
+                "api.keys[0]",
+            ),
+            (
+                |s: &mut Settings| s.api.keys = vec![Secret::new("  ")],
+                "api.keys[0]",
+            ),
+            (
+                |s: &mut Settings| s.api.max_body_bytes = 100,
+                "api.max_body_bytes",
+            ),
+            (
+                |s: &mut Settings| s.api.max_body_bytes = 17 * 1024 * 1024,
+                "api.max_body_bytes",
+            ),
+            (|s: &mut Settings| s.api.burst = 0, "api.burst"),
+        ] {
+            let problems = problems_after(adjust);
+            assert_one_problem(&problems, key);
+            assert!(!problems[0].contains("short\""), "{problems:?}");
+        }
+        // Off: no key, and a zero rate needs no burst.
+        assert!(problems_after(|s| {
+            s.api.requests_per_second = 0;
+            s.api.burst = 0;
+        })
+        .is_empty());
     }
 
     #[test]

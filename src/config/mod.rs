@@ -40,6 +40,7 @@ pub struct Settings {
     pub shutdown: ShutdownSettings,
     pub cluster: ClusterSettings,
     pub admin: AdminSettings,
+    pub api: ApiSettings,
     pub storage: StorageSettings,
     /// `[[nodes]]`: every node of a cluster described in one file; `--node NAME` picks
     /// the entry this process runs as. Empty for a file that describes one node.
@@ -88,6 +89,39 @@ impl AdminSettings {
     /// that were not validated, not an address).
     pub fn listen_addr(&self) -> Option<SocketAddr> {
         self.addr.trim().parse().ok()
+    }
+}
+
+/// `[api]`: the server HTTP API for the application's backend (docs/api.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiSettings {
+    /// The keys a call may carry as `Authorization: Bearer <key>`; several at once so
+    /// a key can be rotated. Empty: the API is off and every `/api/` path is 404.
+    pub keys: Vec<Secret>,
+    /// The largest request body, in bytes; a larger one gets HTTP 413.
+    pub max_body_bytes: usize,
+    /// Calls per second one key may make, sustained; past it HTTP 429. 0: no limit.
+    pub requests_per_second: u32,
+    /// Calls one key may make at once before the sustained rate applies.
+    pub burst: u32,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        Self {
+            keys: Vec::new(),
+            max_body_bytes: 65_536,
+            requests_per_second: 100,
+            burst: 200,
+        }
+    }
+}
+
+impl ApiSettings {
+    /// Whether the API is served (some key is configured).
+    pub fn enabled(&self) -> bool {
+        self.keys.iter().any(|k| !k.is_blank())
     }
 }
 

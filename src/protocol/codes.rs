@@ -35,6 +35,14 @@ pub enum ErrorCode {
     /// The join would start a room and this node already runs `limits.max_rooms`;
     /// rooms already running can still be joined. Retry later or elsewhere.
     RoomLimit,
+    /// Server API only (docs/api.md): the call carries no `Authorization: Bearer` key,
+    /// or one that is not among `[api] keys`.
+    Unauthorized,
+    /// Server API only: the room, user or path the call names is unknown (a room with
+    /// no member anywhere and no message in its log; a path the API does not serve).
+    NotFound,
+    /// Server API only: the request body is larger than `api.max_body_bytes`.
+    TooLarge,
 }
 
 impl ErrorCode {
@@ -53,6 +61,9 @@ impl ErrorCode {
             Self::Internal => "internal",
             Self::Unavailable => "unavailable",
             Self::RoomLimit => "room_limit",
+            Self::Unauthorized => "unauthorized",
+            Self::NotFound => "not_found",
+            Self::TooLarge => "too_large",
         }
     }
 }
@@ -106,4 +117,7 @@ pub mod close {
     pub const HEARTBEAT_TIMEOUT: u16 = 4008;
     /// The client did not read fast enough: `limits.outbound_queue` frames were waiting.
     pub const SLOW_CONSUMER: u16 = 4009;
+    /// The application's backend disconnected the user (server API `disconnect`
+    /// without a code of its own; it may give any code 4000–4999, or 1000).
+    pub const DISCONNECTED: u16 = 4010;
 }

@@ -17,8 +17,8 @@ pub use client::{
 };
 pub use codes::{close, ErrorBody, ErrorCode};
 pub use server::{
-    encode, json_len, max_message_list_bytes, ChatMessage, DirectFrame, Member, ReplyData,
-    ServerFrame, UserInfo, MAX_MEMBER_BYTES, MESSAGE_OVERHEAD_BYTES, PROTOCOL_VERSION,
+    encode, json_len, max_message_list_bytes, ChatMessage, ConnectionInfo, DirectFrame, Member,
+    ReplyData, ServerFrame, UserInfo, MAX_MEMBER_BYTES, MESSAGE_OVERHEAD_BYTES, PROTOCOL_VERSION,
     REPLY_ENVELOPE_BYTES,
 };
 

@@ -146,6 +146,20 @@ pub enum ReplyData {
     Empty {},
 }
 
+/// One connection as the server API shows it (docs/api.md, `POST /api/user`), and
+/// as nodes tell each other (`UserCallResult` in cluster/wire.rs). Not a frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionInfo {
+    /// The node the connection is open to.
+    pub node: String,
+    /// The connection's session id (its `welcome.session`).
+    pub session: String,
+    /// The rooms it has joined, sorted.
+    pub rooms: Vec<String>,
+    /// When it was opened, in ms since the Unix epoch.
+    pub connected_at: u64,
+}
+
 /// Every frame a node sends.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -196,6 +210,17 @@ pub enum ServerFrame {
     Goodbye {
         reason: String,
         reconnect_after_ms: u64,
+    },
+    /// Protocol v1 addition: the application's backend joined this connection to
+    /// `room` (server API `subscribe`); its messages after seq `seq` follow.
+    Subscribed {
+        room: String,
+        seq: u64,
+    },
+    /// Protocol v1 addition: the application's backend took this connection out of
+    /// `room` (server API `unsubscribe`); nothing more of it follows.
+    Unsubscribed {
+        room: String,
     },
     /// Protocol v1 addition: messages of `room` after seq `after` and before seq
     /// `next` are no longer held, and this connection will not see them. The stream

@@ -68,7 +68,7 @@ pub const SERVER_FRAME_TYPES: [&str; 11] = [
 
 /// Kinds of the bodies nodes send each other (`wire::Body::kind`), counted from the
 /// start at zero. A kind not listed is still counted, under its own name.
-pub const CLUSTER_KINDS: [&str; 18] = [
+pub const CLUSTER_KINDS: [&str; 20] = [
     "ping",
     "pong",
     "leaving",
@@ -87,20 +87,25 @@ pub const CLUSTER_KINDS: [&str; 18] = [
     "presence_ask",
     "presence_state",
     "presence_typing",
+    "user_call",
+    "user_call_result",
 ];
 
 /// The limits that refuse a client's request on a connection that stays open, each
 /// counted in `hubbub_limit_refusals{limit}` when it trips: `max_rooms` (a join
 /// that would start a room past `limits.max_rooms`), `room_creations`, `joins`,
 /// `renames`, `directs` (per connection) and `directs_per_target` (per receiving
-/// user).
-pub const LIMITS: [&str; 6] = [
+/// user); and, for the server API, `api_key` (a call without a valid key) and
+/// `api_rate` (a key over `api.requests_per_second`).
+pub const LIMITS: [&str; 8] = [
     "max_rooms",
     "room_creations",
     "joins",
     "renames",
     "directs",
     "directs_per_target",
+    "api_key",
+    "api_rate",
 ];
 
 /// Upper bounds (seconds) of the latency histograms' buckets: 100 µs to 5 s, where
@@ -171,6 +176,7 @@ pub struct Metrics {
     cluster_frames_dropped: Family<Labels1, Counter>,
     replies_cut: Family<Labels1, Counter>,
     content_refused: Family<Labels1, Counter>,
+    api_calls: Family<Labels2, Counter>,
     /// Handles into `hubbub_limit_refusals`, by index in [`LIMITS`].
     limit_refusals: Vec<Counter>,
     presence_batches: Counter,
@@ -372,6 +378,13 @@ impl Metrics {
         for reason in CONTENT_REFUSALS {
             drop(content_refused.get_or_create(&[("reason", reason)]));
         }
+        let api_calls = Family::<Labels2, Counter>::default();
+        registry.register(
+            "hubbub_api_calls",
+            "Server API calls answered (docs/api.md), by call (the path after /api/; \
+             unknown for a path it does not serve) and HTTP status",
+            api_calls.clone(),
+        );
         let refusals = Family::<Labels1, Counter>::default();
         registry.register(
             "hubbub_limit_refusals",
@@ -450,6 +463,7 @@ impl Metrics {
             cluster_frames_dropped,
             replies_cut,
             content_refused,
+            api_calls,
             limit_refusals,
             presence_batches,
             delivery_gaps,
@@ -577,6 +591,26 @@ impl Metrics {
     pub fn content_refused(&self, reason: &'static str) {
         self.content_refused
             .get_or_create(&[("reason", reason)])
+            .inc();
+    }
+
+    /// A server API call was answered with `status`.
+    pub fn api_call(&self, call: &'static str, status: u16) {
+        let status = match status {
+            200 => "200",
+            400 => "400",
+            401 => "401",
+            403 => "403",
+            404 => "404",
+            405 => "405",
+            409 => "409",
+            413 => "413",
+            429 => "429",
+            503 => "503",
+            _ => "other",
+        };
+        self.api_calls
+            .get_or_create(&[("call", call), ("status", status)])
             .inc();
     }
 

@@ -29,6 +29,8 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     /// Origin, per-address limits and authentication of every upgrade.
     pub gate: Arc<Gate>,
+    /// The server API (`/api/`), None when `[api] keys` is empty.
+    pub api: Option<Arc<crate::api::Api>>,
 }
 
 impl AppState {
@@ -42,6 +44,7 @@ impl AppState {
         ctx.metrics.auth_failure_reasons(&reasons);
         let max = ctx.settings.limits.max_connections;
         Self {
+            api: crate::api::Api::new(ctx.clone()),
             ctx,
             connections: Arc::new(Semaphore::new(max)),
             ready: Arc::new(AtomicBool::new(false)),
@@ -95,9 +98,9 @@ impl NotReady {
 /// (`[http.tls]`, built by `transport::tls`); the returned server runs until its
 /// handle stops it.
 ///
-/// `/metrics` and `/cluster` are served here only while there is no admin listener
-/// (`operator_routes`: `[admin] addr` is empty); with one they are [`serve_admin`]'s, and
-/// this listener answers 404 for them.
+/// `/metrics`, `/cluster` and the server API (`/api/`) are served here only while there
+/// is no admin listener (`operator_routes`: `[admin] addr` is empty); with one they are
+/// [`serve_admin`]'s, and this listener answers 404 for them.
 pub fn serve(
     listener: TcpListener,
     state: AppState,
@@ -105,6 +108,7 @@ pub fn serve(
     operator_routes: bool,
 ) -> std::io::Result<Server> {
     let workers = state.ctx.settings.node.thread_count();
+    let api = state.api.clone().filter(|_| operator_routes);
     let data = web::Data::new(state);
     let server = HttpServer::new(move || {
         let app = App::new()
@@ -119,6 +123,7 @@ pub fn serve(
         if operator_routes {
             app.service(get("/cluster", cluster))
                 .service(get("/metrics", super::scrape::metrics))
+                .configure(|config| crate::api::routes(config, api.clone()))
         } else {
             app
         }
@@ -138,11 +143,12 @@ pub fn serve(
     Ok(server.run())
 }
 
-/// Starts the operator's listener (`[admin] addr`): `/metrics` and `/cluster`, and
-/// `/healthz` and `/readyz` as on the public one, plain HTTP on one worker. An `App`
-/// of its own, so that what is only for operators (a server API later) is added
-/// here and never reaches the port clients use.
+/// Starts the operator's listener (`[admin] addr`): `/metrics`, `/cluster` and the
+/// server API (`/api/`), and `/healthz` and `/readyz` as on the public one, plain
+/// HTTP. An `App` of its own, so that what is only for operators and the
+/// application's backend never reaches the port clients use.
 pub fn serve_admin(listener: TcpListener, state: AppState) -> std::io::Result<Server> {
+    let api = state.api.clone();
     let data = web::Data::new(state);
     let server = HttpServer::new(move || {
         App::new()
@@ -159,10 +165,12 @@ pub fn serve_admin(listener: TcpListener, state: AppState) -> std::io::Result<Se
                     .route(web::get().to(super::cluster_admin::nodes))
                     .route(web::post().to(super::cluster_admin::change)),
             )
+            .configure(|config| crate::api::routes(config, api.clone()))
     })
     .disable_signals()
     .shutdown_timeout(1)
-    // A scrape now and then: one worker is plenty, and keeps threads for clients.
+    // A scrape now and then, and the API's calls (which wait on actors without
+    // holding the worker): one worker is plenty, and keeps threads for clients.
     .workers(1)
     .listen(listener)?;
     Ok(server.run())

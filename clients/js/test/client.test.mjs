@@ -216,6 +216,37 @@ describe('one node', () => {
   });
 });
 
+describe('server API', () => {
+  const KEY = 'js-client-test-api-key-0123456789';
+  let node;
+  before(async () => { node = await startNode(`[api]\nkeys = ["${KEY}"]\n`); });
+  after(async () => { await stopNode(node); });
+  const call = async (path, body) => {
+    const res = await fetch(`http://${node.addr}/api/${path}`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${KEY}`, 'content-type': 'application/json' },
+      body: JSON.stringify(body),
+    });
+    assert.equal(res.status, 200, `${path}: ${await res.clone().text()}`);
+    return res.json();
+  };
+
+  it('a room the backend subscribes the user to is joined, gets messages, and is left on unsubscribe', { timeout: TEST_TIMEOUT_MS }, async () => {
+    const room = `backend-${Date.now()}`;
+    const erin = client(node.url, { user: 'erin' });
+    await until('erin connected', () => erin.state === 'connected');
+    await call('publish', { room, content: 'before' });
+    const joined = await call('subscribe', { user_id: 'erin', room });
+    assert.equal(joined.connections, 1);
+    await until('the room joined', () => erin.roomInfo(room)?.state === 'joined');
+    await call('publish', { room, content: 'after' });
+    await until('the message after the subscribe', () => has(erin, room, 'after'));
+    assert.deepEqual(erin.contents(room), ['after'], 'what came before the subscribe is history, not live');
+    await call('unsubscribe', { user_id: 'erin', room });
+    await until('the room left', () => erin.seen.rooms.some((r) => r.room === room && r.state === 'left'));
+  });
+});
+
 describe('failover', () => {
   it('a node that never answers is left for the next one', { timeout: TEST_TIMEOUT_MS }, async () => {
     const node = await startNode();

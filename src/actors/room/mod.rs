@@ -94,11 +94,20 @@ pub enum RoomMessage {
         idempotency_key: Option<String>,
         reply: RpcReplyPort<Result<ReplyData, ErrorBody>>,
     },
+    /// A publish from the server API (docs/api.md): no connection of the sender need
+    /// be joined; otherwise the path of a client's publish (behaviour, then the log).
+    ServerPublish {
+        from: UserInfo,
+        content: String,
+        idempotency_key: Option<String>,
+        reply: RpcReplyPort<Result<ReplyData, ErrorBody>>,
+    },
     Typing {
         session: ActorId,
     },
     History {
-        session: ActorId,
+        /// The connection asking, which must be joined; None for the server API.
+        session: Option<ActorId>,
         before: Option<u64>,
         after: Option<u64>,
         limit: Option<u32>,
@@ -325,6 +334,16 @@ impl Room {
                 idempotency_key,
                 reply,
             } => self.publish(myself, &session, from, content, idempotency_key, reply),
+            RoomMessage::ServerPublish {
+                from,
+                content,
+                idempotency_key,
+                reply,
+            } => {
+                self.append(myself, from, content, idempotency_key, reply);
+                // A room started for the server API alone retires like any empty room.
+                self.arm_idle_timer(myself);
+            }
             RoomMessage::Typing { session } => self.typing(&session),
             RoomMessage::History {
                 session,
@@ -333,13 +352,19 @@ impl Room {
                 limit,
                 reply,
             } => {
-                let answer = if self.state.connections.contains_key(&session) {
+                let joined = session
+                    .as_ref()
+                    .is_none_or(|s| self.state.connections.contains_key(s));
+                let answer = if joined {
                     self.catch_up();
                     Ok(self.state.history_page(before, after, limit))
                 } else {
                     Err(self.not_joined())
                 };
                 let _ = reply.send(answer);
+                if session.is_none() {
+                    self.arm_idle_timer(myself);
+                }
             }
             RoomMessage::Presence {
                 after,
@@ -351,6 +376,8 @@ impl Room {
                     .state
                     .presence_page(after.as_deref(), limit, count_only);
                 let _ = reply.send(page);
+                // Asked by the server API of a room with no connection here.
+                self.arm_idle_timer(myself);
             }
             RoomMessage::Rename { user_id, name } => self.rename(UserInfo { id: user_id, name }),
             RoomMessage::IdleCheck { generation } => self.idle_check(myself, generation),
@@ -599,6 +626,19 @@ impl Room {
             let _ = reply.send(Err(self.not_joined()));
             return;
         }
+        self.append(myself, from, content, idempotency_key, reply);
+    }
+
+    /// The behaviour sees the content, then the log orders it (client and server API
+    /// publishes alike).
+    fn append(
+        &mut self,
+        myself: &ActorRef<RoomMessage>,
+        from: UserInfo,
+        content: String,
+        idempotency_key: Option<String>,
+        reply: PublishReply,
+    ) {
         let content = match self
             .state
             .behaviour
