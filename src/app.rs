@@ -207,11 +207,14 @@ fn bind_admin(settings: &Settings) -> std::io::Result<Option<TcpListener>> {
 /// presence across nodes (alone: nobody else to tell).
 fn boot_ports(ctx: Arc<NodeContext>) -> PortFuture<Result<Ports, String>> {
     Box::pin(async move {
+        // The webhooks' delivery tasks run on the actor runtime, beside what feeds them.
+        ctx.hooks.events.start();
         let host = room_log::start_host(
             &ctx.settings,
             ctx.cluster.clone(),
             ctx.room_directory(),
             ctx.metrics.clone(),
+            ctx.hooks.events.clone(),
         )
         .await?;
         let presence: Arc<dyn PresencePort> = match &ctx.cluster {

@@ -13,6 +13,8 @@
 //!   connection's bounded outbound queue.
 //! - [`behaviour`]: the `RoomBehaviour` trait developers implement to change rooms.
 //! - [`cluster`]: membership, failure detection, the wire between nodes, ownership.
+//! - [`hooks`]: the application's backend: the connect and publish hooks that decide,
+//!   the signed webhooks that inform.
 //! - [`app`]: builds a node from settings; [`telemetry`]: logs and metrics.
 //!
 //! docs/architecture.md draws the tree and follows one message through it.
@@ -23,6 +25,7 @@ pub mod auth;
 pub mod behaviour;
 pub mod cluster;
 pub mod config;
+pub mod hooks;
 pub mod protocol;
 pub mod telemetry;
 pub mod transport;

@@ -27,6 +27,8 @@ use super::room::{JoinRequest, RoomMessage};
 use super::room_supervisor::RoomSupervisorMessage;
 use super::{ask, AskError, NodeContext};
 use crate::auth::Grants;
+use crate::hooks::publish::Verdict;
+use crate::hooks::Connected;
 use crate::protocol::{
     close, encode, ClientFrame, ErrorBody, ErrorCode, FrameError, Ref, ReplyData, Request,
     RoomName, ServerFrame, UserInfo, PROTOCOL_VERSION,
@@ -84,6 +86,8 @@ pub enum SessionMessage {
     },
     /// A pipelined publish was answered by its room (or not in time).
     Published(PublishAnswer),
+    /// Join these rooms, as if the client had asked (sent to itself at start).
+    JoinInitial(Vec<RoomName>),
 }
 
 /// The answer to one pipelined publish, for its slot in [`Answers`].
@@ -148,6 +152,9 @@ pub struct SessionArgs {
     /// Roles, room claims and token expiry (empty for anonymous clients).
     pub grants: Grants,
     pub outbox: Outbox,
+    /// Rooms joined at once, as if the client had sent `join` for each (the connect
+    /// hook's `rooms`); each answered with a reply without `ref`.
+    pub initial_rooms: Vec<RoomName>,
 }
 
 /// The Session actor; holds only the node context.
@@ -169,6 +176,8 @@ pub struct SessionState {
     answers: Answers,
     /// Closes the connection when the token expires; aborted when the state drops.
     _token_timer: Option<TokenTimer>,
+    /// Sends the `disconnect` webhook event when the state drops.
+    _connected: Connected,
     _close_on_drop: CloseOnDrop,
 }
 
@@ -252,6 +261,7 @@ impl Actor for SessionActor {
                 .unwrap_or_default();
             TokenTimer::start(myself.clone(), left, self.ctx.metrics.clone())
         });
+        let connected = self.ctx.hooks.events.connected(&args.id, &args.user);
         let state = SessionState {
             id: args.id,
             user: args.user,
@@ -264,8 +274,13 @@ impl Actor for SessionActor {
             churn: ChurnLimits::new(&settings.limits, self.ctx.metrics.clone()),
             answers: Answers::default(),
             _token_timer: token_timer,
+            _connected: connected,
         };
         self.register(&myself, &state);
+        if !args.initial_rooms.is_empty() {
+            // First in the mailbox: the read loop starts only once this returned.
+            let _ = myself.cast(SessionMessage::JoinInitial(args.initial_rooms));
+        }
         Ok(state)
     }
 
@@ -328,6 +343,15 @@ impl Actor for SessionActor {
                     .outbox
                     .close_after_queued(close::SERVICE_RESTART, &reason);
             }
+            SessionMessage::JoinInitial(rooms) => {
+                for room in rooms {
+                    let reply = match Box::pin(self.join(&myself, state, room, None)).await {
+                        Ok(data) => ServerFrame::ok(None, data),
+                        Err(error) => ServerFrame::failure(None, error),
+                    };
+                    state.answers.send(&state.outbox, encode(&reply));
+                }
+            }
             SessionMessage::Published(published) => {
                 state.answers.in_flight = state.answers.in_flight.saturating_sub(1);
                 let PublishAnswer {
@@ -385,6 +409,10 @@ impl SessionActor {
                 content,
                 idempotency_key,
             } => {
+                let content = match self.publish_hook(state, &room, content).await {
+                    Ok(content) => content,
+                    Err(error) => return Some(ServerFrame::failure(reference, error)),
+                };
                 if state.answers.in_flight < MAX_PUBLISHES_IN_FLIGHT {
                     let publish = Publish {
                         room,
@@ -559,6 +587,34 @@ impl SessionActor {
         Ok(ReplyData::Leave {
             room: room.to_string(),
         })
+    }
+
+    /// The publish hook (`[hooks] publish_url`, src/hooks/publish.rs), when it covers
+    /// `room`: the content to order (the backend's rewrite, or as sent), or the error
+    /// to answer. Awaited here, before the room: a slow backend holds up this
+    /// connection's requests only, one publish at a time, never the room. What would
+    /// be refused anyway (bad content, not joined, not allowed) is refused before the
+    /// backend is asked.
+    async fn publish_hook(
+        &self,
+        state: &SessionState,
+        room: &RoomName,
+        content: String,
+    ) -> Result<String, ErrorBody> {
+        let Some(hook) = self.ctx.hooks.publish.as_ref().filter(|h| h.applies(room.as_str()))
+        else {
+            return Ok(content);
+        };
+        self.check_content(&content)?;
+        if !state.rooms.contains_key(room) {
+            return Err(not_joined(room));
+        }
+        self.ctx.access.may_publish(room, &state.grants)?;
+        match hook.check(room.as_str(), &state.user, &state.id, &content).await {
+            Verdict::Accept => Ok(content),
+            Verdict::Rewrite(rewritten) => Ok(rewritten),
+            Verdict::Reject(error) => Err(error),
+        }
     }
 
     /// Hands a publish to its room and answers it later, in its turn

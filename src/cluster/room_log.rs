@@ -32,7 +32,9 @@ use crate::protocol::{now_ms, ErrorBody, ErrorCode};
 use crate::telemetry::Metrics;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::Arc;
+use crate::config::WebhookEvent;
+use crate::hooks::Webhooks;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -154,14 +156,34 @@ impl RoomLog for RaftRoomLog {
     }
 }
 
-/// Delivers what the shards commit to the Room actors running here.
+/// Delivers what the shards commit to the Room actors running here, and, on the
+/// shard's leader, to the `publish` webhook endpoints.
 pub struct RoomSink {
     rooms: RoomDirectory,
     shards: u32,
+    events: Arc<Webhooks>,
+    /// The host, once started: who leads each shard.
+    host: OnceLock<Weak<ShardHost>>,
+}
+
+impl RoomSink {
+    /// Whether this node leads `shard` now (false until the host has started).
+    fn leads(&self, shard: ShardId) -> bool {
+        let host = self.host.get().and_then(Weak::upgrade);
+        host.is_some_and(|host| host.leader(shard) == Some(host.me()))
+    }
 }
 
 impl ApplySink for RoomSink {
-    fn committed(&self, _shard: ShardId, committed: Vec<Committed>) {
+    fn committed(&self, shard: ShardId, committed: Vec<Committed>) {
+        // Exactly one node sends a message's `publish` event: the shard's leader, as
+        // it applies the entry. What a leadership change lets slip between two
+        // leaders is sent again by the new one (`replay_publish_events`).
+        if self.events.wants(WebhookEvent::Publish) && self.leads(shard) {
+            for entry in &committed {
+                self.events.published(&entry.message);
+            }
+        }
         // Grouped per room, each group in log order.
         let mut by_room: BTreeMap<String, Vec<_>> = BTreeMap::new();
         for entry in committed {
@@ -230,6 +252,7 @@ pub async fn start_host(
     cluster: Option<Arc<Cluster>>,
     rooms: RoomDirectory,
     metrics: Arc<Metrics>,
+    events: Arc<Webhooks>,
 ) -> Result<Arc<ShardHost>, String> {
     let me = settings.node.name.clone();
     let nodes = settings.cluster_nodes();
@@ -278,10 +301,12 @@ pub async fn start_host(
     let sink = Arc::new(RoomSink {
         rooms,
         shards: placement.shards(),
+        events: events.clone(),
+        host: OnceLock::new(),
     });
     let reach = cluster.as_ref().map(|cluster| reach_of(cluster));
     let wiring = Wiring {
-        sink,
+        sink: sink.clone(),
         link,
         reach,
         names,
@@ -290,6 +315,11 @@ pub async fn start_host(
     let host = ShardHost::start(&me, placement, &db, retention, timing, wiring, join)
         .await
         .map_err(|e| format!("the room logs did not start: {e}"))?;
+    let _ = sink.host.set(Arc::downgrade(&host));
+    let replay = Duration::from_secs(settings.hooks.webhook_replay_secs);
+    if events.wants(WebhookEvent::Publish) && !replay.is_zero() {
+        tokio::spawn(replay_publish_events(Arc::downgrade(&host), events, replay));
+    }
     if let Some(cluster) = &cluster {
         cluster.set_shard_host(host.clone());
     }
@@ -297,6 +327,45 @@ pub async fn start_host(
         tokio::spawn(watch_disk(Arc::downgrade(&host), file, metrics));
     }
     Ok(host)
+}
+
+/// How often the leaders of the shards are looked at for a change.
+const LEADERSHIP_POLL: Duration = Duration::from_millis(200);
+
+/// Sends again the `publish` events of the last `window` of every shard this node
+/// comes to lead (at start, and when leadership moves here): the previous leader may
+/// have applied them and not delivered them (it died with them queued), and this node
+/// applied them while it was not the leader, so sent nothing. Their delivery ids are
+/// the messages' ids, so a backend that saw them already drops them.
+async fn replay_publish_events(host: Weak<ShardHost>, events: Arc<Webhooks>, window: Duration) {
+    let mut led: BTreeSet<ShardId> = BTreeSet::new();
+    loop {
+        tokio::time::sleep(LEADERSHIP_POLL).await;
+        let Some(host) = host.upgrade() else {
+            return;
+        };
+        for shard in 0..host.placement().shards() {
+            let leads = host.leader(shard) == Some(host.me());
+            if !leads {
+                led.remove(&shard);
+                continue;
+            }
+            if !led.insert(shard) {
+                continue;
+            }
+            let Some(reader) = host.reader(shard) else {
+                continue;
+            };
+            let since = now_ms().saturating_sub(window.as_millis() as u64);
+            let messages = reader.recent(since);
+            if !messages.is_empty() {
+                tracing::info!(shard, messages = messages.len(), "leading a shard: sending its recent publish events again");
+            }
+            for message in &messages {
+                events.published(message);
+            }
+        }
+    }
 }
 
 /// Reads the database file's size into `hubbub_storage_bytes` every 5 s while the host

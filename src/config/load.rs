@@ -1018,6 +1018,9 @@ impl Settings {
             problems.add(&key, reason);
         }
         check_nodes(&self.nodes, &mut problems);
+        for (key, reason) in super::hooks::problems(&self.hooks, &self.webhooks) {
+            problems.add(&key, reason);
+        }
         check_cookie_strength(self, &mut problems);
         check_admin(self, &mut problems);
         problems.0

@@ -10,6 +10,7 @@
 //! nothing logs a request's query string.
 
 pub mod json_lines;
+pub mod hook_metrics;
 pub mod metrics;
 mod process;
 

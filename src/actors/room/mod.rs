@@ -42,6 +42,8 @@ use super::NodeContext;
 use crate::protocol::{
     encode, ChatMessage, ErrorBody, ErrorCode, Member, ReplyData, RoomName, ServerFrame, UserInfo,
 };
+use crate::config::WebhookEvent;
+use crate::hooks::Webhooks;
 use crate::telemetry::Metrics;
 use presence_batch::PresenceBatch;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
@@ -173,6 +175,8 @@ pub struct Room {
     /// Joins and leaves waiting for the next `PresenceTick` (large rooms only).
     presence_batch: PresenceBatch,
     metrics: Arc<Metrics>,
+    /// Where membership webhook events go.
+    events: Arc<Webhooks>,
     /// This room's share of `hubbub_room_state_entries` as last reported.
     entries_reported: i64,
     /// Joins resuming past what this node's copy of the log holds, waiting for it
@@ -226,6 +230,7 @@ impl Actor for RoomActor {
                 Duration::from_millis(settings.rooms.presence_batch_ms),
             ),
             metrics: self.ctx.metrics.clone(),
+            events: self.ctx.hooks.events.clone(),
             entries_reported: 0,
             waiting_joins: Vec::new(),
         };
@@ -799,6 +804,7 @@ impl Room {
         touched: BTreeSet<String>,
         names: &BTreeMap<String, String>,
     ) {
+        let was_empty = self.state.members.is_empty();
         // Only the users whose connections changed: a join in a room of thousands
         // does not rebuild the whole list.
         let (mut joins, mut leaves, mut updates) = (Vec::new(), Vec::new(), Vec::new());
@@ -829,6 +835,7 @@ impl Room {
             }
         }
         if local {
+            self.membership_events(was_empty, &joins, &leaves);
             for member in &joins {
                 self.state.behaviour.on_join(&self.state.name, member);
             }
@@ -853,6 +860,30 @@ impl Room {
             return;
         }
         self.state.push_presence_diff(changes, except);
+    }
+
+    /// The webhook events of a change made here (src/hooks/): `room_created` when
+    /// the room-wide member list was empty, then each `join`; each `leave`, then
+    /// `room_emptied` when it is empty now. The other nodes see the same change as
+    /// remote presence and send nothing, so each change is sent once.
+    fn membership_events(&self, was_empty: bool, joins: &[Member], leaves: &[Member]) {
+        let room = self.state.name.as_str();
+        let user = |m: &Member| UserInfo {
+            id: m.id.clone(),
+            name: m.name.clone(),
+        };
+        if was_empty && !joins.is_empty() {
+            self.events.room(WebhookEvent::RoomCreated, room);
+        }
+        for member in joins {
+            self.events.membership(WebhookEvent::Join, room, &user(member));
+        }
+        for member in leaves {
+            self.events.membership(WebhookEvent::Leave, room, &user(member));
+        }
+        if !was_empty && !leaves.is_empty() && self.state.members.is_empty() {
+            self.events.room(WebhookEvent::RoomEmptied, room);
+        }
     }
 
     /// The batch's time is up: one `presence_diff` to this node's connections.
