@@ -21,9 +21,16 @@ pub struct Recorded {
     /// Lower-case names.
     pub headers: BTreeMap<String, String>,
     pub body: Vec<u8>,
+    /// The status the backend answered it with.
+    pub status: u16,
 }
 
 impl Recorded {
+    /// Whether the backend took it (answered 2xx).
+    pub fn accepted(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
     /// The body as JSON (Null when it is not).
     pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap_or(Value::Null)
@@ -178,9 +185,12 @@ async fn handle(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -
             })
             .collect(),
         body: body.to_vec(),
+        status: 0,
     };
     let respond = shared.respond.lock().unwrap().clone();
     let reply = respond(&recorded);
+    let mut recorded = recorded;
+    recorded.status = reply.status;
     shared.requests.lock().unwrap().push(recorded);
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
