@@ -561,7 +561,10 @@ impl Room {
                 }
                 touched.extend(self.remote_ids());
             }
+            let was_member = self.state.members.contains_key(&user.id);
+            let user = user.clone();
             self.members_changed(myself, Some(&id), true, touched, &BTreeMap::new());
+            self.membership_events(&user, was_member);
         }
         let data = self.state.join_data(request.since);
         let _ = reply.send(Ok(data.into_reply(self.room())));
@@ -576,13 +579,15 @@ impl Room {
         self.ports
             .presence
             .local(self.state.name.as_str(), &user, left);
+        let was_member = self.state.members.contains_key(&user.id);
         self.members_changed(
             myself,
             None,
             true,
-            BTreeSet::from([user.id]),
+            BTreeSet::from([user.id.clone()]),
             &BTreeMap::new(),
         );
+        self.membership_events(&user, was_member);
         self.arm_idle_timer(myself);
     }
 
@@ -804,7 +809,6 @@ impl Room {
         touched: BTreeSet<String>,
         names: &BTreeMap<String, String>,
     ) {
-        let was_empty = self.state.members.is_empty();
         // Only the users whose connections changed: a join in a room of thousands
         // does not rebuild the whole list.
         let (mut joins, mut leaves, mut updates) = (Vec::new(), Vec::new(), Vec::new());
@@ -835,7 +839,6 @@ impl Room {
             }
         }
         if local {
-            self.membership_events(was_empty, &joins, &leaves);
             for member in &joins {
                 self.state.behaviour.on_join(&self.state.name, member);
             }
@@ -862,27 +865,24 @@ impl Room {
         self.state.push_presence_diff(changes, except);
     }
 
-    /// The webhook events of a change made here (src/hooks/): `room_created` when
-    /// the room-wide member list was empty, then each `join`; each `leave`, then
-    /// `room_emptied` when it is empty now. The other nodes see the same change as
-    /// remote presence and send nothing, so each change is sent once.
-    fn membership_events(&self, was_empty: bool, joins: &[Member], leaves: &[Member]) {
+    /// The webhook events of a connection's join or leave here (src/hooks/), sent by
+    /// this node alone (the others see the change as remote presence): `join` when
+    /// `user` was not a member of the room anywhere and now is (`room_created` before
+    /// it when the user is its only member); `leave` when the user was and is no more
+    /// (`room_emptied` after it when nobody is left).
+    fn membership_events(&self, user: &UserInfo, was_member: bool) {
         let room = self.state.name.as_str();
-        let user = |m: &Member| UserInfo {
-            id: m.id.clone(),
-            name: m.name.clone(),
-        };
-        if was_empty && !joins.is_empty() {
-            self.events.room(WebhookEvent::RoomCreated, room);
-        }
-        for member in joins {
-            self.events.membership(WebhookEvent::Join, room, &user(member));
-        }
-        for member in leaves {
-            self.events.membership(WebhookEvent::Leave, room, &user(member));
-        }
-        if !was_empty && !leaves.is_empty() && self.state.members.is_empty() {
-            self.events.room(WebhookEvent::RoomEmptied, room);
+        let is_member = self.state.members.contains_key(&user.id);
+        if !was_member && is_member {
+            if self.state.members.len() == 1 {
+                self.events.room(WebhookEvent::RoomCreated, room);
+            }
+            self.events.membership(WebhookEvent::Join, room, user);
+        } else if was_member && !is_member {
+            self.events.membership(WebhookEvent::Leave, room, user);
+            if self.state.members.is_empty() {
+                self.events.room(WebhookEvent::RoomEmptied, room);
+            }
         }
     }
 
