@@ -11,5 +11,6 @@ mod support;
 mod ws_client;
 
 mod connect_hook;
+mod example_backend;
 mod publish_hook;
 mod webhooks;
