@@ -601,7 +601,12 @@ impl SessionActor {
         room: &RoomName,
         content: String,
     ) -> Result<String, ErrorBody> {
-        let Some(hook) = self.ctx.hooks.publish.as_ref().filter(|h| h.applies(room.as_str()))
+        let Some(hook) = self
+            .ctx
+            .hooks
+            .publish
+            .as_ref()
+            .filter(|h| h.applies(room.as_str()))
         else {
             return Ok(content);
         };
@@ -610,7 +615,10 @@ impl SessionActor {
             return Err(not_joined(room));
         }
         self.ctx.access.may_publish(room, &state.grants)?;
-        match hook.check(room.as_str(), &state.user, &state.id, &content).await {
+        match hook
+            .check(room.as_str(), &state.user, &state.id, &content)
+            .await
+        {
             Verdict::Accept => Ok(content),
             Verdict::Rewrite(rewritten) => Ok(rewritten),
             Verdict::Reject(error) => Err(error),

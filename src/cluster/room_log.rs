@@ -27,13 +27,13 @@ use super::wire::{Body, RaftAnswer, RaftCall};
 use super::Cluster;
 use crate::actors::port::{Append, Appended, LogRead, PortFuture, RoomLog};
 use crate::actors::{RoomDirectory, RoomMessage};
+use crate::config::WebhookEvent;
 use crate::config::{Settings, StorageEngine};
+use crate::hooks::Webhooks;
 use crate::protocol::{now_ms, ErrorBody, ErrorCode};
 use crate::telemetry::Metrics;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use crate::config::WebhookEvent;
-use crate::hooks::Webhooks;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -359,7 +359,11 @@ async fn replay_publish_events(host: Weak<ShardHost>, events: Arc<Webhooks>, win
             let since = now_ms().saturating_sub(window.as_millis() as u64);
             let messages = reader.recent(since);
             if !messages.is_empty() {
-                tracing::info!(shard, messages = messages.len(), "leading a shard: sending its recent publish events again");
+                tracing::info!(
+                    shard,
+                    messages = messages.len(),
+                    "leading a shard: sending its recent publish events again"
+                );
             }
             for message in &messages {
                 events.published(message);

@@ -175,7 +175,10 @@ impl WebhookSettings {
 const MAX_TIMEOUT_MS: u64 = 60_000;
 
 /// Every broken rule of `[hooks]` and `[[webhooks]]`, as (key, reason).
-pub(super) fn problems(hooks: &HooksSettings, webhooks: &[WebhookSettings]) -> Vec<(String, String)> {
+pub(super) fn problems(
+    hooks: &HooksSettings,
+    webhooks: &[WebhookSettings],
+) -> Vec<(String, String)> {
     let mut problems = Vec::new();
     let mut add = |key: &str, reason: String| problems.push((key.to_owned(), reason));
     for (key, url) in [
@@ -193,7 +196,10 @@ pub(super) fn problems(hooks: &HooksSettings, webhooks: &[WebhookSettings]) -> V
         ("hooks.publish_timeout_ms", hooks.publish_timeout_ms),
     ] {
         if !(1..=MAX_TIMEOUT_MS).contains(&ms) {
-            add(key, format!("must be between 1 and {MAX_TIMEOUT_MS}, not {ms}"));
+            add(
+                key,
+                format!("must be between 1 and {MAX_TIMEOUT_MS}, not {ms}"),
+            );
         }
     }
     if hooks.breaker_failures > 0 && hooks.breaker_cooldown_ms == 0 {
@@ -252,7 +258,10 @@ pub(super) fn problems(hooks: &HooksSettings, webhooks: &[WebhookSettings]) -> V
         if !(1..=MAX_TIMEOUT_MS).contains(&hook.timeout_ms) {
             add(
                 &key("timeout_ms"),
-                format!("must be between 1 and {MAX_TIMEOUT_MS}, not {}", hook.timeout_ms),
+                format!(
+                    "must be between 1 and {MAX_TIMEOUT_MS}, not {}",
+                    hook.timeout_ms
+                ),
             );
         }
         if hook.queue_events == 0 {

@@ -19,8 +19,12 @@ pub enum Admission {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    Closed { failures: u32 },
-    Open { until: Instant },
+    Closed {
+        failures: u32,
+    },
+    Open {
+        until: Instant,
+    },
     /// One trial call is out.
     HalfOpen,
 }
@@ -118,10 +122,17 @@ mod tests {
         let t0 = Instant::now();
         let mut b = Breaker::new(1, COOL);
         assert!(b.failure(t0));
-        assert_eq!(b.admit(t0 + COOL - Duration::from_millis(1)), Admission::Refuse);
+        assert_eq!(
+            b.admit(t0 + COOL - Duration::from_millis(1)),
+            Admission::Refuse
+        );
         let later = t0 + COOL;
         assert_eq!(b.admit(later), Admission::Call, "the trial call");
-        assert_eq!(b.admit(later), Admission::Refuse, "only one trial at a time");
+        assert_eq!(
+            b.admit(later),
+            Admission::Refuse,
+            "only one trial at a time"
+        );
         // The trial fails: open for another cool-down from then.
         assert!(b.failure(later));
         assert_eq!(b.admit(later + COOL / 2), Admission::Refuse);

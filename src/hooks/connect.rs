@@ -164,7 +164,11 @@ impl ConnectHook {
                 verdict
             }
             Err(reason) => {
-                let label = if outcome == Outcome::Timeout { "timeout" } else { "error" };
+                let label = if outcome == Outcome::Timeout {
+                    "timeout"
+                } else {
+                    "error"
+                };
                 self.metrics.hook_call(Hook::Connect, label, took);
                 let opened = self
                     .breaker
@@ -200,7 +204,9 @@ fn parse(body: &[u8]) -> Result<ConnectVerdict, String> {
                 .reason
                 .unwrap_or_else(|| "the application refused this connection".to_owned()),
         }),
-        other => Err(format!("the connect hook answered an unknown action {other:?}")),
+        other => Err(format!(
+            "the connect hook answered an unknown action {other:?}"
+        )),
     }
 }
 

@@ -67,7 +67,12 @@ struct Answer {
 
 impl PublishHook {
     /// The hook `[hooks]` describes (its patterns were validated).
-    pub fn new(hooks: &HooksSettings, node: &str, client: HttpClient, metrics: HookMetrics) -> Self {
+    pub fn new(
+        hooks: &HooksSettings,
+        node: &str,
+        client: HttpClient,
+        metrics: HookMetrics,
+    ) -> Self {
         let rooms = (!hooks.publish_rooms.is_empty()).then(|| {
             let mut builder = GlobSetBuilder::new();
             for pattern in &hooks.publish_rooms {
@@ -100,7 +105,13 @@ impl PublishHook {
 
     /// Asks the backend about one publish; never fails (a failure becomes what the
     /// failure policy says).
-    pub async fn check(&self, room: &str, user: &UserInfo, session: &str, content: &str) -> Verdict {
+    pub async fn check(
+        &self,
+        room: &str,
+        user: &UserInfo,
+        session: &str,
+        content: &str,
+    ) -> Verdict {
         let started = Instant::now();
         let admitted = self
             .breaker
@@ -148,7 +159,11 @@ impl PublishHook {
                 verdict
             }
             Err(reason) => {
-                let label = if outcome == Outcome::Timeout { "timeout" } else { "error" };
+                let label = if outcome == Outcome::Timeout {
+                    "timeout"
+                } else {
+                    "error"
+                };
                 self.metrics.hook_call(Hook::Publish, label, took);
                 let opened = self
                     .breaker
@@ -199,7 +214,9 @@ fn parse(body: &[u8]) -> Result<Verdict, String> {
                 .unwrap_or_else(|| "the message was rejected".to_owned());
             Ok(Verdict::Reject(ErrorBody::new(code, message)))
         }
-        other => Err(format!("the publish hook answered an unknown action {other:?}")),
+        other => Err(format!(
+            "the publish hook answered an unknown action {other:?}"
+        )),
     }
 }
 
@@ -218,7 +235,10 @@ mod tests {
         );
         assert_eq!(
             parse(br#"{"action":"reject","code":"too_long","message":"shorter"}"#),
-            Ok(Verdict::Reject(ErrorBody::new(ErrorCode::TooLong, "shorter")))
+            Ok(Verdict::Reject(ErrorBody::new(
+                ErrorCode::TooLong,
+                "shorter"
+            )))
         );
         // A code the protocol does not have becomes forbidden.
         assert_eq!(

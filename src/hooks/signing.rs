@@ -82,7 +82,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn unhex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len())
@@ -115,9 +115,15 @@ mod tests {
             verify(b"k", &header, br#"{"event":"join"}"#, 100, 300),
             Err(Invalid::Mismatch)
         );
-        assert_eq!(verify(b"other", &header, body, 100, 300), Err(Invalid::Mismatch));
+        assert_eq!(
+            verify(b"other", &header, body, 100, 300),
+            Err(Invalid::Mismatch)
+        );
         assert_eq!(verify(b"k", &header, body, 1_000, 300), Err(Invalid::Stale));
-        assert_eq!(verify(b"k", "v1=00", body, 100, 300), Err(Invalid::Malformed));
+        assert_eq!(
+            verify(b"k", "v1=00", body, 100, 300),
+            Err(Invalid::Malformed)
+        );
         // A rotated secret: either signature in the header may match.
         let both = format!("{header},v1={}", "ab".repeat(32));
         assert_eq!(verify(b"k", &both, body, 100, 300), Ok(()));

@@ -77,8 +77,7 @@ impl Endpoint {
             return false;
         };
         let events = queue.waiting.len() + queue.in_flight;
-        if events >= self.settings.queue_events || queue.bytes + size > self.settings.queue_bytes
-        {
+        if events >= self.settings.queue_events || queue.bytes + size > self.settings.queue_bytes {
             if queue.dropping == 0 {
                 tracing::warn!(
                     endpoint = %self.name,
@@ -288,7 +287,10 @@ mod tests {
         assert_eq!(backoff(0, 500, 30_000, 0.0), Duration::from_millis(250));
         assert_eq!(backoff(3, 500, 30_000, 0.0), Duration::from_millis(2_000));
         assert_eq!(backoff(10, 500, 30_000, 0.0), Duration::from_millis(15_000));
-        assert_eq!(backoff(200, 500, 30_000, 0.0), Duration::from_millis(15_000));
+        assert_eq!(
+            backoff(200, 500, 30_000, 0.0),
+            Duration::from_millis(15_000)
+        );
         for _ in 0..100 {
             let j = jitter();
             assert!((0.0..1.0).contains(&j));

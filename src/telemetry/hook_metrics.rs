@@ -138,7 +138,9 @@ impl HookMetrics {
             metrics.queued.clone(),
         );
         for hook in [Hook::Connect, Hook::Publish] {
-            let _ = metrics.breaker_opened.get_or_create(&[("hook", hook.label())]);
+            let _ = metrics
+                .breaker_opened
+                .get_or_create(&[("hook", hook.label())]);
             for outcome in HOOK_OUTCOMES {
                 let _ = metrics
                     .calls

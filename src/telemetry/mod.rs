@@ -9,8 +9,8 @@
 //! a log line: settings wrap them in a type whose `Debug` and `Display` hide them, and
 //! nothing logs a request's query string.
 
-pub mod json_lines;
 pub mod hook_metrics;
+pub mod json_lines;
 pub mod metrics;
 mod process;
 

@@ -16,15 +16,18 @@ use actix_web::{HttpRequest, HttpResponse};
 use serde_json::json;
 use std::net::IpAddr;
 
+/// The connection's identity and the rooms it joins at once, or the HTTP answer that
+/// refuses it (boxed: an `HttpResponse` is large).
+pub type Connecting = Result<(Identity, Vec<RoomName>), Box<HttpResponse>>;
+
 /// Asks the connect hook, when there is one, about an upgrade the gate admitted as
-/// `identity`: the connection's identity and the rooms to join, or the HTTP answer
-/// that refuses it.
+/// `identity`.
 pub async fn ask_connect_hook(
     state: &AppState,
     req: &HttpRequest,
     identity: Identity,
     client: Option<IpAddr>,
-) -> Result<(Identity, Vec<RoomName>), HttpResponse> {
+) -> Connecting {
     let Some(hook) = state.ctx.hooks.connect.as_ref() else {
         return Ok((identity, Vec::new()));
     };
@@ -55,11 +58,11 @@ pub async fn ask_connect_hook(
             name,
             rooms,
         } => (user_id, name, rooms),
-        ConnectVerdict::Deny { status, reason } => return Err(denied(status, &reason)),
+        ConnectVerdict::Deny { status, reason } => return Err(Box::new(denied(status, &reason))),
         ConnectVerdict::Failed(reason) => {
             return match hook.failure {
                 FailurePolicy::FailOpen => Ok((identity, Vec::new())),
-                FailurePolicy::FailClosed => Err(unavailable(&reason)),
+                FailurePolicy::FailClosed => Err(Box::new(unavailable(&reason))),
             }
         }
     };
@@ -67,7 +70,11 @@ pub async fn ask_connect_hook(
     if !jwt {
         if let Some(id) = user_id {
             let Ok(id) = validate_user_id(&id) else {
-                return failed_answer(hook.failure, identity, "the connect hook's user_id is not a valid user id");
+                return failed_answer(
+                    hook.failure,
+                    identity,
+                    "the connect hook's user_id is not a valid user id",
+                );
             };
             identity.user.name = id.clone();
             identity.user.id = id;
@@ -75,7 +82,11 @@ pub async fn ask_connect_hook(
         }
         if let Some(name) = name {
             let Ok(name) = validate_display_name(&name) else {
-                return failed_answer(hook.failure, identity, "the connect hook's name is not a valid name");
+                return failed_answer(
+                    hook.failure,
+                    identity,
+                    "the connect hook's name is not a valid name",
+                );
             };
             identity.user.name = name;
             identity.name_given = true;
@@ -97,15 +108,11 @@ pub async fn ask_connect_hook(
 }
 
 /// An allow that cannot be used is a failure of the hook.
-fn failed_answer(
-    policy: FailurePolicy,
-    identity: Identity,
-    reason: &str,
-) -> Result<(Identity, Vec<RoomName>), HttpResponse> {
+fn failed_answer(policy: FailurePolicy, identity: Identity, reason: &str) -> Connecting {
     tracing::debug!(reason, "connect hook answer unusable");
     match policy {
         FailurePolicy::FailOpen => Ok((identity, Vec::new())),
-        FailurePolicy::FailClosed => Err(unavailable(reason)),
+        FailurePolicy::FailClosed => Err(Box::new(unavailable(reason))),
     }
 }
 

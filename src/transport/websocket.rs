@@ -63,7 +63,7 @@ pub async fn upgrade(
     let (identity, initial_rooms) =
         match ask_connect_hook(&state, &req, identity, admitted.client).await {
             Ok(allowed) => allowed,
-            Err(refused) => return Ok(refused),
+            Err(refused) => return Ok(*refused),
         };
     let Identity {
         user,

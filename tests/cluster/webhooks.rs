@@ -44,7 +44,11 @@ async fn see_all(client: &mut Client, room: &str, n: usize) {
         if history.len() >= n {
             return;
         }
-        assert!(std::time::Instant::now() < deadline, "saw {} of {n}", history.len());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "saw {} of {n}",
+            history.len()
+        );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
@@ -59,7 +63,11 @@ async fn each_event_is_sent_by_one_node_and_a_failover_loses_none() {
             .config(&name)
             .set("[webhooks]", "name", toml_str("backend"))
             .set("[webhooks]", "url", toml_str(backend.url("/events")))
-            .set("[webhooks]", "events", toml_list(&["publish", "join", "connect"]))
+            .set(
+                "[webhooks]",
+                "events",
+                toml_list(&["publish", "join", "connect"]),
+            )
             .set("[webhooks]", "secret", toml_str(SECRET))
             .set("[webhooks]", "retry_initial_ms", 50)
             .set("[webhooks]", "retry_max_ms", 200);
@@ -94,9 +102,11 @@ async fn each_event_is_sent_by_one_node_and_a_failover_loses_none() {
         .wait_for("/events", "ten publishes and the barriers", |seen| {
             let events = accepted(seen);
             deliveries(&events, "publish").len() >= 10
-                && ["barrier-a", "barrier-b", "barrier-c"]
-                    .iter()
-                    .all(|u| events.iter().any(|e| e["event"] == "connect" && e["user"]["id"] == *u))
+                && ["barrier-a", "barrier-b", "barrier-c"].iter().all(|u| {
+                    events
+                        .iter()
+                        .any(|e| e["event"] == "connect" && e["user"]["id"] == *u)
+                })
         })
         .await;
     let events = accepted(&requests);
@@ -107,7 +117,11 @@ async fn each_event_is_sent_by_one_node_and_a_failover_loses_none() {
         "each publish event once: {publishes:?}"
     );
     for event in events.iter().filter(|e| e["event"] == "publish") {
-        assert_eq!(event["node"], leader.as_str(), "sent by the shard's leader: {event}");
+        assert_eq!(
+            event["node"],
+            leader.as_str(),
+            "sent by the shard's leader: {event}"
+        );
     }
     let joins = deliveries(&events, "join");
     assert_eq!(joins.len(), 2, "bob's and carol's joins: {events:?}");
@@ -135,11 +149,15 @@ async fn each_event_is_sent_by_one_node_and_a_failover_loses_none() {
     bob.publish_retry(&room, "queued-0").await;
     carol.publish_retry(&room, "queued-1").await;
     backend
-        .wait_for("/events", "the leader trying while the backend is down", |seen| {
-            seen[before..].iter().any(|r| {
-                r.status == 503 && r.body.windows(8).any(|w| w == b"queued-0")
-            })
-        })
+        .wait_for(
+            "/events",
+            "the leader trying while the backend is down",
+            |seen| {
+                seen[before..]
+                    .iter()
+                    .any(|r| r.status == 503 && r.body.windows(8).any(|w| w == b"queued-0"))
+            },
+        )
         .await;
     cluster.kill9(&leader);
     down.store(false, Ordering::SeqCst);
@@ -170,5 +188,9 @@ async fn each_event_is_sent_by_one_node_and_a_failover_loses_none() {
     // than publishes is fine, a hole is not.
     let last = *seqs.last().unwrap();
     assert!(last >= expected as u64, "{seqs:?}");
-    assert_eq!(seqs, (1..=last).collect(), "every message of the room, none lost");
+    assert_eq!(
+        seqs,
+        (1..=last).collect(),
+        "every message of the room, none lost"
+    );
 }

@@ -54,7 +54,10 @@ async fn an_allow_names_the_user_and_joins_its_rooms() {
     assert_eq!(body["headers"], json!({"cookie": "session=abc"}), "{body}");
     assert_eq!(body["remote_addr"], "127.0.0.1", "{body}");
     assert_eq!(body["query"], "", "{body}");
-    assert!(body["user"].is_null(), "anonymous mode verifies nobody: {body}");
+    assert!(
+        body["user"].is_null(),
+        "anonymous mode verifies nobody: {body}"
+    );
     assert_eq!(body["node"], "test-node");
 }
 
@@ -70,11 +73,23 @@ async fn a_deny_is_the_status_and_reason_the_backend_gave() {
         }
     });
     let node = node_with_hook(&backend, |_| {}).await;
-    let refused = node.try_connect("user=mallory&banned=1").await.err().expect("denied");
+    let refused = node
+        .try_connect("user=mallory&banned=1")
+        .await
+        .err()
+        .expect("denied");
     assert_eq!(refused.status, 403);
-    assert_eq!(refused.body["error"]["code"], "forbidden", "{}", refused.body);
+    assert_eq!(
+        refused.body["error"]["code"], "forbidden",
+        "{}",
+        refused.body
+    );
     assert_eq!(refused.body["error"]["message"], "you are banned");
-    let refused = node.try_connect("user=someone").await.err().expect("denied");
+    let refused = node
+        .try_connect("user=someone")
+        .await
+        .err()
+        .expect("denied");
     assert_eq!(refused.status, 401);
     assert_eq!(refused.body["error"]["code"], "unauthorized");
     assert_eq!(refused.body["error"]["reason"], "connect_hook");
@@ -82,14 +97,19 @@ async fn a_deny_is_the_status_and_reason_the_backend_gave() {
     let (_, metrics) = node.get("/metrics").await;
     let metrics = Metrics::parse(&metrics);
     assert_eq!(
-        metrics.value("hubbub_hook_calls_total", &[("hook", "connect"), ("outcome", "deny")]),
+        metrics.value(
+            "hubbub_hook_calls_total",
+            &[("hook", "connect"), ("outcome", "deny")]
+        ),
         2.0
     );
 }
 
 async fn slow_backend_under(policy: FailurePolicy) -> (TestNode, Backend) {
     let backend = Backend::start().await;
-    backend.respond(|_| Reply::ok(json!({"action": "deny", "status": 403})).after(Duration::from_secs(3)));
+    backend.respond(|_| {
+        Reply::ok(json!({"action": "deny", "status": 403})).after(Duration::from_secs(3))
+    });
     let node = node_with_hook(&backend, |s| {
         s.hooks.connect_timeout_ms = 200;
         s.hooks.connect_failure = policy;
@@ -103,7 +123,11 @@ async fn a_timeout_fails_closed_with_503() {
     let (node, _backend) = slow_backend_under(FailurePolicy::FailClosed).await;
     let started = Instant::now();
     let refused = node.try_connect("user=alice").await.err().expect("refused");
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(refused.status, 503);
     assert_eq!(refused.body["error"]["code"], "unavailable");
     assert_eq!(refused.body["error"]["reason"], "connect_hook");
@@ -113,16 +137,28 @@ async fn a_timeout_fails_closed_with_503() {
 async fn a_timeout_fails_open_with_the_query_identity() {
     let (node, _backend) = slow_backend_under(FailurePolicy::FailOpen).await;
     let started = Instant::now();
-    let alice = node.try_connect("user=alice&name=Alice").await.expect("let in");
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
-    assert_eq!(alice.welcome["user"], json!({"id": "alice", "name": "Alice"}));
+    let alice = node
+        .try_connect("user=alice&name=Alice")
+        .await
+        .expect("let in");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        alice.welcome["user"],
+        json!({"id": "alice", "name": "Alice"})
+    );
 }
 
 #[tokio::test]
 async fn with_jwt_the_token_is_checked_first_and_its_identity_wins() {
     use crate::support::test_settings;
     let backend = Backend::start().await;
-    backend.respond(|_| Reply::ok(json!({"action": "allow", "user_id": "someone-else", "rooms": ["vip"]})));
+    backend.respond(|_| {
+        Reply::ok(json!({"action": "allow", "user_id": "someone-else", "rooms": ["vip"]}))
+    });
     let secret = "a-test-secret-that-is-long-enough-for-hs256!";
     let mut settings = test_settings();
     settings.auth.mode = hubbub::config::AuthMode::Jwt;
@@ -130,16 +166,38 @@ async fn with_jwt_the_token_is_checked_first_and_its_identity_wins() {
     settings.hooks.connect_url = backend.url("/connect");
     let node = TestNode::start_with(settings, hubbub::Behaviours::new()).await;
     // A bad token never reaches the backend.
-    let refused = node.try_connect("token=not-a-jwt").await.err().expect("401");
+    let refused = node
+        .try_connect("token=not-a-jwt")
+        .await
+        .err()
+        .expect("401");
     assert_eq!(refused.status, 401);
     assert!(backend.requests("/connect").is_empty());
-    let token = hs256(secret, &json!({"sub": "carol", "name": "Carol", "exp": 4_000_000_000u64}));
-    let mut carol = node.try_connect(&format!("token={token}")).await.expect("allowed");
-    assert_eq!(carol.welcome["user"]["id"], "carol", "the token's identity wins");
-    let joined = carol.expect(|f| f["type"] == "reply" && f["data"]["room"] == "vip", "vip").await;
+    let token = hs256(
+        secret,
+        &json!({"sub": "carol", "name": "Carol", "exp": 4_000_000_000u64}),
+    );
+    let mut carol = node
+        .try_connect(&format!("token={token}"))
+        .await
+        .expect("allowed");
+    assert_eq!(
+        carol.welcome["user"]["id"], "carol",
+        "the token's identity wins"
+    );
+    let joined = carol
+        .expect(
+            |f| f["type"] == "reply" && f["data"]["room"] == "vip",
+            "vip",
+        )
+        .await;
     assert_eq!(joined["ok"], true);
     let asked = backend.requests("/connect")[0].json();
-    assert_eq!(asked["user"], json!({"id": "carol", "name": "Carol"}), "{asked}");
+    assert_eq!(
+        asked["user"],
+        json!({"id": "carol", "name": "Carol"}),
+        "{asked}"
+    );
 }
 
 /// An HS256 JWT.

@@ -94,12 +94,22 @@ async fn the_example_backend_moderates_stores_and_answers_through_the_api() {
     })
     .await;
 
-    let refused = node.try_connect("user=mallory&banned").await.err().expect("banned");
+    let refused = node
+        .try_connect("user=mallory&banned")
+        .await
+        .err()
+        .expect("banned");
     assert_eq!(refused.status, 403, "{}", refused.body);
-    let mut alice = node.try_connect("user=alice&name=Alice").await.expect("let in");
+    let mut alice = node
+        .try_connect("user=alice&name=Alice")
+        .await
+        .expect("let in");
     // The connect hook joined alice to the lobby.
     alice
-        .expect(|f| f["type"] == "reply" && f["data"]["room"] == "lobby", "the lobby join")
+        .expect(
+            |f| f["type"] == "reply" && f["data"]["room"] == "lobby",
+            "the lobby join",
+        )
         .await;
     alice.publish("lobby", "hello").await;
     let code = alice
@@ -118,14 +128,19 @@ async fn the_example_backend_moderates_stores_and_answers_through_the_api() {
         assert!(Instant::now() < until, "stored {lines:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let contents: Vec<&str> = lines.iter().map(|l| l["content"].as_str().unwrap()).collect();
+    let contents: Vec<&str> = lines
+        .iter()
+        .map(|l| l["content"].as_str().unwrap())
+        .collect();
     assert_eq!(contents, ["hello", "oh d**n", "!count"]);
     let seqs: Vec<u64> = lines.iter().map(|l| l["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, [1, 2, 3]);
 
     // `!count` was answered through the server API, as docs/api.md says to call it.
     let posted = api
-        .wait_for("/api/publish", "the system message", |seen| !seen.is_empty())
+        .wait_for("/api/publish", "the system message", |seen| {
+            !seen.is_empty()
+        })
         .await;
     assert_eq!(posted[0].headers["authorization"], "Bearer test-api-key");
     assert_eq!(

@@ -49,11 +49,17 @@ async fn the_hook_sees_each_publish_and_accepts_rejects_or_rewrites_it() {
         .await;
     assert_eq!(code, "forbidden");
     let rewritten = alice.publish("lobby", "oh darn").await;
-    assert_eq!(rewritten["seq"], 2, "the rejected one took no seq: {rewritten}");
+    assert_eq!(
+        rewritten["seq"], 2,
+        "the rejected one took no seq: {rewritten}"
+    );
 
     // Bob saw the accepted and the rewritten message, never the rejected one.
     let history = bob.full_history("lobby").await;
-    let contents: Vec<&str> = history.iter().map(|m| m["content"].as_str().unwrap()).collect();
+    let contents: Vec<&str> = history
+        .iter()
+        .map(|m| m["content"].as_str().unwrap())
+        .collect();
     assert_eq!(contents, ["hello", "oh d**n"]);
 
     let asked = backend.requests("/publish");
@@ -67,7 +73,10 @@ async fn the_hook_sees_each_publish_and_accepts_rejects_or_rewrites_it() {
     let m = metrics(&node).await;
     for (outcome, n) in [("accept", 1.0), ("reject", 1.0), ("rewrite", 1.0)] {
         assert_eq!(
-            m.value("hubbub_hook_calls_total", &[("hook", "publish"), ("outcome", outcome)]),
+            m.value(
+                "hubbub_hook_calls_total",
+                &[("hook", "publish"), ("outcome", outcome)]
+            ),
             n,
             "{outcome}"
         );
@@ -77,7 +86,9 @@ async fn the_hook_sees_each_publish_and_accepts_rejects_or_rewrites_it() {
 #[tokio::test]
 async fn the_reject_message_reaches_the_client() {
     let backend = Backend::start().await;
-    backend.respond(|_| Reply::ok(json!({"action": "reject", "code": "too_long", "message": "keep it short"})));
+    backend.respond(|_| {
+        Reply::ok(json!({"action": "reject", "code": "too_long", "message": "keep it short"}))
+    });
     let node = node_with_hook(&backend, |_| {}).await;
     let mut alice = node.connect("alice", "Alice").await;
     alice.join("lobby").await;
@@ -127,7 +138,10 @@ async fn timeout_under(policy: FailurePolicy) -> Value {
     assert_eq!(backend.requests("/publish").len(), 1);
     let m = metrics(&node).await;
     assert_eq!(
-        m.value("hubbub_hook_calls_total", &[("hook", "publish"), ("outcome", "timeout")]),
+        m.value(
+            "hubbub_hook_calls_total",
+            &[("hook", "publish"), ("outcome", "timeout")]
+        ),
         1.0
     );
     reply
@@ -167,10 +181,16 @@ async fn the_breaker_opens_after_failures_in_a_row_and_closes_after_a_trial() {
     assert_eq!(backend.requests("/publish").len(), 3);
     let m = metrics(&node).await;
     assert_eq!(
-        m.value("hubbub_hook_calls_total", &[("hook", "publish"), ("outcome", "breaker_open")]),
+        m.value(
+            "hubbub_hook_calls_total",
+            &[("hook", "publish"), ("outcome", "breaker_open")]
+        ),
         2.0
     );
-    assert_eq!(m.value("hubbub_hook_breaker_opened_total", &[("hook", "publish")]), 1.0);
+    assert_eq!(
+        m.value("hubbub_hook_breaker_opened_total", &[("hook", "publish")]),
+        1.0
+    );
 
     // The backend recovers; after the cool-down one trial goes through and closes it.
     backend.respond(|_| Reply::ok(json!({})));

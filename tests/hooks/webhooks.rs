@@ -104,10 +104,20 @@ async fn every_event_of_a_connection_is_delivered_signed_in_order() {
         .collect();
     assert_eq!(
         own,
-        ["connect", "room_created", "join", "leave", "room_emptied", "disconnect"],
+        [
+            "connect",
+            "room_created",
+            "join",
+            "leave",
+            "room_emptied",
+            "disconnect"
+        ],
         "{delivered:?}"
     );
-    let publishes: Vec<&Value> = delivered.iter().filter(|e| e["event"] == "publish").collect();
+    let publishes: Vec<&Value> = delivered
+        .iter()
+        .filter(|e| e["event"] == "publish")
+        .collect();
     assert_eq!(publishes.len(), 2, "{delivered:?}");
     for (i, event) in publishes.iter().enumerate() {
         assert_eq!(event["seq"], i as u64 + 1);
@@ -162,7 +172,10 @@ async fn a_500_is_retried_until_delivered_and_the_retry_has_the_same_delivery_id
     let failures = Arc::new(AtomicUsize::new(2));
     let left = failures.clone();
     backend.respond(move |_| {
-        if left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+        if left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
             Reply::status(500)
         } else {
             Reply::ok(json!({}))
@@ -179,14 +192,22 @@ async fn a_500_is_retried_until_delivered_and_the_retry_has_the_same_delivery_id
     let attempts = events(&requests);
     assert_eq!(attempts.len(), 3, "{attempts:?}");
     assert!(
-        attempts.iter().all(|e| e["delivery_id"] == attempts[0]["delivery_id"]),
+        attempts
+            .iter()
+            .all(|e| e["delivery_id"] == attempts[0]["delivery_id"]),
         "a retry is the same event: {attempts:?}"
     );
     assert_eq!(deduplicated(attempts).len(), 1);
     let (_, text) = node.get("/metrics").await;
     let metrics = Metrics::parse(&text);
-    assert_eq!(metrics.value("hubbub_webhook_retried_total", &[("endpoint", "backend")]), 2.0);
-    assert_eq!(metrics.value("hubbub_webhook_delivered_total", &[("endpoint", "backend")]), 1.0);
+    assert_eq!(
+        metrics.value("hubbub_webhook_retried_total", &[("endpoint", "backend")]),
+        2.0
+    );
+    assert_eq!(
+        metrics.value("hubbub_webhook_delivered_total", &[("endpoint", "backend")]),
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -220,8 +241,15 @@ async fn a_backend_down_for_a_while_gets_everything_in_room_order_in_batches() {
         })
         .await;
     let delivered: Vec<Value> = deduplicated(accepted(&requests));
-    let seqs: Vec<u64> = delivered.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
-    assert_eq!(seqs, (1..=N).collect::<Vec<_>>(), "in the room's order, none lost");
+    let seqs: Vec<u64> = delivered
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        seqs,
+        (1..=N).collect::<Vec<_>>(),
+        "in the room's order, none lost"
+    );
     assert!(
         requests.iter().any(|r| r.json().is_array()),
         "what piled up went out batched"

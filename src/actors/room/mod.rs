@@ -39,11 +39,11 @@ use super::port::{Append, Appended, Ports, RemoteMember};
 use super::room_supervisor::RoomSupervisorMessage;
 use super::session::SessionHandle;
 use super::NodeContext;
+use crate::config::WebhookEvent;
+use crate::hooks::Webhooks;
 use crate::protocol::{
     encode, ChatMessage, ErrorBody, ErrorCode, Member, ReplyData, RoomName, ServerFrame, UserInfo,
 };
-use crate::config::WebhookEvent;
-use crate::hooks::Webhooks;
 use crate::telemetry::Metrics;
 use presence_batch::PresenceBatch;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
