@@ -144,6 +144,7 @@ fn describe(settings: &hubbub::Settings) -> String {
         }
         text.push_str(&format!(", seeds [{}]", cluster.seeds.join(", ")));
     }
+    text.push_str(&hubbub::hooks::describe(settings));
     text
 }
 

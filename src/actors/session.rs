@@ -176,8 +176,8 @@ pub struct SessionState {
     answers: Answers,
     /// Closes the connection when the token expires; aborted when the state drops.
     _token_timer: Option<TokenTimer>,
-    /// Sends the `disconnect` webhook event when the state drops.
-    _connected: Connected,
+    /// Sends the `disconnect` webhook event when the state drops (when one is wanted).
+    _connected: Option<Connected>,
     _close_on_drop: CloseOnDrop,
 }
 

@@ -67,6 +67,11 @@ impl HttpClient {
         }
     }
 
+    /// A client that fails every call (a node with no hook and no webhook).
+    pub fn disabled() -> Self {
+        Self { inner: None }
+    }
+
     /// POSTs `body` (JSON) to `url` with `headers`, waiting at most `timeout` for the
     /// whole answer and reading at most `max_bytes` of it.
     pub async fn post_json(
@@ -119,6 +124,6 @@ impl HttpClient {
 
 impl Default for HttpClient {
     fn default() -> Self {
-        Self::new()
+        Self::disabled()
     }
 }

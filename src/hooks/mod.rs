@@ -48,8 +48,17 @@ impl Hooks {
     /// The hooks and webhooks the (validated) settings describe. Nothing is sent
     /// until [`Webhooks::start`] has run on a runtime.
     pub fn new(settings: &Settings, metrics: &Metrics) -> Self {
-        let client = HttpClient::new();
         let hooks = &settings.hooks;
+        // A node that talks to no backend builds no client (it reads the system's
+        // TLS roots).
+        let needed = !hooks.connect_url.is_empty()
+            || !hooks.publish_url.is_empty()
+            || !settings.webhooks.is_empty();
+        let client = if needed {
+            HttpClient::new()
+        } else {
+            HttpClient::disabled()
+        };
         Self {
             connect: (!hooks.connect_url.is_empty())
                 .then(|| connect::ConnectHook::new(hooks, client.clone(), metrics.hooks.clone())),
@@ -64,6 +73,45 @@ impl Hooks {
             events: Arc::new(Webhooks::new(settings, metrics, client)),
         }
     }
+}
+
+/// What `check-config` says of the hooks and webhooks: which are on, their failure
+/// policies, the endpoints by name. Never a URL (it may hold a token) or a secret.
+/// Empty when none is configured.
+pub fn describe(settings: &Settings) -> String {
+    let hooks = &settings.hooks;
+    let policy = |p: crate::config::FailurePolicy| match p {
+        crate::config::FailurePolicy::FailOpen => "fail_open",
+        crate::config::FailurePolicy::FailClosed => "fail_closed",
+    };
+    let mut text = String::new();
+    if !hooks.connect_url.is_empty() {
+        text.push_str(&format!(
+            ", connect hook ({})",
+            policy(hooks.connect_failure)
+        ));
+    }
+    if !hooks.publish_url.is_empty() {
+        let rooms = if hooks.publish_rooms.is_empty() {
+            "every room".to_owned()
+        } else {
+            hooks.publish_rooms.join(" ")
+        };
+        text.push_str(&format!(
+            ", publish hook for {rooms} ({})",
+            policy(hooks.publish_failure)
+        ));
+    }
+    if !settings.webhooks.is_empty() {
+        let names: Vec<String> = settings
+            .webhooks
+            .iter()
+            .enumerate()
+            .map(|(i, w)| w.display_name(i))
+            .collect();
+        text.push_str(&format!(", webhooks [{}]", names.join(", ")));
+    }
+    text
 }
 
 /// The webhook endpoints of a node and what every event body carries.
@@ -164,14 +212,15 @@ impl Webhooks {
     }
 
     /// Sends `connect` for a connection of `user` now, and `disconnect` when the
-    /// returned guard drops (the session ended, however it ended).
-    pub fn connected(self: &Arc<Self>, session: &str, user: &UserInfo) -> Connected {
+    /// returned guard drops (the session ended, however it ended). None when no
+    /// endpoint wants `disconnect`: a connection then holds nothing for it.
+    pub fn connected(self: &Arc<Self>, session: &str, user: &UserInfo) -> Option<Connected> {
         self.connection(WebhookEvent::Connect, session, user);
-        Connected {
+        self.wants(WebhookEvent::Disconnect).then(|| Connected {
             events: self.clone(),
             session: session.to_owned(),
             user: user.clone(),
-        }
+        })
     }
 
     /// `user` joined (`Join`: its first connection in the room, anywhere) or left
