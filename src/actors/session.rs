@@ -27,7 +27,7 @@ use super::room::{JoinRequest, RoomMessage};
 use super::room_supervisor::RoomSupervisorMessage;
 use super::{ask, AskError, NodeContext};
 use crate::auth::Grants;
-use crate::hooks::publish::Verdict;
+use crate::hooks::publish::{PublishCheck, Verdict};
 use crate::hooks::Connected;
 use crate::protocol::{
     close, encode, ClientFrame, ErrorBody, ErrorCode, FrameError, Ref, ReplyData, Request,
@@ -409,7 +409,8 @@ impl SessionActor {
                 content,
                 idempotency_key,
             } => {
-                let content = match self.publish_hook(state, &room, content).await {
+                let key = idempotency_key.as_deref();
+                let content = match self.publish_hook(state, &room, content, key).await {
                     Ok(content) => content,
                     Err(error) => return Some(ServerFrame::failure(reference, error)),
                 };
@@ -600,6 +601,7 @@ impl SessionActor {
         state: &SessionState,
         room: &RoomName,
         content: String,
+        idempotency_key: Option<&str>,
     ) -> Result<String, ErrorBody> {
         let Some(hook) = self
             .ctx
@@ -615,10 +617,14 @@ impl SessionActor {
             return Err(not_joined(room));
         }
         self.ctx.access.may_publish(room, &state.grants)?;
-        match hook
-            .check(room.as_str(), &state.user, &state.id, &content)
-            .await
-        {
+        let check = PublishCheck {
+            room: room.as_str(),
+            user: &state.user,
+            session: &state.id,
+            content: &content,
+            idempotency_key,
+        };
+        match hook.check(check).await {
             Verdict::Accept => Ok(content),
             Verdict::Rewrite(rewritten) => Ok(rewritten),
             Verdict::Reject(error) => Err(error),

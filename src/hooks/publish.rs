@@ -2,7 +2,8 @@
 //! POSTs it to the backend, which accepts it, rejects it (the client's reply carries
 //! the backend's code and message) or rewrites its content.
 //!
-//! The request body: `{"room", "user": {"id","name"}, "content", "session", "node"}`.
+//! The request body: `{"room", "user": {"id","name"}, "content", "idempotency_key"
+//! (the client's, or null), "session", "node"}`.
 //! The answer, 2xx with a JSON object (an empty body accepts):
 //! - `{"action": "accept"}` (or `{}`),
 //! - `{"action": "reject", "code": "forbidden", "message": "…"}`: `code` one of the
@@ -37,6 +38,17 @@ pub enum Verdict {
     Rewrite(String),
     /// Refuse it with this error.
     Reject(ErrorBody),
+}
+
+/// One publish, as the hook is asked about it.
+pub struct PublishCheck<'a> {
+    pub room: &'a str,
+    pub user: &'a UserInfo,
+    /// The connection's id (its `welcome`'s `session`).
+    pub session: &'a str,
+    pub content: &'a str,
+    /// The client's key for retries, if it gave one: a backend can tell a retry.
+    pub idempotency_key: Option<&'a str>,
 }
 
 /// The publish hook of a node.
@@ -105,13 +117,14 @@ impl PublishHook {
 
     /// Asks the backend about one publish; never fails (a failure becomes what the
     /// failure policy says).
-    pub async fn check(
-        &self,
-        room: &str,
-        user: &UserInfo,
-        session: &str,
-        content: &str,
-    ) -> Verdict {
+    pub async fn check(&self, publish: PublishCheck<'_>) -> Verdict {
+        let PublishCheck {
+            room,
+            user,
+            session,
+            content,
+            idempotency_key,
+        } = publish;
         let started = Instant::now();
         let admitted = self
             .breaker
@@ -125,6 +138,7 @@ impl PublishHook {
             "room": room,
             "user": user,
             "content": content,
+            "idempotency_key": idempotency_key,
             "session": session,
             "node": self.node,
         });
