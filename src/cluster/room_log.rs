@@ -34,7 +34,7 @@ use crate::protocol::{now_ms, ErrorBody, ErrorCode};
 use crate::telemetry::Metrics;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -164,13 +164,67 @@ pub struct RoomSink {
     events: Arc<Webhooks>,
     /// The host, once started: who leads each shard.
     host: OnceLock<Weak<ShardHost>>,
+    /// `hooks.webhook_replay_secs`; zero: no replay.
+    replay: Duration,
+    /// The last term of each shard this node led and replayed `publish` events for.
+    replayed: Mutex<BTreeMap<ShardId, u64>>,
 }
 
 impl RoomSink {
-    /// Whether this node leads `shard` now (false until the host has started).
-    fn leads(&self, shard: ShardId) -> bool {
-        let host = self.host.get().and_then(Weak::upgrade);
-        host.is_some_and(|host| host.leader(shard) == Some(host.me()))
+    /// The term of `shard` if this node leads it now (None until the host started).
+    fn term_led(&self, shard: ShardId) -> Option<(Arc<ShardHost>, u64)> {
+        let host = self.host.get().and_then(Weak::upgrade)?;
+        let term = {
+            let metrics = host.raft(shard)?.metrics();
+            let metrics = metrics.borrow();
+            (metrics.current_leader == Some(host.me())).then_some(metrics.current_term)?
+        };
+        Some((host, term))
+    }
+
+    /// The first time this node is seen leading `shard` in a term (here as an entry
+    /// applies, or by the watcher when no entry comes), it sends again the `publish`
+    /// events of the shard's messages stamped within the replay window, but those of
+    /// `applying` (sent next anyway): the previous leader may have applied them and
+    /// not delivered them, and this node applied them as a follower, sending nothing.
+    /// Their delivery ids are the messages' ids, so a backend drops what it has.
+    /// Returns whether this node leads `shard`.
+    fn lead(&self, shard: ShardId, applying: &[Committed]) -> bool {
+        let Some((host, term)) = self.term_led(shard) else {
+            return false;
+        };
+        if self.replay.is_zero() {
+            return true;
+        }
+        let Ok(mut replayed) = self.replayed.lock() else {
+            return true;
+        };
+        if replayed.get(&shard) == Some(&term) {
+            return true;
+        }
+        replayed.insert(shard, term);
+        let Some(reader) = host.reader(shard) else {
+            return true;
+        };
+        let since = now_ms().saturating_sub(self.replay.as_millis() as u64);
+        let skip: BTreeSet<&str> = applying.iter().map(|c| c.message.id.as_str()).collect();
+        let messages: Vec<_> = reader
+            .recent(since)
+            .into_iter()
+            .filter(|m| !skip.contains(m.id.as_str()))
+            .collect();
+        if !messages.is_empty() {
+            tracing::info!(
+                shard,
+                term,
+                messages = messages.len(),
+                "leading a shard: sending its recent publish events again"
+            );
+        }
+        for message in &messages {
+            self.events.published(message);
+        }
+        true
     }
 }
 
@@ -178,8 +232,8 @@ impl ApplySink for RoomSink {
     fn committed(&self, shard: ShardId, committed: Vec<Committed>) {
         // Exactly one node sends a message's `publish` event: the shard's leader, as
         // it applies the entry. What a leadership change lets slip between two
-        // leaders is sent again by the new one (`replay_publish_events`).
-        if self.events.wants(WebhookEvent::Publish) && self.leads(shard) {
+        // leaders is sent again by the new one (`lead`).
+        if self.events.wants(WebhookEvent::Publish) && self.lead(shard, &committed) {
             for entry in &committed {
                 self.events.published(&entry.message);
             }
@@ -303,6 +357,8 @@ pub async fn start_host(
         shards: placement.shards(),
         events: events.clone(),
         host: OnceLock::new(),
+        replay: Duration::from_secs(settings.hooks.webhook_replay_secs),
+        replayed: Mutex::new(BTreeMap::new()),
     });
     let reach = cluster.as_ref().map(|cluster| reach_of(cluster));
     let wiring = Wiring {
@@ -316,9 +372,8 @@ pub async fn start_host(
         .await
         .map_err(|e| format!("the room logs did not start: {e}"))?;
     let _ = sink.host.set(Arc::downgrade(&host));
-    let replay = Duration::from_secs(settings.hooks.webhook_replay_secs);
-    if events.wants(WebhookEvent::Publish) && !replay.is_zero() {
-        tokio::spawn(replay_publish_events(Arc::downgrade(&host), events, replay));
+    if events.wants(WebhookEvent::Publish) && !sink.replay.is_zero() {
+        tokio::spawn(watch_leadership(Arc::downgrade(&host), sink.clone()));
     }
     if let Some(cluster) = &cluster {
         cluster.set_shard_host(host.clone());
@@ -332,42 +387,17 @@ pub async fn start_host(
 /// How often the leaders of the shards are looked at for a change.
 const LEADERSHIP_POLL: Duration = Duration::from_millis(200);
 
-/// Sends again the `publish` events of the last `window` of every shard this node
-/// comes to lead (at start, and when leadership moves here): the previous leader may
-/// have applied them and not delivered them (it died with them queued), and this node
-/// applied them while it was not the leader, so sent nothing. Their delivery ids are
-/// the messages' ids, so a backend that saw them already drops them.
-async fn replay_publish_events(host: Weak<ShardHost>, events: Arc<Webhooks>, window: Duration) {
-    let mut led: BTreeSet<ShardId> = BTreeSet::new();
+/// Looks at which shards this node leads every [`LEADERSHIP_POLL`], so that a shard
+/// it comes to lead (at start, or when leadership moves here) gets its replay
+/// ([`RoomSink::lead`]) even when no new entry is applied there.
+async fn watch_leadership(host: Weak<ShardHost>, sink: Arc<RoomSink>) {
     loop {
         tokio::time::sleep(LEADERSHIP_POLL).await;
-        let Some(host) = host.upgrade() else {
+        let Some(shards) = host.upgrade().map(|h| h.placement().shards()) else {
             return;
         };
-        for shard in 0..host.placement().shards() {
-            let leads = host.leader(shard) == Some(host.me());
-            if !leads {
-                led.remove(&shard);
-                continue;
-            }
-            if !led.insert(shard) {
-                continue;
-            }
-            let Some(reader) = host.reader(shard) else {
-                continue;
-            };
-            let since = now_ms().saturating_sub(window.as_millis() as u64);
-            let messages = reader.recent(since);
-            if !messages.is_empty() {
-                tracing::info!(
-                    shard,
-                    messages = messages.len(),
-                    "leading a shard: sending its recent publish events again"
-                );
-            }
-            for message in &messages {
-                events.published(message);
-            }
+        for shard in 0..shards {
+            sink.lead(shard, &[]);
         }
     }
 }
