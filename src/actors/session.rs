@@ -176,8 +176,9 @@ pub struct SessionState {
     answers: Answers,
     /// Closes the connection when the token expires; aborted when the state drops.
     _token_timer: Option<TokenTimer>,
-    /// Sends the `disconnect` webhook event when the state drops (when one is wanted).
-    _connected: Option<Connected>,
+    /// Sends the `disconnect` webhook event when the state drops (when one is wanted;
+    /// boxed: one pointer per connection when not).
+    _connected: Option<Box<Connected>>,
     _close_on_drop: CloseOnDrop,
 }
 
@@ -261,7 +262,12 @@ impl Actor for SessionActor {
                 .unwrap_or_default();
             TokenTimer::start(myself.clone(), left, self.ctx.metrics.clone())
         });
-        let connected = self.ctx.hooks.events.connected(&args.id, &args.user);
+        let connected = self
+            .ctx
+            .hooks
+            .events
+            .connected(&args.id, &args.user)
+            .map(Box::new);
         let state = SessionState {
             id: args.id,
             user: args.user,
