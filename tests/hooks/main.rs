@@ -12,5 +12,6 @@ mod ws_client;
 
 mod connect_hook;
 mod example_backend;
+mod figures;
 mod publish_hook;
 mod webhooks;
