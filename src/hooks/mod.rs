@@ -172,6 +172,16 @@ impl Webhooks {
         }
     }
 
+    /// Waits, at most `within`, until every endpoint has delivered (or given up on)
+    /// what it holds: a draining node sends its last events (its connections'
+    /// `disconnect`s) before it stops. What is left after `within` is lost.
+    pub async fn flush(&self, within: std::time::Duration) {
+        let until = std::time::Instant::now() + within;
+        while !self.endpoints.iter().all(|e| e.is_idle()) && std::time::Instant::now() < until {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// Whether some endpoint wants `event`.
     pub fn wants(&self, event: WebhookEvent) -> bool {
         self.endpoints.iter().any(|e| e.wants(event))

@@ -102,6 +102,13 @@ impl Endpoint {
         true
     }
 
+    /// Whether nothing waits and nothing is in flight.
+    pub fn is_idle(&self) -> bool {
+        self.queue
+            .lock()
+            .map_or(true, |q| q.waiting.is_empty() && q.in_flight == 0)
+    }
+
     /// The next batch: up to `batch_max` events, moved in flight. None when empty.
     fn take_batch(&self) -> Option<Vec<Arc<str>>> {
         let mut queue = self.queue.lock().ok()?;

@@ -306,3 +306,29 @@ async fn past_the_queue_bound_events_are_dropped_and_counted() {
         .collect();
     assert_eq!(seqs, [1, 2, 3, 4, 5]);
 }
+
+#[tokio::test]
+async fn a_draining_node_sends_its_connections_disconnects_before_it_stops() {
+    let backend = Backend::start().await;
+    // A slow endpoint, one event per POST: the second disconnect goes out only once
+    // the first is answered.
+    backend.respond(|_| Reply::ok(json!({})).after(Duration::from_millis(1_200)));
+    let mut hook = webhook(&backend, &[WebhookEvent::Disconnect]);
+    hook.batch_max = 1;
+    let mut node = TestNode::start_adjusted(|s| {
+        s.webhooks = vec![hook];
+        s.shutdown.batch_interval_ms = 0;
+        s.shutdown.reconnect_spread_ms = 0;
+    })
+    .await;
+    let alice = node.connect("alice", "Alice").await;
+    let bob = node.connect("bob", "Bob").await;
+    node.shut_down().await.expect("the node stops");
+    // Nothing is waited for: the node delivered them before it stopped.
+    let gone: BTreeSet<String> = accepted(&backend.requests("/events"))
+        .iter()
+        .map(|e| e["user"]["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(gone, BTreeSet::from(["alice".to_owned(), "bob".to_owned()]));
+    drop((alice, bob));
+}
