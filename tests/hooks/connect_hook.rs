@@ -210,3 +210,16 @@ fn hs256(secret: &str, claims: &serde_json::Value) -> String {
     )
     .expect("sign a test token")
 }
+
+#[tokio::test]
+async fn an_allow_with_an_invalid_user_id_is_a_failure() {
+    let backend = Backend::start().await;
+    backend.respond(|_| Reply::ok(json!({"action": "allow", "user_id": "not a valid id!"})));
+    let node = node_with_hook(&backend, |s| {
+        s.hooks.connect_failure = FailurePolicy::FailClosed
+    })
+    .await;
+    let refused = node.try_connect("user=alice").await.err().expect("refused");
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert_eq!(refused.body["error"]["reason"], "connect_hook");
+}

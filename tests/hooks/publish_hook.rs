@@ -241,3 +241,50 @@ async fn a_slow_hook_holds_up_its_publisher_only() {
     assert_eq!(reply["ok"], true, "{reply}");
     assert_eq!(reply["data"]["seq"], 2, "{reply}");
 }
+
+#[tokio::test]
+async fn an_unusable_answer_is_a_failure_not_a_verdict() {
+    let backend = Backend::start().await;
+    // Over hooks.max_response_bytes, then not JSON, then an unknown action, then 404:
+    // each is a failure, and fail_closed refuses.
+    let answers = std::sync::Arc::new(std::sync::Mutex::new(vec![
+        Reply::ok(json!({"action": "accept", "pad": "x".repeat(2_000)})),
+        Reply {
+            status: 200,
+            body: "not json".into(),
+            delay: Duration::ZERO,
+        },
+        Reply::ok(json!({"action": "explode"})),
+        Reply::status(404),
+    ]));
+    let left = answers.clone();
+    backend.respond(move |_| left.lock().unwrap().remove(0));
+    let node = node_with_hook(&backend, |s| {
+        s.hooks.max_response_bytes = 1_024;
+        s.hooks.publish_failure = FailurePolicy::FailClosed;
+        s.hooks.breaker_failures = 0;
+    })
+    .await;
+    let mut alice = node.connect("alice", "Alice").await;
+    alice.join("lobby").await;
+    for _ in 0..4 {
+        let code = alice
+            .refused(json!({"type": "publish", "room": "lobby", "content": "hi"}))
+            .await;
+        assert_eq!(code, "unavailable");
+    }
+    let m = metrics(&node).await;
+    assert_eq!(
+        m.value(
+            "hubbub_hook_calls_total",
+            &[("hook", "publish"), ("outcome", "error")]
+        ),
+        4.0
+    );
+    // A rewrite the content rules refuse is refused like the client's own content.
+    backend.respond(|_| Reply::ok(json!({"action": "rewrite", "content": "  "})));
+    let code = alice
+        .refused(json!({"type": "publish", "room": "lobby", "content": "hi"}))
+        .await;
+    assert_eq!(code, "bad_request");
+}
