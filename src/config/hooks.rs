@@ -321,6 +321,22 @@ mod tests {
     }
 
     #[test]
+    fn the_environment_sets_hooks_lists_comma_separated() {
+        let env = [
+            ("HUBBUB_HOOKS__PASS_HEADERS", "cookie,x-tenant"),
+            ("HUBBUB_HOOKS__PUBLISH_ROOMS", "mod-*,support.*"),
+            ("HUBBUB_HOOKS__PUBLISH_FAILURE", "fail_closed"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let settings =
+            crate::config::load_with_env(&crate::config::ConfigSource::Defaults, None, env)
+                .expect("loads");
+        assert_eq!(settings.hooks.pass_headers, ["cookie", "x-tenant"]);
+        assert_eq!(settings.hooks.publish_rooms, ["mod-*", "support.*"]);
+        assert_eq!(settings.hooks.publish_failure, FailurePolicy::FailClosed);
+    }
+
+    #[test]
     fn defaults_are_valid_and_every_rule_names_its_key() {
         assert!(problems(&HooksSettings::default(), &[hook()]).is_empty());
         let hooks = HooksSettings {

@@ -42,6 +42,8 @@ const ENV_LIST_KEYS: &[&str] = &[
     "auth.algorithms",
     "http.allowed_origins",
     "http.trusted_proxies",
+    "hooks.pass_headers",
+    "hooks.publish_rooms",
 ];
 const ENV_LIST_SEPARATOR: char = ',';
 /// Settings of optional tables, which the defaults lack, that the environment may set.
