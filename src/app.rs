@@ -22,6 +22,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// How long a draining node waits for its webhook endpoints to take what they hold.
+const WEBHOOK_FLUSH: Duration = Duration::from_secs(3);
+
 /// A built node, ready to serve.
 pub struct Application {
     addr: SocketAddr,
@@ -148,6 +151,9 @@ impl Application {
             }
             _ = shutdown => {
                 drain(&state).await;
+                // The drained connections' `disconnect` events, and whatever else the
+                // webhooks still hold, get a short while to go out.
+                state.ctx.hooks.events.flush(WEBHOOK_FLUSH).await;
                 let (_, served) = tokio::join!(handle.stop(true), &mut server);
                 served
             }
@@ -207,11 +213,14 @@ fn bind_admin(settings: &Settings) -> std::io::Result<Option<TcpListener>> {
 /// presence across nodes (alone: nobody else to tell).
 fn boot_ports(ctx: Arc<NodeContext>) -> PortFuture<Result<Ports, String>> {
     Box::pin(async move {
+        // The webhooks' delivery tasks run on the actor runtime, beside what feeds them.
+        ctx.hooks.events.start();
         let host = room_log::start_host(
             &ctx.settings,
             ctx.cluster.clone(),
             ctx.room_directory(),
             ctx.metrics.clone(),
+            ctx.hooks.events.clone(),
         )
         .await?;
         let presence: Arc<dyn PresencePort> = match &ctx.cluster {

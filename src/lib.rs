@@ -15,6 +15,8 @@
 //! - [`cluster`]: membership, failure detection, the wire between nodes, ownership.
 //! - [`api`]: the server HTTP API for the application's backend (`/api/`, keys from
 //!   `[api]`): it reaches rooms and users through the same actors as clients do.
+//! - [`hooks`]: the application's backend: the connect and publish hooks that decide,
+//!   the signed webhooks that inform.
 //! - [`app`]: builds a node from settings; [`telemetry`]: logs and metrics.
 //!
 //! docs/architecture.md draws the tree and follows one message through it.
@@ -26,6 +28,7 @@ pub mod auth;
 pub mod behaviour;
 pub mod cluster;
 pub mod config;
+pub mod hooks;
 pub mod protocol;
 pub mod telemetry;
 pub mod transport;

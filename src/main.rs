@@ -160,6 +160,7 @@ fn describe(settings: &hubbub::Settings) -> String {
     } else {
         text.push_str(", server API off (no [api] keys)");
     }
+    text.push_str(&hubbub::hooks::describe(settings));
     text
 }
 

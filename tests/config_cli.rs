@@ -333,6 +333,42 @@ fn check_config_accepts_a_valid_file() {
 }
 
 #[test]
+fn check_config_reports_the_hooks_and_webhooks_without_urls_or_secrets() {
+    let file = TempConfig::new(
+        "[hooks]\nconnect_url = \"https://backend.example/connect?token=t0p\"\n\
+         publish_url = \"https://backend.example/publish\"\npublish_rooms = [\"mod-*\"]\n\n\
+         [[webhooks]]\nname = \"crm\"\nurl = \"https://backend.example/events\"\n\
+         events = [\"publish\"]\nsecret = \"do-not-print-this-secret\"\n",
+    );
+    let output = run(hubbub().args(["check-config", "--config"]).arg(file.path()));
+    assert_ok(&output);
+    let out = stdout(&output);
+    assert!(
+        out.contains(
+            "connect hook (fail_closed), publish hook for mod-* (fail_open), webhooks [crm]"
+        ),
+        "{out}"
+    );
+    for hidden in ["t0p", "do-not-print-this-secret", "backend.example"] {
+        assert!(!out.contains(hidden), "{out}");
+        assert!(!stderr(&output).contains(hidden), "{}", stderr(&output));
+    }
+    // A webhook without a secret is refused, naming the key.
+    let file = TempConfig::new(
+        "[[webhooks]]\nurl = \"http://127.0.0.1:9/\"\nevents = [\"join\", \"publsh\"]\n",
+    );
+    let output = run(hubbub().args(["check-config", "--config"]).arg(file.path()));
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("publsh"), "{}", stderr(&output));
+    let file =
+        TempConfig::new("[[webhooks]]\nurl = \"http://127.0.0.1:9/\"\nevents = [\"join\"]\n");
+    assert_rejected(
+        &run(hubbub().args(["check-config", "--config"]).arg(file.path())),
+        &["webhooks[0].secret", "required"],
+    );
+}
+
+#[test]
 fn check_config_rejects_an_invalid_value_naming_key_and_reason() {
     let file = TempConfig::new("[limits]\nmax_connections = 0\n");
     assert_rejected(

@@ -13,6 +13,7 @@ use crate::behaviour::Behaviours;
 use crate::cluster::membership::MembershipMessage;
 use crate::cluster::Cluster;
 use crate::config::Settings;
+use crate::hooks::Hooks;
 use crate::telemetry::Metrics;
 use ractor::ActorRef;
 use std::collections::HashMap;
@@ -32,6 +33,8 @@ pub struct NodeContext {
     pub metrics: Arc<Metrics>,
     /// What every connection's outbox holds, and `limits.node_outbound_bytes`.
     pub outbound: Arc<OutboundBudget>,
+    /// The connect and publish hooks and the webhooks (`[hooks]`, `[[webhooks]]`).
+    pub hooks: Arc<Hooks>,
     refs: RwLock<Refs>,
     rooms_by_name: RoomDirectory,
 }
@@ -61,6 +64,7 @@ impl NodeContext {
         });
         let message_rate = MessageRate::new(&settings.rate_limit);
         let outbound = Arc::new(OutboundBudget::new(settings.limits.node_outbound_bytes));
+        let hooks = Arc::new(Hooks::new(&settings, &metrics));
         Self {
             settings,
             behaviours,
@@ -69,6 +73,7 @@ impl NodeContext {
             cluster,
             metrics,
             outbound,
+            hooks,
             refs: RwLock::new(Refs::default()),
             rooms_by_name: RoomDirectory::default(),
         }

@@ -27,6 +27,8 @@ use super::room::{JoinRequest, RoomMessage};
 use super::room_supervisor::RoomSupervisorMessage;
 use super::{ask, AskError, NodeContext};
 use crate::auth::Grants;
+use crate::hooks::publish::{PublishCheck, Verdict};
+use crate::hooks::Connected;
 use crate::protocol::{
     close, encode, now_ms, ClientFrame, ConnectionInfo, ErrorBody, ErrorCode, FrameError, Ref,
     ReplyData, Request, RoomName, ServerFrame, UserInfo, PROTOCOL_VERSION,
@@ -89,6 +91,8 @@ pub enum SessionMessage {
         call: SessionCall,
         reply: RpcReplyPort<SessionAnswer>,
     },
+    /// Join these rooms, as if the client had asked (sent to itself at start).
+    JoinInitial(Vec<RoomName>),
 }
 
 /// What the server API asks of one connection.
@@ -172,6 +176,9 @@ pub struct SessionArgs {
     /// Roles, room claims and token expiry (empty for anonymous clients).
     pub grants: Grants,
     pub outbox: Outbox,
+    /// Rooms joined at once, as if the client had sent `join` for each (the connect
+    /// hook's `rooms`); each answered with a reply without `ref`.
+    pub initial_rooms: Vec<RoomName>,
 }
 
 /// The Session actor; holds only the node context.
@@ -195,6 +202,9 @@ pub struct SessionState {
     answers: Answers,
     /// Closes the connection when the token expires; aborted when the state drops.
     _token_timer: Option<TokenTimer>,
+    /// Sends the `disconnect` webhook event when the state drops (when one is wanted;
+    /// boxed: one pointer per connection when not).
+    _connected: Option<Box<Connected>>,
     _close_on_drop: CloseOnDrop,
 }
 
@@ -278,6 +288,12 @@ impl Actor for SessionActor {
                 .unwrap_or_default();
             TokenTimer::start(myself.clone(), left, self.ctx.metrics.clone())
         });
+        let connected = self
+            .ctx
+            .hooks
+            .events
+            .connected(&args.id, &args.user)
+            .map(Box::new);
         let state = SessionState {
             id: args.id,
             connected_at: now_ms(),
@@ -291,8 +307,13 @@ impl Actor for SessionActor {
             churn: ChurnLimits::new(&settings.limits, self.ctx.metrics.clone()),
             answers: Answers::default(),
             _token_timer: token_timer,
+            _connected: connected,
         };
         self.register(&myself, &state);
+        if !args.initial_rooms.is_empty() {
+            // First in the mailbox: the read loop starts only once this returned.
+            let _ = myself.cast(SessionMessage::JoinInitial(args.initial_rooms));
+        }
         Ok(state)
     }
 
@@ -354,6 +375,15 @@ impl Actor for SessionActor {
                 state
                     .outbox
                     .close_after_queued(close::SERVICE_RESTART, &reason);
+            }
+            SessionMessage::JoinInitial(rooms) => {
+                for room in rooms {
+                    let reply = match Box::pin(self.join(&myself, state, room, None)).await {
+                        Ok(data) => ServerFrame::ok(None, data),
+                        Err(error) => ServerFrame::failure(None, error),
+                    };
+                    state.answers.send(&state.outbox, encode(&reply));
+                }
             }
             SessionMessage::Published(published) => {
                 state.answers.in_flight = state.answers.in_flight.saturating_sub(1);
@@ -434,6 +464,11 @@ impl SessionActor {
                 content,
                 idempotency_key,
             } => {
+                let key = idempotency_key.as_deref();
+                let content = match self.publish_hook(state, &room, content, key).await {
+                    Ok(content) => content,
+                    Err(error) => return Some(ServerFrame::failure(reference, error)),
+                };
                 if state.answers.in_flight < MAX_PUBLISHES_IN_FLIGHT {
                     let publish = Publish {
                         room,
@@ -656,6 +691,47 @@ impl SessionActor {
         };
         state.answers.send(&state.outbox, encode(&frame));
         Ok(())
+    }
+
+    /// The publish hook (`[hooks] publish_url`, src/hooks/publish.rs), when it covers
+    /// `room`: the content to order (the backend's rewrite, or as sent), or the error
+    /// to answer. Awaited here, before the room: a slow backend holds up this
+    /// connection's requests only, one publish at a time, never the room. What would
+    /// be refused anyway (bad content, not joined, not allowed) is refused before the
+    /// backend is asked.
+    async fn publish_hook(
+        &self,
+        state: &SessionState,
+        room: &RoomName,
+        content: String,
+        idempotency_key: Option<&str>,
+    ) -> Result<String, ErrorBody> {
+        let Some(hook) = self
+            .ctx
+            .hooks
+            .publish
+            .as_ref()
+            .filter(|h| h.applies(room.as_str()))
+        else {
+            return Ok(content);
+        };
+        self.check_content(&content)?;
+        if !state.rooms.contains_key(room) {
+            return Err(not_joined(room));
+        }
+        self.ctx.access.may_publish(room, &state.grants)?;
+        let check = PublishCheck {
+            room: room.as_str(),
+            user: &state.user,
+            session: &state.id,
+            content: &content,
+            idempotency_key,
+        };
+        match hook.check(check).await {
+            Verdict::Accept => Ok(content),
+            Verdict::Rewrite(rewritten) => Ok(rewritten),
+            Verdict::Reject(error) => Err(error),
+        }
     }
 
     /// Hands a publish to its room and answers it later, in its turn

@@ -33,6 +33,20 @@ pub struct Identity {
     pub grants: Grants,
 }
 
+impl Identity {
+    /// An identity with no user, to hold a place while it is moved out.
+    pub fn placeholder() -> Self {
+        Self {
+            user: UserInfo {
+                id: String::new(),
+                name: String::new(),
+            },
+            name_given: false,
+            grants: Grants::default(),
+        }
+    }
+}
+
 /// What an identity may do beyond being itself. Empty for anonymous clients: no
 /// roles, no room claims, no expiry.
 #[derive(Debug, Clone, Default)]

@@ -27,12 +27,14 @@ use super::wire::{Body, RaftAnswer, RaftCall};
 use super::Cluster;
 use crate::actors::port::{Append, Appended, LogRead, PortFuture, RoomLog};
 use crate::actors::{RoomDirectory, RoomMessage};
+use crate::config::WebhookEvent;
 use crate::config::{Settings, StorageEngine};
+use crate::hooks::Webhooks;
 use crate::protocol::{now_ms, ErrorBody, ErrorCode};
 use crate::telemetry::Metrics;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -154,14 +156,88 @@ impl RoomLog for RaftRoomLog {
     }
 }
 
-/// Delivers what the shards commit to the Room actors running here.
+/// Delivers what the shards commit to the Room actors running here, and, on the
+/// shard's leader, to the `publish` webhook endpoints.
 pub struct RoomSink {
     rooms: RoomDirectory,
     shards: u32,
+    events: Arc<Webhooks>,
+    /// The host, once started: who leads each shard.
+    host: OnceLock<Weak<ShardHost>>,
+    /// `hooks.webhook_replay_secs`; zero: no replay.
+    replay: Duration,
+    /// The last term of each shard this node led and replayed `publish` events for.
+    replayed: Mutex<BTreeMap<ShardId, u64>>,
+}
+
+impl RoomSink {
+    /// The term of `shard` if this node leads it now (None until the host started).
+    fn term_led(&self, shard: ShardId) -> Option<(Arc<ShardHost>, u64)> {
+        let host = self.host.get().and_then(Weak::upgrade)?;
+        let term = {
+            let metrics = host.raft(shard)?.metrics();
+            let metrics = metrics.borrow();
+            (metrics.current_leader == Some(host.me())).then_some(metrics.current_term)?
+        };
+        Some((host, term))
+    }
+
+    /// The first time this node is seen leading `shard` in a term (here as an entry
+    /// applies, or by the watcher when no entry comes), it sends again the `publish`
+    /// events of the shard's messages stamped within the replay window, but those of
+    /// `applying` (sent next anyway): the previous leader may have applied them and
+    /// not delivered them, and this node applied them as a follower, sending nothing.
+    /// Their delivery ids are the messages' ids, so a backend drops what it has.
+    /// Returns whether this node leads `shard`.
+    fn lead(&self, shard: ShardId, applying: &[Committed]) -> bool {
+        let Some((host, term)) = self.term_led(shard) else {
+            return false;
+        };
+        if self.replay.is_zero() {
+            return true;
+        }
+        let Ok(mut replayed) = self.replayed.lock() else {
+            return true;
+        };
+        if replayed.get(&shard) == Some(&term) {
+            return true;
+        }
+        replayed.insert(shard, term);
+        let Some(reader) = host.reader(shard) else {
+            return true;
+        };
+        let since = now_ms().saturating_sub(self.replay.as_millis() as u64);
+        let skip: BTreeSet<&str> = applying.iter().map(|c| c.message.id.as_str()).collect();
+        let messages: Vec<_> = reader
+            .recent(since)
+            .into_iter()
+            .filter(|m| !skip.contains(m.id.as_str()))
+            .collect();
+        if !messages.is_empty() {
+            tracing::info!(
+                shard,
+                term,
+                messages = messages.len(),
+                "leading a shard: sending its recent publish events again"
+            );
+        }
+        for message in &messages {
+            self.events.published(message);
+        }
+        true
+    }
 }
 
 impl ApplySink for RoomSink {
-    fn committed(&self, _shard: ShardId, committed: Vec<Committed>) {
+    fn committed(&self, shard: ShardId, committed: Vec<Committed>) {
+        // Exactly one node sends a message's `publish` event: the shard's leader, as
+        // it applies the entry. What a leadership change lets slip between two
+        // leaders is sent again by the new one (`lead`).
+        if self.events.wants(WebhookEvent::Publish) && self.lead(shard, &committed) {
+            for entry in &committed {
+                self.events.published(&entry.message);
+            }
+        }
         // Grouped per room, each group in log order.
         let mut by_room: BTreeMap<String, Vec<_>> = BTreeMap::new();
         for entry in committed {
@@ -230,6 +306,7 @@ pub async fn start_host(
     cluster: Option<Arc<Cluster>>,
     rooms: RoomDirectory,
     metrics: Arc<Metrics>,
+    events: Arc<Webhooks>,
 ) -> Result<Arc<ShardHost>, String> {
     let me = settings.node.name.clone();
     let nodes = settings.cluster_nodes();
@@ -278,10 +355,14 @@ pub async fn start_host(
     let sink = Arc::new(RoomSink {
         rooms,
         shards: placement.shards(),
+        events: events.clone(),
+        host: OnceLock::new(),
+        replay: Duration::from_secs(settings.hooks.webhook_replay_secs),
+        replayed: Mutex::new(BTreeMap::new()),
     });
     let reach = cluster.as_ref().map(|cluster| reach_of(cluster));
     let wiring = Wiring {
-        sink,
+        sink: sink.clone(),
         link,
         reach,
         names,
@@ -290,6 +371,10 @@ pub async fn start_host(
     let host = ShardHost::start(&me, placement, &db, retention, timing, wiring, join)
         .await
         .map_err(|e| format!("the room logs did not start: {e}"))?;
+    let _ = sink.host.set(Arc::downgrade(&host));
+    if events.wants(WebhookEvent::Publish) && !sink.replay.is_zero() {
+        tokio::spawn(watch_leadership(Arc::downgrade(&host), sink.clone()));
+    }
     if let Some(cluster) = &cluster {
         cluster.set_shard_host(host.clone());
     }
@@ -297,6 +382,24 @@ pub async fn start_host(
         tokio::spawn(watch_disk(Arc::downgrade(&host), file, metrics));
     }
     Ok(host)
+}
+
+/// How often the leaders of the shards are looked at for a change.
+const LEADERSHIP_POLL: Duration = Duration::from_millis(200);
+
+/// Looks at which shards this node leads every [`LEADERSHIP_POLL`], so that a shard
+/// it comes to lead (at start, or when leadership moves here) gets its replay
+/// ([`RoomSink::lead`]) even when no new entry is applied there.
+async fn watch_leadership(host: Weak<ShardHost>, sink: Arc<RoomSink>) {
+    loop {
+        tokio::time::sleep(LEADERSHIP_POLL).await;
+        let Some(shards) = host.upgrade().map(|h| h.placement().shards()) else {
+            return;
+        };
+        for shard in 0..shards {
+            sink.lead(shard, &[]);
+        }
+    }
 }
 
 /// Reads the database file's size into `hubbub_storage_bytes` every 5 s while the host

@@ -43,6 +43,8 @@ const ENV_LIST_KEYS: &[&str] = &[
     "http.allowed_origins",
     "http.trusted_proxies",
     "api.keys",
+    "hooks.pass_headers",
+    "hooks.publish_rooms",
 ];
 const ENV_LIST_SEPARATOR: char = ',';
 /// Settings of optional tables, which the defaults lack, that the environment may set.
@@ -1019,6 +1021,9 @@ impl Settings {
             problems.add(&key, reason);
         }
         check_nodes(&self.nodes, &mut problems);
+        for (key, reason) in super::hooks::problems(&self.hooks, &self.webhooks) {
+            problems.add(&key, reason);
+        }
         check_cookie_strength(self, &mut problems);
         check_admin(self, &mut problems);
         check_api(&self.api, &mut problems);

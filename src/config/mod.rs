@@ -14,12 +14,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 mod access;
+mod hooks;
 mod load;
 pub(crate) mod pem;
 pub use access::{
     parse_network, AclEntry, AuthMode, AuthSettings, HttpSettings, HttpTls, JoinRule, JwtAlgorithm,
     PublishRule, RateLimitSettings,
 };
+pub use hooks::{FailurePolicy, HooksSettings, WebhookEvent, WebhookSettings};
 pub use load::{
     default_config_toml, environment_warning, is_node_name, load, load_every_node,
     load_every_node_with_env, load_with_env, warnings, ConfigError, ConfigSource, CONFIG_PATH_ENV,
@@ -42,6 +44,12 @@ pub struct Settings {
     pub admin: AdminSettings,
     pub api: ApiSettings,
     pub storage: StorageSettings,
+    /// `[hooks]`: the connect and publish hooks (src/hooks/, docs/webhooks.md).
+    pub hooks: HooksSettings,
+    /// `[[webhooks]]`: the backend's endpoints that are sent signed events. Empty:
+    /// none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<WebhookSettings>,
     /// `[[nodes]]`: every node of a cluster described in one file; `--node NAME` picks
     /// the entry this process runs as. Empty for a file that describes one node.
     #[serde(skip_serializing_if = "Vec::is_empty")]

@@ -185,6 +185,8 @@ pub struct Metrics {
     session_timers: Gauge,
     presence_entries: Gauge,
     storage_bytes: Gauge,
+    /// The connect and publish hooks and the webhook endpoints (hook_metrics.rs).
+    pub hooks: super::hook_metrics::HookMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -437,6 +439,7 @@ impl Metrics {
              memory engine; read every 5 s",
             storage_bytes.clone(),
         );
+        let hooks = super::hook_metrics::HookMetrics::register(&mut registry);
         registry.register_collector(Box::new(ProcessCollector));
 
         Self {
@@ -471,6 +474,7 @@ impl Metrics {
             session_timers,
             presence_entries,
             storage_bytes,
+            hooks,
         }
     }
 

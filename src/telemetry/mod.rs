@@ -9,6 +9,7 @@
 //! a log line: settings wrap them in a type whose `Debug` and `Display` hide them, and
 //! nothing logs a request's query string.
 
+pub mod hook_metrics;
 pub mod json_lines;
 pub mod metrics;
 mod process;

@@ -106,6 +106,8 @@ pub struct Admitted {
     pub identity: Identity,
     /// Holds the client address's connection slot until dropped.
     pub slot: IpSlot,
+    /// The client's address (see [`Gate`]), for the connect hook.
+    pub client: Option<IpAddr>,
 }
 
 impl Gate {
@@ -144,7 +146,8 @@ impl Gate {
     /// Runs the checks in order; the HTTP answer of the first that fails.
     pub fn admit(&self, req: &HttpRequest) -> Result<Admitted, Refused> {
         self.check_origin(req)?;
-        let client = self.client_ip(req).map(limit_key);
+        let address = self.client_ip(req);
+        let client = address.map(limit_key);
         if let Some(ip) = client {
             self.check_handshake_rate(ip)?;
         }
@@ -166,7 +169,11 @@ impl Gate {
             (Some(connections), Some(ip)) => connections.take(ip)?,
             _ => IpSlot(None),
         };
-        Ok(Admitted { identity, slot })
+        Ok(Admitted {
+            identity,
+            slot,
+            client: address,
+        })
     }
 
     fn check_origin(&self, req: &HttpRequest) -> Result<(), Refused> {

@@ -9,6 +9,7 @@
 //! and the Session's message type; room logic never lives here.
 
 mod cluster_admin;
+mod connect_hook;
 mod frame_guard;
 mod gate;
 mod http;

@@ -13,6 +13,7 @@
 //! `limits.max_frame_bytes` (close 1009), or the outbox starts closing for any other
 //! reason. It then stops the Session; rooms and presence notice through their monitors.
 
+use super::connect_hook::ask_connect_hook;
 use super::frame_guard::FrameGuard;
 use super::gate::{IpSlot, Refused};
 use super::http::AppState;
@@ -48,7 +49,7 @@ pub async fn upgrade(
     if let Some(not_ready) = state.not_ready() {
         return Ok(refuse_unavailable(&not_ready.message()));
     }
-    let admitted = match state.gate.admit(&req) {
+    let mut admitted = match state.gate.admit(&req) {
         Ok(admitted) => admitted,
         Err(refused) => {
             if let Refused::Identity(Refusal::Unauthorized(failure)) = &refused {
@@ -57,11 +58,18 @@ pub async fn upgrade(
             return Ok(refused.response());
         }
     };
+    // The connect hook, when `[hooks] connect_url` is set: allow, deny, rooms to join.
+    let identity = std::mem::replace(&mut admitted.identity, Identity::placeholder());
+    let (identity, initial_rooms) =
+        match ask_connect_hook(&state, &req, identity, admitted.client).await {
+            Ok(allowed) => allowed,
+            Err(refused) => return Ok(*refused),
+        };
     let Identity {
         user,
         name_given,
         grants,
-    } = admitted.identity;
+    } = identity;
     let Ok(permit) = state.connections.clone().try_acquire_owned() else {
         return Ok(refuse_unavailable("the node is at its connection limit"));
     };
@@ -107,6 +115,7 @@ pub async fn upgrade(
         name_given,
         grants,
         outbox: outbox.clone(),
+        initial_rooms,
     };
     let session = match ask(&sessions, |reply| SessionSupervisorMessage::Open {
         args,

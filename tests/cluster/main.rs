@@ -8,6 +8,8 @@
 //! `HUBBUB_LOG__LEVEL=debug cargo test --test cluster` raises the nodes' log level; a
 //! failing test prints the tail of every node's log and keeps its directory.
 
+#[path = "../hooks/backend.rs"]
+mod backend;
 #[path = "../common/hubbub_node.rs"]
 mod hubbub_node;
 #[path = "../scrape/mod.rs"]
@@ -32,3 +34,4 @@ mod replies;
 mod start_order;
 mod status;
 mod tls;
+mod webhooks;

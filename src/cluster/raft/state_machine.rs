@@ -527,6 +527,16 @@ impl ShardReader {
         self.read().history_page(room, before, limit)
     }
 
+    /// The held messages of every room stamped at or after `since_ms` (each room's
+    /// oldest first): what a new leader sends as `publish` webhook events again.
+    pub fn recent(&self, since_ms: u64) -> Vec<ChatMessage> {
+        let state = self.read();
+        state
+            .rooms()
+            .flat_map(|(_, log)| log.history().filter(|m| m.ts >= since_ms).cloned())
+            .collect()
+    }
+
     /// The last log entry applied.
     pub fn last_applied(&self) -> Option<LogId<NodeId>> {
         self.read().last_applied

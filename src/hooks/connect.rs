@@ -1,0 +1,242 @@
+//! The connect hook (`[hooks] connect_url`): at a WebSocket upgrade, the node POSTs
+//! what the client presented and the backend allows or denies the connection.
+//!
+//! The request body: `{"headers": {name: value} (only those in `pass_headers`, names
+//! lower-case), "query": "<raw query string>", "remote_addr": "<client IP>" | null,
+//! "user": {"id","name"} | null (the identity a verified JWT gave), "node"}`.
+//! The answer, 2xx with a JSON object:
+//! - `{"action": "allow", "user_id": "…", "name": "…", "rooms": ["lobby", …]}`:
+//!   `user_id` and `name` name the user (without a verified JWT; with one, the token's
+//!   identity wins and these are ignored); `rooms`, optional, are joined at once as if
+//!   the client had sent `join` for each.
+//! - `{"action": "deny", "status": 401 | 403, "reason": "…"}`: the upgrade is answered
+//!   with that status (403 for any other) and the reason.
+//!
+//! Anything else is a failure, and `connect_failure` decides: `fail_closed` answers
+//! 503, `fail_open` identifies the client as it would be without the hook.
+//!
+//! Must not know: actix, actors. The transport (src/transport/connect_hook.rs) turns
+//! the request into a [`ConnectRequest`] and the verdict into a response.
+
+use super::breaker::{Admission, Breaker};
+use super::client::{HttpClient, Outcome};
+use crate::config::{FailurePolicy, HooksSettings};
+use crate::protocol::UserInfo;
+use crate::telemetry::hook_metrics::{Hook, HookMetrics};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// What the hook is told about one upgrade.
+pub struct ConnectRequest<'a> {
+    /// The passed headers, names lower-case.
+    pub headers: Vec<(String, String)>,
+    pub query: &'a str,
+    pub remote_addr: Option<IpAddr>,
+    /// The identity of a verified JWT, if any.
+    pub user: Option<&'a UserInfo>,
+}
+
+/// What the hook decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectVerdict {
+    Allow {
+        user_id: Option<String>,
+        name: Option<String>,
+        rooms: Vec<String>,
+    },
+    Deny {
+        /// 401 or 403.
+        status: u16,
+        reason: String,
+    },
+    /// The hook could not answer: the failure policy applies.
+    Failed(String),
+}
+
+/// The connect hook of a node.
+pub struct ConnectHook {
+    url: String,
+    pass_headers: Vec<String>,
+    timeout: Duration,
+    /// What the caller does with [`ConnectVerdict::Failed`].
+    pub failure: FailurePolicy,
+    max_bytes: usize,
+    breaker: Mutex<Breaker>,
+    client: HttpClient,
+    metrics: HookMetrics,
+}
+
+#[derive(Deserialize)]
+struct Answer {
+    action: String,
+    #[serde(default)]
+    user_id: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    rooms: Vec<String>,
+    #[serde(default)]
+    status: Option<u16>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+impl ConnectHook {
+    /// The hook `[hooks]` describes.
+    pub fn new(hooks: &HooksSettings, client: HttpClient, metrics: HookMetrics) -> Self {
+        Self {
+            url: hooks.connect_url.clone(),
+            pass_headers: hooks
+                .pass_headers
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+            timeout: Duration::from_millis(hooks.connect_timeout_ms),
+            failure: hooks.connect_failure,
+            max_bytes: hooks.max_response_bytes,
+            breaker: Mutex::new(Breaker::new(
+                hooks.breaker_failures,
+                Duration::from_millis(hooks.breaker_cooldown_ms),
+            )),
+            client,
+            metrics,
+        }
+    }
+
+    /// The (lower-case) names of the headers to pass.
+    pub fn pass_headers(&self) -> &[String] {
+        &self.pass_headers
+    }
+
+    /// Asks the backend about one upgrade.
+    pub async fn ask(&self, request: ConnectRequest<'_>, node: &str) -> ConnectVerdict {
+        let started = Instant::now();
+        let admitted = self
+            .breaker
+            .lock()
+            .map_or(Admission::Call, |mut b| b.admit(started));
+        if admitted == Admission::Refuse {
+            self.metrics.hook_breaker_refused(Hook::Connect);
+            return ConnectVerdict::Failed("the connect hook's circuit breaker is open".into());
+        }
+        let headers: Map<String, Value> = request
+            .headers
+            .into_iter()
+            .map(|(name, value)| (name, Value::String(value)))
+            .collect();
+        let body = json!({
+            "headers": headers,
+            "query": request.query,
+            "remote_addr": request.remote_addr.map(|ip| ip.to_string()),
+            "user": request.user,
+            "node": node,
+        });
+        let outcome = self
+            .client
+            .post_json(
+                &self.url,
+                &[],
+                body.to_string().into_bytes(),
+                self.timeout,
+                self.max_bytes,
+            )
+            .await;
+        let took = started.elapsed();
+        let verdict = match &outcome {
+            Outcome::Answered { status, body } if (200..300).contains(status) => parse(body),
+            Outcome::Answered { status, .. } => Err(format!("the connect hook answered {status}")),
+            Outcome::Timeout => Err("the connect hook did not answer in time".to_owned()),
+            Outcome::Failed(e) => Err(format!("the connect hook failed: {e}")),
+        };
+        match verdict {
+            Ok(verdict) => {
+                if let Ok(mut b) = self.breaker.lock() {
+                    b.success();
+                }
+                let label = match verdict {
+                    ConnectVerdict::Deny { .. } => "deny",
+                    _ => "allow",
+                };
+                self.metrics.hook_call(Hook::Connect, label, took);
+                verdict
+            }
+            Err(reason) => {
+                let label = if outcome == Outcome::Timeout {
+                    "timeout"
+                } else {
+                    "error"
+                };
+                self.metrics.hook_call(Hook::Connect, label, took);
+                let opened = self
+                    .breaker
+                    .lock()
+                    .is_ok_and(|mut b| b.failure(Instant::now()));
+                if opened {
+                    self.metrics.hook_breaker_opened(Hook::Connect);
+                    tracing::warn!(%reason, "connect hook failing: its circuit breaker opened");
+                } else {
+                    tracing::debug!(%reason, "connect hook failed");
+                }
+                ConnectVerdict::Failed(reason)
+            }
+        }
+    }
+}
+
+fn parse(body: &[u8]) -> Result<ConnectVerdict, String> {
+    let answer: Answer = serde_json::from_slice(body)
+        .map_err(|e| format!("the connect hook's answer is not an allow or a deny: {e}"))?;
+    match answer.action.as_str() {
+        "allow" => Ok(ConnectVerdict::Allow {
+            user_id: answer.user_id,
+            name: answer.name,
+            rooms: answer.rooms,
+        }),
+        "deny" => Ok(ConnectVerdict::Deny {
+            status: match answer.status {
+                Some(401) => 401,
+                _ => 403,
+            },
+            reason: answer
+                .reason
+                .unwrap_or_else(|| "the application refused this connection".to_owned()),
+        }),
+        other => Err(format!(
+            "the connect hook answered an unknown action {other:?}"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_parse_into_verdicts() {
+        assert_eq!(
+            parse(br#"{"action":"allow","user_id":"u1","name":"Ann","rooms":["lobby"]}"#),
+            Ok(ConnectVerdict::Allow {
+                user_id: Some("u1".into()),
+                name: Some("Ann".into()),
+                rooms: vec!["lobby".into()],
+            })
+        );
+        assert_eq!(
+            parse(br#"{"action":"deny","status":401,"reason":"who?"}"#),
+            Ok(ConnectVerdict::Deny {
+                status: 401,
+                reason: "who?".into()
+            })
+        );
+        // Any status but 401 is a 403.
+        assert!(matches!(
+            parse(br#"{"action":"deny","status":500}"#),
+            Ok(ConnectVerdict::Deny { status: 403, .. })
+        ));
+        assert!(parse(b"{}").is_err());
+        assert!(parse(b"").is_err());
+    }
+}

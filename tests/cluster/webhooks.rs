@@ -1,0 +1,196 @@
+//! Webhooks from a three-node cluster (docs/webhooks.md, "What is guaranteed"): each
+//! `publish` event is sent by the leader of the room's shard alone, each `join` by
+//! the node of the joining connection alone; when the leader is killed with events
+//! still queued (the backend was down), the new leader sends them again and what
+//! follows, and nothing is lost (the backend deduplicates by `delivery_id`).
+
+use crate::backend::{Backend, Recorded, Reply};
+use crate::hubbub_node::{toml_list, toml_str};
+use crate::support::{find_room, owner_of, shard_of, Client, Cluster, DEADLINE};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+const SECRET: &str = "whsec-cluster-test-0123456789";
+
+/// The events of the requests the backend took, in arrival order.
+fn accepted(requests: &[Recorded]) -> Vec<Value> {
+    let mut all = Vec::new();
+    for request in requests.iter().filter(|r| r.accepted()) {
+        match request.json() {
+            Value::Array(batch) => all.extend(batch),
+            one => all.push(one),
+        }
+    }
+    all
+}
+
+/// How many times each delivery id of `kind` was delivered.
+fn deliveries(events: &[Value], kind: &str) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for event in events.iter().filter(|e| e["event"] == kind) {
+        *counts
+            .entry(event["delivery_id"].as_str().unwrap_or("").to_owned())
+            .or_insert(0) += 1;
+    }
+    counts
+}
+
+async fn see_all(client: &mut Client, room: &str, n: usize) {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let history = client.full_history(room).await;
+        if history.len() >= n {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "saw {} of {n}",
+            history.len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn each_event_is_sent_by_one_node_and_a_failover_loses_none() {
+    let backend = Backend::start().await;
+    let mut cluster = Cluster::plan("webhooks", 3).await;
+    let all = ["a", "b", "c"];
+    for name in cluster.names() {
+        cluster
+            .config(&name)
+            .set("[webhooks]", "name", toml_str("backend"))
+            .set("[webhooks]", "url", toml_str(backend.url("/events")))
+            .set(
+                "[webhooks]",
+                "events",
+                toml_list(&["publish", "join", "connect"]),
+            )
+            .set("[webhooks]", "secret", toml_str(SECRET))
+            .set("[webhooks]", "retry_initial_ms", 50)
+            .set("[webhooks]", "retry_max_ms", 200);
+    }
+    let names = cluster.names();
+    for name in &names {
+        cluster.start_node(name).await;
+    }
+    cluster.wait_converged(&names).await;
+    // A room whose shard `a` is expected to lead; read who does.
+    let room = find_room("hooked", |r| owner_of(r, &all) == "a");
+    let shard = shard_of(&room, &all);
+    let leader = cluster.leader_seen_by("b", shard).await.expect("a leader");
+
+    let mut bob = cluster.connect("b", "bob").await;
+    let mut carol = cluster.connect("c", "carol").await;
+    bob.join_retry(&room).await;
+    carol.join_retry(&room).await;
+    for i in 0..5 {
+        bob.publish_retry(&room, &format!("b{i}")).await;
+        carol.publish_retry(&room, &format!("c{i}")).await;
+    }
+    // Every node has applied all ten (the clients of b and c see them)...
+    see_all(&mut bob, &room, 10).await;
+    see_all(&mut carol, &room, 10).await;
+    // ...so anything a follower wrongly queued for them is queued before these
+    // connects, which each node delivers after it.
+    let _b2 = cluster.connect("b", "barrier-b").await;
+    let _c2 = cluster.connect("c", "barrier-c").await;
+    let _a2 = cluster.connect("a", "barrier-a").await;
+    let requests = backend
+        .wait_for("/events", "ten publishes and the barriers", |seen| {
+            let events = accepted(seen);
+            deliveries(&events, "publish").len() >= 10
+                && ["barrier-a", "barrier-b", "barrier-c"].iter().all(|u| {
+                    events
+                        .iter()
+                        .any(|e| e["event"] == "connect" && e["user"]["id"] == *u)
+                })
+        })
+        .await;
+    let events = accepted(&requests);
+    let publishes = deliveries(&events, "publish");
+    assert_eq!(publishes.len(), 10);
+    assert!(
+        publishes.values().all(|n| *n == 1),
+        "each publish event once: {publishes:?}"
+    );
+    for event in events.iter().filter(|e| e["event"] == "publish") {
+        assert_eq!(
+            event["node"],
+            leader.as_str(),
+            "sent by the shard's leader: {event}"
+        );
+    }
+    let joins = deliveries(&events, "join");
+    assert_eq!(joins.len(), 2, "bob's and carol's joins: {events:?}");
+    for (user, node) in [("bob", "b"), ("carol", "c")] {
+        let join: Vec<&Value> = events
+            .iter()
+            .filter(|e| e["event"] == "join" && e["user"]["id"] == user)
+            .collect();
+        assert_eq!(join.len(), 1, "{user}'s join once: {join:?}");
+        assert_eq!(join[0]["node"], node, "from the joining connection's node");
+    }
+
+    // The backend goes down; two more messages wait in the leader's queue, which
+    // the leader takes with it when it dies. The new leader sends them again.
+    let down = Arc::new(AtomicBool::new(true));
+    let is_down = down.clone();
+    backend.respond(move |_| {
+        if is_down.load(Ordering::SeqCst) {
+            Reply::status(503)
+        } else {
+            Reply::ok(json!({}))
+        }
+    });
+    let before = backend.requests("/events").len();
+    bob.publish_retry(&room, "queued-0").await;
+    carol.publish_retry(&room, "queued-1").await;
+    backend
+        .wait_for(
+            "/events",
+            "the leader trying while the backend is down",
+            |seen| {
+                seen[before..]
+                    .iter()
+                    .any(|r| r.status == 503 && r.body.windows(8).any(|w| w == b"queued-0"))
+            },
+        )
+        .await;
+    cluster.kill9(&leader);
+    down.store(false, Ordering::SeqCst);
+    let mut survivors: Vec<Client> = Vec::new();
+    for name in all.iter().filter(|n| **n != leader) {
+        let mut client = cluster.connect(name, &format!("after-{name}")).await;
+        client.join_retry(&room).await;
+        survivors.push(client);
+    }
+    for i in 0..3 {
+        for client in survivors.iter_mut() {
+            client.publish_retry(&room, &format!("after{i}")).await;
+        }
+    }
+    let expected = 12 + 3 * survivors.len();
+    let requests = backend
+        .wait_for("/events", "every publish after the failover", |seen| {
+            deliveries(&accepted(seen), "publish").len() >= expected
+        })
+        .await;
+    let events = accepted(&requests);
+    let seqs: std::collections::BTreeSet<u64> = events
+        .iter()
+        .filter(|e| e["event"] == "publish")
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    // A retried publish may have been ordered twice (its ack was lost): more seqs
+    // than publishes is fine, a hole is not.
+    let last = *seqs.last().unwrap();
+    assert!(last >= expected as u64, "{seqs:?}");
+    assert_eq!(
+        seqs,
+        (1..=last).collect(),
+        "every message of the room, none lost"
+    );
+}
