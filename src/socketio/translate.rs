@@ -62,7 +62,7 @@ impl Namespace {
 }
 
 /// The namespaces clients may connect to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Namespaces(Vec<Namespace>);
 
 impl Namespaces {
