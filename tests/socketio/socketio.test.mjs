@@ -1,0 +1,294 @@
+// The official socket.io-client (pinned in package-lock.json), unchanged, against real
+// hubbub processes (target/debug/hubbub, or $HUBBUB_BIN): both transports and the
+// upgrade, namespaces, auth, acks, errors, a room shared with protocol v1 clients, and
+// bad input. Run: npm test (from tests/socketio, after npm ci).
+//
+// Nodes come from the JavaScript client's test helper (clients/js/test/nodes.mjs):
+// configs in a temp dir, free ports, readiness polled; every wait is a poll with a
+// deadline.
+
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHmac } from 'node:crypto';
+import WebSocket from 'ws';
+import { io } from 'socket.io-client';
+import { startNode, stopNode, until } from '../../clients/js/test/nodes.mjs';
+
+const TEST_TIMEOUT_MS = 120_000;
+const SECRET = 'socketio-tests-secret-of-at-least-32-bytes!';
+const sockets = new Set();
+
+/** A socket.io-client socket, recording the events the application would see. */
+function sio(url, options = {}) {
+  const s = io(url, { forceNew: true, reconnection: false, timeout: 10_000, ...options });
+  s.seen = { message: [], presence_diff: [], typing: [], direct: [], renamed: [], welcome: [], connect_error: [], disconnect: [] };
+  for (const name of Object.keys(s.seen)) s.on(name, (payload) => s.seen[name].push(payload));
+  sockets.add(s);
+  return s;
+}
+
+const connected = (s) => until('the socket connects', () => {
+  if (s.seen.connect_error.length) throw new Error(`connect_error: ${s.seen.connect_error[0].message}`);
+  return s.connected;
+});
+
+/** A protocol v1 client over `ws`, with its frames by type and requests by ref. */
+function v1(addr, query) {
+  const ws = new WebSocket(`ws://${addr}/ws?${query}`);
+  const frames = [];
+  let ref = 0;
+  ws.on('message', (data) => frames.push(JSON.parse(data.toString())));
+  return {
+    ws,
+    frames,
+    of: (type) => frames.filter((f) => f.type === type),
+    opened: () => until('v1 welcome', () => frames.find((f) => f.type === 'welcome')),
+    async request(frame) {
+      const id = ++ref;
+      ws.send(JSON.stringify({ ...frame, ref: id }));
+      return until(`v1 reply to ${frame.type}`, () => frames.find((f) => f.type === 'reply' && f.ref === id));
+    },
+    close: () => ws.close(),
+  };
+}
+
+function jwt(claims) {
+  const b64 = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
+  const body = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64({ exp: Math.floor(Date.now() / 1000) + 3600, ...claims })}`;
+  return `${body}.${createHmac('sha256', SECRET).update(body).digest('base64url')}`;
+}
+
+const uniq = (label) => `${label}-${Math.random().toString(36).slice(2, 8)}`;
+
+after(() => { for (const s of sockets) s.disconnect(); });
+
+describe('socket.io-client on one node', { timeout: TEST_TIMEOUT_MS }, () => {
+  let node;
+  let url;
+  before(async () => {
+    node = await startNode('[socketio]\nnamespaces = ["/", "/chat"]\nping_interval_ms = 1000\nping_timeout_ms = 3000\n');
+    url = `http://${node.addr}`;
+  });
+  after(() => stopNode(node));
+
+  it('connects with the default transports, polling then the upgrade to WebSocket', async () => {
+    const s = sio(url, { query: { user: 'polly', name: 'Polly' } });
+    await connected(s);
+    await until('the upgrade to websocket', () => s.io.engine.transport.name === 'websocket');
+    assert.equal(s.seen.welcome[0].user.id, 'polly');
+    assert.equal(s.id, s.seen.welcome[0].session, 'the Socket.IO sid is the session id');
+    const room = uniq('r');
+    const join = await s.timeout(10_000).emitWithAck('join', { room });
+    assert.equal(join.ok, true);
+    assert.deepEqual(join.data.members.map((m) => m.id), ['polly']);
+    const pub = await s.timeout(10_000).emitWithAck('publish', { room, content: 'after the upgrade' });
+    assert.equal(pub.ok, true);
+    assert.equal(pub.data.seq, 1);
+    const msg = await until('the message event', () => s.seen.message[0]);
+    assert.equal(msg.content, 'after the upgrade');
+    assert.equal(msg.room, room);
+  });
+
+  it('works on long-polling alone, pings included', async () => {
+    const s = sio(url, { transports: ['polling'], query: { user: 'poll-only' } });
+    await connected(s);
+    const room = uniq('r');
+    assert.equal((await s.timeout(10_000).emitWithAck('join', { room })).ok, true);
+    for (let i = 1; i <= 5; i++) {
+      const pub = await s.timeout(10_000).emitWithAck('publish', { room, content: `m${i}` });
+      assert.equal(pub.data.seq, i);
+    }
+    await until('five messages by polling', () => s.seen.message.length === 5);
+    assert.deepEqual(s.seen.message.map((m) => m.content), ['m1', 'm2', 'm3', 'm4', 'm5']);
+    // pingInterval is 1 s and pingTimeout 3 s here: still connected after several.
+    await new Promise((r) => setTimeout(r, 4_500));
+    assert.equal(s.connected, true, 'the client answers pings over polling');
+    assert.equal(s.io.engine.transport.name, 'polling');
+  });
+
+  it('connects over WebSocket alone', async () => {
+    const s = sio(url, { transports: ['websocket'], query: { user: 'wsonly' } });
+    await connected(s);
+    assert.equal(s.io.engine.transport.name, 'websocket');
+    const room = uniq('r');
+    assert.equal((await s.timeout(10_000).emitWithAck('join', { room })).ok, true);
+    const history = await s.timeout(10_000).emitWithAck('history', { room });
+    assert.deepEqual(history, { ok: true, data: { room, messages: [] } });
+    const presence = await s.timeout(10_000).emitWithAck('presence', { room });
+    assert.deepEqual(presence.data.members.map((m) => m.id), ['wsonly']);
+    const left = await s.timeout(10_000).emitWithAck('leave', { room });
+    assert.deepEqual(left, { ok: true, data: { room } });
+  });
+
+  it('answers failed requests as acks with the v1 error codes', async () => {
+    const s = sio(url, { transports: ['websocket'] });
+    await connected(s);
+    const notJoined = await s.timeout(10_000).emitWithAck('publish', { room: uniq('r'), content: 'x' });
+    assert.equal(notJoined.ok, false);
+    assert.equal(notJoined.error.code, 'not_joined');
+    const unknown = await s.timeout(10_000).emitWithAck('shout', { room: 'r' });
+    assert.equal(unknown.error.code, 'unknown_type');
+    const badRoom = await s.timeout(10_000).emitWithAck('join', { room: 'no spaces' });
+    assert.equal(badRoom.error.code, 'invalid_room');
+    const notObject = await s.timeout(10_000).emitWithAck('join', 'r1');
+    assert.equal(notObject.error.code, 'bad_request');
+    const binary = await s.timeout(10_000).emitWithAck('publish', { room: 'r', content: Buffer.from([1, 2]) });
+    assert.equal(binary.error.code, 'bad_request');
+    assert.match(binary.error.message, /binary/);
+    assert.equal(s.connected, true, 'errors keep the connection');
+  });
+
+  it('maps namespaces onto room prefixes and refuses unknown ones', async () => {
+    const room = uniq('r');
+    const chat = sio(`${url}/chat`, { transports: ['websocket'], query: { user: 'nsuser' } });
+    await connected(chat);
+    const bob = v1(node.addr, 'user=bob');
+    await bob.opened();
+    assert.equal((await bob.request({ type: 'join', room: `chat:${room}` })).ok, true);
+    const join = await chat.timeout(10_000).emitWithAck('join', { room });
+    assert.equal(join.ok, true);
+    assert.equal(join.data.room, room, 'the prefix is not shown inside the namespace');
+    await chat.timeout(10_000).emitWithAck('publish', { room, content: 'from /chat' });
+    const seen = await until('the v1 client sees it', () => bob.of('message')[0]);
+    assert.equal(seen.room, `chat:${room}`);
+    assert.equal((await bob.request({ type: 'publish', room: `chat:${room}`, content: 'from v1' })).ok, true);
+    const back = await until('the namespace sees it', () => chat.seen.message.find((m) => m.content === 'from v1'));
+    assert.equal(back.room, room);
+
+    const root = sio(url, { transports: ['websocket'] });
+    await connected(root);
+    const refused = await root.timeout(10_000).emitWithAck('join', { room: `chat:${room}` });
+    assert.equal(refused.error.code, 'forbidden', 'the default namespace cannot reach /chat rooms');
+
+    const nowhere = sio(`${url}/nowhere`, { transports: ['websocket'] });
+    const error = await until('connect_error', () => nowhere.seen.connect_error[0]);
+    assert.equal(error.message, 'Invalid namespace');
+    bob.close();
+  });
+
+  it('shares rooms with protocol v1 clients: messages, presence, typing, direct, rename', async () => {
+    const room = uniq('mixed');
+    const s = sio(url, { transports: ['websocket'], query: { user: 'sia', name: 'Sia' } });
+    await connected(s);
+    assert.equal((await s.timeout(10_000).emitWithAck('join', { room })).ok, true);
+    const bob = v1(node.addr, 'user=vbob&name=Bob');
+    await bob.opened();
+    const joined = await bob.request({ type: 'join', room });
+    assert.deepEqual(joined.data.members.map((m) => m.id).sort(), ['sia', 'vbob']);
+    const diff = await until('presence_diff on Socket.IO', () => s.seen.presence_diff.find((d) => d.joins.some((m) => m.id === 'vbob')));
+    assert.equal(diff.room, room);
+
+    await bob.request({ type: 'publish', room, content: 'hello from v1' });
+    await until('message on Socket.IO', () => s.seen.message.find((m) => m.content === 'hello from v1'));
+    await s.timeout(10_000).emitWithAck('publish', { room, content: 'hello from socket.io' });
+    const m = await until('message on v1', () => bob.of('message').find((f) => f.content === 'hello from socket.io'));
+    assert.equal(m.from.id, 'sia');
+
+    await bob.request({ type: 'typing', room });
+    await until('typing on Socket.IO', () => s.seen.typing.find((t) => t.user.id === 'vbob'));
+    s.emit('typing', { room });
+    await until('typing on v1', () => bob.of('typing').find((t) => t.user.id === 'sia'));
+
+    const sent = await s.timeout(10_000).emitWithAck('direct', { to: 'vbob', content: 'psst' });
+    assert.equal(sent.data.delivered, 1);
+    await until('direct on v1', () => bob.of('direct').find((d) => d.content === 'psst'));
+    await bob.request({ type: 'direct', to: 'sia', content: 'back' });
+    await until('direct on Socket.IO', () => s.seen.direct.find((d) => d.content === 'back'));
+
+    const renamed = await s.timeout(10_000).emitWithAck('rename', { name: 'Sia Two' });
+    assert.equal(renamed.data.user.name, 'Sia Two');
+    await until('renamed on v1', () => bob.of('renamed').find((r) => r.user.id === 'sia'));
+
+    s.disconnect();
+    await until('the Socket.IO client leaves', () => bob.of('presence_diff').find((d) => d.leaves.some((l) => l.id === 'sia')));
+    bob.close();
+  });
+
+  it('answers the standard Engine.IO errors', async () => {
+    const get = async (q) => {
+      const res = await fetch(`${url}/socket.io/?${q}`);
+      return { status: res.status, body: await res.json() };
+    };
+    assert.deepEqual(await get('EIO=3&transport=polling'), { status: 400, body: { code: 5, message: 'Unsupported protocol version' } });
+    assert.deepEqual(await get('EIO=4&transport=flash'), { status: 400, body: { code: 0, message: 'Transport unknown' } });
+    assert.deepEqual(await get('EIO=4&transport=polling&sid=nope'), { status: 400, body: { code: 1, message: 'Session ID unknown' } });
+    const post = await fetch(`${url}/socket.io/?EIO=4&transport=polling`, { method: 'POST', body: '40' });
+    assert.deepEqual({ status: post.status, body: await post.json() }, { status: 400, body: { code: 2, message: 'Bad handshake method' } });
+  });
+
+  it('closes a polling connection on a second concurrent GET and on bad packets', async () => {
+    const open = await (await fetch(`${url}/socket.io/?EIO=4&transport=polling`)).text();
+    assert.equal(open[0], '0');
+    const handshake = JSON.parse(open.slice(1));
+    assert.deepEqual(handshake.upgrades, ['websocket']);
+    assert.equal(handshake.maxPayload, 1000000);
+    const base = `${url}/socket.io/?EIO=4&transport=polling&sid=${handshake.sid}`;
+    const first = fetch(base).then((r) => r.text());
+    // Give the first GET time to be waiting; the second is refused either way.
+    await new Promise((r) => setTimeout(r, 200));
+    const second = await fetch(base);
+    assert.equal(second.status, 400);
+    assert.deepEqual(await second.json(), { code: 3, message: 'Bad request' });
+    assert.equal(await first, '1', 'the waiting GET learns the connection closed');
+
+    const again = JSON.parse((await (await fetch(`${url}/socket.io/?EIO=4&transport=polling`)).text()).slice(1));
+    const sidUrl = `${url}/socket.io/?EIO=4&transport=polling&sid=${again.sid}`;
+    const big = await fetch(sidUrl, { method: 'POST', body: '4' + 'x'.repeat(1_000_001) });
+    assert.equal(big.status, 413, 'a POST over maxPayload');
+    assert.equal((await fetch(sidUrl)).status, 400, 'and the connection is gone');
+  });
+
+  it('closes a WebSocket on malformed packets, leaving other clients alone', async () => {
+    const bystander = sio(url, { transports: ['websocket'] });
+    await connected(bystander);
+    for (const bad of ['42{"not":"an array"}', '4x', '9', '42["connect"]', '40{"token":1']) {
+      const ws = new WebSocket(`ws://${node.addr}/socket.io/?EIO=4&transport=websocket`);
+      const got = [];
+      ws.on('message', (d) => got.push(d.toString()));
+      let closed = false;
+      ws.on('close', () => { closed = true; });
+      await until('open packet', () => got[0]?.startsWith('0'));
+      ws.send('40');
+      await until('CONNECT answered', () => got.find((f) => f.startsWith('40{')));
+      ws.send(bad);
+      await until(`closed after ${bad}`, () => closed);
+    }
+    assert.equal((await bystander.timeout(10_000).emitWithAck('presence', { room: 'x' })).error.code, 'not_joined');
+    assert.equal(bystander.connected, true);
+  });
+});
+
+describe('socket.io-client with JWT auth', { timeout: TEST_TIMEOUT_MS }, () => {
+  let node;
+  let url;
+  before(async () => {
+    node = await startNode(`[auth]\nmode = "jwt"\nsecret = "${SECRET}"\n`);
+    url = `http://${node.addr}`;
+  });
+  after(() => stopNode(node));
+
+  it('takes the token from the CONNECT auth payload', async () => {
+    const s = sio(url, { auth: { token: jwt({ sub: 'carol', name: 'Carol' }) } });
+    await connected(s);
+    assert.deepEqual(s.seen.welcome[0].user, { id: 'carol', name: 'Carol' });
+  });
+
+  it('takes the token from the query as v1 does', async () => {
+    const s = sio(url, { transports: ['websocket'], query: { token: jwt({ sub: 'dave', name: 'Dave' }) } });
+    await connected(s);
+    assert.equal(s.seen.welcome[0].user.id, 'dave');
+  });
+
+  it('refuses missing and bad tokens with CONNECT_ERROR and the v1 reasons', async () => {
+    const missing = sio(url, { transports: ['websocket'] });
+    const e1 = await until('connect_error', () => missing.seen.connect_error[0]);
+    assert.equal(e1.data.reason, 'missing_token');
+    assert.equal(e1.data.code, 'unauthorized');
+    const forged = sio(url, { auth: { token: `${jwt({ sub: 'eve', name: 'Eve' })}x` } });
+    const e2 = await until('connect_error', () => forged.seen.connect_error[0]);
+    assert.equal(e2.data.reason, 'bad_signature');
+    const expired = sio(url, { auth: { token: jwt({ sub: 'old', name: 'Old', exp: 1_000 }) } });
+    const e3 = await until('connect_error', () => expired.seen.connect_error[0]);
+    assert.equal(e3.data.reason, 'expired');
+  });
+});
