@@ -184,6 +184,12 @@ impl Gate {
         }
     }
 
+    /// Whether a browser page of the request's `Origin` may talk to this node (no
+    /// `Origin` passes): what Socket.IO's polling answers carry CORS headers for.
+    pub fn allows_origin(&self, req: &HttpRequest) -> bool {
+        self.check_origin(req).is_ok()
+    }
+
     /// Who clients are, as `[auth]` says.
     pub fn authenticator(&self) -> &Authenticator {
         &self.auth

@@ -19,12 +19,16 @@
 //!
 //! A keepalive task per connection sends the Engine.IO ping every
 //! `socketio.ping_interval_ms`, closes a client whose pong does not come within
-//! `socketio.ping_timeout_ms` or that has not connected to a namespace within
+//! `socketio.ping_timeout_ms` (the next ping goes `ping_interval_ms` after the pong, as
+//! in Engine.IO) or that has not connected to a namespace within
 //! `socketio.connect_timeout_ms`, and when the connection ends removes it from the
 //! registry, stops its Session and gives back its permits.
 //!
-//! Not yet: CORS headers for browser pages of another origin over polling, binary
-//! attachments, forwarding a polling request to the node holding its sid.
+//! Polling answers carry CORS headers for a page whose `Origin` the gate allows
+//! (`http.allowed_origins`; any when empty), and `OPTIONS` answers the preflight.
+//!
+//! Not yet: binary attachments, forwarding a polling request to the node holding its
+//! sid.
 
 use super::gate::{Gate, IpSlot};
 use super::http::AppState;
@@ -123,15 +127,41 @@ pub async fn endpoint(
         Err(error) => return Ok(engine_error(error)),
     };
     let method = req.method().clone();
-    Ok(match (query.transport, query.sid, method) {
+    let cors = cors_origin(&req, &state);
+    let mut response = match (query.transport, query.sid, method) {
         (Transport::Polling, None, Method::GET) => open_polling(&req, &state, &sio, params),
         (Transport::Polling, Some(sid), Method::GET) => poll(&sio, &sid).await,
         (Transport::Polling, Some(sid), Method::POST) => post(&sio, &sid, body).await,
         (Transport::WebSocket, sid, Method::GET) => {
             return websocket(req, body, state, sio, sid, params).await
         }
+        (Transport::Polling, _, Method::OPTIONS) => HttpResponse::NoContent()
+            .insert_header((header::ACCESS_CONTROL_ALLOW_METHODS, "GET, POST"))
+            .insert_header((
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                "content-type, authorization",
+            ))
+            .finish(),
         _ => engine_error(HttpError::BadHandshakeMethod),
-    })
+    };
+    if let Some(origin) = cors {
+        let headers = response.headers_mut();
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            header::HeaderValue::from_static("true"),
+        );
+        headers.insert(header::VARY, header::HeaderValue::from_static("Origin"));
+    }
+    Ok(response)
+}
+
+/// The `Origin` to allow in CORS headers: a browser page's, when `http.allowed_origins`
+/// lets it connect (any, when that is empty). Polling is plain HTTP, so a page of
+/// another origin needs these to read the answers; WebSockets do not.
+fn cors_origin(req: &HttpRequest, state: &AppState) -> Option<header::HeaderValue> {
+    let origin = req.headers().get(header::ORIGIN)?;
+    state.gate.allows_origin(req).then(|| origin.clone())
 }
 
 fn engine_error(error: HttpError) -> HttpResponse {
@@ -337,15 +367,25 @@ async fn post(sio: &SocketIo, sid: &str, mut body: web::Payload) -> HttpResponse
 /// Pings, pongs, the connect deadline; the connection's end.
 async fn keepalive(engine: Arc<EngineConnection>, sio: web::Data<SocketIo>, held: Held) {
     let outbox = engine.shared.outbox.clone();
-    let started = Instant::now();
+    let connect_by = Instant::now() + sio.connect_timeout;
+    let mut next_ping = Instant::now() + sio.ping_interval;
     loop {
+        let connected = engine.shared.namespace.get().is_some();
+        let wake = if connected {
+            next_ping
+        } else {
+            next_ping.min(connect_by)
+        };
         tokio::select! {
             _ = outbox.closed() => break,
-            _ = tokio::time::sleep(sio.ping_interval) => {}
+            _ = tokio::time::sleep_until(wake.into()) => {}
         }
-        if engine.shared.namespace.get().is_none() && started.elapsed() >= sio.connect_timeout {
+        if !connected && Instant::now() >= connect_by {
             outbox.close_now(close::NORMAL, "connect timeout");
             break;
+        }
+        if Instant::now() < next_ping {
+            continue;
         }
         if outbox.push(ByteString::from_static("2")).is_err() {
             break;
@@ -358,6 +398,7 @@ async fn keepalive(engine: Arc<EngineConnection>, sio: web::Data<SocketIo>, held
                 break;
             }
         }
+        next_ping = Instant::now() + sio.ping_interval;
     }
     sio.registry.remove(&engine.shared.sid);
     engine.inbound.lock().await.end();

@@ -66,7 +66,7 @@ describe('socket.io-client on one node', { timeout: TEST_TIMEOUT_MS }, () => {
   let node;
   let url;
   before(async () => {
-    node = await startNode('[socketio]\nnamespaces = ["/", "/chat"]\nping_interval_ms = 1000\nping_timeout_ms = 3000\n');
+    node = await startNode('[socketio]\nnamespaces = ["/", "/chat"]\nping_interval_ms = 1000\nping_timeout_ms = 3000\nconnect_timeout_ms = 2000\n');
     url = `http://${node.addr}`;
   });
   after(() => stopNode(node));
@@ -217,6 +217,29 @@ describe('socket.io-client on one node', { timeout: TEST_TIMEOUT_MS }, () => {
     assert.deepEqual(await get('EIO=4&transport=polling&sid=nope'), { status: 400, body: { code: 1, message: 'Session ID unknown' } });
     const post = await fetch(`${url}/socket.io/?EIO=4&transport=polling`, { method: 'POST', body: '40' });
     assert.deepEqual({ status: post.status, body: await post.json() }, { status: 400, body: { code: 2, message: 'Bad handshake method' } });
+  });
+
+  it('answers polling with CORS headers and the preflight', async () => {
+    const origin = 'https://app.example';
+    const res = await fetch(`${url}/socket.io/?EIO=4&transport=polling`, { headers: { origin } });
+    assert.equal(res.status, 200);
+    assert.equal(res.headers.get('access-control-allow-origin'), origin);
+    assert.equal(res.headers.get('access-control-allow-credentials'), 'true');
+    const preflight = await fetch(`${url}/socket.io/?EIO=4&transport=polling`, { method: 'OPTIONS', headers: { origin } });
+    assert.equal(preflight.status, 204);
+    assert.match(preflight.headers.get('access-control-allow-methods'), /POST/);
+  });
+
+  it('closes a connection that never connects to a namespace (connect_timeout_ms)', async () => {
+    const ws = new WebSocket(`ws://${node.addr}/socket.io/?EIO=4&transport=websocket`);
+    const got = [];
+    let closedAt = 0;
+    ws.on('message', (d) => got.push(d.toString()));
+    ws.on('close', () => { closedAt = Date.now(); });
+    await until('open packet', () => got[0]?.startsWith('0'));
+    const opened = Date.now();
+    await until('closed for want of a CONNECT', () => closedAt);
+    assert.ok(closedAt - opened >= 1_500, `closed after ${closedAt - opened} ms, not before the 2 s timeout`);
   });
 
   it('closes a polling connection on a second concurrent GET and on bad packets', async () => {
