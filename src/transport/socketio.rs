@@ -192,16 +192,18 @@ fn open(
     sio: &web::Data<SocketIo>,
     params: HashMap<String, String>,
     transport: Transport,
-) -> Result<(Arc<EngineConnection>, OutboxReader, Held), HttpResponse> {
+) -> Result<(Arc<EngineConnection>, OutboxReader, Held), Box<HttpResponse>> {
     if let Some(not_ready) = state.not_ready() {
-        return Err(refuse_unavailable(&not_ready.message()));
+        return Err(Box::new(refuse_unavailable(&not_ready.message())));
     }
     let slot = state
         .gate
         .admit_unidentified(req)
-        .map_err(|refused| refused.response())?;
+        .map_err(|refused| Box::new(refused.response()))?;
     let Ok(permit) = state.connections.clone().try_acquire_owned() else {
-        return Err(refuse_unavailable("the node is at its connection limit"));
+        return Err(Box::new(refuse_unavailable(
+            "the node is at its connection limit",
+        )));
     };
     let settings = &state.ctx.settings;
     let bounds = OutboxBounds {
@@ -263,7 +265,7 @@ fn open_polling(
 ) -> HttpResponse {
     let (engine, reader, held) = match open(req, state, sio, params, Transport::Polling) {
         Ok(opened) => opened,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     *engine.reader() = Some(reader);
     let sid = engine.shared.sid.clone();
@@ -440,7 +442,7 @@ async fn websocket(
                 let _ = engine.shared.outbox.push(open.into());
                 (engine, Some(reader), Some(held))
             }
-            Err(refused) => return Ok(refused),
+            Err(refused) => return Ok(*refused),
         },
     };
     let mut handshake = match actix_http::ws::handshake(req.head()) {
