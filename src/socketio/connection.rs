@@ -1,21 +1,19 @@
 //! One Engine.IO connection: what its client's packets do, whichever transport
 //! carries them (polling POSTs, or a WebSocket after or instead of them).
 //!
-//! Owns: the connection's [`Outbox`] (the same bounded queue a v1 WebSocket has; the
-//! transport drains it and encodes v1 frames into Socket.IO packets on the way out,
-//! `translate::server_frame`), the namespace it connected to and the Session actor
-//! that CONNECT started. A Socket.IO connection is a Session like any other: its
-//! EVENTs become the v1 [`ClientFrame`]s a v1 read loop casts, with the same
+//! Owns: the connection's Engine.IO [`Outbox`] (pings, CONNECT_ERROR, the upgrade's
+//! noop: packets written here), and for each namespace it connected to a Session
+//! actor with an outbox of its own (the same bounded queue a v1 WebSocket has). A
+//! Socket.IO connection is a Session like any other, one per namespace, as
+//! socket.io-client multiplexes the namespaces of one `Manager` over one connection:
+//! its EVENTs become the v1 [`ClientFrame`]s a v1 read loop casts, with the same
 //! in-flight permits, so rooms, presence, limits, ACLs and behaviours apply alike.
+//! Whoever drains the connection (`drain::poll_drain`) reads every outbox, and
+//! encodes each namespace's v1 frames into Socket.IO packets of that namespace.
 //!
-//! The outbox carries two kinds of text: v1 server frames (they start with `{`) from
-//! the Session, its rooms and presence, and Engine.IO packets (they start with a
-//! digit) written here (pings, CONNECT_ERROR, the upgrade's noop). The drain tells
-//! them apart by that first byte.
-//!
-//! One namespace per Engine.IO connection on this branch: a CONNECT to a second one
-//! gets CONNECT_ERROR (socket.io-client multiplexes namespaces of one `Manager`; give
-//! each namespace its own with `forceNew: true` meanwhile).
+//! A namespace's Session ending for any reason but the client's DISCONNECT (slow
+//! consumer, token expiry, shutdown) ends the whole connection, as a v1 close would;
+//! the client reconnects.
 //!
 //! Must not know: HTTP, actix. Identity comes through [`Identify`].
 
@@ -25,11 +23,13 @@ use super::translate::{self, Namespace, Namespaces};
 use crate::actors::{
     ask, NodeContext, Outbox, SessionArgs, SessionMessage, SessionSupervisorMessage,
 };
+use crate::actors::{OutboxBounds, OutboxReader};
 use crate::auth::{Identity, Refusal};
 use ractor::ActorRef;
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{Notify, Semaphore};
 
 /// Frames a connection may have waiting in its Session's mailbox (as for v1).
@@ -58,11 +58,42 @@ pub enum Flow {
 pub struct Shared {
     /// The Engine.IO sid.
     pub sid: String,
+    /// Engine.IO packets written by the connection itself.
     pub outbox: Outbox,
-    /// The namespace, once connected: the drain needs it to encode v1 frames.
-    pub namespace: OnceLock<Namespace>,
+    /// The reader of each connected namespace's outbox (its Session's frames).
+    pub namespaces: Mutex<Vec<NamespaceReader>>,
+    /// A namespace was connected once (the connect deadline is met).
+    pub connected: AtomicBool,
     /// A pong came (the ping task waits on it).
     pub pong: Notify,
+}
+
+impl Shared {
+    /// A connection's shared half, with no namespace yet.
+    pub fn new(sid: String, outbox: Outbox) -> Self {
+        Self {
+            sid,
+            outbox,
+            namespaces: Mutex::new(Vec::new()),
+            connected: AtomicBool::new(false),
+            pong: Notify::new(),
+        }
+    }
+
+    /// The namespaces' readers; nothing panics while the lock is held.
+    pub fn namespaces(&self) -> MutexGuard<'_, Vec<NamespaceReader>> {
+        self.namespaces.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn remove_namespace(&self, name: &str) {
+        self.namespaces().retain(|ns| ns.namespace.name != name);
+    }
+}
+
+/// One connected namespace's outbox, as its drain reads it.
+pub struct NamespaceReader {
+    pub namespace: Namespace,
+    pub reader: OutboxReader,
 }
 
 /// The inbound state of one connection.
@@ -74,7 +105,8 @@ pub struct Connection {
     /// The handshake's query parameters and `Authorization` header.
     params: HashMap<String, String>,
     authorization: Option<Vec<u8>>,
-    session: Option<ActorRef<SessionMessage>>,
+    /// The Session of each connected namespace, by name.
+    sessions: HashMap<String, (Namespace, ActorRef<SessionMessage>)>,
     inflight: Arc<Semaphore>,
     /// Binary attachments of a refused binary packet still to come.
     skip_binary: u32,
@@ -96,15 +128,15 @@ impl Connection {
             identify,
             params,
             authorization,
-            session: None,
+            sessions: HashMap::new(),
             inflight: Arc::new(Semaphore::new(MAX_INFLIGHT_FRAMES)),
             skip_binary: 0,
         }
     }
 
-    /// Whether a namespace is connected (a Session runs).
-    pub fn is_connected(&self) -> bool {
-        self.session.is_some()
+    /// Namespaces connected now (a Session runs for each).
+    pub fn connected(&self) -> usize {
+        self.sessions.len()
     }
 
     /// Handles one packet from the client.
@@ -148,30 +180,31 @@ impl Connection {
                 Flow::Continue
             }
             PacketType::Disconnect => {
-                if self.namespace_is(packet.namespace) {
-                    self.end();
-                    return Flow::Close;
+                // Its reader goes first, so that its Session's end is not taken for
+                // the connection's.
+                self.shared.remove_namespace(packet.namespace);
+                if let Some((_, session)) = self.sessions.remove(packet.namespace) {
+                    session.stop(Some("namespace disconnected".to_owned()));
                 }
                 Flow::Continue
             }
             PacketType::Event => {
-                if !self.namespace_is(packet.namespace) {
-                    // socket.io ignores packets for namespaces not connected.
-                    return Flow::Continue;
-                }
                 let Some((name, args)) = packet.event() else {
                     return self.protocol_error("an event needs a name");
                 };
-                let Some(namespace) = self.shared.namespace.get() else {
+                // socket.io ignores packets for namespaces not connected.
+                let Some((namespace, session)) = self.sessions.get(packet.namespace) else {
                     return Flow::Continue;
                 };
                 let frame =
                     translate::client_frame(name, args, packet.ack, namespace, &self.namespaces);
-                self.cast(frame).await
+                let session = session.clone();
+                self.cast(&session, frame).await
             }
             PacketType::BinaryEvent => {
                 self.skip_binary = packet.attachments;
-                if let Some(id) = packet.ack.filter(|_| self.namespace_is(packet.namespace)) {
+                let connected = self.sessions.contains_key(packet.namespace);
+                if let Some(id) = packet.ack.filter(|_| connected) {
                     let error = json!([{
                         "ok": false,
                         "error": {
@@ -179,7 +212,13 @@ impl Connection {
                             "message": "binary attachments are not supported yet; send JSON",
                         }
                     }]);
-                    self.push_packet(PacketType::Ack, Some(id), &error.to_string());
+                    let ack = packet::encode(
+                        PacketType::Ack,
+                        packet.namespace,
+                        Some(id),
+                        &error.to_string(),
+                    );
+                    self.push_raw(ack);
                 }
                 Flow::Continue
             }
@@ -194,22 +233,11 @@ impl Connection {
         }
     }
 
-    fn namespace_is(&self, name: &str) -> bool {
-        self.session.is_some()
-            && self
-                .shared
-                .namespace
-                .get()
-                .is_some_and(|ns| ns.name == name)
-    }
-
     async fn cast(
         &mut self,
+        session: &ActorRef<SessionMessage>,
         frame: Result<crate::protocol::ClientFrame, crate::protocol::FrameError>,
     ) -> Flow {
-        let Some(session) = &self.session else {
-            return Flow::Continue;
-        };
         let permit = tokio::select! {
             _ = self.shared.outbox.closed() => return Flow::Close,
             permit = self.inflight.clone().acquire_owned() => match permit {
@@ -228,14 +256,8 @@ impl Connection {
     }
 
     async fn connect(&mut self, name: &str, auth: Option<Value>) {
-        if self.session.is_some() {
-            if !self.namespace_is(name) {
-                self.push_raw(packet::connect_error(
-                    name,
-                    "one namespace per connection on this server; connect with forceNew",
-                    None,
-                ));
-            }
+        if self.sessions.contains_key(name) {
+            // Connected already: socket.io ignores it too.
             return;
         }
         let Some(namespace) = self.namespaces.get(name).cloned() else {
@@ -276,13 +298,31 @@ impl Connection {
             ));
             return;
         };
-        let _ = self.shared.namespace.set(namespace);
+        let settings = &self.ctx.settings;
+        let bounds = OutboxBounds {
+            frames: settings.limits.outbound_queue,
+            bytes: settings.limits.outbound_bytes,
+        };
+        // No worker's relay: whichever request drains the connection wakes directly.
+        let (outbox, reader) = Outbox::new(
+            bounds,
+            self.ctx.outbound.clone(),
+            self.ctx.metrics.clone(),
+            None,
+        );
+        self.shared.namespaces().push(NamespaceReader {
+            namespace: namespace.clone(),
+            reader,
+        });
+        // Wakes the drain, which then reads the new outbox too (an empty packet is
+        // never written).
+        let _ = self.shared.outbox.push(bytestring::ByteString::new());
         let args = SessionArgs {
             id: uuid::Uuid::new_v4().simple().to_string(),
             user: identity.user,
             name_given: identity.name_given,
             grants: identity.grants,
-            outbox: self.shared.outbox.clone(),
+            outbox,
         };
         match ask(&sessions, |reply| SessionSupervisorMessage::Open {
             args,
@@ -291,8 +331,12 @@ impl Connection {
         .await
         {
             // The Session's `welcome` is the CONNECT's answer (translate.rs).
-            Ok(Ok(session)) => self.session = Some(session),
+            Ok(Ok(session)) => {
+                self.shared.connected.store(true, Ordering::Release);
+                self.sessions.insert(name.to_owned(), (namespace, session));
+            }
             _ => {
+                self.shared.remove_namespace(name);
                 let message = "could not start a session";
                 self.push_raw(packet::connect_error(
                     name,
@@ -301,15 +345,6 @@ impl Connection {
                 ));
             }
         }
-    }
-
-    fn push_packet(&self, kind: PacketType, ack: Option<u64>, json: &str) {
-        let name = self
-            .shared
-            .namespace
-            .get()
-            .map_or(packet::DEFAULT_NAMESPACE, |ns| ns.name.as_str());
-        self.push_raw(packet::encode(kind, name, ack, json));
     }
 
     /// Queues a Socket.IO packet as an Engine.IO message.
@@ -326,13 +361,15 @@ impl Connection {
         Flow::Close
     }
 
-    /// Ends the connection: the Session stops, the outbox closes.
+    /// Ends the connection: every Session stops, every outbox closes.
     pub fn end(&mut self) {
-        if let Some(session) = self.session.take() {
+        for (_, (_, session)) in self.sessions.drain() {
             session.stop(Some("connection closed".to_owned()));
         }
         self.shared
             .outbox
             .close_now(crate::protocol::close::NORMAL, "");
+        // Dropping the readers closes the namespaces' outboxes.
+        self.shared.namespaces().clear();
     }
 }

@@ -1,6 +1,6 @@
-//! What a Socket.IO transport writes for the items it took from a connection's
-//! outbox: Engine.IO packets, v1 frames translated on the way (`translate`), and
-//! where the connection ends.
+//! What a Socket.IO transport writes for what a connection's outboxes hold (its own
+//! Engine.IO packets, each namespace's v1 frames translated on the way by
+//! `translate`), and where the connection ends ([`poll_drain`]).
 //!
 //! **Encoding once.** A broadcast reaches every member's outbox as the same shared
 //! bytes; translating it per member would parse and re-encode it once per Socket.IO
@@ -13,10 +13,17 @@
 //!
 //! Must not know: HTTP, actix.
 
+use super::connection::Shared;
 use super::translate::{self, Namespace};
-use crate::actors::Outbound;
+use crate::actors::{Outbound, OutboxReader, Taken};
 use bytestring::ByteString;
 use std::cell::RefCell;
+use std::task::{Context, Poll};
+
+/// Frames one drain takes from each outbox.
+const MAX_FRAMES_PER_DRAIN: usize = 256;
+/// Bytes one drain takes from each outbox (at least one frame).
+const MAX_BYTES_PER_DRAIN: u64 = 256 * 1024;
 
 /// What ended a drain.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +44,62 @@ thread_local! {
     static LAST: RefCell<Option<Cached>> = const { RefCell::new(None) };
 }
 
+/// Takes what the connection's outboxes hold, its own (`engine`, Engine.IO packets)
+/// and each namespace's (v1 frames, translated), into `out`; ready once `out` holds
+/// something or an outbox closed, else every outbox will wake the task. Only the
+/// holder of `engine` drains (a GET, or the WebSocket after the upgrade).
+pub fn poll_drain(
+    cx: &mut Context<'_>,
+    engine: &OutboxReader,
+    shared: &Shared,
+    out: &mut Vec<ByteString>,
+) -> Poll<End> {
+    loop {
+        let mut taken_any = false;
+        let mut taken = Vec::new();
+        match engine.poll_take(cx, &mut taken, MAX_FRAMES_PER_DRAIN, MAX_BYTES_PER_DRAIN) {
+            Poll::Ready(Taken::CloseNow(code, reason)) => {
+                return Poll::Ready(End::Close(code, reason))
+            }
+            Poll::Ready(Taken::Frames) => {
+                taken_any = true;
+                if let End::Close(code, reason) = drain(taken, None, out) {
+                    return Poll::Ready(End::Close(code, reason));
+                }
+            }
+            Poll::Pending => {}
+        }
+        for ns in shared.namespaces().iter() {
+            let mut taken = Vec::new();
+            let polled =
+                ns.reader
+                    .poll_take(cx, &mut taken, MAX_FRAMES_PER_DRAIN, MAX_BYTES_PER_DRAIN);
+            match polled {
+                // A namespace's Session ended (slow consumer, token expiry,
+                // shutdown): the connection ends with it.
+                Poll::Ready(Taken::CloseNow(code, reason)) => {
+                    return Poll::Ready(End::Close(code, reason))
+                }
+                Poll::Ready(Taken::Frames) => {
+                    taken_any = true;
+                    if let End::Close(code, reason) = drain(taken, Some(&ns.namespace), out) {
+                        return Poll::Ready(End::Close(code, reason));
+                    }
+                }
+                Poll::Pending => {}
+            }
+        }
+        if !out.is_empty() {
+            return Poll::Ready(End::Open);
+        }
+        // What was taken wrote nothing (a reply no ack asked for, a wake-up): look
+        // again, so that every outbox is left holding this task's waker.
+        if !taken_any {
+            return Poll::Pending;
+        }
+    }
+}
+
 /// Appends the Engine.IO packets for `items` to `out`.
 pub fn drain(
     items: Vec<Outbound>,
@@ -50,6 +113,8 @@ pub fn drain(
                     translated(&text, namespace, out);
                 }
             }
+            // An empty text only wakes the drain (a namespace just connected).
+            Outbound::Text(text) if text.is_empty() => {}
             Outbound::Text(text) => out.push(text),
             // WebSocket pongs are v1's; Engine.IO has its own.
             Outbound::Pong(_) => {}

@@ -6,9 +6,9 @@
 //! - [`packet`]: Socket.IO packets (pure).
 //! - [`translate`]: Socket.IO EVENTs to v1 requests and v1 server frames to
 //!   Socket.IO packets; namespaces as room-name prefixes (pure).
-//! - [`drain`]: what a transport writes for the frames it takes from an outbox.
-//! - [`connection`]: one Engine.IO connection's inbound side: CONNECT starts a
-//!   Session, EVENTs become its frames.
+//! - [`drain`]: what a transport writes for what a connection's outboxes hold.
+//! - [`connection`]: one Engine.IO connection's inbound side: each CONNECT starts a
+//!   Session for its namespace, EVENTs become that Session's frames.
 //! - [`registry`]: the Engine.IO connections of this node, by sid, for the polling
 //!   requests and the upgrade that name them.
 //!

@@ -2,9 +2,9 @@
 //!
 //! A polling client sends each GET and POST as a request of its own, and its upgrade
 //! arrives as a new WebSocket naming the sid: all of them find the connection here.
-//! An entry holds the connection's [`Shared`] half, the reader of its outbox (a GET
-//! drains it; after the upgrade the WebSocket's body has it) and its inbound
-//! [`Connection`]. The entry is removed when the connection ends (its keepalive
+//! An entry holds the connection's [`Shared`] half, the reader of its Engine.IO
+//! outbox (who holds it drains the connection: a GET, and after the upgrade the
+//! WebSocket's body) and its inbound [`Connection`]. The entry is removed when the connection ends (its keepalive
 //! task ends with it); the registry is bounded by `limits.max_connections`, since
 //! every entry holds one of the connection permits.
 //!

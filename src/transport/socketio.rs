@@ -33,12 +33,12 @@
 use super::gate::{Gate, IpSlot};
 use super::http::AppState;
 use super::outbound::worker_relay;
-use crate::actors::{Outbox, OutboxBounds, OutboxReader, Taken};
+use crate::actors::{Outbox, OutboxBounds, OutboxReader};
 use crate::auth::{parse_query, Identity, Refusal};
 use crate::config::SocketIoSettings;
 use crate::protocol::close;
 use crate::socketio::connection::{Connection, Flow, Identify, Shared};
-use crate::socketio::drain::{drain, End};
+use crate::socketio::drain::{poll_drain, End};
 use crate::socketio::engine::{
     self, check_query, decode_packet, encode_open, encode_payload, Handshake, HttpError,
     Packet as EnginePacket, Transport,
@@ -56,15 +56,12 @@ use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
-/// Frames one poll response or one WebSocket write takes from the outbox.
-const MAX_FRAMES_PER_WRITE: usize = 256;
-/// Bytes of frames one poll response or WebSocket write takes (at least one frame).
-const MAX_BYTES_PER_WRITE: u64 = 256 * 1024;
 /// RFC 6455: a close frame's reason is at most 123 bytes.
 const MAX_CLOSE_REASON_BYTES: usize = 123;
 
@@ -218,12 +215,8 @@ fn open(
         state.ctx.metrics.clone(),
         relay,
     );
-    let shared = Arc::new(Shared {
-        sid: uuid::Uuid::new_v4().simple().to_string(),
-        outbox,
-        namespace: OnceLock::new(),
-        pong: Notify::new(),
-    });
+    let sid = uuid::Uuid::new_v4().simple().to_string();
+    let shared = Arc::new(Shared::new(sid, outbox));
     let authorization = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -293,36 +286,22 @@ async fn poll(sio: &SocketIo, sid: &str) -> HttpResponse {
         return engine_error(HttpError::BadRequest);
     };
     let mut packets: Vec<ByteString> = Vec::new();
-    loop {
-        let mut taken = Vec::new();
-        let polled = std::future::poll_fn(|cx| {
-            let slot = engine.reader();
-            match slot.as_ref() {
-                None => Poll::Ready(None),
-                Some(reader) => reader
-                    .poll_take(cx, &mut taken, MAX_FRAMES_PER_WRITE, MAX_BYTES_PER_WRITE)
-                    .map(Some),
-            }
-        })
-        .await;
-        let end = match polled {
+    let end = std::future::poll_fn(|cx| {
+        let slot = engine.reader();
+        match slot.as_ref() {
             // The WebSocket took the connection over: this poll ends with a noop.
             None => {
                 packets.push(ByteString::from_static("6"));
-                End::Open
+                Poll::Ready(End::Open)
             }
-            Some(Taken::CloseNow(code, reason)) => End::Close(code, reason),
-            Some(Taken::Frames) => drain(taken, engine.shared.namespace.get(), &mut packets),
-        };
-        if let End::Close(..) = end {
-            packets.push(ByteString::from_static("1"));
-            sio.registry.remove(sid);
-            break;
+            Some(reader) => poll_drain(cx, reader, &engine.shared, &mut packets),
         }
-        // A reply that answers no ack writes nothing: wait on.
-        if !packets.is_empty() {
-            break;
-        }
+    })
+    .await;
+    if let End::Close(..) = end {
+        packets.push(ByteString::from_static("1"));
+        sio.registry.remove(sid);
+        engine.inbound.lock().await.end();
     }
     text_response(encode_payload(&packets))
 }
@@ -372,7 +351,7 @@ async fn keepalive(engine: Arc<EngineConnection>, sio: web::Data<SocketIo>, held
     let connect_by = Instant::now() + sio.connect_timeout;
     let mut next_ping = Instant::now() + sio.ping_interval;
     loop {
-        let connected = engine.shared.namespace.get().is_some();
+        let connected = engine.shared.connected.load(Ordering::Acquire);
         let wake = if connected {
             next_ping
         } else {
@@ -594,27 +573,16 @@ impl MessageBody for SocketIoBody {
             }
             match &this.reader {
                 Some(reader) => {
-                    let mut taken = Vec::new();
-                    let polled =
-                        reader.poll_take(cx, &mut taken, MAX_FRAMES_PER_WRITE, MAX_BYTES_PER_WRITE);
-                    match polled {
-                        Poll::Ready(Taken::CloseNow(code, reason)) => {
+                    let mut packets = Vec::new();
+                    if let Poll::Ready(end) = poll_drain(cx, reader, &this.shared, &mut packets) {
+                        progressed = true;
+                        for packet in &packets {
+                            write_text(&mut buf, packet);
+                        }
+                        if let End::Close(code, reason) = end {
                             write_close(&mut buf, code, reason);
                             this.done = true;
                         }
-                        Poll::Ready(Taken::Frames) => {
-                            progressed = true;
-                            let mut packets = Vec::new();
-                            let end = drain(taken, this.shared.namespace.get(), &mut packets);
-                            for packet in &packets {
-                                write_text(&mut buf, packet);
-                            }
-                            if let End::Close(code, reason) = end {
-                                write_close(&mut buf, code, reason);
-                                this.done = true;
-                            }
-                        }
-                        Poll::Pending => {}
                     }
                 }
                 None if !this.inputs_open => {

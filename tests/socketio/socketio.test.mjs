@@ -11,7 +11,7 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHmac } from 'node:crypto';
 import WebSocket from 'ws';
-import { io } from 'socket.io-client';
+import { io, Manager } from 'socket.io-client';
 import { startCluster, startNode, stopNode, until } from '../../clients/js/test/nodes.mjs';
 
 const TEST_TIMEOUT_MS = 120_000;
@@ -168,6 +168,49 @@ describe('socket.io-client on one node', { timeout: TEST_TIMEOUT_MS }, () => {
     assert.equal(error.message, 'Invalid namespace');
     bob.close();
   });
+
+  for (const transports of [['polling'], ['websocket']]) {
+    it(`multiplexes namespaces over one connection (${transports})`, async () => {
+      const manager = new Manager(url, { transports, reconnection: false, query: { user: `mux-${transports}` } });
+      const root = manager.socket('/');
+      const chat = manager.socket('/chat');
+      for (const s of [root, chat]) {
+        s.seen = { message: [], connect_error: [] };
+        s.on('message', (m) => s.seen.message.push(m));
+        s.on('connect_error', (e) => s.seen.connect_error.push(e));
+        sockets.add(s);
+      }
+      await Promise.all([connected(root), connected(chat)]);
+      assert.notEqual(root.id, chat.id, 'one Session per namespace');
+      const room = uniq('mux');
+      assert.equal((await root.timeout(10_000).emitWithAck('join', { room })).ok, true);
+      assert.equal((await chat.timeout(10_000).emitWithAck('join', { room })).ok, true);
+      await chat.timeout(10_000).emitWithAck('publish', { room, content: 'in /chat' });
+      await root.timeout(10_000).emitWithAck('publish', { room, content: 'in /' });
+      await until('each namespace sees its own room', () => root.seen.message.length === 1 && chat.seen.message.length === 1);
+      assert.deepEqual([root.seen.message[0].content, chat.seen.message[0].content], ['in /', 'in /chat']);
+      assert.equal(chat.seen.message[0].room, room);
+
+      chat.disconnect();
+      const again = await root.timeout(10_000).emitWithAck('publish', { room, content: 'still here' });
+      assert.equal(again.ok, true, 'disconnecting one namespace keeps the others');
+      await until('the other namespace goes on', () => root.seen.message.length === 2);
+      const bob = v1(node.addr, 'user=mux-watch');
+      await bob.opened();
+      const joined = await bob.request({ type: 'join', room: `chat:${room}` });
+      assert.equal(joined.ok, true);
+      let ids = joined.data.members.map((m) => m.id);
+      while (ids.includes(`mux-${transports}`)) {
+        const p = await bob.request({ type: 'presence', room: `chat:${room}` });
+        ids = p.data.members.map((m) => m.id);
+      }
+      assert.deepEqual(ids, ['mux-watch'], 'the /chat Session left its room');
+      const rootRoom = await bob.request({ type: 'join', room });
+      assert.deepEqual(rootRoom.data.members.map((m) => m.id).sort(), [`mux-${transports}`, 'mux-watch'].sort());
+      bob.close();
+      root.disconnect();
+    });
+  }
 
   it('shares rooms with protocol v1 clients: messages, presence, typing, direct, rename', async () => {
     const room = uniq('mixed');
