@@ -91,6 +91,9 @@ impl Namespaces {
     }
 }
 
+/// The requests whose first argument may be the room's name alone.
+const ROOM_ONLY: [&str; 5] = ["join", "leave", "typing", "history", "presence"];
+
 /// The v1 request an EVENT stands for: the event name is the v1 `type`, the first
 /// argument its fields (none: no fields), the ack id its `ref`. Room names get the
 /// namespace's prefix. Errors keep the ack id, so they are answered as a failed ack.
@@ -109,6 +112,11 @@ pub fn client_frame(
     let mut fields = match args.first() {
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(fields)) => fields.clone(),
+        // `socket.emit("join", "lobby", ack)`: the requests that name only a room
+        // may name it alone, as Socket.IO applications usually do.
+        Some(Value::String(room)) if ROOM_ONLY.contains(&name) => {
+            Map::from_iter([("room".to_owned(), Value::String(room.clone()))])
+        }
         Some(_) => {
             return Err(bad(
                 ErrorCode::BadRequest,

@@ -133,8 +133,10 @@ describe('socket.io-client on one node', { timeout: TEST_TIMEOUT_MS }, () => {
     assert.equal(unknown.error.code, 'unknown_type');
     const badRoom = await s.timeout(10_000).emitWithAck('join', { room: 'no spaces' });
     assert.equal(badRoom.error.code, 'invalid_room');
-    const notObject = await s.timeout(10_000).emitWithAck('join', 'r1');
+    const notObject = await s.timeout(10_000).emitWithAck('publish', 'r1');
     assert.equal(notObject.error.code, 'bad_request');
+    const roomAlone = await s.timeout(10_000).emitWithAck('join', uniq('alone'));
+    assert.equal(roomAlone.ok, true, 'a room-only request may name the room alone');
     const binary = await s.timeout(10_000).emitWithAck('publish', { room: 'r', content: Buffer.from([1, 2]) });
     assert.equal(binary.error.code, 'bad_request');
     assert.match(binary.error.message, /binary/);
