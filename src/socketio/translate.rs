@@ -280,10 +280,18 @@ mod tests {
             client_frame("join", &[json!({"room":"chat:r1"})], Some(4), root, &all).unwrap_err();
         assert_eq!(refused.error.code, ErrorCode::Forbidden);
         assert!(refused.reference.is_some());
-        let bad = client_frame("join", &[json!("r1")], None, root, &all).unwrap_err();
+        let bad = client_frame("publish", &[json!("r1")], None, root, &all).unwrap_err();
         assert_eq!(
             (bad.error.code, bad.reference),
             (ErrorCode::BadRequest, None)
+        );
+        let alone = client_frame("join", &[json!("r1")], Some(1), chat, &all).unwrap();
+        assert_eq!(
+            alone.request,
+            Request::Join {
+                room: crate::protocol::RoomName::parse("chat:r1").unwrap(),
+                since: None
+            }
         );
     }
 
