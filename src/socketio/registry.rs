@@ -33,6 +33,9 @@ pub struct EngineConnection {
     pub posting: AtomicBool,
     /// A WebSocket took over (or is probing to).
     pub upgrading: AtomicBool,
+    /// The connection ended while a GET had packets to answer: the next GET answers
+    /// the close.
+    pub closing: AtomicBool,
 }
 
 impl EngineConnection {
@@ -44,6 +47,7 @@ impl EngineConnection {
             polling: AtomicBool::new(false),
             posting: AtomicBool::new(false),
             upgrading: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
         }
     }
 

@@ -286,6 +286,9 @@ async fn poll(sio: &SocketIo, sid: &str) -> HttpResponse {
         return engine_error(HttpError::BadRequest);
     };
     let mut packets: Vec<ByteString> = Vec::new();
+    if engine.closing.load(Ordering::Acquire) {
+        return closed(sio, &engine, packets).await;
+    }
     let end = std::future::poll_fn(|cx| {
         let slot = engine.reader();
         match slot.as_ref() {
@@ -299,10 +302,26 @@ async fn poll(sio: &SocketIo, sid: &str) -> HttpResponse {
     })
     .await;
     if let End::Close(..) = end {
-        packets.push(ByteString::from_static("1"));
-        sio.registry.remove(sid);
-        engine.inbound.lock().await.end();
+        if packets.is_empty() {
+            return closed(sio, &engine, packets).await;
+        }
+        // socket.io-client hands a payload's messages to the application a tick
+        // later than it handles a close in the same payload, and loses them (a
+        // `goodbye`): the close goes in the next answer.
+        engine.closing.store(true, Ordering::Release);
     }
+    text_response(encode_payload(&packets))
+}
+
+/// The last answer of a polling connection: what is left, then the close packet.
+async fn closed(
+    sio: &SocketIo,
+    engine: &EngineConnection,
+    mut packets: Vec<ByteString>,
+) -> HttpResponse {
+    packets.push(ByteString::from_static("1"));
+    sio.registry.remove(&engine.shared.sid);
+    engine.inbound.lock().await.end();
     text_response(encode_payload(&packets))
 }
 

@@ -316,6 +316,19 @@ describe('socket.io-client on one node', { timeout: TEST_TIMEOUT_MS }, () => {
   it('closes a WebSocket on malformed packets, leaving other clients alone', async () => {
     const bystander = sio(url, { transports: ['websocket'] });
     await connected(bystander);
+    // An ack for an id the server never asked about is ignored, as socket.io does.
+    {
+      const ws = new WebSocket(`ws://${node.addr}/socket.io/?EIO=4&transport=websocket`);
+      const got = [];
+      ws.on('message', (d) => got.push(d.toString()));
+      await until('open packet', () => got[0]?.startsWith('0'));
+      ws.send('40');
+      await until('CONNECT answered', () => got.find((f) => f.startsWith('40{')));
+      ws.send('4317[{"ok":true}]');
+      ws.send('427["ping"]');
+      await until('still answering', () => got.includes('437[{"ok":true}]'));
+      ws.close();
+    }
     for (const bad of ['42{"not":"an array"}', '4x', '9', '42["connect"]', '40{"token":1']) {
       const ws = new WebSocket(`ws://${node.addr}/socket.io/?EIO=4&transport=websocket`);
       const got = [];
@@ -330,6 +343,30 @@ describe('socket.io-client on one node', { timeout: TEST_TIMEOUT_MS }, () => {
     }
     assert.equal((await bystander.timeout(10_000).emitWithAck('presence', { room: 'x' })).error.code, 'not_joined');
     assert.equal(bystander.connected, true);
+  });
+});
+
+describe('socket.io-client and a node that shuts down', { timeout: TEST_TIMEOUT_MS }, () => {
+  it('gets goodbye, then the transport closes and the client may reconnect', async () => {
+    const node = await startNode();
+    try {
+      const url = `http://${node.addr}`;
+      const polling = sio(url, { transports: ['polling'] });
+      const ws = sio(url, { transports: ['websocket'] });
+      const goodbyes = { polling: [], ws: [] };
+      polling.on('goodbye', (g) => goodbyes.polling.push(g));
+      ws.on('goodbye', (g) => goodbyes.ws.push(g));
+      await Promise.all([connected(polling), connected(ws)]);
+      await node.stop();
+      for (const [name, s] of [['polling', polling], ['ws', ws]]) {
+        await until(`${name}: disconnected`, () => s.seen.disconnect.length > 0);
+        assert.equal(goodbyes[name].length, 1, `${name}: goodbye before the close`);
+        assert.equal(typeof goodbyes[name][0].reconnect_after_ms, 'number');
+        assert.equal(s.seen.disconnect[0], 'transport close', `${name}: not a server-side disconnect, so it reconnects`);
+      }
+    } finally {
+      await stopNode(node);
+    }
   });
 });
 
