@@ -176,7 +176,8 @@ impl Connection {
         };
         match packet.kind {
             PacketType::Connect => {
-                self.connect(packet.namespace, packet.payload).await;
+                // Boxed: it waits on the SessionSupervisor; the rest stays small.
+                Box::pin(self.connect(packet.namespace, packet.payload)).await;
                 Flow::Continue
             }
             PacketType::Disconnect => {

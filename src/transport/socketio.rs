@@ -457,12 +457,18 @@ async fn websocket(
         }
     };
     let stream = actix_ws::MessageStream::new(body.into_inner());
-    let (tx, rx) = mpsc::channel(4);
-    let probing = reader.is_none();
+    // Only an upgrade needs a channel to its body (a direct WebSocket holds the
+    // reader from the start, and an idle connection should not hold a channel).
+    let (tx, inputs) = match reader {
+        None => {
+            let (tx, rx) = mpsc::channel(2);
+            (Some(tx), Some(rx))
+        }
+        Some(_) => (None, None),
+    };
     let body = SocketIoBody {
         reader,
-        inputs: rx,
-        inputs_open: true,
+        inputs,
         shared: engine.shared.clone(),
         done: false,
     };
@@ -471,7 +477,7 @@ async fn websocket(
         actix_web::rt::spawn(keepalive(engine.clone(), sio.clone(), held));
     }
     let max = usize::try_from(sio.max_payload).unwrap_or(usize::MAX);
-    actix_web::rt::spawn(read_loop(stream, engine, probing.then_some(tx), max));
+    actix_web::rt::spawn(read_loop(stream, engine, tx, max));
     Ok(response)
 }
 
@@ -533,7 +539,10 @@ async fn read_loop(
                 _ => {}
             }
         }
-        if engine.inbound.lock().await.on_packet(packet).await == Flow::Close {
+        // Boxed: a CONNECT waits on the SessionSupervisor, and an unboxed future
+        // that large would sit in every connection's read loop for its whole life.
+        let flow = Box::pin(async { engine.inbound.lock().await.on_packet(packet).await }).await;
+        if flow == Flow::Close {
             return;
         }
     }
@@ -552,8 +561,8 @@ async fn read_loop(
 struct SocketIoBody {
     /// None while an upgrade probes.
     reader: Option<OutboxReader>,
-    inputs: mpsc::Receiver<BodyInput>,
-    inputs_open: bool,
+    /// What an upgrade's read loop hands over; None once closed (or never).
+    inputs: Option<mpsc::Receiver<BodyInput>>,
     shared: Arc<Shared>,
     done: bool,
 }
@@ -576,8 +585,8 @@ impl MessageBody for SocketIoBody {
         let mut buf = BytesMut::new();
         loop {
             let mut progressed = false;
-            while this.inputs_open {
-                match this.inputs.poll_recv(cx) {
+            while let Some(inputs) = &mut this.inputs {
+                match inputs.poll_recv(cx) {
                     Poll::Ready(Some(BodyInput::Text(text))) => {
                         write_text(&mut buf, &text);
                         progressed = true;
@@ -586,7 +595,7 @@ impl MessageBody for SocketIoBody {
                         this.reader = Some(reader);
                         progressed = true;
                     }
-                    Poll::Ready(None) => this.inputs_open = false,
+                    Poll::Ready(None) => this.inputs = None,
                     Poll::Pending => break,
                 }
             }
@@ -604,7 +613,7 @@ impl MessageBody for SocketIoBody {
                         }
                     }
                 }
-                None if !this.inputs_open => {
+                None if this.inputs.is_none() => {
                     // The upgrade was abandoned before `5`.
                     write_close(&mut buf, close::NORMAL, String::new());
                     this.done = true;
