@@ -155,3 +155,71 @@ fn translated(frame: &ByteString, namespace: &Namespace, out: &mut Vec<ByteStrin
         })
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actors::{OutboundBudget, Outbox, OutboxBounds};
+    use crate::socketio::connection::NamespaceReader;
+    use crate::telemetry::Metrics;
+    use std::sync::Arc;
+    use std::task::Waker;
+
+    fn outbox() -> (Outbox, OutboxReader) {
+        let bounds = OutboxBounds {
+            frames: 16,
+            bytes: 0,
+        };
+        Outbox::new(
+            bounds,
+            Arc::new(OutboundBudget::new(0)),
+            Arc::new(Metrics::new()),
+            None,
+        )
+    }
+
+    fn drained(engine: &OutboxReader, shared: &Shared) -> Poll<(End, Vec<ByteString>)> {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut out = Vec::new();
+        poll_drain(&mut cx, engine, shared, &mut out).map(|end| (end, out))
+    }
+
+    #[test]
+    fn one_drain_reads_every_namespace_and_ends_with_any() {
+        let (engine_box, engine) = outbox();
+        let shared = Shared::new("sid".into(), engine_box.clone());
+        assert!(drained(&engine, &shared).is_pending());
+        let (chat_box, chat) = outbox();
+        shared.namespaces().push(NamespaceReader {
+            namespace: Namespace::new("/chat").unwrap(),
+            reader: chat,
+        });
+        // A wake-up alone writes nothing: still pending.
+        engine_box.push(ByteString::new()).unwrap();
+        assert!(drained(&engine, &shared).is_pending());
+        chat_box
+            .push(r#"{"type":"typing","room":"chat:r","user":{"id":"a","name":"A"}}"#.into())
+            .unwrap();
+        engine_box.push("2".into()).unwrap();
+        let Poll::Ready((End::Open, out)) = drained(&engine, &shared) else {
+            panic!("ready");
+        };
+        assert_eq!(
+            out,
+            [
+                "2",
+                r#"42/chat,["typing",{"room":"r","user":{"id":"a","name":"A"}}]"#
+            ]
+        );
+        // A reply no ack asked for writes nothing, and the drain waits on.
+        chat_box
+            .push(r#"{"type":"reply","ok":true,"data":{}}"#.into())
+            .unwrap();
+        assert!(drained(&engine, &shared).is_pending());
+        chat_box.close_now(4009, "slow consumer");
+        assert!(matches!(
+            drained(&engine, &shared),
+            Poll::Ready((End::Close(4009, _), _))
+        ));
+    }
+}

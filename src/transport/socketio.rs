@@ -285,6 +285,11 @@ async fn poll(sio: &SocketIo, sid: &str) -> HttpResponse {
             .close_now(close::NORMAL, "overlapping polls");
         return engine_error(HttpError::BadRequest);
     };
+    if engine.reader().is_none() {
+        // Upgraded: polling is over for this connection (the GET that was waiting
+        // when the WebSocket took over got its noop).
+        return engine_error(HttpError::BadRequest);
+    }
     let mut packets: Vec<ByteString> = Vec::new();
     if engine.closing.load(Ordering::Acquire) {
         return closed(sio, &engine, packets).await;
