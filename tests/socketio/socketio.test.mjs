@@ -66,7 +66,7 @@ describe('socket.io-client on one node', { timeout: TEST_TIMEOUT_MS }, () => {
   let node;
   let url;
   before(async () => {
-    node = await startNode('[socketio]\nnamespaces = ["/", "/chat"]\nping_interval_ms = 1000\nping_timeout_ms = 3000\nconnect_timeout_ms = 2000\n');
+    node = await startNode('[socketio]\nnamespaces = ["/", "/chat"]\nping_interval_ms = 1000\nping_timeout_ms = 3000\nconnect_timeout_ms = 2000\n\n[[rooms.acl]]\npattern = "announce:*"\npublish = ["editor"]\n');
     url = `http://${node.addr}`;
   });
   after(() => stopNode(node));
@@ -141,6 +141,19 @@ describe('socket.io-client on one node', { timeout: TEST_TIMEOUT_MS }, () => {
     assert.equal(binary.error.code, 'bad_request');
     assert.match(binary.error.message, /binary/);
     assert.equal(s.connected, true, 'errors keep the connection');
+  });
+
+  it('applies the limits and room ACLs of v1 clients', async () => {
+    const s = sio(url, { transports: ['websocket'], query: { user: 'limited' } });
+    await connected(s);
+    const room = uniq('announce:r');
+    assert.equal((await s.timeout(10_000).emitWithAck('join', { room })).ok, true);
+    const refused = await s.timeout(10_000).emitWithAck('publish', { room, content: 'not an editor' });
+    assert.equal(refused.error.code, 'forbidden', 'rooms.acl publish rule');
+    const open = uniq('r');
+    await s.timeout(10_000).emitWithAck('join', { room: open });
+    const long = await s.timeout(10_000).emitWithAck('publish', { room: open, content: 'x'.repeat(5001) });
+    assert.equal(long.error.code, 'too_long', 'limits.max_message_chars');
   });
 
   it('maps namespaces onto room prefixes and refuses unknown ones', async () => {
