@@ -2470,6 +2470,32 @@ mod tests {
     }
 
     #[test]
+    fn socketio_settings_are_checked() {
+        assert!(problems_after(|_| {}).is_empty());
+        assert_one_problem(
+            &problems_after(|s| s.socketio.namespaces = vec!["chat".into()]),
+            "socketio.namespaces",
+        );
+        assert_one_problem(
+            &problems_after(|s| s.socketio.namespaces = vec!["/a,b".into()]),
+            "socketio.namespaces",
+        );
+        assert!(problems_after(|s| s.socketio.namespaces = vec![]).is_empty());
+        assert_one_problem(
+            &problems_after(|s| s.socketio.ping_timeout_ms = 99),
+            "socketio.ping_timeout_ms",
+        );
+        assert_one_problem(
+            &problems_after(|s| s.socketio.connect_timeout_ms = 86_400_001),
+            "socketio.connect_timeout_ms",
+        );
+        assert_one_problem(
+            &problems_after(|s| s.socketio.max_payload_bytes = 1023),
+            "socketio.max_payload_bytes",
+        );
+    }
+
+    #[test]
     fn heartbeat_interval_has_a_floor() {
         assert_one_problem(
             &problems_after(|s| s.heartbeat.interval_ms = 99),
