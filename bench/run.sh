@@ -10,7 +10,9 @@
 #   BENCH_QUICK=1 bench/run.sh    small numbers, to check the script end to end (~7 min)
 #   BENCH_SYSTEMS="hubbub floor" bench/run.sh    only some systems (default: all of
 #                                 hubbub hubbub-mem node-ws socketio-1 floor hubbub-2
-#                                 socketio-2 hubbub-3)
+#                                 socketio-2 hubbub-3; also hubbub-sio and hubbub-sio-2,
+#                                 hubbub's Socket.IO endpoint on one and two nodes,
+#                                 not yet in the default run nor in the report)
 #   BENCH_NO_DOC=1 bench/run.sh   results only, docs/ untouched
 #
 # The systems: hubbub (one node, durable room logs, storage.fsync "always", the
@@ -287,6 +289,19 @@ start_hubbub-2() {
   URLS=ws://127.0.0.1:$a,ws://127.0.0.1:$b PROTOCOL=hubbub
 }
 
+# hubbub's Socket.IO endpoint (docs/socketio.md), the load generator speaking
+# Socket.IO v5 over WebSocket as it does to socket.io: one node (against socketio-1)
+# and two clustered nodes (against socketio-2, two socket.io processes and Redis).
+start_hubbub-sio() {
+  start_hubbub
+  PROTOCOL=socketio
+}
+
+start_hubbub-sio-2() {
+  start_hubbub-2
+  PROTOCOL=socketio
+}
+
 # Three clustered nodes, voters a, b, c: every shard's Raft group spans all three and
 # commits on two.
 start_hubbub-3() {
@@ -383,7 +398,7 @@ bench_run_as() {
 
 for system in $SYSTEMS; do
   case $system in
-    hubbub | node-ws | socketio-1 | floor)
+    hubbub | hubbub-sio | node-ws | socketio-1 | floor)
       # Memory on a fresh process: one that has run the fan-out keeps the memory it
       # freed and would make connections look cheaper than they are.
       log "start $system (for idle)"
@@ -406,6 +421,7 @@ for system in $SYSTEMS; do
     bench_run "$system" churn "${CHURN[@]}" --source-ips 8
   fi
   case $system in
+    hubbub-sio*) ;;
     hubbub*) bench_run "$system" ack "${ACK[@]}" ;;
   esac
   case $system in

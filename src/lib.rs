@@ -9,6 +9,8 @@
 //!   join and publish in (`[[rooms.acl]]`).
 //! - [`transport`]: actix-web routes; the WebSocket upgrade and per-connection read loop.
 //! - [`protocol`]: the wire format v1 (pure serde types; no I/O).
+//! - [`socketio`]: Socket.IO clients (Engine.IO v4 + Socket.IO v5) on the same rooms
+//!   and Session actors, their frames translated to and from v1.
 //! - [`actors`]: the supervision tree (node, sessions, rooms, presence) and each
 //!   connection's bounded outbound queue.
 //! - [`behaviour`]: the `RoomBehaviour` trait developers implement to change rooms.
@@ -30,6 +32,7 @@ pub mod cluster;
 pub mod config;
 pub mod hooks;
 pub mod protocol;
+pub mod socketio;
 pub mod telemetry;
 pub mod transport;
 

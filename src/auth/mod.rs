@@ -222,17 +222,28 @@ impl Authenticator {
         authorization: Option<&[u8]>,
     ) -> Result<Identity, Refusal> {
         let params = parse_query(query).map_err(Refusal::BadRequest)?;
+        self.authenticate_params(&params, authorization)
+    }
+
+    /// [`Authenticator::authenticate`] once the query is read: the same rules over
+    /// parameters gathered elsewhere too (a Socket.IO CONNECT's `auth` object).
+    pub fn authenticate_params(
+        &self,
+        params: &HashMap<String, String>,
+        authorization: Option<&[u8]>,
+    ) -> Result<Identity, Refusal> {
         match self {
-            Self::Anonymous => identity_from_query(&params).map_err(Refusal::BadRequest),
+            Self::Anonymous => identity_from_query(params).map_err(Refusal::BadRequest),
             Self::Jwt(verifier) => {
-                let token = token_of(&params, authorization).map_err(Refusal::Unauthorized)?;
+                let token = token_of(params, authorization).map_err(Refusal::Unauthorized)?;
                 verifier.verify(token).map_err(Refusal::Unauthorized)
             }
         }
     }
 }
 
-fn parse_query(query: &str) -> Result<HashMap<String, String>, ErrorBody> {
+/// The parameters of a query string, as [`Authenticator::authenticate`] reads them.
+pub fn parse_query(query: &str) -> Result<HashMap<String, String>, ErrorBody> {
     actix_web::web::Query::<HashMap<String, String>>::from_query(query)
         .map(|q| q.into_inner())
         .map_err(|e| ErrorBody::new(ErrorCode::BadRequest, format!("bad query string: {e}")))

@@ -45,6 +45,7 @@ const ENV_LIST_KEYS: &[&str] = &[
     "api.keys",
     "hooks.pass_headers",
     "hooks.publish_rooms",
+    "socketio.namespaces",
 ];
 const ENV_LIST_SEPARATOR: char = ',';
 /// Settings of optional tables, which the defaults lack, that the environment may set.
@@ -993,6 +994,7 @@ impl Settings {
         check_heartbeat(&self.heartbeat, &mut problems);
         check_log(&self.log, &mut problems);
         check_shutdown(&self.shutdown, &mut problems);
+        check_socketio(&self.socketio, &mut problems);
         check_cluster(&self.cluster, &mut problems);
         check_cluster_port(&self.cluster, &mut problems);
         check_raft(&self.cluster, &self.nodes, &mut problems);
@@ -1297,6 +1299,35 @@ fn check_shutdown(shutdown: &super::ShutdownSettings, problems: &mut Problems) {
     }
     if shutdown.batch_size == 0 {
         problems.add("shutdown.batch_size", "must be at least 1");
+    }
+}
+
+fn check_socketio(socketio: &super::SocketIoSettings, problems: &mut Problems) {
+    if let Err(reason) = crate::socketio::Namespaces::new(&socketio.namespaces) {
+        problems.add("socketio.namespaces", reason);
+    }
+    for (key, ms) in [
+        ("socketio.ping_interval_ms", socketio.ping_interval_ms),
+        ("socketio.ping_timeout_ms", socketio.ping_timeout_ms),
+        ("socketio.connect_timeout_ms", socketio.connect_timeout_ms),
+    ] {
+        if !(MIN_HEARTBEAT_INTERVAL_MS..=MAX_HEARTBEAT_MS).contains(&ms) {
+            problems.add(
+                key,
+                format_args!(
+                    "must be between {MIN_HEARTBEAT_INTERVAL_MS} and {MAX_HEARTBEAT_MS}, not {ms}"
+                ),
+            );
+        }
+    }
+    if !(1024..=MAX_FRAME_BYTES as u64).contains(&socketio.max_payload_bytes) {
+        problems.add(
+            "socketio.max_payload_bytes",
+            format_args!(
+                "must be between 1024 and {MAX_FRAME_BYTES}, not {}",
+                socketio.max_payload_bytes
+            ),
+        );
     }
 }
 
@@ -2488,6 +2519,32 @@ mod tests {
             "rooms.history",
         );
         assert!(problems_after(|s| s.rooms.history = 100_000).is_empty());
+    }
+
+    #[test]
+    fn socketio_settings_are_checked() {
+        assert!(problems_after(|_| {}).is_empty());
+        assert_one_problem(
+            &problems_after(|s| s.socketio.namespaces = vec!["chat".into()]),
+            "socketio.namespaces",
+        );
+        assert_one_problem(
+            &problems_after(|s| s.socketio.namespaces = vec!["/a,b".into()]),
+            "socketio.namespaces",
+        );
+        assert!(problems_after(|s| s.socketio.namespaces = vec![]).is_empty());
+        assert_one_problem(
+            &problems_after(|s| s.socketio.ping_timeout_ms = 99),
+            "socketio.ping_timeout_ms",
+        );
+        assert_one_problem(
+            &problems_after(|s| s.socketio.connect_timeout_ms = 86_400_001),
+            "socketio.connect_timeout_ms",
+        );
+        assert_one_problem(
+            &problems_after(|s| s.socketio.max_payload_bytes = 1023),
+            "socketio.max_payload_bytes",
+        );
     }
 
     #[test]

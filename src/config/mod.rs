@@ -50,6 +50,7 @@ pub struct Settings {
     /// none.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub webhooks: Vec<WebhookSettings>,
+    pub socketio: SocketIoSettings,
     /// `[[nodes]]`: every node of a cluster described in one file; `--node NAME` picks
     /// the entry this process runs as. Empty for a file that describes one node.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -245,6 +246,40 @@ pub struct HeartbeatSettings {
     pub interval_ms: u64,
     /// A client that sends nothing (frames, pongs) for this long is closed with 4008.
     pub timeout_ms: u64,
+}
+
+/// `[socketio]`: the Socket.IO endpoint (`/socket.io/`, Engine.IO v4, Socket.IO v5).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SocketIoSettings {
+    /// Serve `/socket.io/`; false answers it 404.
+    pub enabled: bool,
+    /// The namespaces clients may connect to; each but `/` maps onto the room-name
+    /// prefix `name:` (`/chat` → `chat:`). An unknown one gets CONNECT_ERROR.
+    pub namespaces: Vec<String>,
+    /// Engine.IO `pingInterval`: the server pings this often.
+    pub ping_interval_ms: u64,
+    /// Engine.IO `pingTimeout`: a client silent for `ping_interval_ms` plus this is
+    /// closed.
+    pub ping_timeout_ms: u64,
+    /// Engine.IO `maxPayload`: the largest polling POST body, and the largest
+    /// WebSocket message, in bytes.
+    pub max_payload_bytes: u64,
+    /// A connection that has not connected to a namespace within this is closed.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for SocketIoSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            namespaces: vec!["/".to_owned()],
+            ping_interval_ms: 25_000,
+            ping_timeout_ms: 20_000,
+            max_payload_bytes: 1_000_000,
+            connect_timeout_ms: 45_000,
+        }
+    }
 }
 
 /// `[log]`: tracing output.

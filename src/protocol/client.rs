@@ -27,6 +27,13 @@ pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 128;
 #[serde(transparent)]
 pub struct Ref(Value);
 
+impl Ref {
+    /// A numeric `ref` (a Socket.IO ack id).
+    pub fn number(n: u64) -> Self {
+        Self(Value::from(n))
+    }
+}
+
 /// A room name, checked against `[A-Za-z0-9_.:-]{1,64}`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]

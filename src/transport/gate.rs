@@ -176,6 +176,32 @@ impl Gate {
         })
     }
 
+    /// The gate's checks but who the client is, which a Socket.IO client may say
+    /// later (in its CONNECT's `auth`): origin, handshakes per address, then the
+    /// address's connection slot. [`Gate::authenticator`] does the rest.
+    pub fn admit_unidentified(&self, req: &HttpRequest) -> Result<IpSlot, Refused> {
+        self.check_origin(req)?;
+        let client = self.client_ip(req).map(limit_key);
+        if let Some(ip) = client {
+            self.check_handshake_rate(ip)?;
+        }
+        match (&self.connections, client) {
+            (Some(connections), Some(ip)) => connections.take(ip),
+            _ => Ok(IpSlot(None)),
+        }
+    }
+
+    /// Whether a browser page of the request's `Origin` may talk to this node (no
+    /// `Origin` passes): what Socket.IO's polling answers carry CORS headers for.
+    pub fn allows_origin(&self, req: &HttpRequest) -> bool {
+        self.check_origin(req).is_ok()
+    }
+
+    /// Who clients are, as `[auth]` says.
+    pub fn authenticator(&self) -> &Authenticator {
+        &self.auth
+    }
+
     fn check_origin(&self, req: &HttpRequest) -> Result<(), Refused> {
         if self.origins.is_empty() {
             return Ok(());

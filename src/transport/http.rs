@@ -109,13 +109,24 @@ pub fn serve(
 ) -> std::io::Result<Server> {
     let workers = state.ctx.settings.node.thread_count();
     let api = state.api.clone().filter(|_| operator_routes);
+    let socketio_enabled = state.ctx.settings.socketio.enabled;
+    let sio = web::Data::new(super::socketio::SocketIo::new(&state.ctx.settings.socketio));
     let data = web::Data::new(state);
     let server = HttpServer::new(move || {
         let app = App::new()
             .app_data(data.clone())
+            .app_data(sio.clone())
             .service(get("/", chat_page))
             .service(get("/hubbub.js", client_js))
             .service(get("/ws", websocket::upgrade))
+            // Engine.IO answers every method itself (a POST is polling's upload).
+            .service(
+                web::resource(["/socket.io/", "/socket.io"])
+                    .app_data(web::PayloadConfig::new(16 * 1024 * 1024))
+                    .to(move |req, body, state, sio| {
+                        super::socketio::endpoint(req, body, state, sio, socketio_enabled)
+                    }),
+            )
             .service(get("/healthz", healthz))
             .service(get("/readyz", readyz))
             // Never changed from the port clients use; says where it is.

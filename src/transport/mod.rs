@@ -1,7 +1,7 @@
 //! HTTP and WebSocket: the node's face to clients.
 //!
 //! Owns: the actix-web server (plain HTTP, or HTTPS and WSS with `[http.tls]`), its
-//! routes (`/`, `/ws`, `/healthz`, `/readyz`, `/cluster`, `/metrics`, and
+//! routes (`/`, `/ws`, `/socket.io/` (socketio.rs), `/healthz`, `/readyz`, `/cluster`, `/metrics`, and
 //! `/cluster/nodes` on the admin listener: cluster_admin.rs) and, for each
 //! WebSocket, the read loop that decodes frames and forwards them to the connection's
 //! Session actor, and the response body that writes what its outbox holds. Every upgrade first passes the [`Gate`] (origin,
@@ -15,6 +15,7 @@ mod gate;
 mod http;
 mod outbound;
 mod scrape;
+mod socketio;
 pub(crate) mod tls;
 mod websocket;
 

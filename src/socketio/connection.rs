@@ -1,0 +1,376 @@
+//! One Engine.IO connection: what its client's packets do, whichever transport
+//! carries them (polling POSTs, or a WebSocket after or instead of them).
+//!
+//! Owns: the connection's Engine.IO [`Outbox`] (pings, CONNECT_ERROR, the upgrade's
+//! noop: packets written here), and for each namespace it connected to a Session
+//! actor with an outbox of its own (the same bounded queue a v1 WebSocket has). A
+//! Socket.IO connection is a Session like any other, one per namespace, as
+//! socket.io-client multiplexes the namespaces of one `Manager` over one connection:
+//! its EVENTs become the v1 [`ClientFrame`]s a v1 read loop casts, with the same
+//! in-flight permits, so rooms, presence, limits, ACLs and behaviours apply alike.
+//! Whoever drains the connection (`drain::poll_drain`) reads every outbox, and
+//! encodes each namespace's v1 frames into Socket.IO packets of that namespace.
+//!
+//! A namespace's Session ending for any reason but the client's DISCONNECT (slow
+//! consumer, token expiry, shutdown) ends the whole connection, as a v1 close would;
+//! the client reconnects.
+//!
+//! Must not know: HTTP, actix. Identity comes through [`Identify`].
+
+use super::engine::Packet as EnginePacket;
+use super::packet::{self, PacketType};
+use super::translate::{self, Namespace, Namespaces};
+use crate::actors::{
+    ask, NodeContext, Outbox, SessionArgs, SessionMessage, SessionSupervisorMessage,
+};
+use crate::actors::{OutboxBounds, OutboxReader};
+use crate::auth::{Identity, Refusal};
+use ractor::ActorRef;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::{Notify, Semaphore};
+
+/// Frames a connection may have waiting in its Session's mailbox (as for v1).
+const MAX_INFLIGHT_FRAMES: usize = 32;
+
+/// Who a CONNECT's client is: the handshake's parameters with the CONNECT's `auth`
+/// fields over them, checked as `[auth]` says (the transport's gate).
+pub trait Identify: Send + Sync {
+    fn identify(
+        &self,
+        params: &HashMap<String, String>,
+        authorization: Option<&[u8]>,
+    ) -> Result<Identity, Refusal>;
+}
+
+/// What the transport does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    /// The connection is over (the client closed, or broke the protocol); its
+    /// outbox is closing.
+    Close,
+}
+
+/// What every transport of one Engine.IO connection shares.
+pub struct Shared {
+    /// The Engine.IO sid.
+    pub sid: String,
+    /// Engine.IO packets written by the connection itself.
+    pub outbox: Outbox,
+    /// The reader of each connected namespace's outbox (its Session's frames).
+    pub namespaces: Mutex<Vec<NamespaceReader>>,
+    /// A namespace was connected once (the connect deadline is met).
+    pub connected: AtomicBool,
+    /// A pong came (the ping task waits on it).
+    pub pong: Notify,
+}
+
+impl Shared {
+    /// A connection's shared half, with no namespace yet.
+    pub fn new(sid: String, outbox: Outbox) -> Self {
+        Self {
+            sid,
+            outbox,
+            namespaces: Mutex::new(Vec::new()),
+            connected: AtomicBool::new(false),
+            pong: Notify::new(),
+        }
+    }
+
+    /// The namespaces' readers; nothing panics while the lock is held.
+    pub fn namespaces(&self) -> MutexGuard<'_, Vec<NamespaceReader>> {
+        self.namespaces.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn remove_namespace(&self, name: &str) {
+        self.namespaces().retain(|ns| ns.namespace.name != name);
+    }
+}
+
+/// One connected namespace's outbox, as its drain reads it.
+pub struct NamespaceReader {
+    pub namespace: Namespace,
+    pub reader: OutboxReader,
+}
+
+/// The inbound state of one connection.
+pub struct Connection {
+    ctx: Arc<NodeContext>,
+    shared: Arc<Shared>,
+    namespaces: Arc<Namespaces>,
+    identify: Arc<dyn Identify>,
+    /// The handshake's query parameters and `Authorization` header.
+    params: HashMap<String, String>,
+    authorization: Option<Vec<u8>>,
+    /// The Session of each connected namespace, by name.
+    sessions: HashMap<String, (Namespace, ActorRef<SessionMessage>)>,
+    inflight: Arc<Semaphore>,
+    /// Binary attachments of a refused binary packet still to come.
+    skip_binary: u32,
+}
+
+impl Connection {
+    pub fn new(
+        ctx: Arc<NodeContext>,
+        shared: Arc<Shared>,
+        namespaces: Arc<Namespaces>,
+        identify: Arc<dyn Identify>,
+        params: HashMap<String, String>,
+        authorization: Option<Vec<u8>>,
+    ) -> Self {
+        Self {
+            ctx,
+            shared,
+            namespaces,
+            identify,
+            params,
+            authorization,
+            sessions: HashMap::new(),
+            inflight: Arc::new(Semaphore::new(MAX_INFLIGHT_FRAMES)),
+            skip_binary: 0,
+        }
+    }
+
+    /// Namespaces connected now (a Session runs for each).
+    pub fn connected(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Handles one packet from the client.
+    pub async fn on_packet(&mut self, packet: EnginePacket<'_>) -> Flow {
+        self.shared.outbox.heard();
+        match packet {
+            EnginePacket::Close => {
+                self.end();
+                Flow::Close
+            }
+            EnginePacket::Ping(data) => {
+                // Only a probe is a client's ping in v4; answer it all the same.
+                let _ = self.shared.outbox.push(format!("3{data}").into());
+                Flow::Continue
+            }
+            EnginePacket::Pong(_) => {
+                self.shared.pong.notify_one();
+                Flow::Continue
+            }
+            EnginePacket::Upgrade | EnginePacket::Noop => Flow::Continue,
+            EnginePacket::Binary(_) if self.skip_binary > 0 => {
+                self.skip_binary -= 1;
+                Flow::Continue
+            }
+            EnginePacket::Binary(_) => self.protocol_error("binary message without a packet"),
+            EnginePacket::Message(text) => self.on_message(text).await,
+        }
+    }
+
+    async fn on_message(&mut self, text: &str) -> Flow {
+        if self.skip_binary > 0 {
+            return self.protocol_error("text message while attachments were due");
+        }
+        let packet = match packet::decode(text) {
+            Ok(packet) => packet,
+            Err(error) => return self.protocol_error(&error.to_string()),
+        };
+        match packet.kind {
+            PacketType::Connect => {
+                // Boxed: it waits on the SessionSupervisor; the rest stays small.
+                Box::pin(self.connect(packet.namespace, packet.payload)).await;
+                Flow::Continue
+            }
+            PacketType::Disconnect => {
+                // Its reader goes first, so that its Session's end is not taken for
+                // the connection's.
+                self.shared.remove_namespace(packet.namespace);
+                if let Some((_, session)) = self.sessions.remove(packet.namespace) {
+                    session.stop(Some("namespace disconnected".to_owned()));
+                }
+                Flow::Continue
+            }
+            PacketType::Event => {
+                let Some((name, args)) = packet.event() else {
+                    return self.protocol_error("an event needs a name");
+                };
+                // socket.io ignores packets for namespaces not connected.
+                let Some((namespace, session)) = self.sessions.get(packet.namespace) else {
+                    return Flow::Continue;
+                };
+                let frame =
+                    translate::client_frame(name, args, packet.ack, namespace, &self.namespaces);
+                let session = session.clone();
+                self.cast(&session, frame).await
+            }
+            PacketType::BinaryEvent => {
+                self.skip_binary = packet.attachments;
+                let connected = self.sessions.contains_key(packet.namespace);
+                if let Some(id) = packet.ack.filter(|_| connected) {
+                    let error = json!([{
+                        "ok": false,
+                        "error": {
+                            "code": "bad_request",
+                            "message": "binary attachments are not supported yet; send JSON",
+                        }
+                    }]);
+                    let ack = packet::encode(
+                        PacketType::Ack,
+                        packet.namespace,
+                        Some(id),
+                        &error.to_string(),
+                    );
+                    self.push_raw(ack);
+                }
+                Flow::Continue
+            }
+            // The server never asks for acks: one for an id never sent is ignored,
+            // as socket.io does.
+            PacketType::Ack => Flow::Continue,
+            PacketType::BinaryAck => {
+                self.skip_binary = packet.attachments;
+                Flow::Continue
+            }
+            PacketType::ConnectError => self.protocol_error("CONNECT_ERROR from a client"),
+        }
+    }
+
+    async fn cast(
+        &mut self,
+        session: &ActorRef<SessionMessage>,
+        frame: Result<crate::protocol::ClientFrame, crate::protocol::FrameError>,
+    ) -> Flow {
+        let permit = tokio::select! {
+            _ = self.shared.outbox.closed() => return Flow::Close,
+            permit = self.inflight.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return Flow::Close,
+            },
+        };
+        if session
+            .cast(SessionMessage::Inbound(frame, permit))
+            .is_err()
+        {
+            self.end();
+            return Flow::Close;
+        }
+        Flow::Continue
+    }
+
+    async fn connect(&mut self, name: &str, auth: Option<Value>) {
+        if self.sessions.contains_key(name) {
+            // Connected already: socket.io ignores it too.
+            return;
+        }
+        let Some(namespace) = self.namespaces.get(name).cloned() else {
+            self.push_raw(packet::connect_error(name, "Invalid namespace", None));
+            return;
+        };
+        let mut params = self.params.clone();
+        if let Some(Value::Object(fields)) = auth {
+            for key in ["token", "user", "name"] {
+                if let Some(Value::String(value)) = fields.get(key) {
+                    params.insert(key.to_owned(), value.clone());
+                }
+            }
+        }
+        let identity = match self
+            .identify
+            .identify(&params, self.authorization.as_deref())
+        {
+            Ok(identity) => identity,
+            Err(Refusal::Unauthorized(failure)) => {
+                self.ctx.metrics.auth_failure(failure.reason.as_str());
+                let data = json!({"code": "unauthorized", "reason": failure.reason.as_str()});
+                self.push_raw(packet::connect_error(name, &failure.message, Some(data)));
+                return;
+            }
+            Err(Refusal::BadRequest(error)) => {
+                let data = json!({"code": error.code.as_str()});
+                self.push_raw(packet::connect_error(name, &error.message, Some(data)));
+                return;
+            }
+        };
+        let Some(sessions) = self.ctx.sessions() else {
+            let message = "the node is restarting its sessions";
+            self.push_raw(packet::connect_error(
+                name,
+                message,
+                Some(json!({"code": "unavailable"})),
+            ));
+            return;
+        };
+        let settings = &self.ctx.settings;
+        let bounds = OutboxBounds {
+            frames: settings.limits.outbound_queue,
+            bytes: settings.limits.outbound_bytes,
+        };
+        // No worker's relay: whichever request drains the connection wakes directly.
+        let (outbox, reader) = Outbox::new(
+            bounds,
+            self.ctx.outbound.clone(),
+            self.ctx.metrics.clone(),
+            None,
+        );
+        self.shared.namespaces().push(NamespaceReader {
+            namespace: namespace.clone(),
+            reader,
+        });
+        // Wakes the drain, which then reads the new outbox too (an empty packet is
+        // never written).
+        let _ = self.shared.outbox.push(bytestring::ByteString::new());
+        let args = SessionArgs {
+            id: uuid::Uuid::new_v4().simple().to_string(),
+            user: identity.user,
+            name_given: identity.name_given,
+            grants: identity.grants,
+            outbox,
+        };
+        match ask(&sessions, |reply| SessionSupervisorMessage::Open {
+            args,
+            reply,
+        })
+        .await
+        {
+            // The Session's `welcome` is the CONNECT's answer (translate.rs).
+            Ok(Ok(session)) => {
+                self.shared.connected.store(true, Ordering::Release);
+                self.sessions.insert(name.to_owned(), (namespace, session));
+            }
+            _ => {
+                self.shared.remove_namespace(name);
+                let message = "could not start a session";
+                self.push_raw(packet::connect_error(
+                    name,
+                    message,
+                    Some(json!({"code": "internal"})),
+                ));
+            }
+        }
+    }
+
+    /// Queues a Socket.IO packet as an Engine.IO message.
+    fn push_raw(&self, socketio: String) {
+        let _ = self
+            .shared
+            .outbox
+            .push(super::engine::encode_message(&socketio).into());
+    }
+
+    fn protocol_error(&mut self, why: &str) -> Flow {
+        tracing::debug!(sid = %self.shared.sid, why, "closing a Socket.IO connection on a protocol error");
+        self.end();
+        Flow::Close
+    }
+
+    /// Ends the connection: every Session stops, every outbox closes.
+    pub fn end(&mut self) {
+        for (_, (_, session)) in self.sessions.drain() {
+            session.stop(Some("connection closed".to_owned()));
+        }
+        self.shared
+            .outbox
+            .close_now(crate::protocol::close::NORMAL, "");
+        // Dropping the readers closes the namespaces' outboxes.
+        self.shared.namespaces().clear();
+    }
+}

@@ -1,0 +1,225 @@
+//! What a Socket.IO transport writes for what a connection's outboxes hold (its own
+//! Engine.IO packets, each namespace's v1 frames translated on the way by
+//! `translate`), and where the connection ends ([`poll_drain`]).
+//!
+//! **Encoding once.** A broadcast reaches every member's outbox as the same shared
+//! bytes; translating it per member would parse and re-encode it once per Socket.IO
+//! member. [`Drain`] keeps the last frame it translated with its result, per thread
+//! (an actix worker drains many connections in turn), keyed by the frame's buffer
+//! (held, so the address cannot be reused while cached) and the namespace: members
+//! drained on one worker share one translation, and its packets are shared bytes
+//! too (a clone is a reference count, not a copy). Members on other workers translate
+//! once per worker; the room still encodes only the v1 frame.
+//!
+//! Must not know: HTTP, actix.
+
+use super::connection::Shared;
+use super::translate::{self, Namespace};
+use crate::actors::{Outbound, OutboxReader, Taken};
+use bytestring::ByteString;
+use std::cell::RefCell;
+use std::task::{Context, Poll};
+
+/// Frames one drain takes from each outbox.
+const MAX_FRAMES_PER_DRAIN: usize = 256;
+/// Bytes one drain takes from each outbox (at least one frame).
+const MAX_BYTES_PER_DRAIN: u64 = 256 * 1024;
+
+/// What ended a drain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum End {
+    /// More may come.
+    Open,
+    /// The connection closes with this code and reason after what was written.
+    Close(u16, String),
+}
+
+struct Cached {
+    frame: ByteString,
+    namespace: String,
+    packets: Vec<ByteString>,
+}
+
+thread_local! {
+    static LAST: RefCell<Option<Cached>> = const { RefCell::new(None) };
+}
+
+/// Takes what the connection's outboxes hold, its own (`engine`, Engine.IO packets)
+/// and each namespace's (v1 frames, translated), into `out`; ready once `out` holds
+/// something or an outbox closed, else every outbox will wake the task. Only the
+/// holder of `engine` drains (a GET, or the WebSocket after the upgrade).
+pub fn poll_drain(
+    cx: &mut Context<'_>,
+    engine: &OutboxReader,
+    shared: &Shared,
+    out: &mut Vec<ByteString>,
+) -> Poll<End> {
+    loop {
+        let mut taken_any = false;
+        let mut taken = Vec::new();
+        match engine.poll_take(cx, &mut taken, MAX_FRAMES_PER_DRAIN, MAX_BYTES_PER_DRAIN) {
+            Poll::Ready(Taken::CloseNow(code, reason)) => {
+                return Poll::Ready(End::Close(code, reason))
+            }
+            Poll::Ready(Taken::Frames) => {
+                taken_any = true;
+                if let End::Close(code, reason) = drain(taken, None, out) {
+                    return Poll::Ready(End::Close(code, reason));
+                }
+            }
+            Poll::Pending => {}
+        }
+        for ns in shared.namespaces().iter() {
+            let mut taken = Vec::new();
+            let polled =
+                ns.reader
+                    .poll_take(cx, &mut taken, MAX_FRAMES_PER_DRAIN, MAX_BYTES_PER_DRAIN);
+            match polled {
+                // A namespace's Session ended (slow consumer, token expiry,
+                // shutdown): the connection ends with it.
+                Poll::Ready(Taken::CloseNow(code, reason)) => {
+                    return Poll::Ready(End::Close(code, reason))
+                }
+                Poll::Ready(Taken::Frames) => {
+                    taken_any = true;
+                    if let End::Close(code, reason) = drain(taken, Some(&ns.namespace), out) {
+                        return Poll::Ready(End::Close(code, reason));
+                    }
+                }
+                Poll::Pending => {}
+            }
+        }
+        if !out.is_empty() {
+            return Poll::Ready(End::Open);
+        }
+        // What was taken wrote nothing (a reply no ack asked for, a wake-up): look
+        // again, so that every outbox is left holding this task's waker.
+        if !taken_any {
+            return Poll::Pending;
+        }
+    }
+}
+
+/// Appends the Engine.IO packets for `items` to `out`.
+pub fn drain(
+    items: Vec<Outbound>,
+    namespace: Option<&Namespace>,
+    out: &mut Vec<ByteString>,
+) -> End {
+    for item in items {
+        match item {
+            Outbound::Text(text) if text.starts_with('{') => {
+                if let Some(namespace) = namespace {
+                    translated(&text, namespace, out);
+                }
+            }
+            // An empty text only wakes the drain (a namespace just connected).
+            Outbound::Text(text) if text.is_empty() => {}
+            Outbound::Text(text) => out.push(text),
+            // WebSocket pongs are v1's; Engine.IO has its own.
+            Outbound::Pong(_) => {}
+            Outbound::Close(code, reason) => return End::Close(code, reason),
+        }
+    }
+    End::Open
+}
+
+fn translated(frame: &ByteString, namespace: &Namespace, out: &mut Vec<ByteString>) {
+    let same = |cached: &Cached| {
+        cached.frame.as_bytes().as_ptr() == frame.as_bytes().as_ptr()
+            && cached.frame.len() == frame.len()
+            && cached.namespace == namespace.name
+    };
+    let hit = LAST.with(|last| {
+        let last = last.borrow();
+        match last.as_ref().filter(|cached| same(cached)) {
+            Some(cached) => {
+                out.extend(cached.packets.iter().cloned());
+                true
+            }
+            None => false,
+        }
+    });
+    if hit {
+        return;
+    }
+    let mut encoded = Vec::new();
+    translate::server_frame(frame, namespace, &mut encoded);
+    let packets: Vec<ByteString> = encoded.into_iter().map(ByteString::from).collect();
+    out.extend(packets.iter().cloned());
+    LAST.with(|last| {
+        *last.borrow_mut() = Some(Cached {
+            frame: frame.clone(),
+            namespace: namespace.name.clone(),
+            packets,
+        })
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actors::{OutboundBudget, Outbox, OutboxBounds};
+    use crate::socketio::connection::NamespaceReader;
+    use crate::telemetry::Metrics;
+    use std::sync::Arc;
+    use std::task::Waker;
+
+    fn outbox() -> (Outbox, OutboxReader) {
+        let bounds = OutboxBounds {
+            frames: 16,
+            bytes: 0,
+        };
+        Outbox::new(
+            bounds,
+            Arc::new(OutboundBudget::new(0)),
+            Arc::new(Metrics::new()),
+            None,
+        )
+    }
+
+    fn drained(engine: &OutboxReader, shared: &Shared) -> Poll<(End, Vec<ByteString>)> {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut out = Vec::new();
+        poll_drain(&mut cx, engine, shared, &mut out).map(|end| (end, out))
+    }
+
+    #[test]
+    fn one_drain_reads_every_namespace_and_ends_with_any() {
+        let (engine_box, engine) = outbox();
+        let shared = Shared::new("sid".into(), engine_box.clone());
+        assert!(drained(&engine, &shared).is_pending());
+        let (chat_box, chat) = outbox();
+        shared.namespaces().push(NamespaceReader {
+            namespace: Namespace::new("/chat").unwrap(),
+            reader: chat,
+        });
+        // A wake-up alone writes nothing: still pending.
+        engine_box.push(ByteString::new()).unwrap();
+        assert!(drained(&engine, &shared).is_pending());
+        chat_box
+            .push(r#"{"type":"typing","room":"chat:r","user":{"id":"a","name":"A"}}"#.into())
+            .unwrap();
+        engine_box.push("2".into()).unwrap();
+        let Poll::Ready((End::Open, out)) = drained(&engine, &shared) else {
+            panic!("ready");
+        };
+        assert_eq!(
+            out,
+            [
+                "2",
+                r#"42/chat,["typing",{"room":"r","user":{"id":"a","name":"A"}}]"#
+            ]
+        );
+        // A reply no ack asked for writes nothing, and the drain waits on.
+        chat_box
+            .push(r#"{"type":"reply","ok":true,"data":{}}"#.into())
+            .unwrap();
+        assert!(drained(&engine, &shared).is_pending());
+        chat_box.close_now(4009, "slow consumer");
+        assert!(matches!(
+            drained(&engine, &shared),
+            Poll::Ready((End::Close(4009, _), _))
+        ));
+    }
+}

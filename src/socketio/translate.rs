@@ -1,0 +1,311 @@
+//! Between Socket.IO and protocol v1: a client's EVENT becomes the [`ClientFrame`] a
+//! v1 client would have sent, and a v1 server frame becomes the Socket.IO packets a
+//! Socket.IO client expects. Pure: no I/O.
+//!
+//! Inbound: `42<ack>["publish",{"room":"r1","content":"hi"}]` is the v1 frame
+//! `{"type":"publish","ref":<ack>,"room":"r1","content":"hi"}`, decoded and checked
+//! by `protocol` exactly as for a v1 client. Outbound: a reply to a request with a
+//! ref becomes its ACK, `43<ack>[{"ok":true,"data":{...}}]`; `welcome` becomes the
+//! namespace's CONNECT (`40{"sid":...}`) and a `welcome` event; every other frame
+//! `{"type":T,...}` becomes the event `42["T",{...}]`.
+//!
+//! Namespaces ([`Namespaces`], from `[socketio] namespaces`) map onto room-name
+//! prefixes: in `/chat` the room `r1` is the room `chat:r1` of every other client
+//! (v1 clients included), and names in frames going out lose the prefix again. In
+//! `/` no prefix applies, and a room name starting with another namespace's prefix
+//! is refused, so no namespace reaches another's rooms.
+//!
+//! Must not know: sessions, transports, Engine.IO framing beyond the `4` of a message.
+
+use super::packet::{self, PacketType, DEFAULT_NAMESPACE};
+use crate::protocol::{decode_client_frame, ClientFrame, ErrorBody, ErrorCode, FrameError, Ref};
+use serde_json::{Map, Value};
+
+/// One configured namespace and the room-name prefix it maps onto.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Namespace {
+    /// As on the wire: `/` or `/chat`.
+    pub name: String,
+    /// `""` for `/`, else the name without its `/` and a `:` (`chat:`).
+    pub prefix: String,
+}
+
+impl Namespace {
+    /// The namespace `name` (`/` or `/` and 1 to 32 of `A-Z a-z 0-9 _ . -`).
+    pub fn new(name: &str) -> Result<Self, String> {
+        if name == DEFAULT_NAMESPACE {
+            return Ok(Self {
+                name: name.to_owned(),
+                prefix: String::new(),
+            });
+        }
+        let bare = name
+            .strip_prefix('/')
+            .ok_or_else(|| format!("namespace {name:?} must start with /"))?;
+        let valid = bare
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        if bare.is_empty() || bare.len() > 32 || !valid {
+            return Err(format!(
+                "namespace {name:?} must be / or / then 1 to 32 of A-Z a-z 0-9 _ . -"
+            ));
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            prefix: format!("{bare}:"),
+        })
+    }
+
+    fn is_default(&self) -> bool {
+        self.prefix.is_empty()
+    }
+}
+
+/// The namespaces clients may connect to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Namespaces(Vec<Namespace>);
+
+impl Namespaces {
+    /// From `[socketio] namespaces`; an error names the first bad one.
+    pub fn new<S: AsRef<str>>(names: &[S]) -> Result<Self, String> {
+        let mut list = Vec::new();
+        for name in names {
+            let namespace = Namespace::new(name.as_ref())?;
+            if !list.contains(&namespace) {
+                list.push(namespace);
+            }
+        }
+        Ok(Self(list))
+    }
+
+    /// The namespace a CONNECT names, if configured.
+    pub fn get(&self, name: &str) -> Option<&Namespace> {
+        self.0.iter().find(|ns| ns.name == name)
+    }
+
+    /// The namespace (other than `/`) whose rooms `room` would be.
+    fn owner_of(&self, room: &str) -> Option<&Namespace> {
+        self.0
+            .iter()
+            .find(|ns| !ns.is_default() && room.starts_with(&ns.prefix))
+    }
+}
+
+/// The requests whose first argument may be the room's name alone.
+const ROOM_ONLY: [&str; 5] = ["join", "leave", "typing", "history", "presence"];
+
+/// The v1 request an EVENT stands for: the event name is the v1 `type`, the first
+/// argument its fields (none: no fields), the ack id its `ref`. Room names get the
+/// namespace's prefix. Errors keep the ack id, so they are answered as a failed ack.
+pub fn client_frame(
+    name: &str,
+    args: &[Value],
+    ack: Option<u64>,
+    namespace: &Namespace,
+    namespaces: &Namespaces,
+) -> Result<ClientFrame, FrameError> {
+    let reference = ack.map(Ref::number);
+    let bad = |code, message: &str| FrameError {
+        reference: reference.clone(),
+        error: ErrorBody::new(code, message),
+    };
+    let mut fields = match args.first() {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(fields)) => fields.clone(),
+        // `socket.emit("join", "lobby", ack)`: the requests that name only a room
+        // may name it alone, as Socket.IO applications usually do.
+        Some(Value::String(room)) if ROOM_ONLY.contains(&name) => {
+            Map::from_iter([("room".to_owned(), Value::String(room.clone()))])
+        }
+        Some(_) => {
+            return Err(bad(
+                ErrorCode::BadRequest,
+                "an event's first argument must be an object of the request's fields",
+            ))
+        }
+    };
+    if let Some(Value::String(room)) = fields.get_mut("room") {
+        if namespace.is_default() {
+            if let Some(owner) = namespaces.owner_of(room) {
+                let message = format!(
+                    "rooms named {}* belong to the namespace {}",
+                    owner.prefix, owner.name
+                );
+                return Err(bad(ErrorCode::Forbidden, &message));
+            }
+        } else {
+            room.insert_str(0, &namespace.prefix);
+        }
+    }
+    fields.insert("type".to_owned(), Value::String(name.to_owned()));
+    match ack {
+        Some(id) => fields.insert("ref".to_owned(), Value::from(id)),
+        None => fields.remove("ref"),
+    };
+    decode_client_frame(&Value::Object(fields).to_string())
+}
+
+/// Appends to `out` the Engine.IO message packets (`4...`) that carry the v1 server
+/// frame `frame` to a Socket.IO client in `namespace`; nothing for a reply that
+/// answers no ack.
+pub fn server_frame(frame: &str, namespace: &Namespace, out: &mut Vec<String>) {
+    let Some(rest) = frame.strip_prefix(r#"{"type":""#) else {
+        return;
+    };
+    let Some((kind, rest)) = rest.split_once('"') else {
+        return;
+    };
+    match kind {
+        "reply" | "pong" | "welcome" => {
+            let Ok(Value::Object(mut fields)) = serde_json::from_str::<Value>(frame) else {
+                return;
+            };
+            fields.remove("type");
+            if !namespace.is_default() {
+                strip_rooms(&mut fields, &namespace.prefix);
+            }
+            if kind == "welcome" {
+                let sid = fields.get("session").cloned().unwrap_or(Value::Null);
+                let connect = serde_json::json!({ "sid": sid }).to_string();
+                out.push(message(PacketType::Connect, namespace, None, &connect));
+                let event = format!(r#"["welcome",{}]"#, Value::Object(fields));
+                out.push(message(PacketType::Event, namespace, None, &event));
+                return;
+            }
+            let Some(id) = fields.remove("ref").and_then(|r| r.as_u64()) else {
+                return;
+            };
+            if kind == "pong" {
+                fields.insert("ok".to_owned(), Value::Bool(true));
+            }
+            let ack = format!("[{}]", Value::Object(fields));
+            out.push(message(PacketType::Ack, namespace, Some(id), &ack));
+        }
+        _ if namespace.is_default() => {
+            // `{"type":"T"` then `,"field":...}` or `}`: the fields are spliced as
+            // they are, not parsed again.
+            let fields = match rest.strip_prefix(',') {
+                Some(fields) => fields,
+                None if rest == "}" => "}",
+                None => return,
+            };
+            let mut text = String::with_capacity(frame.len() + 16);
+            text.push('4');
+            text.push_str(&packet::header(PacketType::Event, &namespace.name, None));
+            text.push_str("[\"");
+            text.push_str(kind);
+            text.push_str("\",{");
+            text.push_str(fields);
+            text.push(']');
+            out.push(text);
+        }
+        _ => {
+            let Ok(Value::Object(mut fields)) = serde_json::from_str::<Value>(frame) else {
+                return;
+            };
+            fields.remove("type");
+            strip_rooms(&mut fields, &namespace.prefix);
+            let event = format!(
+                "[{},{}]",
+                Value::String(kind.to_owned()),
+                Value::Object(fields)
+            );
+            out.push(message(PacketType::Event, namespace, None, &event));
+        }
+    }
+}
+
+fn message(kind: PacketType, namespace: &Namespace, ack: Option<u64>, json: &str) -> String {
+    let mut text = String::from("4");
+    text.push_str(&packet::encode(kind, &namespace.name, ack, json));
+    text
+}
+
+/// Takes `prefix` off every `room` field, however deep (a message in a history list).
+fn strip_rooms(fields: &mut Map<String, Value>, prefix: &str) {
+    for (key, value) in fields.iter_mut() {
+        match value {
+            Value::String(room) if key == "room" => {
+                if let Some(bare) = room.strip_prefix(prefix) {
+                    *room = bare.to_owned();
+                }
+            }
+            Value::Object(inner) => strip_rooms(inner, prefix),
+            Value::Array(items) => {
+                for item in items {
+                    if let Value::Object(inner) = item {
+                        strip_rooms(inner, prefix);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Request;
+    use serde_json::json;
+
+    fn spaces() -> Namespaces {
+        Namespaces::new(&["/", "/chat"]).unwrap()
+    }
+
+    #[test]
+    fn namespace_names_are_checked() {
+        assert!(Namespace::new("chat").is_err());
+        assert!(Namespace::new("/").unwrap().prefix.is_empty());
+        assert_eq!(Namespace::new("/a-b").unwrap().prefix, "a-b:");
+        assert!(Namespace::new("/a,b").is_err());
+        assert!(Namespace::new("/").is_ok());
+        assert!(Namespace::new("//").is_err());
+    }
+
+    #[test]
+    fn an_event_in_a_namespace_names_the_prefixed_room() {
+        let all = spaces();
+        let chat = all.get("/chat").unwrap();
+        let frame = client_frame("join", &[json!({"room":"r1"})], Some(3), chat, &all).unwrap();
+        assert_eq!(
+            frame.request,
+            Request::Join {
+                room: crate::protocol::RoomName::parse("chat:r1").unwrap(),
+                since: None
+            }
+        );
+        let root = all.get("/").unwrap();
+        let refused =
+            client_frame("join", &[json!({"room":"chat:r1"})], Some(4), root, &all).unwrap_err();
+        assert_eq!(refused.error.code, ErrorCode::Forbidden);
+        assert!(refused.reference.is_some());
+        let bad = client_frame("publish", &[json!("r1")], None, root, &all).unwrap_err();
+        assert_eq!(
+            (bad.error.code, bad.reference),
+            (ErrorCode::BadRequest, None)
+        );
+        let alone = client_frame("join", &[json!("r1")], Some(1), chat, &all).unwrap();
+        assert_eq!(
+            alone.request,
+            Request::Join {
+                room: crate::protocol::RoomName::parse("chat:r1").unwrap(),
+                since: None
+            }
+        );
+    }
+
+    #[test]
+    fn frames_going_out_lose_the_prefix() {
+        let all = spaces();
+        let mut out = Vec::new();
+        let frame = r#"{"type":"message","room":"chat:r1","id":"x","seq":1,"from":{"id":"a","name":"A"},"content":"hi","ts":5}"#;
+        server_frame(frame, all.get("/chat").unwrap(), &mut out);
+        assert_eq!(
+            out,
+            [
+                r#"42/chat,["message",{"content":"hi","from":{"id":"a","name":"A"},"id":"x","room":"r1","seq":1,"ts":5}]"#
+            ]
+        );
+    }
+}
