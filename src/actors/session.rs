@@ -378,7 +378,7 @@ impl Actor for SessionActor {
             }
             SessionMessage::JoinInitial(rooms) => {
                 for room in rooms {
-                    let reply = match Box::pin(self.join(&myself, state, room, None)).await {
+                    let reply = match Box::pin(self.join(&myself, state, room, None, false)).await {
                         Ok(data) => ServerFrame::ok(None, data),
                         Err(error) => ServerFrame::failure(None, error),
                     };

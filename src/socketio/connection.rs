@@ -324,6 +324,8 @@ impl Connection {
             name_given: identity.name_given,
             grants: identity.grants,
             outbox,
+            // The connect hook (src/hooks/) is not asked for Socket.IO connections yet.
+            initial_rooms: Vec::new(),
         };
         match ask(&sessions, |reply| SessionSupervisorMessage::Open {
             args,
