@@ -1,11 +1,10 @@
-//! The example backend (examples/backend/server.js, Node.js) against a real node: it
-//! is the connect hook, the publish hook and a webhook endpoint, and it answers
-//! `!count` through the server API — here a stand-in for `POST /api/publish` (the
-//! contract of docs/api.md), recording what the example sends.
+//! The example backend (examples/backend/server.js, Node.js) end to end against a real
+//! node: it is the connect hook, the publish hook and a webhook endpoint, it stores
+//! every message it is sent, and it answers `!count` with a system message posted
+//! through the node's real server API (`POST /api/publish`, docs/api.md).
 //!
 //! Needs `node` on the PATH (.ci/run installs it before the tests).
 
-use crate::backend::{Backend, Reply};
 use crate::support::{TestNode, DEADLINE};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
@@ -15,6 +14,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 const SECRET: &str = "example-backend-secret-0123456789";
+const API_KEY: &str = "example-backend-api-key-0123456789";
 
 /// The example's process; killed when dropped.
 struct Example {
@@ -29,15 +29,24 @@ impl Drop for Example {
     }
 }
 
-fn start_example(store: &Path, api: &str) -> Example {
+/// A port free now, for the example: the node's configuration must name the example's
+/// address before the example can be told the node's (both start at run time).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn start_example(port: u16, store: &Path, api: &str) -> Example {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/backend/server.js");
     let mut child = Command::new("node")
         .arg(&script)
-        .env("PORT", "0")
+        .env("PORT", port.to_string())
         .env("HUBBUB_WEBHOOK_SECRET", SECRET)
         .env("STORE", store)
         .env("HUBBUB_API_URL", api)
-        .env("HUBBUB_API_KEY", "test-api-key")
+        .env("HUBBUB_API_KEY", API_KEY)
         .stdout(Stdio::piped())
         .spawn()
         .expect("`node` runs (install Node.js: .ci/run does)");
@@ -72,27 +81,26 @@ fn stored(store: &Path) -> Vec<Value> {
 
 #[tokio::test]
 async fn the_example_backend_moderates_stores_and_answers_through_the_api() {
-    let api = Backend::start().await;
-    api.respond(|r| {
-        let room = r.json()["room"].clone();
-        Reply::ok(json!({"room": room, "id": "01938c1e-0000-7000-8000-000000000000", "seq": 99}))
-    });
     let dir = tempfile::tempdir().expect("a temp dir");
     let store = dir.path().join("messages.jsonl");
-    let example = start_example(&store, &api.url(""));
-    let base = format!("http://127.0.0.1:{}", example.port);
-    let node = TestNode::start_adjusted(|s| {
-        s.hooks.connect_url = format!("{base}/hubbub/connect");
-        s.hooks.publish_url = format!("{base}/hubbub/publish");
+    let base = format!("http://127.0.0.1:{}", free_port());
+    let hooks_base = base.clone();
+    let node = TestNode::start_adjusted(move |s| {
+        s.api.keys = vec![hubbub::config::Secret::new(API_KEY)];
+        s.hooks.connect_url = format!("{hooks_base}/hubbub/connect");
+        s.hooks.publish_url = format!("{hooks_base}/hubbub/publish");
         s.webhooks = vec![hubbub::config::WebhookSettings {
             name: "example".into(),
-            url: format!("{base}/hubbub/events"),
+            url: format!("{hooks_base}/hubbub/events"),
             events: hubbub::config::WebhookEvent::ALL.to_vec(),
             secret: hubbub::config::Secret::new(SECRET),
             ..Default::default()
         }];
     })
     .await;
+    let port: u16 = base.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
+    let example = start_example(port, &store, &node.http_url(""));
+    assert_eq!(example.port, port);
 
     let refused = node
         .try_connect("user=mallory&banned")
@@ -136,15 +144,25 @@ async fn the_example_backend_moderates_stores_and_answers_through_the_api() {
     let seqs: Vec<u64> = lines.iter().map(|l| l["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, [1, 2, 3]);
 
-    // `!count` was answered through the server API, as docs/api.md says to call it.
-    let posted = api
-        .wait_for("/api/publish", "the system message", |seen| {
-            !seen.is_empty()
-        })
+    // `!count` was answered through the node's server API: a system message that
+    // every member gets, ordered after the three, and that the webhook stored too.
+    let system = alice
+        .expect(
+            |f| f["type"] == "message" && f["from"]["id"] == "system",
+            "the system message posted through the API",
+        )
         .await;
-    assert_eq!(posted[0].headers["authorization"], "Bearer test-api-key");
-    assert_eq!(
-        posted[0].json(),
-        json!({"room": "lobby", "content": "3 messages stored for lobby"})
-    );
+    assert_eq!(system["content"], "3 messages stored for lobby");
+    assert_eq!(system["seq"], 4);
+    let until = Instant::now() + DEADLINE;
+    loop {
+        let lines = stored(&store);
+        if lines.len() >= 4 {
+            assert_eq!(lines[3]["content"], "3 messages stored for lobby");
+            assert_eq!(lines[3]["seq"], 4);
+            break;
+        }
+        assert!(Instant::now() < until, "stored {lines:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
