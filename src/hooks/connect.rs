@@ -18,8 +18,9 @@
 //! Must not know: actix, actors. The transport (src/transport/connect_hook.rs) turns
 //! the request into a [`ConnectRequest`] and the verdict into a response.
 
-use super::breaker::{Admission, Breaker};
-use super::client::{HttpClient, Outcome};
+use super::breaker::Breaker;
+use super::call::HookCall;
+use super::client::HttpClient;
 use crate::config::{FailurePolicy, HooksSettings};
 use crate::protocol::UserInfo;
 use crate::telemetry::hook_metrics::{Hook, HookMetrics};
@@ -27,7 +28,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::net::IpAddr;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// What the hook is told about one upgrade.
 pub struct ConnectRequest<'a> {
@@ -58,15 +59,10 @@ pub enum ConnectVerdict {
 
 /// The connect hook of a node.
 pub struct ConnectHook {
-    url: String,
+    call: HookCall,
     pass_headers: Vec<String>,
-    timeout: Duration,
     /// What the caller does with [`ConnectVerdict::Failed`].
     pub failure: FailurePolicy,
-    max_bytes: usize,
-    breaker: Mutex<Breaker>,
-    client: HttpClient,
-    metrics: HookMetrics,
 }
 
 #[derive(Deserialize)]
@@ -88,21 +84,24 @@ impl ConnectHook {
     /// The hook `[hooks]` describes.
     pub fn new(hooks: &HooksSettings, client: HttpClient, metrics: HookMetrics) -> Self {
         Self {
-            url: hooks.connect_url.clone(),
+            call: HookCall {
+                hook: Hook::Connect,
+                url: hooks.connect_url.clone(),
+                timeout: Duration::from_millis(hooks.connect_timeout_ms),
+                max_bytes: hooks.max_response_bytes,
+                breaker: Mutex::new(Breaker::new(
+                    hooks.breaker_failures,
+                    Duration::from_millis(hooks.breaker_cooldown_ms),
+                )),
+                client,
+                metrics,
+            },
             pass_headers: hooks
                 .pass_headers
                 .iter()
                 .map(|h| h.to_ascii_lowercase())
                 .collect(),
-            timeout: Duration::from_millis(hooks.connect_timeout_ms),
             failure: hooks.connect_failure,
-            max_bytes: hooks.max_response_bytes,
-            breaker: Mutex::new(Breaker::new(
-                hooks.breaker_failures,
-                Duration::from_millis(hooks.breaker_cooldown_ms),
-            )),
-            client,
-            metrics,
         }
     }
 
@@ -113,15 +112,6 @@ impl ConnectHook {
 
     /// Asks the backend about one upgrade.
     pub async fn ask(&self, request: ConnectRequest<'_>, node: &str) -> ConnectVerdict {
-        let started = Instant::now();
-        let admitted = self
-            .breaker
-            .lock()
-            .map_or(Admission::Call, |mut b| b.admit(started));
-        if admitted == Admission::Refuse {
-            self.metrics.hook_breaker_refused(Hook::Connect);
-            return ConnectVerdict::Failed("the connect hook's circuit breaker is open".into());
-        }
         let headers: Map<String, Value> = request
             .headers
             .into_iter()
@@ -134,55 +124,14 @@ impl ConnectHook {
             "user": request.user,
             "node": node,
         });
-        let outcome = self
-            .client
-            .post_json(
-                &self.url,
-                &[],
-                body.to_string().into_bytes(),
-                self.timeout,
-                self.max_bytes,
-            )
-            .await;
-        let took = started.elapsed();
-        let verdict = match &outcome {
-            Outcome::Answered { status, body } if (200..300).contains(status) => parse(body),
-            Outcome::Answered { status, .. } => Err(format!("the connect hook answered {status}")),
-            Outcome::Timeout => Err("the connect hook did not answer in time".to_owned()),
-            Outcome::Failed(e) => Err(format!("the connect hook failed: {e}")),
+        let label = |verdict: &ConnectVerdict| match verdict {
+            ConnectVerdict::Deny { .. } => "deny",
+            _ => "allow",
         };
-        match verdict {
-            Ok(verdict) => {
-                if let Ok(mut b) = self.breaker.lock() {
-                    b.success();
-                }
-                let label = match verdict {
-                    ConnectVerdict::Deny { .. } => "deny",
-                    _ => "allow",
-                };
-                self.metrics.hook_call(Hook::Connect, label, took);
-                verdict
-            }
-            Err(reason) => {
-                let label = if outcome == Outcome::Timeout {
-                    "timeout"
-                } else {
-                    "error"
-                };
-                self.metrics.hook_call(Hook::Connect, label, took);
-                let opened = self
-                    .breaker
-                    .lock()
-                    .is_ok_and(|mut b| b.failure(Instant::now()));
-                if opened {
-                    self.metrics.hook_breaker_opened(Hook::Connect);
-                    tracing::warn!(%reason, "connect hook failing: its circuit breaker opened");
-                } else {
-                    tracing::debug!(%reason, "connect hook failed");
-                }
-                ConnectVerdict::Failed(reason)
-            }
-        }
+        self.call
+            .call(body.to_string().into_bytes(), parse, label)
+            .await
+            .unwrap_or_else(ConnectVerdict::Failed)
     }
 }
 

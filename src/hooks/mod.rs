@@ -3,7 +3,8 @@
 //! Owns: the **connect hook** ([`connect`]: the backend allows or denies a WebSocket
 //! upgrade and may name the user and rooms to join), the **publish hook**
 //! ([`publish`]: before a message is ordered the backend accepts, rejects or rewrites
-//! it), each with a timeout, a circuit breaker ([`breaker`]) and a failure policy;
+//! it), each with a timeout, a circuit breaker ([`breaker`]) and a failure policy,
+//! called the same way ([`call`]);
 //! and the **webhooks** ([`Webhooks`]: signed events POSTed to every `[[webhooks]]`
 //! endpoint that wants them, one delivery task and bounded queue per endpoint,
 //! [`webhook`], [`signing`]).
@@ -19,6 +20,7 @@
 //! the room's log shard, as the message is applied (src/cluster/room_log.rs).
 
 pub mod breaker;
+pub mod call;
 pub mod client;
 pub mod connect;
 pub mod publish;

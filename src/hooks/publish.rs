@@ -18,8 +18,9 @@
 //! room: a slow backend slows that connection's publishes only, never the room or
 //! its other members.
 
-use super::breaker::{Admission, Breaker};
-use super::client::{HttpClient, Outcome};
+use super::breaker::Breaker;
+use super::call::HookCall;
+use super::client::HttpClient;
 use crate::config::{FailurePolicy, HooksSettings};
 use crate::protocol::{ErrorBody, ErrorCode, UserInfo};
 use crate::telemetry::hook_metrics::{Hook, HookMetrics};
@@ -27,7 +28,7 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// What the hook decided for one publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,16 +54,11 @@ pub struct PublishCheck<'a> {
 
 /// The publish hook of a node.
 pub struct PublishHook {
-    url: String,
+    call: HookCall,
     node: String,
     /// None: every room.
     rooms: Option<GlobSet>,
-    timeout: Duration,
     failure: FailurePolicy,
-    max_bytes: usize,
-    breaker: Mutex<Breaker>,
-    client: HttpClient,
-    metrics: HookMetrics,
 }
 
 #[derive(Deserialize)]
@@ -95,18 +91,21 @@ impl PublishHook {
             builder.build().unwrap_or_else(|_| GlobSet::empty())
         });
         Self {
-            url: hooks.publish_url.clone(),
+            call: HookCall {
+                hook: Hook::Publish,
+                url: hooks.publish_url.clone(),
+                timeout: Duration::from_millis(hooks.publish_timeout_ms),
+                max_bytes: hooks.max_response_bytes,
+                breaker: Mutex::new(Breaker::new(
+                    hooks.breaker_failures,
+                    Duration::from_millis(hooks.breaker_cooldown_ms),
+                )),
+                client,
+                metrics,
+            },
             node: node.to_owned(),
             rooms,
-            timeout: Duration::from_millis(hooks.publish_timeout_ms),
             failure: hooks.publish_failure,
-            max_bytes: hooks.max_response_bytes,
-            breaker: Mutex::new(Breaker::new(
-                hooks.breaker_failures,
-                Duration::from_millis(hooks.breaker_cooldown_ms),
-            )),
-            client,
-            metrics,
         }
     }
 
@@ -125,15 +124,6 @@ impl PublishHook {
             content,
             idempotency_key,
         } = publish;
-        let started = Instant::now();
-        let admitted = self
-            .breaker
-            .lock()
-            .map_or(Admission::Call, |mut b| b.admit(started));
-        if admitted == Admission::Refuse {
-            self.metrics.hook_breaker_refused(Hook::Publish);
-            return self.failed("the publish hook's circuit breaker is open");
-        }
         let body = json!({
             "room": room,
             "user": user,
@@ -142,55 +132,18 @@ impl PublishHook {
             "session": session,
             "node": self.node,
         });
-        let outcome = self
-            .client
-            .post_json(
-                &self.url,
-                &[],
-                body.to_string().into_bytes(),
-                self.timeout,
-                self.max_bytes,
-            )
-            .await;
-        let took = started.elapsed();
-        let verdict = match &outcome {
-            Outcome::Answered { status, body } if (200..300).contains(status) => parse(body),
-            Outcome::Answered { status, .. } => Err(format!("the publish hook answered {status}")),
-            Outcome::Timeout => Err("the publish hook did not answer in time".to_owned()),
-            Outcome::Failed(e) => Err(format!("the publish hook failed: {e}")),
+        let label = |verdict: &Verdict| match verdict {
+            Verdict::Accept => "accept",
+            Verdict::Rewrite(_) => "rewrite",
+            Verdict::Reject(_) => "reject",
         };
-        match verdict {
-            Ok(verdict) => {
-                if let Ok(mut b) = self.breaker.lock() {
-                    b.success();
-                }
-                let outcome = match verdict {
-                    Verdict::Accept => "accept",
-                    Verdict::Rewrite(_) => "rewrite",
-                    Verdict::Reject(_) => "reject",
-                };
-                self.metrics.hook_call(Hook::Publish, outcome, took);
-                verdict
-            }
-            Err(reason) => {
-                let label = if outcome == Outcome::Timeout {
-                    "timeout"
-                } else {
-                    "error"
-                };
-                self.metrics.hook_call(Hook::Publish, label, took);
-                let opened = self
-                    .breaker
-                    .lock()
-                    .is_ok_and(|mut b| b.failure(Instant::now()));
-                if opened {
-                    self.metrics.hook_breaker_opened(Hook::Publish);
-                    tracing::warn!(%reason, "publish hook failing: its circuit breaker opened");
-                } else {
-                    tracing::debug!(%reason, "publish hook failed");
-                }
-                self.failed(&reason)
-            }
+        match self
+            .call
+            .call(body.to_string().into_bytes(), parse, label)
+            .await
+        {
+            Ok(verdict) => verdict,
+            Err(reason) => self.failed(&reason),
         }
     }
 

@@ -66,7 +66,7 @@ pub enum Hook {
 }
 
 impl Hook {
-    fn label(self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
             Self::Connect => "connect",
             Self::Publish => "publish",

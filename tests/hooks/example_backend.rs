@@ -98,7 +98,11 @@ async fn the_example_backend_moderates_stores_and_answers_through_the_api() {
         }];
     })
     .await;
-    let port: u16 = base.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
+    let port: u16 = base
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
     let example = start_example(port, &store, &node.http_url(""));
     assert_eq!(example.port, port);
 
