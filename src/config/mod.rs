@@ -267,6 +267,10 @@ pub struct SocketIoSettings {
     pub max_payload_bytes: u64,
     /// A connection that has not connected to a namespace within this is closed.
     pub connect_timeout_ms: u64,
+    /// Connection state recovery: a `pid` in CONNECT answers and an offset as the
+    /// last argument of `message` events, so that a client reconnecting to any node
+    /// gets its rooms back and what it missed.
+    pub recovery: bool,
 }
 
 impl Default for SocketIoSettings {
@@ -278,6 +282,7 @@ impl Default for SocketIoSettings {
             ping_timeout_ms: 20_000,
             max_payload_bytes: 1_000_000,
             connect_timeout_ms: 45_000,
+            recovery: false,
         }
     }
 }

@@ -19,6 +19,7 @@
 
 use super::engine::Packet as EnginePacket;
 use super::packet::{self, PacketType};
+use super::recovery::{Recovery, RECOVERY_REF_BASE};
 use super::translate::{self, Namespace, Namespaces};
 use crate::actors::{
     ask, NodeContext, Outbox, SessionArgs, SessionMessage, SessionSupervisorMessage,
@@ -94,6 +95,8 @@ impl Shared {
 pub struct NamespaceReader {
     pub namespace: Namespace,
     pub reader: OutboxReader,
+    /// Its offsets, and a recovery under way.
+    pub recovery: Recovery,
 }
 
 /// The inbound state of one connection.
@@ -265,6 +268,17 @@ impl Connection {
             self.push_raw(packet::connect_error(name, "Invalid namespace", None));
             return;
         };
+        let max_rooms = self.ctx.settings.limits.max_rooms_per_session;
+        // An earlier connection's pid and offset: recover its rooms (recovery.rs).
+        let resume = match &auth {
+            Some(Value::Object(fields)) => match (fields.get("pid"), fields.get("offset")) {
+                (Some(Value::String(pid)), Some(Value::String(offset))) => {
+                    Recovery::parse_offset(offset, max_rooms).map(|rooms| (pid.clone(), rooms))
+                }
+                _ => None,
+            },
+            _ => None,
+        };
         let mut params = self.params.clone();
         if let Some(Value::Object(fields)) = auth {
             for key in ["token", "user", "name"] {
@@ -311,9 +325,16 @@ impl Connection {
             self.ctx.metrics.clone(),
             None,
         );
+        let recovery = match &resume {
+            _ if !self.ctx.settings.socketio.recovery => Recovery::off(),
+            Some((pid, rooms)) => Recovery::resuming(pid.clone(), rooms.len()),
+            None => Recovery::fresh(),
+        };
+        let resume = resume.filter(|_| self.ctx.settings.socketio.recovery);
         self.shared.namespaces().push(NamespaceReader {
             namespace: namespace.clone(),
             reader,
+            recovery,
         });
         // Wakes the drain, which then reads the new outbox too (an empty packet is
         // never written).
@@ -336,6 +357,23 @@ impl Connection {
             // The Session's `welcome` is the CONNECT's answer (translate.rs).
             Ok(Ok(session)) => {
                 self.shared.connected.store(true, Ordering::Release);
+                // Each room again from its position; the answers are the drain's.
+                for (i, (room, since)) in
+                    resume.into_iter().flat_map(|(_, rooms)| rooms).enumerate()
+                {
+                    let fields = json!({"room": room, "since": since});
+                    let reference = RECOVERY_REF_BASE + i as u64;
+                    let frame = translate::client_frame(
+                        "join",
+                        &[fields],
+                        Some(reference),
+                        &namespace,
+                        &self.namespaces,
+                    );
+                    if self.cast(&session, frame).await == Flow::Close {
+                        return;
+                    }
+                }
                 self.sessions.insert(name.to_owned(), (namespace, session));
             }
             _ => {

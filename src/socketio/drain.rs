@@ -14,6 +14,7 @@
 //! Must not know: HTTP, actix.
 
 use super::connection::Shared;
+use super::recovery::Recovery;
 use super::translate::{self, Namespace};
 use crate::actors::{Outbound, OutboxReader, Taken};
 use bytestring::ByteString;
@@ -69,7 +70,7 @@ pub fn poll_drain(
             }
             Poll::Pending => {}
         }
-        for ns in shared.namespaces().iter() {
+        for ns in shared.namespaces().iter_mut() {
             let mut taken = Vec::new();
             let polled =
                 ns.reader
@@ -82,7 +83,8 @@ pub fn poll_drain(
                 }
                 Poll::Ready(Taken::Frames) => {
                     taken_any = true;
-                    if let End::Close(code, reason) = drain(taken, Some(&ns.namespace), out) {
+                    let end = drain_namespace(taken, &ns.namespace, &mut ns.recovery, out);
+                    if let End::Close(code, reason) = end {
                         return Poll::Ready(End::Close(code, reason));
                     }
                 }
@@ -98,6 +100,26 @@ pub fn poll_drain(
             return Poll::Pending;
         }
     }
+}
+
+/// Appends the packets for what one namespace's outbox held to `out`, through its
+/// connection state recovery (offsets, a held CONNECT answer).
+fn drain_namespace(
+    items: Vec<Outbound>,
+    namespace: &Namespace,
+    recovery: &mut Recovery,
+    out: &mut Vec<ByteString>,
+) -> End {
+    for item in items {
+        match item {
+            Outbound::Text(text) if text.starts_with('{') => recovery.frame(&text, namespace, out),
+            Outbound::Text(text) if text.is_empty() => {}
+            Outbound::Text(text) => out.push(text),
+            Outbound::Pong(_) => {}
+            Outbound::Close(code, reason) => return End::Close(code, reason),
+        }
+    }
+    End::Open
 }
 
 /// Appends the Engine.IO packets for `items` to `out`.
@@ -124,7 +146,9 @@ pub fn drain(
     End::Open
 }
 
-fn translated(frame: &ByteString, namespace: &Namespace, out: &mut Vec<ByteString>) {
+/// The packets `frame` becomes in `namespace`, from the per-thread cache when the
+/// same frame was translated last.
+pub(crate) fn translated(frame: &ByteString, namespace: &Namespace, out: &mut Vec<ByteString>) {
     let same = |cached: &Cached| {
         cached.frame.as_bytes().as_ptr() == frame.as_bytes().as_ptr()
             && cached.frame.len() == frame.len()
@@ -193,6 +217,7 @@ mod tests {
         shared.namespaces().push(NamespaceReader {
             namespace: Namespace::new("/chat").unwrap(),
             reader: chat,
+            recovery: Recovery::fresh(),
         });
         // A wake-up alone writes nothing: still pending.
         engine_box.push(ByteString::new()).unwrap();

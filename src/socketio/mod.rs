@@ -9,6 +9,8 @@
 //! - [`drain`]: what a transport writes for what a connection's outboxes hold.
 //! - [`connection`]: one Engine.IO connection's inbound side: each CONNECT starts a
 //!   Session for its namespace, EVENTs become that Session's frames.
+//! - [`recovery`]: connection state recovery kept by the client (`pid`, offsets),
+//!   so that any node can recover a connection (pure).
 //! - [`registry`]: the Engine.IO connections of this node, by sid, for the polling
 //!   requests and the upgrade that name them.
 //!
@@ -20,6 +22,7 @@ pub mod connection;
 pub mod drain;
 pub mod engine;
 pub mod packet;
+pub mod recovery;
 pub mod registry;
 pub mod translate;
 

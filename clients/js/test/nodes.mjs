@@ -159,11 +159,12 @@ export async function startNode(extra = '') {
   return node.start();
 }
 
-/** Three nodes a, b, c of one cluster (one `[[nodes]]` file, as cluster.toml), each ready. */
-export async function startCluster(names = ['a', 'b', 'c']) {
+/** Three nodes a, b, c of one cluster (one `[[nodes]]` file, as cluster.toml), each ready;
+ * `extra` is appended to the shared settings. */
+export async function startCluster(names = ['a', 'b', 'c'], extra = '') {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'hubbub-js-cluster-'));
   const config = path.join(dir, 'cluster.toml');
-  let text = `[cluster]\ncookie = "js-client-tests"\nheartbeat_ms = 100\nfailure_timeout_ms = 600\n\n[storage]\ndir = "${dir}/data"\n${BASE_CONFIG}\n`;
+  let text = `[cluster]\ncookie = "js-client-tests"\nheartbeat_ms = 100\nfailure_timeout_ms = 600\n\n[storage]\ndir = "${dir}/data"\n${BASE_CONFIG}\n${extra}\n`;
   const ports = {};
   for (const name of names) {
     ports[name] = [await freePort(), await freePort()];
