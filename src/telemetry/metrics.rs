@@ -838,6 +838,7 @@ mod tests {
             from: user(),
             content: "c".into(),
             ts: 0,
+            data: None,
         };
         vec![
             (
