@@ -17,6 +17,7 @@ mod support;
 mod ws_client;
 
 mod chat;
+mod data;
 mod drain;
 mod failover;
 mod harness;
