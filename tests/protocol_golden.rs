@@ -10,8 +10,8 @@
 use hubbub::protocol::{
     close, decode_client_frame, encode, validate_display_name, validate_idempotency_key,
     validate_user_id, ChatMessage, ClientFrame, DirectFrame, ErrorBody, ErrorCode, FrameError,
-    Member, Ref, ReplyData, Request, RoomName, ServerFrame, UserInfo, MAX_HISTORY_LIMIT,
-    MAX_IDEMPOTENCY_KEY_BYTES, MAX_NAME_CHARS, PROTOCOL_VERSION,
+    Member, MessageData, Ref, ReplyData, Request, RoomName, ServerFrame, UserInfo,
+    MAX_HISTORY_LIMIT, MAX_IDEMPOTENCY_KEY_BYTES, MAX_NAME_CHARS, PROTOCOL_VERSION,
 };
 use serde_json::{json, Value};
 
@@ -46,6 +46,7 @@ fn chat_message(seq: u64, content: &str) -> ChatMessage {
         from: user("alice", "Alice"),
         content: content.to_owned(),
         ts: TS,
+        data: None,
     }
 }
 
@@ -463,6 +464,51 @@ fn message() {
     );
 }
 
+/// *(v1 addition)* `data`: written back as the JSON value it was (not as a string),
+/// after `ts`; absent when the message has none (every frame above).
+#[test]
+fn message_with_data() {
+    let data = MessageData::from_value(
+        &json!({"kind": "poll", "options": ["a", "b"], "open": true, "n": 2}),
+    );
+    pin(
+        &ServerFrame::Message(ChatMessage {
+            data,
+            ..chat_message(6, "vote")
+        }),
+        r#"{"type":"message","room":"lobby","id":"01912f4e-7b3a-7c21-9d4e-5a6b7c8d9e0f","seq":6,"from":{"id":"alice","name":"Alice"},"content":"vote","ts":1722500000000,"data":{"kind":"poll","n":2,"open":true,"options":["a","b"]}}"#,
+    );
+    // Only data: the content is "" (a v1 client that reads `content` gets a string).
+    pin(
+        &ServerFrame::Message(ChatMessage {
+            data: MessageData::from_value(&json!([1, "two", null])),
+            ..chat_message(7, "")
+        }),
+        r#"{"type":"message","room":"lobby","id":"01912f4e-7b3a-7c21-9d4e-5a6b7c8d9e0f","seq":7,"from":{"id":"alice","name":"Alice"},"content":"","ts":1722500000000,"data":[1,"two",null]}"#,
+    );
+}
+
+/// A history (and join) reply carries each message's data as the message frame does.
+#[test]
+fn reply_history_with_data() {
+    pin(
+        &ServerFrame::ok(
+            reference("5"),
+            ReplyData::History {
+                room: "lobby".to_owned(),
+                messages: vec![ChatMessage {
+                    data: MessageData::from_value(&json!("just a string")),
+                    ..chat_message(1, "")
+                }],
+                more: false,
+                before: None,
+                after: None,
+            },
+        ),
+        r#"{"type":"reply","ref":5,"ok":true,"data":{"room":"lobby","messages":[{"room":"lobby","id":"01912f4e-7b3a-7c21-9d4e-5a6b7c8d9e0f","seq":1,"from":{"id":"alice","name":"Alice"},"content":"","ts":1722500000000,"data":"just a string"}]}}"#,
+    );
+}
+
 #[test]
 fn content_is_escaped_as_json_and_non_ascii_is_sent_as_utf8() {
     pin(
@@ -719,6 +765,7 @@ fn publish() {
         Request::Publish {
             room: room("lobby"),
             content: "hello \"you\" ✓".to_owned(),
+            data: None,
             idempotency_key: None,
         }
     );
@@ -729,8 +776,62 @@ fn publish() {
         Request::Publish {
             room: room("lobby"),
             content: "  ".to_owned(),
+            data: None,
             idempotency_key: None,
         }
+    );
+}
+
+/// *(v1 addition)* `data`: any JSON value but null, beside or instead of `content`
+/// (then the content is ""); null is the same as absent; neither is a `bad_request`.
+/// Its size is the session's to check, with the content's.
+#[test]
+fn publish_with_data() {
+    assert_eq!(
+        request(
+            r#"{"type":"publish","room":"lobby","content":"hi","data":{"b":[1,2.5,"x"],"a":null}}"#
+        ),
+        Request::Publish {
+            room: room("lobby"),
+            content: "hi".to_owned(),
+            data: MessageData::from_value(&json!({"a": null, "b": [1, 2.5, "x"]})),
+            idempotency_key: None,
+        }
+    );
+    for data in [json!(0), json!(false), json!("s"), json!([]), json!({})] {
+        let text = json!({"type": "publish", "room": "lobby", "data": data}).to_string();
+        let Request::Publish {
+            content, data: got, ..
+        } = request(&text)
+        else {
+            panic!("{text} is a publish");
+        };
+        assert_eq!(content, "", "{text}");
+        assert_eq!(got.map(|d| d.to_value()), Some(data), "{text}");
+    }
+    assert_eq!(
+        request(r#"{"type":"publish","room":"lobby","content":"hi","data":null}"#),
+        Request::Publish {
+            room: room("lobby"),
+            content: "hi".to_owned(),
+            data: None,
+            idempotency_key: None,
+        }
+    );
+    refused_with(
+        r#"{"type":"publish","room":"lobby","ref":1}"#,
+        ErrorCode::BadRequest,
+        json!(1),
+    );
+    refused_with(
+        r#"{"type":"publish","room":"lobby","data":null,"ref":2}"#,
+        ErrorCode::BadRequest,
+        json!(2),
+    );
+    refused_with(
+        r#"{"type":"publish","room":"lobby","content":7,"data":1,"ref":3}"#,
+        ErrorCode::BadRequest,
+        json!(3),
     );
 }
 
@@ -746,6 +847,7 @@ fn publish_with_an_idempotency_key() {
         Request::Publish {
             room: room("lobby"),
             content: "hi".to_owned(),
+            data: None,
             idempotency_key: Some("0191-retry-1".to_owned()),
         }
     );
@@ -755,6 +857,7 @@ fn publish_with_an_idempotency_key() {
         Request::Publish {
             room: room("lobby"),
             content: "hi".to_owned(),
+            data: None,
             idempotency_key: None,
         }
     );
@@ -770,6 +873,7 @@ fn publish_with_an_idempotency_key() {
             Request::Publish {
                 room: room("lobby"),
                 content: "hi".to_owned(),
+                data: None,
                 idempotency_key: Some(key.to_owned()),
             },
             "{key:?}"
@@ -947,6 +1051,7 @@ fn a_lone_surrogate_is_bad_request_with_a_clear_message() {
         Request::Publish {
             room: room("lobby"),
             content: "\u{1F600}".to_owned(),
+            data: None,
             idempotency_key: None,
         }
     );
@@ -1013,6 +1118,7 @@ fn unknown_fields_are_ignored() {
         Request::Publish {
             room: room("lobby"),
             content: "hi".to_owned(),
+            data: None,
             idempotency_key: None,
         }
     );

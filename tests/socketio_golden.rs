@@ -40,6 +40,7 @@ fn message(room: &str) -> ServerFrame {
         seq: 7,
         from: alice(),
         content: "hi".into(),
+        data: None,
         ts: 5,
     })
 }
@@ -379,6 +380,7 @@ fn events_become_v1_requests() {
         Request::Publish {
             room: RoomName::parse("chat:r1").unwrap(),
             content: "hi".into(),
+            data: None,
             idempotency_key: None,
         }
     );

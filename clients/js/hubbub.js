@@ -694,12 +694,14 @@ export class HubbubClient {
 
   /**
    * Publishes `content` in `room` with an idempotency key (made up unless given), so
-   * retries never post twice. While offline or rejoining it waits in a bounded queue;
+   * retries never post twice. `data` (protocol v1 addition) is structured data, any
+   * JSON value, sent beside the content (pass `content` null or '' to send data only);
+   * members get it as sent in the message's `data`. While offline or rejoining it waits in a bounded queue;
    * `unavailable`, `internal`, timeouts and lost connections are retried with backoff
    * until `deadlineMs` (default: retryDeadlineMs) has passed since the call.
    * Resolves with `{id, seq, ts, duplicate?}`.
    */
-  async publish(name, content, { idempotencyKey, deadlineMs } = {}) {
+  async publish(name, content, { idempotencyKey, deadlineMs, data } = {}) {
     const room = this.rooms.get(name);
     if (!room) throw new HubbubError('not_joined', `join ${name} first`);
     const key = idempotencyKey || randomKey();
@@ -728,8 +730,11 @@ export class HubbubClient {
         if (Date.now() >= deadline) throw new HubbubError('timeout', `not published within ${deadlineMs ?? this.options.retryDeadlineMs} ms`);
         const generation = this._generation;
         try {
+          const frame = { type: 'publish', room: name, idempotency_key: key };
+          if (content != null && !(content === '' && data != null)) frame.content = content;
+          if (data != null) frame.data = data;
           const reply = this.request(
-            { type: 'publish', room: name, content, idempotency_key: key },
+            frame,
             { timeoutMs: Math.max(1, Math.min(this.options.requestTimeoutMs, deadline - Date.now())) },
           );
           sent();

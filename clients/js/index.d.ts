@@ -63,8 +63,11 @@ export interface ChatMessage {
   id: string;
   seq: number;
   from: UserInfo;
+  /** '' for a message published with only `data`. */
   content: string;
   ts: number;
+  /** Protocol v1 addition: the publish's structured data, as sent; absent when none. */
+  data?: unknown;
 }
 export interface RoomInfo {
   name: string;
@@ -111,7 +114,8 @@ export class HubbubClient {
   join(room: string): Promise<RoomInfo>;
   leave(room: string): Promise<void>;
   roomInfo(room: string): RoomInfo | undefined;
-  publish(room: string, content: string, options?: { idempotencyKey?: string; deadlineMs?: number }): Promise<PublishResult>;
+  /** `content` may be null (or '') when `options.data` is given. */
+  publish(room: string, content: string | null, options?: { idempotencyKey?: string; deadlineMs?: number; data?: unknown }): Promise<PublishResult>;
   direct(to: string, content: string): Promise<{ id: string; ts: number; delivered: number }>;
   rename(name: string): Promise<{ user: UserInfo }>;
   history(room: string, options?: { before?: number; after?: number; limit?: number }):

@@ -44,7 +44,7 @@ pub use outbox::{
 pub use presence::PresenceMessage;
 pub use room::RoomMessage;
 pub use room_supervisor::RoomSupervisorMessage;
-pub(crate) use session::check_content;
+pub(crate) use session::{check_content, check_publish};
 pub use session::{
     InflightPermit, SessionAnswer, SessionArgs, SessionCall, SessionHandle, SessionMessage,
 };

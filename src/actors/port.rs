@@ -17,7 +17,7 @@
 //!   connection counts per node; 0 means gone from that node).
 //! - `RoomMessage::RemoteTyping(user)`: a member on another node is typing.
 
-use crate::protocol::{ChatMessage, ErrorBody, UserInfo};
+use crate::protocol::{ChatMessage, ErrorBody, MessageData, UserInfo};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -32,6 +32,8 @@ pub struct Append {
     pub from: UserInfo,
     /// The content as the room's behaviour left it.
     pub content: String,
+    /// The publish's structured data (protocol v1 `publish.data`), as sent.
+    pub data: Option<MessageData>,
     /// The client's key for retries (protocol v1 `publish.idempotency_key`): a second
     /// append with the same key in the same room answers the first one's id and seq.
     pub idempotency_key: Option<String>,

@@ -30,8 +30,8 @@ use crate::auth::Grants;
 use crate::hooks::publish::{PublishCheck, Verdict};
 use crate::hooks::Connected;
 use crate::protocol::{
-    close, encode, now_ms, ClientFrame, ConnectionInfo, ErrorBody, ErrorCode, FrameError, Ref,
-    ReplyData, Request, RoomName, ServerFrame, UserInfo, PROTOCOL_VERSION,
+    close, encode, now_ms, ClientFrame, ConnectionInfo, ErrorBody, ErrorCode, FrameError,
+    MessageData, Ref, ReplyData, Request, RoomName, ServerFrame, UserInfo, PROTOCOL_VERSION,
 };
 use crate::telemetry::Metrics;
 use bytestring::ByteString;
@@ -462,27 +462,29 @@ impl SessionActor {
             Request::Publish {
                 room,
                 content,
+                data,
                 idempotency_key,
             } => {
                 let key = idempotency_key.as_deref();
-                let content = match self.publish_hook(state, &room, content, key).await {
+                let hooked = self.publish_hook(state, &room, content, data.as_ref(), key);
+                let content = match hooked.await {
                     Ok(content) => content,
                     Err(error) => return Some(ServerFrame::failure(reference, error)),
                 };
+                let publish = Publish {
+                    room,
+                    content,
+                    data,
+                    idempotency_key,
+                };
                 if state.answers.in_flight < MAX_PUBLISHES_IN_FLIGHT {
-                    let publish = Publish {
-                        room,
-                        content,
-                        idempotency_key,
-                    };
                     match self.pipeline_publish(myself, state, publish, reference.clone(), received)
                     {
                         Ok(()) => return None,
                         Err(error) => Err(error),
                     }
                 } else {
-                    self.publish(myself, state, room, content, idempotency_key)
-                        .await
+                    self.publish(myself, state, publish).await
                 }
             }
             Request::Typing { room } => match state.rooms.get(&room) {
@@ -704,6 +706,7 @@ impl SessionActor {
         state: &SessionState,
         room: &RoomName,
         content: String,
+        data: Option<&MessageData>,
         idempotency_key: Option<&str>,
     ) -> Result<String, ErrorBody> {
         let Some(hook) = self
@@ -715,7 +718,7 @@ impl SessionActor {
         else {
             return Ok(content);
         };
-        self.check_content(&content)?;
+        check_publish(&self.ctx, &content, data)?;
         if !state.rooms.contains_key(room) {
             return Err(not_joined(room));
         }
@@ -725,6 +728,7 @@ impl SessionActor {
             user: &state.user,
             session: &state.id,
             content: &content,
+            data,
             idempotency_key,
         };
         match hook.check(check).await {
@@ -747,9 +751,10 @@ impl SessionActor {
         let Publish {
             room,
             content,
+            data,
             idempotency_key,
         } = publish;
-        self.check_content(&content)?;
+        check_publish(&self.ctx, &content, data.as_ref())?;
         let actor = state.rooms.get(&room).ok_or_else(|| not_joined(&room))?;
         self.ctx.access.may_publish(&room, &state.grants)?;
         self.ctx.message_rate.check(&state.user.id)?;
@@ -758,6 +763,7 @@ impl SessionActor {
             session: myself.get_id(),
             from: state.user.clone(),
             content,
+            data,
             idempotency_key,
             reply: tx.into(),
         };
@@ -788,11 +794,15 @@ impl SessionActor {
         &self,
         myself: &ActorRef<SessionMessage>,
         state: &mut SessionState,
-        room: RoomName,
-        content: String,
-        idempotency_key: Option<String>,
+        publish: Publish,
     ) -> Result<ReplyData, ErrorBody> {
-        self.check_content(&content)?;
+        let Publish {
+            room,
+            content,
+            data,
+            idempotency_key,
+        } = publish;
+        check_publish(&self.ctx, &content, data.as_ref())?;
         let actor = state.rooms.get(&room).ok_or_else(|| not_joined(&room))?;
         self.ctx.access.may_publish(&room, &state.grants)?;
         self.ctx.message_rate.check(&state.user.id)?;
@@ -802,6 +812,7 @@ impl SessionActor {
             session,
             from,
             content,
+            data,
             // The room hands it to its log, which answers a key it has seen with the
             // original message (`duplicate: true` in the reply).
             idempotency_key,
@@ -909,6 +920,44 @@ pub(crate) fn check_content(ctx: &NodeContext, content: &str) -> Result<(), Erro
     Ok(())
 }
 
+/// The rules of a publish's body (docs/protocol.md, `publish`): without `data`, the
+/// content rules; with `data`, the content may be empty (it is checked like any
+/// content otherwise), and the content's bytes plus the data's compact JSON bytes are
+/// within the content's byte bound (the smaller of `limits.max_message_bytes` and 4
+/// bytes per character of `limits.max_message_chars`), so that a message with data
+/// is never larger than the largest message without (replies and queues are sized
+/// by that). Shared by the server API's publishes.
+pub(crate) fn check_publish(
+    ctx: &NodeContext,
+    content: &str,
+    data: Option<&MessageData>,
+) -> Result<(), ErrorBody> {
+    let Some(data) = data else {
+        return check_content(ctx, content);
+    };
+    if !content.is_empty() {
+        check_content(ctx, content)?;
+    }
+    let limits = &ctx.settings.limits;
+    let chars_bytes = limits.max_message_chars.saturating_mul(4);
+    let bound = match limits.max_message_bytes {
+        0 => chars_bytes,
+        bytes => bytes.min(chars_bytes),
+    };
+    if content.len().saturating_add(data.len()) > bound {
+        ctx.metrics.content_refused("bytes");
+        return Err(ErrorBody::new(
+            ErrorCode::TooLong,
+            format!(
+                "content and data (as compact JSON) are limited to {bound} bytes together;                  these are {} and {}",
+                content.len(),
+                data.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Counts what an answer tells the metrics: a `rate_limited` refusal (whichever limit
 /// refused), or how long an accepted publish took from its arrival here to the room
 /// having fanned it out (the room answers only once it has).
@@ -933,6 +982,7 @@ fn count_answer(metrics: &Metrics, kind: &str, received: Instant, answer: &Serve
 struct Publish {
     room: RoomName,
     content: String,
+    data: Option<MessageData>,
     idempotency_key: Option<String>,
 }
 

@@ -16,12 +16,13 @@
 use super::error::ApiError;
 use super::Api;
 use crate::actors::{
-    ask, check_content, AskError, NodeContext, PresenceMessage, RoomMessage, RoomSupervisorMessage,
+    ask, check_content, check_publish, AskError, NodeContext, PresenceMessage, RoomMessage,
+    RoomSupervisorMessage,
 };
 use crate::cluster::wire::{UserCall, UserCallResult};
 use crate::protocol::{
     close, validate_display_name, validate_idempotency_key, validate_user_id, ErrorBody, ErrorCode,
-    ReplyData, RoomName, UserInfo,
+    MessageData, ReplyData, RoomName, UserInfo,
 };
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
@@ -187,6 +188,19 @@ fn room_known(ctx: &NodeContext, room: &RoomName) -> bool {
         || !ports.presence.remote(room.as_str()).is_empty()
 }
 
+/// A publish's `content` and `data` (either may be absent, not both), as for
+/// clients: a publish with only data has the content `""`.
+fn body(content: Option<String>, data: &Value) -> Result<(String, Option<MessageData>), ApiError> {
+    let data = MessageData::from_value(data);
+    if content.is_none() && data.is_none() {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            "a publish needs `content`, `data` or both",
+        ));
+    }
+    Ok((content.unwrap_or_default(), data))
+}
+
 fn unknown_room(room: &RoomName) -> ApiError {
     ApiError::new(
         ErrorCode::NotFound,
@@ -200,11 +214,13 @@ async fn publish_in(
     room: &RoomName,
     from: &UserInfo,
     content: &str,
+    data: &Option<MessageData>,
     key: &Option<String>,
 ) -> Result<Value, ErrorBody> {
     let answer = ask_room(ctx, room, |reply| RoomMessage::ServerPublish {
         from: from.clone(),
         content: content.to_owned(),
+        data: data.clone(),
         idempotency_key: key.clone(),
         reply,
     })
@@ -235,7 +251,12 @@ async fn publish_in(
 #[serde(deny_unknown_fields)]
 pub struct PublishCall {
     room: String,
-    content: String,
+    /// May be absent when `data` is given.
+    #[serde(default)]
+    content: Option<String>,
+    /// Protocol v1 `publish.data`: any JSON value; null is the same as absent.
+    #[serde(default)]
+    data: Value,
     #[serde(default)]
     idempotency_key: Option<String>,
     #[serde(default)]
@@ -248,8 +269,9 @@ pub async fn publish(req: HttpRequest, payload: web::Payload, api: web::Data<Api
     let room = room_name(&call.room)?;
     let from = sender(call.from)?;
     let key = idempotency_key(call.idempotency_key)?;
-    check_content(&api.ctx, &call.content)?;
-    let published = publish_in(&api.ctx, &room, &from, &call.content, &key).await?;
+    let (content, data) = body(call.content, &call.data)?;
+    check_publish(&api.ctx, &content, data.as_ref())?;
+    let published = publish_in(&api.ctx, &room, &from, &content, &data, &key).await?;
     Ok(HttpResponse::Ok().json(published))
 }
 
@@ -257,7 +279,12 @@ pub async fn publish(req: HttpRequest, payload: web::Payload, api: web::Data<Api
 #[serde(deny_unknown_fields)]
 pub struct BroadcastCall {
     rooms: Vec<String>,
-    content: String,
+    /// May be absent when `data` is given.
+    #[serde(default)]
+    content: Option<String>,
+    /// Protocol v1 `publish.data`: any JSON value; null is the same as absent.
+    #[serde(default)]
+    data: Value,
     #[serde(default)]
     idempotency_key: Option<String>,
     #[serde(default)]
@@ -283,10 +310,11 @@ pub async fn broadcast(req: HttpRequest, payload: web::Payload, api: web::Data<A
     }
     let from = sender(call.from)?;
     let key = idempotency_key(call.idempotency_key)?;
-    check_content(&api.ctx, &call.content)?;
+    let (content, data) = body(call.content, &call.data)?;
+    check_publish(&api.ctx, &content, data.as_ref())?;
     let publishes = rooms
         .iter()
-        .map(|room| publish_in(&api.ctx, room, &from, &call.content, &key));
+        .map(|room| publish_in(&api.ctx, room, &from, &content, &data, &key));
     let results: Vec<Value> = futures_util::future::join_all(publishes)
         .await
         .into_iter()

@@ -15,7 +15,7 @@ mod word_filter;
 pub use announce::AnnounceOnly;
 pub use word_filter::WordFilter;
 
-use crate::protocol::{ErrorBody, ErrorCode, Member, RoomName, UserInfo};
+use crate::protocol::{ErrorBody, ErrorCode, Member, MessageData, RoomName, UserInfo};
 use globset::{Glob, GlobMatcher};
 use std::sync::Arc;
 
@@ -65,6 +65,23 @@ pub trait RoomBehaviour: Send + Sync + 'static {
         Ok(content)
     }
 
+    /// Sees every publish with its structured data (protocol v1 `publish.data`),
+    /// read-only: the data is stored and delivered as sent. Returns the content as
+    /// [`RoomBehaviour::on_publish`] does, or a rejection (a behaviour may refuse a
+    /// publish for its data). The default calls `on_publish`, so a behaviour written
+    /// for content alone sees every publish, with data or without (its content may
+    /// then be `""`).
+    fn on_publish_with_data(
+        &self,
+        room: &RoomName,
+        from: &UserInfo,
+        content: String,
+        data: Option<&MessageData>,
+    ) -> Result<String, Rejection> {
+        let _ = data;
+        self.on_publish(room, from, content)
+    }
+
     /// Called when a user becomes a member (its first connection joined).
     fn on_join(&self, room: &RoomName, member: &Member) {
         let _ = (room, member);
@@ -90,6 +107,16 @@ impl<T: RoomBehaviour> RoomBehaviour for Arc<T> {
         content: String,
     ) -> Result<String, Rejection> {
         (**self).on_publish(room, from, content)
+    }
+
+    fn on_publish_with_data(
+        &self,
+        room: &RoomName,
+        from: &UserInfo,
+        content: String,
+        data: Option<&MessageData>,
+    ) -> Result<String, Rejection> {
+        (**self).on_publish_with_data(room, from, content, data)
     }
 
     fn on_join(&self, room: &RoomName, member: &Member) {

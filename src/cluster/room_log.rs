@@ -59,13 +59,24 @@ impl RoomLog for RaftRoomLog {
         let shard = self.shard(&append.room);
         let id = uuid::Uuid::now_v7().to_string();
         let idempotency_key = Some(append.idempotency_key.unwrap_or_else(|| format!("~{id}")));
-        let command = ShardCommand::Publish {
-            room: append.room,
-            from: append.from,
-            content: append.content,
-            id,
-            ts: now_ms(),
-            idempotency_key,
+        let command = match append.data {
+            None => ShardCommand::Publish {
+                room: append.room,
+                from: append.from,
+                content: append.content,
+                id,
+                ts: now_ms(),
+                idempotency_key,
+            },
+            Some(data) => ShardCommand::PublishData {
+                room: append.room,
+                from: append.from,
+                content: append.content,
+                data: data.as_json_text().to_owned(),
+                id,
+                ts: now_ms(),
+                idempotency_key,
+            },
         };
         // Queued now, not when the future is first polled: a room's appends are ordered
         // in the order the Room asked for them (one connection's publishes keep their

@@ -2,8 +2,9 @@
 //! POSTs it to the backend, which accepts it, rejects it (the client's reply carries
 //! the backend's code and message) or rewrites its content.
 //!
-//! The request body: `{"room", "user": {"id","name"}, "content", "idempotency_key"
-//! (the client's, or null), "session", "node"}`.
+//! The request body: `{"room", "user": {"id","name"}, "content", "data" (the
+//! publish's structured data, or null; never rewritten), "idempotency_key" (the
+//! client's, or null), "session", "node"}`.
 //! The answer, 2xx with a JSON object (an empty body accepts):
 //! - `{"action": "accept"}` (or `{}`),
 //! - `{"action": "reject", "code": "forbidden", "message": "…"}`: `code` one of the
@@ -22,7 +23,7 @@ use super::breaker::Breaker;
 use super::call::HookCall;
 use super::client::HttpClient;
 use crate::config::{FailurePolicy, HooksSettings};
-use crate::protocol::{ErrorBody, ErrorCode, UserInfo};
+use crate::protocol::{ErrorBody, ErrorCode, MessageData, UserInfo};
 use crate::telemetry::hook_metrics::{Hook, HookMetrics};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
@@ -48,6 +49,9 @@ pub struct PublishCheck<'a> {
     /// The connection's id (its `welcome`'s `session`).
     pub session: &'a str,
     pub content: &'a str,
+    /// The publish's structured data (protocol v1 `data`), if any: shown to the hook,
+    /// never rewritten by it.
+    pub data: Option<&'a MessageData>,
     /// The client's key for retries, if it gave one: a backend can tell a retry.
     pub idempotency_key: Option<&'a str>,
 }
@@ -122,12 +126,14 @@ impl PublishHook {
             user,
             session,
             content,
+            data,
             idempotency_key,
         } = publish;
         let body = json!({
             "room": room,
             "user": user,
             "content": content,
+            "data": data,
             "idempotency_key": idempotency_key,
             "session": session,
             "node": self.node,

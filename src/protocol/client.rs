@@ -5,6 +5,7 @@
 //! Unknown fields are ignored, so clients may send fields a newer node understands.
 
 use super::codes::{ErrorBody, ErrorCode};
+use super::data::MessageData;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::fmt;
@@ -79,7 +80,11 @@ pub enum Request {
     },
     Publish {
         room: RoomName,
+        /// The text; `""` when the frame carried only `data` (no `content`).
         content: String,
+        /// Protocol v1 addition: structured data, any JSON value but `null`, beside or
+        /// instead of `content`. Its size is checked by the session with the content's.
+        data: Option<MessageData>,
         /// Protocol v1 addition: the client's key for retries. A second `publish`
         /// with the same key in the same room is answered with the first one's `id`,
         /// `seq` and `ts` and publishes nothing. Checked by
@@ -160,7 +165,12 @@ struct JoinFields {
 #[derive(Deserialize)]
 struct PublishFields {
     room: String,
-    content: String,
+    /// May be absent when `data` is given.
+    #[serde(default)]
+    content: Option<String>,
+    /// Any JSON value; null is the same as absent.
+    #[serde(default)]
+    data: Value,
     /// Read as any JSON value so that a key of the wrong type gets the same clear
     /// message as a key out of bounds; null is the same as absent.
     #[serde(default)]
@@ -260,9 +270,17 @@ fn decode_request(kind: &str, value: &Value) -> Result<Request, ErrorBody> {
         },
         "publish" => {
             let f: PublishFields = fields(kind, value)?;
+            let data = MessageData::from_value(&f.data);
+            if f.content.is_none() && data.is_none() {
+                return Err(ErrorBody::new(
+                    ErrorCode::BadRequest,
+                    "bad `publish` frame: it needs `content`, `data` or both",
+                ));
+            }
             Request::Publish {
                 room: RoomName::parse(&f.room)?,
-                content: f.content,
+                content: f.content.unwrap_or_default(),
+                data,
                 idempotency_key: match &f.idempotency_key {
                     Value::Null => None,
                     Value::String(key) => Some(validate_idempotency_key(key)?),

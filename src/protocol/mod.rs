@@ -8,6 +8,7 @@
 
 mod client;
 mod codes;
+mod data;
 mod server;
 
 pub use client::{
@@ -16,6 +17,7 @@ pub use client::{
     MAX_NAME_CHARS,
 };
 pub use codes::{close, ErrorBody, ErrorCode};
+pub use data::MessageData;
 pub use server::{
     encode, json_len, max_message_list_bytes, ChatMessage, ConnectionInfo, DirectFrame, Member,
     ReplyData, ServerFrame, UserInfo, MAX_MEMBER_BYTES, MESSAGE_OVERHEAD_BYTES, PROTOCOL_VERSION,

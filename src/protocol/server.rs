@@ -5,6 +5,7 @@
 
 use super::client::Ref;
 use super::codes::ErrorBody;
+use super::data::MessageData;
 use bytestring::ByteString;
 use serde::{Deserialize, Serialize};
 
@@ -35,9 +36,15 @@ pub struct ChatMessage {
     /// Position in the room: 1 for the first message, one more for each next.
     pub seq: u64,
     pub from: UserInfo,
+    /// The text; `""` when the publish carried only `data`.
     pub content: String,
     /// Milliseconds since the Unix epoch, stamped by the room when it ordered the message.
     pub ts: u64,
+    /// Protocol v1 addition: the publish's structured data, written back as the JSON
+    /// value it was; absent when it had none. Not serialised by postcard: the room
+    /// logs store messages as `cluster::raft::state_machine::StoredMessage`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<MessageData>,
 }
 
 /// A direct message between users.

@@ -842,6 +842,7 @@ mod tests {
             from: user(),
             content: "c".into(),
             ts: 0,
+            data: None,
         };
         vec![
             (

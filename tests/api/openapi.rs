@@ -144,6 +144,16 @@ async fn every_answer_of_a_live_node_matches_the_document() {
         ),
         (
             "/api/publish",
+            json!({"room": "lobby", "data": {"kind": "poll", "options": [1, 2]}}),
+            200,
+        ),
+        (
+            "/api/publish",
+            json!({"room": "lobby", "content": "hi", "data": "x".repeat(20_000)}),
+            400,
+        ),
+        (
+            "/api/publish",
             json!({"room": "bad room", "content": "hi"}),
             400,
         ),

@@ -195,6 +195,44 @@ async fn a_publish_to_a_room_nobody_is_in_is_kept_for_those_who_join() {
     assert_eq!(joined["history"][0]["content"], "first", "{joined}");
 }
 
+/// *(v1 addition)* `data` on the API's publish and broadcast: delivered to members and
+/// kept in history as sent; counted with the content against the byte bound.
+#[tokio::test]
+async fn publish_and_broadcast_carry_data() {
+    let (node, api) = node().await;
+    let mut alice = node.connect("alice", "Alice").await;
+    alice.join("d1").await;
+    alice.join("d2").await;
+    let data = json!({"order": 42, "items": ["tea", {"sugar": 2}]});
+    api.ok("/api/publish", json!({"room": "d1", "data": data}))
+        .await;
+    let got = alice.expect(|f| f["type"] == "message", "d1 message").await;
+    assert_eq!(
+        (got["content"].clone(), got["data"].clone()),
+        (json!(""), data.clone())
+    );
+    api.ok(
+        "/api/broadcast",
+        json!({"rooms": ["d1", "d2"], "content": "both", "data": [true]}),
+    )
+    .await;
+    for room in ["d1", "d2"] {
+        let got = alice.expect(|f| is_message(f, room, "both"), room).await;
+        assert_eq!(got["data"], json!([true]), "{got}");
+    }
+    let history = alice.full_history("d1").await;
+    assert_eq!(history[0]["data"], data, "{history:?}");
+    api.refused("/api/publish", json!({"room": "d1"}), 400, "bad_request")
+        .await;
+    api.refused(
+        "/api/publish",
+        json!({"room": "d1", "data": "x".repeat(20_000)}),
+        400,
+        "too_long",
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn broadcast_publishes_to_every_room_with_a_result_each() {
     let (node, api) = node().await;

@@ -19,6 +19,7 @@ mod support;
 mod ws_client;
 
 mod chat;
+mod data;
 mod drain;
 mod failover;
 mod harness;

@@ -13,6 +13,7 @@ mod bad_input;
 mod behaviour;
 mod chat;
 mod churn;
+mod data;
 mod idempotency;
 mod limits;
 mod metrics;

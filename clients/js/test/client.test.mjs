@@ -106,6 +106,24 @@ describe('one node', () => {
     await assert.rejects(alice.join('bad room!'), (e) => e.code === 'invalid_room');
   });
 
+  it('publishes structured data and exposes it on messages (protocol v1 data)', { timeout: TEST_TIMEOUT_MS }, async () => {
+    const room = `data-${Date.now()}`;
+    const alice = client(node.url, { user: 'alice' });
+    const bob = client(node.url, { user: 'bob' });
+    await alice.join(room);
+    await bob.join(room);
+    const poll = { kind: 'poll', options: ['ramen', 'tacos'], open: true, n: 2.5 };
+    await alice.publish(room, 'lunch?', { data: poll });
+    await alice.publish(room, null, { data: [1, 'two'] });
+    await until('both at bob', () => (bob.seen.messages[room] || []).length === 2);
+    const [first, second] = bob.seen.messages[room];
+    assert.equal(first.content, 'lunch?');
+    assert.deepEqual(first.data, poll);
+    assert.equal(second.content, '');
+    assert.deepEqual(second.data, [1, 'two']);
+    await assert.rejects(alice.publish(room, null, { data: 'x'.repeat(20_000) }), (e) => e.code === 'too_long');
+  });
+
   it('presence counts follow a second connection closing', { timeout: TEST_TIMEOUT_MS }, async () => {
     const room = `counts-${Date.now()}`;
     const watcher = client(node.url, { user: 'watcher' });

@@ -14,7 +14,7 @@ client.on('room', ({ room, state, error }) => {
 });
 client.on('message', ({ message, live }) => {
   const m: ChatMessage = message;
-  void [m.seq, m.from.name, live];
+  void [m.seq, m.from.name, live, m.data];
 });
 client.on('gap', ({ after, next, restarted }) => void [after + 1, next, restarted]);
 client.on('presence', ({ members, updates }) => {
@@ -27,6 +27,7 @@ async function use(): Promise<void> {
   void info.lastSeq;
   try {
     const ack = await client.publish('lobby', 'hello', { deadlineMs: 5000 });
+    await client.publish('lobby', null, { data: { kind: 'poll' } });
     void [ack.seq, ack.duplicate];
   } catch (e) {
     if (e instanceof HubbubError && isRetryable(e)) void e.code;

@@ -42,7 +42,8 @@ use super::NodeContext;
 use crate::config::WebhookEvent;
 use crate::hooks::Webhooks;
 use crate::protocol::{
-    encode, ChatMessage, ErrorBody, ErrorCode, Member, ReplyData, RoomName, ServerFrame, UserInfo,
+    encode, ChatMessage, ErrorBody, ErrorCode, Member, MessageData, ReplyData, RoomName,
+    ServerFrame, UserInfo,
 };
 use crate::telemetry::Metrics;
 use presence_batch::PresenceBatch;
@@ -58,6 +59,12 @@ type IdleTimer = ractor::concurrency::JoinHandle<Result<(), ractor::MessagingErr
 
 /// A publisher's reply.
 type PublishReply = RpcReplyPort<Result<ReplyData, ErrorBody>>;
+
+/// What a publish says: its text and its structured data.
+struct Body {
+    content: String,
+    data: Option<MessageData>,
+}
 
 /// How long a committed publish waits to be delivered here before it is answered
 /// anyway (it is committed: the answer is true either way).
@@ -92,6 +99,8 @@ pub enum RoomMessage {
         session: ActorId,
         from: UserInfo,
         content: String,
+        /// Protocol v1 `publish.data`, checked by the session.
+        data: Option<MessageData>,
         /// The client's key for retries (protocol v1 `publish.idempotency_key`).
         idempotency_key: Option<String>,
         reply: RpcReplyPort<Result<ReplyData, ErrorBody>>,
@@ -101,6 +110,7 @@ pub enum RoomMessage {
     ServerPublish {
         from: UserInfo,
         content: String,
+        data: Option<MessageData>,
         idempotency_key: Option<String>,
         reply: RpcReplyPort<Result<ReplyData, ErrorBody>>,
     },
@@ -336,16 +346,25 @@ impl Room {
                 session,
                 from,
                 content,
+                data,
                 idempotency_key,
                 reply,
-            } => self.publish(myself, &session, from, content, idempotency_key, reply),
+            } => self.publish(
+                myself,
+                &session,
+                from,
+                Body { content, data },
+                idempotency_key,
+                reply,
+            ),
             RoomMessage::ServerPublish {
                 from,
                 content,
+                data,
                 idempotency_key,
                 reply,
             } => {
-                self.append(myself, from, content, idempotency_key, reply);
+                self.append(myself, from, Body { content, data }, idempotency_key, reply);
                 // A room started for the server API alone retires like any empty room.
                 self.arm_idle_timer(myself);
             }
@@ -623,7 +642,7 @@ impl Room {
         myself: &ActorRef<RoomMessage>,
         session: &ActorId,
         from: UserInfo,
-        content: String,
+        body: Body,
         idempotency_key: Option<String>,
         reply: PublishReply,
     ) {
@@ -636,24 +655,26 @@ impl Room {
             let _ = reply.send(Err(self.not_joined()));
             return;
         }
-        self.append(myself, from, content, idempotency_key, reply);
+        self.append(myself, from, body, idempotency_key, reply);
     }
 
-    /// The behaviour sees the content, then the log orders it (client and server API
-    /// publishes alike).
+    /// The behaviour sees the content (and the data, read-only), then the log orders
+    /// it (client and server API publishes alike).
     fn append(
         &mut self,
         myself: &ActorRef<RoomMessage>,
         from: UserInfo,
-        content: String,
+        body: Body,
         idempotency_key: Option<String>,
         reply: PublishReply,
     ) {
-        let content = match self
-            .state
-            .behaviour
-            .on_publish(&self.state.name, &from, content)
-        {
+        let Body { content, data } = body;
+        let content = match self.state.behaviour.on_publish_with_data(
+            &self.state.name,
+            &from,
+            content,
+            data.as_ref(),
+        ) {
             Ok(content) => content,
             Err(refused) => {
                 let _ = reply.send(Err(refused.into()));
@@ -664,6 +685,7 @@ impl Room {
             room: self.room(),
             from,
             content,
+            data,
             idempotency_key,
         });
         let room = myself.clone();

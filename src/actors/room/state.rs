@@ -581,6 +581,7 @@ mod tests {
                 },
                 content: "x".repeat(content_bytes),
                 ts: 1,
+                data: None,
             });
         }
     }

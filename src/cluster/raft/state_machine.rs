@@ -39,7 +39,7 @@ use super::types::{
     CommandOutcome, NodeId, Refusal, ShardBatch, ShardCommand, ShardId, ShardNode, ShardOutcome,
     ShardTc, MAX_IDEMPOTENCY_KEY_BYTES,
 };
-use crate::protocol::{ChatMessage, RoomName};
+use crate::protocol::{ChatMessage, MessageData, RoomName, UserInfo};
 use openraft::storage::RaftStateMachine;
 use openraft::{
     Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, Snapshot, SnapshotMeta,
@@ -52,7 +52,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// The first byte of every snapshot: the version of its encoding.
-const SNAPSHOT_FORMAT: u8 = 2;
+/// 3: messages carry `data`; 2: the node list; 1 read as well.
+const SNAPSHOT_FORMAT: u8 = 3;
 
 /// How much of each room a shard keeps. The same on every node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,12 +180,129 @@ impl IdempotencyKeys {
     }
 }
 
+/// The fields of a publish command, borrowed, with its data parsed.
+struct PublishParts<'a> {
+    room: &'a String,
+    from: &'a UserInfo,
+    content: &'a String,
+    data: Option<MessageData>,
+    id: &'a String,
+    ts: u64,
+    idempotency_key: &'a Option<String>,
+}
+
+/// A held message as a snapshot stores it (format 3): a [`ChatMessage`] with its
+/// `data` as JSON text, every field always written (postcard is not
+/// self-describing, so the JSON frames' "absent when none" cannot apply here).
+#[derive(Serialize, Deserialize)]
+struct StoredMessage {
+    room: String,
+    id: String,
+    seq: u64,
+    from: UserInfo,
+    content: String,
+    ts: u64,
+    data: Option<String>,
+}
+
+/// A held message as snapshot formats 1 and 2 stored it (no data).
+#[derive(Deserialize)]
+struct StoredMessageV2 {
+    room: String,
+    id: String,
+    seq: u64,
+    from: UserInfo,
+    content: String,
+    ts: u64,
+}
+
+/// Serialises a room's history as [`StoredMessage`]s.
+mod stored_history {
+    use super::{ChatMessage, MessageData, StoredMessage};
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::collections::VecDeque;
+
+    pub fn serialize<S: Serializer>(
+        history: &VecDeque<ChatMessage>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(history.iter().map(|m| StoredMessage {
+            room: m.room.clone(),
+            id: m.id.clone(),
+            seq: m.seq,
+            from: m.from.clone(),
+            content: m.content.clone(),
+            ts: m.ts,
+            data: m.data.as_ref().map(|d| d.as_json_text().to_owned()),
+        }))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<VecDeque<ChatMessage>, D::Error> {
+        let stored = Vec::<StoredMessage>::deserialize(deserializer)?;
+        stored
+            .into_iter()
+            .map(|m| {
+                let data = match m.data {
+                    None => None,
+                    Some(text) => Some(
+                        MessageData::from_json_text(&text)
+                            .map_err(serde::de::Error::custom)?
+                            .ok_or_else(|| serde::de::Error::custom("stored data is null"))?,
+                    ),
+                };
+                Ok(ChatMessage {
+                    room: m.room,
+                    id: m.id,
+                    seq: m.seq,
+                    from: m.from,
+                    content: m.content,
+                    ts: m.ts,
+                    data,
+                })
+            })
+            .collect()
+    }
+}
+
+/// One room's log as snapshot formats 1 and 2 stored it.
+#[derive(Deserialize)]
+struct RoomLogV2 {
+    seq: u64,
+    history: VecDeque<StoredMessageV2>,
+    keys: IdempotencyKeys,
+}
+
+impl From<RoomLogV2> for RoomLog {
+    fn from(old: RoomLogV2) -> Self {
+        Self {
+            seq: old.seq,
+            history: old
+                .history
+                .into_iter()
+                .map(|m| ChatMessage {
+                    room: m.room,
+                    id: m.id,
+                    seq: m.seq,
+                    from: m.from,
+                    content: m.content,
+                    ts: m.ts,
+                    data: None,
+                })
+                .collect(),
+            keys: old.keys,
+        }
+    }
+}
+
 /// One room's log as the shard keeps it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoomLog {
     /// The last sequence number handed out; 0 before the first message.
     seq: u64,
     /// The newest messages, oldest first, at most `Retention::history`.
+    #[serde(with = "stored_history")]
     history: VecDeque<ChatMessage>,
     keys: IdempotencyKeys,
 }
@@ -274,7 +392,16 @@ pub fn valid_node_list(nodes: &[String]) -> bool {
 struct ShardStateV1 {
     last_applied: Option<LogId<NodeId>>,
     last_membership: StoredMembership<NodeId, ShardNode>,
-    rooms: BTreeMap<String, RoomLog>,
+    rooms: BTreeMap<String, RoomLogV2>,
+}
+
+/// A snapshot of format 2: messages without data.
+#[derive(Deserialize)]
+struct ShardStateV2 {
+    last_applied: Option<LogId<NodeId>>,
+    last_membership: StoredMembership<NodeId, ShardNode>,
+    rooms: BTreeMap<String, RoomLogV2>,
+    nodes: Option<Vec<String>>,
 }
 
 /// A join's read of a room: where the client starts and what it gets first.
@@ -365,42 +492,103 @@ impl ShardState {
                 id,
                 ts,
                 idempotency_key,
-            } => {
-                if RoomName::parse(room).is_err() {
-                    return CommandOutcome::Refused {
-                        reason: Refusal::BadRoom,
-                    };
-                }
-                if idempotency_key
-                    .as_ref()
-                    .is_some_and(|key| key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_BYTES)
-                {
-                    return CommandOutcome::Refused {
-                        reason: Refusal::BadIdempotencyKey,
-                    };
-                }
-                let log = self.rooms.entry(room.clone()).or_default();
-                let message = ChatMessage {
-                    room: room.clone(),
-                    id: id.clone(),
-                    seq: 0,
-                    from: from.clone(),
-                    content: content.clone(),
+            } => self.apply_publish(
+                log_index,
+                PublishParts {
+                    room,
+                    from,
+                    content,
+                    data: None,
+                    id,
                     ts: *ts,
+                    idempotency_key,
+                },
+                retention,
+                committed,
+            ),
+            ShardCommand::PublishData {
+                room,
+                from,
+                content,
+                data,
+                id,
+                ts,
+                idempotency_key,
+            } => {
+                // Peer input: the data must be one JSON value, as the proposer checked.
+                let Ok(Some(data)) = MessageData::from_json_text(data) else {
+                    return CommandOutcome::Refused {
+                        reason: Refusal::BadData,
+                    };
                 };
-                let outcome = log.publish(message, idempotency_key.clone(), retention);
-                if let CommandOutcome::Published { seq, .. } = &outcome {
-                    if let Some(message) = log.history.back().filter(|m| m.seq == *seq) {
-                        committed.push(Committed {
-                            log_index,
-                            room: room.clone(),
-                            message: message.clone(),
-                        });
-                    }
-                }
-                outcome
+                self.apply_publish(
+                    log_index,
+                    PublishParts {
+                        room,
+                        from,
+                        content,
+                        data: Some(data),
+                        id,
+                        ts: *ts,
+                        idempotency_key,
+                    },
+                    retention,
+                    committed,
+                )
             }
         }
+    }
+
+    fn apply_publish(
+        &mut self,
+        log_index: u64,
+        publish: PublishParts<'_>,
+        retention: &Retention,
+        committed: &mut Vec<Committed>,
+    ) -> CommandOutcome {
+        let PublishParts {
+            room,
+            from,
+            content,
+            data,
+            id,
+            ts,
+            idempotency_key,
+        } = publish;
+        if RoomName::parse(room).is_err() {
+            return CommandOutcome::Refused {
+                reason: Refusal::BadRoom,
+            };
+        }
+        if idempotency_key
+            .as_ref()
+            .is_some_and(|key| key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_BYTES)
+        {
+            return CommandOutcome::Refused {
+                reason: Refusal::BadIdempotencyKey,
+            };
+        }
+        let log = self.rooms.entry(room.clone()).or_default();
+        let message = ChatMessage {
+            room: room.clone(),
+            id: id.clone(),
+            seq: 0,
+            from: from.clone(),
+            content: content.clone(),
+            ts,
+            data,
+        };
+        let outcome = log.publish(message, idempotency_key.clone(), retention);
+        if let CommandOutcome::Published { seq, .. } = &outcome {
+            if let Some(message) = log.history.back().filter(|m| m.seq == *seq) {
+                committed.push(Committed {
+                    log_index,
+                    room: room.clone(),
+                    message: message.clone(),
+                });
+            }
+        }
+        outcome
     }
 
     /// Reads a room for a join: its seq, and the held messages after `since` (every
@@ -467,13 +655,23 @@ impl ShardState {
             Some((&SNAPSHOT_FORMAT, body)) => {
                 postcard::from_bytes(body).map_err(SnapshotDecodeError::Corrupt)
             }
+            Some((2, body)) => {
+                let old: ShardStateV2 =
+                    postcard::from_bytes(body).map_err(SnapshotDecodeError::Corrupt)?;
+                Ok(Self {
+                    last_applied: old.last_applied,
+                    last_membership: old.last_membership,
+                    rooms: old.rooms.into_iter().map(|(k, v)| (k, v.into())).collect(),
+                    nodes: old.nodes,
+                })
+            }
             Some((1, body)) => {
                 let old: ShardStateV1 =
                     postcard::from_bytes(body).map_err(SnapshotDecodeError::Corrupt)?;
                 Ok(Self {
                     last_applied: old.last_applied,
                     last_membership: old.last_membership,
-                    rooms: old.rooms,
+                    rooms: old.rooms.into_iter().map(|(k, v)| (k, v.into())).collect(),
                     nodes: None,
                 })
             }
@@ -1161,6 +1359,124 @@ mod tests {
         assert_eq!(state.join("nowhere", None).seq, 0);
         let page = state.history_page("a", Some(5), 1);
         assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![4]);
+    }
+
+    fn publish_data(room: &str, id: &str, ts: u64, data: &str) -> ShardCommand {
+        ShardCommand::PublishData {
+            room: room.to_owned(),
+            from: UserInfo {
+                id: "u1".to_owned(),
+                name: "Ada".to_owned(),
+            },
+            content: String::new(),
+            data: data.to_owned(),
+            id: id.to_owned(),
+            ts,
+            idempotency_key: None,
+        }
+    }
+
+    #[test]
+    fn data_is_applied_held_and_kept_by_a_snapshot() {
+        let mut state = ShardState::default();
+        let retention = Retention::messages(10);
+        let (outcome, committed) = state.apply(
+            &normal(1, vec![publish_data("a", "m1", 1, r#"{"x":[1,"y"]}"#)]),
+            &retention,
+        );
+        assert!(matches!(
+            outcome.0[..],
+            [CommandOutcome::Published { seq: 1, .. }]
+        ));
+        let data = committed[0].message.data.clone().expect("data delivered");
+        assert_eq!(data.as_json_text(), r#"{"x":[1,"y"]}"#);
+        state.apply(&normal(2, vec![publish("a", "m2", 2, None)]), &retention);
+        let restored = ShardState::decode(&state.encode().expect("encode")).expect("decode");
+        assert_eq!(restored, state);
+        let held: Vec<_> = restored.join("a", None).messages;
+        assert_eq!(held[0].data, Some(data));
+        assert_eq!(held[1].data, None);
+        // A log entry is peer input: data that is not JSON (or is null) is refused.
+        for (index, bad) in (3..).zip(["{", "null", ""]) {
+            let (outcome, committed) = state.apply(
+                &normal(index, vec![publish_data("a", "m3", 3, bad)]),
+                &retention,
+            );
+            assert_eq!(
+                outcome.0,
+                vec![CommandOutcome::Refused {
+                    reason: Refusal::BadData
+                }],
+                "{bad:?}"
+            );
+            assert!(committed.is_empty());
+        }
+    }
+
+    /// A snapshot written before messages had data (format 2) is still read.
+    #[test]
+    fn a_format_2_snapshot_is_read() {
+        #[derive(Serialize)]
+        struct OldMessage {
+            room: String,
+            id: String,
+            seq: u64,
+            from: UserInfo,
+            content: String,
+            ts: u64,
+        }
+        #[derive(Serialize)]
+        struct OldLog {
+            seq: u64,
+            history: Vec<OldMessage>,
+            keys: Vec<Original>,
+        }
+        #[derive(Serialize)]
+        struct OldState {
+            last_applied: Option<LogId<NodeId>>,
+            last_membership: StoredMembership<NodeId, ShardNode>,
+            rooms: BTreeMap<String, OldLog>,
+            nodes: Option<Vec<String>>,
+        }
+        let from = UserInfo {
+            id: "u1".to_owned(),
+            name: "Ada".to_owned(),
+        };
+        let old = OldState {
+            last_applied: Some(log_id(4)),
+            last_membership: StoredMembership::default(),
+            rooms: BTreeMap::from([(
+                "a".to_owned(),
+                OldLog {
+                    seq: 1,
+                    history: vec![OldMessage {
+                        room: "a".to_owned(),
+                        id: "m1".to_owned(),
+                        seq: 1,
+                        from: from.clone(),
+                        content: "old".to_owned(),
+                        ts: 9,
+                    }],
+                    keys: vec![Original {
+                        key: "k".to_owned(),
+                        id: "m1".to_owned(),
+                        seq: 1,
+                        ts: 9,
+                    }],
+                },
+            )]),
+            nodes: Some(vec!["n1".to_owned()]),
+        };
+        let mut bytes = vec![2];
+        bytes.extend(postcard::to_allocvec(&old).expect("encode"));
+        let state = ShardState::decode(&bytes).expect("a format 2 snapshot decodes");
+        let held = state.join("a", None).messages;
+        assert_eq!(held.len(), 1);
+        assert_eq!(
+            (held[0].content.as_str(), held[0].data.clone()),
+            ("old", None)
+        );
+        assert_eq!(state.last_applied, Some(log_id(4)));
     }
 
     #[test]

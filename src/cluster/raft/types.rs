@@ -67,6 +67,19 @@ pub enum ShardCommand {
     /// 0 only: every node follows shard 0, so every node applies it). Each shard's leader then moves its group to
     /// the voters the new list places there (raft/host.rs, `reconcile`).
     SetNodes { nodes: Vec<String> },
+    /// A [`ShardCommand::Publish`] with structured data (protocol v1 `publish.data`):
+    /// `data` is its compact JSON text (postcard cannot carry a `serde_json::Value`).
+    /// A variant of its own, last, so that the entries logged before it existed
+    /// still decode, and a publish without data is logged as before.
+    PublishData {
+        room: String,
+        from: UserInfo,
+        content: String,
+        data: String,
+        id: String,
+        ts: u64,
+        idempotency_key: Option<String>,
+    },
 }
 
 impl ShardCommand {
@@ -89,6 +102,24 @@ impl ShardCommand {
                     + id.len()
                     + idempotency_key.as_ref().map_or(0, String::len)
                     + 32
+            }
+            Self::PublishData {
+                room,
+                from,
+                content,
+                data,
+                id,
+                idempotency_key,
+                ..
+            } => {
+                room.len()
+                    + from.id.len()
+                    + from.name.len()
+                    + content.len()
+                    + data.len()
+                    + id.len()
+                    + idempotency_key.as_ref().map_or(0, String::len)
+                    + 40
             }
             Self::SetNodes { nodes } => nodes.iter().map(|n| n.len() + 8).sum::<usize>() + 16,
         }
@@ -129,6 +160,8 @@ pub enum Refusal {
     BadIdempotencyKey,
     /// A node list that cannot be placed (empty, a name twice, not a node name).
     BadNodes,
+    /// `PublishData`'s `data` is not one JSON value other than null.
+    BadData,
 }
 
 /// Longest idempotency key a command may carry, in bytes: the client protocol's
