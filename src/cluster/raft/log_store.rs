@@ -187,7 +187,7 @@ impl Durable {
     }
 
     /// The entries of `start..end` from the shard's tail, if it holds them all.
-    fn from_tail(
+    fn tail_entries(
         &self,
         shard: ShardId,
         start: Bound<u64>,
@@ -459,7 +459,7 @@ impl LogDb {
                 }))
             }
             Engine::Durable(durable) => {
-                if let Some(held) = durable.from_tail(shard, start, end) {
+                if let Some(held) = durable.tail_entries(shard, start, end) {
                     return Ok(held);
                 }
                 Self::read_durable(&durable.db, move |db| {
