@@ -10,6 +10,11 @@
 //!
 //! No harness: plain `std::time::Instant` over enough iterations that each row takes
 //! about half a second; the median of five such rounds is printed.
+//!
+//! Run as a test (`cargo test --all-targets`, `cargo nextest run --all-targets`, which
+//! call it without `--bench`), it times nothing: it answers libtest's `--list` with
+//! one test, `round_trip`, which checks that every payload size survives both
+//! encodings unchanged.
 use hubbub::cluster::wire::{self, Body, Bytes, Envelope, RaftCall, RpcKind};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -49,6 +54,45 @@ fn time<F: FnMut()>(mut f: F, budget: Duration) -> f64 {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if !args.iter().any(|a| a == "--bench") {
+        if args.iter().any(|a| a == "--list") {
+            // libtest's terse list, which nextest reads; no benchmarks outside `--bench`.
+            if !args.iter().any(|a| a == "--ignored") {
+                println!("round_trip: test");
+            }
+            return;
+        }
+        round_trip();
+        return;
+    }
+    bench();
+}
+
+/// Each payload size through the JSON envelope and through postcard, back unchanged.
+fn round_trip() {
+    for size in [0usize, 256, 4 << 10, 64 << 10, 1 << 20] {
+        let envelope = Envelope {
+            from: "node-a".into(),
+            inc: 42,
+            body: Body::RaftCall(call(size)),
+        };
+        let key = "0123456789abcdef0123456789abcdef";
+        let frame = wire::seal(key, &wire::encode(&envelope));
+        let back = wire::decode(&frame).expect("a sealed frame decodes");
+        assert_eq!(
+            back.envelope.body, envelope.body,
+            "JSON envelope, {size} bytes"
+        );
+        let raw = call(size);
+        let bytes = postcard::to_stdvec(&raw).expect("postcard encodes");
+        let again: RaftCall = postcard::from_bytes(&bytes).expect("postcard decodes");
+        assert_eq!(again, raw, "postcard, {size} bytes");
+    }
+    println!("round_trip: ok");
+}
+
+fn bench() {
     let budget = Duration::from_millis(500);
     println!(
         "{:>10} {:>12} {:>14} {:>12} {:>14} {:>8}",
