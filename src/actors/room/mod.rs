@@ -48,7 +48,7 @@ use presence_batch::PresenceBatch;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use ractor_cluster::RactorMessage;
 use state::{MemberChanges, RoomState};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,6 +62,12 @@ type PublishReply = RpcReplyPort<Result<ReplyData, ErrorBody>>;
 struct Body {
     content: String,
     data: Option<MessageData>,
+    /// The connection that gets no `message` frame (`except_sender`).
+    except: Option<ActorId>,
+    /// The message id to stamp, when the caller chose it: one publish to several
+    /// rooms (protocol v1 `publish.rooms`, server API `broadcast`) has one id in
+    /// every room. None: the room stamps a fresh UUIDv7.
+    id: Option<String>,
 }
 
 /// How long a committed publish waits to be delivered here before it is answered
@@ -99,8 +105,12 @@ pub enum RoomMessage {
         content: String,
         /// Protocol v1 `publish.data`, checked by the session.
         data: Option<MessageData>,
+        /// Protocol v1 `publish.except_sender`: `session` gets no `message` frame.
+        except_sender: bool,
         /// The client's key for retries (protocol v1 `publish.idempotency_key`).
         idempotency_key: Option<String>,
+        /// The id the session chose (a publish to several rooms); None: a fresh one.
+        id: Option<String>,
         reply: RpcReplyPort<Result<ReplyData, ErrorBody>>,
     },
     /// A publish from the server API (docs/api.md): no connection of the sender need
@@ -110,6 +120,8 @@ pub enum RoomMessage {
         content: String,
         data: Option<MessageData>,
         idempotency_key: Option<String>,
+        /// The id the call chose (`broadcast`: one id in every room); None: a fresh one.
+        id: Option<String>,
         reply: RpcReplyPort<Result<ReplyData, ErrorBody>>,
     },
     Typing {
@@ -142,6 +154,8 @@ pub enum RoomMessage {
     PresenceTick,
     /// A publish's append finished (from the room's own append task).
     Appended {
+        /// The id the Room stamped on the message it sent.
+        sent: String,
         result: Result<Appended, ErrorBody>,
         reply: PublishReply,
     },
@@ -184,6 +198,10 @@ pub struct Room {
     remote_read: bool,
     /// Publishes committed past what was delivered here, by seq.
     acks: BTreeMap<u64, Vec<(Appended, PublishReply)>>,
+    /// Messages published here with `except_sender`, by id, and the connection that
+    /// sent each: it gets no `message` frame of it. Entries live while the publish is
+    /// in flight.
+    except: HashMap<String, ActorId>,
     idle_ttl: Duration,
     /// The pending idle timer, aborted when another is armed or the room stops.
     idle_timer: Option<IdleTimer>,
@@ -237,6 +255,7 @@ impl Actor for RoomActor {
             remote: BTreeMap::new(),
             remote_read: false,
             acks: BTreeMap::new(),
+            except: HashMap::new(),
             idle_ttl: Duration::from_secs(settings.rooms.idle_ttl_secs),
             idle_timer: None,
             retiring: false,
@@ -342,13 +361,20 @@ impl Room {
                 from,
                 content,
                 data,
+                except_sender,
                 idempotency_key,
+                id,
                 reply,
             } => self.publish(
                 myself,
                 &session,
                 from,
-                Body { content, data },
+                Body {
+                    content,
+                    data,
+                    except: except_sender.then_some(session),
+                    id,
+                },
                 idempotency_key,
                 reply,
             ),
@@ -357,9 +383,16 @@ impl Room {
                 content,
                 data,
                 idempotency_key,
+                id,
                 reply,
             } => {
-                self.append(myself, from, Body { content, data }, idempotency_key, reply);
+                let body = Body {
+                    content,
+                    data,
+                    except: None,
+                    id,
+                };
+                self.append(myself, from, body, idempotency_key, reply);
                 // A room started for the server API alone retires like any empty room.
                 self.arm_idle_timer(myself);
             }
@@ -401,7 +434,11 @@ impl Room {
             RoomMessage::Rename { user_id, name } => self.rename(UserInfo { id: user_id, name }),
             RoomMessage::IdleCheck { generation } => self.idle_check(myself, generation),
             RoomMessage::PresenceTick => self.flush_presence(),
-            RoomMessage::Appended { result, reply } => self.appended(myself, result, reply),
+            RoomMessage::Appended {
+                sent,
+                result,
+                reply,
+            } => self.appended(myself, &sent, result, reply),
             RoomMessage::AckDue { seq } => self.release_acks(seq),
             RoomMessage::Committed(messages) => {
                 for message in messages {
@@ -496,7 +533,8 @@ impl Room {
     /// Shows the next message to this node's connections and keeps it in the ring.
     fn deliver(&mut self, message: ChatMessage) {
         let seq = message.seq;
-        self.state.push_message(&message);
+        let except = self.except.remove(&message.id);
+        self.state.push_message(&message, except.as_ref());
         self.state.remember(message);
         self.release_acks(seq);
     }
@@ -508,6 +546,8 @@ impl Room {
                 break;
             }
             for (appended, reply) in entry.remove() {
+                // Delivered (or skipped by a gap): its entry, if any, is done with.
+                self.except.remove(&appended.id);
                 let _ = reply.send(Ok(publish_reply(appended)));
             }
         }
@@ -658,7 +698,12 @@ impl Room {
         idempotency_key: Option<String>,
         reply: PublishReply,
     ) {
-        let Body { content, data } = body;
+        let Body {
+            content,
+            data,
+            except,
+            id,
+        } = body;
         let content = match self.state.behaviour.on_publish_with_data(
             &self.state.name,
             &from,
@@ -671,7 +716,16 @@ impl Room {
                 return;
             }
         };
+        let id = id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        if let Some(session) = except {
+            // Removed when the message is delivered here, or when the append fails,
+            // was a retry or was passed by a gap (`appended`, `release_acks`): at most
+            // one per publish in flight, and those are bounded per session.
+            self.except.insert(id.clone(), session);
+        }
+        let sent = id.clone();
         let append = self.ports.log.append(Append {
+            id,
             room: self.room(),
             from,
             content,
@@ -681,9 +735,13 @@ impl Room {
         let room = myself.clone();
         tokio::spawn(async move {
             let result = append.await;
-            if let Err(ractor::MessagingErr::SendErr(RoomMessage::Appended { result, reply })) =
-                room.cast(RoomMessage::Appended { result, reply })
-            {
+            if let Err(ractor::MessagingErr::SendErr(RoomMessage::Appended {
+                result, reply, ..
+            })) = room.cast(RoomMessage::Appended {
+                sent,
+                result,
+                reply,
+            }) {
                 // The room stopped meanwhile: the answer is still the answer.
                 let _ = reply.send(result.map(publish_reply));
             }
@@ -695,20 +753,29 @@ impl Room {
     fn appended(
         &mut self,
         myself: &ActorRef<RoomMessage>,
+        sent: &str,
         result: Result<Appended, ErrorBody>,
         reply: PublishReply,
     ) {
         let appended = match result {
             Ok(appended) => appended,
             Err(error) => {
+                // Nothing of this id will be delivered.
+                self.except.remove(sent);
                 let _ = reply.send(Err(error));
                 return;
             }
         };
+        if appended.duplicate {
+            // A retry: nothing new is delivered (the original was, or will be).
+            self.except.remove(sent);
+        }
         if appended.seq > self.state.seq {
             self.catch_up();
         }
         if appended.seq <= self.state.seq {
+            // Delivered here already (or passed by a gap): its entry is done with.
+            self.except.remove(sent);
             let _ = reply.send(Ok(publish_reply(appended)));
             return;
         }
