@@ -70,6 +70,13 @@ struct Body {
     id: Option<String>,
 }
 
+/// A publish with `except_sender` in flight here: the connection that gets no
+/// `message` frame of it, and the message's `seq` once the log has answered.
+struct Except {
+    session: ActorId,
+    seq: Option<u64>,
+}
+
 /// How long a committed publish waits to be delivered here before it is answered
 /// anyway (it is committed: the answer is true either way).
 pub const ACK_WAIT: Duration = Duration::from_secs(1);
@@ -199,9 +206,10 @@ pub struct Room {
     /// Publishes committed past what was delivered here, by seq.
     acks: BTreeMap<u64, Vec<(Appended, PublishReply)>>,
     /// Messages published here with `except_sender`, by id, and the connection that
-    /// sent each: it gets no `message` frame of it. Entries live while the publish is
-    /// in flight.
-    except: HashMap<String, ActorId>,
+    /// sent each: it gets no `message` frame of it. An entry lives until its message
+    /// is delivered here or passed by a gap, or its append fails or was a retry: at
+    /// most one per publish in flight, and a session has a bounded number of those.
+    except: HashMap<String, Except>,
     idle_ttl: Duration,
     /// The pending idle timer, aborted when another is armed or the room stops.
     idle_timer: Option<IdleTimer>,
@@ -515,6 +523,10 @@ impl Room {
             self.state.broadcast(&encode(&frame), None);
             self.state.seq = last_missing;
             self.state.pushed = last_missing;
+            // `except_sender` entries of messages the gap passed will never be
+            // delivered here.
+            self.except
+                .retain(|_, e| e.seq.is_none_or(|seq| seq > last_missing));
         }
         for message in read.messages {
             if message.seq == self.state.seq + 1 {
@@ -533,7 +545,7 @@ impl Room {
     /// Shows the next message to this node's connections and keeps it in the ring.
     fn deliver(&mut self, message: ChatMessage) {
         let seq = message.seq;
-        let except = self.except.remove(&message.id);
+        let except = self.except.remove(&message.id).map(|e| e.session);
         self.state.push_message(&message, except.as_ref());
         self.state.remember(message);
         self.release_acks(seq);
@@ -546,8 +558,8 @@ impl Room {
                 break;
             }
             for (appended, reply) in entry.remove() {
-                // Delivered (or skipped by a gap): its entry, if any, is done with.
-                self.except.remove(&appended.id);
+                // Answered, delivered here or not (`ACK_WAIT`): an `except_sender`
+                // entry stays until its message is delivered or passed by a gap.
                 let _ = reply.send(Ok(publish_reply(appended)));
             }
         }
@@ -718,10 +730,9 @@ impl Room {
         };
         let id = id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
         if let Some(session) = except {
-            // Removed when the message is delivered here, or when the append fails,
-            // was a retry or was passed by a gap (`appended`, `release_acks`): at most
-            // one per publish in flight, and those are bounded per session.
-            self.except.insert(id.clone(), session);
+            // Removed by `deliver`, `appended` or a gap in `catch_up`.
+            self.except
+                .insert(id.clone(), Except { session, seq: None });
         }
         let sent = id.clone();
         let append = self.ports.log.append(Append {
@@ -778,6 +789,10 @@ impl Room {
             self.except.remove(sent);
             let _ = reply.send(Ok(publish_reply(appended)));
             return;
+        }
+        if let Some(except) = self.except.get_mut(sent) {
+            // Known now, so a gap that passes it can drop the entry (`catch_up`).
+            except.seq = Some(appended.seq);
         }
         let seq = appended.seq;
         self.acks.entry(seq).or_default().push((appended, reply));
