@@ -47,7 +47,8 @@ use tokio::sync::OwnedSemaphorePermit;
 /// The least time between two typing events this session forwards to one room.
 const TYPING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Publishes one session may have handed to rooms and not yet had answered; past it
+/// Publishes one session may have handed to rooms and not yet had answered (a
+/// publish to several rooms counts one per room); past it
 /// the session waits for each publish's answer before reading the next frame.
 const MAX_PUBLISHES_IN_FLIGHT: usize = 64;
 
@@ -398,7 +399,9 @@ impl Actor for SessionActor {
                 state.answers.fill(&state.outbox, slot, encode(&reply));
             }
             SessionMessage::PublishedRooms(published) => {
-                state.answers.in_flight = state.answers.in_flight.saturating_sub(1);
+                // One in flight per room (`start_publish_rooms`).
+                let rooms = published.outcome.answers.len();
+                state.answers.in_flight = state.answers.in_flight.saturating_sub(rooms);
                 let RoomsAnswer {
                     slot,
                     reference,
@@ -502,11 +505,15 @@ impl SessionActor {
                     except_sender,
                     idempotency_key,
                 };
+                // Each room's message counts as one publish in flight, so that what a
+                // session has handed to rooms is bounded in messages (and so in bytes)
+                // as for single publishes; past the bound it waits for the answers.
+                let count = publish.rooms.len();
                 match self.start_publish_rooms(myself, state, publish) {
                     Err(error) => Err(error),
-                    Ok(pending) if state.answers.in_flight < MAX_PUBLISHES_IN_FLIGHT => {
+                    Ok(pending) if state.answers.in_flight + count <= MAX_PUBLISHES_IN_FLIGHT => {
                         let slot = state.answers.reserve();
-                        state.answers.in_flight += 1;
+                        state.answers.in_flight += count;
                         let me = myself.clone();
                         let reference = reference.clone();
                         tokio::spawn(async move {

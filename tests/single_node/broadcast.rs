@@ -194,3 +194,31 @@ async fn a_publish_to_several_rooms_counts_one_message_per_room() {
         assert_eq!(seq_of(&mut alice, room).await, 1, "{room}");
     }
 }
+
+/// Publishes to several rooms sent back to back, more messages than a session keeps
+/// in flight (64; each room counts one): every one is answered, in the order sent,
+/// and each room's seqs follow that order.
+#[tokio::test]
+async fn many_publishes_to_several_rooms_in_flight_are_all_answered_in_order() {
+    let node = TestNode::start().await;
+    let mut alice = node.connect("alice", "Alice").await;
+    let rooms: Vec<String> = (0..16).map(|i| format!("many-{i}")).collect();
+    for room in &rooms {
+        alice.join(room).await;
+    }
+    let mut refs = Vec::new();
+    for i in 0..8 {
+        let frame = json!({"type": "publish", "rooms": rooms, "content": format!("m{i}")});
+        refs.push(alice.send_request(frame).await);
+    }
+    for (i, reference) in refs.iter().enumerate() {
+        let reply = alice.reply_to(reference).await;
+        assert_eq!(reply["ok"], true, "{reply}");
+        let results = reply["data"]["results"].as_array().expect("results");
+        assert_eq!(results.len(), 16);
+        for result in results {
+            assert_eq!(result["ok"], true, "{result}");
+            assert_eq!(result["seq"], i as u64 + 1, "{reply}");
+        }
+    }
+}
