@@ -10,8 +10,9 @@
 use hubbub::protocol::{
     close, decode_client_frame, encode, validate_display_name, validate_idempotency_key,
     validate_user_id, ChatMessage, ClientFrame, DirectFrame, ErrorBody, ErrorCode, FrameError,
-    Member, MessageData, Ref, ReplyData, Request, RoomName, ServerFrame, UserInfo,
-    MAX_HISTORY_LIMIT, MAX_IDEMPOTENCY_KEY_BYTES, MAX_NAME_CHARS, PROTOCOL_VERSION,
+    Member, MessageData, Ref, ReplyData, Request, RoomName, RoomPublished, ServerFrame, UserInfo,
+    MAX_HISTORY_LIMIT, MAX_IDEMPOTENCY_KEY_BYTES, MAX_NAME_CHARS, MAX_PUBLISH_ROOMS,
+    PROTOCOL_VERSION,
 };
 use serde_json::{json, Value};
 
@@ -217,6 +218,47 @@ fn reply_publish_of_a_retry() {
             },
         ),
         r#"{"type":"reply","ref":4,"ok":true,"data":{"id":"01912f4e-7b3a-7c21-9d4e-5a6b7c8d9e0f","seq":4,"ts":1722500000000,"duplicate":true}}"#,
+    );
+}
+
+/// *(v1 addition)* The answer to a `publish` with `rooms`: the one `id`, then a result
+/// per room in the order named: `ok` with that room's `id`, `seq` and `ts`, or not
+/// `ok` with that room's `error`. The reply itself is `ok` either way.
+#[test]
+fn reply_publish_to_several_rooms() {
+    let results = vec![
+        RoomPublished::new(
+            "lobby",
+            Ok(ReplyData::Publish {
+                id: MESSAGE_ID.to_owned(),
+                seq: 4,
+                ts: TS,
+                duplicate: false,
+            }),
+        ),
+        RoomPublished::new(
+            "news",
+            Ok(ReplyData::Publish {
+                id: MESSAGE_ID.to_owned(),
+                seq: 9,
+                ts: TS,
+                duplicate: true,
+            }),
+        ),
+        RoomPublished::new(
+            "quiet",
+            Err(ErrorBody::new(ErrorCode::Forbidden, "the room refused it")),
+        ),
+    ];
+    pin(
+        &ServerFrame::ok(
+            reference("5"),
+            ReplyData::PublishRooms {
+                id: MESSAGE_ID.to_owned(),
+                results,
+            },
+        ),
+        r#"{"type":"reply","ref":5,"ok":true,"data":{"id":"01912f4e-7b3a-7c21-9d4e-5a6b7c8d9e0f","results":[{"room":"lobby","ok":true,"id":"01912f4e-7b3a-7c21-9d4e-5a6b7c8d9e0f","seq":4,"ts":1722500000000},{"room":"news","ok":true,"id":"01912f4e-7b3a-7c21-9d4e-5a6b7c8d9e0f","seq":9,"ts":1722500000000,"duplicate":true},{"room":"quiet","ok":false,"error":{"code":"forbidden","message":"the room refused it"}}]}}"#,
     );
 }
 
@@ -766,6 +808,7 @@ fn publish() {
             room: room("lobby"),
             content: "hello \"you\" ✓".to_owned(),
             data: None,
+            except_sender: false,
             idempotency_key: None,
         }
     );
@@ -777,6 +820,7 @@ fn publish() {
             room: room("lobby"),
             content: "  ".to_owned(),
             data: None,
+            except_sender: false,
             idempotency_key: None,
         }
     );
@@ -795,6 +839,7 @@ fn publish_with_data() {
             room: room("lobby"),
             content: "hi".to_owned(),
             data: MessageData::from_value(&json!({"a": null, "b": [1, 2.5, "x"]})),
+            except_sender: false,
             idempotency_key: None,
         }
     );
@@ -815,6 +860,7 @@ fn publish_with_data() {
             room: room("lobby"),
             content: "hi".to_owned(),
             data: None,
+            except_sender: false,
             idempotency_key: None,
         }
     );
@@ -835,6 +881,93 @@ fn publish_with_data() {
     );
 }
 
+/// *(v1 addition)* `except_sender`: a boolean, false when absent or null; anything
+/// else is a `bad_request` that keeps the `ref`.
+#[test]
+fn publish_except_sender() {
+    assert_eq!(
+        request(r#"{"type":"publish","room":"lobby","content":"hi","except_sender":true}"#),
+        Request::Publish {
+            room: room("lobby"),
+            content: "hi".to_owned(),
+            data: None,
+            except_sender: true,
+            idempotency_key: None,
+        }
+    );
+    for flag in ["false", "null"] {
+        let text =
+            format!(r#"{{"type":"publish","room":"lobby","content":"hi","except_sender":{flag}}}"#);
+        let Request::Publish { except_sender, .. } = request(&text) else {
+            panic!("{text} is a publish");
+        };
+        assert!(!except_sender, "{text}");
+    }
+    refused_with(
+        r#"{"type":"publish","room":"lobby","content":"hi","except_sender":"yes","ref":9}"#,
+        ErrorCode::BadRequest,
+        json!(9),
+    );
+}
+
+/// *(v1 addition)* `rooms` instead of `room`: 1 to 16 valid names, a name given twice
+/// counts once (first place kept); `room` and `rooms` together, or neither, is a
+/// `bad_request`; a bad name in the list is `invalid_room`, as for `room`.
+#[test]
+fn publish_to_several_rooms() {
+    assert_eq!(
+        request(
+            r#"{"type":"publish","rooms":["b","a","b"],"content":"hi","data":1,"except_sender":true,"idempotency_key":"k"}"#
+        ),
+        Request::PublishRooms {
+            rooms: vec![room("b"), room("a")],
+            content: "hi".to_owned(),
+            data: MessageData::from_value(&json!(1)),
+            except_sender: true,
+            idempotency_key: Some("k".to_owned()),
+        }
+    );
+    assert_eq!(MAX_PUBLISH_ROOMS, 16, "docs/protocol.md states 16");
+    let most: Vec<String> = (0..MAX_PUBLISH_ROOMS).map(|i| format!("r{i}")).collect();
+    let text = json!({"type": "publish", "rooms": most, "content": "hi"}).to_string();
+    assert!(matches!(request(&text), Request::PublishRooms { rooms, .. } if rooms.len() == 16));
+    let too_many: Vec<String> = (0..=MAX_PUBLISH_ROOMS).map(|i| format!("r{i}")).collect();
+    let text = json!({"type": "publish", "rooms": too_many, "content": "hi", "ref": 1}).to_string();
+    refused_with(&text, ErrorCode::BadRequest, json!(1));
+    for (text, code) in [
+        (
+            r#"{"type":"publish","rooms":[],"content":"hi","ref":2}"#,
+            ErrorCode::BadRequest,
+        ),
+        (
+            r#"{"type":"publish","room":"a","rooms":["b"],"content":"hi","ref":2}"#,
+            ErrorCode::BadRequest,
+        ),
+        (
+            r#"{"type":"publish","content":"hi","ref":2}"#,
+            ErrorCode::BadRequest,
+        ),
+        (
+            r#"{"type":"publish","rooms":"a","content":"hi","ref":2}"#,
+            ErrorCode::BadRequest,
+        ),
+        (
+            r#"{"type":"publish","rooms":["a",7],"content":"hi","ref":2}"#,
+            ErrorCode::BadRequest,
+        ),
+        (
+            r#"{"type":"publish","rooms":["a"],"ref":2}"#,
+            ErrorCode::BadRequest,
+        ),
+        (
+            r#"{"type":"publish","rooms":["a","no spaces"],"content":"hi","ref":2}"#,
+            ErrorCode::InvalidRoom,
+        ),
+    ] {
+        refused_with(text, code, json!(2));
+    }
+}
+
 /// *(v1 addition)* `idempotency_key`: kept exactly as sent (untrimmed, any Unicode),
 /// up to [`MAX_IDEMPOTENCY_KEY_BYTES`] bytes of UTF-8; null is the same as absent.
 #[test]
@@ -848,6 +981,7 @@ fn publish_with_an_idempotency_key() {
             room: room("lobby"),
             content: "hi".to_owned(),
             data: None,
+            except_sender: false,
             idempotency_key: Some("0191-retry-1".to_owned()),
         }
     );
@@ -858,6 +992,7 @@ fn publish_with_an_idempotency_key() {
             room: room("lobby"),
             content: "hi".to_owned(),
             data: None,
+            except_sender: false,
             idempotency_key: None,
         }
     );
@@ -874,6 +1009,7 @@ fn publish_with_an_idempotency_key() {
                 room: room("lobby"),
                 content: "hi".to_owned(),
                 data: None,
+                except_sender: false,
                 idempotency_key: Some(key.to_owned()),
             },
             "{key:?}"
@@ -1052,6 +1188,7 @@ fn a_lone_surrogate_is_bad_request_with_a_clear_message() {
             room: room("lobby"),
             content: "\u{1F600}".to_owned(),
             data: None,
+            except_sender: false,
             idempotency_key: None,
         }
     );
@@ -1119,6 +1256,7 @@ fn unknown_fields_are_ignored() {
             room: room("lobby"),
             content: "hi".to_owned(),
             data: None,
+            except_sender: false,
             idempotency_key: None,
         }
     );

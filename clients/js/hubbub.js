@@ -699,9 +699,12 @@ export class HubbubClient {
    * members get it as sent in the message's `data`. While offline or rejoining it waits in a bounded queue;
    * `unavailable`, `internal`, timeouts and lost connections are retried with backoff
    * until `deadlineMs` (default: retryDeadlineMs) has passed since the call.
+   * `exceptSender` (protocol v1 addition): this connection gets no `message` of it
+   * (the user's other connections do); the id is remembered so that a resume that
+   * replays it from history does not emit it either.
    * Resolves with `{id, seq, ts, duplicate?}`.
    */
-  async publish(name, content, { idempotencyKey, deadlineMs, data } = {}) {
+  async publish(name, content, { idempotencyKey, deadlineMs, data, exceptSender } = {}) {
     const room = this.rooms.get(name);
     if (!room) throw new HubbubError('not_joined', `join ${name} first`);
     const key = idempotencyKey || randomKey();
@@ -733,12 +736,15 @@ export class HubbubClient {
           const frame = { type: 'publish', room: name, idempotency_key: key };
           if (content != null && !(content === '' && data != null)) frame.content = content;
           if (data != null) frame.data = data;
+          if (exceptSender) frame.except_sender = true;
           const reply = this.request(
             frame,
             { timeoutMs: Math.max(1, Math.min(this.options.requestTimeoutMs, deadline - Date.now())) },
           );
           sent();
-          return await reply;
+          const answer = await reply;
+          if (exceptSender && answer && answer.id != null) room.ids.add(answer.id);
+          return answer;
         } catch (e) {
           if (!isRetryable(e) && e.code !== 'offline') throw e;
           if (e.code === 'not_joined' && this.rooms.get(name) !== room) throw e;
@@ -757,6 +763,75 @@ export class HubbubClient {
       sent();
       release();
     }
+  }
+
+  /**
+   * Publishes one message to several joined rooms at once (protocol v1 `publish` with
+   * `rooms`, at most 16): one id in every room, each room its own seq. Options as for
+   * `publish`. The rooms whose result is a passing failure (`unavailable`, `internal`)
+   * are sent again, with the same idempotency key, until `deadlineMs`; a failure of
+   * the whole request is retried as `publish` does. Resolves with
+   * `{id, results: [{room, ok, id?, seq?, ts?, duplicate?, error?}]}`, a result per
+   * room in the order given: read each `ok`. Not queued while offline, and not
+   * ordered after publishes of the same rooms still in flight.
+   */
+  async publishRooms(names, content, { idempotencyKey, deadlineMs, data, exceptSender } = {}) {
+    if (!Array.isArray(names) || names.length === 0) throw new HubbubError('bad_request', 'rooms must be a non-empty array');
+    const wanted = [...new Set(names)];
+    for (const name of wanted) {
+      if (!this.rooms.get(name)) throw new HubbubError('not_joined', `join ${name} first`);
+    }
+    const key = idempotencyKey || randomKey();
+    const deadline = Date.now() + (deadlineMs ?? this.options.retryDeadlineMs);
+    const results = new Map();
+    let id = null;
+    let pending = wanted;
+    for (let attempt = 0; ; attempt++) {
+      let wait = 0;
+      let failure = null;
+      try {
+        for (const name of pending) {
+          const room = this.rooms.get(name);
+          if (!room) throw new HubbubError('not_joined', `join ${name} first`);
+          if (room.state !== 'joined') await this._waitJoined(room, deadline);
+        }
+        if (Date.now() >= deadline) throw new HubbubError('timeout', `not published within ${deadlineMs ?? this.options.retryDeadlineMs} ms`);
+        const frame = { type: 'publish', rooms: pending, idempotency_key: key };
+        if (content != null && !(content === '' && data != null)) frame.content = content;
+        if (data != null) frame.data = data;
+        if (exceptSender) frame.except_sender = true;
+        const answer = await this.request(
+          frame,
+          { timeoutMs: Math.max(1, Math.min(this.options.requestTimeoutMs, deadline - Date.now())) },
+        );
+        if (id == null) id = answer.id;
+        for (const r of answer.results || []) {
+          results.set(r.room, r);
+          const room = this.rooms.get(r.room);
+          if (exceptSender && r.ok && r.id != null && room) room.ids.add(r.id);
+        }
+        pending = pending.filter((name) => {
+          const r = results.get(name);
+          return r && !r.ok && r.error && ['unavailable', 'internal'].includes(r.error.code);
+        });
+        if (pending.length === 0) break;
+        failure = new HubbubError(results.get(pending[0]).error.code, results.get(pending[0]).error.message);
+      } catch (e) {
+        if (!isRetryable(e) && e.code !== 'offline') throw e;
+        if (e.code === 'not_joined' && !pending.every((name) => this.rooms.get(name))) throw e;
+        failure = e;
+        wait = e.retryAfterMs || 0;
+      }
+      wait = wait || backoff(attempt, this.options.backoffMinMs, this.options.backoffMaxMs);
+      if (Date.now() + wait >= deadline) {
+        // Out of time: what the rooms answered so far, or the failure if none did.
+        if (results.size === 0) throw failure;
+        break;
+      }
+      this._emit('retry', { op: 'publish', room: pending.join(','), error: failure, attempt: attempt + 1, waitMs: wait });
+      await new Promise((resolve) => this._timer(wait, resolve));
+    }
+    return { id, results: wanted.map((name) => results.get(name)) };
   }
 
   /** A direct message to `to` (every connection of that user). */

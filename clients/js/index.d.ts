@@ -77,6 +77,26 @@ export interface RoomInfo {
   members: Map<string, Member>;
 }
 export interface PublishResult { id: string; seq: number; ts: number; duplicate?: boolean; }
+export interface PublishOptions {
+  idempotencyKey?: string;
+  deadlineMs?: number;
+  /** Protocol v1 addition: structured data, any JSON value. */
+  data?: unknown;
+  /** Protocol v1 addition: this connection gets no `message` of it (the user's other connections do). */
+  exceptSender?: boolean;
+}
+/** One room's part of a `publishRooms`: `ok` with the message's id, seq and ts, or the room's error. */
+export interface RoomPublishResult {
+  room: string;
+  ok: boolean;
+  id?: string;
+  seq?: number;
+  ts?: number;
+  duplicate?: boolean;
+  error?: { code: string; message: string; retry_after_ms?: number };
+}
+/** A publish to several rooms: the one id, a result per room in the order given. */
+export interface PublishRoomsResult { id: string; results: RoomPublishResult[]; }
 
 export interface ClientEvents {
   state: { state: ConnectionState; retryAt: number; node: string | null; url: string | null; error: HubbubError | null };
@@ -115,7 +135,9 @@ export class HubbubClient {
   leave(room: string): Promise<void>;
   roomInfo(room: string): RoomInfo | undefined;
   /** `content` may be null (or '') when `options.data` is given. */
-  publish(room: string, content: string | null, options?: { idempotencyKey?: string; deadlineMs?: number; data?: unknown }): Promise<PublishResult>;
+  publish(room: string, content: string | null, options?: PublishOptions): Promise<PublishResult>;
+  /** Protocol v1 addition: one message to up to 16 joined rooms; read each result's `ok`. */
+  publishRooms(rooms: string[], content: string | null, options?: PublishOptions): Promise<PublishRoomsResult>;
   direct(to: string, content: string): Promise<{ id: string; ts: number; delivered: number }>;
   rename(name: string): Promise<{ user: UserInfo }>;
   history(room: string, options?: { before?: number; after?: number; limit?: number }):

@@ -24,18 +24,20 @@ const SWEEP_EVERY: u64 = 4096;
 /// One token bucket per user; `None` inside when the limit is off.
 pub struct MessageRate {
     limiter: Option<DefaultKeyedRateLimiter<String>>,
+    /// The bucket's size (`rate_limit.burst`, at least 1).
+    burst: NonZeroU32,
     checks: AtomicU64,
 }
 
 impl MessageRate {
     /// The limiter `[rate_limit]` describes; off when `messages_per_minute` is 0.
     pub fn new(settings: &RateLimitSettings) -> Self {
-        let limiter = NonZeroU32::new(settings.messages_per_minute).map(|rate| {
-            let burst = NonZeroU32::new(settings.burst).unwrap_or(NonZeroU32::MIN);
-            RateLimiter::keyed(Quota::per_minute(rate).allow_burst(burst))
-        });
+        let burst = NonZeroU32::new(settings.burst).unwrap_or(NonZeroU32::MIN);
+        let limiter = NonZeroU32::new(settings.messages_per_minute)
+            .map(|rate| RateLimiter::keyed(Quota::per_minute(rate).allow_burst(burst)));
         Self {
             limiter,
+            burst,
             checks: AtomicU64::new(0),
         }
     }
@@ -43,6 +45,14 @@ impl MessageRate {
     /// Takes one message from `user`'s bucket; the `rate_limited` error to answer
     /// with when it is empty.
     pub fn check(&self, user: &str) -> Result<(), ErrorBody> {
+        self.check_n(user, 1)
+    }
+
+    /// Takes `n` messages from `user`'s bucket at once (a publish to `n` rooms), or
+    /// none: the `rate_limited` error when fewer are left. `n` counts as at most the
+    /// bucket's size, so a publish to more rooms than `burst` needs a full bucket
+    /// rather than being refused for ever.
+    pub fn check_n(&self, user: &str, n: usize) -> Result<(), ErrorBody> {
         let Some(limiter) = &self.limiter else {
             return Ok(());
         };
@@ -50,7 +60,12 @@ impl MessageRate {
             limiter.retain_recent();
             limiter.shrink_to_fit();
         }
-        let Err(not_until) = limiter.check_key(&user.to_owned()) else {
+        let n = u32::try_from(n)
+            .ok()
+            .and_then(NonZeroU32::new)
+            .map_or(NonZeroU32::MIN, |n| n.min(self.burst));
+        let Ok(Err(not_until)) = limiter.check_key_n(&user.to_owned(), n) else {
+            // Ok(Ok): taken. Err: n over the bucket's size, which the clamp rules out.
             return Ok(());
         };
         let wait = not_until.wait_time_from(DefaultClock::default().now());
@@ -85,6 +100,23 @@ mod tests {
         let retry = limited.retry_after_ms.unwrap();
         assert!((1..=1_000).contains(&retry), "{retry}");
         assert!(rate.check("bob").is_ok());
+    }
+
+    #[test]
+    fn a_publish_to_several_rooms_takes_one_message_per_room_or_none() {
+        let rate = MessageRate::new(&settings(60, 5));
+        assert!(rate.check_n("alice", 3).is_ok());
+        // Two left: three more are refused and take nothing.
+        assert_eq!(
+            rate.check_n("alice", 3).unwrap_err().code,
+            ErrorCode::RateLimited
+        );
+        assert!(rate.check_n("alice", 2).is_ok());
+        assert!(rate.check("alice").is_err());
+        // More rooms than the burst need a full bucket, not the impossible.
+        let fresh = MessageRate::new(&settings(60, 5));
+        assert!(fresh.check_n("carol", 16).is_ok());
+        assert!(fresh.check("carol").is_err());
     }
 
     #[test]

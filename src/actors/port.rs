@@ -29,6 +29,9 @@ pub type PortFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Append {
     pub room: String,
+    /// The message id (a UUIDv7), stamped by the Room so that it knows its own
+    /// message when the log delivers it (a `publish` with `except_sender`).
+    pub id: String,
     pub from: UserInfo,
     /// The content as the room's behaviour left it.
     pub content: String,

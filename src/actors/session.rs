@@ -22,6 +22,7 @@
 
 use super::churn::ChurnLimits;
 use super::outbox::{CloseOnDrop, Outbox};
+use super::port::PortFuture;
 use super::presence::PresenceMessage;
 use super::room::{JoinRequest, RoomMessage};
 use super::room_supervisor::RoomSupervisorMessage;
@@ -31,7 +32,8 @@ use crate::hooks::publish::{PublishCheck, Verdict};
 use crate::hooks::Connected;
 use crate::protocol::{
     close, encode, now_ms, ClientFrame, ConnectionInfo, ErrorBody, ErrorCode, FrameError,
-    MessageData, Ref, ReplyData, Request, RoomName, ServerFrame, UserInfo, PROTOCOL_VERSION,
+    MessageData, Ref, ReplyData, Request, RoomName, RoomPublished, ServerFrame, UserInfo,
+    PROTOCOL_VERSION,
 };
 use crate::telemetry::Metrics;
 use bytestring::ByteString;
@@ -47,7 +49,8 @@ use tokio::sync::OwnedSemaphorePermit;
 /// The least time between two typing events this session forwards to one room.
 const TYPING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Publishes one session may have handed to rooms and not yet had answered; past it
+/// Publishes one session may have handed to rooms and not yet had answered (a
+/// publish to several rooms counts one per room); past it
 /// the session waits for each publish's answer before reading the next frame.
 const MAX_PUBLISHES_IN_FLIGHT: usize = 64;
 
@@ -86,6 +89,9 @@ pub enum SessionMessage {
     },
     /// A pipelined publish was answered by its room (or not in time).
     Published(PublishAnswer),
+    /// A pipelined publish to several rooms was answered by all of them (or not in
+    /// time).
+    PublishedRooms(RoomsAnswer),
     /// A server API call on this connection (docs/api.md), through Presence.
     Server {
         call: SessionCall,
@@ -122,6 +128,24 @@ pub struct PublishAnswer {
     received: Instant,
     answer: Result<Result<ReplyData, ErrorBody>, AskError>,
 }
+
+/// The answer to one pipelined publish to several rooms, for its slot in [`Answers`].
+pub struct RoomsAnswer {
+    slot: u64,
+    reference: Option<Ref>,
+    received: Instant,
+    outcome: RoomsOutcome,
+}
+
+/// What the rooms of a publish to several rooms answered: the one id it was given,
+/// and each room's answer in the order the rooms were named.
+pub struct RoomsOutcome {
+    id: String,
+    answers: Vec<(RoomName, RoomAnswer)>,
+}
+
+/// One room's answer to a publish, or why none came.
+type RoomAnswer = Result<Result<ReplyData, ErrorBody>, AskError>;
 
 /// The session's answers in the order their requests arrived: an answer whose
 /// request came after a publish still waiting for its commit waits behind it.
@@ -404,6 +428,20 @@ impl Actor for SessionActor {
                 count_answer(&self.ctx.metrics, "publish", received, &reply);
                 state.answers.fill(&state.outbox, slot, encode(&reply));
             }
+            SessionMessage::PublishedRooms(published) => {
+                // One in flight per room (`start_publish_rooms`).
+                let rooms = published.outcome.answers.len();
+                state.answers.in_flight = state.answers.in_flight.saturating_sub(rooms);
+                let RoomsAnswer {
+                    slot,
+                    reference,
+                    received,
+                    outcome,
+                } = published;
+                let reply = ServerFrame::ok(reference, rooms_reply(state, outcome));
+                count_answer(&self.ctx.metrics, "publish", received, &reply);
+                state.answers.fill(&state.outbox, slot, encode(&reply));
+            }
             SessionMessage::Server { call, reply } => {
                 let answer = match call {
                     SessionCall::Join(room) => {
@@ -463,6 +501,7 @@ impl SessionActor {
                 room,
                 content,
                 data,
+                except_sender,
                 idempotency_key,
             } => {
                 let key = idempotency_key.as_deref();
@@ -475,6 +514,7 @@ impl SessionActor {
                     room,
                     content,
                     data,
+                    except_sender,
                     idempotency_key,
                 };
                 if state.answers.in_flight < MAX_PUBLISHES_IN_FLIGHT {
@@ -485,6 +525,45 @@ impl SessionActor {
                     }
                 } else {
                     self.publish(myself, state, publish).await
+                }
+            }
+            Request::PublishRooms {
+                rooms,
+                content,
+                data,
+                except_sender,
+                idempotency_key,
+            } => {
+                let publish = PublishRooms {
+                    rooms,
+                    content,
+                    data,
+                    except_sender,
+                    idempotency_key,
+                };
+                // Each room's message counts as one publish in flight, so that what a
+                // session has handed to rooms is bounded in messages (and so in bytes)
+                // as for single publishes; past the bound it waits for the answers.
+                let count = publish.rooms.len();
+                match self.start_publish_rooms(myself, state, publish) {
+                    Err(error) => Err(error),
+                    Ok(pending) if state.answers.in_flight + count <= MAX_PUBLISHES_IN_FLIGHT => {
+                        let slot = state.answers.reserve();
+                        state.answers.in_flight += count;
+                        let me = myself.clone();
+                        let reference = reference.clone();
+                        tokio::spawn(async move {
+                            let outcome = pending.await;
+                            let _ = me.cast(SessionMessage::PublishedRooms(RoomsAnswer {
+                                slot,
+                                reference,
+                                received,
+                                outcome,
+                            }));
+                        });
+                        return None;
+                    }
+                    Ok(pending) => Ok(rooms_reply(state, pending.await)),
                 }
             }
             Request::Typing { room } => match state.rooms.get(&room) {
@@ -752,6 +831,7 @@ impl SessionActor {
             room,
             content,
             data,
+            except_sender,
             idempotency_key,
         } = publish;
         check_publish(&self.ctx, &content, data.as_ref())?;
@@ -764,7 +844,9 @@ impl SessionActor {
             from: state.user.clone(),
             content,
             data,
+            except_sender,
             idempotency_key,
+            id: None,
             reply: tx.into(),
         };
         if actor.cast(message).is_err() {
@@ -800,6 +882,7 @@ impl SessionActor {
             room,
             content,
             data,
+            except_sender,
             idempotency_key,
         } = publish;
         check_publish(&self.ctx, &content, data.as_ref())?;
@@ -813,13 +896,74 @@ impl SessionActor {
             from,
             content,
             data,
+            except_sender,
             // The room hands it to its log, which answers a key it has seen with the
             // original message (`duplicate: true` in the reply).
             idempotency_key,
+            id: None,
             reply,
         })
         .await;
         forget_if_gone(state, &room, answer).and_then(|inner| inner)
+    }
+
+    /// Hands a publish with `rooms` to each of its rooms, with one id for all; the
+    /// future gathers their answers. Refused as a whole (nothing published) when the
+    /// body breaks the content rules, a room is not joined, the access rules refuse
+    /// one room, or the user's message rate has fewer messages left than rooms.
+    fn start_publish_rooms(
+        &self,
+        myself: &ActorRef<SessionMessage>,
+        state: &mut SessionState,
+        publish: PublishRooms,
+    ) -> Result<PortFuture<RoomsOutcome>, ErrorBody> {
+        let PublishRooms {
+            rooms,
+            content,
+            data,
+            except_sender,
+            idempotency_key,
+        } = publish;
+        check_publish(&self.ctx, &content, data.as_ref())?;
+        let mut actors = Vec::with_capacity(rooms.len());
+        for room in &rooms {
+            let actor = state.rooms.get(room).ok_or_else(|| not_joined(room))?;
+            self.ctx.access.may_publish(room, &state.grants)?;
+            actors.push(actor.clone());
+        }
+        self.ctx.message_rate.check_n(&state.user.id, rooms.len())?;
+        let id = uuid::Uuid::now_v7().to_string();
+        let mut pending = Vec::with_capacity(rooms.len());
+        for (room, actor) in rooms.into_iter().zip(actors) {
+            let (tx, rx) = ractor::concurrency::oneshot();
+            let message = RoomMessage::Publish {
+                session: myself.get_id(),
+                from: state.user.clone(),
+                content: content.clone(),
+                data: data.clone(),
+                except_sender,
+                idempotency_key: idempotency_key.clone(),
+                id: Some(id.clone()),
+                reply: tx.into(),
+            };
+            let sent = actor.cast(message).is_ok();
+            pending.push((room, sent.then_some(rx)));
+        }
+        Ok(Box::pin(async move {
+            let answers = pending.into_iter().map(|(room, rx)| async move {
+                let answer = match rx {
+                    None => Err(AskError::Gone),
+                    Some(rx) => match tokio::time::timeout(super::ASK_TIMEOUT, rx).await {
+                        Ok(Ok(answer)) => Ok(answer),
+                        Ok(Err(_)) => Err(AskError::Gone),
+                        Err(_) => Err(AskError::Timeout),
+                    },
+                };
+                (room, answer)
+            });
+            let answers = futures_util::future::join_all(answers).await;
+            RoomsOutcome { id, answers }
+        }))
     }
 
     async fn direct(
@@ -983,7 +1127,34 @@ struct Publish {
     room: RoomName,
     content: String,
     data: Option<MessageData>,
+    except_sender: bool,
     idempotency_key: Option<String>,
+}
+
+/// A publish request with `rooms`.
+struct PublishRooms {
+    rooms: Vec<RoomName>,
+    content: String,
+    data: Option<MessageData>,
+    except_sender: bool,
+    idempotency_key: Option<String>,
+}
+
+/// The reply to a publish to several rooms: a result per room. A room that is gone
+/// is forgotten, as for any request to it.
+fn rooms_reply(state: &mut SessionState, outcome: RoomsOutcome) -> ReplyData {
+    let results = outcome
+        .answers
+        .into_iter()
+        .map(|(room, answer)| {
+            let answer = forget_if_gone(state, &room, answer).and_then(|inner| inner);
+            RoomPublished::new(room.as_str(), answer)
+        })
+        .collect();
+    ReplyData::PublishRooms {
+        id: outcome.id,
+        results,
+    }
 }
 
 /// Checks the connection's frame rate; the error to answer with when it is over.

@@ -216,12 +216,14 @@ async fn publish_in(
     content: &str,
     data: &Option<MessageData>,
     key: &Option<String>,
+    id: Option<&str>,
 ) -> Result<Value, ErrorBody> {
     let answer = ask_room(ctx, room, |reply| RoomMessage::ServerPublish {
         from: from.clone(),
         content: content.to_owned(),
         data: data.clone(),
         idempotency_key: key.clone(),
+        id: id.map(str::to_owned),
         reply,
     })
     .await??;
@@ -271,7 +273,7 @@ pub async fn publish(req: HttpRequest, payload: web::Payload, api: web::Data<Api
     let key = idempotency_key(call.idempotency_key)?;
     let (content, data) = body(call.content, &call.data)?;
     check_publish(&api.ctx, &content, data.as_ref())?;
-    let published = publish_in(&api.ctx, &room, &from, &content, &data, &key).await?;
+    let published = publish_in(&api.ctx, &room, &from, &content, &data, &key, None).await?;
     Ok(HttpResponse::Ok().json(published))
 }
 
@@ -312,9 +314,11 @@ pub async fn broadcast(req: HttpRequest, payload: web::Payload, api: web::Data<A
     let key = idempotency_key(call.idempotency_key)?;
     let (content, data) = body(call.content, &call.data)?;
     check_publish(&api.ctx, &content, data.as_ref())?;
+    // One message, one id in every room (as a client's `publish` with `rooms`).
+    let id = uuid::Uuid::now_v7().to_string();
     let publishes = rooms
         .iter()
-        .map(|room| publish_in(&api.ctx, room, &from, &content, &data, &key));
+        .map(|room| publish_in(&api.ctx, room, &from, &content, &data, &key, Some(&id)));
     let results: Vec<Value> = futures_util::future::join_all(publishes)
         .await
         .into_iter()
@@ -327,7 +331,7 @@ pub async fn broadcast(req: HttpRequest, payload: web::Payload, api: web::Data<A
             Err(error) => json!({ "room": room.as_str(), "ok": false, "error": error }),
         })
         .collect();
-    Ok(HttpResponse::Ok().json(json!({ "results": results })))
+    Ok(HttpResponse::Ok().json(json!({ "id": id, "results": results })))
 }
 
 #[derive(Deserialize)]

@@ -57,7 +57,7 @@ impl RoomLog for RaftRoomLog {
     fn append(&self, append: Append) -> PortFuture<Result<Appended, ErrorBody>> {
         let host = self.host.clone();
         let shard = self.shard(&append.room);
-        let id = uuid::Uuid::now_v7().to_string();
+        let id = append.id;
         let idempotency_key = Some(append.idempotency_key.unwrap_or_else(|| format!("~{id}")));
         let command = match append.data {
             None => ShardCommand::Publish {

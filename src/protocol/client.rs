@@ -22,6 +22,10 @@ pub const MAX_HISTORY_LIMIT: u32 = 1000;
 /// remembers a bounded number of keys, so this bounds their memory in bytes; the
 /// room logs (`cluster::raft`) check the same bound again on apply.
 pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 128;
+/// Most rooms one `publish` may name in `rooms` (protocol v1 addition). Each room is
+/// one message against the user's message rate, and the reply holds one result per
+/// room, so the count bounds both.
+pub const MAX_PUBLISH_ROOMS: usize = 16;
 
 /// The `ref` a client attaches to a frame: a string or a number, echoed in the reply.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -85,10 +89,24 @@ pub enum Request {
         /// Protocol v1 addition: structured data, any JSON value but `null`, beside or
         /// instead of `content`. Its size is checked by the session with the content's.
         data: Option<MessageData>,
+        /// Protocol v1 addition: the room sends the `message` frame to every joined
+        /// connection but this one (the sender's other connections get it).
+        except_sender: bool,
         /// Protocol v1 addition: the client's key for retries. A second `publish`
         /// with the same key in the same room is answered with the first one's `id`,
         /// `seq` and `ts` and publishes nothing. Checked by
         /// [`validate_idempotency_key`].
+        idempotency_key: Option<String>,
+    },
+    /// Protocol v1 addition: a `publish` with `rooms` instead of `room`, one message
+    /// to each room (distinct, in the order named; a room named twice counts once),
+    /// all with one `id`, each with its room's own `seq`.
+    PublishRooms {
+        rooms: Vec<RoomName>,
+        content: String,
+        data: Option<MessageData>,
+        except_sender: bool,
+        /// One key for every room: each room remembers it for itself.
         idempotency_key: Option<String>,
     },
     Typing {
@@ -126,7 +144,7 @@ impl Request {
         match self {
             Self::Join { .. } => "join",
             Self::Leave { .. } => "leave",
-            Self::Publish { .. } => "publish",
+            Self::Publish { .. } | Self::PublishRooms { .. } => "publish",
             Self::Typing { .. } => "typing",
             Self::History { .. } => "history",
             Self::Presence { .. } => "presence",
@@ -164,13 +182,21 @@ struct JoinFields {
 
 #[derive(Deserialize)]
 struct PublishFields {
-    room: String,
+    /// One room, or `rooms` (exactly one of the two).
+    #[serde(default)]
+    room: Option<String>,
+    /// Several rooms; null is the same as absent.
+    #[serde(default)]
+    rooms: Option<Vec<String>>,
     /// May be absent when `data` is given.
     #[serde(default)]
     content: Option<String>,
     /// Any JSON value; null is the same as absent.
     #[serde(default)]
     data: Value,
+    /// Null is the same as absent (false).
+    #[serde(default)]
+    except_sender: Option<bool>,
     /// Read as any JSON value so that a key of the wrong type gets the same clear
     /// message as a key out of bounds; null is the same as absent.
     #[serde(default)]
@@ -277,15 +303,34 @@ fn decode_request(kind: &str, value: &Value) -> Result<Request, ErrorBody> {
                     "bad `publish` frame: it needs `content`, `data` or both",
                 ));
             }
-            Request::Publish {
-                room: RoomName::parse(&f.room)?,
-                content: f.content.unwrap_or_default(),
-                data,
-                idempotency_key: match &f.idempotency_key {
-                    Value::Null => None,
-                    Value::String(key) => Some(validate_idempotency_key(key)?),
-                    _ => return Err(bad_idempotency_key()),
+            let content = f.content.unwrap_or_default();
+            let except_sender = f.except_sender.unwrap_or(false);
+            let idempotency_key = match &f.idempotency_key {
+                Value::Null => None,
+                Value::String(key) => Some(validate_idempotency_key(key)?),
+                _ => return Err(bad_idempotency_key()),
+            };
+            match (f.room, f.rooms) {
+                (Some(room), None) => Request::Publish {
+                    room: RoomName::parse(&room)?,
+                    content,
+                    data,
+                    except_sender,
+                    idempotency_key,
                 },
+                (None, Some(rooms)) => Request::PublishRooms {
+                    rooms: publish_rooms(&rooms)?,
+                    content,
+                    data,
+                    except_sender,
+                    idempotency_key,
+                },
+                _ => {
+                    return Err(ErrorBody::new(
+                        ErrorCode::BadRequest,
+                        "bad `publish` frame: it needs `room` or `rooms` (not both)",
+                    ))
+                }
             }
         }
         "typing" => Request::Typing {
@@ -332,6 +377,25 @@ fn decode_request(kind: &str, value: &Value) -> Result<Request, ErrorBody> {
             ));
         }
     })
+}
+
+/// The rooms of a `publish` with `rooms`: 1 to [`MAX_PUBLISH_ROOMS`] valid names;
+/// a name given twice counts once (the first place it appears is kept).
+fn publish_rooms(names: &[String]) -> Result<Vec<RoomName>, ErrorBody> {
+    if names.is_empty() || names.len() > MAX_PUBLISH_ROOMS {
+        return Err(ErrorBody::new(
+            ErrorCode::BadRequest,
+            format!("bad `publish` frame: `rooms` names 1 to {MAX_PUBLISH_ROOMS} rooms"),
+        ));
+    }
+    let mut rooms: Vec<RoomName> = Vec::with_capacity(names.len());
+    for name in names {
+        let room = RoomName::parse(name)?;
+        if !rooms.contains(&room) {
+            rooms.push(room);
+        }
+    }
+    Ok(rooms)
 }
 
 fn fields<T: for<'de> Deserialize<'de>>(kind: &str, value: &Value) -> Result<T, ErrorBody> {

@@ -14,14 +14,14 @@ mod server;
 pub use client::{
     decode_client_frame, validate_display_name, validate_idempotency_key, validate_user_id,
     ClientFrame, FrameError, Ref, Request, RoomName, MAX_HISTORY_LIMIT, MAX_IDEMPOTENCY_KEY_BYTES,
-    MAX_NAME_CHARS,
+    MAX_NAME_CHARS, MAX_PUBLISH_ROOMS,
 };
 pub use codes::{close, ErrorBody, ErrorCode};
 pub use data::MessageData;
 pub use server::{
     encode, json_len, max_message_list_bytes, ChatMessage, ConnectionInfo, DirectFrame, Member,
-    ReplyData, ServerFrame, UserInfo, MAX_MEMBER_BYTES, MESSAGE_OVERHEAD_BYTES, PROTOCOL_VERSION,
-    REPLY_ENVELOPE_BYTES,
+    ReplyData, RoomPublished, ServerFrame, UserInfo, MAX_MEMBER_BYTES, MESSAGE_OVERHEAD_BYTES,
+    PROTOCOL_VERSION, REPLY_ENVELOPE_BYTES,
 };
 
 /// Milliseconds since the Unix epoch, the unit of every `ts` field.

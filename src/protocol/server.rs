@@ -31,7 +31,8 @@ pub struct Member {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
     pub room: String,
-    /// Unique across the cluster (a UUIDv7).
+    /// A UUIDv7, unique within the room: one publish to several rooms (protocol v1
+    /// `publish.rooms`, server API `broadcast`) has the same id in each.
     pub id: String,
     /// Position in the room: 1 for the first message, one more for each next.
     pub seq: u64,
@@ -54,6 +55,62 @@ pub struct DirectFrame {
     pub from: UserInfo,
     pub content: String,
     pub ts: u64,
+}
+
+/// One room's result in a `publish` with `rooms` (protocol v1 addition): `ok` with
+/// the message's `id`, `seq` and `ts` (and `duplicate` on a retry), or not `ok` with
+/// the `error` that room answered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoomPublished {
+    pub room: String,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ts: Option<u64>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub duplicate: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+}
+
+impl RoomPublished {
+    /// A room's answer to its part of the publish.
+    pub fn new(room: &str, answer: Result<ReplyData, ErrorBody>) -> Self {
+        let mut result = Self {
+            room: room.to_owned(),
+            ok: false,
+            id: None,
+            seq: None,
+            ts: None,
+            duplicate: false,
+            error: None,
+        };
+        match answer {
+            Ok(ReplyData::Publish {
+                id,
+                seq,
+                ts,
+                duplicate,
+            }) => {
+                result.ok = true;
+                result.id = Some(id);
+                result.seq = Some(seq);
+                result.ts = Some(ts);
+                result.duplicate = duplicate;
+            }
+            Ok(_) => {
+                result.error = Some(ErrorBody::new(
+                    super::codes::ErrorCode::Internal,
+                    "the room answered a publish with something else",
+                ))
+            }
+            Err(error) => result.error = Some(error),
+        }
+        result
+    }
 }
 
 fn is_false(b: &bool) -> bool {
@@ -105,6 +162,13 @@ pub enum ReplyData {
         /// original message's. Absent (false) on a first publish.
         #[serde(default, skip_serializing_if = "is_false")]
         duplicate: bool,
+    },
+    /// Protocol v1 addition: the answer to a `publish` with `rooms`. `id` is the one
+    /// id of the message in every room; `results` has one entry per room, in the
+    /// order the rooms were named.
+    PublishRooms {
+        id: String,
+        results: Vec<RoomPublished>,
     },
     History {
         room: String,

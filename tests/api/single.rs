@@ -247,13 +247,20 @@ async fn broadcast_publishes_to_every_room_with_a_result_each() {
         .await;
     let results = answer["results"].as_array().unwrap();
     assert_eq!(results.len(), 3, "{answer}");
+    // One message: one id in every room, each room its own seq.
+    let id = answer["id"]
+        .as_str()
+        .expect("the broadcast's id")
+        .to_owned();
     for (result, room) in results.iter().zip(["r1", "r2", "r3"]) {
         assert_eq!(result["room"], room);
         assert_eq!(result["ok"], true, "{result}");
         assert_eq!(result["seq"], 1);
+        assert_eq!(result["id"], id.as_str(), "{answer}");
     }
     for room in ["r1", "r2"] {
-        alice.expect(|f| is_message(f, room, "to all"), room).await;
+        let message = alice.expect(|f| is_message(f, room, "to all"), room).await;
+        assert_eq!(message["id"], id.as_str(), "{message}");
     }
     api.refused(
         "/api/broadcast",

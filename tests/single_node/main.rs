@@ -11,6 +11,7 @@ mod admin;
 mod auth;
 mod bad_input;
 mod behaviour;
+mod broadcast;
 mod chat;
 mod churn;
 mod data;

@@ -124,6 +124,32 @@ describe('one node', () => {
     await assert.rejects(alice.publish(room, null, { data: 'x'.repeat(20_000) }), (e) => e.code === 'too_long');
   });
 
+  it('exceptSender and publishRooms (protocol v1 broadcast variants)', { timeout: TEST_TIMEOUT_MS }, async () => {
+    const one = `bc1-${Date.now()}`;
+    const two = `bc2-${Date.now()}`;
+    const tab1 = client(node.url, { user: 'erin' });
+    const tab2 = client(node.url, { user: 'erin' });
+    for (const c of [tab1, tab2]) { await c.join(one); await c.join(two); }
+    const ack = await tab1.publish(one, 'quiet', { exceptSender: true });
+    await until('the other tab has it', () => has(tab2, one, 'quiet'));
+    const marker = await tab2.publish(one, 'marker');
+    await until('marker at tab1', () => has(tab1, one, 'marker'));
+    assert.ok(!has(tab1, one, 'quiet'), 'the sending connection got its own message');
+    assert.equal(marker.seq, ack.seq + 1);
+
+    const both = await tab1.publishRooms([one, two], 'both', { data: { k: 1 } });
+    assert.equal(both.results.length, 2);
+    for (const r of both.results) {
+      assert.equal(r.ok, true, JSON.stringify(both));
+      assert.equal(r.id, both.id);
+    }
+    assert.deepEqual(both.results.map((r) => r.seq), [ack.seq + 2, 1]);
+    await until('both rooms at tab2', () => has(tab2, one, 'both') && has(tab2, two, 'both'));
+    const ids = [one, two].map((room) => tab2.seen.messages[room].find((m) => m.content === 'both').id);
+    assert.deepEqual(ids, [both.id, both.id]);
+    await assert.rejects(tab1.publishRooms([one, 'nowhere'], 'x'), (e) => e.code === 'not_joined');
+  });
+
   it('presence counts follow a second connection closing', { timeout: TEST_TIMEOUT_MS }, async () => {
     const room = `counts-${Date.now()}`;
     const watcher = client(node.url, { user: 'watcher' });

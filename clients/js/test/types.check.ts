@@ -28,6 +28,9 @@ async function use(): Promise<void> {
   try {
     const ack = await client.publish('lobby', 'hello', { deadlineMs: 5000 });
     await client.publish('lobby', null, { data: { kind: 'poll' } });
+    await client.publish('lobby', 'not to me', { exceptSender: true });
+    const many = await client.publishRooms(['lobby', 'news'], 'both', { exceptSender: true, data: 1 });
+    for (const r of many.results) void [many.id, r.room, r.ok ? r.seq : r.error?.code];
     void [ack.seq, ack.duplicate];
   } catch (e) {
     if (e instanceof HubbubError && isRetryable(e)) void e.code;

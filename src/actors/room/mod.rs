@@ -50,7 +50,7 @@ use presence_batch::PresenceBatch;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use ractor_cluster::RactorMessage;
 use state::{MemberChanges, RoomState};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -64,6 +64,19 @@ type PublishReply = RpcReplyPort<Result<ReplyData, ErrorBody>>;
 struct Body {
     content: String,
     data: Option<MessageData>,
+    /// The connection that gets no `message` frame (`except_sender`).
+    except: Option<ActorId>,
+    /// The message id to stamp, when the caller chose it: one publish to several
+    /// rooms (protocol v1 `publish.rooms`, server API `broadcast`) has one id in
+    /// every room. None: the room stamps a fresh UUIDv7.
+    id: Option<String>,
+}
+
+/// A publish with `except_sender` in flight here: the connection that gets no
+/// `message` frame of it, and the message's `seq` once the log has answered.
+struct Except {
+    session: ActorId,
+    seq: Option<u64>,
 }
 
 /// How long a committed publish waits to be delivered here before it is answered
@@ -101,8 +114,12 @@ pub enum RoomMessage {
         content: String,
         /// Protocol v1 `publish.data`, checked by the session.
         data: Option<MessageData>,
+        /// Protocol v1 `publish.except_sender`: `session` gets no `message` frame.
+        except_sender: bool,
         /// The client's key for retries (protocol v1 `publish.idempotency_key`).
         idempotency_key: Option<String>,
+        /// The id the session chose (a publish to several rooms); None: a fresh one.
+        id: Option<String>,
         reply: RpcReplyPort<Result<ReplyData, ErrorBody>>,
     },
     /// A publish from the server API (docs/api.md): no connection of the sender need
@@ -112,6 +129,8 @@ pub enum RoomMessage {
         content: String,
         data: Option<MessageData>,
         idempotency_key: Option<String>,
+        /// The id the call chose (`broadcast`: one id in every room); None: a fresh one.
+        id: Option<String>,
         reply: RpcReplyPort<Result<ReplyData, ErrorBody>>,
     },
     Typing {
@@ -144,6 +163,8 @@ pub enum RoomMessage {
     PresenceTick,
     /// A publish's append finished (from the room's own append task).
     Appended {
+        /// The id the Room stamped on the message it sent.
+        sent: String,
         result: Result<Appended, ErrorBody>,
         reply: PublishReply,
     },
@@ -186,6 +207,11 @@ pub struct Room {
     remote_read: bool,
     /// Publishes committed past what was delivered here, by seq.
     acks: BTreeMap<u64, Vec<(Appended, PublishReply)>>,
+    /// Messages published here with `except_sender`, by id, and the connection that
+    /// sent each: it gets no `message` frame of it. An entry lives until its message
+    /// is delivered here or passed by a gap, or its append fails or was a retry: at
+    /// most one per publish in flight, and a session has a bounded number of those.
+    except: HashMap<String, Except>,
     idle_ttl: Duration,
     /// The pending idle timer, aborted when another is armed or the room stops.
     idle_timer: Option<IdleTimer>,
@@ -241,6 +267,7 @@ impl Actor for RoomActor {
             remote: BTreeMap::new(),
             remote_read: false,
             acks: BTreeMap::new(),
+            except: HashMap::new(),
             idle_ttl: Duration::from_secs(settings.rooms.idle_ttl_secs),
             idle_timer: None,
             retiring: false,
@@ -347,13 +374,20 @@ impl Room {
                 from,
                 content,
                 data,
+                except_sender,
                 idempotency_key,
+                id,
                 reply,
             } => self.publish(
                 myself,
                 &session,
                 from,
-                Body { content, data },
+                Body {
+                    content,
+                    data,
+                    except: except_sender.then_some(session),
+                    id,
+                },
                 idempotency_key,
                 reply,
             ),
@@ -362,9 +396,16 @@ impl Room {
                 content,
                 data,
                 idempotency_key,
+                id,
                 reply,
             } => {
-                self.append(myself, from, Body { content, data }, idempotency_key, reply);
+                let body = Body {
+                    content,
+                    data,
+                    except: None,
+                    id,
+                };
+                self.append(myself, from, body, idempotency_key, reply);
                 // A room started for the server API alone retires like any empty room.
                 self.arm_idle_timer(myself);
             }
@@ -406,7 +447,11 @@ impl Room {
             RoomMessage::Rename { user_id, name } => self.rename(UserInfo { id: user_id, name }),
             RoomMessage::IdleCheck { generation } => self.idle_check(myself, generation),
             RoomMessage::PresenceTick => self.flush_presence(),
-            RoomMessage::Appended { result, reply } => self.appended(myself, result, reply),
+            RoomMessage::Appended {
+                sent,
+                result,
+                reply,
+            } => self.appended(myself, &sent, result, reply),
             RoomMessage::AckDue { seq } => self.release_acks(seq),
             RoomMessage::Committed(messages) => {
                 for message in messages {
@@ -483,6 +528,10 @@ impl Room {
             self.state.broadcast(&encode(&frame), None);
             self.state.seq = last_missing;
             self.state.pushed = last_missing;
+            // `except_sender` entries of messages the gap passed will never be
+            // delivered here.
+            self.except
+                .retain(|_, e| e.seq.is_none_or(|seq| seq > last_missing));
         }
         for message in read.messages {
             if message.seq == self.state.seq + 1 {
@@ -501,7 +550,8 @@ impl Room {
     /// Shows the next message to this node's connections and keeps it in the ring.
     fn deliver(&mut self, message: ChatMessage) {
         let seq = message.seq;
-        self.state.push_message(&message);
+        let except = self.except.remove(&message.id).map(|e| e.session);
+        self.state.push_message(&message, except.as_ref());
         self.state.remember(message);
         self.release_acks(seq);
     }
@@ -513,6 +563,8 @@ impl Room {
                 break;
             }
             for (appended, reply) in entry.remove() {
+                // Answered, delivered here or not (`ACK_WAIT`): an `except_sender`
+                // entry stays until its message is delivered or passed by a gap.
                 let _ = reply.send(Ok(publish_reply(appended)));
             }
         }
@@ -668,7 +720,12 @@ impl Room {
         idempotency_key: Option<String>,
         reply: PublishReply,
     ) {
-        let Body { content, data } = body;
+        let Body {
+            content,
+            data,
+            except,
+            id,
+        } = body;
         let content = match self.state.behaviour.on_publish_with_data(
             &self.state.name,
             &from,
@@ -681,7 +738,15 @@ impl Room {
                 return;
             }
         };
+        let id = id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        if let Some(session) = except {
+            // Removed by `deliver`, `appended` or a gap in `catch_up`.
+            self.except
+                .insert(id.clone(), Except { session, seq: None });
+        }
+        let sent = id.clone();
         let append = self.ports.log.append(Append {
+            id,
             room: self.room(),
             from,
             content,
@@ -691,9 +756,13 @@ impl Room {
         let room = myself.clone();
         tokio::spawn(async move {
             let result = append.await;
-            if let Err(ractor::MessagingErr::SendErr(RoomMessage::Appended { result, reply })) =
-                room.cast(RoomMessage::Appended { result, reply })
-            {
+            if let Err(ractor::MessagingErr::SendErr(RoomMessage::Appended {
+                result, reply, ..
+            })) = room.cast(RoomMessage::Appended {
+                sent,
+                result,
+                reply,
+            }) {
                 // The room stopped meanwhile: the answer is still the answer.
                 let _ = reply.send(result.map(publish_reply));
             }
@@ -705,22 +774,35 @@ impl Room {
     fn appended(
         &mut self,
         myself: &ActorRef<RoomMessage>,
+        sent: &str,
         result: Result<Appended, ErrorBody>,
         reply: PublishReply,
     ) {
         let appended = match result {
             Ok(appended) => appended,
             Err(error) => {
+                // Nothing of this id will be delivered.
+                self.except.remove(sent);
                 let _ = reply.send(Err(error));
                 return;
             }
         };
+        if appended.duplicate {
+            // A retry: nothing new is delivered (the original was, or will be).
+            self.except.remove(sent);
+        }
         if appended.seq > self.state.seq {
             self.catch_up();
         }
         if appended.seq <= self.state.seq {
+            // Delivered here already (or passed by a gap): its entry is done with.
+            self.except.remove(sent);
             let _ = reply.send(Ok(publish_reply(appended)));
             return;
+        }
+        if let Some(except) = self.except.get_mut(sent) {
+            // Known now, so a gap that passes it can drop the entry (`catch_up`).
+            except.seq = Some(appended.seq);
         }
         let seq = appended.seq;
         self.acks.entry(seq).or_default().push((appended, reply));

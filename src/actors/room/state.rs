@@ -314,10 +314,10 @@ impl RoomState {
         self.seq = self.seq.max(seq);
     }
 
-    /// Pushes one ordered message to this node's connections.
-    pub fn push_message(&mut self, message: &ChatMessage) {
+    /// Sends a message frame to this node's connections (but `except`).
+    pub fn push_message(&mut self, message: &ChatMessage, except: Option<&ActorId>) {
         let frame = encode(&ServerFrame::Message(message.clone()));
-        self.broadcast(&frame, None);
+        self.broadcast(&frame, except);
         self.pushed = self.pushed.max(message.seq);
     }
 
