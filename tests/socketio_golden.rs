@@ -381,6 +381,7 @@ fn events_become_v1_requests() {
             room: RoomName::parse("chat:r1").unwrap(),
             content: "hi".into(),
             data: None,
+            except_sender: false,
             idempotency_key: None,
         }
     );

@@ -124,7 +124,21 @@ pub fn client_frame(
             ))
         }
     };
-    if let Some(Value::String(room)) = fields.get_mut("room") {
+    // `room`, and each of `rooms` (a publish to several rooms): in the namespace.
+    let mut named: Vec<&mut String> = Vec::new();
+    for (key, value) in fields.iter_mut() {
+        match (key.as_str(), value) {
+            ("room", Value::String(room)) => named.push(room),
+            ("rooms", Value::Array(rooms)) => {
+                named.extend(rooms.iter_mut().filter_map(|r| match r {
+                    Value::String(room) => Some(room),
+                    _ => None,
+                }))
+            }
+            _ => {}
+        }
+    }
+    for room in named {
         if namespace.is_default() {
             if let Some(owner) = namespaces.owner_of(room) {
                 let message = format!(
@@ -285,6 +299,17 @@ mod tests {
             (bad.error.code, bad.reference),
             (ErrorCode::BadRequest, None)
         );
+        // A publish to several rooms: each of them in the namespace.
+        let fields = json!({"rooms": ["r1", "r2"], "content": "hi"});
+        let several = client_frame("publish", &[fields], Some(5), chat, &all).unwrap();
+        let Request::PublishRooms { rooms, .. } = several.request else {
+            panic!("not a publish to several rooms: {:?}", several.request);
+        };
+        let names: Vec<&str> = rooms.iter().map(|r| r.as_str()).collect();
+        assert_eq!(names, ["chat:r1", "chat:r2"]);
+        let fields = json!({"rooms": ["lobby", "chat:r1"], "content": "hi"});
+        let foreign = client_frame("publish", &[fields], Some(6), root, &all).unwrap_err();
+        assert_eq!(foreign.error.code, ErrorCode::Forbidden);
         let alone = client_frame("join", &[json!("r1")], Some(1), chat, &all).unwrap();
         assert_eq!(
             alone.request,
