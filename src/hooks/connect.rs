@@ -15,14 +15,26 @@
 //! Anything else is a failure, and `connect_failure` decides: `fail_closed` answers
 //! 503, `fail_open` identifies the client as it would be without the hook.
 //!
-//! Must not know: actix, actors. The transport (src/transport/connect_hook.rs) turns
-//! the request into a [`ConnectRequest`] and the verdict into a response.
+//! Asked at both doors: a `/ws` upgrade (src/transport/connect_hook.rs turns the
+//! request into a [`ConnectRequest`] and a refusal into an HTTP answer) and a
+//! Socket.IO CONNECT (src/socketio/connection.rs: the handshake's headers, query and
+//! address, plus the CONNECT's `auth` object and `namespace`; a refusal is a
+//! CONNECT_ERROR). [`ConnectHook::admit`] applies the verdict the same way for both.
+//!
+//! Who wins: with `[auth] mode = "jwt"` the token is verified first (a bad one is
+//! refused before the backend is asked) and its identity is the connection's; the hook
+//! may still deny, and may name rooms to join. In anonymous mode the hook's `user_id`
+//! and `name` are the identity (an allow without `user_id` keeps the client's, or the
+//! guest id made for it).
+//!
+//! Must not know: actix, actors.
 
 use super::breaker::Breaker;
 use super::call::HookCall;
 use super::client::HttpClient;
+use crate::auth::Identity;
 use crate::config::{FailurePolicy, HooksSettings};
-use crate::protocol::UserInfo;
+use crate::protocol::{validate_display_name, validate_user_id, UserInfo};
 use crate::telemetry::hook_metrics::{Hook, HookMetrics};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -30,15 +42,40 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// What the hook is told about one upgrade.
-pub struct ConnectRequest<'a> {
+/// What the hook is told of the HTTP request that opened a connection (the upgrade,
+/// or a Socket.IO handshake).
+#[derive(Debug, Clone, Default)]
+pub struct ConnectInput {
     /// The passed headers, names lower-case.
     pub headers: Vec<(String, String)>,
-    pub query: &'a str,
+    /// The raw query string.
+    pub query: String,
     pub remote_addr: Option<IpAddr>,
+}
+
+/// What the hook is told about one connection.
+pub struct ConnectRequest<'a> {
+    pub input: &'a ConnectInput,
     /// The identity of a verified JWT, if any.
     pub user: Option<&'a UserInfo>,
+    /// A Socket.IO CONNECT's `auth` object (None for `/ws`).
+    pub auth: Option<&'a Value>,
+    /// A Socket.IO CONNECT's namespace (None for `/ws`).
+    pub namespace: Option<&'a str>,
 }
+
+/// Why the hook turned a connection away.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectRefusal {
+    /// The backend denied it: 401 or 403, and its reason for the client.
+    Denied { status: u16, reason: String },
+    /// The hook gave no usable answer and `connect_failure = "fail_closed"`.
+    Unavailable(String),
+}
+
+/// A connection the hook let in: who it is, and the rooms the hook named for it to
+/// join at once (as the hook wrote them; the caller checks and places them).
+pub type Admission = Result<(Identity, Vec<String>), ConnectRefusal>;
 
 /// What the hook decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,18 +149,23 @@ impl ConnectHook {
 
     /// Asks the backend about one upgrade.
     pub async fn ask(&self, request: ConnectRequest<'_>, node: &str) -> ConnectVerdict {
-        let headers: Map<String, Value> = request
+        let input = request.input;
+        let headers: Map<String, Value> = input
             .headers
-            .into_iter()
-            .map(|(name, value)| (name, Value::String(value)))
+            .iter()
+            .map(|(name, value)| (name.clone(), Value::String(value.clone())))
             .collect();
-        let body = json!({
+        let mut body = json!({
             "headers": headers,
-            "query": request.query,
-            "remote_addr": request.remote_addr.map(|ip| ip.to_string()),
+            "query": input.query,
+            "remote_addr": input.remote_addr.map(|ip| ip.to_string()),
             "user": request.user,
             "node": node,
         });
+        if let Some(namespace) = request.namespace {
+            body["namespace"] = Value::from(namespace);
+            body["auth"] = request.auth.cloned().unwrap_or(Value::Null);
+        }
         let label = |verdict: &ConnectVerdict| match verdict {
             ConnectVerdict::Deny { .. } => "deny",
             _ => "allow",
@@ -132,6 +174,64 @@ impl ConnectHook {
             .call(body.to_string().into_bytes(), parse, label)
             .await
             .unwrap_or_else(ConnectVerdict::Failed)
+    }
+}
+
+impl ConnectHook {
+    /// Asks the backend about a connection the node admitted as `identity` (`jwt`:
+    /// a verified token's, which the hook cannot rename) and applies its verdict.
+    pub async fn admit(
+        &self,
+        request: ConnectRequest<'_>,
+        node: &str,
+        identity: Identity,
+        jwt: bool,
+    ) -> Admission {
+        let verdict = self.ask(request, node).await;
+        self.apply(verdict, identity, jwt)
+    }
+
+    fn apply(&self, verdict: ConnectVerdict, mut identity: Identity, jwt: bool) -> Admission {
+        let (user_id, name, rooms) = match verdict {
+            ConnectVerdict::Allow {
+                user_id,
+                name,
+                rooms,
+            } => (user_id, name, rooms),
+            ConnectVerdict::Deny { status, reason } => {
+                return Err(ConnectRefusal::Denied { status, reason })
+            }
+            ConnectVerdict::Failed(reason) => return self.failed(identity, reason),
+        };
+        if !jwt {
+            if let Some(id) = user_id {
+                let Ok(id) = validate_user_id(&id) else {
+                    let reason = "the connect hook's user_id is not a valid user id";
+                    return self.failed(identity, reason.to_owned());
+                };
+                identity.user.name = id.clone();
+                identity.user.id = id;
+                identity.name_given = false;
+            }
+            if let Some(name) = name {
+                let Ok(name) = validate_display_name(&name) else {
+                    let reason = "the connect hook's name is not a valid name";
+                    return self.failed(identity, reason.to_owned());
+                };
+                identity.user.name = name;
+                identity.name_given = true;
+            }
+        }
+        Ok((identity, rooms))
+    }
+
+    /// No usable answer: what `connect_failure` says.
+    fn failed(&self, identity: Identity, reason: String) -> Admission {
+        tracing::debug!(%reason, "connect hook gave no usable answer");
+        match self.failure {
+            FailurePolicy::FailOpen => Ok((identity, Vec::new())),
+            FailurePolicy::FailClosed => Err(ConnectRefusal::Unavailable(reason)),
+        }
     }
 }
 

@@ -26,6 +26,9 @@ use crate::actors::{
 };
 use crate::actors::{OutboxBounds, OutboxReader};
 use crate::auth::{Identity, Refusal};
+use crate::config::AuthMode;
+use crate::hooks::connect::{ConnectInput, ConnectRefusal, ConnectRequest};
+use crate::protocol::RoomName;
 use ractor::ActorRef;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -108,6 +111,9 @@ pub struct Connection {
     /// The handshake's query parameters and `Authorization` header.
     params: HashMap<String, String>,
     authorization: Option<Vec<u8>>,
+    /// What the connect hook is told of the handshake (its headers, query and
+    /// address), when `[hooks] connect_url` is set.
+    hook_input: Option<ConnectInput>,
     /// The Session of each connected namespace, by name.
     sessions: HashMap<String, (Namespace, ActorRef<SessionMessage>)>,
     inflight: Arc<Semaphore>,
@@ -123,6 +129,7 @@ impl Connection {
         identify: Arc<dyn Identify>,
         params: HashMap<String, String>,
         authorization: Option<Vec<u8>>,
+        hook_input: Option<ConnectInput>,
     ) -> Self {
         Self {
             ctx,
@@ -131,6 +138,7 @@ impl Connection {
             identify,
             params,
             authorization,
+            hook_input,
             sessions: HashMap::new(),
             inflight: Arc::new(Semaphore::new(MAX_INFLIGHT_FRAMES)),
             skip_binary: 0,
@@ -259,6 +267,43 @@ impl Connection {
         Flow::Continue
     }
 
+    /// The connect hook, when `[hooks] connect_url` is set, as for a `/ws` upgrade
+    /// (src/hooks/connect.rs), told the CONNECT's namespace and `auth` too. The rooms
+    /// it names are in the namespace's terms (a room another namespace owns is
+    /// skipped in `/`).
+    async fn ask_connect_hook(
+        &self,
+        namespace: &Namespace,
+        auth: Option<&Value>,
+        identity: Identity,
+    ) -> Result<(Identity, Vec<RoomName>), ConnectRefusal> {
+        let Some(hook) = self.ctx.hooks.connect.as_ref() else {
+            return Ok((identity, Vec::new()));
+        };
+        let settings = &self.ctx.settings;
+        let jwt = settings.auth.mode == AuthMode::Jwt;
+        let verified = jwt.then(|| identity.user.clone());
+        let empty = ConnectInput::default();
+        let request = ConnectRequest {
+            input: self.hook_input.as_ref().unwrap_or(&empty),
+            user: verified.as_ref(),
+            auth,
+            namespace: Some(&namespace.name),
+        };
+        let (identity, rooms) = hook
+            .admit(request, &settings.node.name, identity, jwt)
+            .await?;
+        let rooms = rooms
+            .iter()
+            .filter_map(|shown| {
+                let room = self.namespaces.room_in(namespace, shown)?;
+                RoomName::parse(&room).ok()
+            })
+            .take(settings.limits.max_rooms_per_session)
+            .collect();
+        Ok((identity, rooms))
+    }
+
     async fn connect(&mut self, name: &str, auth: Option<Value>) {
         if self.sessions.contains_key(name) {
             // Connected already: socket.io ignores it too.
@@ -280,7 +325,7 @@ impl Connection {
             _ => None,
         };
         let mut params = self.params.clone();
-        if let Some(Value::Object(fields)) = auth {
+        if let Some(Value::Object(fields)) = &auth {
             for key in ["token", "user", "name"] {
                 if let Some(Value::String(value)) = fields.get(key) {
                     params.insert(key.to_owned(), value.clone());
@@ -301,6 +346,27 @@ impl Connection {
             Err(Refusal::BadRequest(error)) => {
                 let data = json!({"code": error.code.as_str()});
                 self.push_raw(packet::connect_error(name, &error.message, Some(data)));
+                return;
+            }
+        };
+        let (identity, initial_rooms) = match self
+            .ask_connect_hook(&namespace, auth.as_ref(), identity)
+            .await
+        {
+            Ok(admitted) => admitted,
+            Err(refusal) => {
+                let (message, code) = match refusal {
+                    ConnectRefusal::Denied {
+                        status: 401,
+                        reason,
+                    } => (reason, "unauthorized"),
+                    ConnectRefusal::Denied { reason, .. } => (reason, "forbidden"),
+                    ConnectRefusal::Unavailable(reason) => {
+                        (format!("{reason}; retry"), "unavailable")
+                    }
+                };
+                let data = json!({"code": code, "reason": "connect_hook"});
+                self.push_raw(packet::connect_error(name, &message, Some(data)));
                 return;
             }
         };
@@ -345,8 +411,7 @@ impl Connection {
             name_given: identity.name_given,
             grants: identity.grants,
             outbox,
-            // The connect hook (src/hooks/) is not asked for Socket.IO connections yet.
-            initial_rooms: Vec::new(),
+            initial_rooms,
         };
         match ask(&sessions, |reply| SessionSupervisorMessage::Open {
             args,

@@ -83,6 +83,15 @@ impl Namespaces {
         self.0.iter().find(|ns| ns.name == name)
     }
 
+    /// The room a client of `namespace` names `shown`: with the namespace's prefix,
+    /// or as it is in `/`, where None if another namespace owns it.
+    pub fn room_in(&self, namespace: &Namespace, shown: &str) -> Option<String> {
+        if !namespace.is_default() {
+            return Some(format!("{}{shown}", namespace.prefix));
+        }
+        self.owner_of(shown).is_none().then(|| shown.to_owned())
+    }
+
     /// The namespace (other than `/`) whose rooms `room` would be.
     fn owner_of(&self, room: &str) -> Option<&Namespace> {
         self.0

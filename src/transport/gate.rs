@@ -197,6 +197,12 @@ impl Gate {
         self.check_origin(req).is_ok()
     }
 
+    /// The client's address (the peer's, or what a trusted proxy forwarded): what the
+    /// connect hook is told.
+    pub fn client_address(&self, req: &HttpRequest) -> Option<IpAddr> {
+        self.client_ip(req)
+    }
+
     /// Who clients are, as `[auth]` says.
     pub fn authenticator(&self) -> &Authenticator {
         &self.auth

@@ -221,6 +221,10 @@ fn open(
         .headers()
         .get(header::AUTHORIZATION)
         .map(|value| value.as_bytes().to_vec());
+    let hook_input =
+        state.ctx.hooks.connect.as_ref().map(|hook| {
+            super::connect_hook::connect_input(hook, req, state.gate.client_address(req))
+        });
     let inbound = Connection::new(
         state.ctx.clone(),
         shared.clone(),
@@ -228,6 +232,7 @@ fn open(
         Arc::new(GateIdentity(state.gate.clone())),
         params,
         authorization,
+        hook_input,
     );
     let engine = Arc::new(EngineConnection::new(shared, None, inbound));
     let held = Held {
