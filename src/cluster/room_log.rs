@@ -218,11 +218,15 @@ impl RoomSink {
             return true;
         };
         let since = now_ms().saturating_sub(self.replay.as_millis() as u64);
-        let skip: BTreeSet<&str> = applying.iter().map(|c| c.message.id.as_str()).collect();
+        // By id and room: one publish to several rooms gives each the same id.
+        let skip: BTreeSet<(&str, &str)> = applying
+            .iter()
+            .map(|c| (c.message.id.as_str(), c.message.room.as_str()))
+            .collect();
         let messages: Vec<_> = reader
             .recent(since)
             .into_iter()
-            .filter(|m| !skip.contains(m.id.as_str()))
+            .filter(|m| !skip.contains(&(m.id.as_str(), m.room.as_str())))
             .collect();
         if !messages.is_empty() {
             tracing::info!(

@@ -257,21 +257,29 @@ impl Webhooks {
     }
 
     /// A message was committed in its room's log (sent by the shard's leader). The
-    /// delivery id is the message's id and `seq` the room's, so the event is the same
-    /// whichever node sends it.
+    /// delivery id is the message's id and its room ([`publish_delivery_id`]) and
+    /// `seq` the room's, so the event is the same whichever node sends it.
     pub fn published(&self, message: &ChatMessage) {
         self.emit(WebhookEvent::Publish, || {
             json!({
                 "event": "publish",
                 "node": self.node,
                 "timestamp": now_ms(),
-                "delivery_id": message.id,
+                "delivery_id": publish_delivery_id(message),
                 "room": message.room,
                 "seq": message.seq,
                 "message": message,
             })
         });
     }
+}
+
+/// A `publish` event's delivery id: `<message id>@<room>`. The id alone is not
+/// enough: one publish to several rooms (protocol v1 `rooms`, the server API's
+/// `broadcast`) gives every room's message the same id, and each room's is its own
+/// event. The same on every node, so a failover's resend deduplicates.
+pub fn publish_delivery_id(message: &ChatMessage) -> String {
+    format!("{}@{}", message.id, message.room)
 }
 
 /// A connection's place in the webhooks: `disconnect` is sent when it drops.

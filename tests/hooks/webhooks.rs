@@ -77,6 +77,39 @@ fn kinds(events: &[Value]) -> Vec<String> {
 }
 
 #[tokio::test]
+async fn one_publish_to_two_rooms_is_two_events_a_backend_keeps_apart() {
+    let backend = Backend::start().await;
+    let hook = webhook(&backend, &[WebhookEvent::Publish]);
+    let node = TestNode::start_adjusted(|s| s.webhooks = vec![hook]).await;
+    let mut alice = node.connect("alice", "Alice").await;
+    alice.join("north").await;
+    alice.join("south").await;
+    let sent = alice
+        .ok(json!({"type": "publish", "rooms": ["north", "south"], "content": "both"}))
+        .await;
+    let id = sent["id"].as_str().expect("one id").to_owned();
+    let requests = backend
+        .wait_for("/events", "both rooms' publish events", |seen| {
+            deduplicated(events(seen)).len() >= 2
+        })
+        .await;
+    // Deduplicated by delivery id, as a backend does: both rooms' events stay.
+    let delivered = deduplicated(events(&requests));
+    let rooms: BTreeSet<&str> = delivered
+        .iter()
+        .map(|e| e["room"].as_str().unwrap())
+        .collect();
+    assert_eq!(rooms, BTreeSet::from(["north", "south"]), "{delivered:?}");
+    for event in &delivered {
+        assert_eq!(event["message"]["id"], id.as_str(), "one id in both rooms");
+        assert_eq!(
+            event["delivery_id"],
+            format!("{id}@{}", event["room"].as_str().unwrap())
+        );
+    }
+}
+
+#[tokio::test]
 async fn every_event_of_a_connection_is_delivered_signed_in_order() {
     let backend = Backend::start().await;
     let hook = webhook(&backend, &WebhookEvent::ALL);
@@ -125,7 +158,8 @@ async fn every_event_of_a_connection_is_delivered_signed_in_order() {
         assert_eq!(event["node"], "test-node");
         assert_eq!(event["message"]["content"], ["one", "two"][i]);
         assert_eq!(event["message"]["from"]["id"], "alice");
-        assert_eq!(event["delivery_id"], event["message"]["id"]);
+        let id = event["message"]["id"].as_str().unwrap();
+        assert_eq!(event["delivery_id"], format!("{id}@lobby"));
     }
     // The node's own events carry its sequence, one more each.
     let own_seqs: Vec<u64> = delivered
