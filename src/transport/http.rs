@@ -106,7 +106,7 @@ pub fn serve(
 ) -> std::io::Result<Server> {
     let workers = state.ctx.settings.node.thread_count();
     let socketio_enabled = state.ctx.settings.socketio.enabled;
-    let sio = web::Data::new(super::socketio::SocketIo::new(&state.ctx.settings.socketio));
+    let sio = web::Data::new(super::socketio::SocketIo::new(&state.ctx.settings));
     let data = web::Data::new(state);
     let server = HttpServer::new(move || {
         let app = App::new()

@@ -1,0 +1,228 @@
+//! Polling requests for a sid another node holds: forwarded to that node over HTTP.
+//!
+//! Without sticky sessions a polling client's GETs and POSTs land on any node, but
+//! its Engine.IO connection (its outbox, its Sessions) lives on the node that
+//! answered its handshake. That node's name is in the sid (`<node>.<random>`); a
+//! node that does not hold a sid it is asked about sends the request on to the
+//! holder's `http_addr` (from the cluster's `[[nodes]]` entries) and relays the
+//! answer, long poll included. A forwarded request carries `x-hubbub-forwarded`, and
+//! is never forwarded again: a sid its holder does not know either gets "Session ID
+//! unknown", as without forwarding.
+//!
+//! Plain HTTP/1.1 between nodes, one connection per request, each bounded in time
+//! (the long poll's own bound plus a margin) and in bytes. Not done: forwarding when
+//! the nodes serve HTTPS (`[http.tls]`), nodes described without `[[nodes]]` (their
+//! HTTP addresses are not known), and WebSocket upgrades (an upgrade that lands on
+//! another node gets "Session ID unknown"; socket.io-client then keeps polling).
+
+use actix_web::http::StatusCode;
+use actix_web::web::{self, BytesMut};
+use actix_web::{HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The header a forwarded request carries.
+pub const FORWARDED: &str = "x-hubbub-forwarded";
+
+/// The least answer size relayed. A poll answers at most 256 KiB of packets plus the
+/// frame that crosses that bound, itself at most `limits.outbound_bytes` (when set).
+const MIN_ANSWER_BYTES: usize = 4 * 1024 * 1024;
+
+/// Where each other node's HTTP listener is.
+pub struct Peers {
+    node: String,
+    http: HashMap<String, SocketAddr>,
+    /// The largest answer relayed; past it the request fails (502).
+    max_answer: usize,
+}
+
+impl Peers {
+    /// From the settings: the `[[nodes]]` entries but this node, none over HTTPS or
+    /// whose address is unspecified (`0.0.0.0` cannot be dialled).
+    pub fn new(settings: &crate::config::Settings) -> Self {
+        let http = if settings.http.tls.is_some() {
+            HashMap::new()
+        } else {
+            settings
+                .nodes
+                .iter()
+                .filter(|entry| {
+                    entry.name != settings.node.name && !entry.http_addr.ip().is_unspecified()
+                })
+                .map(|entry| (entry.name.clone(), entry.http_addr))
+                .collect()
+        };
+        let frame = usize::try_from(settings.limits.outbound_bytes).unwrap_or(usize::MAX);
+        Self {
+            node: settings.node.name.clone(),
+            http,
+            max_answer: frame
+                .saturating_mul(2)
+                .saturating_add(512 * 1024)
+                .max(MIN_ANSWER_BYTES),
+        }
+    }
+
+    /// A new sid naming this node.
+    pub fn new_sid(&self) -> String {
+        format!("{}.{}", self.node, uuid::Uuid::new_v4().simple())
+    }
+
+    /// The node to send a request for `sid` to, when another node holds it.
+    pub fn holder(&self, req: &HttpRequest, sid: &str) -> Option<SocketAddr> {
+        if req.headers().contains_key(FORWARDED) {
+            return None;
+        }
+        let (node, _) = sid.rsplit_once('.')?;
+        self.http.get(node).copied()
+    }
+}
+
+/// A polling GET or POST for a sid `addr` holds: its body read (at most
+/// `max_payload` bytes, 413 past it as the holder would answer), the request sent on
+/// and the answer relayed; 502 when the holder cannot be reached or does not answer
+/// within `deadline`.
+pub async fn relay_polling(
+    req: &HttpRequest,
+    mut body: web::Payload,
+    peers: &Peers,
+    addr: SocketAddr,
+    max_payload: u64,
+    deadline: Duration,
+) -> HttpResponse {
+    let mut bytes = BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let Ok(chunk) = chunk else {
+            return error(StatusCode::BAD_REQUEST);
+        };
+        if (bytes.len() + chunk.len()) as u64 > max_payload {
+            return error(StatusCode::PAYLOAD_TOO_LARGE);
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    let exchange = exchange(req, &bytes, addr, peers.max_answer);
+    match tokio::time::timeout(deadline, exchange).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(why)) => {
+            tracing::debug!(error = %why, %addr, "could not forward a Socket.IO request");
+            error(StatusCode::BAD_GATEWAY)
+        }
+        Err(_) => {
+            tracing::debug!(%addr, "a forwarded Socket.IO request timed out");
+            error(StatusCode::BAD_GATEWAY)
+        }
+    }
+}
+
+/// An Engine.IO error answer (`Bad request`) with this status.
+fn error(status: StatusCode) -> HttpResponse {
+    HttpResponse::build(status)
+        .content_type("application/json")
+        .body(r#"{"code":3,"message":"Bad request"}"#)
+}
+
+async fn exchange(
+    req: &HttpRequest,
+    body: &[u8],
+    addr: SocketAddr,
+    max_answer: usize,
+) -> std::io::Result<HttpResponse> {
+    let mut stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or("/socket.io/", |p| p.as_str());
+    let mut head = format!(
+        "{} {target} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n{FORWARDED}: 1\r\ncontent-length: {}\r\n",
+        req.method(),
+        body.len()
+    );
+    if let Some(kind) = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+    {
+        head.push_str(&format!("content-type: {kind}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body).await?;
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        if answer.len() + n > max_answer {
+            return Err(std::io::Error::other("answer too large"));
+        }
+        answer.extend_from_slice(&chunk[..n]);
+    }
+    parse_answer(&answer).ok_or_else(|| std::io::Error::other("not an HTTP answer"))
+}
+
+/// Status, content type and body of an HTTP/1.1 answer read to its end (the
+/// connection was `close`; a chunked body is decoded).
+fn parse_answer(answer: &[u8]) -> Option<HttpResponse> {
+    let end = answer.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&answer[..end]).ok()?;
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let mut kind = None;
+    let mut chunked = false;
+    for line in lines {
+        let (name, value) = line.split_once(':')?;
+        let (name, value) = (name.trim().to_ascii_lowercase(), value.trim());
+        if name == "content-type" {
+            kind = Some(value.to_owned());
+        } else if name == "transfer-encoding" && value.eq_ignore_ascii_case("chunked") {
+            chunked = true;
+        }
+    }
+    let raw = &answer[end + 4..];
+    let body = if chunked { dechunk(raw)? } else { raw.to_vec() };
+    let mut response = HttpResponse::build(StatusCode::from_u16(status).ok()?);
+    if let Some(kind) = kind {
+        response.content_type(kind);
+    }
+    Some(response.body(body))
+}
+
+fn dechunk(mut raw: &[u8]) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let line_end = raw.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&raw[..line_end]).ok()?;
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        raw = &raw[line_end + 2..];
+        if size == 0 {
+            return Some(body);
+        }
+        body.extend_from_slice(raw.get(..size)?);
+        raw = raw.get(size + 2..)?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_parse_plain_and_chunked() {
+        let plain = parse_answer(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok",
+        )
+        .unwrap();
+        assert_eq!(plain.status(), 200);
+        let chunked = b"HTTP/1.1 400 Bad Request\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
+        assert_eq!(dechunk(&chunked[56..]).as_deref(), Some(&b"abcde"[..]));
+        assert_eq!(parse_answer(chunked).unwrap().status(), 400);
+        assert!(parse_answer(b"garbage").is_none());
+    }
+}
