@@ -453,7 +453,13 @@ async fn websocket(
     let (engine, reader, held) = match &sid {
         Some(sid) => {
             let Some(engine) = sio.registry.get(sid) else {
-                return Ok(engine_error(HttpError::UnknownSid));
+                // Held by another node: the upgrade is relayed there.
+                let Some(addr) = sio.peers.holder(&req, sid) else {
+                    return Ok(engine_error(HttpError::UnknownSid));
+                };
+                let max = usize::try_from(sio.max_payload).unwrap_or(usize::MAX);
+                return super::socketio_forward::relay_websocket(req, body, &sio.peers, addr, max)
+                    .await;
             };
             if engine
                 .upgrading

@@ -15,15 +15,21 @@
 //! HTTP addresses are not known), and WebSocket upgrades (an upgrade that lands on
 //! another node gets "Session ID unknown"; socket.io-client then keeps polling).
 
+use actix_http::ws::{CloseCode, CloseReason};
 use actix_web::http::StatusCode;
 use actix_web::web::{self, BytesMut};
 use actix_web::{HttpRequest, HttpResponse};
+use actix_ws::AggregatedMessage;
+use futures_util::SinkExt;
 use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 /// The header a forwarded request carries.
 pub const FORWARDED: &str = "x-hubbub-forwarded";
@@ -207,6 +213,134 @@ fn dechunk(mut raw: &[u8]) -> Option<Vec<u8>> {
         body.extend_from_slice(raw.get(..size)?);
         raw = raw.get(size + 2..)?;
     }
+}
+
+/// A WebSocket upgrade for a sid `addr` holds: the holder is asked for the same
+/// upgrade first (its refusal, "Session ID unknown" or another, is the answer here);
+/// once it accepts, the client's upgrade is accepted and messages are relayed both
+/// ways, unchanged, until either side closes. The holder runs the upgrade (probe,
+/// `5`, the outbox's reader moving over) as for a client of its own: through the
+/// relay, the connection stays where it was opened.
+pub async fn relay_websocket(
+    req: HttpRequest,
+    body: web::Payload,
+    peers: &Peers,
+    addr: SocketAddr,
+    max_payload: usize,
+) -> Result<HttpResponse, actix_web::Error> {
+    // The client's handshake is checked before the holder is dialled.
+    actix_http::ws::verify_handshake(req.head())?;
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or("/socket.io/", |p| p.as_str());
+    let Ok(mut request) = format!("ws://{addr}{target}").into_client_request() else {
+        return Ok(error(StatusCode::BAD_REQUEST));
+    };
+    request.headers_mut().insert(
+        FORWARDED,
+        tokio_tungstenite::tungstenite::http::HeaderValue::from_static("1"),
+    );
+    // What the holder sends: packets as large as a poll answer's.
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(peers.max_answer))
+        .max_frame_size(Some(peers.max_answer));
+    let dial = async {
+        let stream = TcpStream::connect(addr).await.map_err(WsError::Io)?;
+        stream.set_nodelay(true).map_err(WsError::Io)?;
+        tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await
+    };
+    let upstream = match tokio::time::timeout(UPGRADE_DIAL_TIMEOUT, dial).await {
+        Ok(Ok((upstream, _))) => upstream,
+        Ok(Err(WsError::Http(refused))) => {
+            // The holder's own refusal, relayed (bounded: tungstenite reads at most
+            // its head's buffer of body).
+            let status =
+                StatusCode::from_u16(refused.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+            let body = refused.into_body().unwrap_or_default();
+            return Ok(HttpResponse::build(status)
+                .content_type("application/json")
+                .body(body));
+        }
+        Ok(Err(why)) => {
+            tracing::debug!(error = %why, %addr, "could not relay a Socket.IO upgrade");
+            return Ok(error(StatusCode::BAD_GATEWAY));
+        }
+        Err(_) => {
+            tracing::debug!(%addr, "a relayed Socket.IO upgrade timed out");
+            return Ok(error(StatusCode::BAD_GATEWAY));
+        }
+    };
+    let (response, session, stream) = actix_ws::handle(&req, body)?;
+    let stream = stream
+        .max_frame_size(max_payload)
+        .aggregate_continuations()
+        .max_continuation_size(max_payload);
+    actix_web::rt::spawn(relay(upstream, session, stream));
+    Ok(response)
+}
+
+/// How long the holder has to accept a relayed upgrade.
+const UPGRADE_DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Messages both ways until either side ends; then both are closed. Each direction
+/// waits for its send before it reads on (at most one message in hand each way, plus
+/// actix-ws's and tungstenite's own bounded buffers).
+async fn relay(
+    upstream: tokio_tungstenite::WebSocketStream<TcpStream>,
+    session: actix_ws::Session,
+    mut client: actix_ws::AggregatedMessageStream,
+) {
+    let (mut to_holder, mut from_holder) = upstream.split();
+    let mut to_client = session.clone();
+    let up = async {
+        while let Some(Ok(message)) = client.next().await {
+            let message = match message {
+                AggregatedMessage::Text(text) => Message::Text(text.to_string().into()),
+                AggregatedMessage::Binary(bytes) => Message::Binary(bytes),
+                AggregatedMessage::Ping(bytes) => {
+                    if to_client.pong(&bytes).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+                AggregatedMessage::Pong(_) => continue,
+                AggregatedMessage::Close(_) => break,
+            };
+            if to_holder.send(message).await.is_err() {
+                break;
+            }
+        }
+        let _ = to_holder.close().await;
+    };
+    let mut to_client = session.clone();
+    let down = async {
+        let mut reason = None;
+        while let Some(Ok(message)) = from_holder.next().await {
+            let sent = match message {
+                Message::Text(text) => to_client.text(text.as_str().to_owned()).await,
+                Message::Binary(bytes) => to_client.binary(bytes).await,
+                Message::Close(frame) => {
+                    reason = frame.map(|frame| CloseReason {
+                        code: CloseCode::from(u16::from(frame.code)),
+                        description: (!frame.reason.is_empty())
+                            .then(|| frame.reason.as_str().to_owned()),
+                    });
+                    break;
+                }
+                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(()),
+            };
+            if sent.is_err() {
+                break;
+            }
+        }
+        reason
+    };
+    let reason = tokio::select! {
+        () = up => None,
+        reason = down => reason,
+    };
+    let _ = session.close(reason).await;
 }
 
 #[cfg(test)]
