@@ -27,8 +27,10 @@
 //! Polling answers carry CORS headers for a page whose `Origin` the gate allows
 //! (`http.allowed_origins`; any when empty), and `OPTIONS` answers the preflight.
 //!
-//! Not yet: binary attachments, forwarding a polling request to the node holding its
-//! sid.
+//! A polling request or an upgrade for a sid another node holds (sids name their
+//! node) is relayed there: socketio_forward.rs.
+//!
+//! Not yet: binary attachments.
 
 use super::gate::{Gate, IpSlot};
 use super::http::AppState;

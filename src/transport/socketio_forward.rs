@@ -1,19 +1,44 @@
-//! Polling requests for a sid another node holds: forwarded to that node over HTTP.
+//! Socket.IO without sticky sessions: requests for a sid another node holds are
+//! relayed to that node, over HTTP between the nodes' listeners.
 //!
-//! Without sticky sessions a polling client's GETs and POSTs land on any node, but
-//! its Engine.IO connection (its outbox, its Sessions) lives on the node that
-//! answered its handshake. That node's name is in the sid (`<node>.<random>`); a
-//! node that does not hold a sid it is asked about sends the request on to the
-//! holder's `http_addr` (from the cluster's `[[nodes]]` entries) and relays the
-//! answer, long poll included. A forwarded request carries `x-hubbub-forwarded`, and
-//! is never forwarded again: a sid its holder does not know either gets "Session ID
-//! unknown", as without forwarding.
+//! An Engine.IO connection (its outbox, its Sessions, its upgrade state) lives on the
+//! node that answered its handshake, and stays there. That node's name is in the sid
+//! (`<node>.<random>`, the random part 32 hex digits). A node asked about a sid it
+//! does not hold looks the named node's `http_addr` up in `[[nodes]]` and:
 //!
-//! Plain HTTP/1.1 between nodes, one connection per request, each bounded in time
-//! (the long poll's own bound plus a margin) and in bytes. Not done: forwarding when
-//! the nodes serve HTTPS (`[http.tls]`), nodes described without `[[nodes]]` (their
-//! HTTP addresses are not known), and WebSocket upgrades (an upgrade that lands on
-//! another node gets "Session ID unknown"; socket.io-client then keeps polling).
+//! - **polling GET / POST** ([`relay_polling`]): reads the body (at most
+//!   `socketio.max_payload_bytes`, 413 past it), sends the request on over plain
+//!   HTTP/1.1 (one connection per request, `connection: close`) and relays the
+//!   holder's status, content type and body. A long poll waits at the holder as it
+//!   would for a client of its own; the relay gives up after the ping interval + ping
+//!   timeout + 5 s. The answer is bounded ([`Peers`]' `max_answer`: 4 MiB, or twice
+//!   `limits.outbound_bytes` + 512 KiB when that is larger).
+//! - **WebSocket upgrade** (`GET ?transport=websocket&sid=`, [`relay_websocket`]):
+//!   opens the same upgrade to the holder first (a refusal there is the answer here),
+//!   then accepts the client's and relays messages both ways unchanged. The holder
+//!   runs the upgrade (`2probe`, `3probe`, the noop to the waiting GET, `5`) exactly as
+//!   for a client of its own, so nothing is lost or repeated; the connection just
+//!   keeps one more hop. Frames are bounded as on the holder (`max_payload_bytes`
+//!   from the client, `max_answer` from the holder), and each direction holds at most
+//!   one message while its send waits.
+//!
+//! A relayed request carries `x-hubbub-forwarded` and is never relayed again: a sid
+//! its holder does not know either gets "Session ID unknown". When the holder cannot
+//! be reached or does not answer in time the answer is 502 with an Engine.IO error
+//! body; socket.io-client takes it as a transport error and reconnects (a new
+//! handshake, on whichever node the load balancer picks; with `[socketio] recovery`
+//! it gets its rooms and what it missed back there).
+//!
+//! Why HTTP and not the cluster's Endpoint (docs/cluster.md): the Endpoint is one
+//! ordered stream of actor messages per peer; a long poll held for up to a ping
+//! interval, and a WebSocket per client, are streams of their own that need their own
+//! flow control, and behind a large poll answer the Raft and presence traffic would
+//! wait. One TCP connection per relayed request or WebSocket gives each its own.
+//!
+//! Not done: relaying when the nodes serve HTTPS (`[http.tls]`: no peers), a node
+//! whose `http_addr` in `[[nodes]]` is unspecified (`0.0.0.0` cannot be dialled), and
+//! nodes described by seeds without `[[nodes]]` (their HTTP addresses are not known).
+//! Their sids get "Session ID unknown" elsewhere, as before: sticky sessions there.
 
 use actix_http::ws::{CloseCode, CloseReason};
 use actix_web::http::StatusCode;
@@ -346,6 +371,82 @@ async fn relay(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{NodeEntry, Settings};
+    use actix_web::test::TestRequest;
+
+    fn entry(name: &str, http: &str) -> NodeEntry {
+        NodeEntry {
+            name: name.into(),
+            http_addr: http.parse().unwrap(),
+            bind: "127.0.0.1:4370".parse().unwrap(),
+            advertise: String::new(),
+        }
+    }
+
+    fn settings() -> Settings {
+        let mut settings = Settings::default();
+        settings.node.name = "a".into();
+        settings.nodes = vec![
+            entry("a", "127.0.0.1:8081"),
+            entry("b", "127.0.0.1:8082"),
+            entry("c.dc1", "10.0.0.3:8083"),
+            entry("d", "0.0.0.0:8084"),
+        ];
+        settings
+    }
+
+    #[test]
+    fn sids_name_their_node_and_lead_to_its_listener() {
+        let peers = Peers::new(&settings());
+        let sid = peers.new_sid();
+        let (node, random) = sid.rsplit_once('.').unwrap();
+        assert_eq!((node, random.len()), ("a", 32));
+        let req = TestRequest::default().to_http_request();
+        assert_eq!(peers.holder(&req, &sid), None, "this node's own sid");
+        assert_eq!(
+            peers.holder(&req, "b.0123"),
+            Some("127.0.0.1:8082".parse().unwrap())
+        );
+        // A node name with a dot: the random part never has one.
+        assert_eq!(
+            peers.holder(&req, "c.dc1.0123"),
+            Some("10.0.0.3:8083".parse().unwrap())
+        );
+        // 0.0.0.0 cannot be dialled; unknown nodes and sids of another form.
+        for sid in ["d.0123", "zz.0123", "0123", "", "."] {
+            assert_eq!(peers.holder(&req, sid), None, "{sid}");
+        }
+        // A request already forwarded once is never forwarded again.
+        let forwarded = TestRequest::default()
+            .insert_header((FORWARDED, "1"))
+            .to_http_request();
+        assert_eq!(peers.holder(&forwarded, "b.0123"), None);
+    }
+
+    #[test]
+    fn no_forwarding_over_https_nor_without_nodes() {
+        let mut single = Settings::default();
+        single.node.name = "a".into();
+        let req = TestRequest::default().to_http_request();
+        assert_eq!(Peers::new(&single).holder(&req, "b.0123"), None);
+        let mut tls = settings();
+        tls.http.tls = Some(crate::config::HttpTls {
+            cert: "c.pem".into(),
+            key: "k.pem".into(),
+        });
+        assert_eq!(Peers::new(&tls).holder(&req, "b.0123"), None);
+    }
+
+    #[test]
+    fn the_answer_bound_covers_a_poll() {
+        let mut settings = settings();
+        assert_eq!(Peers::new(&settings).max_answer, MIN_ANSWER_BYTES);
+        settings.limits.outbound_bytes = 8 * 1024 * 1024;
+        assert_eq!(
+            Peers::new(&settings).max_answer,
+            16 * 1024 * 1024 + 512 * 1024
+        );
+    }
 
     #[test]
     fn answers_parse_plain_and_chunked() {
