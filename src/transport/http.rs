@@ -106,7 +106,10 @@ pub fn serve(
 ) -> std::io::Result<Server> {
     let workers = state.ctx.settings.node.thread_count();
     let socketio_enabled = state.ctx.settings.socketio.enabled;
-    let sio = web::Data::new(super::socketio::SocketIo::new(&state.ctx.settings));
+    let sio = web::Data::new(super::socketio::SocketIo::new(
+        &state.ctx.settings,
+        state.ctx.cluster.clone(),
+    ));
     let data = web::Data::new(state);
     let server = HttpServer::new(move || {
         let app = App::new()

@@ -79,12 +79,16 @@ pub struct SocketIo {
 }
 
 impl SocketIo {
-    /// From validated settings (`[socketio]`, and `[[nodes]]` for forwarding).
-    pub fn new(all: &crate::config::Settings) -> Self {
+    /// From validated settings (`[socketio]`, and `[[nodes]]` for relaying) and the
+    /// cluster handle (the HTTP addresses peers gossip).
+    pub fn new(
+        all: &crate::config::Settings,
+        cluster: Option<Arc<crate::cluster::Cluster>>,
+    ) -> Self {
         let settings = &all.socketio;
         Self {
             registry: Registry::default(),
-            peers: super::socketio_forward::Peers::new(all),
+            peers: super::socketio_forward::Peers::new(all, cluster),
             // Validated settings: the names are good; none would refuse every CONNECT.
             namespaces: Arc::new(Namespaces::new(&settings.namespaces).unwrap_or_default()),
             ping_interval: Duration::from_millis(settings.ping_interval_ms),
@@ -184,7 +188,7 @@ async fn elsewhere(
     };
     // The holder answers a long poll by its next ping at the latest.
     let deadline = sio.ping_interval + sio.ping_timeout + Duration::from_secs(5);
-    super::socketio_forward::relay_polling(req, body, &sio.peers, addr, sio.max_payload, deadline)
+    super::socketio_forward::relay_polling(req, body, &sio.peers, &addr, sio.max_payload, deadline)
         .await
 }
 
@@ -460,7 +464,7 @@ async fn websocket(
                     return Ok(engine_error(HttpError::UnknownSid));
                 };
                 let max = usize::try_from(sio.max_payload).unwrap_or(usize::MAX);
-                return super::socketio_forward::relay_websocket(req, body, &sio.peers, addr, max)
+                return super::socketio_forward::relay_websocket(req, body, &sio.peers, &addr, max)
                     .await;
             };
             if engine

@@ -40,6 +40,7 @@
 //! nodes described by seeds without `[[nodes]]` (their HTTP addresses are not known).
 //! Their sids get "Session ID unknown" elsewhere, as before: sticky sessions there.
 
+use crate::cluster::Cluster;
 use actix_http::ws::{CloseCode, CloseReason};
 use actix_web::http::StatusCode;
 use actix_web::web::{self, BytesMut};
@@ -49,6 +50,7 @@ use futures_util::SinkExt;
 use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -66,31 +68,35 @@ const MIN_ANSWER_BYTES: usize = 4 * 1024 * 1024;
 /// Where each other node's HTTP listener is.
 pub struct Peers {
     node: String,
-    http: HashMap<String, SocketAddr>,
+    /// From `[[nodes]]`: `http_addr` of every entry but this node's.
+    configured: HashMap<String, SocketAddr>,
+    /// What peers gossiped for themselves (nodes known through `cluster.seeds`).
+    cluster: Option<Arc<Cluster>>,
+    /// No relay at all: this node serves HTTPS.
+    off: bool,
     /// The largest answer relayed; past it the request fails (502).
     max_answer: usize,
 }
 
 impl Peers {
-    /// From the settings: the `[[nodes]]` entries but this node, none over HTTPS or
-    /// whose address is unspecified (`0.0.0.0` cannot be dialled).
-    pub fn new(settings: &crate::config::Settings) -> Self {
-        let http = if settings.http.tls.is_some() {
-            HashMap::new()
-        } else {
-            settings
-                .nodes
-                .iter()
-                .filter(|entry| {
-                    entry.name != settings.node.name && !entry.http_addr.ip().is_unspecified()
-                })
-                .map(|entry| (entry.name.clone(), entry.http_addr))
-                .collect()
-        };
+    /// From the settings and the cluster handle: the `[[nodes]]` entries but this
+    /// node, none whose address is unspecified (`0.0.0.0` cannot be dialled), then
+    /// the addresses peers gossip; nothing when the nodes serve HTTPS.
+    pub fn new(settings: &crate::config::Settings, cluster: Option<Arc<Cluster>>) -> Self {
+        let configured = settings
+            .nodes
+            .iter()
+            .filter(|entry| {
+                entry.name != settings.node.name && !entry.http_addr.ip().is_unspecified()
+            })
+            .map(|entry| (entry.name.clone(), entry.http_addr))
+            .collect();
         let frame = usize::try_from(settings.limits.outbound_bytes).unwrap_or(usize::MAX);
         Self {
             node: settings.node.name.clone(),
-            http,
+            configured,
+            cluster,
+            off: settings.http.tls.is_some(),
             max_answer: frame
                 .saturating_mul(2)
                 .saturating_add(512 * 1024)
@@ -103,13 +109,20 @@ impl Peers {
         format!("{}.{}", self.node, uuid::Uuid::new_v4().simple())
     }
 
-    /// The node to send a request for `sid` to, when another node holds it.
-    pub fn holder(&self, req: &HttpRequest, sid: &str) -> Option<SocketAddr> {
-        if req.headers().contains_key(FORWARDED) {
+    /// The HTTP address (`host:port`) to send a request for `sid` to, when another
+    /// node holds it.
+    pub fn holder(&self, req: &HttpRequest, sid: &str) -> Option<String> {
+        if self.off || req.headers().contains_key(FORWARDED) {
             return None;
         }
         let (node, _) = sid.rsplit_once('.')?;
-        self.http.get(node).copied()
+        if node == self.node {
+            return None;
+        }
+        match self.configured.get(node) {
+            Some(addr) => Some(addr.to_string()),
+            None => self.cluster.as_ref()?.http_addr(node),
+        }
     }
 }
 
@@ -121,7 +134,7 @@ pub async fn relay_polling(
     req: &HttpRequest,
     mut body: web::Payload,
     peers: &Peers,
-    addr: SocketAddr,
+    addr: &str,
     max_payload: u64,
     deadline: Duration,
 ) -> HttpResponse {
@@ -159,7 +172,7 @@ fn error(status: StatusCode) -> HttpResponse {
 async fn exchange(
     req: &HttpRequest,
     body: &[u8],
-    addr: SocketAddr,
+    addr: &str,
     max_answer: usize,
 ) -> std::io::Result<HttpResponse> {
     let mut stream = TcpStream::connect(addr).await?;
@@ -250,7 +263,7 @@ pub async fn relay_websocket(
     req: HttpRequest,
     body: web::Payload,
     peers: &Peers,
-    addr: SocketAddr,
+    addr: &str,
     max_payload: usize,
 ) -> Result<HttpResponse, actix_web::Error> {
     // The client's handshake is checked before the holder is dialled.
@@ -397,20 +410,17 @@ mod tests {
 
     #[test]
     fn sids_name_their_node_and_lead_to_its_listener() {
-        let peers = Peers::new(&settings());
+        let peers = Peers::new(&settings(), None);
         let sid = peers.new_sid();
         let (node, random) = sid.rsplit_once('.').unwrap();
         assert_eq!((node, random.len()), ("a", 32));
         let req = TestRequest::default().to_http_request();
         assert_eq!(peers.holder(&req, &sid), None, "this node's own sid");
-        assert_eq!(
-            peers.holder(&req, "b.0123"),
-            Some("127.0.0.1:8082".parse().unwrap())
-        );
+        assert_eq!(peers.holder(&req, "b.0123"), Some("127.0.0.1:8082".into()));
         // A node name with a dot: the random part never has one.
         assert_eq!(
             peers.holder(&req, "c.dc1.0123"),
-            Some("10.0.0.3:8083".parse().unwrap())
+            Some("10.0.0.3:8083".into())
         );
         // 0.0.0.0 cannot be dialled; unknown nodes and sids of another form.
         for sid in ["d.0123", "zz.0123", "0123", "", "."] {
@@ -424,26 +434,50 @@ mod tests {
     }
 
     #[test]
+    fn peers_gossiped_by_the_cluster_are_reached_too() {
+        let cluster = Arc::new(Cluster::new(
+            "a",
+            Duration::from_millis(100),
+            Duration::from_millis(600),
+            3,
+            Arc::new(crate::telemetry::Metrics::new()),
+        ));
+        let peers = Peers::new(&settings(), Some(cluster.clone()));
+        let req = TestRequest::default().to_http_request();
+        assert_eq!(peers.holder(&req, "e.0123"), None);
+        cluster.set_http_addr("e", "node-e:8080");
+        cluster.set_http_addr("b", "10.9.9.9:1");
+        assert_eq!(peers.holder(&req, "e.0123").as_deref(), Some("node-e:8080"));
+        // `[[nodes]]` wins over what a peer says.
+        assert_eq!(
+            peers.holder(&req, "b.0123").as_deref(),
+            Some("127.0.0.1:8082")
+        );
+        cluster.set_http_addr("e", "");
+        assert_eq!(peers.holder(&req, "e.0123"), None);
+    }
+
+    #[test]
     fn no_forwarding_over_https_nor_without_nodes() {
         let mut single = Settings::default();
         single.node.name = "a".into();
         let req = TestRequest::default().to_http_request();
-        assert_eq!(Peers::new(&single).holder(&req, "b.0123"), None);
+        assert_eq!(Peers::new(&single, None).holder(&req, "b.0123"), None);
         let mut tls = settings();
         tls.http.tls = Some(crate::config::HttpTls {
             cert: "c.pem".into(),
             key: "k.pem".into(),
         });
-        assert_eq!(Peers::new(&tls).holder(&req, "b.0123"), None);
+        assert_eq!(Peers::new(&tls, None).holder(&req, "b.0123"), None);
     }
 
     #[test]
     fn the_answer_bound_covers_a_poll() {
         let mut settings = settings();
-        assert_eq!(Peers::new(&settings).max_answer, MIN_ANSWER_BYTES);
+        assert_eq!(Peers::new(&settings, None).max_answer, MIN_ANSWER_BYTES);
         settings.limits.outbound_bytes = 8 * 1024 * 1024;
         assert_eq!(
-            Peers::new(&settings).max_answer,
+            Peers::new(&settings, None).max_answer,
             16 * 1024 * 1024 + 512 * 1024
         );
     }

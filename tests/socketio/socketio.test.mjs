@@ -14,7 +14,7 @@ import http from 'node:http';
 import net from 'node:net';
 import WebSocket from 'ws';
 import { io, Manager } from 'socket.io-client';
-import { startCluster, startNode, stopNode, until } from '../../clients/js/test/nodes.mjs';
+import { startCluster, startNode, startSeededCluster, stopNode, until } from '../../clients/js/test/nodes.mjs';
 
 const TEST_TIMEOUT_MS = 120_000;
 const SECRET = 'socketio-tests-secret-of-at-least-32-bytes!';
@@ -673,6 +673,41 @@ describe('socket.io-client on a three-node cluster', { timeout: TEST_TIMEOUT_MS 
     assert.deepEqual(s.seen.message.map((m) => m.seq), [1, 2, 3]);
     s.disconnect();
     writer.close();
+    proxy.close();
+  });
+});
+
+describe('socket.io-client on a cluster described by seeds alone (no [[nodes]])', { timeout: TEST_TIMEOUT_MS }, () => {
+  let cluster;
+  before(async () => { cluster = await startSeededCluster(); });
+  after(() => cluster.stop());
+
+  it('relays through the HTTP addresses the nodes gossip: polling and upgrades to a random node', async () => {
+    const nodes = Object.values(cluster.nodes);
+    // Every node has heard every other's HTTP address once the view holds all three.
+    for (const n of nodes) {
+      await until(`node ${n.name} sees three`, async () => (await (await fetch(`http://${n.addr}/cluster`)).json()).view?.length === 3);
+    }
+    const proxy = await randomProxy(nodes);
+    const room = uniq('seeded');
+    const clients = [1, 2, 3].map((i) => sio(proxy.url, { query: { user: `seeded-${i}` } }));
+    await Promise.all(clients.map(connected));
+    for (const s of clients) assert.equal((await s.timeout(20_000).emitWithAck('join', { room })).ok, true);
+    const sent = [];
+    for (const [i, s] of clients.entries()) {
+      for (let k = 1; k <= 2; k++) {
+        const content = `s${i}-${k}`;
+        assert.equal((await s.timeout(20_000).emitWithAck('publish', { room, content })).ok, true);
+        sent.push(content);
+      }
+    }
+    for (const s of clients) {
+      await until('every message', () => s.seen.message.length >= sent.length);
+      assert.deepEqual(s.seen.message.map((m) => m.content), sent, 'each message exactly once, in order');
+      await until('the upgrade to websocket', () => s.io.engine.transport.name === 'websocket');
+    }
+    assert.equal(proxy.hits.size, 3, 'requests went to every node');
+    for (const s of clients) s.disconnect();
     proxy.close();
   });
 });
