@@ -4,7 +4,9 @@
 //! An Engine.IO connection (its outbox, its Sessions, its upgrade state) lives on the
 //! node that answered its handshake, and stays there. That node's name is in the sid
 //! (`<node>.<random>`, the random part 32 hex digits). A node asked about a sid it
-//! does not hold looks the named node's `http_addr` up in `[[nodes]]` and:
+//! does not hold looks the named node's HTTP address up (its `http_addr` in
+//! `[[nodes]]`, else what it gossiped for itself in the cluster's heartbeats,
+//! `Cluster::http_addr`) and:
 //!
 //! - **polling GET / POST** ([`relay_polling`]): reads the body (at most
 //!   `socketio.max_payload_bytes`, 413 past it), sends the request on over plain
@@ -35,10 +37,8 @@
 //! flow control, and behind a large poll answer the Raft and presence traffic would
 //! wait. One TCP connection per relayed request or WebSocket gives each its own.
 //!
-//! Not done: relaying when the nodes serve HTTPS (`[http.tls]`: no peers), a node
-//! whose `http_addr` in `[[nodes]]` is unspecified (`0.0.0.0` cannot be dialled), and
-//! nodes described by seeds without `[[nodes]]` (their HTTP addresses are not known).
-//! Their sids get "Session ID unknown" elsewhere, as before: sticky sessions there.
+//! Not done: relaying when the nodes serve HTTPS (`[http.tls]`: no peers). Such
+//! sids get "Session ID unknown" elsewhere, as before: sticky sessions there.
 
 use crate::cluster::Cluster;
 use actix_http::ws::{CloseCode, CloseReason};
