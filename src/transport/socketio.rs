@@ -464,8 +464,11 @@ async fn websocket(
                     return Ok(engine_error(HttpError::UnknownSid));
                 };
                 let max = usize::try_from(sio.max_payload).unwrap_or(usize::MAX);
-                return super::socketio_forward::relay_websocket(req, body, &sio.peers, &addr, max)
-                    .await;
+                let silence = sio.ping_interval + sio.ping_timeout + Duration::from_secs(5);
+                return super::socketio_forward::relay_websocket(
+                    req, body, &sio.peers, &addr, max, silence,
+                )
+                .await;
             };
             if engine
                 .upgrading

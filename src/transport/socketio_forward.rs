@@ -265,6 +265,7 @@ pub async fn relay_websocket(
     peers: &Peers,
     addr: &str,
     max_payload: usize,
+    silence: Duration,
 ) -> Result<HttpResponse, actix_web::Error> {
     // The client's handshake is checked before the holder is dialled.
     actix_http::ws::verify_handshake(req.head())?;
@@ -314,7 +315,7 @@ pub async fn relay_websocket(
         .max_frame_size(max_payload)
         .aggregate_continuations()
         .max_continuation_size(max_payload);
-    actix_web::rt::spawn(relay(upstream, session, stream));
+    actix_web::rt::spawn(relay(upstream, session, stream, silence));
     Ok(response)
 }
 
@@ -323,11 +324,15 @@ const UPGRADE_DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Messages both ways until either side ends; then both are closed. Each direction
 /// waits for its send before it reads on (at most one message in hand each way, plus
-/// actix-ws's and tungstenite's own bounded buffers).
+/// actix-ws's and tungstenite's own bounded buffers). Bounded in time too: the relay
+/// ends when the holder has sent nothing for `silence` (it pings every ping
+/// interval, so only a frozen or cut-off holder is that quiet), or when a send waits
+/// that long.
 async fn relay(
     upstream: tokio_tungstenite::WebSocketStream<TcpStream>,
     session: actix_ws::Session,
     mut client: actix_ws::AggregatedMessageStream,
+    silence: Duration,
 ) {
     let (mut to_holder, mut from_holder) = upstream.split();
     let mut to_client = session.clone();
@@ -345,19 +350,25 @@ async fn relay(
                 AggregatedMessage::Pong(_) => continue,
                 AggregatedMessage::Close(_) => break,
             };
-            if to_holder.send(message).await.is_err() {
-                break;
+            match tokio::time::timeout(silence, to_holder.send(message)).await {
+                Ok(Ok(())) => {}
+                _ => break,
             }
         }
-        let _ = to_holder.close().await;
+        let _ = tokio::time::timeout(silence, to_holder.close()).await;
     };
     let mut to_client = session.clone();
     let down = async {
         let mut reason = None;
-        while let Some(Ok(message)) = from_holder.next().await {
+        while let Ok(Some(Ok(message))) = tokio::time::timeout(silence, from_holder.next()).await {
             let sent = match message {
-                Message::Text(text) => to_client.text(text.as_str().to_owned()).await,
-                Message::Binary(bytes) => to_client.binary(bytes).await,
+                Message::Text(text) => {
+                    let text = text.as_str().to_owned();
+                    tokio::time::timeout(silence, to_client.text(text)).await
+                }
+                Message::Binary(bytes) => {
+                    tokio::time::timeout(silence, to_client.binary(bytes)).await
+                }
                 Message::Close(frame) => {
                     reason = frame.map(|frame| CloseReason {
                         code: CloseCode::from(u16::from(frame.code)),
@@ -366,9 +377,9 @@ async fn relay(
                     });
                     break;
                 }
-                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(()),
+                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
             };
-            if sent.is_err() {
+            if !matches!(sent, Ok(Ok(()))) {
                 break;
             }
         }
@@ -378,7 +389,7 @@ async fn relay(
         () = up => None,
         reason = down => reason,
     };
-    let _ = session.close(reason).await;
+    let _ = tokio::time::timeout(silence, session.close(reason)).await;
 }
 
 #[cfg(test)]
