@@ -564,10 +564,9 @@ describe('socket.io-client on a three-node cluster', { timeout: TEST_TIMEOUT_MS 
     }
     await until('v1 sees every message', () => v1c.of('message').length >= sent.length);
     assert.deepEqual(v1c.of('message').map((m) => m.content), sent);
-    // Requests went to every node, and the sessions live on more than one.
+    // Requests went to every node (which node holds which session is left to chance:
+    // the next test sends an upgrade to another node than the holder on purpose).
     assert.equal(proxy.hits.size, 3, 'requests went to every node');
-    const holders = new Set(clients.map((s) => s.io.engine.id.split('.')[0]));
-    assert.ok(holders.size >= 1);
     for (const s of clients.slice(0, 3)) {
       await until('the upgrade to websocket', () => s.io.engine.transport.name === 'websocket');
     }
