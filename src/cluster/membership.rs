@@ -256,6 +256,8 @@ pub struct MembershipState {
     /// Our full ractor_cluster name (`name#inc@host`), to recognise ourselves.
     own_cluster_name: String,
     advertise: String,
+    /// Our HTTP listener as peers reach it (gossiped; empty with `[http.tls]`).
+    http_advertise: String,
     failure_timeout_ms: u64,
     /// The configured node list's size (the view's quorum until the room logs run).
     configured_size: usize,
@@ -337,6 +339,7 @@ impl Actor for MembershipActor {
                 node_server::host_of(&advertise)
             ),
             targets: Targets::new(&advertise, &settings.seeds, now),
+            http_advertise: http_advertise(&self.ctx.settings, &advertise),
             advertise,
             failure_timeout_ms: settings.failure_timeout_ms,
             configured_size,
@@ -461,6 +464,20 @@ async fn start_node_server(
 }
 
 /// Whether `addr` looks like a `host:port` worth dialling.
+/// This node's HTTP listener as peers reach it: `node.http_addr`, its host replaced
+/// by `cluster.advertise`'s when it listens on every address (`0.0.0.0`, `::`);
+/// nothing with `[http.tls]` (the Socket.IO relay speaks plain HTTP).
+fn http_advertise(settings: &crate::config::Settings, advertise: &str) -> String {
+    let http = settings.node.http_addr;
+    if settings.http.tls.is_some() {
+        String::new()
+    } else if http.ip().is_unspecified() {
+        format!("{}:{}", node_server::host_of(advertise), http.port())
+    } else {
+        http.to_string()
+    }
+}
+
 fn dialable(addr: &str) -> bool {
     addr.len() <= 300
         && addr.rsplit_once(':').is_some_and(|(host, port)| {
@@ -879,6 +896,10 @@ impl MembershipState {
                     if let Some(peer) = self.peers.get_mut(from) {
                         peer.addr = Some(entry.addr.clone());
                     }
+                    // Only a node's word for its own HTTP address is taken.
+                    if dialable(&entry.http) || entry.http.is_empty() {
+                        self.cluster.set_http_addr(from, &entry.http);
+                    }
                 }
             } else {
                 let peer = self.peers.entry(entry.name).or_default();
@@ -939,6 +960,7 @@ impl MembershipState {
             name: self.cluster.me.clone(),
             inc: self.cluster.incarnation,
             addr: self.advertise.clone(),
+            http: self.http_advertise.clone(),
         }];
         for (name, peer) in &self.peers {
             if let (true, Some(addr)) = (peer.up, &peer.addr) {
@@ -946,6 +968,7 @@ impl MembershipState {
                     name: name.clone(),
                     inc: peer.inc,
                     addr: addr.clone(),
+                    http: String::new(),
                 });
             }
         }
@@ -1189,6 +1212,25 @@ impl MembershipState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_http_address_gossiped_is_one_peers_reach() {
+        let mut settings = crate::config::Settings::default();
+        settings.node.http_addr = "10.0.0.1:8081".parse().unwrap();
+        assert_eq!(http_advertise(&settings, "node-a:4370"), "10.0.0.1:8081");
+        settings.node.http_addr = "0.0.0.0:8080".parse().unwrap();
+        assert_eq!(http_advertise(&settings, "node-a:4370"), "node-a:8080");
+        settings.node.http_addr = "[::]:8080".parse().unwrap();
+        assert_eq!(
+            http_advertise(&settings, "[fd00::1]:4370"),
+            "[fd00::1]:8080"
+        );
+        settings.http.tls = Some(crate::config::HttpTls {
+            cert: "c.pem".into(),
+            key: "k.pem".into(),
+        });
+        assert_eq!(http_advertise(&settings, "node-a:4370"), "");
+    }
 
     #[test]
     fn only_host_and_port_addresses_are_dialled() {

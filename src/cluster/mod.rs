@@ -78,6 +78,9 @@ pub struct Cluster {
     started: Instant,
     view_tx: watch::Sender<Arc<View>>,
     endpoints: RwLock<HashMap<String, ActorRef<EndpointMessage>>>,
+    /// Each peer's HTTP listener as it gossiped it (membership.rs), for the Socket.IO
+    /// relay (transport/socketio_forward.rs).
+    http_addrs: RwLock<HashMap<String, String>>,
     /// The sender keys issued to peers and by them (sender_keys.rs).
     keys: Mutex<SenderKeys>,
     next_req: AtomicU64,
@@ -108,12 +111,29 @@ impl Cluster {
             started: Instant::now(),
             view_tx,
             endpoints: RwLock::new(HashMap::new()),
+            http_addrs: RwLock::new(HashMap::new()),
             keys: Mutex::new(SenderKeys::default()),
             next_req: AtomicU64::new(1),
             metrics,
             shard_host: std::sync::OnceLock::new(),
             presence_port: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Records the HTTP address `node` gossiped for itself (empty: none).
+    pub fn set_http_addr(&self, node: &str, addr: &str) {
+        let mut addrs = self.http_addrs.write().unwrap_or_else(|e| e.into_inner());
+        if addr.is_empty() {
+            addrs.remove(node);
+        } else if addrs.get(node).is_none_or(|known| known != addr) {
+            addrs.insert(node.to_owned(), addr.to_owned());
+        }
+    }
+
+    /// The HTTP address `node` gossiped for itself, if any.
+    pub fn http_addr(&self, node: &str) -> Option<String> {
+        let addrs = self.http_addrs.read().unwrap_or_else(|e| e.into_inner());
+        addrs.get(node).cloned()
     }
 
     /// The Raft shards of the room logs, once the node started them.

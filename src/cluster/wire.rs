@@ -40,6 +40,11 @@ pub struct PeerAddr {
     pub name: String,
     pub inc: u64,
     pub addr: String,
+    /// Its HTTP listener as peers reach it, for the Socket.IO relay
+    /// (transport/socketio_forward.rs); only a node's own entry carries it. Empty:
+    /// none offered (HTTPS, or an older node).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub http: String,
 }
 
 /// Which openraft call a [`RaftCall`] carries.
@@ -348,6 +353,7 @@ mod tests {
                     name: "b".into(),
                     inc: 3,
                     addr: "127.0.0.1:4372".into(),
+                    http: "127.0.0.1:8082".into(),
                 }],
                 nodes: 9,
             },

@@ -110,7 +110,10 @@ pub fn serve(
     let workers = state.ctx.settings.node.thread_count();
     let api = state.api.clone().filter(|_| operator_routes);
     let socketio_enabled = state.ctx.settings.socketio.enabled;
-    let sio = web::Data::new(super::socketio::SocketIo::new(&state.ctx.settings.socketio));
+    let sio = web::Data::new(super::socketio::SocketIo::new(
+        &state.ctx.settings,
+        state.ctx.cluster.clone(),
+    ));
     let data = web::Data::new(state);
     let server = HttpServer::new(move || {
         let app = App::new()

@@ -16,6 +16,7 @@ mod http;
 mod outbound;
 mod scrape;
 mod socketio;
+mod socketio_forward;
 pub(crate) mod tls;
 mod websocket;
 

@@ -27,15 +27,16 @@
 //! Polling answers carry CORS headers for a page whose `Origin` the gate allows
 //! (`http.allowed_origins`; any when empty), and `OPTIONS` answers the preflight.
 //!
-//! Not yet: binary attachments, forwarding a polling request to the node holding its
-//! sid.
+//! A polling request or an upgrade for a sid another node holds (sids name their
+//! node) is relayed there: socketio_forward.rs.
+//!
+//! Not yet: binary attachments.
 
 use super::gate::{Gate, IpSlot};
 use super::http::AppState;
 use super::outbound::worker_relay;
 use crate::actors::{Outbox, OutboxBounds, OutboxReader};
 use crate::auth::{parse_query, Identity, Refusal};
-use crate::config::SocketIoSettings;
 use crate::protocol::close;
 use crate::socketio::connection::{Connection, Flow, Identify, Shared};
 use crate::socketio::drain::{poll_drain, End};
@@ -68,6 +69,8 @@ const MAX_CLOSE_REASON_BYTES: usize = 123;
 /// The Socket.IO endpoint's state: its settings and the connections by sid.
 pub struct SocketIo {
     registry: Registry,
+    /// The other nodes' HTTP listeners, for polling requests they hold.
+    peers: super::socketio_forward::Peers,
     namespaces: Arc<Namespaces>,
     ping_interval: Duration,
     ping_timeout: Duration,
@@ -76,10 +79,16 @@ pub struct SocketIo {
 }
 
 impl SocketIo {
-    /// From validated `[socketio]` settings.
-    pub fn new(settings: &SocketIoSettings) -> Self {
+    /// From validated settings (`[socketio]`, and `[[nodes]]` for relaying) and the
+    /// cluster handle (the HTTP addresses peers gossip).
+    pub fn new(
+        all: &crate::config::Settings,
+        cluster: Option<Arc<crate::cluster::Cluster>>,
+    ) -> Self {
+        let settings = &all.socketio;
         Self {
             registry: Registry::default(),
+            peers: super::socketio_forward::Peers::new(all, cluster),
             // Validated settings: the names are good; none would refuse every CONNECT.
             namespaces: Arc::new(Namespaces::new(&settings.namespaces).unwrap_or_default()),
             ping_interval: Duration::from_millis(settings.ping_interval_ms),
@@ -127,6 +136,11 @@ pub async fn endpoint(
     let cors = cors_origin(&req, &state);
     let mut response = match (query.transport, query.sid, method) {
         (Transport::Polling, None, Method::GET) => open_polling(&req, &state, &sio, params),
+        (Transport::Polling, Some(sid), Method::GET | Method::POST)
+            if sio.registry.get(&sid).is_none() =>
+        {
+            elsewhere(&req, &sio, &sid, body).await
+        }
         (Transport::Polling, Some(sid), Method::GET) => poll(&sio, &sid).await,
         (Transport::Polling, Some(sid), Method::POST) => post(&sio, &sid, body).await,
         (Transport::WebSocket, sid, Method::GET) => {
@@ -159,6 +173,23 @@ pub async fn endpoint(
 fn cors_origin(req: &HttpRequest, state: &AppState) -> Option<header::HeaderValue> {
     let origin = req.headers().get(header::ORIGIN)?;
     state.gate.allows_origin(req).then(|| origin.clone())
+}
+
+/// A polling request for a sid this node does not hold: relayed to the node that
+/// does (socketio_forward.rs), or "Session ID unknown".
+async fn elsewhere(
+    req: &HttpRequest,
+    sio: &SocketIo,
+    sid: &str,
+    body: web::Payload,
+) -> HttpResponse {
+    let Some(addr) = sio.peers.holder(req, sid) else {
+        return engine_error(HttpError::UnknownSid);
+    };
+    // The holder answers a long poll by its next ping at the latest.
+    let deadline = sio.ping_interval + sio.ping_timeout + Duration::from_secs(5);
+    super::socketio_forward::relay_polling(req, body, &sio.peers, &addr, sio.max_payload, deadline)
+        .await
 }
 
 fn engine_error(error: HttpError) -> HttpResponse {
@@ -215,8 +246,7 @@ fn open(
         state.ctx.metrics.clone(),
         relay,
     );
-    let sid = uuid::Uuid::new_v4().simple().to_string();
-    let shared = Arc::new(Shared::new(sid, outbox));
+    let shared = Arc::new(Shared::new(sio.peers.new_sid(), outbox));
     let authorization = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -434,7 +464,16 @@ async fn websocket(
     let (engine, reader, held) = match &sid {
         Some(sid) => {
             let Some(engine) = sio.registry.get(sid) else {
-                return Ok(engine_error(HttpError::UnknownSid));
+                // Held by another node: the upgrade is relayed there.
+                let Some(addr) = sio.peers.holder(&req, sid) else {
+                    return Ok(engine_error(HttpError::UnknownSid));
+                };
+                let max = usize::try_from(sio.max_payload).unwrap_or(usize::MAX);
+                let silence = sio.ping_interval + sio.ping_timeout + Duration::from_secs(5);
+                return super::socketio_forward::relay_websocket(
+                    req, body, &sio.peers, &addr, max, silence,
+                )
+                .await;
             };
             if engine
                 .upgrading

@@ -10,10 +10,11 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHmac } from 'node:crypto';
+import http from 'node:http';
 import net from 'node:net';
 import WebSocket from 'ws';
 import { io, Manager } from 'socket.io-client';
-import { startCluster, startNode, stopNode, until } from '../../clients/js/test/nodes.mjs';
+import { startCluster, startNode, startSeededCluster, stopNode, until } from '../../clients/js/test/nodes.mjs';
 
 const TEST_TIMEOUT_MS = 120_000;
 const SECRET = 'socketio-tests-secret-of-at-least-32-bytes!';
@@ -60,6 +61,42 @@ function jwt(claims) {
 }
 
 const uniq = (label) => `${label}-${Math.random().toString(36).slice(2, 8)}`;
+
+/** An HTTP proxy with no sticky routing: each request and each WebSocket upgrade goes
+ * to a node picked at random (a node that is down: 502, or the upgrade's socket
+ * closed), or by `route(isUpgrade)` (a node) when given. `hits` counts requests by
+ * port; `upgrades` lists the ports upgrades went to. */
+async function randomProxy(nodes, route) {
+  const ports = nodes.map((n) => Number(n.addr.split(':')[1]));
+  const hits = new Map();
+  const upgrades = [];
+  const pick = (isUpgrade = false) => {
+    const port = route ? Number(route(isUpgrade).addr.split(':')[1]) : ports[Math.floor(Math.random() * ports.length)];
+    hits.set(port, (hits.get(port) || 0) + 1);
+    if (isUpgrade) upgrades.push(port);
+    return port;
+  };
+  const server = http.createServer((req, res) => {
+    const up = http.request({ host: '127.0.0.1', port: pick(), path: req.url, method: req.method, headers: req.headers, agent: false }, (r) => {
+      res.writeHead(r.statusCode, r.headers);
+      r.pipe(res);
+    });
+    up.on('error', () => { if (!res.headersSent) res.writeHead(502); res.end(); });
+    req.pipe(up);
+  });
+  server.on('upgrade', (req, socket, head) => {
+    const up = net.connect(pick(true), '127.0.0.1', () => {
+      const lines = [`${req.method} ${req.url} HTTP/1.1`];
+      for (let i = 0; i < req.rawHeaders.length; i += 2) lines.push(`${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}`);
+      up.write(`${lines.join('\r\n')}\r\n\r\n`);
+      up.write(head);
+      socket.pipe(up).pipe(socket);
+    });
+    for (const s of [socket, up]) s.on('error', () => {}).on('close', () => { socket.destroy(); up.destroy(); });
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  return { url: `http://127.0.0.1:${server.address().port}`, hits, upgrades, close: () => { server.closeAllConnections?.(); server.close(); } };
+}
 
 after(() => { for (const s of sockets) s.disconnect(); });
 
@@ -427,7 +464,7 @@ describe('socket.io-client on a three-node cluster', { timeout: TEST_TIMEOUT_MS 
   it('shares a room across nodes with Socket.IO and v1 clients, each on its own node', async () => {
     const { a, b, c } = cluster.nodes;
     const room = uniq('spread');
-    // WebSocket only: polling without sticky routing is not built yet (docs/socketio.md).
+    // WebSocket only, each client straight to its node (no proxy).
     const onA = sio(`http://${a.addr}`, { transports: ['websocket'], query: { user: 'on-a' } });
     const onB = sio(`http://${b.addr}`, { transports: ['websocket'], query: { user: 'on-b' } });
     await Promise.all([connected(onA), connected(onB)]);
@@ -494,11 +531,182 @@ describe('socket.io-client on a three-node cluster', { timeout: TEST_TIMEOUT_MS 
     proxy.close();
   });
 
-  it('answers a polling request for a sid held by another node with "Session ID unknown"', async () => {
+  it('serves default-transport clients through a proxy that picks a random node per request', async () => {
+    const proxy = await randomProxy(Object.values(cluster.nodes));
+    const room = uniq('random');
+    // Default transports (polling, then the upgrade), one on polling alone, and a v1
+    // client on c: every request and every upgrade goes to any node.
+    const clients = [1, 2, 3].map((i) => sio(proxy.url, { query: { user: `rnd-${i}` } }));
+    clients.push(sio(proxy.url, { transports: ['polling'], query: { user: 'rnd-poll' } }));
+    await Promise.all(clients.map(connected));
+    const v1c = v1(cluster.nodes.c.addr, 'user=rnd-v1');
+    await v1c.opened();
+    for (const s of clients) assert.equal((await s.timeout(20_000).emitWithAck('join', { room })).ok, true);
+    assert.equal((await v1c.request({ type: 'join', room })).ok, true);
+    const sent = [];
+    for (let round = 1; round <= 3; round++) {
+      for (const [i, s] of clients.entries()) {
+        const content = `r${round}-s${i}`;
+        const pub = await s.timeout(20_000).emitWithAck('publish', { room, content });
+        assert.equal(pub.ok, true, JSON.stringify(pub));
+        sent.push(content);
+      }
+      const content = `r${round}-v1`;
+      assert.equal((await v1c.request({ type: 'publish', room, content })).ok, true);
+      sent.push(content);
+    }
+    const seqs = sent.map((_, i) => i + 1);
+    for (const s of clients) {
+      await until('every message', () => s.seen.message.filter((m) => m.room === room).length >= sent.length);
+      const got = s.seen.message.filter((m) => m.room === room);
+      assert.deepEqual(got.map((m) => m.content), sent, 'each message exactly once, in order');
+      assert.deepEqual(got.map((m) => m.seq), seqs);
+    }
+    await until('v1 sees every message', () => v1c.of('message').length >= sent.length);
+    assert.deepEqual(v1c.of('message').map((m) => m.content), sent);
+    // Requests went to every node (which node holds which session is left to chance:
+    // the next test sends an upgrade to another node than the holder on purpose).
+    assert.equal(proxy.hits.size, 3, 'requests went to every node');
+    for (const s of clients.slice(0, 3)) {
+      await until('the upgrade to websocket', () => s.io.engine.transport.name === 'websocket');
+    }
+    assert.equal(clients[3].io.engine.transport.name, 'polling');
+    // Still live after the upgrades, with nothing repeated.
+    const last = await clients[3].timeout(20_000).emitWithAck('publish', { room, content: 'last' });
+    assert.equal(last.ok, true);
+    for (const s of clients) {
+      await until('the last message', () => s.seen.message.filter((m) => m.room === room).length === sent.length + 1);
+    }
+    for (const s of clients) s.disconnect();
+    v1c.close();
+    proxy.close();
+  });
+
+  it('relays an upgrade that lands on another node to the holder: WebSocket, nothing lost or repeated', async () => {
+    const { a, b, c } = cluster.nodes;
+    // Polling requests to a, the WebSocket upgrade to b.
+    const proxy = await randomProxy(Object.values(cluster.nodes), (isUpgrade) => (isUpgrade ? b : a));
+    const room = uniq('relayed');
+    const s = sio(proxy.url, { query: { user: 'relayed' } });
+    await connected(s);
+    assert.match(s.io.engine.id, /^a\./, 'the session is held by a');
+    assert.equal((await s.timeout(20_000).emitWithAck('join', { room })).ok, true);
+    const v1c = v1(c.addr, 'user=relay-v1');
+    await v1c.opened();
+    assert.equal((await v1c.request({ type: 'join', room })).ok, true);
+    // Messages while the upgrade goes on, then after it.
+    const sent = [];
+    const writes = (async () => {
+      for (let i = 1; i <= 10; i++) {
+        const content = `w${i}`;
+        assert.equal((await v1c.request({ type: 'publish', room, content })).ok, true);
+        sent.push(content);
+      }
+    })();
+    await until('the upgrade to websocket', () => s.io.engine.transport.name === 'websocket');
+    assert.deepEqual(proxy.upgrades, [Number(b.addr.split(':')[1])], 'the upgrade went to b');
+    await writes;
+    const mine = await s.timeout(20_000).emitWithAck('publish', { room, content: 'over the relay' });
+    assert.equal(mine.ok, true, JSON.stringify(mine));
+    sent.push('over the relay');
+    await until('every message', () => s.seen.message.length >= sent.length);
+    assert.deepEqual(s.seen.message.map((m) => m.content), sent, 'each message exactly once, in order');
+    assert.equal(s.io.engine.id.split('.')[0], 'a', 'still held by a');
+    // The client closes: a sees the Session go (presence), through the relay.
+    s.disconnect();
+    await until('the relayed Socket.IO client left', () => v1c.of('presence_diff').some((d) => (d.leaves || []).some((m) => m.id === 'relayed')));
+    v1c.close();
+    proxy.close();
+  });
+
+  it('answers a sid no node holds with "Session ID unknown", forwarded or not', async () => {
     const { a, b } = cluster.nodes;
     const open = JSON.parse((await (await fetch(`http://${a.addr}/socket.io/?EIO=4&transport=polling`)).text()).slice(1));
-    const elsewhere = await fetch(`http://${b.addr}/socket.io/?EIO=4&transport=polling&sid=${open.sid}`);
-    assert.equal(elsewhere.status, 400);
-    assert.deepEqual(await elsewhere.json(), { code: 1, message: 'Session ID unknown' });
+    assert.match(open.sid, /^a\./, 'the sid names its node');
+    const forwarded = await fetch(`http://${b.addr}/socket.io/?EIO=4&transport=polling&sid=a.nope`);
+    assert.equal(forwarded.status, 400);
+    assert.deepEqual(await forwarded.json(), { code: 1, message: 'Session ID unknown' });
+    const nowhere = await fetch(`http://${b.addr}/socket.io/?EIO=4&transport=polling&sid=zz.nope`);
+    assert.deepEqual(await nowhere.json(), { code: 1, message: 'Session ID unknown' });
+  });
+  // Last in this cluster: it kills a node.
+  it('reconnects a client whose holder is killed, through the random proxy, and goes on', async () => {
+    const proxy = await randomProxy(Object.values(cluster.nodes));
+    const room = uniq('killed');
+    const s = sio(proxy.url, {
+      reconnection: true, reconnectionDelay: 200, reconnectionDelayMax: 500, randomizationFactor: 0,
+      query: { user: 'survivor' },
+    });
+    let connects = 0;
+    s.on('connect', () => {
+      connects += 1;
+      // The application's rejoin on reconnect (socket.recovered does it when it can).
+      if (connects > 1 && !s.recovered) s.emit('join', { room });
+    });
+    await connected(s);
+    const first = s.io.engine.id;
+    const holder = cluster.nodes[first.split('.')[0]];
+    assert.ok(holder, `the sid ${first} names a node`);
+    const writerNode = Object.values(cluster.nodes).find((n) => n !== holder);
+    assert.equal((await s.timeout(20_000).emitWithAck('join', { room })).ok, true);
+    const writer = v1(writerNode.addr, 'user=writer');
+    await writer.opened();
+    assert.equal((await writer.request({ type: 'join', room })).ok, true);
+    await writer.request({ type: 'publish', room, content: 'before' });
+    await until('the first message', () => s.seen.message.length === 1);
+
+    await holder.kill9();
+    await until('disconnected', () => !s.connected);
+    // Published while the client is away (the room's log may be electing a leader
+    // a moment: a refused publish is tried again).
+    await until('a publish while away', async () => (await writer.request({ type: 'publish', room, content: 'missed' })).ok, 60_000);
+    await until('reconnected to a node still up', () => s.connected && s.io.engine.id !== first, 60_000);
+    assert.notEqual(s.io.engine.id.split('.')[0], holder.name);
+    // [socketio] recovery is on in this cluster: the rooms and what was missed come
+    // back on the node it reconnected to.
+    assert.equal(s.recovered, true, 'socket.recovered after its holder was killed');
+    await until('the missed message', () => s.seen.message.some((m) => m.content === 'missed'), 60_000);
+    await until('a publish after the kill', async () => (await writer.request({ type: 'publish', room, content: 'after' })).ok, 60_000);
+    await until('the message after the kill', () => s.seen.message.some((m) => m.content === 'after'), 60_000);
+    assert.deepEqual(s.seen.message.map((m) => m.content), ['before', 'missed', 'after'], 'nothing lost or repeated');
+    assert.deepEqual(s.seen.message.map((m) => m.seq), [1, 2, 3]);
+    s.disconnect();
+    writer.close();
+    proxy.close();
+  });
+});
+
+describe('socket.io-client on a cluster described by seeds alone (no [[nodes]])', { timeout: TEST_TIMEOUT_MS }, () => {
+  let cluster;
+  before(async () => { cluster = await startSeededCluster(); });
+  after(() => cluster.stop());
+
+  it('relays through the HTTP addresses the nodes gossip: polling and upgrades to a random node', async () => {
+    const nodes = Object.values(cluster.nodes);
+    // Every node has heard every other's HTTP address once the view holds all three.
+    for (const n of nodes) {
+      await until(`node ${n.name} sees three`, async () => (await (await fetch(`http://${n.addr}/cluster`)).json()).view?.length === 3);
+    }
+    const proxy = await randomProxy(nodes);
+    const room = uniq('seeded');
+    const clients = [1, 2, 3].map((i) => sio(proxy.url, { query: { user: `seeded-${i}` } }));
+    await Promise.all(clients.map(connected));
+    for (const s of clients) assert.equal((await s.timeout(20_000).emitWithAck('join', { room })).ok, true);
+    const sent = [];
+    for (const [i, s] of clients.entries()) {
+      for (let k = 1; k <= 2; k++) {
+        const content = `s${i}-${k}`;
+        assert.equal((await s.timeout(20_000).emitWithAck('publish', { room, content })).ok, true);
+        sent.push(content);
+      }
+    }
+    for (const s of clients) {
+      await until('every message', () => s.seen.message.length >= sent.length);
+      assert.deepEqual(s.seen.message.map((m) => m.content), sent, 'each message exactly once, in order');
+      await until('the upgrade to websocket', () => s.io.engine.transport.name === 'websocket');
+    }
+    assert.equal(proxy.hits.size, 3, 'requests went to every node');
+    for (const s of clients) s.disconnect();
+    proxy.close();
   });
 });

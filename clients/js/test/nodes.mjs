@@ -186,6 +186,38 @@ export async function startCluster(names = ['a', 'b', 'c'], extra = '') {
   };
 }
 
+/** Three nodes of one cluster described as `docker-compose.yml` does: a config file
+ * per node (`[node]` listening on 0.0.0.0, `[cluster]` with `seeds` and `voters`), no
+ * `[[nodes]]`, so the nodes learn one another's names and addresses from the cluster. */
+export async function startSeededCluster(names = ['a', 'b', 'c'], extra = '') {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'hubbub-js-seeded-'));
+  const ports = {};
+  for (const name of names) ports[name] = [await freePort(), await freePort()];
+  const seeds = names.map((n) => `"127.0.0.1:${ports[n][1]}"`).join(', ');
+  const voters = names.map((n) => `"${n}"`).join(', ');
+  const nodes = {};
+  for (const name of names) {
+    const config = path.join(dir, `${name}.toml`);
+    writeFileSync(config, `[node]\nname = "${name}"\nhttp_addr = "0.0.0.0:${ports[name][0]}"\n\n`
+      + `[cluster]\nenabled = true\ncookie = "js-client-tests-seeded-cluster-cookie-0123456789"\nheartbeat_ms = 100\nfailure_timeout_ms = 600\n`
+      + `bind = "127.0.0.1:${ports[name][1]}"\nadvertise = "127.0.0.1:${ports[name][1]}"\nseeds = [${seeds}]\nvoters = [${voters}]\n\n`
+      + `[storage]\ndir = "${dir}/data-${name}"\n${BASE_CONFIG}\n${extra}\n`);
+    nodes[name] = new Node({ name, dir, config, args: ['--config', config] });
+  }
+  await Promise.all(Object.values(nodes).map((n) => n.start()));
+  // Listening on 0.0.0.0: reached on loopback.
+  for (const n of Object.values(nodes)) n.addr = n.addr.replace(/^0\.0\.0\.0:/, '127.0.0.1:');
+  await Promise.all(Object.values(nodes).map((n) => n.waitReady()));
+  return {
+    nodes,
+    dir,
+    async stop() {
+      await Promise.all(Object.values(nodes).map((n) => n.kill9()));
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
 /** Removes a single node's dir after it stopped. */
 export async function stopNode(node) {
   await node.kill9();
