@@ -8,7 +8,7 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import WebSocket from 'ws';
-import { io } from 'socket.io-client';
+import { sio } from './clients.mjs';
 import { startNode, stopNode, until } from '../../clients/js/test/nodes.mjs';
 
 const TEST_TIMEOUT_MS = 120_000;
@@ -45,15 +45,6 @@ async function backend() {
   return { asked, url: `http://127.0.0.1:${server.address().port}/connect`, close: () => server.close() };
 }
 
-const sockets = new Set();
-function sio(url, options = {}) {
-  const s = io(url, { forceNew: true, reconnection: false, timeout: 10_000, ...options });
-  s.seen = { message: [], welcome: [], connect_error: [] };
-  for (const name of Object.keys(s.seen)) s.on(name, (payload) => s.seen[name].push(payload));
-  sockets.add(s);
-  return s;
-}
-
 /** A protocol v1 client that publishes (the node's hook lets it in too). */
 async function v1Publisher(addr, room) {
   const ws = new WebSocket(`ws://${addr}/ws?user=pub`);
@@ -70,8 +61,6 @@ async function v1Publisher(addr, room) {
     close: () => ws.close(),
   };
 }
-
-after(() => { for (const s of sockets) s.disconnect(); });
 
 describe('the connect hook for Socket.IO connections', { timeout: TEST_TIMEOUT_MS }, () => {
   let hook;

@@ -6,48 +6,11 @@
 
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import WebSocket from 'ws';
-import { io } from 'socket.io-client';
+import { connected, sio, uniq, v1 } from './clients.mjs';
 import { startNode, stopNode, until } from '../../clients/js/test/nodes.mjs';
 
 const TEST_TIMEOUT_MS = 120_000;
-const sockets = new Set();
-
-function sio(url, options = {}) {
-  const s = io(url, { forceNew: true, reconnection: false, timeout: 10_000, ...options });
-  s.seen = { message: [], connect_error: [] };
-  for (const name of Object.keys(s.seen)) s.on(name, (payload) => s.seen[name].push(payload));
-  sockets.add(s);
-  return s;
-}
-
-const connected = (s) => until('the socket connects', () => {
-  if (s.seen.connect_error.length) throw new Error(`connect_error: ${s.seen.connect_error[0].message}`);
-  return s.connected;
-});
-
-function v1(addr, query) {
-  const ws = new WebSocket(`ws://${addr}/ws?${query}`);
-  const frames = [];
-  let ref = 0;
-  ws.on('message', (data) => frames.push(JSON.parse(data.toString())));
-  return {
-    frames,
-    messages: () => frames.filter((f) => f.type === 'message'),
-    opened: () => until('v1 welcome', () => frames.find((f) => f.type === 'welcome')),
-    async request(frame) {
-      const id = ++ref;
-      ws.send(JSON.stringify({ ...frame, ref: id }));
-      return until(`v1 reply to ${frame.type}`, () => frames.find((f) => f.type === 'reply' && f.ref === id));
-    },
-    close: () => ws.close(),
-  };
-}
-
-const uniq = (label) => `${label}-${Math.random().toString(36).slice(2, 8)}`;
 const ack = (s, event, fields) => s.timeout(10_000).emitWithAck(event, fields);
-
-after(() => { for (const s of sockets) s.disconnect(); });
 
 describe('payloads and broadcast variants over Socket.IO', { timeout: TEST_TIMEOUT_MS }, () => {
   let node;
@@ -128,7 +91,11 @@ describe('payloads and broadcast variants over Socket.IO', { timeout: TEST_TIMEO
       const both = watcher.messages().filter((m) => m.content === 'to both');
       return both.length === 2 && both;
     });
-    assert.deepEqual(seen.map((m) => [m.room, m.seq, m.id]).sort(), [[`chat:${r1}`, 1, sent.data.id], [`chat:${r2}`, 2, sent.data.id]]);
+    const byRoom = (a, b) => a[0].localeCompare(b[0]);
+    assert.deepEqual(
+      seen.map((m) => [m.room, m.seq, m.id]).sort(byRoom),
+      [[`chat:${r1}`, 1, sent.data.id], [`chat:${r2}`, 2, sent.data.id]].sort(byRoom),
+    );
     const mine = await until('its own two message events', () => {
       const both = s.seen.message.filter((m) => m.content === 'to both');
       return both.length === 2 && both;

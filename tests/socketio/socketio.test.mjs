@@ -13,54 +13,17 @@ import { createHmac } from 'node:crypto';
 import http from 'node:http';
 import net from 'node:net';
 import WebSocket from 'ws';
-import { io, Manager } from 'socket.io-client';
+import { Manager } from 'socket.io-client';
+import { connected, sio, track, uniq, v1 } from './clients.mjs';
 import { startCluster, startNode, startSeededCluster, stopNode, until } from '../../clients/js/test/nodes.mjs';
 
 const TEST_TIMEOUT_MS = 120_000;
 const SECRET = 'socketio-tests-secret-of-at-least-32-bytes!';
-const sockets = new Set();
-
-/** A socket.io-client socket, recording the events the application would see. */
-function sio(url, options = {}) {
-  const s = io(url, { forceNew: true, reconnection: false, timeout: 10_000, ...options });
-  s.seen = { message: [], presence_diff: [], typing: [], direct: [], renamed: [], welcome: [], connect_error: [], disconnect: [] };
-  for (const name of Object.keys(s.seen)) s.on(name, (payload) => s.seen[name].push(payload));
-  sockets.add(s);
-  return s;
-}
-
-const connected = (s) => until('the socket connects', () => {
-  if (s.seen.connect_error.length) throw new Error(`connect_error: ${s.seen.connect_error[0].message}`);
-  return s.connected;
-});
-
-/** A protocol v1 client over `ws`, with its frames by type and requests by ref. */
-function v1(addr, query) {
-  const ws = new WebSocket(`ws://${addr}/ws?${query}`);
-  const frames = [];
-  let ref = 0;
-  ws.on('message', (data) => frames.push(JSON.parse(data.toString())));
-  return {
-    ws,
-    frames,
-    of: (type) => frames.filter((f) => f.type === type),
-    opened: () => until('v1 welcome', () => frames.find((f) => f.type === 'welcome')),
-    async request(frame) {
-      const id = ++ref;
-      ws.send(JSON.stringify({ ...frame, ref: id }));
-      return until(`v1 reply to ${frame.type}`, () => frames.find((f) => f.type === 'reply' && f.ref === id));
-    },
-    close: () => ws.close(),
-  };
-}
-
 function jwt(claims) {
   const b64 = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
   const body = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64({ exp: Math.floor(Date.now() / 1000) + 3600, ...claims })}`;
   return `${body}.${createHmac('sha256', SECRET).update(body).digest('base64url')}`;
 }
-
-const uniq = (label) => `${label}-${Math.random().toString(36).slice(2, 8)}`;
 
 /** An HTTP proxy with no sticky routing: each request and each WebSocket upgrade goes
  * to a node picked at random (a node that is down: 502, or the upgrade's socket
@@ -97,8 +60,6 @@ async function randomProxy(nodes, route) {
   await new Promise((r) => server.listen(0, '127.0.0.1', r));
   return { url: `http://127.0.0.1:${server.address().port}`, hits, upgrades, close: () => { server.closeAllConnections?.(); server.close(); } };
 }
-
-after(() => { for (const s of sockets) s.disconnect(); });
 
 describe('socket.io-client on one node', { timeout: TEST_TIMEOUT_MS }, () => {
   let node;
@@ -231,7 +192,7 @@ describe('socket.io-client on one node', { timeout: TEST_TIMEOUT_MS }, () => {
         s.seen = { message: [], connect_error: [] };
         s.on('message', (m) => s.seen.message.push(m));
         s.on('connect_error', (e) => s.seen.connect_error.push(e));
-        sockets.add(s);
+        track(s);
       }
       await Promise.all([connected(root), connected(chat)]);
       assert.notEqual(root.id, chat.id, 'one Session per namespace');
