@@ -24,12 +24,14 @@
 //! Usage: socketioxide-peer [PORT]   (127.0.0.1; default port 9500)
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{LazyLock, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 use socketioxide::extract::{AckSender, Data, SocketRef};
+use socketioxide::handler::ConnectHandler;
 use socketioxide::{SocketIo, TransportType};
 
 /// room name -> the last `seq` given in it.
@@ -40,7 +42,12 @@ fn refuse(ack: AckSender, code: &str) {
     ack.send(&json!({"ok": false, "error": code})).ok();
 }
 
-fn on_connect(socket: SocketRef, io: SocketIo) {
+/// Registers the socket's event handlers. Run as a connect *middleware*, which
+/// socketioxide awaits before it sends the CONNECT reply, and not in the connect handler,
+/// which it runs after sending it: a client that emits `join` as soon as it is connected
+/// (the churn scenario does) would otherwise race the registration, and an event that
+/// arrives before its handler is dropped without an ack.
+async fn register(socket: SocketRef, io: SocketIo) -> Result<(), Infallible> {
     let user = format!(
         "sio-{}-{}",
         std::process::id(),
@@ -109,6 +116,7 @@ fn on_connect(socket: SocketRef, io: SocketIo) {
                 .ok();
         },
     );
+    Ok(())
 }
 
 #[tokio::main]
@@ -125,9 +133,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .transports([TransportType::Websocket])
         .max_buffer_size(buffer)
         .build_layer();
-    io.ns("/", async |socket: SocketRef, io: SocketIo| {
-        on_connect(socket, io)
-    });
+    io.ns("/", (async || {}).with(register));
 
     let app = axum::Router::new().layer(layer);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
