@@ -495,7 +495,7 @@ def main():
       "BENCH_QUICK=1 bench/run.sh   # small numbers, to check the script\n"
       "BENCH_REPEAT=0 bench/run.sh  # without the second fan-out ramp per system (~20 min)\n"
       "BENCH_SYSTEMS=\"hubbub floor\" bench/run.sh   # some systems only (the page then has only theirs)\n"
-      "BENCH_SYSTEMS=socketio BENCH_NO_DOC=1 bench/run.sh   # the Socket.IO systems only (~13 min)\n```\n")
+      "BENCH_SYSTEMS=socketio BENCH_NO_DOC=1 bench/run.sh   # the Socket.IO systems only (~14 min)\n```\n")
     w("Check `uptime` first: with other work on the machine the figures are noise. "
       "The exact load generator commands of this run (URLs and pids differ per run; "
       "`bench/run.sh` also passes `--source-ips 4` to `idle` and `--source-ips 8` to "

@@ -14,7 +14,7 @@
 #                                 socketio-2 hubbub-3 hubbub-sio socketioxide
 #                                 hubbub-sio-2)
 #   BENCH_SYSTEMS=socketio BENCH_NO_DOC=1 bench/run.sh
-#                                 the Socket.IO group alone (~13 min): hubbub-sio
+#                                 the Socket.IO group alone (~14 min): hubbub-sio
 #                                 socketio-1 socketioxide hubbub-sio-2 socketio-2
 #   BENCH_NO_DOC=1 bench/run.sh   results only, docs/ untouched
 #
