@@ -23,10 +23,18 @@ SYSTEMS = [
     ("hubbub-2", "hubbub, two-node cluster"),
     ("socketio-2", "socket.io 4, two processes + Redis"),
     ("hubbub-3", "hubbub, three-node cluster"),
+    ("hubbub-sio", "hubbub Socket.IO, one node"),
+    ("socketioxide", "socketioxide, one process"),
+    ("hubbub-sio-2", "hubbub Socket.IO, two-node cluster"),
 ]
 # The hubbub systems: what their room logs are kept in, and how many nodes they have.
-STORAGE = {"hubbub": "durable", "hubbub-mem": "memory", "hubbub-2": "durable", "hubbub-3": "durable"}
-NODES = {"hubbub": 1, "hubbub-mem": 1, "hubbub-2": 2, "hubbub-3": 3}
+STORAGE = {"hubbub": "durable", "hubbub-mem": "memory", "hubbub-2": "durable", "hubbub-3": "durable",
+           "hubbub-sio": "durable", "hubbub-sio-2": "durable"}
+NODES = {"hubbub": 1, "hubbub-mem": 1, "hubbub-2": 2, "hubbub-3": 3, "hubbub-sio": 1, "hubbub-sio-2": 2}
+# The Socket.IO comparison (its own section): every system here is spoken to in
+# Socket.IO v5 over WebSocket by the same load generator. (system, nodes or processes)
+SOCKETIO = [("hubbub-sio", 1), ("socketio-1", 1), ("socketioxide", 1),
+            ("hubbub-sio-2", 2), ("socketio-2", 2)]
 NAMES = dict(SYSTEMS)
 COLOURS = {
     "hubbub": "#e8710a",
@@ -37,6 +45,9 @@ COLOURS = {
     "socketio-1": "#6aa84f",
     "socketio-2": "#a3cf8f",
     "floor": "#888888",
+    "hubbub-sio": "#b04a8c",
+    "hubbub-sio-2": "#d98cbd",
+    "socketioxide": "#7a5cc2",
 }
 KIB = 1024
 
@@ -134,41 +145,52 @@ def step_verdict(step, bound):
     return "did not hold: " + ", ".join(why)
 
 
+def fanout_ratio(runs, repeats, ours_key, theirs_key, factor=None):
+    """Highest fan-out rate held by ours against theirs, in each ramp both ran: the
+    measured text and, with a target factor, the verdict (None when not measured)."""
+    passes = []
+    for which in (runs, repeats):
+        ours, _ = fanout_best(which, ours_key)
+        theirs, _ = fanout_best(which, theirs_key)
+        if (ours_key, "fanout") in which and (theirs_key, "fanout") in which:
+            passes.append((ours, theirs))
+    if not passes:
+        return None, None
+    texts, verdicts = [], []
+    for n, (ours, theirs) in enumerate(passes):
+        prefix = "" if n == 0 else "second ramp: "
+        if ours is None or theirs is None:
+            texts.append(prefix + "no rate held by " +
+                         (NAMES[ours_key] if ours is None else NAMES[theirs_key]))
+            verdicts.append(ours is not None)
+            continue
+        texts.append(f"{prefix}{rate(ours)} vs {rate(theirs)} msg/s: {ours / theirs:.2f}×")
+        verdicts.append(factor is not None and ours >= theirs * factor)
+    if factor is None:
+        verdict = None
+    elif all(verdicts):
+        verdict = "met" if len(verdicts) == 1 else "met in both ramps"
+    elif any(verdicts):
+        verdict = f"**met in {sum(verdicts)} of {len(verdicts)} ramps**"
+    else:
+        verdict = "**missed**"
+    return "; ".join(texts), verdict
+
+
 def targets(runs, repeats):
     rows = []
 
     def compare(label, ours_key, theirs_key, factor):
-        passes = []
-        for which in (runs, repeats):
-            ours, _ = fanout_best(which, ours_key)
-            theirs, _ = fanout_best(which, theirs_key)
-            if (ours_key, "fanout") in which and (theirs_key, "fanout") in which:
-                passes.append((ours, theirs))
-        if not passes:
-            rows.append((label, "not measured", "—"))
-            return
-        texts, verdicts = [], []
-        for n, (ours, theirs) in enumerate(passes):
-            prefix = "" if n == 0 else "second ramp: "
-            if ours is None or theirs is None:
-                texts.append(prefix + "no rate held by " +
-                             (NAMES[ours_key] if ours is None else NAMES[theirs_key]))
-                verdicts.append(ours is not None)
-                continue
-            texts.append(f"{prefix}{rate(ours)} vs {rate(theirs)} msg/s: {ours / theirs:.2f}×")
-            verdicts.append(ours >= theirs * factor)
-        if all(verdicts):
-            verdict = "met" if len(verdicts) == 1 else "met in both ramps"
-        elif any(verdicts):
-            verdict = f"**met in {sum(verdicts)} of {len(verdicts)} ramps**"
-        else:
-            verdict = "**missed**"
-        rows.append((label, "; ".join(texts), verdict))
+        measured, verdict = fanout_ratio(runs, repeats, ours_key, theirs_key, factor)
+        rows.append((label, measured or "not measured", verdict or "—"))
 
     compare("one hubbub node ≥ Node ws (fan-out, p99 < 50 ms, no loss)", "hubbub", "node-ws", 1)
     compare("one hubbub node ≥ 2× socket.io, one process", "hubbub", "socketio-1", 2)
     compare("two-node hubbub ≥ 3× socket.io, two processes + Redis", "hubbub-2", "socketio-2", 3)
     compare("one hubbub node ≥ 50 % of the Rust floor", "hubbub", "floor", 0.5)
+    compare("Socket.IO: one hubbub node ≥ 5× socket.io, one process", "hubbub-sio", "socketio-1", 5)
+    compare("Socket.IO: two-node hubbub ≥ 3× socket.io, two processes + Redis",
+            "hubbub-sio-2", "socketio-2", 3)
 
     idle = runs.get(("hubbub", "idle"))
     if idle and idle["result"].get("rss_per_connection_bytes") is not None:
@@ -313,6 +335,73 @@ def ack_section(w, runs):
       f"lag, not in the latencies above).\n")
 
 
+def socketio_section(w, runs, repeats, bound):
+    """hubbub's Socket.IO endpoint against socket.io 4 and socketioxide: the same load
+    generator speaking Socket.IO v5 over WebSocket to each, the same scenarios."""
+    w("## Socket.IO\n")
+    shown = [(key, n) for key, n in SOCKETIO
+             if any((key, sc) in runs for sc in ("fanout", "idle", "churn"))]
+    if not shown:
+        w("Not measured in this run (it needs the systems `hubbub-sio`, `socketio-1`, "
+          "`socketioxide`, `hubbub-sio-2` and `socketio-2`: "
+          "`BENCH_SYSTEMS=socketio bench/run.sh`).\n")
+        return
+    w("hubbub's Socket.IO endpoint ([socketio.md](socketio.md)) against socket.io 4 (one "
+      "process, and two behind `@socket.io/redis-adapter` on Redis) and socketioxide (the "
+      "Rust Socket.IO server, one process), all spoken to by the same load generator in "
+      "Socket.IO v5 over WebSocket (`--protocol socketio`): `join`, `leave` and `publish` "
+      "events with acks, `message` events to every member of the room. `hubbub-sio` and "
+      "`hubbub-sio-2` are the nodes of `hubbub` and `hubbub-2` (durable room logs); "
+      "Socket.IO has no order across processes, so no system's `seq` is checked here. "
+      "The fan-out, idle and churn scenarios and their sizes are the ones above.\n")
+    w(f"| system | nodes / processes | highest rate held (msg/s) | second ramp | deliveries/s | "
+      f"p99 ms at best | idle: per connection | churn: completed/s |")
+    w("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for key, n in shown:
+        run = runs.get((key, "fanout"))
+        best = run and run["result"].get("best")
+        again = repeats.get((key, "fanout"))
+        again_text = (rate(again["result"]["max_rate_held"]) if again and again["result"]["max_rate_held"]
+                      else ("none held" if again else "—"))
+        held = (rate(run["result"]["max_rate_held"]) if best else "none held") if run else "—"
+        idle = runs.get((key, "idle"))
+        per = idle and idle["result"].get("rss_per_connection_bytes")
+        idle_text = (f"{per / KIB:.1f} KiB ({idle['result']['connected']:,} open)" if per is not None and idle
+                     else "—")
+        churn = runs.get((key, "churn"))
+        churn_text = rate(churn["result"]["cycles_per_s"]) if churn else "—"
+        w(f"| {NAMES[key]} | {n} | {held} | {again_text} | "
+          f"{rate(best['deliveries_per_s']) if best else '—'} | {ms(best['latency']['p99_ms']) if best else '—'} | "
+          f"{idle_text} | {churn_text} |")
+    w("")
+    w(f"Fan-out: highest rate held (p99 ≤ {bound:g} ms, nothing lost, no error), hubbub's "
+      f"Socket.IO endpoint against each:\n")
+    w("| comparison | target | measured | |\n|---|---|---|---|")
+    for label, ours, theirs, factor in (
+            ("one node against socket.io 4, one process", "hubbub-sio", "socketio-1", 5),
+            ("two nodes against socket.io 4, two processes + Redis", "hubbub-sio-2", "socketio-2", 3),
+            ("one node against socketioxide, one process", "hubbub-sio", "socketioxide", None),
+            ("Socket.IO against protocol v1 on the same node (hubbub-sio / hubbub)", "hubbub-sio", "hubbub", None)):
+        measured, verdict = fanout_ratio(runs, repeats, ours, theirs, factor)
+        w(f"| {label} | {f'≥ {factor}×' if factor else 'none'} | {measured or 'not measured'} | "
+          f"{verdict or '—'} |")
+    w("")
+    ours = runs.get(("hubbub-sio", "idle"))
+    ours_per = ours and ours["result"].get("rss_per_connection_bytes")
+    lines = []
+    for theirs_key in ("socketio-1", "socketioxide"):
+        theirs = runs.get((theirs_key, "idle"))
+        theirs_per = theirs and theirs["result"].get("rss_per_connection_bytes")
+        if ours_per and theirs_per:
+            lines.append(f"{ours_per / KIB:.1f} KiB against {theirs_per / KIB:.1f} KiB for "
+                         f"{NAMES[theirs_key]} (theirs / ours: {theirs_per / ours_per:.2f}×)")
+    if lines:
+        w("Idle memory per Socket.IO connection, hubbub's endpoint on one node: "
+          + "; ".join(lines) + ". (No two-process idle run: it would count Redis.)\n")
+    else:
+        w("Idle memory per Socket.IO connection: not measured for both sides in this run.\n")
+
+
 def chart(runs, path):
     same = common_rate(runs)
     data = []
@@ -369,7 +458,8 @@ def main():
     w("hubbub against the servers people would otherwise choose, measured side by side on "
       "one machine in one run: a Node [`ws`](https://github.com/websockets/ws) server, "
       "[socket.io](https://socket.io) 4 (one process, and two processes behind "
-      "`@socket.io/redis-adapter`), and a *Rust floor*: the smallest tokio + tungstenite "
+      "`@socket.io/redis-adapter`), [socketioxide](https://github.com/Totodore/socketioxide) "
+      "(against hubbub's Socket.IO endpoint), and a *Rust floor*: the smallest tokio + tungstenite "
       "broadcast server, no actors and no framework, to show how fast this machine can do "
       "the job at all. Everything here is produced by `bench/run.sh`; the load generator "
       "is `bench/hubbub-bench`, the peers are in `bench/peers/`, and the raw results of "
@@ -392,6 +482,7 @@ def main():
              f"ws {machine['ws']}" if machine.get("ws") else None,
              f"socket.io {machine['socket.io']}" if machine.get("socket.io") else None,
              f"@socket.io/redis-adapter {machine['redis_adapter']}" if machine.get("redis_adapter") else None,
+             f"socketioxide {machine['socketioxide']}" if machine.get("socketioxide") else None,
              machine["redis"].split(" sha=")[0] if machine.get("redis") else None]
     w(f"| peers | {', '.join(p for p in peers if p) or 'none in this run'} |")
     w("")
@@ -400,10 +491,11 @@ def main():
       "they are not what a dedicated server would do.\n")
 
     w("### Repeating it\n")
-    w("```sh\nbench/run.sh                 # everything (~22 min on 2 cores): installs, builds, runs, writes this page\n"
+    w("```sh\nbench/run.sh                 # everything (~32 min on 2 cores): installs, builds, runs, writes this page\n"
       "BENCH_QUICK=1 bench/run.sh   # small numbers, to check the script\n"
-      "BENCH_REPEAT=0 bench/run.sh  # without the second fan-out ramp per system (~14 min)\n"
-      "BENCH_SYSTEMS=\"hubbub floor\" bench/run.sh   # some systems only\n```\n")
+      "BENCH_REPEAT=0 bench/run.sh  # without the second fan-out ramp per system (~20 min)\n"
+      "BENCH_SYSTEMS=\"hubbub floor\" bench/run.sh   # some systems only (the page then has only theirs)\n"
+      "BENCH_SYSTEMS=socketio BENCH_NO_DOC=1 bench/run.sh   # the Socket.IO systems only (~14 min)\n```\n")
     w("Check `uptime` first: with other work on the machine the figures are noise. "
       "The exact load generator commands of this run (URLs and pids differ per run; "
       "`bench/run.sh` also passes `--source-ips 4` to `idle` and `--source-ips 8` to "
@@ -454,6 +546,14 @@ def main():
     w("| socket.io 4, two processes + Redis | the same server twice, with "
       "`@socket.io/redis-adapter` on one Debian `redis-server`; clients spread over both; "
       "idle memory would count Redis too |")
+    w("| hubbub Socket.IO, one node / two-node cluster | the nodes of *hubbub, one node* "
+      "and *hubbub, two-node cluster*, the load generator connecting to "
+      "`/socket.io/?EIO=4&transport=websocket` and speaking Socket.IO v5 |")
+    w("| socketioxide, one process | `bench/peers/socketioxide`: socketioxide on axum, "
+      "WebSocket transport only, the same events and acks as the socket.io peer, "
+      "`io.to(room).emit(\"message\", …)`; defaults but a per-socket buffer of 4096 "
+      "packets (128 by default: socketioxide drops what does not fit, where socket.io "
+      "queues without bound) |")
     w("| Rust floor | `bench/peers/rust-floor`: tokio + tokio-tungstenite, rooms in one "
       "`Mutex<HashMap>`, a broadcast encoded once and queued (unbounded) to every member's "
       "writer task |")
@@ -603,6 +703,7 @@ def main():
         w(f"| {name} | {'; '.join(cells)} |")
     w("")
 
+    socketio_section(w, runs, repeats, bound)
     storage_section(w, runs, repeats)
     ack_section(w, runs)
 

@@ -2,27 +2,37 @@
 # The full benchmark: hubbub against a Node `ws` server, socket.io (one process, and two
 # behind Redis), and a Rust floor, through the same scenarios on this machine in one
 # run; hubbub also with its room logs in memory (storage on vs off) and as a
-# three-node cluster (publish-to-ack latency across nodes); then docs/performance.md
+# three-node cluster (publish-to-ack latency across nodes); hubbub's Socket.IO endpoint
+# (one node and two) against socket.io 4 and socketioxide; then docs/performance.md
 # and docs/performance.svg are written from the results.
 #
-#   bench/run.sh                  the full run (about 22 minutes on 2 cores)
-#   BENCH_REPEAT=0 bench/run.sh   without the second fan-out ramp per system (~14 min)
-#   BENCH_QUICK=1 bench/run.sh    small numbers, to check the script end to end (~7 min)
+#   bench/run.sh                  the full run (about 32 minutes on 2 cores)
+#   BENCH_REPEAT=0 bench/run.sh   without the second fan-out ramp per system (~20 min)
+#   BENCH_QUICK=1 bench/run.sh    small numbers, to check the script end to end (~10 min)
 #   BENCH_SYSTEMS="hubbub floor" bench/run.sh    only some systems (default: all of
 #                                 hubbub hubbub-mem node-ws socketio-1 floor hubbub-2
-#                                 socketio-2 hubbub-3; also hubbub-sio and hubbub-sio-2,
-#                                 hubbub's Socket.IO endpoint on one and two nodes,
-#                                 not yet in the default run nor in the report)
+#                                 socketio-2 hubbub-3 hubbub-sio socketioxide
+#                                 hubbub-sio-2)
+#   BENCH_SYSTEMS=socketio BENCH_NO_DOC=1 bench/run.sh
+#                                 the Socket.IO group alone (~14 min): hubbub-sio
+#                                 socketio-1 socketioxide hubbub-sio-2 socketio-2
 #   BENCH_NO_DOC=1 bench/run.sh   results only, docs/ untouched
+#
+# docs/performance.md is written from this run's results alone: a run of some systems
+# writes a page with only theirs (use BENCH_NO_DOC=1 and bench/report.py into /tmp).
 #
 # The systems: hubbub (one node, durable room logs, storage.fsync "always", the
 # default), hubbub-mem (the same with storage.engine "memory"), hubbub-2 and hubbub-3
-# (two and three clustered nodes, durable), and the peers. Every hubbub system also
-# runs `ack` (publish-to-acknowledgement latency at fixed rates).
+# (two and three clustered nodes, durable), hubbub-sio and hubbub-sio-2 (the nodes of
+# hubbub and hubbub-2, spoken to in Socket.IO v5), and the peers. Every hubbub system
+# but the Socket.IO ones also runs `ack` (publish-to-acknowledgement latency at fixed
+# rates).
 #
 # It installs what is missing (npm packages from the lock files, Debian's redis-server,
-# python3 for the report), builds release binaries, starts one system at a time on
-# loopback ports, runs the scenarios against it, and stops it. Every process it starts
+# python3 for the report), builds release binaries (into $CARGO_TARGET_DIR if set, else
+# target/; the socketioxide peer, a workspace of its own, only when it is selected),
+# starts one system at a time on loopback ports, runs the scenarios against it, and
+# stops it. Every process it starts
 # is stopped on exit, whatever the exit. Results: target/bench/<date>/*.json, copied to
 # bench/results/ for the doc. Traffic stays on 127.0.0.0/8.
 set -euo pipefail
@@ -34,7 +44,17 @@ OUT=${BENCH_OUT:-$ROOT/target/bench/$STAMP}
 mkdir -p "$OUT"
 LOG=$OUT/logs
 mkdir -p "$LOG"
-SYSTEMS=${BENCH_SYSTEMS:-"hubbub hubbub-mem node-ws socketio-1 floor hubbub-2 socketio-2 hubbub-3"}
+SYSTEMS=${BENCH_SYSTEMS:-"hubbub hubbub-mem node-ws socketio-1 floor hubbub-2 socketio-2 hubbub-3 hubbub-sio socketioxide hubbub-sio-2"}
+# The Socket.IO group: hubbub's Socket.IO endpoint against socket.io 4 and socketioxide,
+# one node (hubbub-sio, socketio-1, socketioxide) and two (hubbub-sio-2, socketio-2).
+expanded=
+for system in $SYSTEMS; do
+  case $system in
+    socketio) expanded+=" hubbub-sio socketio-1 socketioxide hubbub-sio-2 socketio-2" ;;
+    *) expanded+=" $system" ;;
+  esac
+done
+SYSTEMS=${expanded# }
 QUICK=${BENCH_QUICK:-0}
 
 log() { printf '\n== %s\n' "$*" >&2; }
@@ -127,14 +147,18 @@ apt_install() {
 }
 
 # Only what the chosen systems need: Node and the peers' packages for node-ws and
-# socket.io, Redis for socketio-2.
+# socket.io, Redis for socketio-2, the socketioxide peer's build for socketioxide.
 NODE_PEERS=()
 NEED_REDIS=0
+NEED_SOCKETIOXIDE=0
 for system in $SYSTEMS; do
   case $system in
     node-ws) NODE_PEERS+=(node-ws) ;;
     socketio-1) NODE_PEERS+=(socketio) ;;
     socketio-2) NODE_PEERS+=(socketio) NEED_REDIS=1 ;;
+    socketioxide) NEED_SOCKETIOXIDE=1 ;;
+    hubbub | hubbub-mem | hubbub-2 | hubbub-3 | hubbub-sio | hubbub-sio-2 | floor) ;;
+    *) echo "unknown system: $system" >&2; exit 2 ;;
   esac
 done
 
@@ -156,10 +180,17 @@ for peer in $(printf '%s\n' "${NODE_PEERS[@]:-}" | sort -u); do
 done
 
 log "build"
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 cargo build --release --locked -p hubbub -p hubbub-bench -p rust-floor
-HUBBUB=$ROOT/target/release/hubbub
-BENCH=$ROOT/target/release/hubbub-bench
-FLOOR=$ROOT/target/release/rust-floor
+HUBBUB=$TARGET/release/hubbub
+BENCH=$TARGET/release/hubbub-bench
+FLOOR=$TARGET/release/rust-floor
+# The socketioxide peer is a workspace of its own (bench/peers/socketioxide/Cargo.toml
+# says why); built into the same target directory.
+SOCKETIOXIDE=$TARGET/release/socketioxide-peer
+if [[ $NEED_SOCKETIOXIDE == 1 ]]; then
+  cargo build --release --locked --manifest-path bench/peers/socketioxide/Cargo.toml --target-dir "$TARGET"
+fi
 
 # Two connections per idle client (ours and the server's) stay under the file limit.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -179,6 +210,11 @@ def version(package_json):
         return json.load(open(package_json))['version']
     except OSError:
         return None
+def locked(cargo_lock, crate):
+    # The version a Cargo.lock pins (for a peer among the systems run).
+    text = open(cargo_lock).read()
+    mark = f'name = "{crate}"\nversion = "'
+    return text.split(mark, 1)[1].split('"', 1)[0] if mark in text else None
 model = None
 with open('/proc/cpuinfo') as f:
     for line in f:
@@ -205,11 +241,13 @@ json.dump({
     'ws': version('bench/peers/node-ws/node_modules/ws/package.json'),
     'socket.io': version('bench/peers/socketio/node_modules/socket.io/package.json'),
     'redis_adapter': version('bench/peers/socketio/node_modules/@socket.io/redis-adapter/package.json'),
+    'socketioxide': locked('bench/peers/socketioxide/Cargo.lock', 'socketioxide')
+                    if os.environ.get('NEED_SOCKETIOXIDE') == '1' else None,
     'quick': os.environ.get('BENCH_QUICK') == '1',
 }, open(sys.argv[1], 'w'), indent=2)
 EOF
 }
-machine
+NEED_SOCKETIOXIDE=$NEED_SOCKETIOXIDE machine
 log "machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # ---- the systems ----------------------------------------------------------------
@@ -354,6 +392,17 @@ start_socketio-1() {
   URLS=ws://127.0.0.1:$port PROTOCOL=socketio
 }
 
+# socketioxide on axum, one process (bench/peers/socketioxide): the Rust Socket.IO server
+# against hubbub-sio.
+start_socketioxide() {
+  local port
+  port=$(free_ports 1)
+  started socketioxide -- "$SOCKETIOXIDE" "$port"
+  SERVER_PIDS=$STARTED
+  wait_for "$port"
+  URLS=ws://127.0.0.1:$port PROTOCOL=socketio
+}
+
 start_socketio-2() {
   local redis a b
   read -r redis a b < <(free_ports 3)
@@ -398,7 +447,7 @@ bench_run_as() {
 
 for system in $SYSTEMS; do
   case $system in
-    hubbub | hubbub-sio | node-ws | socketio-1 | floor)
+    hubbub | hubbub-sio | node-ws | socketio-1 | socketioxide | floor)
       # Memory on a fresh process: one that has run the fan-out keeps the memory it
       # freed and would make connections look cheaper than they are.
       log "start $system (for idle)"
