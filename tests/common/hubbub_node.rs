@@ -537,8 +537,9 @@ pub fn peer_state<'a>(status: &'a Value, peer: &str) -> Option<&'a str> {
 
 /// True when the `/cluster` answers of the nodes `want` (one each, None where a node
 /// did not answer) all report one view (one `view_id`) whose members are exactly
-/// `want`, with a quorum, and, with `leaders`, every shard of the room logs led by one
-/// of them.
+/// `want`, with a quorum, every peer among `want` measured (a heartbeat has made the
+/// round trip, so `rtt_ms` is a number), and, with `leaders`, every shard of the room
+/// logs led by one of them.
 pub fn agreed(statuses: &[Option<Value>], want: &BTreeSet<&str>, leaders: bool) -> bool {
     let Some(Some(first)) = statuses.first() else {
         return false;
@@ -548,6 +549,12 @@ pub fn agreed(statuses: &[Option<Value>], want: &BTreeSet<&str>, leaders: bool) 
             view_names(s) == *want
                 && s["has_quorum"] == true
                 && s["view_id"] == first["view_id"]
+                && s["peers"].as_array().is_some_and(|peers| {
+                    peers
+                        .iter()
+                        .filter(|p| p["name"].as_str().is_some_and(|n| want.contains(n)))
+                        .all(|p| p["rtt_ms"].is_number())
+                })
                 && (!leaders
                     || s["shards"].as_array().is_some_and(|shards| {
                         shards
