@@ -8,6 +8,7 @@
 use crate::actors::port::{PortFuture, Ports, PresencePort, SoloPresence};
 use crate::actors::{start_node, NodeContext, NodeHandle, SessionSupervisorMessage};
 use crate::behaviour::Behaviours;
+use crate::cluster::member_log::{MemberLog, WithMemberLists};
 use crate::cluster::membership::tls::PeerTls;
 use crate::cluster::membership::MembershipMessage;
 use crate::cluster::presence_sync::TrackerPort;
@@ -230,6 +231,14 @@ fn boot_ports(ctx: Arc<NodeContext>) -> PortFuture<Result<Ports, String>> {
                 port
             }
             None => Arc::new(SoloPresence),
+        };
+        // The membership webhook events come from the rooms' member lists in the room
+        // logs, which this node keeps its part of only when some endpoint wants them.
+        let presence: Arc<dyn PresencePort> = if ctx.hooks.events.wants_membership() {
+            let members = MemberLog::start(&host, &ctx.settings.node.name, ctx.cluster.clone());
+            Arc::new(WithMemberLists { presence, members })
+        } else {
+            presence
         };
         Ok(Ports {
             log: Arc::new(room_log::RaftRoomLog::new(host)),

@@ -26,6 +26,7 @@
 //! one-voter Raft group of each shard. docs/cluster.md states what is guaranteed and what is not.
 
 pub mod endpoint;
+pub mod member_log;
 pub mod membership;
 pub mod presence_sync;
 pub mod raft;

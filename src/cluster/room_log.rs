@@ -17,6 +17,7 @@
 
 use super::raft::host::{NodeNames, ProposeError, ShardHost, Timing, Wiring};
 use super::raft::log_store::DB_FILE;
+use super::raft::members::{RoomEvent, RoomEventKind};
 use super::raft::network::RaftLink;
 use super::raft::state_machine::{ApplySink, Committed, Retention};
 use super::raft::types::{CommandOutcome, NodeId, ShardCommand, ShardId};
@@ -29,7 +30,7 @@ use crate::actors::port::{Append, Appended, LogRead, PortFuture, RoomLog};
 use crate::actors::{RoomDirectory, RoomMessage};
 use crate::config::WebhookEvent;
 use crate::config::{Settings, StorageEngine};
-use crate::hooks::Webhooks;
+use crate::hooks::{MembershipEvent, Webhooks};
 use crate::protocol::{now_ms, ErrorBody, ErrorCode};
 use crate::telemetry::Metrics;
 use std::collections::{BTreeMap, BTreeSet};
@@ -104,10 +105,12 @@ impl RoomLog for RaftRoomLog {
                     ErrorCode::BadRequest,
                     format!("the room's log refused the message: {reason:?}"),
                 )),
-                Ok(CommandOutcome::NodesSet) => Err(ErrorBody::new(
-                    ErrorCode::Internal,
-                    "the room's log answered a publish as a node list change",
-                )),
+                Ok(other @ (CommandOutcome::NodesSet | CommandOutcome::MembersNoted { .. })) => {
+                    Err(ErrorBody::new(
+                        ErrorCode::Internal,
+                        format!("the room's log answered a publish with {other:?}"),
+                    ))
+                }
                 Err(ProposeError::Unavailable(reason)) => Err(ErrorBody::new(
                     ErrorCode::Unavailable,
                     format!("{reason}; retry"),
@@ -168,7 +171,8 @@ impl RoomLog for RaftRoomLog {
 }
 
 /// Delivers what the shards commit to the Room actors running here, and, on the
-/// shard's leader, to the `publish` webhook endpoints.
+/// shard's leader, to the webhook endpoints: `publish` for each message, and the
+/// member lists' events (`join`, `leave`, `room_created`, `room_emptied`).
 pub struct RoomSink {
     rooms: RoomDirectory,
     shards: u32,
@@ -194,13 +198,14 @@ impl RoomSink {
     }
 
     /// The first time this node is seen leading `shard` in a term (here as an entry
-    /// applies, or by the watcher when no entry comes), it sends again the `publish`
-    /// events of the shard's messages stamped within the replay window, but those of
-    /// `applying` (sent next anyway): the previous leader may have applied them and
-    /// not delivered them, and this node applied them as a follower, sending nothing.
-    /// Their delivery ids are the messages' ids, so a backend drops what it has.
-    /// Returns whether this node leads `shard`.
-    fn lead(&self, shard: ShardId, applying: &[Committed]) -> bool {
+    /// applies, or by the watcher when no entry comes), it sends again the events of
+    /// the shard's messages and member lists stamped within the replay window, but
+    /// those of `applying` and `events` (sent next anyway): the previous leader may
+    /// have applied them and not delivered them, and this node applied them as a
+    /// follower, sending nothing. Their delivery ids are the same whichever node
+    /// sends them, so a backend drops what it has. Returns whether this node leads
+    /// `shard`.
+    fn lead(&self, shard: ShardId, applying: &[Committed], events: &[RoomEvent]) -> bool {
         let Some((host, term)) = self.term_led(shard) else {
             return false;
         };
@@ -223,34 +228,78 @@ impl RoomSink {
             .iter()
             .map(|c| (c.message.id.as_str(), c.message.room.as_str()))
             .collect();
-        let messages: Vec<_> = reader
-            .recent(since)
+        let messages: Vec<_> = if self.events.wants(WebhookEvent::Publish) {
+            reader
+                .recent(since)
+                .into_iter()
+                .filter(|m| !skip.contains(&(m.id.as_str(), m.room.as_str())))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let room_events: Vec<_> = reader
+            .recent_room_events(since)
             .into_iter()
-            .filter(|m| !skip.contains(&(m.id.as_str(), m.room.as_str())))
+            .filter(|e| !events.contains(e))
             .collect();
-        if !messages.is_empty() {
+        if !messages.is_empty() || !room_events.is_empty() {
             tracing::info!(
                 shard,
                 term,
                 messages = messages.len(),
-                "leading a shard: sending its recent publish events again"
+                room_events = room_events.len(),
+                "leading a shard: sending its recent events again"
             );
         }
         for message in &messages {
             self.events.published(message);
         }
+        for event in &room_events {
+            self.send_room_event(event);
+        }
         true
+    }
+}
+
+impl RoomSink {
+    fn send_room_event(&self, event: &RoomEvent) {
+        let kind = match event.kind {
+            RoomEventKind::RoomCreated => WebhookEvent::RoomCreated,
+            RoomEventKind::Join => WebhookEvent::Join,
+            RoomEventKind::Leave => WebhookEvent::Leave,
+            RoomEventKind::RoomEmptied => WebhookEvent::RoomEmptied,
+        };
+        self.events.room_event(&MembershipEvent {
+            kind,
+            room: &event.room,
+            user: event.user.as_ref(),
+            life: event.life,
+            seq: event.seq,
+            message_seq: event.message_seq,
+            ts: event.ts,
+            delivery_id: event.delivery_id(),
+        });
     }
 }
 
 impl ApplySink for RoomSink {
     fn committed(&self, shard: ShardId, committed: Vec<Committed>) {
-        // Exactly one node sends a message's `publish` event: the shard's leader, as
-        // it applies the entry. What a leadership change lets slip between two
-        // leaders is sent again by the new one (`lead`).
-        if self.events.wants(WebhookEvent::Publish) && self.lead(shard, &committed) {
-            for entry in &committed {
-                self.events.published(&entry.message);
+        self.applied(shard, committed, Vec::new());
+    }
+
+    fn applied(&self, shard: ShardId, committed: Vec<Committed>, events: Vec<RoomEvent>) {
+        // Exactly one node sends a message's `publish` event, and a member list's
+        // events: the shard's leader, as it applies the entry. What a leadership
+        // change lets slip between two leaders is sent again by the new one (`lead`).
+        let publish = self.events.wants(WebhookEvent::Publish) && !committed.is_empty();
+        if (publish || !events.is_empty()) && self.lead(shard, &committed, &events) {
+            if publish {
+                for entry in &committed {
+                    self.events.published(&entry.message);
+                }
+            }
+            for event in &events {
+                self.send_room_event(event);
             }
         }
         // Grouped per room, each group in log order.
@@ -387,7 +436,7 @@ pub async fn start_host(
         .await
         .map_err(|e| format!("the room logs did not start: {e}"))?;
     let _ = sink.host.set(Arc::downgrade(&host));
-    if events.wants(WebhookEvent::Publish) && !sink.replay.is_zero() {
+    if events.wants_any() && !sink.replay.is_zero() {
         tokio::spawn(watch_leadership(Arc::downgrade(&host), sink.clone()));
     }
     if let Some(cluster) = &cluster {
@@ -412,7 +461,7 @@ async fn watch_leadership(host: Weak<ShardHost>, sink: Arc<RoomSink>) {
             return;
         };
         for shard in 0..shards {
-            sink.lead(shard, &[]);
+            sink.lead(shard, &[], &[]);
         }
     }
 }

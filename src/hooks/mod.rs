@@ -15,9 +15,10 @@
 //! client ([`client`]).
 //!
 //! Who sends which event, so that each is sent by one node: connection events
-//! (`connect`, `disconnect`) and membership events (`join`, `leave`, `room_created`,
-//! `room_emptied`) by the node where the connection is; `publish` by the leader of
-//! the room's log shard, as the message is applied (src/cluster/room_log.rs).
+//! (`connect`, `disconnect`) by the node where the connection is; `publish` and the
+//! membership events (`join`, `leave`, `room_created`, `room_emptied`) by the leader
+//! of the room's log shard, as the entry is applied (src/cluster/room_log.rs; the
+//! member lists are src/cluster/raft/members.rs).
 
 pub mod breaker;
 pub mod call;
@@ -189,6 +190,25 @@ impl Webhooks {
         self.endpoints.iter().any(|e| e.wants(event))
     }
 
+    /// Whether some endpoint wants some event.
+    pub fn wants_any(&self) -> bool {
+        WebhookEvent::ALL.iter().any(|&event| self.wants(event))
+    }
+
+    /// Whether some endpoint wants a membership event (`join`, `leave`,
+    /// `room_created`, `room_emptied`): the node then keeps the rooms' member lists
+    /// in the room logs (src/cluster/member_log.rs).
+    pub fn wants_membership(&self) -> bool {
+        [
+            WebhookEvent::Join,
+            WebhookEvent::Leave,
+            WebhookEvent::RoomCreated,
+            WebhookEvent::RoomEmptied,
+        ]
+        .into_iter()
+        .any(|event| self.wants(event))
+    }
+
     /// Encodes an event once and queues it at every endpoint that wants it.
     fn emit(&self, event: WebhookEvent, body: impl FnOnce() -> Value) {
         if !self.wants(event) {
@@ -200,7 +220,7 @@ impl Webhooks {
         }
     }
 
-    /// The fields of a node's own event (every one but `publish`).
+    /// The fields of a node's own event (`connect`, `disconnect`).
     fn own(&self, event: WebhookEvent) -> Value {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         json!({
@@ -235,23 +255,26 @@ impl Webhooks {
         })
     }
 
-    /// `user` joined (`Join`: its first connection in the room, anywhere) or left
-    /// (`Leave`: its last) `room`, by a change on this node.
-    pub fn membership(&self, event: WebhookEvent, room: &str, user: &UserInfo) {
-        self.emit(event, || {
-            let mut body = self.own(event);
-            body["room"] = json!(room);
-            body["user"] = json!(user);
-            body
-        });
-    }
-
-    /// `room` got its first member (`RoomCreated`) or lost its last (`RoomEmptied`),
-    /// by a change on this node.
-    pub fn room(&self, event: WebhookEvent, room: &str) {
-        self.emit(event, || {
-            let mut body = self.own(event);
-            body["room"] = json!(room);
+    /// A change of a room's member list, committed in its log (sent by the shard's
+    /// leader): `join` (a user's first connection in the room, anywhere), `leave` (its
+    /// last), `room_created` (the room's first member), `room_emptied` (its last). The
+    /// numbers and the delivery id are the log's, the same whichever node sends it.
+    pub fn room_event(&self, event: &MembershipEvent<'_>) {
+        let kind = event.kind;
+        self.emit(kind, || {
+            let mut body = json!({
+                "event": kind.as_str(),
+                "node": self.node,
+                "timestamp": event.ts,
+                "delivery_id": event.delivery_id,
+                "room": event.room,
+                "life": event.life,
+                "seq": event.seq,
+                "message_seq": event.message_seq,
+            });
+            if let Some(user) = event.user {
+                body["user"] = json!(user);
+            }
             body
         });
     }
@@ -272,6 +295,26 @@ impl Webhooks {
             })
         });
     }
+}
+
+/// A change of a room's member list as the room's log numbered it (the cluster's
+/// member lists, src/cluster/raft/members.rs, hand these in).
+pub struct MembershipEvent<'a> {
+    /// `Join`, `Leave`, `RoomCreated` or `RoomEmptied`.
+    pub kind: WebhookEvent,
+    pub room: &'a str,
+    /// Who joined or left (none for the room's own events).
+    pub user: Option<&'a UserInfo>,
+    /// Which life of the room (one more at every `room_created` of the shard).
+    pub life: u64,
+    /// 1 at the life's `room_created`, one more per event.
+    pub seq: u64,
+    /// The room's last message seq then.
+    pub message_seq: u64,
+    /// When it happened (ms since the epoch).
+    pub ts: u64,
+    /// The same on every node.
+    pub delivery_id: String,
 }
 
 /// A `publish` event's delivery id: `<message id>@<room>`. The id alone is not

@@ -103,12 +103,19 @@ fn logged(cluster: &Cluster, node: &str, text: &str) -> usize {
 async fn wait_metrics(cluster: &Cluster, node: &str, what: &str, check: impl Fn(&Metrics) -> bool) {
     let started = Instant::now();
     loop {
-        if check(&scrape(cluster, node).await) {
+        let metrics = scrape(cluster, node).await;
+        if check(&metrics) {
             return;
         }
         assert!(
             started.elapsed() < DEADLINE,
-            "{node}: {what} within {DEADLINE:?}"
+            "{node}: {what} within {DEADLINE:?}; last seen: {} unauthenticated, refused for \
+             handshake_timeout {}, too_many_unauthenticated {}, frame_too_large {}\n{}",
+            unauthenticated(&metrics),
+            refused(&metrics, "handshake_timeout"),
+            refused(&metrics, "too_many_unauthenticated"),
+            refused(&metrics, "frame_too_large"),
+            cluster.log_tail(node)
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

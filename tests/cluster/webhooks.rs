@@ -1,8 +1,9 @@
 //! Webhooks from a three-node cluster (docs/webhooks.md, "What is guaranteed"): each
-//! `publish` event is sent by the leader of the room's shard alone, each `join` by
-//! the node of the joining connection alone; when the leader is killed with events
-//! still queued (the backend was down), the new leader sends them again and what
-//! follows, and nothing is lost (the backend deduplicates by `delivery_id`).
+//! `publish` and each `join` event is sent by the leader of the room's shard alone,
+//! numbered by the room's log; when the leader is killed with events still queued
+//! (the backend was down), the new leader sends them again and what follows, and
+//! nothing is lost (the backend deduplicates by `delivery_id`); the members the dead
+//! node held leave, sent by the new leader.
 
 use crate::backend::{Backend, Recorded, Reply};
 use crate::hubbub_node::{toml_list, toml_str};
@@ -66,7 +67,7 @@ async fn each_event_is_sent_by_one_node_and_a_failover_loses_none() {
             .set(
                 "[webhooks]",
                 "events",
-                toml_list(&["publish", "join", "connect"]),
+                toml_list(&["publish", "join", "leave", "connect"]),
             )
             .set("[webhooks]", "secret", toml_str(SECRET))
             .set("[webhooks]", "retry_initial_ms", 50)
@@ -125,14 +126,32 @@ async fn each_event_is_sent_by_one_node_and_a_failover_loses_none() {
     }
     let joins = deliveries(&events, "join");
     assert_eq!(joins.len(), 2, "bob's and carol's joins: {events:?}");
-    for (user, node) in [("bob", "b"), ("carol", "c")] {
+    assert!(joins.values().all(|n| *n == 1), "each join once: {joins:?}");
+    let mut numbers = Vec::new();
+    for user in ["bob", "carol"] {
         let join: Vec<&Value> = events
             .iter()
             .filter(|e| e["event"] == "join" && e["user"]["id"] == user)
             .collect();
         assert_eq!(join.len(), 1, "{user}'s join once: {join:?}");
-        assert_eq!(join[0]["node"], node, "from the joining connection's node");
+        assert_eq!(join[0]["node"], leader.as_str(), "from the shard's leader");
+        numbers.push((join[0]["life"].clone(), join[0]["seq"].as_u64().unwrap()));
     }
+    // One life of the room; its room_created was 1 (not asked for), the joins 2 and 3.
+    numbers.sort_by_key(|(_, seq)| *seq);
+    assert_eq!(numbers[0].0, numbers[1].0, "{numbers:?}");
+    assert_eq!((numbers[0].1, numbers[1].1), (2, 3), "{numbers:?}");
+
+    // A member on the leader's node, who dies with it.
+    let mut dave = cluster.connect(&leader, "dave").await;
+    dave.join_retry(&room).await;
+    backend
+        .wait_for("/events", "dave's join", |seen| {
+            accepted(seen)
+                .iter()
+                .any(|e| e["event"] == "join" && e["user"]["id"] == "dave")
+        })
+        .await;
 
     // The backend goes down; two more messages wait in the leader's queue, which
     // the leader takes with it when it dies. The new leader sends them again.
@@ -173,12 +192,36 @@ async fn each_event_is_sent_by_one_node_and_a_failover_loses_none() {
         }
     }
     let expected = 12 + 3 * survivors.len();
+    let dave_left = |events: &[Value]| -> Vec<Value> {
+        events
+            .iter()
+            .filter(|e| e["event"] == "leave" && e["user"]["id"] == "dave")
+            .cloned()
+            .collect()
+    };
     let requests = backend
-        .wait_for("/events", "every publish after the failover", |seen| {
-            deliveries(&accepted(seen), "publish").len() >= expected
-        })
+        .wait_for(
+            "/events",
+            "every publish after the failover, and dave's leave",
+            |seen| {
+                let events = accepted(seen);
+                deliveries(&events, "publish").len() >= expected && !dave_left(&events).is_empty()
+            },
+        )
         .await;
     let events = accepted(&requests);
+    let left = dave_left(&events);
+    assert_ne!(
+        left[0]["node"],
+        leader.as_str(),
+        "dave's node is dead: the new leader sends his leave: {left:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "join" && e["user"]["id"] == "dave"),
+        "and his join was sent: {events:?}"
+    );
     let seqs: std::collections::BTreeSet<u64> = events
         .iter()
         .filter(|e| e["event"] == "publish")
@@ -193,4 +236,95 @@ async fn each_event_is_sent_by_one_node_and_a_failover_loses_none() {
         (1..=last).collect(),
         "every message of the room, none lost"
     );
+}
+
+/// A frozen node's members leave (sent by the shard's leader once the node is
+/// declared down) and join again when it wakes up, each event once, numbered on in
+/// the room's one life.
+#[tokio::test]
+async fn a_frozen_nodes_members_leave_and_join_again_when_it_wakes() {
+    let backend = Backend::start().await;
+    let mut cluster = Cluster::plan("webhooks-frozen", 3).await;
+    let all = ["a", "b", "c"];
+    for name in cluster.names() {
+        cluster
+            .config(&name)
+            .set("[webhooks]", "name", toml_str("backend"))
+            .set("[webhooks]", "url", toml_str(backend.url("/events")))
+            .set("[webhooks]", "events", toml_list(&["join", "leave"]))
+            .set("[webhooks]", "secret", toml_str(SECRET))
+            .set("[webhooks]", "retry_initial_ms", 50)
+            .set("[webhooks]", "retry_max_ms", 200);
+    }
+    let names = cluster.names();
+    for name in &names {
+        cluster.start_node(name).await;
+    }
+    cluster.wait_converged(&names).await;
+    // A room whose shard `a` leads, with members on a and on c; c is frozen.
+    let room = find_room("frozen", |r| owner_of(r, &all) == "a");
+    let mut ann = cluster.connect("a", "ann").await;
+    let mut erin = cluster.connect("c", "erin").await;
+    ann.join_retry(&room).await;
+    erin.join_retry(&room).await;
+    let erins = |seen: &[Recorded], kind: &str| -> Vec<Value> {
+        accepted(seen)
+            .into_iter()
+            .filter(|e| e["event"] == kind && e["user"]["id"] == "erin")
+            .collect()
+    };
+    backend
+        .wait_for("/events", "erin's join", |seen| {
+            !erins(seen, "join").is_empty()
+        })
+        .await;
+    cluster.sigstop("c");
+    let requests = backend
+        .wait_for("/events", "erin's leave", |seen| {
+            !erins(seen, "leave").is_empty()
+        })
+        .await;
+    let left = erins(&requests, "leave");
+    assert_ne!(
+        left[0]["node"], "c",
+        "the frozen node sends nothing: {left:?}"
+    );
+    cluster.sigcont("c");
+    let requests = backend
+        .wait_for("/events", "erin's second join", |seen| {
+            deliveries(&erins(seen, "join"), "join").len() >= 2
+        })
+        .await;
+    let events = accepted(&requests);
+    let mut numbered: Vec<(String, String, u64)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["event"].as_str().unwrap_or_default().to_owned(),
+                e["user"]["id"].as_str().unwrap_or_default().to_owned(),
+                e["seq"].as_u64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    numbered.sort_by_key(|(_, _, seq)| *seq);
+    numbered.dedup();
+    // room_created (1) is not asked for; ann 2, erin 3, erin leaves 4, joins 5.
+    assert_eq!(
+        numbered,
+        [
+            ("join".to_owned(), "ann".to_owned(), 2),
+            ("join".to_owned(), "erin".to_owned(), 3),
+            ("leave".to_owned(), "erin".to_owned(), 4),
+            ("join".to_owned(), "erin".to_owned(), 5),
+        ],
+        "{events:?}"
+    );
+    assert!(
+        events.iter().all(|e| e["life"] == events[0]["life"]),
+        "one life of the room: {events:?}"
+    );
+    // Ann, on a node that never stopped, never left.
+    assert!(events
+        .iter()
+        .all(|e| !(e["event"] == "leave" && e["user"]["id"] == "ann")));
 }

@@ -122,35 +122,67 @@ async fn every_event_of_a_connection_is_delivered_signed_in_order() {
     alice.close().await;
 
     let requests = backend
-        .wait_for("/events", "a disconnect", |seen| {
-            events(seen).iter().any(|e| e["event"] == "disconnect")
+        .wait_for("/events", "a disconnect and room_emptied", |seen| {
+            let seen = events(seen);
+            ["disconnect", "room_emptied"]
+                .iter()
+                .all(|kind| seen.iter().any(|e| e["event"] == *kind))
         })
         .await;
     let delivered = deduplicated(events(&requests));
-    let sequence = kinds(&delivered);
-    // The publishes come from the room's log, the others from the session and the
-    // room: each stream is in order, and the publishes lie between join and leave.
-    let own: Vec<&str> = sequence
+    let of = |wanted: &[&str]| -> Vec<&Value> {
+        delivered
+            .iter()
+            .filter(|e| wanted.contains(&e["event"].as_str().unwrap_or_default()))
+            .collect()
+    };
+    // Three streams, each in its order: the connection's own events (the node's
+    // sequence), the room's member list and its messages (both numbered by the
+    // room's log).
+    let connection = of(&["connect", "disconnect"]);
+    assert_eq!(
+        connection.iter().map(|e| &e["event"]).collect::<Vec<_>>(),
+        ["connect", "disconnect"],
+        "{delivered:?}"
+    );
+    assert!(connection[0]["seq"].as_u64() < connection[1]["seq"].as_u64());
+    let members = of(&["room_created", "join", "leave", "room_emptied"]);
+    let listed: Vec<(&str, u64, u64)> = members
         .iter()
-        .map(String::as_str)
-        .filter(|k| *k != "publish")
+        .map(|e| {
+            (
+                e["event"].as_str().unwrap(),
+                e["life"].as_u64().unwrap(),
+                e["seq"].as_u64().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(
-        own,
+        listed,
         [
-            "connect",
-            "room_created",
-            "join",
-            "leave",
-            "room_emptied",
-            "disconnect"
+            ("room_created", 1, 1),
+            ("join", 1, 2),
+            ("leave", 1, 3),
+            ("room_emptied", 1, 4)
         ],
         "{delivered:?}"
     );
-    let publishes: Vec<&Value> = delivered
-        .iter()
-        .filter(|e| e["event"] == "publish")
-        .collect();
+    for event in &members {
+        assert_eq!(event["room"], "lobby");
+        assert_eq!(event["node"], "test-node", "sent by the shard's leader");
+        assert_eq!(
+            event["delivery_id"],
+            format!(
+                "{}:1.{}@lobby",
+                event["event"].as_str().unwrap(),
+                event["seq"]
+            )
+        );
+    }
+    // The join came before the first message, the leave after the second.
+    assert_eq!(members[1]["message_seq"], 0);
+    assert_eq!(members[2]["message_seq"], 2);
+    let publishes = of(&["publish"]);
     assert_eq!(publishes.len(), 2, "{delivered:?}");
     for (i, event) in publishes.iter().enumerate() {
         assert_eq!(event["seq"], i as u64 + 1);
@@ -161,14 +193,7 @@ async fn every_event_of_a_connection_is_delivered_signed_in_order() {
         let id = event["message"]["id"].as_str().unwrap();
         assert_eq!(event["delivery_id"], format!("{id}@lobby"));
     }
-    // The node's own events carry its sequence, one more each.
-    let own_seqs: Vec<u64> = delivered
-        .iter()
-        .filter(|e| e["event"] != "publish")
-        .map(|e| e["seq"].as_u64().unwrap())
-        .collect();
-    assert!(own_seqs.windows(2).all(|w| w[0] < w[1]), "{own_seqs:?}");
-    let connect = &delivered[0];
+    let connect = connection[0];
     assert_eq!(connect["user"], json!({"id": "alice", "name": "Alice"}));
     assert!(connect["session"].is_string());
     assert!(connect["timestamp"].as_u64().unwrap() > 1_700_000_000_000);

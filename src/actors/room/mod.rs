@@ -39,8 +39,6 @@ use super::port::{Append, Appended, Ports, RemoteMember};
 use super::room_supervisor::RoomSupervisorMessage;
 use super::session::SessionHandle;
 use super::NodeContext;
-use crate::config::WebhookEvent;
-use crate::hooks::Webhooks;
 use crate::protocol::{
     encode, ChatMessage, ErrorBody, ErrorCode, Member, MessageData, ReplyData, RoomName,
     ServerFrame, UserInfo,
@@ -220,8 +218,6 @@ pub struct Room {
     /// Joins and leaves waiting for the next `PresenceTick` (large rooms only).
     presence_batch: PresenceBatch,
     metrics: Arc<Metrics>,
-    /// Where membership webhook events go.
-    events: Arc<Webhooks>,
     /// This room's share of `hubbub_room_state_entries` as last reported.
     entries_reported: i64,
     /// Joins resuming past what this node's copy of the log holds, waiting for it
@@ -276,7 +272,6 @@ impl Actor for RoomActor {
                 Duration::from_millis(settings.rooms.presence_batch_ms),
             ),
             metrics: self.ctx.metrics.clone(),
-            events: self.ctx.hooks.events.clone(),
             entries_reported: 0,
             waiting_joins: Vec::new(),
         };
@@ -659,10 +654,7 @@ impl Room {
                 }
                 touched.extend(self.remote_ids());
             }
-            let was_member = self.state.members.contains_key(&user.id);
-            let user = user.clone();
             self.members_changed(myself, Some(&id), true, touched, &BTreeMap::new());
-            self.membership_events(&user, was_member);
         }
         let data = self.state.join_data(request.since);
         let _ = reply.send(Ok(data.into_reply(self.room())));
@@ -677,7 +669,6 @@ impl Room {
         self.ports
             .presence
             .local(self.state.name.as_str(), &user, left);
-        let was_member = self.state.members.contains_key(&user.id);
         self.members_changed(
             myself,
             None,
@@ -685,7 +676,6 @@ impl Room {
             BTreeSet::from([user.id.clone()]),
             &BTreeMap::new(),
         );
-        self.membership_events(&user, was_member);
         self.arm_idle_timer(myself);
     }
 
@@ -1007,27 +997,6 @@ impl Room {
             return;
         }
         self.state.push_presence_diff(changes, except);
-    }
-
-    /// The webhook events of a connection's join or leave here (src/hooks/), sent by
-    /// this node alone (the others see the change as remote presence): `join` when
-    /// `user` was not a member of the room anywhere and now is (`room_created` before
-    /// it when the user is its only member); `leave` when the user was and is no more
-    /// (`room_emptied` after it when nobody is left).
-    fn membership_events(&self, user: &UserInfo, was_member: bool) {
-        let room = self.state.name.as_str();
-        let is_member = self.state.members.contains_key(&user.id);
-        if !was_member && is_member {
-            if self.state.members.len() == 1 {
-                self.events.room(WebhookEvent::RoomCreated, room);
-            }
-            self.events.membership(WebhookEvent::Join, room, user);
-        } else if was_member && !is_member {
-            self.events.membership(WebhookEvent::Leave, room, user);
-            if self.state.members.is_empty() {
-                self.events.room(WebhookEvent::RoomEmptied, room);
-            }
-        }
     }
 
     /// The batch's time is up: one `presence_diff` to this node's connections.

@@ -9,6 +9,8 @@
 //!   keys), applied by a pure core, snapshotted, and wrapped for openraft; committed
 //!   messages leave through an [`ApplySink`], and the node reads rooms through a
 //!   [`ShardReader`].
+//! - [`members`]: the shard's room-wide member lists (part of its state), where the
+//!   membership webhook events come from, numbered alike on every replica.
 //! - [`host`]: every shard's Raft on this node: bootstrap, learners, and the
 //!   proposers (batching, forwarding to the leader, retry until a deadline).
 //! - [`local_link`]: the in-process network (several nodes in one process) that the
@@ -26,6 +28,7 @@ pub mod host;
 pub mod local_link;
 pub mod log_store;
 pub mod log_tail;
+pub mod members;
 pub mod network;
 pub mod state_machine;
 pub mod types;

@@ -35,6 +35,7 @@
 //! history bound (and the number of rooms), not by a frame.
 
 use super::log_store::{ShardLogStore, StoredSnapshot};
+use super::members::{At, NodeEpoch, RoomEvent, ShardMembers};
 use super::types::{
     CommandOutcome, NodeId, Refusal, ShardBatch, ShardCommand, ShardId, ShardNode, ShardOutcome,
     ShardTc, MAX_IDEMPOTENCY_KEY_BYTES,
@@ -52,8 +53,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// The first byte of every snapshot: the version of its encoding.
-/// 3: messages carry `data`; 2: the node list; 1 read as well.
-const SNAPSHOT_FORMAT: u8 = 3;
+/// 4: the member lists; 3: messages carry `data`; 2: the node list; 1 read as well.
+const SNAPSHOT_FORMAT: u8 = 4;
 
 /// How much of each room a shard keeps. The same on every node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +95,15 @@ pub struct Committed {
 pub trait ApplySink: Send + Sync + 'static {
     /// The messages committed by one `apply` call, in log order; never empty.
     fn committed(&self, shard: ShardId, committed: Vec<Committed>);
+
+    /// What one `apply` call committed: its messages and its member lists' events
+    /// (raft/members.rs), each in log order, not both empty. By default the messages
+    /// go to [`ApplySink::committed`] and the events nowhere.
+    fn applied(&self, shard: ShardId, committed: Vec<Committed>, _events: Vec<RoomEvent>) {
+        if !committed.is_empty() {
+            self.committed(shard, committed);
+        }
+    }
 
     /// The state was replaced by a snapshot from the leader: rooms may have jumped
     /// ahead, so their readers should read them again.
@@ -377,6 +387,17 @@ pub struct ShardState {
     /// The cluster's node list as last set at runtime (`SetNodes`, shard 0 only);
     /// None: the configured one holds.
     nodes: Option<Vec<String>>,
+    /// The rooms' member lists (raft/members.rs).
+    members: ShardMembers,
+}
+
+/// What applying one entry gave: its outcome, the messages and the member events it
+/// committed.
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub outcome: ShardOutcome,
+    pub committed: Vec<Committed>,
+    pub events: Vec<RoomEvent>,
 }
 
 /// A node list a `SetNodes` may carry: some nodes, each a node name, none twice.
@@ -393,6 +414,15 @@ struct ShardStateV1 {
     last_applied: Option<LogId<NodeId>>,
     last_membership: StoredMembership<NodeId, ShardNode>,
     rooms: BTreeMap<String, RoomLogV2>,
+}
+
+/// A snapshot of format 3: no member lists.
+#[derive(Deserialize)]
+struct ShardStateV3 {
+    last_applied: Option<LogId<NodeId>>,
+    last_membership: StoredMembership<NodeId, ShardNode>,
+    rooms: BTreeMap<String, RoomLog>,
+    nodes: Option<Vec<String>>,
 }
 
 /// A snapshot of format 2: messages without data.
@@ -431,39 +461,54 @@ impl ShardState {
         self.rooms.iter()
     }
 
-    /// Applies one log entry: exactly one outcome per entry (openraft requires it),
-    /// with one [`CommandOutcome`] per command of a normal entry, and the messages it
-    /// committed. An entry at or below `last_applied` changes nothing.
+    /// The rooms' member lists.
+    pub fn members(&self) -> &ShardMembers {
+        &self.members
+    }
+
+    /// [`ShardState::apply_entry`] without the member events.
     pub fn apply(
         &mut self,
         entry: &Entry<ShardTc>,
         retention: &Retention,
     ) -> (ShardOutcome, Vec<Committed>) {
+        let applied = self.apply_entry(entry, retention);
+        (applied.outcome, applied.committed)
+    }
+
+    /// Applies one log entry: exactly one outcome per entry (openraft requires it),
+    /// with one [`CommandOutcome`] per command of a normal entry, and the messages and
+    /// member events it committed. An entry at or below `last_applied` changes nothing.
+    pub fn apply_entry(&mut self, entry: &Entry<ShardTc>, retention: &Retention) -> Applied {
         if self.last_applied.is_some_and(|last| entry.log_id <= last) {
-            return (ShardOutcome::default(), Vec::new());
+            return Applied::default();
         }
         self.last_applied = Some(entry.log_id);
         match &entry.payload {
-            EntryPayload::Blank => (ShardOutcome::default(), Vec::new()),
+            EntryPayload::Blank => Applied::default(),
             EntryPayload::Membership(membership) => {
                 self.last_membership =
                     StoredMembership::new(Some(entry.log_id), membership.clone());
-                (ShardOutcome::default(), Vec::new())
+                Applied::default()
             }
             EntryPayload::Normal(ShardBatch(commands)) => {
-                let mut outcomes = Vec::with_capacity(commands.len());
-                let mut committed = Vec::new();
+                let mut applied = Applied {
+                    outcome: ShardOutcome(Vec::with_capacity(commands.len())),
+                    ..Applied::default()
+                };
                 for command in commands {
-                    outcomes.push(self.apply_command(
-                        entry.log_id.index,
-                        command,
-                        retention,
-                        &mut committed,
-                    ));
+                    let outcome =
+                        self.apply_command(entry.log_id.index, command, retention, &mut applied);
+                    applied.outcome.0.push(outcome);
                 }
-                (ShardOutcome(outcomes), committed)
+                applied
             }
         }
+    }
+
+    /// A room's last message seq (0: none yet).
+    fn message_seq(&self, room: &str) -> u64 {
+        self.rooms.get(room).map_or(0, RoomLog::seq)
     }
 
     fn apply_command(
@@ -471,9 +516,53 @@ impl ShardState {
         log_index: u64,
         command: &ShardCommand,
         retention: &Retention,
-        committed: &mut Vec<Committed>,
+        applied: &mut Applied,
     ) -> CommandOutcome {
+        let committed = &mut applied.committed;
+        let events = &mut applied.events;
+        let noted = |result: Result<bool, super::members::BadMember>| match result {
+            Ok(applied) => CommandOutcome::MembersNoted { applied },
+            Err(_) => CommandOutcome::Refused {
+                reason: Refusal::BadMember,
+            },
+        };
         match command {
+            ShardCommand::Member {
+                node,
+                epoch,
+                room,
+                user,
+                present,
+                ts,
+            } => {
+                let message_seq = self.message_seq(room);
+                noted(self.members.member(
+                    node,
+                    *epoch,
+                    room,
+                    user,
+                    *present,
+                    &At { ts: *ts },
+                    message_seq,
+                    events,
+                ))
+            }
+            ShardCommand::NodeRejoin { node, epoch, ts } => {
+                let rooms = &self.rooms;
+                let message_seq = |room: &str| rooms.get(room).map_or(0, RoomLog::seq);
+                noted(
+                    self.members
+                        .rejoin(node, *epoch, &At { ts: *ts }, &message_seq, events),
+                )
+            }
+            ShardCommand::NodeGone { node, epoch, ts } => {
+                let rooms = &self.rooms;
+                let message_seq = |room: &str| rooms.get(room).map_or(0, RoomLog::seq);
+                noted(
+                    self.members
+                        .gone(node, *epoch, &At { ts: *ts }, &message_seq, events),
+                )
+            }
             ShardCommand::SetNodes { nodes } => {
                 if !valid_node_list(nodes) {
                     return CommandOutcome::Refused {
@@ -655,6 +744,17 @@ impl ShardState {
             Some((&SNAPSHOT_FORMAT, body)) => {
                 postcard::from_bytes(body).map_err(SnapshotDecodeError::Corrupt)
             }
+            Some((3, body)) => {
+                let old: ShardStateV3 =
+                    postcard::from_bytes(body).map_err(SnapshotDecodeError::Corrupt)?;
+                Ok(Self {
+                    last_applied: old.last_applied,
+                    last_membership: old.last_membership,
+                    rooms: old.rooms,
+                    nodes: old.nodes,
+                    members: ShardMembers::default(),
+                })
+            }
             Some((2, body)) => {
                 let old: ShardStateV2 =
                     postcard::from_bytes(body).map_err(SnapshotDecodeError::Corrupt)?;
@@ -663,6 +763,7 @@ impl ShardState {
                     last_membership: old.last_membership,
                     rooms: old.rooms.into_iter().map(|(k, v)| (k, v.into())).collect(),
                     nodes: old.nodes,
+                    members: ShardMembers::default(),
                 })
             }
             Some((1, body)) => {
@@ -673,6 +774,7 @@ impl ShardState {
                     last_membership: old.last_membership,
                     rooms: old.rooms.into_iter().map(|(k, v)| (k, v.into())).collect(),
                     nodes: None,
+                    members: ShardMembers::default(),
                 })
             }
             Some((&other, _)) => Err(SnapshotDecodeError::Format(other)),
@@ -738,6 +840,22 @@ impl ShardReader {
     /// The last log entry applied.
     pub fn last_applied(&self) -> Option<LogId<NodeId>> {
         self.read().last_applied
+    }
+
+    /// The epoch `node`'s member entries count in here (None: it never rejoined).
+    pub fn member_epoch(&self, node: &str) -> Option<NodeEpoch> {
+        self.read().members.epoch(node)
+    }
+
+    /// The nodes whose member entries count now, with their epochs.
+    pub fn member_nodes(&self) -> Vec<(String, u64)> {
+        self.read().members.live_nodes()
+    }
+
+    /// The latest member events stamped at or after `since_ms`, oldest first: what a
+    /// new leader sends again.
+    pub fn recent_room_events(&self, since_ms: u64) -> Vec<RoomEvent> {
+        self.read().members.recent(since_ms)
     }
 
     /// The node list set at runtime, if one was (shard 0).
@@ -861,17 +979,19 @@ impl RaftStateMachine<ShardTc> for ShardStateMachine {
     {
         let mut outcomes = Vec::new();
         let mut committed = Vec::new();
+        let mut events = Vec::new();
         {
             let mut state = self.reader.write();
             for entry in entries {
-                let (outcome, mut messages) = state.apply(&entry, &self.retention);
-                outcomes.push(outcome);
-                committed.append(&mut messages);
+                let mut applied = state.apply_entry(&entry, &self.retention);
+                outcomes.push(applied.outcome);
+                committed.append(&mut applied.committed);
+                events.append(&mut applied.events);
             }
         }
         // After the lock is released and before the next batch: in log order.
-        if !committed.is_empty() {
-            self.sink.committed(self.shard, committed);
+        if !committed.is_empty() || !events.is_empty() {
+            self.sink.applied(self.shard, committed, events);
         }
         Ok(outcomes)
     }
@@ -1411,6 +1531,109 @@ mod tests {
             );
             assert!(committed.is_empty());
         }
+    }
+
+    fn member(node: &str, epoch: u64, room: &str, user: &str, present: bool) -> ShardCommand {
+        ShardCommand::Member {
+            node: node.to_owned(),
+            epoch,
+            room: room.to_owned(),
+            user: UserInfo {
+                id: user.to_owned(),
+                name: user.to_uppercase(),
+            },
+            present,
+            ts: 50,
+        }
+    }
+
+    /// The member commands change the lists in log order, their events carry the
+    /// room's message seq, a snapshot keeps the lists, and a format 3 snapshot (no
+    /// lists) is read with none.
+    #[test]
+    fn member_lists_follow_the_log_and_survive_a_snapshot() {
+        let retention = Retention::messages(10);
+        let mut state = ShardState::default();
+        let rejoin = ShardCommand::NodeRejoin {
+            node: "a".to_owned(),
+            epoch: 7,
+            ts: 40,
+        };
+        let applied = state.apply_entry(
+            &normal(
+                1,
+                vec![
+                    rejoin,
+                    publish("r", "m1", 45, None),
+                    member("a", 7, "r", "al", true),
+                    member("a", 6, "r", "bo", true),
+                    member("a", 7, "bad room", "al", true),
+                ],
+            ),
+            &retention,
+        );
+        assert_eq!(
+            applied.outcome.0[2..],
+            [
+                CommandOutcome::MembersNoted { applied: true },
+                CommandOutcome::MembersNoted { applied: false },
+                CommandOutcome::Refused {
+                    reason: Refusal::BadMember
+                },
+            ]
+        );
+        assert_eq!(applied.committed.len(), 1);
+        let kinds: Vec<(&str, u64, u64)> = applied
+            .events
+            .iter()
+            .map(|e| (e.kind.as_str(), e.seq, e.message_seq))
+            .collect();
+        assert_eq!(kinds, [("room_created", 1, 1), ("join", 2, 1)]);
+        // Replayed: nothing again.
+        let again = state.apply_entry(
+            &normal(1, vec![member("a", 7, "r", "cy", true)]),
+            &retention,
+        );
+        assert!(again.events.is_empty());
+
+        let restored = ShardState::decode(&state.encode().expect("encode")).expect("decode");
+        assert_eq!(restored, state);
+        assert_eq!(restored.members().users("r").len(), 1);
+        let mut restored = restored;
+        let gone = restored.apply_entry(
+            &normal(
+                2,
+                vec![ShardCommand::NodeGone {
+                    node: "a".to_owned(),
+                    epoch: 7,
+                    ts: 60,
+                }],
+            ),
+            &retention,
+        );
+        let kinds: Vec<&str> = gone.events.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(kinds, ["leave", "room_emptied"]);
+
+        #[derive(Serialize)]
+        struct V3<'a> {
+            last_applied: Option<LogId<NodeId>>,
+            last_membership: StoredMembership<NodeId, ShardNode>,
+            rooms: &'a BTreeMap<String, RoomLog>,
+            nodes: Option<Vec<String>>,
+        }
+        let mut bytes = vec![3];
+        bytes.extend(
+            postcard::to_allocvec(&V3 {
+                last_applied: state.last_applied,
+                last_membership: state.last_membership.clone(),
+                rooms: &state.rooms,
+                nodes: None,
+            })
+            .expect("encode"),
+        );
+        let old = ShardState::decode(&bytes).expect("a format 3 snapshot decodes");
+        assert_eq!(old.rooms, state.rooms);
+        assert_eq!(old.members(), &ShardMembers::default());
     }
 
     /// A snapshot written before messages had data (format 2) is still read.

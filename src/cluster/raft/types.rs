@@ -80,6 +80,25 @@ pub enum ShardCommand {
         ts: u64,
         idempotency_key: Option<String>,
     },
+    /// `node` now holds (`present`) or no longer holds a connection of `user` in
+    /// `room`: the room-wide member list the `join`, `leave`, `room_created` and
+    /// `room_emptied` webhook events are derived from (raft/members.rs). Counts only
+    /// while `epoch` is the node's current one there.
+    Member {
+        node: String,
+        epoch: u64,
+        room: String,
+        user: UserInfo,
+        present: bool,
+        ts: u64,
+    },
+    /// `node` starts over in this shard's member lists with `epoch` (greater than any
+    /// before): its earlier entries are dropped, and it sends its members again. At
+    /// its start, and after the shard's leader declared it gone.
+    NodeRejoin { node: String, epoch: u64, ts: u64 },
+    /// The shard's leader saw `node` declared down: its entries made in `epoch` are
+    /// dropped (its members leave), unless it has rejoined since.
+    NodeGone { node: String, epoch: u64, ts: u64 },
 }
 
 impl ShardCommand {
@@ -122,6 +141,10 @@ impl ShardCommand {
                     + 40
             }
             Self::SetNodes { nodes } => nodes.iter().map(|n| n.len() + 8).sum::<usize>() + 16,
+            Self::Member {
+                node, room, user, ..
+            } => node.len() + room.len() + user.id.len() + user.name.len() + 32,
+            Self::NodeRejoin { node, .. } | Self::NodeGone { node, .. } => node.len() + 24,
         }
     }
 }
@@ -148,6 +171,10 @@ pub enum CommandOutcome {
     Refused { reason: Refusal },
     /// The node list is now the one proposed.
     NodesSet,
+    /// A member-list command (`Member`, `NodeRejoin`, `NodeGone`) was applied
+    /// (`applied`), or left nothing changed because its epoch is not the node's
+    /// current one.
+    MembersNoted { applied: bool },
 }
 
 /// Why a command was refused. The proposer checks these before proposing; apply
@@ -162,6 +189,8 @@ pub enum Refusal {
     BadNodes,
     /// `PublishData`'s `data` is not one JSON value other than null.
     BadData,
+    /// A member-list command naming no node, or a user id or name out of bounds.
+    BadMember,
 }
 
 /// Longest idempotency key a command may carry, in bytes: the client protocol's
