@@ -213,9 +213,10 @@ impl MemberLog {
             side.dirty = keys_of(local, shards, shard);
         }
         if !shown {
-            // Never rejoined, the rejoin failed, or the lists say this node is gone.
-            // Queued under the lock: the `Member`s queued after it carry its epoch.
-            let epoch = now_ms().max(listed.map_or(0, |e| e.epoch + 1));
+            // Never rejoined, the rejoin is not applied yet, or the lists say this
+            // node is gone. Queued under the lock: the `Member`s queued after it carry
+            // its epoch.
+            let epoch = next_epoch(side.epoch, listed, now_ms());
             let command = ShardCommand::NodeRejoin {
                 node: self.me.clone(),
                 epoch,
@@ -369,6 +370,21 @@ impl MemberLog {
     }
 }
 
+/// The epoch of this node's next rejoin of a shard, given its last one (`mine`) and
+/// what the shard's lists hold for it. A rejoin not yet seen applied is retried with
+/// the same epoch: it applies once, and the `Member`s already queued behind the
+/// first try count (a new epoch would drop them, and their users would leave and join
+/// again). A new epoch, greater than any the lists saw, only when there is none yet
+/// or the lists say this node is gone (its `Member`s of that epoch count no more).
+fn next_epoch(mine: Option<u64>, listed: Option<NodeEpoch>, now: u64) -> u64 {
+    let fresh = || now.max(listed.map_or(0, |l| l.epoch + 1));
+    match (mine, listed) {
+        (Some(mine), None) => mine,
+        (Some(mine), Some(listed)) if listed.epoch < mine => mine,
+        _ => fresh(),
+    }
+}
+
 /// The users of `shard` with a connection here.
 fn keys_of(local: &BTreeMap<Key, UserInfo>, shards: u32, shard: ShardId) -> BTreeSet<Key> {
     local
@@ -400,5 +416,25 @@ impl PresencePort for WithMemberLists {
 
     fn remote_rooms(&self) -> Vec<String> {
         self.presence.remote_rooms()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rejoin_is_retried_with_its_epoch_and_a_gone_node_takes_a_new_one() {
+        let listed = |epoch, gone| Some(NodeEpoch { epoch, gone });
+        // First: the clock, past anything listed (a restart after a clock step back).
+        assert_eq!(next_epoch(None, None, 100), 100);
+        assert_eq!(next_epoch(None, listed(500, false), 100), 501);
+        // Not applied yet: the same epoch again.
+        assert_eq!(next_epoch(Some(100), None, 200), 100);
+        assert_eq!(next_epoch(Some(100), listed(40, false), 200), 100);
+        assert_eq!(next_epoch(Some(100), listed(40, true), 200), 100);
+        // Declared gone in it: a new one.
+        assert_eq!(next_epoch(Some(100), listed(100, true), 200), 200);
+        assert_eq!(next_epoch(Some(100), listed(100, true), 50), 101);
     }
 }

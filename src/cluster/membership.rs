@@ -1039,9 +1039,19 @@ impl MembershipState {
     fn on_tick(&mut self, myself: &ActorRef<MembershipMessage>) {
         let now = self.now();
         let timeout = self.failure_timeout_ms;
-        // Handshakes that never finish (a frozen peer's kernel still accepts TCP).
+        // Handshakes that never finish (a frozen peer's kernel still accepts TCP) on
+        // the sessions this node dialled. An incoming one has the cluster port's guard
+        // (membership/peer_port.rs), which closes it at the same deadline and counts
+        // it in hubbub_cluster_peer_connections_refused_total; stopping it here too
+        // raced the guard, and a session stopped here was not counted. Twice the
+        // timeout is left as a backstop should the guard not be polled.
         for session in self.sessions.values_mut() {
-            if !session.authenticated && now.saturating_sub(session.opened_at) > timeout {
+            let limit = if session.is_server {
+                timeout.saturating_mul(2)
+            } else {
+                timeout
+            };
+            if !session.authenticated && now.saturating_sub(session.opened_at) > limit {
                 session.stop("handshake timed out");
             }
         }
