@@ -30,10 +30,10 @@ use crate::actors::port::{Append, Appended, LogRead, PortFuture, RoomLog};
 use crate::actors::{RoomDirectory, RoomMessage};
 use crate::config::WebhookEvent;
 use crate::config::{Settings, StorageEngine};
-use crate::hooks::{MembershipEvent, Webhooks};
+use crate::hooks::{MembershipEvent, Receipt, Webhooks};
 use crate::protocol::{now_ms, ErrorBody, ErrorCode};
 use crate::telemetry::Metrics;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
@@ -105,12 +105,14 @@ impl RoomLog for RaftRoomLog {
                     ErrorCode::BadRequest,
                     format!("the room's log refused the message: {reason:?}"),
                 )),
-                Ok(other @ (CommandOutcome::NodesSet | CommandOutcome::MembersNoted { .. })) => {
-                    Err(ErrorBody::new(
-                        ErrorCode::Internal,
-                        format!("the room's log answered a publish with {other:?}"),
-                    ))
-                }
+                Ok(
+                    other @ (CommandOutcome::NodesSet
+                    | CommandOutcome::MembersNoted { .. }
+                    | CommandOutcome::Marked),
+                ) => Err(ErrorBody::new(
+                    ErrorCode::Internal,
+                    format!("the room's log answered a publish with {other:?}"),
+                )),
                 Err(ProposeError::Unavailable(reason)) => Err(ErrorBody::new(
                     ErrorCode::Unavailable,
                     format!("{reason}; retry"),
@@ -183,7 +185,28 @@ pub struct RoomSink {
     replay: Duration,
     /// The last term of each shard this node led and replayed `publish` events for.
     replayed: Mutex<BTreeMap<ShardId, u64>>,
+    /// The events of each shard this node leads that an endpoint still holds, and
+    /// the mark last recorded: what `record_marks` proposes.
+    undelivered: Mutex<BTreeMap<ShardId, Undelivered>>,
 }
+
+/// A led shard's events still queued at some endpoint.
+#[derive(Default)]
+struct Undelivered {
+    /// (stamp, where it was queued), in the order sent.
+    events: VecDeque<(u64, Receipt)>,
+    /// The newest stamp sent.
+    newest: u64,
+    /// The mark last proposed.
+    recorded: u64,
+}
+
+/// How far back of the recorded mark a new leader starts its resend: entries are
+/// stamped by their proposers' clocks, which may lag the leader's by this much.
+pub const MARK_MARGIN_MS: u64 = 5_000;
+
+/// How much a shard's mark must have moved before it is recorded again.
+const MARK_STEP_MS: u64 = 1_000;
 
 impl RoomSink {
     /// The term of `shard` if this node leads it now (None until the host started).
@@ -222,7 +245,13 @@ impl RoomSink {
         let Some(reader) = host.reader(shard) else {
             return true;
         };
-        let since = now_ms().saturating_sub(self.replay.as_millis() as u64);
+        // From the mark the previous leader recorded (everything stamped before it
+        // was delivered), less the clocks' margin; without one, the replay window.
+        let since = match reader.webhook_mark() {
+            Some(mark) => mark.saturating_sub(MARK_MARGIN_MS),
+            None => now_ms().saturating_sub(self.replay.as_millis() as u64),
+        };
+        self.forget(shard);
         // By id and room: one publish to several rooms gives each the same id.
         let skip: BTreeSet<(&str, &str)> = applying
             .iter()
@@ -252,24 +281,80 @@ impl RoomSink {
             );
         }
         for message in &messages {
-            self.events.published(message);
+            let receipt = self.events.published(message);
+            self.sent(shard, message.ts, receipt);
         }
         for event in &room_events {
-            self.send_room_event(event);
+            self.send_room_event(shard, event);
         }
         true
+    }
+
+    /// An event of `shard` stamped `ts` was queued as `receipt`.
+    fn sent(&self, shard: ShardId, ts: u64, receipt: Receipt) {
+        let Ok(mut undelivered) = self.undelivered.lock() else {
+            return;
+        };
+        let entry = undelivered.entry(shard).or_default();
+        entry.newest = entry.newest.max(ts);
+        if !receipt.is_empty() {
+            entry.events.push_back((ts, receipt));
+        }
+    }
+
+    /// This node no longer leads `shard` (or leads it anew): what it tracked there
+    /// is the next leader's to resend.
+    fn forget(&self, shard: ShardId) {
+        if let Ok(mut undelivered) = self.undelivered.lock() {
+            undelivered.remove(&shard);
+        }
+    }
+
+    /// For each shard this node leads, the stamp before which every event it sent
+    /// is delivered (the oldest stamp still queued, or the newest sent when none is),
+    /// proposed as the shard's `WebhookMark` once it moved by [`MARK_STEP_MS`].
+    fn record_marks(&self, host: &Arc<ShardHost>) {
+        let Ok(mut undelivered) = self.undelivered.lock() else {
+            return;
+        };
+        let mut due = Vec::new();
+        for (&shard, entry) in undelivered.iter_mut() {
+            if self.term_led(shard).is_none() {
+                continue;
+            }
+            entry
+                .events
+                .retain(|(_, receipt)| !self.events.done_with(receipt));
+            let mark = entry
+                .events
+                .iter()
+                .map(|(ts, _)| *ts)
+                .min()
+                .unwrap_or(entry.newest);
+            if mark >= entry.recorded + MARK_STEP_MS {
+                entry.recorded = mark;
+                due.push((shard, mark));
+            }
+        }
+        undelivered.retain(|&shard, _| self.term_led(shard).is_some());
+        drop(undelivered);
+        for (shard, ts) in due {
+            if let Ok(answer) = host.enqueue(shard, ShardCommand::WebhookMark { ts }) {
+                tokio::spawn(answer);
+            }
+        }
     }
 }
 
 impl RoomSink {
-    fn send_room_event(&self, event: &RoomEvent) {
+    fn send_room_event(&self, shard: ShardId, event: &RoomEvent) {
         let kind = match event.kind {
             RoomEventKind::RoomCreated => WebhookEvent::RoomCreated,
             RoomEventKind::Join => WebhookEvent::Join,
             RoomEventKind::Leave => WebhookEvent::Leave,
             RoomEventKind::RoomEmptied => WebhookEvent::RoomEmptied,
         };
-        self.events.room_event(&MembershipEvent {
+        let receipt = self.events.room_event(&MembershipEvent {
             kind,
             room: &event.room,
             user: event.user.as_ref(),
@@ -279,6 +364,7 @@ impl RoomSink {
             ts: event.ts,
             delivery_id: event.delivery_id(),
         });
+        self.sent(shard, event.ts, receipt);
     }
 }
 
@@ -295,11 +381,12 @@ impl ApplySink for RoomSink {
         if (publish || !events.is_empty()) && self.lead(shard, &committed, &events) {
             if publish {
                 for entry in &committed {
-                    self.events.published(&entry.message);
+                    let receipt = self.events.published(&entry.message);
+                    self.sent(shard, entry.message.ts, receipt);
                 }
             }
             for event in &events {
-                self.send_room_event(event);
+                self.send_room_event(shard, event);
             }
         }
         // Grouped per room, each group in log order.
@@ -423,6 +510,7 @@ pub async fn start_host(
         host: OnceLock::new(),
         replay: Duration::from_secs(settings.hooks.webhook_replay_secs),
         replayed: Mutex::new(BTreeMap::new()),
+        undelivered: Mutex::new(BTreeMap::new()),
     });
     let reach = cluster.as_ref().map(|cluster| reach_of(cluster));
     let wiring = Wiring {
@@ -453,16 +541,18 @@ const LEADERSHIP_POLL: Duration = Duration::from_millis(200);
 
 /// Looks at which shards this node leads every [`LEADERSHIP_POLL`], so that a shard
 /// it comes to lead (at start, or when leadership moves here) gets its replay
-/// ([`RoomSink::lead`]) even when no new entry is applied there.
+/// ([`RoomSink::lead`]) even when no new entry is applied there; and records the
+/// webhook marks of the shards it leads ([`RoomSink::record_marks`]).
 async fn watch_leadership(host: Weak<ShardHost>, sink: Arc<RoomSink>) {
     loop {
         tokio::time::sleep(LEADERSHIP_POLL).await;
-        let Some(shards) = host.upgrade().map(|h| h.placement().shards()) else {
+        let Some(host) = host.upgrade() else {
             return;
         };
-        for shard in 0..shards {
+        for shard in 0..host.placement().shards() {
             sink.lead(shard, &[], &[]);
         }
+        sink.record_marks(&host);
     }
 }
 

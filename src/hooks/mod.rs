@@ -209,15 +209,31 @@ impl Webhooks {
         .any(|event| self.wants(event))
     }
 
-    /// Encodes an event once and queues it at every endpoint that wants it.
-    fn emit(&self, event: WebhookEvent, body: impl FnOnce() -> Value) {
+    /// Encodes an event once and queues it at every endpoint that wants it; answers
+    /// where it was queued.
+    fn emit(&self, event: WebhookEvent, body: impl FnOnce() -> Value) -> Receipt {
         if !self.wants(event) {
-            return;
+            return Receipt::default();
         }
         let encoded: Arc<str> = Arc::from(body().to_string());
-        for endpoint in self.endpoints.iter().filter(|e| e.wants(event)) {
-            endpoint.push(encoded.clone());
+        let mut receipt = Receipt::default();
+        for (i, endpoint) in self.endpoints.iter().enumerate() {
+            if endpoint.wants(event) {
+                if let Some(position) = endpoint.push_at(encoded.clone()) {
+                    receipt.0.push((i, position));
+                }
+            }
         }
+        receipt
+    }
+
+    /// Whether every endpoint that queued the event of `receipt` is done with it
+    /// (delivered it, or had it refused).
+    pub fn done_with(&self, receipt: &Receipt) -> bool {
+        receipt
+            .0
+            .iter()
+            .all(|&(i, position)| self.endpoints.get(i).is_none_or(|e| e.done() >= position))
     }
 
     /// The fields of a node's own event (`connect`, `disconnect`).
@@ -235,7 +251,7 @@ impl Webhooks {
 
     /// A connection of `user` opened (`Connect`) or closed (`Disconnect`) here.
     pub fn connection(&self, event: WebhookEvent, session: &str, user: &UserInfo) {
-        self.emit(event, || {
+        let _ = self.emit(event, || {
             let mut body = self.own(event);
             body["session"] = json!(session);
             body["user"] = json!(user);
@@ -259,7 +275,7 @@ impl Webhooks {
     /// leader): `join` (a user's first connection in the room, anywhere), `leave` (its
     /// last), `room_created` (the room's first member), `room_emptied` (its last). The
     /// numbers and the delivery id are the log's, the same whichever node sends it.
-    pub fn room_event(&self, event: &MembershipEvent<'_>) {
+    pub fn room_event(&self, event: &MembershipEvent<'_>) -> Receipt {
         let kind = event.kind;
         self.emit(kind, || {
             let mut body = json!({
@@ -276,13 +292,13 @@ impl Webhooks {
                 body["user"] = json!(user);
             }
             body
-        });
+        })
     }
 
     /// A message was committed in its room's log (sent by the shard's leader). The
     /// delivery id is the message's id and its room ([`publish_delivery_id`]) and
     /// `seq` the room's, so the event is the same whichever node sends it.
-    pub fn published(&self, message: &ChatMessage) {
+    pub fn published(&self, message: &ChatMessage) -> Receipt {
         self.emit(WebhookEvent::Publish, || {
             json!({
                 "event": "publish",
@@ -293,7 +309,19 @@ impl Webhooks {
                 "seq": message.seq,
                 "message": message,
             })
-        });
+        })
+    }
+}
+
+/// Where one event was queued: (endpoint, position) for each endpoint that took it
+/// (none when no endpoint wanted it or every queue was full).
+#[derive(Debug, Default, Clone)]
+pub struct Receipt(Vec<(usize, u64)>);
+
+impl Receipt {
+    /// Whether no endpoint holds the event.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 

@@ -51,6 +51,11 @@ struct Queue {
     in_flight: usize,
     /// Events dropped since the last one that fitted; > 0 while a burst lasts.
     dropping: u64,
+    /// Events ever queued: the last one's position.
+    pushed: u64,
+    /// Events ever done with (delivered or refused), in queue order: every event at
+    /// a position up to this one has left the queue.
+    done: u64,
 }
 
 impl Endpoint {
@@ -72,9 +77,15 @@ impl Endpoint {
 
     /// Queues one encoded event; false when it was dropped (the queue is full).
     pub fn push(&self, body: Arc<str>) -> bool {
+        self.push_at(body).is_some()
+    }
+
+    /// Queues one encoded event and answers its position in the queue (see
+    /// [`Endpoint::done`]); None when it was dropped (the queue is full).
+    pub fn push_at(&self, body: Arc<str>) -> Option<u64> {
         let size = body.len() as u64;
         let Ok(mut queue) = self.queue.lock() else {
-            return false;
+            return None;
         };
         let events = queue.waiting.len() + queue.in_flight;
         if events >= self.settings.queue_events || queue.bytes + size > self.settings.queue_bytes {
@@ -88,7 +99,7 @@ impl Endpoint {
             }
             queue.dropping += 1;
             self.metrics.overflow.inc();
-            return false;
+            return None;
         }
         if queue.dropping > 0 {
             tracing::warn!(endpoint = %self.name, dropped = queue.dropping, "webhook queue has room again");
@@ -96,10 +107,18 @@ impl Endpoint {
         }
         queue.bytes += size;
         queue.waiting.push_back(body);
+        queue.pushed += 1;
+        let position = queue.pushed;
         self.metrics.queued.inc();
         drop(queue);
         self.wake.notify_one();
-        true
+        Some(position)
+    }
+
+    /// How far the queue is done with: the event at a position up to this one was
+    /// delivered or refused.
+    pub fn done(&self) -> u64 {
+        self.queue.lock().map_or(0, |q| q.done)
     }
 
     /// Whether nothing waits and nothing is in flight.
@@ -127,6 +146,7 @@ impl Endpoint {
         if let Ok(mut queue) = self.queue.lock() {
             queue.in_flight = 0;
             queue.bytes = queue.bytes.saturating_sub(bytes);
+            queue.done += batch.len() as u64;
         }
         self.metrics.queued.dec_by(batch.len() as i64);
     }

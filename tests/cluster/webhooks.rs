@@ -328,3 +328,91 @@ async fn a_frozen_nodes_members_leave_and_join_again_when_it_wakes() {
         .iter()
         .all(|e| !(e["event"] == "leave" && e["user"]["id"] == "ann")));
 }
+
+/// A backend down for longer than the replay window when the leader dies loses
+/// nothing: the old leader recorded in the room's log how far its events were
+/// delivered, and the new leader sends again from there, not from the window.
+#[tokio::test]
+async fn a_new_leader_resends_from_the_recorded_mark_past_the_replay_window() {
+    let backend = Backend::start().await;
+    let mut cluster = Cluster::plan("webhooks-mark", 3).await;
+    let all = ["a", "b", "c"];
+    for name in cluster.names() {
+        cluster
+            .config(&name)
+            .set("hooks", "webhook_replay_secs", 1)
+            .set("[webhooks]", "name", toml_str("backend"))
+            .set("[webhooks]", "url", toml_str(backend.url("/events")))
+            .set("[webhooks]", "events", toml_list(&["publish"]))
+            .set("[webhooks]", "secret", toml_str(SECRET))
+            .set("[webhooks]", "retry_initial_ms", 50)
+            .set("[webhooks]", "retry_max_ms", 200);
+    }
+    let names = cluster.names();
+    for name in &names {
+        cluster.start_node(name).await;
+    }
+    cluster.wait_converged(&names).await;
+    let room = find_room("marked", |r| owner_of(r, &all) == "a");
+    let shard = shard_of(&room, &all);
+    let leader = cluster.leader_seen_by("b", shard).await.expect("a leader");
+    let writer = all
+        .iter()
+        .copied()
+        .find(|n| *n != leader)
+        .expect("a follower");
+    let mut bob = cluster.connect(writer, "bob").await;
+    bob.join_retry(&room).await;
+    for i in 0..3 {
+        bob.publish_retry(&room, &format!("early{i}")).await;
+    }
+    backend
+        .wait_for("/events", "the early publishes", |seen| {
+            deliveries(&accepted(seen), "publish").len() >= 3
+        })
+        .await;
+    // Down: three more wait at the leader, for longer than the replay window.
+    let down = Arc::new(AtomicBool::new(true));
+    let is_down = down.clone();
+    backend.respond(move |_| {
+        if is_down.load(Ordering::SeqCst) {
+            Reply::status(503)
+        } else {
+            Reply::ok(json!({}))
+        }
+    });
+    for i in 0..3 {
+        bob.publish_retry(&room, &format!("queued{i}")).await;
+    }
+    let before = backend.requests("/events").len();
+    backend
+        .wait_for("/events", "the leader retrying the queued ones", |seen| {
+            seen[before..].iter().filter(|r| r.status == 503).count() >= 3
+        })
+        .await;
+    // Past the window: 1 s, and the margin for clocks (room_log.rs, 5 s) besides.
+    tokio::time::sleep(std::time::Duration::from_millis(6_500)).await;
+    cluster.kill9(&leader);
+    down.store(false, Ordering::SeqCst);
+    // The new leader resends the queued ones (and what it sends next).
+    bob.publish_retry(&room, "after").await;
+    let requests = backend
+        .wait_for("/events", "every publish, the queued ones too", |seen| {
+            deliveries(&accepted(seen), "publish").len() >= 7
+        })
+        .await;
+    let events = accepted(&requests);
+    let contents: std::collections::BTreeSet<String> = events
+        .iter()
+        .filter(|e| e["event"] == "publish")
+        .map(|e| {
+            e["message"]["content"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    for i in 0..3 {
+        assert!(contents.contains(&format!("queued{i}")), "{contents:?}");
+    }
+}

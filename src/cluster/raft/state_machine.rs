@@ -53,7 +53,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// The first byte of every snapshot: the version of its encoding.
-/// 4: the member lists; 3: messages carry `data`; 2: the node list; 1 read as well.
+/// 4: the member lists and the webhook mark; 3: messages carry `data`; 2: the node list; 1 read as well.
 const SNAPSHOT_FORMAT: u8 = 4;
 
 /// How much of each room a shard keeps. The same on every node.
@@ -389,6 +389,9 @@ pub struct ShardState {
     nodes: Option<Vec<String>>,
     /// The rooms' member lists (raft/members.rs).
     members: ShardMembers,
+    /// Every webhook event of the shard stamped before this (ms) was delivered, as
+    /// a leader last recorded (`WebhookMark`); 0: never recorded.
+    webhook_mark: u64,
 }
 
 /// What applying one entry gave: its outcome, the messages and the member events it
@@ -554,6 +557,10 @@ impl ShardState {
                     self.members
                         .rejoin(node, *epoch, &At { ts: *ts }, &message_seq, events),
                 )
+            }
+            ShardCommand::WebhookMark { ts } => {
+                self.webhook_mark = self.webhook_mark.max(*ts);
+                CommandOutcome::Marked
             }
             ShardCommand::NodeGone { node, epoch, ts } => {
                 let rooms = &self.rooms;
@@ -753,6 +760,7 @@ impl ShardState {
                     rooms: old.rooms,
                     nodes: old.nodes,
                     members: ShardMembers::default(),
+                    webhook_mark: 0,
                 })
             }
             Some((2, body)) => {
@@ -764,6 +772,7 @@ impl ShardState {
                     rooms: old.rooms.into_iter().map(|(k, v)| (k, v.into())).collect(),
                     nodes: old.nodes,
                     members: ShardMembers::default(),
+                    webhook_mark: 0,
                 })
             }
             Some((1, body)) => {
@@ -775,6 +784,7 @@ impl ShardState {
                     rooms: old.rooms.into_iter().map(|(k, v)| (k, v.into())).collect(),
                     nodes: None,
                     members: ShardMembers::default(),
+                    webhook_mark: 0,
                 })
             }
             Some((&other, _)) => Err(SnapshotDecodeError::Format(other)),
@@ -840,6 +850,11 @@ impl ShardReader {
     /// The last log entry applied.
     pub fn last_applied(&self) -> Option<LogId<NodeId>> {
         self.read().last_applied
+    }
+
+    /// The webhook mark a leader last recorded (None: never).
+    pub fn webhook_mark(&self) -> Option<u64> {
+        Some(self.read().webhook_mark).filter(|&mark| mark > 0)
     }
 
     /// The epoch `node`'s member entries count in here (None: it never rejoined).
@@ -1613,6 +1628,19 @@ mod tests {
         );
         let kinds: Vec<&str> = gone.events.iter().map(|e| e.kind.as_str()).collect();
         assert_eq!(kinds, ["leave", "room_emptied"]);
+        // The webhook mark only moves forward, and a snapshot keeps it.
+        let marks = vec![
+            ShardCommand::WebhookMark { ts: 500 },
+            ShardCommand::WebhookMark { ts: 300 },
+        ];
+        let marked = restored.apply_entry(&normal(3, marks), &retention);
+        assert_eq!(
+            marked.outcome.0,
+            [CommandOutcome::Marked, CommandOutcome::Marked]
+        );
+        assert_eq!(restored.webhook_mark, 500);
+        let decoded = ShardState::decode(&restored.encode().expect("encode")).expect("decode");
+        assert_eq!(decoded.webhook_mark, 500);
 
         #[derive(Serialize)]
         struct V3<'a> {

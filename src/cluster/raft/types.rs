@@ -99,6 +99,10 @@ pub enum ShardCommand {
     /// The shard's leader saw `node` declared down: its entries made in `epoch` are
     /// dropped (its members leave), unless it has rejoined since.
     NodeGone { node: String, epoch: u64, ts: u64 },
+    /// The shard's leader had every webhook event of the shard stamped before `ts`
+    /// delivered (room_log.rs): a new leader sends again from there, not from a
+    /// fixed window.
+    WebhookMark { ts: u64 },
 }
 
 impl ShardCommand {
@@ -145,6 +149,7 @@ impl ShardCommand {
                 node, room, user, ..
             } => node.len() + room.len() + user.id.len() + user.name.len() + 32,
             Self::NodeRejoin { node, .. } | Self::NodeGone { node, .. } => node.len() + 24,
+            Self::WebhookMark { .. } => 16,
         }
     }
 }
@@ -175,6 +180,8 @@ pub enum CommandOutcome {
     /// (`applied`), or left nothing changed because its epoch is not the node's
     /// current one.
     MembersNoted { applied: bool },
+    /// The webhook mark is at least the one proposed.
+    Marked,
 }
 
 /// Why a command was refused. The proposer checks these before proposing; apply
