@@ -604,12 +604,15 @@ pub fn shard_status(host: &ShardHost) -> serde_json::Value {
                     *id,
                 )
             });
+            let (term, applied) = host.progress(shard).unwrap_or_default();
             serde_json::json!({
                 "shard": shard,
                 "voters": voters.into_iter().map(name).collect::<Vec<_>>(),
                 "placed": placed.into_iter().map(name).collect::<Vec<_>>(),
                 "learners": learners,
                 "leader": host.leader(shard).map(name),
+                "term": term,
+                "applied": applied,
             })
         })
         .collect();

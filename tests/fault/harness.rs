@@ -154,6 +154,11 @@ impl FaultCluster {
 
     /// Polls `/cluster` of `nodes` until each sees exactly them (one view), with a
     /// quorum, and every shard of the room logs has a leader among them.
+    /// Node `i`'s `/cluster` status (None while it does not answer).
+    pub async fn status(&self, i: usize) -> Option<Value> {
+        self.procs[i].status().await
+    }
+
     pub async fn wait_converged(&self, nodes: &[usize]) -> Duration {
         let started = Instant::now();
         let procs: Vec<&NodeProcess> = nodes.iter().map(|i| &self.procs[*i]).collect();
@@ -270,8 +275,25 @@ impl Member {
         )
     }
 
-    /// Connects again as the same user (same label), to `node`, keeping what it saw.
+    /// Connects again as the same user (same label), to `node`, keeping what it saw,
+    /// and joins its rooms again, each with `since` its last seq.
     pub async fn reconnect(&mut self, cluster: &FaultCluster, node: usize, log: &Log) {
+        self.reopen(cluster, node, log).await;
+        let rooms: Vec<String> = self.wanted.lock().expect("lock").iter().cloned().collect();
+        for room in rooms {
+            let since = self.last_seq.lock().expect("lock").get(&room).copied();
+            self.join_since(&room, since).await;
+        }
+    }
+
+    /// The rooms this member joined and did not leave.
+    pub fn wanted(&self) -> Vec<String> {
+        self.wanted.lock().expect("lock").iter().cloned().collect()
+    }
+
+    /// Connects again as the same user (same label), to `node`, keeping what it saw,
+    /// and joins nothing yet.
+    pub async fn reopen(&mut self, cluster: &FaultCluster, node: usize, log: &Log) {
         let client = Client::connect(
             cluster.http(node),
             &format!("user={}&name={}", self.user, self.user),
@@ -279,7 +301,6 @@ impl Member {
         .await;
         self.close().await;
         let seqs = self.last_seq.lock().expect("lock").clone();
-        let rooms: Vec<String> = self.wanted.lock().expect("lock").iter().cloned().collect();
         *self = Self::spawn(
             client,
             &self.user.clone(),
@@ -289,10 +310,6 @@ impl Member {
             self.outcomes.clone(),
             self.wanted.clone(),
         );
-        for room in rooms {
-            let since = self.last_seq.lock().expect("lock").get(&room).copied();
-            self.join_since(&room, since).await;
-        }
     }
 
     fn spawn(
@@ -355,6 +372,17 @@ impl Member {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Sends one join (no retry) and returns where its reply will come.
+    pub fn send_join(&self, room: &str, since: Option<u64>) -> oneshot::Receiver<Value> {
+        let (done, rx) = oneshot::channel();
+        let _ = self.tx.send(Cmd::Join {
+            room: room.to_owned(),
+            since,
+            done,
+        });
+        rx
     }
 
     pub async fn join(&self, room: &str) -> Value {

@@ -107,6 +107,19 @@ impl Run {
             .collect()
     }
 
+    /// What node `i` says of `room`'s shard: its leader as `i` last heard, and the
+    /// index of the last log entry `i` applied (None while `i` does not answer).
+    pub async fn shard_seen_by(&self, i: usize, room: &str) -> Option<(Option<String>, u64)> {
+        let names = self.names();
+        let placement = hubbub::cluster::shards::Placement::new(&names, 16, 3).expect("placement");
+        let status = self.cluster.status(i).await?;
+        let shard = &status["shards"][placement.shard_of(room) as usize];
+        Some((
+            shard["leader"].as_str().map(str::to_owned),
+            shard["applied"].as_u64()?,
+        ))
+    }
+
     /// A room name for this run whose owner (all nodes up) is `owner` and, when given,
     /// whose next owner without `owner` is `next`.
     pub fn room_owned_by(&self, tag: &str, owner: usize, next: Option<usize>) -> String {

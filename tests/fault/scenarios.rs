@@ -337,6 +337,124 @@ async fn joins_leaves_and_resumes_on_relays_during_a_stream() {
     run.finish().await;
 }
 
+/// A client that saw seq N resumes on a follower whose copy of the room's log has not
+/// reached N: the follower's link to the shard's leader is cut (silently) while a
+/// stream flows, so the stream commits through the third node and the follower's copy
+/// trails (its `applied` below the leader's, checked); a member on the third node, up
+/// to date, reconnects to the follower and resumes with `since` its last seq; the link
+/// heals 200 ms later. The reply must come from the caught-up copy: no `gap`, history
+/// from N+1, nothing twice (and the checker's rules over every client).
+// Fails with the Room's wait for a trailing copy disabled (`join()` answering at once):
+// the reply says `gap: true` with history from seq 1 and a seq below `since`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_on_a_follower_whose_copy_trails_waits_for_it() {
+    let mut run = Run::start("trails", 3).await;
+    let rooms = three_rooms(&mut run).await;
+    let room = rooms[run.rng.range(0, 3) as usize].clone();
+    let names = run.names();
+    let deadline = Instant::now() + DEADLINE;
+    let leader = loop {
+        let seen = run.shard_seen_by(0, &room).await;
+        if let Some(l) = seen
+            .and_then(|(leader, _)| leader)
+            .and_then(|l| names.iter().position(|n| *n == l))
+        {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "{room}'s shard has no leader");
+        sleep(Duration::from_millis(20)).await;
+    };
+    let others: Vec<usize> = (0..3).filter(|n| *n != leader).collect();
+    let pick = run.rng.range(0, 2) as usize;
+    let (follower, third) = (others[pick], others[1 - pick]);
+    let resumer = member_on(&run, third);
+    eprintln!(
+        "[trails] stream to {room} (leader {leader}); cut {leader}-{follower}; \
+         a member on {third} resumes on {follower}"
+    );
+    run.stream(member_on(&run, leader), &room, COUNT + 200, 300);
+    sleep(run.rng.millis(200, 500)).await;
+    let seen = |run: &Run| {
+        run.members[resumer]
+            .last_seq
+            .lock()
+            .expect("lock")
+            .get(&room)
+            .copied()
+            .unwrap_or(0)
+    };
+    run.cluster.net.cut(leader, follower);
+    let at_cut = seen(&run);
+    // The third node keeps committing with the leader: wait until the resumer has seen
+    // 20 messages past the cut and the follower's copy is behind the leader's.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let behind = match (
+            run.shard_seen_by(follower, &room).await,
+            run.shard_seen_by(leader, &room).await,
+        ) {
+            (Some((_, f)), Some((_, l))) => f < l,
+            _ => false,
+        };
+        if behind && seen(&run) >= at_cut + 20 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the follower's copy did not fall behind (the resumer saw {} since the cut)",
+            seen(&run) - at_cut
+        );
+        sleep(Duration::from_millis(5)).await;
+    }
+    let log = run.log.clone();
+    // Closed first, so nothing it receives after `since` is read goes unaccounted.
+    run.members[resumer]
+        .reopen(&run.cluster, follower, &log)
+        .await;
+    let since = seen(&run);
+    let reply = run.members[resumer].send_join(&room, Some(since));
+    sleep(Duration::from_millis(200)).await;
+    run.cluster.net.heal(leader, follower);
+    let reply = tokio::time::timeout(DEADLINE, reply)
+        .await
+        .expect("the resume is answered")
+        .expect("the member's task answers");
+    eprintln!(
+        "[trails] resumed with since {since} ({} past the cut): {}",
+        since - at_cut,
+        serde_json::json!({"ok": reply["ok"], "seq": reply["data"]["seq"], "gap": reply["data"]["gap"],
+            "first": reply["data"]["history"][0]["seq"]})
+    );
+    assert_eq!(reply["ok"], true, "the resume failed: {reply}");
+    let data = &reply["data"];
+    let brief = serde_json::json!({"seq": data["seq"], "gap": data["gap"],
+        "history": data["history"].as_array().map(Vec::len)});
+    assert_ne!(data["gap"], true, "the resume was told gap: {brief}");
+    assert!(
+        data["seq"].as_u64().is_some_and(|seq| seq >= since),
+        "the reply's seq is below since {since}: {brief}"
+    );
+    if let Some(first) = data["history"][0]["seq"].as_u64() {
+        assert_eq!(
+            first,
+            since + 1,
+            "the resume's history does not start at since+1"
+        );
+    }
+    for other in run.members[resumer].wanted() {
+        if other != room {
+            let since = run.members[resumer]
+                .last_seq
+                .lock()
+                .expect("lock")
+                .get(&other)
+                .copied();
+            run.members[resumer].join_since(&other, since).await;
+        }
+    }
+    run.finish().await;
+}
+
 // Failed on the owner/relay rooms, before the Raft room logs: rule (c), 600 violations: rooms live in memory, so every acked message is
 // missing from every restarted node's history ("acknowledged seq 1 ... is missing from
 // node a's history").

@@ -513,6 +513,18 @@ impl ShardHost {
         self.raft(shard)?.metrics().borrow().current_leader
     }
 
+    /// `shard`'s Raft term on this node and the index of the last log entry it has
+    /// applied (its copy of the rooms reaches that far): for `/cluster`, where
+    /// comparing nodes shows how far a copy trails.
+    pub fn progress(&self, shard: ShardId) -> Option<(u64, u64)> {
+        let metrics = self.raft(shard)?.metrics();
+        let metrics = metrics.borrow();
+        Some((
+            metrics.current_term,
+            metrics.last_applied.map_or(0, |id| id.index),
+        ))
+    }
+
     /// How many shards have a known leader (for readiness and `/cluster`).
     pub fn shards_with_leader(&self) -> usize {
         self.shards
