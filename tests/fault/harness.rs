@@ -152,13 +152,13 @@ impl FaultCluster {
         self.procs[i].is_stopped()
     }
 
-    /// Polls `/cluster` of `nodes` until each sees exactly them (one view), with a
-    /// quorum, and every shard of the room logs has a leader among them.
     /// Node `i`'s `/cluster` status (None while it does not answer).
     pub async fn status(&self, i: usize) -> Option<Value> {
         self.procs[i].status().await
     }
 
+    /// Polls `/cluster` of `nodes` until each sees exactly them (one view), with a
+    /// quorum, and every shard of the room logs has a leader among them.
     pub async fn wait_converged(&self, nodes: &[usize]) -> Duration {
         let started = Instant::now();
         let procs: Vec<&NodeProcess> = nodes.iter().map(|i| &self.procs[*i]).collect();
