@@ -12,11 +12,11 @@
 //! The bound per receiving user for direct messages lives in Presence, which sees
 //! every sender at once.
 
+use super::bucket::{self, Bucket};
 use crate::config::LimitSettings;
 use crate::protocol::{ErrorBody, ErrorCode};
 use crate::telemetry::Metrics;
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use governor::Quota;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
@@ -25,10 +25,10 @@ const RENAME_BURST: u32 = 5;
 
 /// One connection's buckets; `None` where the limit is off.
 pub struct ChurnLimits {
-    joins: Option<DefaultDirectRateLimiter>,
-    creations: Option<DefaultDirectRateLimiter>,
-    renames: Option<DefaultDirectRateLimiter>,
-    directs: Option<DefaultDirectRateLimiter>,
+    joins: Option<Bucket>,
+    creations: Option<Bucket>,
+    renames: Option<Bucket>,
+    directs: Option<Bucket>,
     metrics: Arc<Metrics>,
 }
 
@@ -80,21 +80,18 @@ impl ChurnLimits {
 
     fn take(
         &self,
-        bucket: &Option<DefaultDirectRateLimiter>,
+        bucket: &Option<Bucket>,
         limit: &'static str,
         message: &str,
     ) -> Result<(), ErrorBody> {
         let Some(bucket) = bucket else {
             return Ok(());
         };
-        let Err(not_until) = bucket.check() else {
+        let Err(wait) = bucket::take(bucket) else {
             return Ok(());
         };
         self.metrics.limit_refused(limit);
-        Err(refusal(
-            message,
-            not_until.wait_time_from(DefaultClock::default().now()),
-        ))
+        Err(refusal(message, wait))
     }
 }
 
@@ -107,8 +104,8 @@ pub fn refusal(message: &str, wait: std::time::Duration) -> ErrorBody {
     }
 }
 
-fn bucket(rate: u32, quota: impl FnOnce(NonZeroU32) -> Quota) -> Option<DefaultDirectRateLimiter> {
-    NonZeroU32::new(rate).map(|rate| RateLimiter::direct(quota(rate)))
+fn bucket(rate: u32, quota: impl FnOnce(NonZeroU32) -> Quota) -> Option<Bucket> {
+    NonZeroU32::new(rate).map(|rate| bucket::bucket(quota(rate)))
 }
 
 fn nonzero(n: u32) -> NonZeroU32 {

@@ -21,6 +21,7 @@
 //! actors know nothing of HTTP: the transport hands a Session its [`Outbox`] and
 //! forwards decoded frames; the Session answers through the same outbox.
 
+pub(crate) mod bucket;
 pub(crate) mod churn;
 mod context;
 mod message_rate;

@@ -22,14 +22,14 @@
 //! reason is forgotten at once; a user is forgotten, bucket and all, with its last
 //! session, so the state follows who is online now.
 
+use super::bucket::{self, Bucket};
 use super::session::{SessionAnswer, SessionCall, SessionHandle, SessionMessage};
 use super::{ask, NodeContext};
 use crate::cluster::wire::{Body, UserCall, UserCallResult};
 use crate::protocol::{
     encode, now_ms, DirectFrame, ErrorBody, ErrorCode, ReplyData, RoomName, ServerFrame, UserInfo,
 };
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use governor::Quota;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use ractor_cluster::RactorMessage;
 use std::collections::{BTreeSet, HashMap};
@@ -272,9 +272,12 @@ impl PresenceActor {
 
 struct OnlineUser {
     name: String,
-    sessions: HashMap<ActorId, SessionHandle>,
+    /// Its connections here. A list, not a map: a user has a few connections, and a
+    /// map's first allocation (four slots) is most of what Presence holds per
+    /// connection; removing one scans the user's list.
+    sessions: Vec<SessionHandle>,
     /// Direct messages it may still receive now (`directs_per_target_per_second`).
-    inbound: Option<DefaultDirectRateLimiter>,
+    inbound: Option<Bucket>,
 }
 
 /// Who is online.
@@ -369,10 +372,10 @@ impl Actor for PresenceActor {
                 let inbound_rate = state.inbound_rate;
                 let user = state.users.entry(user_id).or_insert_with(|| OnlineUser {
                     name: name.clone(),
-                    sessions: HashMap::new(),
-                    inbound: inbound_rate.map(|rate| RateLimiter::direct(Quota::per_second(rate))),
+                    sessions: Vec::with_capacity(1),
+                    inbound: inbound_rate.map(|rate| bucket::bucket(Quota::per_second(rate))),
                 });
-                user.sessions.insert(id, session);
+                user.sessions.push(session);
                 if user.name != name {
                     rename(user, name);
                 }
@@ -448,7 +451,7 @@ impl Actor for PresenceActor {
             let id = cell.get_id();
             if let Some(user_id) = state.user_of.remove(&id) {
                 if let Some(user) = state.users.get_mut(&user_id) {
-                    user.sessions.remove(&id);
+                    user.sessions.retain(|s| s.actor.get_id() != id);
                     if user.sessions.is_empty() {
                         state.users.remove(&user_id);
                     }
@@ -462,7 +465,7 @@ impl Actor for PresenceActor {
 /// Sets the user's name and tells each of its sessions, which tell their rooms.
 fn rename(user: &mut OnlineUser, name: String) {
     user.name = name.clone();
-    for session in user.sessions.values() {
+    for session in &user.sessions {
         let _ = session
             .actor
             .cast(SessionMessage::NameChanged(name.clone()));
@@ -535,7 +538,7 @@ impl PresenceState {
     fn sessions_of(&self, user: &str) -> Vec<SessionHandle> {
         self.users
             .get(user)
-            .map(|u| u.sessions.values().cloned().collect())
+            .map(|u| u.sessions.clone())
             .unwrap_or_default()
     }
 
@@ -552,9 +555,7 @@ impl PresenceState {
         let Some(bucket) = self.users.get(user).and_then(|u| u.inbound.as_ref()) else {
             return Ok(());
         };
-        bucket
-            .check()
-            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+        bucket::take(bucket)
     }
 
     /// Pushes an encoded frame to every connection of `user` here; how many took it.
@@ -562,7 +563,7 @@ impl PresenceState {
         self.users.get(user).map_or(0, |target| {
             target
                 .sessions
-                .values()
+                .iter()
                 .filter(|s| s.outbox.push(frame.clone()).is_ok())
                 .count() as u32
         })

@@ -20,6 +20,7 @@
 //!
 //! Client mistakes become replies with a code; no handler returns `Err` for them.
 
+use super::bucket::{self, Bucket};
 use super::churn::ChurnLimits;
 use super::outbox::{CloseOnDrop, Outbox};
 use super::port::PortFuture;
@@ -37,7 +38,7 @@ use crate::protocol::{
 };
 use crate::telemetry::Metrics;
 use bytestring::ByteString;
-use governor::{clock::Clock, DefaultDirectRateLimiter, Quota, RateLimiter};
+use governor::Quota;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
 use std::collections::HashMap;
@@ -221,7 +222,7 @@ pub struct SessionState {
     /// When a typing event last went to each room.
     last_typing: HashMap<RoomName, std::time::Instant>,
     grants: Grants,
-    limiter: Option<DefaultDirectRateLimiter>,
+    limiter: Option<Bucket>,
     churn: ChurnLimits,
     answers: Answers,
     /// Closes the connection when the token expires; aborted when the state drops.
@@ -303,7 +304,7 @@ impl Actor for SessionActor {
         let _ = args.outbox.push(encode(&welcome));
         let limiter = NonZeroU32::new(settings.limits.frames_per_second).map(|rate| {
             let burst = NonZeroU32::new(settings.limits.frames_burst).unwrap_or(rate);
-            RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
+            bucket::bucket(Quota::per_second(rate).allow_burst(burst))
         });
         let token_timer = args.grants.expires_at.map(|expires_at| {
             // A clock that is past the expiry already closes at once.
@@ -347,13 +348,28 @@ impl Actor for SessionActor {
         message: SessionMessage,
         state: &mut SessionState,
     ) -> Result<(), ActorProcessingErr> {
+        // Boxed as a whole: ractor keeps room for the handler's future (and the
+        // message in it) inside every actor's processing loop, so an unboxed one
+        // would sit in every connection for its whole life, idle or not. The box
+        // lives only while a message is handled.
+        Box::pin(self.on_message(myself, message, state)).await
+    }
+}
+
+impl SessionActor {
+    async fn on_message(
+        &self,
+        myself: ActorRef<SessionMessage>,
+        message: SessionMessage,
+        state: &mut SessionState,
+    ) -> Result<(), ActorProcessingErr> {
         match message {
             SessionMessage::Inbound(Ok(frame), _permit) => {
                 let (kind, received) = (frame.request.kind(), Instant::now());
                 self.ctx.metrics.frame_in(kind);
                 // Boxed: the requests that wait on other actors make a large future,
-                // and an unboxed one would sit in every connection's actor for its
-                // whole life, idle or not.
+                // and the other messages (publish answers above all) need not
+                // allocate room for it in `handle`'s box.
                 let answer = Box::pin(self.on_request(&myself, state, frame, received)).await;
                 if let Some(reply) = answer {
                     count_answer(&self.ctx.metrics, kind, received, &reply);
@@ -467,9 +483,7 @@ impl Actor for SessionActor {
         }
         Ok(())
     }
-}
 
-impl SessionActor {
     fn register(&self, myself: &ActorRef<SessionMessage>, state: &SessionState) {
         if let Some(presence) = self.ctx.presence() {
             let _ = presence.cast(PresenceMessage::Register(SessionHandle {
@@ -1160,8 +1174,7 @@ fn rooms_reply(state: &mut SessionState, outcome: RoomsOutcome) -> ReplyData {
 /// Checks the connection's frame rate; the error to answer with when it is over.
 fn rate_limited(state: &SessionState) -> Option<ErrorBody> {
     let limiter = state.limiter.as_ref()?;
-    let not_until = limiter.check().err()?;
-    let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+    let wait = bucket::take(limiter).err()?;
     Some(ErrorBody::rate_limited((wait.as_millis() as u64).max(1)))
 }
 

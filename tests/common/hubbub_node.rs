@@ -485,14 +485,47 @@ pub fn end_test<'a>(
     }
 }
 
-/// `n` distinct free addresses on 127.0.0.1 (their listeners are held until all are
-/// chosen, then closed for the nodes to bind). Linux hands out even ports to
-/// `bind(0)` and odd ones to `connect()` first, so a client socket is unlikely to take
-/// one before the node binds it.
+/// Where [`free_addrs`] hands out ports: below Linux's ephemeral range (32768 and up
+/// by default), so no `bind(0)` or outgoing connection of any test can take a port
+/// between its choice and the node's bind, as happened when these came from `bind(0)`.
+const PICKED_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// `n` distinct free addresses on 127.0.0.1 for nodes to bind (cluster and HTTP
+/// listeners whose ports other nodes must know in advance). Test processes run side by
+/// side, so the ports are handed out in turn across processes from [`PICKED_PORTS`],
+/// under a lock file with the last one given; each is checked free by binding it, and
+/// a port in use is skipped. The range turns over after 12,000 ports, long after a
+/// test has ended with the ones it was given.
 pub fn free_addrs(n: usize) -> Vec<SocketAddr> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
-        .collect();
+    use std::io::{Read, Seek, Write};
+    let path = std::env::temp_dir().join("hubbub-test-ports");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .expect("open the test port counter");
+    file.lock().expect("lock the test port counter");
+    let mut text = String::new();
+    let _ = file.read_to_string(&mut text);
+    let span = PICKED_PORTS.end - PICKED_PORTS.start;
+    let mut next: u16 = text.trim().parse().unwrap_or(0) % span;
+    let mut listeners = Vec::with_capacity(n);
+    for _ in 0..span {
+        if listeners.len() == n {
+            break;
+        }
+        let port = PICKED_PORTS.start + next;
+        next = (next + 1) % span;
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            listeners.push(listener);
+        }
+    }
+    assert_eq!(listeners.len(), n, "no {n} free ports in {PICKED_PORTS:?}");
+    file.set_len(0).expect("truncate the test port counter");
+    file.rewind().expect("rewind the test port counter");
+    write!(file, "{next}").expect("write the test port counter");
     listeners
         .iter()
         .map(|l| l.local_addr().expect("local addr"))
