@@ -266,6 +266,16 @@ async fn a_frozen_nodes_members_leave_and_join_again_when_it_wakes() {
     let mut ann = cluster.connect("a", "ann").await;
     let mut erin = cluster.connect("c", "erin").await;
     ann.join_retry(&room).await;
+    // A join's reply does not wait for its membership entry (a user's first join on a
+    // node is written to the log after it), so erin joins only once ann's join event
+    // is out: the numbering below is then ann 2, erin 3, not a race between nodes.
+    backend
+        .wait_for("/events", "ann's join", |seen| {
+            accepted(seen)
+                .iter()
+                .any(|e| e["event"] == "join" && e["user"]["id"] == "ann")
+        })
+        .await;
     erin.join_retry(&room).await;
     let erins = |seen: &[Recorded], kind: &str| -> Vec<Value> {
         accepted(seen)
