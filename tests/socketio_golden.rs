@@ -7,7 +7,7 @@
 //! clients (../shared/notes/socketio-v5.md); a change that breaks one breaks clients.
 
 use bytestring::ByteString;
-use hubbub::actors::Outbound;
+use hubbub::actors::{Outbound, SharedFrame};
 use hubbub::protocol::{
     encode, ChatMessage, DirectFrame, ErrorBody, ErrorCode, Member, Ref, ReplyData, Request,
     RoomName, ServerFrame, UserInfo,
@@ -18,6 +18,7 @@ use hubbub::socketio::engine::{
     HttpError, Packet as EnginePacket,
 };
 use hubbub::socketio::packet::{self, PacketError, PacketType};
+use hubbub::socketio::recovery::Recovery;
 use hubbub::socketio::translate::{client_frame, server_frame};
 use hubbub::socketio::Namespaces;
 use serde_json::{json, Value};
@@ -398,34 +399,28 @@ fn events_become_v1_requests() {
 }
 
 #[test]
-fn a_broadcast_is_translated_once_per_thread_and_shared() {
+fn a_broadcast_is_translated_once_and_shared() {
     let all = spaces();
     let root = all.get("/").unwrap();
-    let frame = encode(&message("r1"));
+    let frame = SharedFrame::new(encode(&message("r1")));
     let mut first = Vec::new();
     let mut second = Vec::new();
-    assert_eq!(
-        drain(vec![Outbound::Text(frame.clone())], Some(root), &mut first),
-        End::Open
-    );
-    assert_eq!(
-        drain(vec![Outbound::Text(frame.clone())], Some(root), &mut second),
-        End::Open
-    );
+    Recovery::off().shared(&frame, root, &mut first);
+    Recovery::off().shared(&frame, root, &mut second);
     assert_eq!(first, second);
     assert_eq!(
         first[0].as_bytes().as_ptr(),
         second[0].as_bytes().as_ptr(),
         "the second member gets the first one's bytes"
     );
-    let other = ByteString::from(frame.to_string());
+    let other = SharedFrame::new(ByteString::from(frame.text().to_string()));
     let mut third = Vec::new();
-    drain(vec![Outbound::Text(other)], Some(root), &mut third);
+    Recovery::off().shared(&other, root, &mut third);
     assert_eq!(third, first);
     assert_ne!(
         third[0].as_bytes().as_ptr(),
         first[0].as_bytes().as_ptr(),
-        "another frame, translated anew"
+        "another broadcast, translated anew"
     );
 
     let mut packets = Vec::new();
@@ -435,7 +430,6 @@ fn a_broadcast_is_translated_once_per_thread_and_shared() {
             Outbound::Close(1012, "restart".into()),
             Outbound::Text("never".into()),
         ],
-        None,
         &mut packets,
     );
     assert_eq!(packets, ["2"]);

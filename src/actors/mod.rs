@@ -40,7 +40,7 @@ pub use message_rate::MessageRate;
 pub use node::{start_node, NodeHandle, PortBoot};
 pub use outbound_budget::OutboundBudget;
 pub use outbox::{
-    Fanout, Outbound, Outbox, OutboxBounds, OutboxReader, PushError, Taken, WakeRelay,
+    Fanout, Outbound, Outbox, OutboxBounds, OutboxReader, PushError, SharedFrame, Taken, WakeRelay,
 };
 pub use presence::PresenceMessage;
 pub use room::RoomMessage;

@@ -61,6 +61,8 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outbound {
     Text(ByteString),
+    /// A broadcast's frame, one allocation shared by every member ([`SharedFrame`]).
+    Shared(SharedFrame),
     Pong(actix_web::web::Bytes),
     /// The last thing written: a close frame with this code and reason.
     Close(u16, String),
@@ -72,10 +74,69 @@ pub enum Outbound {
 pub fn cost(item: &Outbound) -> u64 {
     let payload = match item {
         Outbound::Text(text) => text.len(),
+        Outbound::Shared(frame) => frame.text().len(),
         Outbound::Pong(payload) => payload.len(),
         Outbound::Close(_, reason) => reason.len(),
     };
     (payload + std::mem::size_of::<Outbound>()) as u64
+}
+
+/// One broadcast frame as every member's outbox holds it: the v1 text, and room for
+/// what another protocol makes of it, computed by the first member that needs it and
+/// shared by the rest (`socketio::drain` keeps a Socket.IO member's packets here), so
+/// a broadcast is translated once however many members take it and however far
+/// behind they are. A clone is a reference count.
+///
+/// The translation lives as long as the frame does (until the last member has written
+/// it) and is not counted in any outbox's bytes: every member's outbox counts the
+/// text in full, while the text and its one translation (about the text's size again)
+/// are held once.
+#[derive(Clone)]
+pub struct SharedFrame(Arc<SharedInner>);
+
+struct SharedInner {
+    text: ByteString,
+    translation: std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>>,
+}
+
+impl SharedFrame {
+    pub fn new(text: ByteString) -> Self {
+        SharedFrame(Arc::new(SharedInner {
+            text,
+            translation: std::sync::OnceLock::new(),
+        }))
+    }
+
+    /// The frame as protocol v1 sends it.
+    pub fn text(&self) -> &ByteString {
+        &self.0.text
+    }
+
+    /// The frame's translation of type `T`, made by `make` if none was made yet; None
+    /// if one of another type was made first (each frame keeps one translation).
+    pub fn translation<T: std::any::Any + Send + Sync>(
+        &self,
+        make: impl FnOnce(&ByteString) -> T,
+    ) -> Option<&T> {
+        self.0
+            .translation
+            .get_or_init(|| Box::new(make(&self.0.text)))
+            .downcast_ref()
+    }
+}
+
+impl PartialEq for SharedFrame {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.text == other.0.text
+    }
+}
+
+impl Eq for SharedFrame {}
+
+impl std::fmt::Debug for SharedFrame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("SharedFrame").field(&self.0.text).finish()
+    }
 }
 
 /// How much one outbox may hold.
@@ -281,16 +342,15 @@ impl Outbox {
     /// Queues a text frame for the client.
     pub fn push(&self, frame: ByteString) -> Result<(), PushError> {
         let kind = FrameType::of(&frame);
-        if let Some(waker) = self.push_typed(frame, kind)? {
+        if let Some(waker) = self.push_typed(Outbound::Text(frame), kind)? {
             waker.wake();
         }
         Ok(())
     }
 
     /// Queues a frame of a known type; the writer's waker if it must be woken.
-    fn push_typed(&self, frame: ByteString, kind: FrameType) -> Result<Option<Waker>, PushError> {
+    fn push_typed(&self, item: Outbound, kind: FrameType) -> Result<Option<Waker>, PushError> {
         let shared = &*self.shared;
-        let item = Outbound::Text(frame);
         let mut queue = shared.lock();
         if queue.closing {
             return Err(PushError::Closed);
@@ -501,16 +561,16 @@ impl Drop for OutboxReader {
 
 /// One frame pushed to many outboxes, waking each worker once (see the module docs).
 /// The members' writers are woken when the fan-out is dropped.
-pub struct Fanout<'a> {
-    frame: &'a ByteString,
+pub struct Fanout {
+    frame: SharedFrame,
     kind: FrameType,
     relays: Vec<Arc<WakeRelay>>,
 }
 
-impl<'a> Fanout<'a> {
-    pub fn new(frame: &'a ByteString) -> Self {
+impl Fanout {
+    pub fn new(frame: &ByteString) -> Self {
         Fanout {
-            frame,
+            frame: SharedFrame::new(frame.clone()),
             kind: FrameType::of(frame),
             relays: Vec::new(),
         }
@@ -518,7 +578,8 @@ impl<'a> Fanout<'a> {
 
     /// Queues the frame in `outbox`; its writer is woken when the fan-out ends.
     pub fn push(&mut self, outbox: &Outbox) -> Result<(), PushError> {
-        let Some(waker) = outbox.push_typed(self.frame.clone(), self.kind)? else {
+        let item = Outbound::Shared(self.frame.clone());
+        let Some(waker) = outbox.push_typed(item, self.kind)? else {
             return Ok(());
         };
         match &outbox.shared.relay {
@@ -534,7 +595,7 @@ impl<'a> Fanout<'a> {
     }
 }
 
-impl Drop for Fanout<'_> {
+impl Drop for Fanout {
     fn drop(&mut self) {
         for relay in self.relays.drain(..) {
             relay.kick();

@@ -2,18 +2,12 @@
 //! Engine.IO packets, each namespace's v1 frames translated on the way by
 //! `translate`), and where the connection ends ([`poll_drain`]).
 //!
-//! **Encoding once.** A broadcast reaches every member's outbox as the same shared
-//! bytes; translating it per member would parse and re-encode it once per Socket.IO
-//! member. Each thread (an actix worker drains many connections in turn) keeps the
-//! frames it translated last with their results ([`TranslationCache`]: the newest
-//! [`CACHE_FRAMES`] frames, at most [`CACHE_BYTES`] of them), keyed by the frame's
-//! buffer (held, so the address cannot be reused while cached) and the namespace:
-//! members drained on one worker share one translation, and its packets are shared
-//! bytes too (a clone is a reference count, not a copy). More than one entry because
-//! a drain takes several frames at once under load, and the members of one room are
-//! drained in turn with other rooms' members between them: with one entry, a batch
-//! of two frames missed on every member. Members on other workers translate once per
-//! worker; the room still encodes only the v1 frame.
+//! **Translating once.** A broadcast reaches every member's outbox as one
+//! [`SharedFrame`]; the first Socket.IO member to take it translates it and keeps the
+//! packets in the frame itself ([`Translation`], shared bytes: a clone is a reference
+//! count), and every other member, on any worker and however far behind, takes them
+//! from there. Frames meant for one connection (replies, `welcome`, direct messages)
+//! are translated as they are taken.
 //!
 //! Must not know: HTTP, actix.
 
@@ -22,8 +16,6 @@ use super::recovery::Recovery;
 use super::translate::{self, Namespace};
 use crate::actors::{Outbound, OutboxReader, Taken};
 use bytestring::ByteString;
-use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::task::{Context, Poll};
 
 /// Frames one drain takes from each outbox.
@@ -38,62 +30,6 @@ pub enum End {
     Open,
     /// The connection closes with this code and reason after what was written.
     Close(u16, String),
-}
-
-/// Frames a thread's translation cache holds at most.
-const CACHE_FRAMES: usize = 64;
-/// Bytes of frames (and as much again of their packets) it holds at most; a frame
-/// larger than this is translated and not cached.
-const CACHE_BYTES: usize = 256 * 1024;
-
-struct Cached {
-    frame: ByteString,
-    namespace: String,
-    packets: Vec<ByteString>,
-}
-
-/// The frames one thread translated last, newest at the back.
-#[derive(Default)]
-struct TranslationCache {
-    entries: VecDeque<Cached>,
-    bytes: usize,
-}
-
-impl TranslationCache {
-    /// `frame`'s packets in `namespace` into `out`, if cached.
-    fn lookup(&self, frame: &ByteString, namespace: &str, out: &mut Vec<ByteString>) -> bool {
-        let found = self.entries.iter().rev().find(|cached| {
-            cached.frame.as_bytes().as_ptr() == frame.as_bytes().as_ptr()
-                && cached.frame.len() == frame.len()
-                && cached.namespace == namespace
-        });
-        match found {
-            Some(cached) => {
-                out.extend(cached.packets.iter().cloned());
-                true
-            }
-            None => false,
-        }
-    }
-
-    fn insert(&mut self, cached: Cached) {
-        let size = cached.frame.len();
-        if size > CACHE_BYTES {
-            return;
-        }
-        while self.entries.len() >= CACHE_FRAMES || self.bytes + size > CACHE_BYTES {
-            let Some(oldest) = self.entries.pop_front() else {
-                break;
-            };
-            self.bytes -= oldest.frame.len();
-        }
-        self.bytes += size;
-        self.entries.push_back(cached);
-    }
-}
-
-thread_local! {
-    static CACHE: RefCell<TranslationCache> = RefCell::new(TranslationCache::default());
 }
 
 /// Takes what the connection's outboxes hold, its own (`engine`, Engine.IO packets)
@@ -115,7 +51,7 @@ pub fn poll_drain(
             }
             Poll::Ready(Taken::Frames) => {
                 taken_any = true;
-                if let End::Close(code, reason) = drain(taken, None, out) {
+                if let End::Close(code, reason) = drain(taken, out) {
                     return Poll::Ready(End::Close(code, reason));
                 }
             }
@@ -164,6 +100,7 @@ fn drain_namespace(
     for item in items {
         match item {
             Outbound::Text(text) if text.starts_with('{') => recovery.frame(&text, namespace, out),
+            Outbound::Shared(frame) => recovery.shared(&frame, namespace, out),
             Outbound::Text(text) if text.is_empty() => {}
             Outbound::Text(text) => out.push(text),
             Outbound::Pong(_) => {}
@@ -173,19 +110,13 @@ fn drain_namespace(
     End::Open
 }
 
-/// Appends the Engine.IO packets for `items` to `out`.
-pub fn drain(
-    items: Vec<Outbound>,
-    namespace: Option<&Namespace>,
-    out: &mut Vec<ByteString>,
-) -> End {
+/// Appends the Engine.IO packets the connection's own outbox holds to `out` (it holds
+/// no v1 frames: those are each namespace's).
+pub fn drain(items: Vec<Outbound>, out: &mut Vec<ByteString>) -> End {
     for item in items {
         match item {
-            Outbound::Text(text) if text.starts_with('{') => {
-                if let Some(namespace) = namespace {
-                    translated(&text, namespace, out);
-                }
-            }
+            Outbound::Text(text) if text.starts_with('{') => {}
+            Outbound::Shared(_) => {}
             // An empty text only wakes the drain (a namespace just connected).
             Outbound::Text(text) if text.is_empty() => {}
             Outbound::Text(text) => out.push(text),
@@ -197,23 +128,11 @@ pub fn drain(
     End::Open
 }
 
-/// The packets `frame` becomes in `namespace`, from the thread's cache when the same
-/// frame was translated there lately.
-pub(crate) fn translated(frame: &ByteString, namespace: &Namespace, out: &mut Vec<ByteString>) {
-    if CACHE.with(|cache| cache.borrow().lookup(frame, &namespace.name, out)) {
-        return;
-    }
+/// The packets `frame` becomes in `namespace`, into `out`.
+pub(crate) fn translated(frame: &str, namespace: &Namespace, out: &mut Vec<ByteString>) {
     let mut encoded = Vec::new();
     translate::server_frame(frame, namespace, &mut encoded);
-    let packets: Vec<ByteString> = encoded.into_iter().map(ByteString::from).collect();
-    out.extend(packets.iter().cloned());
-    CACHE.with(|cache| {
-        cache.borrow_mut().insert(Cached {
-            frame: frame.clone(),
-            namespace: namespace.name.clone(),
-            packets,
-        })
-    });
+    out.extend(encoded.into_iter().map(ByteString::from));
 }
 
 #[cfg(test)]
@@ -282,45 +201,5 @@ mod tests {
             drained(&engine, &shared),
             Poll::Ready((End::Close(4009, _), _))
         ));
-    }
-
-    fn entry(frame: &ByteString) -> Cached {
-        Cached {
-            frame: frame.clone(),
-            namespace: "/".into(),
-            packets: vec![ByteString::from("p")],
-        }
-    }
-
-    #[test]
-    fn the_cache_finds_each_of_a_batch_and_keeps_the_newest_within_its_bounds() {
-        let mut cache = TranslationCache::default();
-        let frames: Vec<ByteString> = (0..CACHE_FRAMES + 2)
-            .map(|i| ByteString::from(format!("{{\"n\":{i}}}")))
-            .collect();
-        for frame in &frames {
-            cache.insert(entry(frame));
-        }
-        let mut out = Vec::new();
-        // The two oldest were evicted by count; every newer one is found.
-        assert!(!cache.lookup(&frames[0], "/", &mut out));
-        assert!(!cache.lookup(&frames[1], "/", &mut out));
-        for frame in &frames[2..] {
-            assert!(cache.lookup(frame, "/", &mut out));
-        }
-        assert_eq!(out.len(), CACHE_FRAMES);
-        // Equal text in another buffer is another frame; another namespace too.
-        let copy = ByteString::from(frames[5].to_string());
-        assert!(!cache.lookup(&copy, "/", &mut out));
-        assert!(!cache.lookup(&frames[5], "/chat", &mut out));
-        // Bounded in bytes: a large frame evicts what it must, one too large is not kept.
-        let big = ByteString::from("x".repeat(CACHE_BYTES / 2 + 1));
-        cache.insert(entry(&big));
-        assert!(cache.bytes <= CACHE_BYTES);
-        assert!(cache.lookup(&big, "/", &mut out));
-        let huge = ByteString::from("x".repeat(CACHE_BYTES + 1));
-        cache.insert(entry(&huge));
-        assert!(!cache.lookup(&huge, "/", &mut out));
-        assert!(cache.bytes <= CACHE_BYTES);
     }
 }

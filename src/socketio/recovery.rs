@@ -24,6 +24,7 @@
 
 use super::drain::translated;
 use super::translate::{self, Namespace};
+use crate::actors::SharedFrame;
 use bytestring::ByteString;
 use serde::Deserialize;
 use serde_json::Value;
@@ -123,66 +124,83 @@ impl Recovery {
     }
 
     fn offset(&self) -> String {
+        use std::fmt::Write;
         let mut text = String::new();
         for (room, seq) in &self.positions {
             if !text.is_empty() {
                 text.push(',');
             }
-            text.push_str(room);
-            text.push('=');
-            text.push_str(&seq.to_string());
+            // Writing to a String cannot fail.
+            let _ = write!(text, "{room}={seq}");
         }
         text
     }
 
-    /// An event packet (ending in `]`) with the offset as its last argument.
+    /// An event packet (ending in `]`) with the offset as its last argument: one
+    /// allocation per packet (a message's is made for every member it reaches).
     fn with_offset(&self, packet: &str) -> ByteString {
         let body = packet.strip_suffix(']').unwrap_or(packet);
-        let offset = Value::String(self.offset()).to_string();
-        ByteString::from(format!("{body},{offset}]"))
+        let offset = self.offset();
+        let mut text = String::with_capacity(body.len() + offset.len() + 4);
+        text.push_str(body);
+        text.push(',');
+        if offset.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+            text.push('"');
+            text.push_str(&offset);
+            text.push('"');
+        } else {
+            text.push_str(&Value::String(offset).to_string());
+        }
+        text.push(']');
+        ByteString::from(text)
     }
 
-    /// The packets for one v1 frame of this namespace.
+    /// The packets for one v1 frame of this namespace, meant for this connection.
     pub fn frame(&mut self, frame: &ByteString, namespace: &Namespace, out: &mut Vec<ByteString>) {
         if !self.enabled {
             return translated(frame, namespace, out);
         }
-        let kind = frame
-            .strip_prefix(r#"{"type":""#)
-            .and_then(|rest| rest.split_once('"'))
-            .map_or("", |(kind, _)| kind);
-        match kind {
+        match kind_of(frame) {
             "welcome" => self.welcome(frame, namespace, out),
             "reply" => self.reply(frame, namespace, out),
-            "message" => {
-                let Ok(position) = serde_json::from_str::<Position>(frame) else {
-                    return translated(frame, namespace, out);
-                };
-                let room = bare(&position.room, namespace).to_owned();
-                let mut packets = Vec::new();
-                translated(frame, namespace, &mut packets);
-                if let Some(pending) = &mut self.pending {
-                    for packet in packets {
-                        pending
-                            .later
-                            .push((Some((room.clone(), position.seq)), packet));
-                    }
-                    self.give_up_if_full(namespace, out);
-                    return;
-                }
-                self.deliver_message(&room, position.seq, &packets, out);
-            }
-            _ => {
-                let mut packets = Vec::new();
-                translated(frame, namespace, &mut packets);
-                match &mut self.pending {
-                    Some(pending) => {
-                        pending.later.extend(packets.into_iter().map(|p| (None, p)));
-                        self.give_up_if_full(namespace, out);
-                    }
-                    None => out.extend(packets),
+            _ => self.deliver(&Translation::of(frame, namespace), namespace, out),
+        }
+    }
+
+    /// The packets for a broadcast's frame: its translation is made once, by the first
+    /// member to take it, and kept in the frame for the others.
+    pub fn shared(
+        &mut self,
+        frame: &SharedFrame,
+        namespace: &Namespace,
+        out: &mut Vec<ByteString>,
+    ) {
+        let translation = frame.translation(|text| Translation::of(text, namespace));
+        match translation {
+            Some(t) if t.namespace == namespace.name && !t.personal => {
+                if self.enabled {
+                    self.deliver(t, namespace, out);
+                } else {
+                    out.extend(t.packets.iter().cloned());
                 }
             }
+            // Made in another namespace (no room is in two), or a frame that is
+            // handled per connection: translated here.
+            _ => self.frame(frame.text(), namespace, out),
+        }
+    }
+
+    fn deliver(&mut self, t: &Translation, namespace: &Namespace, out: &mut Vec<ByteString>) {
+        if let Some(pending) = &mut self.pending {
+            pending
+                .later
+                .extend(t.packets.iter().map(|p| (t.position.clone(), p.clone())));
+            self.give_up_if_full(namespace, out);
+            return;
+        }
+        match &t.position {
+            Some((room, seq)) => self.deliver_message(room, *seq, &t.packets, out),
+            None => out.extend(t.packets.iter().cloned()),
         }
     }
 
@@ -193,11 +211,14 @@ impl Recovery {
         packets: &[ByteString],
         out: &mut Vec<ByteString>,
     ) {
-        if self.positions.get(room).is_some_and(|at| *at >= seq) {
+        match self.positions.get_mut(room) {
             // Replayed already.
-            return;
+            Some(at) if *at >= seq => return,
+            Some(at) => *at = seq,
+            None => {
+                self.positions.insert(room.to_owned(), seq);
+            }
         }
-        self.positions.insert(room.to_owned(), seq);
         out.extend(packets.iter().map(|packet| self.with_offset(packet)));
     }
 
@@ -397,6 +418,50 @@ fn bare<'a>(room: &'a str, namespace: &Namespace) -> &'a str {
     room.strip_prefix(namespace.prefix.as_str()).unwrap_or(room)
 }
 
+/// A v1 frame's `type`.
+fn kind_of(frame: &str) -> &str {
+    frame
+        .strip_prefix(r#"{"type":""#)
+        .and_then(|rest| rest.split_once('"'))
+        .map_or("", |(kind, _)| kind)
+}
+
+/// What one v1 frame becomes in one namespace, whatever the connection: its packets,
+/// and for a `message`, the room (as the namespace shows it) and seq it moves the
+/// offset to. A broadcast's is made once and kept in its [`SharedFrame`].
+pub struct Translation {
+    /// The namespace it was made in.
+    namespace: String,
+    /// `welcome` and `reply`: handled per connection (see [`Recovery::frame`]), so
+    /// nothing is made.
+    personal: bool,
+    position: Option<(String, u64)>,
+    packets: Vec<ByteString>,
+}
+
+impl Translation {
+    pub fn of(frame: &str, namespace: &Namespace) -> Self {
+        let kind = kind_of(frame);
+        let personal = matches!(kind, "welcome" | "reply");
+        let position = match kind {
+            "message" => serde_json::from_str::<Position>(frame)
+                .ok()
+                .map(|p| (bare(&p.room, namespace).to_owned(), p.seq)),
+            _ => None,
+        };
+        let mut packets = Vec::new();
+        if !personal {
+            translated(frame, namespace, &mut packets);
+        }
+        Self {
+            namespace: namespace.name.clone(),
+            personal,
+            position,
+            packets,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -418,6 +483,44 @@ mod tests {
             recovery.frame(frame, &chat(), &mut out);
         }
         out.into_iter().map(|p| p.to_string()).collect()
+    }
+
+    #[test]
+    fn a_broadcast_is_translated_once_and_each_member_gets_its_own_offset() {
+        let frame = SharedFrame::new(message("chat:r1", 7));
+        let mut ann = Recovery::fresh();
+        let mut bob = Recovery::fresh();
+        // bob is also in r2, at 3: his offset names both rooms.
+        run(&mut bob, &[message("chat:r2", 3)]);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        ann.shared(&frame, &chat(), &mut a);
+        let made = frame.translation(|_| -> Translation { unreachable!("made once") });
+        let made = made.expect("a Socket.IO translation") as *const Translation;
+        bob.shared(&frame, &chat(), &mut b);
+        // bob's came from the frame: the translation is still the one ann's drain made.
+        let kept = frame.translation(|_| -> Translation { unreachable!("made once") });
+        assert!(std::ptr::eq(kept.unwrap(), made));
+        let body = r#"42/chat,["message",{"content":"c7","from":{"id":"a","name":"A"},"id":"m7","room":"r1","seq":7,"ts":1}"#;
+        assert_eq!(a, [format!(r#"{body},"r1=7"]"#)]);
+        assert_eq!(b, [format!(r#"{body},"r1=7,r2=3"]"#)]);
+        // The same frame again is a repeat for both: nothing.
+        let mut again = Vec::new();
+        ann.shared(&frame, &chat(), &mut again);
+        assert!(again.is_empty());
+        // A member of another namespace gets its own translation, not /chat's.
+        let mut root = Recovery::off();
+        let mut r = Vec::new();
+        root.shared(&frame, &Namespace::new("/").unwrap(), &mut r);
+        assert!(
+            r[0].starts_with(r#"42["message",{"room":"chat:r1""#),
+            "{r:?}"
+        );
+        // With recovery off the packets are the frame's own, shared bytes.
+        let (mut off_a, mut off_b) = (Vec::new(), Vec::new());
+        Recovery::off().shared(&frame, &chat(), &mut off_a);
+        Recovery::off().shared(&frame, &chat(), &mut off_b);
+        assert_eq!(off_a[0].as_bytes().as_ptr(), off_b[0].as_bytes().as_ptr());
+        assert_eq!(off_a[0], body.to_owned() + "]");
     }
 
     #[test]

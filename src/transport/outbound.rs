@@ -105,6 +105,13 @@ impl MessageBody for OutboundBody {
                             true,
                             false,
                         ),
+                        Outbound::Shared(frame) => Parser::write_message(
+                            &mut buf,
+                            frame.text().as_bytes(),
+                            OpCode::Text,
+                            true,
+                            false,
+                        ),
                         Outbound::Pong(payload) => {
                             Parser::write_message(&mut buf, payload, OpCode::Pong, true, false)
                         }
@@ -132,6 +139,7 @@ impl MessageBody for OutboundBody {
 fn encoded_len(item: &Outbound) -> usize {
     10 + match item {
         Outbound::Text(text) => text.len(),
+        Outbound::Shared(frame) => frame.text().len(),
         Outbound::Pong(payload) => payload.len(),
         Outbound::Close(_, reason) => 2 + reason.len(),
     }
