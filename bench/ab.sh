@@ -3,10 +3,11 @@
 # each binary in turn, printing latency and, less sensitive to a busy machine, the server's
 # context switches (summed over its threads) and utime/stime in clock ticks.
 #   bench/ab.sh RATE LABEL=BIN:ENGINE ...     (ENGINE: durable | memory)
+#   PROTOCOL=socketio bench/ab.sh ...          (the clients speak Socket.IO v5; default hubbub)
 # Build hubbub-bench first: cargo build --release -p hubbub-bench. Used in bench/profiling.md.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BENCH=$ROOT/target/release/hubbub-bench
+BENCH=${BENCH:-$ROOT/target/release/hubbub-bench}
 WORK=${WORK:-$(mktemp -d)}
 rate=$1; shift
 for spec in "$@"; do
@@ -27,7 +28,7 @@ for spec in "$@"; do
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.1; done
   t0=$(awk '{print $14" "$15}' /proc/$pid/stat)
   cs0=$(cat /proc/$pid/task/*/status | awk '/ctxt_switches/ {s+=$2} END {print s}')
-  "$BENCH" --url "ws://127.0.0.1:$port" --protocol hubbub --label "$label" --json "$WORK/$label-$rate.json" \
+  "$BENCH" --url "ws://127.0.0.1:$port" --protocol "${PROTOCOL:-hubbub}" --label "$label" --json "$WORK/$label-$rate.json" \
      fanout --clients 1000 --rooms 10 --publishers 10 --rate "$rate" --duration 6 --warmup 1 --settle 1 --size 100 --pid $pid \
      > $WORK/$label-$rate.txt 2>&1 || true
   t1=$(awk '{print $14" "$15}' /proc/$pid/stat)
