@@ -853,9 +853,10 @@ async fn sigstop_of_the_owner_never_lets_two_nodes_hand_out_one_seq() {
         watchers.push(report);
     }
 
-    // Every node holds the same history, and every ack is in it.
+    // Every node holds the same history, and every ack is in it (once each node's
+    // copy has the last message: a's may trail c, where it was published).
     let history: Vec<(u64, String)> = streamer
-        .full_history(&room)
+        .full_history_through(&room, last_seq)
         .await
         .iter()
         .map(seq_id)
@@ -863,7 +864,7 @@ async fn sigstop_of_the_owner_never_lets_two_nodes_hand_out_one_seq() {
     for report in &mut watchers {
         let theirs: Vec<(u64, String)> = report
             .client
-            .full_history(&room)
+            .full_history_through(&room, last_seq)
             .await
             .iter()
             .map(seq_id)

@@ -401,6 +401,26 @@ impl Client {
         messages
     }
 
+    /// [`Self::full_history`] once this node's copy of the room's log holds `seq`: a
+    /// node that does not lead the room's shard serves history from its own copy, which
+    /// may trail the leader by a heartbeat. Read again until it does, within the
+    /// client's deadline.
+    pub async fn full_history_through(&mut self, room: &str, seq: u64) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + self.deadline;
+        loop {
+            let history = self.full_history(room).await;
+            let last = history.last().and_then(|m| m["seq"].as_u64());
+            if last.is_some_and(|last| last >= seq) {
+                return history;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{room}'s history here still ends at {last:?}, not at {seq} or later"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// A round trip through `room`: every frame the room sent this client before
     /// answering has been read (into `pending`) when this returns.
     pub async fn barrier(&mut self, room: &str) {
