@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Where a node's instructions go with and without a cluster peer: node a under
+# valgrind's callgrind through a short, light fan-out (200 clients in 10 rooms,
+# 100 msg/s for 10 s), alone (`one`) or clustered with node b (`two`: voters a and b,
+# clients spread over both, so a delivers half the messages and takes part in every
+# shard's Raft group). Counted from the first message a delivers to the end of the
+# run. Durable storage, fsync "always", as the benchmark. Written up in
+# bench/profiling.md.
+#
+#   bench/profile-cluster.sh one
+#   bench/profile-cluster.sh two
+#
+# Output in target/bench/profile-cluster-MODE/: callgrind.out, excl.txt and incl.txt
+# (callgrind_annotate), the bench's JSON, node a's metrics at the end.
+set -u
+MODE=${1:?one or two}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+T=${CARGO_TARGET_DIR:-$ROOT/target}/release
+command -v valgrind >/dev/null || {
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null
+}
+cargo build --release --locked -p hubbub -p hubbub-bench
+D=${CARGO_TARGET_DIR:-$ROOT/target}/bench/profile-cluster-$MODE; rm -rf $D; mkdir -p $D/data
+ports=($(python3 -c 'import socket
+ss=[socket.socket() for _ in range(4)]
+[s.bind(("127.0.0.1",0)) for s in ss]
+print(" ".join(str(s.getsockname()[1]) for s in ss))'))
+a=${ports[0]} b=${ports[1]} ca=${ports[2]} cb=${ports[3]}
+cfg() { cat > $D/$1.toml <<C
+[node]
+name = "$1"
+http_addr = "127.0.0.1:$2"
+threads = 1
+
+[limits]
+max_connections = 20000
+frames_per_second = 0
+
+[rate_limit]
+messages_per_minute = 0
+connections_per_ip = 0
+handshakes_per_ip_per_sec = 0
+
+[heartbeat]
+interval_ms = 25000
+timeout_ms = 600000
+
+[log]
+level = "warn"
+format = "json"
+
+[storage]
+engine = "durable"
+dir = "$D/data"
+C
+if [[ $MODE == two ]]; then cat >> $D/$1.toml <<C
+
+[cluster]
+enabled = true
+bind = "127.0.0.1:$3"
+cookie = "profile-cluster"
+seeds = ["127.0.0.1:$ca", "127.0.0.1:$cb"]
+voters = ["a", "b"]
+heartbeat_ms = 500
+failure_timeout_ms = 10000
+C
+fi
+}
+cfg a $a $ca; cfg b $b $cb
+valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file=$D/callgrind.out $T/hubbub serve --config $D/a.toml > $D/a.log 2>&1 & pa=$!
+urls=ws://127.0.0.1:$a
+if [[ $MODE == two ]]; then $T/hubbub serve --config $D/b.toml > $D/b.log 2>&1 & pb=$!; urls=$urls,ws://127.0.0.1:$b; fi
+for p in $a; do for i in $(seq 600); do curl -sf localhost:$p/readyz >/dev/null && break; sleep 0.2; done; done
+pubs() { curl -s "http://127.0.0.1:$a/metrics" | awk '/^hubbub_messages_total\{direction="in",type="publish"\}/ {print $2}'; }
+$T/hubbub-bench --url $urls --label cg --timeout-ms 60000 --connect-concurrency 16 --json $D/out.json fanout --clients 200 --rooms 10 --rate 100 --duration 10 --warmup 0 --drain-timeout 30 > $D/bench.txt 2>&1 & bp=$!
+# instrument from the first publish anywhere (b's publishes reach a as Raft entries)
+until curl -s "http://127.0.0.1:$a/metrics" | grep -q 'hubbub_messages_total{direction="out",type="message"} [1-9]'; do kill -0 $bp 2>/dev/null || break; sleep 0.2; done
+callgrind_control --instr=on $pa >/dev/null
+out0=$(curl -s "http://127.0.0.1:$a/metrics" | awk '/^hubbub_messages_total\{direction="out",type="message"\}/ {print $2}')
+wait $bp
+callgrind_control --instr=off $pa >/dev/null
+out1=$(curl -s "http://127.0.0.1:$a/metrics" | awk '/^hubbub_messages_total\{direction="out",type="message"\}/ {print $2}')
+echo "message frames out while instrumented: $((out1-out0))"
+curl -s "http://127.0.0.1:$a/metrics" | grep -E 'hubbub_messages_total\{direction="out",type="message"\}|hubbub_cluster_messages_total' > $D/metrics.txt
+kill -INT $pa; wait $pa
+[[ $MODE == two ]] && kill $pb
+cat $D/bench.txt | grep step
+callgrind_annotate --inclusive=no $D/callgrind.out 2>/dev/null > $D/excl.txt
+callgrind_annotate --inclusive=yes $D/callgrind.out 2>/dev/null > $D/incl.txt
+grep "PROGRAM TOTALS" $D/excl.txt
+cat $D/metrics.txt
