@@ -27,34 +27,19 @@ ss=[socket.socket() for _ in range(4)]
 [s.bind(("127.0.0.1",0)) for s in ss]
 print(" ".join(str(s.getsockname()[1]) for s in ss))'))
 a=${ports[0]} b=${ports[1]} ca=${ports[2]} cb=${ports[3]}
-cfg() { cat > $D/$1.toml <<C
-[node]
-name = "$1"
-http_addr = "127.0.0.1:$2"
-threads = 1
-
-[limits]
-max_connections = 20000
-frames_per_second = 0
-
-[rate_limit]
-messages_per_minute = 0
-connections_per_ip = 0
-handshakes_per_ip_per_sec = 0
-
-[heartbeat]
-interval_ms = 25000
-timeout_ms = 600000
-
-[log]
-level = "warn"
-format = "json"
-
+# shellcheck source=bench/profile-config.sh
+source "$ROOT/bench/profile-config.sh"
+cfg() {
+  {
+    profile_node_config "$1" "$2" 1
+    printf 'format = "json"\n\n'
+    cat <<C
 [storage]
 engine = "durable"
 dir = "$D/data"
 C
-if [[ $MODE == two ]]; then cat >> $D/$1.toml <<C
+  } > $D/$1.toml
+  if [[ $MODE == two ]]; then cat >> $D/$1.toml <<C
 
 [cluster]
 enabled = true
@@ -65,14 +50,14 @@ voters = ["a", "b"]
 heartbeat_ms = 500
 failure_timeout_ms = 10000
 C
-fi
+  fi
 }
 cfg a $a $ca; cfg b $b $cb
 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file=$D/callgrind.out $T/hubbub serve --config $D/a.toml > $D/a.log 2>&1 & pa=$!
 urls=ws://127.0.0.1:$a
 if [[ $MODE == two ]]; then $T/hubbub serve --config $D/b.toml > $D/b.log 2>&1 & pb=$!; urls=$urls,ws://127.0.0.1:$b; fi
 for p in $a; do for i in $(seq 600); do curl -sf localhost:$p/readyz >/dev/null && break; sleep 0.2; done; done
-pubs() { curl -s "http://127.0.0.1:$a/metrics" | awk '/^hubbub_messages_total\{direction="in",type="publish"\}/ {print $2}'; }
+
 $T/hubbub-bench --url $urls --label cg --timeout-ms 60000 --connect-concurrency 16 --json $D/out.json fanout --clients 200 --rooms 10 --rate 100 --duration 10 --warmup 0 --drain-timeout 30 > $D/bench.txt 2>&1 & bp=$!
 # instrument from the first publish anywhere (b's publishes reach a as Raft entries)
 until curl -s "http://127.0.0.1:$a/metrics" | grep -q 'hubbub_messages_total{direction="out",type="message"} [1-9]'; do kill -0 $bp 2>/dev/null || break; sleep 0.2; done

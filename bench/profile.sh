@@ -26,28 +26,9 @@ command -v valgrind >/dev/null || {
 cargo build --release --locked -p hubbub -p hubbub-bench
 
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cat >"$OUT/hubbub.toml" <<EOF
-[node]
-name = "profile"
-http_addr = "127.0.0.1:$PORT"
-
-[limits]
-max_connections = 20000
-frames_per_second = 0
-
-[rate_limit]
-messages_per_minute = 0
-connections_per_ip = 0
-handshakes_per_ip_per_sec = 0
-
-[heartbeat]
-# Valgrind slows everything down; keep clients from timing out.
-interval_ms = 25000
-timeout_ms = 600000
-
-[log]
-level = "warn"
-EOF
+# shellcheck source=bench/profile-config.sh
+source "$ROOT/bench/profile-config.sh"
+profile_node_config profile "$PORT" >"$OUT/hubbub.toml"
 
 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/callgrind.out" \
   "$ROOT/target/release/hubbub" serve --config "$OUT/hubbub.toml" >"$OUT/hubbub.log" 2>&1 &
