@@ -178,3 +178,49 @@ async fn readyz_follows_quorum() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// Leaders spread as placed, however far apart the nodes start: each shard is led by
+/// the first of its placed voters that was up when a majority of them was. With a and
+/// b up and c never started, that is the first of a and b in each shard's placed
+/// order, so both lead some shards. (Before, bootstrapping started an election on
+/// whichever node saw the majority first, and it led every shard.)
+#[tokio::test]
+async fn shards_are_led_by_their_first_placed_voter_that_is_up() {
+    let mut cluster = Cluster::plan("leaders", 3).await;
+    cluster.start_node("a").await;
+    cluster.start_node("b").await;
+    let up = ["a".to_owned(), "b".to_owned()];
+    cluster.wait_converged(&up).await;
+    let started = Instant::now();
+    let status = loop {
+        let on_a = cluster.cluster_status("a").await;
+        let on_b = cluster.cluster_status("b").await;
+        let seen = leaders(&on_a);
+        if seen == leaders(&on_b) && !seen.is_empty() && seen.iter().all(Option::is_some) {
+            break on_a;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "leaders as a sees them: {seen:?}, as b does: {:?}",
+            leaders(&on_b)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let mut led = std::collections::BTreeMap::<String, usize>::new();
+    for shard in status["shards"].as_array().expect("shards") {
+        let placed: Vec<&str> = shard["placed"]
+            .as_array()
+            .expect("placed")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        let expected = placed
+            .iter()
+            .find(|n| up.iter().any(|u| u == *n))
+            .expect("a or b is placed in every shard");
+        let leader = shard["leader"].as_str().unwrap_or_default();
+        assert_eq!(leader, *expected, "{shard}");
+        *led.entry(leader.to_owned()).or_default() += 1;
+    }
+    assert_eq!(led.len(), 2, "both a and b lead shards: {led:?}");
+}

@@ -8,10 +8,11 @@
 //! - **Bootstrap.** Every voter of a shard initializes the group with the configured
 //!   voters, once (the same config on each pristine voter is safe in openraft; a
 //!   restart meets NotAllowed and ignores it), so a shard forms with any majority of
-//!   its voters, whichever start. Voters campaign in rank order (election timeouts
-//!   in bands by rank, [`raft_config`]): the first voter up leads, so leaders spread
-//!   over the nodes at start and a failed leader's shards pass to their next voters
-//!   (cluster/shards.rs).
+//!   its voters, whichever start. Voters bootstrap in rank order ([`bootstrap_due`]:
+//!   bootstrapping starts an election, so the first to do it leads), so leaders spread
+//!   as placed (cluster/shards.rs) however far apart the nodes start; election
+//!   timeouts lie in bands by rank ([`raft_config`]), so a failed leader's shards pass
+//!   to their next voters.
 //! - **Learners and membership changes** (`reconcile`). Whichever node leads a shard
 //!   moves its group to what the cluster's node list places there: the nodes not in
 //!   the group are added as learners; once the shard's voters-to-be are all up and
@@ -367,14 +368,20 @@ impl ShardHost {
         if self.reach.is_none() {
             return true;
         }
-        let agreeing = self.agreeing.lock().unwrap_or_else(PoisonError::into_inner);
         // Before any peer was heard, this node alone agrees with itself: enough for a
         // shard whose only voter it is.
-        let count = voters
-            .iter()
-            .filter(|v| **v == self.me || agreeing.as_ref().is_some_and(|a| a.contains(v)))
-            .count();
+        let count = voters.iter().filter(|v| self.agrees(**v)).count();
         count > voters.len() / 2
+    }
+
+    /// Whether node `id` is up and follows the same node list as this node (this node
+    /// always does).
+    fn agrees(&self, id: NodeId) -> bool {
+        if id == self.me || self.reach.is_none() {
+            return true;
+        }
+        let agreeing = self.agreeing.lock().unwrap_or_else(PoisonError::into_inner);
+        agreeing.as_ref().is_some_and(|a| a.contains(&id))
     }
 
     /// The configured node list (`[[nodes]]` or `cluster.voters`).
@@ -880,19 +887,44 @@ async fn run_proposer(
     }
 }
 
+/// How many election times a voter waits, once a majority agrees, for a senior voter
+/// that is up to bootstrap the shard before it does so itself (`bootstrap_due`).
+const SENIOR_PATIENCE: u32 = 8;
+
+/// Whether a pristine voter of `rank` bootstraps its shard now, a majority of its
+/// voters having agreed on the node list for `agreed`. In openraft, bootstrapping
+/// (`initialize`) starts an election at once, so whichever voter bootstraps first
+/// leads: the preferred leader (rank 0) does it at once, and each other voter gives
+/// the ones ranked above it time to, so leaders spread as placed (cluster/shards.rs)
+/// however far apart the nodes start. Seniors none of which is up are given `rank`
+/// election times (the shard still forms without them); a senior that is up
+/// [`SENIOR_PATIENCE`] times that, enough to see the majority itself.
+fn bootstrap_due(rank: usize, senior_up: bool, agreed: Duration, election: Duration) -> bool {
+    let rank = u32::try_from(rank).unwrap_or(u32::MAX);
+    let patience = if senior_up { SENIOR_PATIENCE } else { 1 };
+    agreed >= election.saturating_mul(rank.saturating_mul(patience))
+}
+
 /// Initializes a pristine `shard` with the voters this node's list places there, once a
 /// majority of them announce the same list ([`ShardHost::majority_agrees`]): nodes
 /// whose configured lists differ wait (and Membership logs why) instead of forming
-/// one group twice over different voters.
+/// one group twice over different voters. A voter below the shard's first rank waits
+/// for its seniors first ([`bootstrap_due`]); the group reaching it ends the wait.
 async fn initialize(host: std::sync::Weak<ShardHost>, shard: ShardId) {
     let mut waited = Duration::ZERO;
+    let mut agreed = Duration::ZERO;
     loop {
         let Some(host) = host.upgrade() else {
             return;
         };
         let placement = host.placement();
         let voters = placement.voters(shard);
-        if host.majority_agrees(&voters) {
+        let rank = placement.rank(shard, host.me).unwrap_or(voters.len());
+        let senior_up = voters[..rank.min(voters.len())]
+            .iter()
+            .any(|&senior| host.agrees(senior));
+        let majority = host.majority_agrees(&voters);
+        if majority && bootstrap_due(rank, senior_up, agreed, host.timing.election) {
             let Some(raft) = host.raft(shard) else {
                 return;
             };
@@ -927,6 +959,9 @@ async fn initialize(host: std::sync::Weak<ShardHost>, shard: ShardId) {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
         waited += Duration::from_millis(50);
+        if majority {
+            agreed += Duration::from_millis(50);
+        }
     }
 }
 
@@ -1077,8 +1112,33 @@ async fn reconcile(host: std::sync::Weak<ShardHost>, shard: ShardId) {
 
 #[cfg(test)]
 mod tests {
-    use super::{next_step, Step, CAUGHT_UP};
+    use super::{bootstrap_due, next_step, Step, CAUGHT_UP, SENIOR_PATIENCE};
     use std::collections::BTreeSet;
+    use std::time::Duration;
+
+    #[test]
+    fn voters_bootstrap_in_rank_order() {
+        let election = Duration::from_millis(100);
+        let ms = Duration::from_millis;
+        // The preferred leader at once, whoever else is up.
+        assert!(bootstrap_due(0, false, Duration::ZERO, election));
+        assert!(bootstrap_due(0, true, Duration::ZERO, election));
+        // The next voter, its senior down: one election time after the majority agreed;
+        // the third two.
+        assert!(!bootstrap_due(1, false, ms(99), election));
+        assert!(bootstrap_due(1, false, ms(100), election));
+        assert!(!bootstrap_due(2, false, ms(150), election));
+        assert!(bootstrap_due(2, false, ms(200), election));
+        // A senior that is up is given time to see the majority and go first; a stuck
+        // one does not keep the shard from forming.
+        let patience = election * SENIOR_PATIENCE;
+        assert!(!bootstrap_due(1, true, ms(100), election));
+        assert!(!bootstrap_due(1, true, patience - ms(1), election));
+        assert!(bootstrap_due(1, true, patience, election));
+        assert!(bootstrap_due(2, true, patience * 2, election));
+        // A learner (ranked past the voters) never gets an overflow.
+        assert!(!bootstrap_due(usize::MAX, true, ms(100), election));
+    }
 
     fn set(ids: &[u64]) -> BTreeSet<u64> {
         ids.iter().copied().collect()
