@@ -54,6 +54,7 @@ impl Actor for Endpoint {
         drops: &mut DropLog,
     ) -> Result<(), ActorProcessingErr> {
         let EndpointMessage::Frame(bytes) = message;
+        self.ctx.metrics.cluster_frame_in();
         let frame = match wire::decode(&bytes) {
             Ok(frame) => frame,
             Err(e) => {
@@ -68,7 +69,22 @@ impl Actor for Endpoint {
         let Some(cluster) = self.ctx.cluster.as_ref() else {
             return Ok(());
         };
-        let envelope = frame.envelope;
+        for envelope in frame.envelopes {
+            self.route(cluster, &frame.key, envelope, drops);
+        }
+        Ok(())
+    }
+}
+
+impl Endpoint {
+    /// Checks one envelope of a frame that carried `key` and hands its body on.
+    fn route(
+        &self,
+        cluster: &crate::cluster::Cluster,
+        key: &str,
+        envelope: wire::Envelope,
+        drops: &mut DropLog,
+    ) {
         let from = envelope.from;
         let inc = envelope.inc;
         if let Body::SenderKey { key } = &envelope.body {
@@ -76,9 +92,9 @@ impl Actor for Endpoint {
             if cluster.key_offered(&from, inc, key) {
                 tracing::debug!(peer = %from, "took the sender key for our frames to peer");
             }
-            return Ok(());
+            return;
         }
-        if let Err(refusal) = cluster.check_sender(&from, inc, &frame.key) {
+        if let Err(refusal) = cluster.check_sender(&from, inc, key) {
             let reason = refusal.reason();
             self.ctx.metrics.cluster_frame_dropped(reason);
             if drops.due(reason) {
@@ -91,7 +107,7 @@ impl Actor for Endpoint {
                      in that node's name"
                 );
             }
-            return Ok(());
+            return;
         }
         self.ctx.metrics.cluster_message_in(envelope.body.kind());
         match envelope.body {
@@ -130,7 +146,7 @@ impl Actor for Endpoint {
                     if drops.due("wrong_caller") {
                         tracing::warn!(%from, "dropped a raft call naming another node as its caller");
                     }
-                    return Ok(());
+                    return;
                 }
                 if let Some(host) = cluster.shard_host() {
                     host.serve(call);
@@ -142,7 +158,6 @@ impl Actor for Endpoint {
                 }
             }
         }
-        Ok(())
     }
 }
 

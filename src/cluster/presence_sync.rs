@@ -1176,8 +1176,9 @@ mod tests {
             let EndpointMessage::Frame(bytes) = next(rx).await;
             let frame = crate::cluster::wire::decode(&bytes).expect("decodes");
             assert_eq!(frame.key, B_KEY, "sealed with the key b gave us");
-            assert_eq!(frame.envelope.from, "a");
-            frame.envelope.body
+            let [envelope] = <[_; 1]>::try_from(frame.envelopes).expect("one envelope");
+            assert_eq!(envelope.from, "a");
+            envelope.body
         }
 
         async fn next_presence(rx: &mut UnboundedReceiver<RoomMessage>) -> Vec<RemoteMember> {

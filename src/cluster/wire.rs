@@ -1,24 +1,28 @@
 //! Every message that crosses nodes, in one place.
 //!
 //! A message is an [`Envelope`] (sender's node name and incarnation) around a
-//! [`Body`], serialised as JSON, and sealed into a frame with the wire version and the
-//! sender key the receiver issued to the sender (sender_keys.rs):
-//! `{"v":3,"key":"…","env":{…}}`. The frame is the `Vec<u8>` payload of the one
-//! cluster-visible actor message (`EndpointMessage::Frame`). An envelope is encoded
-//! once and sealed per receiver. Decoding returns a `Result`: malformed or unexpected
+//! [`Body`], encoded once ([`encode`]: postcard, with every body but the Raft ones as
+//! JSON inside) and sealed into a frame per receiver ([`seal`]): a first byte `0xB7`,
+//! the wire version, the sender key the receiver issued to the sender
+//! (sender_keys.rs), then the envelopes, each after its length. The frame is the
+//! `Vec<u8>` payload of the one cluster-visible actor message
+//! (`EndpointMessage::Frame`). Decoding returns a `Result`: malformed or unexpected
 //! traffic is logged and dropped by the receiver and never panics an actor (ractor's
 //! own `BytesConvertable` decoding would).
 //!
 //! Versioning: [`WIRE_VERSION`] is bumped when a change is not backwards compatible.
-//! Adding a variant or an optional field (`#[serde(default)]`) is compatible; renaming
-//! one is not. A node drops envelopes of another version and logs it.
+//! A new body variant or an optional field (`#[serde(default)]`) in a JSON body is
+//! compatible (an older node drops a body it does not know); the Raft bodies are
+//! positional in postcard, so any change to them is a bump, as is renaming anything.
+//! A node drops frames of another version and logs it; frames of version 3 and older
+//! were JSON and are told by their first byte.
 
 use super::tracker::{Entry, KeyRange};
 use crate::protocol::{ConnectionInfo, ErrorBody, UserInfo};
 use serde::{Deserialize, Serialize};
 
 /// The version of this wire format.
-pub const WIRE_VERSION: u16 = 3;
+pub const WIRE_VERSION: u16 = 4;
 
 /// The largest envelope a node accepts, in bytes.
 pub const MAX_ENVELOPE_BYTES: usize = 16 * 1024 * 1024;
@@ -109,8 +113,35 @@ impl<'de> Deserialize<'de> for Bytes {
                 .map(Bytes)
                 .map_err(serde::de::Error::custom)
         } else {
-            Vec::<u8>::deserialize(deserializer).map(Bytes)
+            deserializer.deserialize_byte_buf(BytesVisitor)
         }
+    }
+}
+
+/// Raw bytes in a binary format, in one copy (a `Vec<u8>` would be read byte by byte).
+struct BytesVisitor;
+
+impl<'de> serde::de::Visitor<'de> for BytesVisitor {
+    type Value = Bytes;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("bytes")
+    }
+
+    fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
+        Ok(Bytes(v.to_vec()))
+    }
+
+    fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
+        Ok(Bytes(v))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Bytes, A::Error> {
+        let mut bytes = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+        while let Some(byte) = seq.next_element::<u8>()? {
+            bytes.push(byte);
+        }
+        Ok(Bytes(bytes))
     }
 }
 
@@ -274,31 +305,97 @@ pub enum WireError {
     Version(u16),
 }
 
-/// Serialises an envelope (once; [`seal`] makes a frame of it per receiver).
-pub fn encode(envelope: &Envelope) -> Vec<u8> {
-    // Serialising these types cannot fail (string keys only); never panic on it.
-    serde_json::to_vec(envelope).unwrap_or_default()
+/// The first byte of a frame of this format. A frame of wire version 3 or older is
+/// JSON and begins with `{`: told apart by this byte, and refused by its version.
+const FRAME_MAGIC: u8 = 0xB7;
+
+/// An envelope as it travels: Raft bodies (nearly all traffic, and what carries bytes)
+/// in postcard, every other body as its JSON inside (they carry protocol types whose
+/// optional fields only a self-describing format can skip; they are rare).
+#[derive(Serialize)]
+struct PackedRef<'a> {
+    from: &'a str,
+    inc: u64,
+    body: PackedBodyRef<'a>,
 }
 
-/// The frame for one receiver: the wire version, the sender key that receiver issued
-/// us (empty for a `SenderKey` offer), and the encoded envelope.
-pub fn seal(key: &str, envelope: &[u8]) -> Vec<u8> {
-    // A key is hex digits (sender_keys.rs): nothing in it needs escaping.
-    let mut frame = Vec::with_capacity(envelope.len() + key.len() + 32);
-    frame.extend_from_slice(format!("{{\"v\":{WIRE_VERSION},\"key\":\"").as_bytes());
-    frame.extend(key.bytes().filter(u8::is_ascii_hexdigit));
-    frame.extend_from_slice(b"\",\"env\":");
-    frame.extend_from_slice(envelope);
-    frame.push(b'}');
+#[derive(Serialize)]
+enum PackedBodyRef<'a> {
+    RaftCall(&'a RaftCall),
+    RaftAnswer(&'a RaftAnswer),
+    Json(Bytes),
+}
+
+#[derive(Deserialize)]
+struct Packed {
+    from: String,
+    inc: u64,
+    body: PackedBody,
+}
+
+#[derive(Deserialize)]
+enum PackedBody {
+    RaftCall(RaftCall),
+    RaftAnswer(RaftAnswer),
+    Json(Bytes),
+}
+
+/// Serialises an envelope (once; [`seal`] makes a frame of it per receiver).
+pub fn encode(envelope: &Envelope) -> Vec<u8> {
+    let body = match &envelope.body {
+        Body::RaftCall(call) => PackedBodyRef::RaftCall(call),
+        Body::RaftAnswer(answer) => PackedBodyRef::RaftAnswer(answer),
+        // Serialising these types cannot fail (string keys only).
+        other => PackedBodyRef::Json(Bytes(serde_json::to_vec(other).unwrap_or_default())),
+    };
+    let packed = PackedRef {
+        from: &envelope.from,
+        inc: envelope.inc,
+        body,
+    };
+    // Nor can postcard fail on them (no maps with non-string keys, no unknown
+    // lengths); never panic on it.
+    postcard::to_stdvec(&packed).unwrap_or_default()
+}
+
+/// The frame for one receiver: the format's first byte, the wire version, the sender
+/// key that receiver issued us (empty for a `SenderKey` offer; only its hex digits are
+/// kept) and the encoded envelopes, each after its length. The frame is what
+/// ractor_cluster carries; several envelopes to one peer can share one.
+pub fn seal(key: &str, envelopes: &[&[u8]]) -> Vec<u8> {
+    let key: Vec<u8> = key
+        .bytes()
+        .filter(u8::is_ascii_hexdigit)
+        .take(255)
+        .collect();
+    let body: usize = envelopes.iter().map(|e| e.len() + 5).sum();
+    let mut frame = Vec::with_capacity(4 + key.len() + body);
+    frame.push(FRAME_MAGIC);
+    frame.extend_from_slice(&WIRE_VERSION.to_le_bytes());
+    frame.push(key.len() as u8);
+    frame.extend_from_slice(&key);
+    for envelope in envelopes {
+        let mut len = envelope.len() as u64;
+        // The length as a LEB128 varint (postcard's own).
+        loop {
+            let byte = (len & 0x7f) as u8;
+            len >>= 7;
+            if len == 0 {
+                frame.push(byte);
+                break;
+            }
+            frame.push(byte | 0x80);
+        }
+        frame.extend_from_slice(envelope);
+    }
     frame
 }
 
-/// A decoded frame: the key it carries and its envelope.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// A decoded frame: the key it carries and its envelopes, in the order sent.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Frame {
     pub key: String,
-    #[serde(rename = "env")]
-    pub envelope: Envelope,
+    pub envelopes: Vec<Envelope>,
 }
 
 /// Decodes and checks a frame (size, version, shape; not yet its key).
@@ -306,16 +403,82 @@ pub fn decode(bytes: &[u8]) -> Result<Frame, WireError> {
     if bytes.len() > MAX_ENVELOPE_BYTES {
         return Err(WireError::TooLarge(bytes.len()));
     }
-    #[derive(Deserialize)]
-    struct VersionOnly {
-        v: u16,
+    let malformed = |why: &str| WireError::Malformed(why.to_owned());
+    match bytes.first() {
+        Some(&FRAME_MAGIC) => {}
+        // Wire version 3 and older: JSON with the version first.
+        Some(b'{') => {
+            #[derive(Deserialize)]
+            struct VersionOnly {
+                v: u16,
+            }
+            let old: VersionOnly =
+                serde_json::from_slice(bytes).map_err(|e| WireError::Malformed(e.to_string()))?;
+            return Err(WireError::Version(old.v));
+        }
+        _ => return Err(malformed("not a cluster frame")),
     }
-    let version: VersionOnly =
-        serde_json::from_slice(bytes).map_err(|e| WireError::Malformed(e.to_string()))?;
-    if version.v != WIRE_VERSION {
-        return Err(WireError::Version(version.v));
+    let version = bytes
+        .get(1..3)
+        .map(|v| u16::from_le_bytes([v[0], v[1]]))
+        .ok_or_else(|| malformed("frame ends in its header"))?;
+    if version != WIRE_VERSION {
+        return Err(WireError::Version(version));
     }
-    serde_json::from_slice(bytes).map_err(|e| WireError::Malformed(e.to_string()))
+    let key_len = *bytes
+        .get(3)
+        .ok_or_else(|| malformed("frame ends in its header"))? as usize;
+    let key = bytes
+        .get(4..4 + key_len)
+        .ok_or_else(|| malformed("frame ends in its key"))?;
+    if !key.iter().all(u8::is_ascii_hexdigit) {
+        return Err(malformed("the key is not hex"));
+    }
+    let key = String::from_utf8_lossy(key).into_owned();
+    let mut rest = &bytes[4 + key_len..];
+    let mut envelopes = Vec::new();
+    while !rest.is_empty() {
+        let (len, after) = varint(rest).ok_or_else(|| malformed("bad envelope length"))?;
+        if len > after.len() {
+            return Err(malformed("frame ends in an envelope"));
+        }
+        let (envelope, next) = after.split_at(len);
+        envelopes.push(unpack(envelope)?);
+        rest = next;
+    }
+    if envelopes.is_empty() {
+        return Err(malformed("frame without an envelope"));
+    }
+    Ok(Frame { key, envelopes })
+}
+
+/// A LEB128 varint at the start of `bytes` (at most 64 bits) and what follows it.
+fn varint(bytes: &[u8]) -> Option<(usize, &[u8])> {
+    let mut value: u64 = 0;
+    for (i, byte) in bytes.iter().enumerate().take(10) {
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((usize::try_from(value).ok()?, &bytes[i + 1..]));
+        }
+    }
+    None
+}
+
+fn unpack(bytes: &[u8]) -> Result<Envelope, WireError> {
+    let packed: Packed =
+        postcard::from_bytes(bytes).map_err(|e| WireError::Malformed(e.to_string()))?;
+    let body = match packed.body {
+        PackedBody::RaftCall(call) => Body::RaftCall(call),
+        PackedBody::RaftAnswer(answer) => Body::RaftAnswer(answer),
+        PackedBody::Json(json) => {
+            serde_json::from_slice(&json.0).map_err(|e| WireError::Malformed(e.to_string()))?
+        }
+    };
+    Ok(Envelope {
+        from: packed.from,
+        inc: packed.inc,
+        body,
+    })
 }
 
 #[cfg(test)]
@@ -333,14 +496,18 @@ mod tests {
     const KEY: &str = "0123456789abcdef0123456789abcdef";
 
     fn sealed(envelope: &Envelope) -> Vec<u8> {
-        seal(KEY, &encode(envelope))
+        seal(KEY, &[&encode(envelope)])
     }
 
     fn frame(envelope: Envelope) -> Frame {
         Frame {
             key: KEY.into(),
-            envelope,
+            envelopes: vec![envelope],
         }
+    }
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
     }
 
     #[test]
@@ -412,11 +579,11 @@ mod tests {
             req: 3,
             result: here.clone(),
         });
-        let text = String::from_utf8(sealed(&sent)).unwrap();
-        assert!(
-            text.contains(r#""t":"user_call_result","req":3,"result":{"affected":1,"connections":[{"node":"a""#),
-            "{text}"
-        );
+        // Bodies other than Raft's travel as JSON inside the frame.
+        assert!(contains(
+            &sealed(&sent),
+            br#"{"t":"user_call_result","req":3,"result":{"affected":1,"connections":[{"node":"a""#
+        ));
         assert_eq!(decode(&sealed(&sent)), Ok(frame(sent)));
         // The first refusal stays; counts and connections add up.
         let mut total = UserCallResult::default();
@@ -440,25 +607,35 @@ mod tests {
             total.refused.map(|e| e.code),
             Some(crate::protocol::ErrorCode::TooManyRooms)
         );
-        // An older node's answer without the optional fields still decodes.
-        let bare = br#"{"v":3,"key":"","env":{"from":"a","inc":1,"body":{"t":"user_call_result","req":1,"result":{"affected":0}}}}"#;
-        assert!(decode(bare).is_ok());
+        // An answer without the optional fields still decodes.
+        let bare = br#"{"t":"user_call_result","req":1,"result":{"affected":0}}"#;
+        let packed = postcard::to_stdvec(&PackedRef {
+            from: "a",
+            inc: 1,
+            body: PackedBodyRef::Json(Bytes(bare.to_vec())),
+        })
+        .unwrap();
+        assert!(decode(&seal("", &[&packed])).is_ok());
     }
 
     #[test]
-    fn raft_bodies_round_trip_with_their_bytes_as_base64() {
+    fn raft_bodies_travel_as_raw_bytes() {
+        let payload: Vec<u8> = (0..=255).collect();
         let call = Body::RaftCall(RaftCall {
             shard: 3,
             from: 11,
             target: 12,
             corr: 99,
             kind: RpcKind::AppendEntries,
-            payload: Bytes(vec![0, 1, 2, 255]),
+            payload: Bytes(payload.clone()),
         });
         let bytes = sealed(&envelope(call.clone()));
-        let text = String::from_utf8(bytes.clone()).unwrap();
-        assert!(text.contains("\"AAEC/w==\""), "{text}");
-        assert_eq!(decode(&bytes).map(|f| f.envelope.body), Ok(call));
+        assert!(contains(&bytes, &payload), "the payload as is, not base64");
+        assert!(bytes.len() < payload.len() + 64, "{} bytes", bytes.len());
+        assert_eq!(
+            decode(&bytes).map(|f| f.envelopes),
+            Ok(vec![envelope(call)])
+        );
         for result in [
             Ok(Bytes(vec![7; 40])),
             Err("shard 3 does not run here".into()),
@@ -466,40 +643,108 @@ mod tests {
             let answer = envelope(Body::RaftAnswer(RaftAnswer { corr: 5, result }));
             assert_eq!(decode(&sealed(&answer)), Ok(frame(answer)));
         }
-        let bad = text.replace("AAEC/w==", "not base64!");
-        assert!(matches!(
-            decode(bad.as_bytes()),
-            Err(WireError::Malformed(_))
-        ));
     }
 
     #[test]
-    fn a_frame_carries_its_key_beside_the_envelope() {
-        let sent = envelope(Body::Pong { echo: 1, view: 2 });
-        let text = String::from_utf8(sealed(&sent)).unwrap();
-        assert!(
-            text.starts_with(&format!("{{\"v\":3,\"key\":\"{KEY}\",\"env\":{{")),
-            "{text}"
+    fn a_frame_carries_its_key_and_several_envelopes_in_order() {
+        let first = envelope(Body::Pong { echo: 1, view: 2 });
+        let second = envelope(Body::RaftAnswer(RaftAnswer {
+            corr: 9,
+            result: Ok(Bytes(vec![1; 300])),
+        }));
+        let third = envelope(Body::Leaving {});
+        let (a, b, c) = (encode(&first), encode(&second), encode(&third));
+        let bytes = seal(KEY, &[&a, &b, &c]);
+        assert_eq!(bytes[0], FRAME_MAGIC);
+        assert_eq!(&bytes[1..3], &WIRE_VERSION.to_le_bytes());
+        assert_eq!(bytes[3] as usize, KEY.len());
+        assert_eq!(&bytes[4..4 + KEY.len()], KEY.as_bytes());
+        assert_eq!(
+            decode(&bytes),
+            Ok(Frame {
+                key: KEY.into(),
+                envelopes: vec![first.clone(), second, third],
+            })
         );
         // A key offer is sealed with no key; nothing but hex digits is ever written.
-        let offer = seal("", &encode(&sent));
+        let offer = seal("", &[&a]);
         assert_eq!(decode(&offer).map(|f| f.key), Ok(String::new()));
-        let odd = seal("\"}, \"x", &encode(&sent));
+        let odd = seal("\"}, \"x", &[&a]);
         assert_eq!(decode(&odd).map(|f| f.key), Ok(String::new()));
     }
 
     #[test]
     fn bad_bytes_are_errors_not_panics() {
-        assert!(matches!(decode(b"\xff\x00"), Err(WireError::Malformed(_))));
-        assert!(matches!(decode(b"{}"), Err(WireError::Malformed(_))));
+        let good = sealed(&envelope(Body::RaftAnswer(RaftAnswer {
+            corr: 1,
+            result: Ok(Bytes(vec![5; 20])),
+        })));
+        assert!(decode(&good).is_ok());
+        for bad in [
+            &b""[..],
+            b"\xff\x00",
+            &[FRAME_MAGIC],
+            &[FRAME_MAGIC, 4],
+            &[FRAME_MAGIC, 4, 0],
+            &[FRAME_MAGIC, 4, 0, 5, b'a'],
+            &[FRAME_MAGIC, 4, 0, 0],
+            &[FRAME_MAGIC, 4, 0, 1, b'z', 0],
+            &[
+                FRAME_MAGIC,
+                4,
+                0,
+                0,
+                0xff,
+                0xff,
+                0xff,
+                0xff,
+                0xff,
+                0xff,
+                0xff,
+                0xff,
+                0xff,
+                0xff,
+                0x01,
+            ],
+            &[FRAME_MAGIC, 4, 0, 0, 40, 1, 2],
+        ] {
+            assert!(
+                matches!(decode(bad), Err(WireError::Malformed(_))),
+                "{bad:?}"
+            );
+        }
+        // Every truncation of a good frame is an error, and so is every single flipped
+        // byte that makes it undecodable (none panics).
+        for end in 0..good.len() {
+            assert!(decode(&good[..end]).is_err(), "cut at {end}");
+        }
+        for at in 0..good.len() {
+            let mut flipped = good.clone();
+            flipped[at] ^= 0xff;
+            let _ = decode(&flipped);
+        }
+        // A JSON body that is not one of ours.
+        let packed = postcard::to_stdvec(&PackedRef {
+            from: "a",
+            inc: 1,
+            body: PackedBodyRef::Json(Bytes(br#"{"t":"nope"}"#.to_vec())),
+        })
+        .unwrap();
         assert!(matches!(
-            decode(br#"{"v":3,"key":"","env":{"from":"a","inc":1,"body":{"t":"nope"}}}"#),
+            decode(&seal("", &[&packed])),
             Err(WireError::Malformed(_))
         ));
-        // The previous wire version (no key, `v` in the envelope) is told by its version.
+        // Older wire versions (JSON, `v` first) and a future one are told by version.
+        assert_eq!(
+            decode(br#"{"v":3,"key":"","env":{"from":"a","inc":1,"body":{"t":"pong","echo":1,"view":1}}}"#),
+            Err(WireError::Version(3))
+        );
         assert_eq!(
             decode(br#"{"v":2,"from":"a","inc":1,"body":{"t":"pong","echo":1,"view":1}}"#),
             Err(WireError::Version(2))
         );
+        let mut future = good.clone();
+        future[1..3].copy_from_slice(&5u16.to_le_bytes());
+        assert_eq!(decode(&future), Err(WireError::Version(5)));
     }
 }

@@ -58,7 +58,7 @@ fn forged(from: &str, inc: u64, body: Body) -> EndpointMessage {
         inc,
         body,
     });
-    EndpointMessage::Frame(wire::seal("0123456789abcdef0123456789abcdef", &envelope))
+    EndpointMessage::Frame(wire::seal("0123456789abcdef0123456789abcdef", &[&envelope]))
 }
 
 #[tokio::test]
@@ -107,13 +107,13 @@ async fn frames_in_another_nodes_name_are_dropped() {
     // carry mallory's key and b would drop them all).
     a.cast(EndpointMessage::Frame(wire::seal(
         "",
-        &wire::encode(&Envelope {
+        &[&wire::encode(&Envelope {
             from: "b".into(),
             inc: b_inc,
             body: Body::SenderKey {
                 key: "ffffffffffffffffffffffffffffffff".into(),
             },
-        }),
+        })],
     )))
     .expect("cast");
 
