@@ -54,7 +54,6 @@ impl Actor for Endpoint {
         drops: &mut DropLog,
     ) -> Result<(), ActorProcessingErr> {
         let EndpointMessage::Frame(bytes) = message;
-        self.ctx.metrics.cluster_frame_in();
         let frame = match wire::decode(&bytes) {
             Ok(frame) => frame,
             Err(e) => {

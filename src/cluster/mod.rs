@@ -9,8 +9,6 @@
 //! ```
 //!
 //! - [`wire`]: every message that crosses nodes; versioned; decoded with a `Result`.
-//! - [`batch`]: envelopes to one peer gathered into frames (pure; `send_encoded`
-//!   flushes them).
 //! - [`raft`]: the Raft room logs (types, state machine, log store, network, host).
 //! - [`view`]: who this node believes is up (pure).
 //! - [`room_log`]: the room logs behind the actors' port (Raft shard host, sink, link).
@@ -27,7 +25,6 @@
 //! and `send`. In single-node mode there is no `Cluster` at all: the room logs are a
 //! one-voter Raft group of each shard. docs/cluster.md states what is guaranteed and what is not.
 
-pub mod batch;
 pub mod endpoint;
 pub mod member_log;
 pub mod membership;
@@ -94,21 +91,6 @@ pub struct Cluster {
     shard_host: std::sync::OnceLock<Arc<raft::host::ShardHost>>,
     /// Presence across nodes, once started (cluster/presence_sync.rs).
     presence_port: std::sync::OnceLock<Arc<presence_sync::TrackerPort>>,
-    /// Envelopes waiting to leave, by peer (batch.rs).
-    outgoing: Mutex<HashMap<String, Arc<Mutex<batch::Pending<Target>>>>>,
-}
-
-/// Where a queued envelope goes: the peer's Endpoint and the key it issued us.
-#[derive(Clone)]
-struct Target {
-    endpoint: ActorRef<EndpointMessage>,
-    key: String,
-}
-
-impl PartialEq for Target {
-    fn eq(&self, other: &Self) -> bool {
-        self.endpoint.get_id() == other.endpoint.get_id() && self.key == other.key
-    }
 }
 
 impl Cluster {
@@ -136,7 +118,6 @@ impl Cluster {
             metrics,
             shard_host: std::sync::OnceLock::new(),
             presence_port: std::sync::OnceLock::new(),
-            outgoing: Mutex::new(HashMap::new()),
         }
     }
 
@@ -212,11 +193,6 @@ impl Cluster {
                 None => endpoints.remove(node),
             };
         }
-        if let Ok(mut outgoing) = self.outgoing.lock() {
-            // What waits for a peer that is gone flushes to where it was sent; the next
-            // envelope to the peer's next session starts a new queue.
-            outgoing.remove(node);
-        }
     }
 
     /// We accepted a session for `name` in incarnation `inc` (Membership only): the
@@ -273,8 +249,6 @@ impl Cluster {
     /// us its key yet, is not reachable (false); only a key offer goes without one.
     /// Each envelope sent is counted in `hubbub_cluster_messages_total`, before it
     /// leaves: once it has, the peer may have acted on it before this thread runs on.
-    /// Envelopes to one peer leave in order, several to a frame when they are sent
-    /// faster than one frame's flush (batch.rs); a key offer leaves alone, at once.
     pub fn send_encoded(&self, to: &str, encoded: &Encoded) -> bool {
         let endpoint = self
             .endpoints
@@ -284,39 +258,17 @@ impl Cluster {
         let Some(endpoint) = endpoint else {
             return false;
         };
-        if encoded.kind == "sender_key" {
-            self.metrics.cluster_message_out(encoded.kind);
-            let frame = wire::seal("", &[&encoded.bytes]);
-            let sent = endpoint.cast(EndpointMessage::Frame(frame)).is_ok();
-            if sent {
-                self.metrics.cluster_frame_out();
-            }
-            return sent;
-        }
-        let Some(key) = self.with_keys(|keys| keys.key_for(to).map(str::to_owned)) else {
+        let key = if encoded.kind == "sender_key" {
+            Some(String::new())
+        } else {
+            self.with_keys(|keys| keys.key_for(to).map(str::to_owned))
+        };
+        let Some(key) = key else {
             return false;
         };
         self.metrics.cluster_message_out(encoded.kind);
-        let queue = {
-            let mut outgoing = self.outgoing.lock().unwrap_or_else(|e| e.into_inner());
-            outgoing.entry(to.to_owned()).or_default().clone()
-        };
-        let target = Target { endpoint, key };
-        let schedule = queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(target, encoded.bytes.clone());
-        if schedule {
-            match tokio::runtime::Handle::try_current() {
-                Ok(runtime) => {
-                    let metrics = self.metrics.clone();
-                    runtime.spawn(async move { flush(&queue, &metrics) });
-                }
-                // Outside a runtime (never on the node's own paths): at once.
-                Err(_) => flush(&queue, &self.metrics),
-            }
-        }
-        true
+        let frame = wire::seal(&key, &[&encoded.bytes]);
+        endpoint.cast(EndpointMessage::Frame(frame)).is_ok()
     }
 
     /// Sends one body to several nodes, encoding it once.
@@ -324,22 +276,6 @@ impl Cluster {
         let bytes = self.encode(body);
         for node in to {
             self.send_encoded(node, &bytes);
-        }
-    }
-}
-
-/// Casts everything queued for one peer, as few frames as its bounds allow
-/// (batch.rs). The queue stays held while casting (a cast only enqueues), so a flush
-/// scheduled by the next envelope cannot overtake this one.
-fn flush(queue: &Mutex<batch::Pending<Target>>, metrics: &Metrics) {
-    let mut pending = queue.lock().unwrap_or_else(|e| e.into_inner());
-    for (target, envelopes) in pending.take() {
-        let envelopes: Vec<&[u8]> = envelopes.iter().map(Vec::as_slice).collect();
-        let frame = wire::seal(&target.key, &envelopes);
-        // A peer gone meanwhile: what it was sent is lost as a dropped link loses it;
-        // the senders retry (Raft, heartbeats) or repair (presence digests).
-        if target.endpoint.cast(EndpointMessage::Frame(frame)).is_ok() {
-            metrics.cluster_frame_out();
         }
     }
 }

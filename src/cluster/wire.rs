@@ -361,7 +361,8 @@ pub fn encode(envelope: &Envelope) -> Vec<u8> {
 /// The frame for one receiver: the format's first byte, the wire version, the sender
 /// key that receiver issued us (empty for a `SenderKey` offer; only its hex digits are
 /// kept) and the encoded envelopes, each after its length. The frame is what
-/// ractor_cluster carries; several envelopes to one peer can share one.
+/// ractor_cluster carries. The format lets several envelopes share a frame; nodes send one per
+/// frame (batching them was measured and not kept: docs/cluster.md, "The cluster wire").
 pub fn seal(key: &str, envelopes: &[&[u8]]) -> Vec<u8> {
     let key: Vec<u8> = key
         .bytes()

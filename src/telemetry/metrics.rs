@@ -174,9 +174,6 @@ pub struct Metrics {
     peer_unauthenticated: Gauge,
     peer_refusals: Family<Labels1, Counter>,
     cluster_frames_dropped: Family<Labels1, Counter>,
-    /// Frames sent to and received from peers (`[out, in]`), each carrying one or more
-    /// envelopes (cluster/batch.rs).
-    cluster_frames: [Counter; 2],
     replies_cut: Family<Labels1, Counter>,
     content_refused: Family<Labels1, Counter>,
     api_calls: Family<Labels2, Counter>,
@@ -363,21 +360,6 @@ impl Metrics {
         for reason in CLUSTER_DROP_REASONS {
             drop(cluster_frames_dropped.get_or_create(&[("reason", reason)]));
         }
-        let cluster_frame_family = Family::<Labels1, Counter>::default();
-        registry.register(
-            "hubbub_cluster_frames",
-            "Frames sent to and received from peers, by direction; each carries one or \
-             more envelopes (hubbub_cluster_messages_total counts those)",
-            cluster_frame_family.clone(),
-        );
-        // One at a time: a family's handle holds its lock until dropped.
-        let peer_frames_out = cluster_frame_family
-            .get_or_create(&[("direction", "out")])
-            .clone();
-        let peer_frames_in = cluster_frame_family
-            .get_or_create(&[("direction", "in")])
-            .clone();
-        let cluster_frames = [peer_frames_out, peer_frames_in];
         let replies_cut = Family::<Labels1, Counter>::default();
         registry.register(
             "hubbub_replies_cut",
@@ -482,7 +464,6 @@ impl Metrics {
             peer_unauthenticated,
             peer_refusals,
             cluster_frames_dropped,
-            cluster_frames,
             replies_cut,
             content_refused,
             api_calls,
@@ -701,16 +682,6 @@ impl Metrics {
         self.peer_refusals
             .get_or_create(&[("reason", reason)])
             .inc();
-    }
-
-    /// A frame (one or more envelopes) left for a peer.
-    pub fn cluster_frame_out(&self) {
-        self.cluster_frames[0].inc();
-    }
-
-    /// A frame arrived from a peer (counted before it is decoded).
-    pub fn cluster_frame_in(&self) {
-        self.cluster_frames[1].inc();
     }
 
     /// A frame from a peer was dropped unread; `reason` is one of

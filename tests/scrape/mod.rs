@@ -39,18 +39,6 @@ impl Metrics {
         }
     }
 
-    /// The sum of every sample called `name` whose labels include `labels`.
-    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        (self.0.samples.iter())
-            .filter(|s| s.metric == name)
-            .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-            .filter_map(|s| match s.value {
-                Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => Some(v),
-                _ => None,
-            })
-            .sum()
-    }
-
     /// `hubbub_messages_total{direction, type}`.
     pub fn messages(&self, direction: &str, kind: &str) -> f64 {
         self.value(
