@@ -22,35 +22,19 @@ command -v valgrind >/dev/null || {
 }
 cargo build --release --locked -p hubbub -p hubbub-bench
 D=${CARGO_TARGET_DIR:-$ROOT/target}/bench/profile-cluster-$MODE; rm -rf $D; mkdir -p $D/data
-ports=($(python3 -c 'import socket
-ss=[socket.socket() for _ in range(4)]
-[s.bind(("127.0.0.1",0)) for s in ss]
-print(" ".join(str(s.getsockname()[1]) for s in ss))'))
-a=${ports[0]} b=${ports[1]} ca=${ports[2]} cb=${ports[3]}
 # shellcheck source=bench/profile-config.sh
 source "$ROOT/bench/profile-config.sh"
+read -r a b ca cb < <(free_ports 4)
 cfg() {
   {
     profile_node_config "$1" "$2" 1
-    printf 'format = "json"\n\n'
-    cat <<C
-[storage]
-engine = "durable"
-dir = "$D/data"
-C
+    printf 'format = "json"\n'
+    durable_section "$D/data"
+    if [[ $MODE == two ]]; then
+      pair_cluster_section "$3" "$ca" "$cb" profile-cluster
+      printf 'heartbeat_ms = 500\nfailure_timeout_ms = 10000\n'
+    fi
   } > $D/$1.toml
-  if [[ $MODE == two ]]; then cat >> $D/$1.toml <<C
-
-[cluster]
-enabled = true
-bind = "127.0.0.1:$3"
-cookie = "profile-cluster"
-seeds = ["127.0.0.1:$ca", "127.0.0.1:$cb"]
-voters = ["a", "b"]
-heartbeat_ms = 500
-failure_timeout_ms = 10000
-C
-  fi
 }
 cfg a $a $ca; cfg b $b $cb
 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file=$D/callgrind.out $T/hubbub serve --config $D/a.toml > $D/a.log 2>&1 & pa=$!
