@@ -1281,7 +1281,9 @@ async fn kill9_of_two_owners_in_turn_loses_no_acked_message() {
     let shard = shard_of(&room, &all);
     // Whoever leads the room's shard now (start order decides) dies first; voters
     // campaign in rank order, so the first two by rank among the rest lead next, in
-    // turn. The clients sit on the last two, which never lead while those are up.
+    // turn (the common case). The clients sit on the last two, which must not take the
+    // first failover, while three higher ranks are up; the second may go to any
+    // survivor (below).
     let ranked = voters_of(&room, &all, 5);
     let asked = Instant::now();
     let zero = loop {
@@ -1327,14 +1329,12 @@ async fn kill9_of_two_owners_in_turn_loses_no_acked_message() {
     acks_reach(&mut count, acked + 30).await;
     let killed_again = Instant::now();
     cluster.kill9(&next);
-    let (at, last) = wait_leader_but(
-        &cluster,
-        publisher_node,
-        shard,
-        &[zero, next.as_str()],
-        &clients_on,
-    )
-    .await;
+    // Three of five voters are left, so the new leader needs all three votes: the one
+    // whose log holds the last entries leads, and that can be the publisher's or the
+    // reader's node when the next by rank missed the dead leader's last append (seen
+    // under load). Nothing is killed after this, so any survivor may lead here.
+    let (at, last) =
+        wait_leader_but(&cluster, publisher_node, shard, &[zero, next.as_str()], &[]).await;
     let took_again = at - killed_again;
     let acked = *count.borrow();
     acks_reach(&mut count, acked + 30).await;
