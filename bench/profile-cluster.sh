@@ -9,19 +9,20 @@
 #
 #   bench/profile-cluster.sh one
 #   bench/profile-cluster.sh two
+#   BIN=/some/dir bench/profile-cluster.sh two   a build's binaries, not built here
 #
-# Output in target/bench/profile-cluster-MODE/: callgrind.out, excl.txt and incl.txt
+# Output in target/bench/profile-cluster-MODE/ (or $OUT): callgrind.out, excl.txt and incl.txt
 # (callgrind_annotate), the bench's JSON, node a's metrics at the end.
 set -u
 MODE=${1:?one or two}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-T=${CARGO_TARGET_DIR:-$ROOT/target}/release
+T=${BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release}
 command -v valgrind >/dev/null || {
   DEBIAN_FRONTEND=noninteractive apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null
 }
-cargo build --release --locked -p hubbub -p hubbub-bench
-D=${CARGO_TARGET_DIR:-$ROOT/target}/bench/profile-cluster-$MODE; rm -rf $D; mkdir -p $D/data
+[[ -n ${BIN:-} ]] || cargo build --release --locked -p hubbub -p hubbub-bench
+D=${OUT:-${CARGO_TARGET_DIR:-$ROOT/target}/bench/profile-cluster-$MODE}; rm -rf $D; mkdir -p $D/data
 # shellcheck source=bench/profile-config.sh
 source "$ROOT/bench/profile-config.sh"
 read -r a b ca cb < <(free_ports 4)
