@@ -470,7 +470,8 @@ pub async fn start_host(
             let dir = settings.storage.dir.join(&me);
             std::fs::create_dir_all(&dir)
                 .map_err(|e| format!("storage.dir: cannot create {}: {e}", dir.display()))?;
-            let db = LogDb::open(&dir, fsync).map_err(|e| format!("storage.dir: {e}"))?;
+            let db = LogDb::open_timed(&dir, fsync, metrics.storage_timings())
+                .map_err(|e| format!("storage.dir: {e}"))?;
             (db, Some(dir.join(DB_FILE)))
         }
     };

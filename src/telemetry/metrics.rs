@@ -185,6 +185,8 @@ pub struct Metrics {
     session_timers: Gauge,
     presence_entries: Gauge,
     storage_bytes: Gauge,
+    storage_commit: DurationHistogram,
+    storage_queued: DurationHistogram,
     /// The connect and publish hooks and the webhook endpoints (hook_metrics.rs).
     pub hooks: super::hook_metrics::HookMetrics,
 }
@@ -439,6 +441,21 @@ impl Metrics {
              memory engine; read every 5 s",
             storage_bytes.clone(),
         );
+        let storage_commit = DurationHistogram::new(&LATENCY_BUCKETS);
+        registry.register(
+            "hubbub_storage_commit_duration_seconds",
+            "Each commit of the room logs' database (storage.engine = \"durable\"): one \
+             transaction holding every shard's waiting writes, with its fsync when \
+             storage.fsync asks for one; the disk's share of a publish's latency",
+            storage_commit.clone(),
+        );
+        let storage_queued = DurationHistogram::new(&LATENCY_BUCKETS);
+        registry.register(
+            "hubbub_storage_queued_seconds",
+            "How long the oldest write of each commit waited for the log writer (it was \
+             busy with the commit before)",
+            storage_queued.clone(),
+        );
         let hooks = super::hook_metrics::HookMetrics::register(&mut registry);
         registry.register_collector(Box::new(ProcessCollector));
 
@@ -474,6 +491,8 @@ impl Metrics {
             session_timers,
             presence_entries,
             storage_bytes,
+            storage_commit,
+            storage_queued,
             hooks,
         }
     }
@@ -640,6 +659,15 @@ impl Metrics {
         self.room_state_entries.inc_by(delta);
     }
 
+    /// The histograms the log writer observes each commit in
+    /// (`hubbub_storage_commit_duration_seconds`, `hubbub_storage_queued_seconds`).
+    pub fn storage_timings(&self) -> StorageTimings {
+        StorageTimings {
+            commit: self.storage_commit.clone(),
+            queued: self.storage_queued.clone(),
+        }
+    }
+
     /// Sets the size of the room logs' database file (see `hubbub_storage_bytes`).
     pub fn set_storage_bytes(&self, bytes: u64) {
         self.storage_bytes
@@ -738,6 +766,25 @@ impl FrameType {
 
 fn gauge_value(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// What the room logs' writer thread times (see [`Metrics::storage_timings`]); the
+/// default counts into histograms nobody reads (tests, the memory engine).
+#[derive(Clone, Debug)]
+pub struct StorageTimings {
+    /// Each commit, fsync included when there was one.
+    pub commit: DurationHistogram,
+    /// How long the oldest write of each commit waited for the writer.
+    pub queued: DurationHistogram,
+}
+
+impl Default for StorageTimings {
+    fn default() -> Self {
+        Self {
+            commit: DurationHistogram::new(&LATENCY_BUCKETS),
+            queued: DurationHistogram::new(&LATENCY_BUCKETS),
+        }
+    }
 }
 
 /// A histogram of durations with fixed buckets, counted with atomics only.

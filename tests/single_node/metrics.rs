@@ -199,3 +199,30 @@ async fn a_slow_consumer_is_counted_once() {
     assert_eq!(m.value("hubbub_rate_limited_total", &[]), 0.0);
     wait_for(&node, "hubbub_connections", 1.0).await;
 }
+
+#[tokio::test]
+async fn a_durable_node_times_its_log_commits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_owned();
+    let node = TestNode::start_adjusted(move |s| {
+        s.storage.engine = hubbub::config::StorageEngine::Durable;
+        s.storage.dir = path;
+    })
+    .await;
+    let mut alice = node.connect("alice", "Alice").await;
+    alice.join("lobby").await;
+    for i in 0..PUBLISHES {
+        alice.publish("lobby", &format!("message {i}")).await;
+    }
+    let m = scrape(&node).await;
+    // Each publish was acknowledged after the commit that carried it, and a commit is
+    // timed before the writes it carried are answered.
+    let commits = m.histogram_count("hubbub_storage_commit_duration_seconds");
+    assert!(commits >= 1.0, "no commit timed");
+    assert!(
+        m.value("hubbub_storage_commit_duration_seconds_sum", &[]) > 0.0,
+        "commits took no time"
+    );
+    assert!(m.histogram_count("hubbub_storage_queued_seconds") >= 1.0);
+    assert!(m.histogram_count("hubbub_storage_queued_seconds") <= commits);
+}

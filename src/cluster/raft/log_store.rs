@@ -70,6 +70,7 @@
 use super::log_tail::LogTail;
 use super::types::{NodeId, ShardId, ShardNode, ShardTc};
 use crate::config::FsyncPolicy;
+use crate::telemetry::metrics::StorageTimings;
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{
     Entry, ErrorSubject, ErrorVerb, LogId, LogState, OptionalSend, RaftLogReader, SnapshotMeta,
@@ -175,6 +176,7 @@ impl Durable {
             sync,
             written,
             flushed,
+            queued_at: Instant::now(),
         };
         let sender = self
             .requests
@@ -258,6 +260,8 @@ struct WriteRequest {
     written: oneshot::Sender<Result<(), String>>,
     /// Told once the ops are durable as the policy says.
     flushed: Option<LogFlushed<ShardTc>>,
+    /// When it was handed to the writer.
+    queued_at: Instant,
 }
 
 impl LogDb {
@@ -271,6 +275,16 @@ impl LogDb {
 
     /// Opens (or creates) the durable database in `dir`, creating `dir` if needed.
     pub fn open(dir: &Path, fsync: FsyncPolicy) -> Result<Self, OpenError> {
+        Self::open_timed(dir, fsync, StorageTimings::default())
+    }
+
+    /// [`LogDb::open`], the writer observing each commit in `timings` (the node's
+    /// metrics).
+    pub fn open_timed(
+        dir: &Path,
+        fsync: FsyncPolicy,
+        timings: StorageTimings,
+    ) -> Result<Self, OpenError> {
         let path = dir.join(DB_FILE);
         let fail = |reason: String| OpenError {
             path: path.clone(),
@@ -294,7 +308,7 @@ impl LogDb {
         let writer_db = db.clone();
         let writer = std::thread::Builder::new()
             .name("raft-log-writer".to_owned())
-            .spawn(move || write_loop(&writer_db, &queue, fsync))
+            .spawn(move || write_loop(&writer_db, &queue, fsync, &timings))
             .map_err(|e| fail(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
             inner: Arc::new(Engine::Durable(Durable {
@@ -547,7 +561,12 @@ fn is_empty_range(start: Bound<u64>, end: Bound<u64>) -> bool {
 
 /// The writer thread: takes every waiting request, commits them in one transaction
 /// and answers them; fsyncs as the policy says (see the module doc).
-fn write_loop(db: &redb::Database, queue: &mpsc::Receiver<WriteRequest>, policy: FsyncPolicy) {
+fn write_loop(
+    db: &redb::Database,
+    queue: &mpsc::Receiver<WriteRequest>,
+    policy: FsyncPolicy,
+    timings: &StorageTimings,
+) {
     let sync_every = match policy {
         FsyncPolicy::Always => None,
         FsyncPolicy::Interval(every) => Some(every),
@@ -612,7 +631,21 @@ fn write_loop(db: &redb::Database, queue: &mpsc::Receiver<WriteRequest>, policy:
             || group.iter().any(|r| {
                 r.sync == Sync::Now || (r.sync == Sync::Policy && policy == FsyncPolicy::Always)
             });
+        let started = Instant::now();
+        // Deferred writes wait for company on purpose; what waited for the writer is
+        // the rest.
+        if let Some(oldest) = group
+            .iter()
+            .filter(|r| r.sync != Sync::Deferred)
+            .map(|r| r.queued_at)
+            .min()
+        {
+            timings
+                .queued
+                .observe(started.saturating_duration_since(oldest));
+        }
         let result = commit(db, &group, fsync);
+        timings.commit.observe(started.elapsed());
         let failed = result.as_ref().err().map(|e| e.0.clone());
         if let Some(e) = &failed {
             // Some writes (the committed index) have nobody waiting for their answer.
@@ -1038,6 +1071,30 @@ mod tests {
             .expect("vote");
         assert_eq!(store.read_committed().await.expect("read"), Some(log_id(2)));
     }
+    #[tokio::test]
+    async fn each_commit_and_its_wait_are_timed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let timings = StorageTimings::default();
+        let db = LogDb::open_timed(dir.path(), FsyncPolicy::Always, timings.clone()).expect("open");
+        let mut store = db.shard(3);
+        assert_eq!(timings.commit.count(), 0, "opening commits nothing timed");
+        store
+            .save_vote(&Vote::new_committed(1, 1))
+            .await
+            .expect("vote");
+        // The writer times a commit before it answers the writes it carried.
+        assert_eq!(timings.commit.count(), 1);
+        assert_eq!(timings.queued.count(), 1);
+        store
+            .blocking_append([entry(1), entry(2)])
+            .await
+            .expect("append");
+        assert!(
+            timings.commit.count() >= 2,
+            "the append's commit is timed too"
+        );
+    }
+
     #[tokio::test]
     async fn a_reopened_store_has_its_vote_log_committed_index_and_snapshot() {
         for policy in [
