@@ -7,6 +7,9 @@
 #
 #   bench/two-nodes.sh RATE                 binaries of target/release
 #   BIN=/some/dir DUR=6 bench/two-nodes.sh 1600
+#   PROTOCOL=socketio bench/two-nodes.sh 400   the clients speak Socket.IO v5 (default hubbub)
+#
+# Also prints each node's cluster envelopes out by kind over the step (/metrics).
 #
 # Build first: cargo build --release -p hubbub -p hubbub-bench. Used in
 # bench/profiling.md ("Two nodes, continued").
@@ -37,14 +40,22 @@ threads() {
     echo "$(tr ' ' _ < "$task/comm") $(awk '{print $14+$15}' "$task/stat")"
   done | awk '{s[$1]+=$2} END {for (k in s) print k, s[k]}' | sort
 }
+envelopes() {
+  curl -sf "localhost:$1/metrics" | awk '/^hubbub_cluster_messages_total\{direction="out"/ {
+    match($0, /kind="[a-z_]+"/); print substr($0, RSTART + 6, RLENGTH - 7), $NF }' | sort
+}
 threads $pa > "$D/ta0"; threads $pb > "$D/tb0"
-"$BIN/hubbub-bench" --url "ws://127.0.0.1:$a,ws://127.0.0.1:$b" --label two --json "$D/out.json" \
+envelopes $a > "$D/ea0"; envelopes $b > "$D/eb0"
+"$BIN/hubbub-bench" --protocol "${PROTOCOL:-hubbub}" --url "ws://127.0.0.1:$a,ws://127.0.0.1:$b" --label two --json "$D/out.json" \
   fanout --clients 1000 --rooms 10 --publishers 10 --rate "$RATE" --duration "${DUR:-4}" \
   --pid $pa --pid $pb > "$D/bench.txt" 2>&1
 threads $pa > "$D/ta1"; threads $pb > "$D/tb1"
+envelopes $a > "$D/ea1"; envelopes $b > "$D/eb1"
 for n in a b; do
   echo "CPU ticks by thread, node $n:"
   join "$D/t${n}0" "$D/t${n}1" | awk '{print "  ", $1, $3-$2}'
+  echo "cluster envelopes out, node $n:"
+  join "$D/e${n}0" "$D/e${n}1" | awk '$3 - $2 > 0 {print "  ", $1, $3-$2}'
 done
 kill $pa $pb; wait 2>/dev/null
 python3 - "$D/out.json" <<'PY'
