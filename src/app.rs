@@ -49,7 +49,7 @@ impl Application {
         // Reads the certificate and key of `[http.tls]`: bad ones stop start-up here,
         // naming the setting.
         let tls = match &settings.http.tls {
-            Some(tls) => Some(transport::tls::server_config(tls).map_err(std::io::Error::other)?),
+            Some(tls) => Some(transport::tls::https(tls).map_err(std::io::Error::other)?),
             None => None,
         };
         let scheme = if tls.is_some() { "https" } else { "http" };

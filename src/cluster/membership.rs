@@ -256,7 +256,8 @@ pub struct MembershipState {
     /// Our full ractor_cluster name (`name#inc@host`), to recognise ourselves.
     own_cluster_name: String,
     advertise: String,
-    /// Our HTTP listener as peers reach it (gossiped; empty with `[http.tls]`).
+    /// Our HTTP listener as peers reach it (gossiped; empty with `[http.tls]` and no
+    /// `http.tls.peer_ca`).
     http_advertise: String,
     failure_timeout_ms: u64,
     /// The configured node list's size (the view's quorum until the room logs run).
@@ -463,13 +464,18 @@ async fn start_node_server(
     }
 }
 
-/// Whether `addr` looks like a `host:port` worth dialling.
 /// This node's HTTP listener as peers reach it: `node.http_addr`, its host replaced
 /// by `cluster.advertise`'s when it listens on every address (`0.0.0.0`, `::`);
-/// nothing with `[http.tls]` (the Socket.IO relay speaks plain HTTP).
+/// nothing with `[http.tls]` but no `http.tls.peer_ca` (no Socket.IO relay between
+/// HTTPS listeners then: transport/socketio_forward.rs).
 fn http_advertise(settings: &crate::config::Settings, advertise: &str) -> String {
     let http = settings.node.http_addr;
-    if settings.http.tls.is_some() {
+    if settings
+        .http
+        .tls
+        .as_ref()
+        .is_some_and(|tls| tls.peer_ca.is_none())
+    {
         String::new()
     } else if http.ip().is_unspecified() {
         format!("{}:{}", node_server::host_of(advertise), http.port())
@@ -478,6 +484,7 @@ fn http_advertise(settings: &crate::config::Settings, advertise: &str) -> String
     }
 }
 
+/// Whether `addr` looks like a `host:port` worth dialling.
 fn dialable(addr: &str) -> bool {
     addr.len() <= 300
         && addr.rsplit_once(':').is_some_and(|(host, port)| {
@@ -1238,8 +1245,15 @@ mod tests {
         settings.http.tls = Some(crate::config::HttpTls {
             cert: "c.pem".into(),
             key: "k.pem".into(),
+            peer_ca: None,
+            peer_name: None,
         });
         assert_eq!(http_advertise(&settings, "node-a:4370"), "");
+        // HTTPS listeners that relay to each other (http.tls.peer_ca) say where they are.
+        if let Some(tls) = settings.http.tls.as_mut() {
+            tls.peer_ca = Some("ca.pem".into());
+        }
+        assert_eq!(http_advertise(&settings, "node-a:4370"), "node-a:8080");
     }
 
     #[test]

@@ -267,7 +267,9 @@ pub struct HttpSettings {
     pub tls: Option<HttpTls>,
 }
 
-/// `[http.tls]`: the PEM files the node serves HTTPS and WSS with. Both are required.
+/// `[http.tls]`: the PEM files the node serves HTTPS and WSS with (both required),
+/// and how it reaches the other nodes' HTTPS listeners when it relays a Socket.IO
+/// request (optional: without `peer_ca`, no relay).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpTls {
@@ -275,6 +277,14 @@ pub struct HttpTls {
     pub cert: PathBuf,
     /// The private key of `cert`.
     pub key: PathBuf,
+    /// The authorities (PEM) the other nodes' `cert` chains to. With it, Socket.IO
+    /// requests for a session another node holds are relayed there over HTTPS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_ca: Option<PathBuf>,
+    /// The name every other node's certificate is checked for; absent, the host the
+    /// relay dials (`[[nodes]] http_addr`, or what the node gossips).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_name: Option<String>,
 }
 
 /// A `trusted_proxies` entry: an address (a network of one) or a network in CIDR
@@ -335,6 +345,24 @@ pub(super) fn problems(
         ] {
             if let Err(reason) = check_pem_file(path, holds) {
                 problems.push((key.to_owned(), reason));
+            }
+        }
+        if let Some(ca) = &tls.peer_ca {
+            if let Err(reason) = check_pem_file(ca, PemHolds::Certificates) {
+                problems.push(("http.tls.peer_ca".to_owned(), reason));
+            }
+        }
+        if let Some(name) = &tls.peer_name {
+            if tokio_rustls::rustls::pki_types::ServerName::try_from(name.as_str()).is_err() {
+                problems.push((
+                    "http.tls.peer_name".to_owned(),
+                    format!("{name:?} is not a DNS name or an IP address"),
+                ));
+            } else if tls.peer_ca.is_none() {
+                problems.push((
+                    "http.tls.peer_name".to_owned(),
+                    "is only used with http.tls.peer_ca, which is not set".to_owned(),
+                ));
             }
         }
     }
@@ -697,8 +725,55 @@ pattern = "lobby"
             settings.http.tls,
             Some(HttpTls {
                 cert: cert.0.clone(),
-                key: key.0.clone()
+                key: key.0.clone(),
+                peer_ca: None,
+                peer_name: None,
             })
+        );
+    }
+
+    #[test]
+    fn the_relay_over_https_needs_an_authority_file_and_a_checkable_name() {
+        let cert = TempFile::new(PEM_CERTIFICATE);
+        let key = TempFile::new(PEM_KEY);
+        let ca = TempFile::new(PEM_CERTIFICATE);
+        let base = http_tls(&cert.0, &key.0);
+        let with = |extra: &str| format!("{base}{extra}");
+        let ca_line = format!("peer_ca = {:?}\n", ca.0.display().to_string());
+        let settings = load(
+            &with(&format!("{ca_line}peer_name = \"chat.example.com\"\n")),
+            &[],
+        )
+        .expect("valid");
+        let tls = settings.http.tls.expect("tls");
+        assert_eq!(tls.peer_ca.as_deref(), Some(ca.0.as_path()));
+        assert_eq!(tls.peer_name.as_deref(), Some("chat.example.com"));
+        // A key file is no authority.
+        assert_eq!(
+            problem_keys(
+                &with(&format!("peer_ca = {:?}\n", key.0.display().to_string())),
+                &[]
+            ),
+            ["http.tls.peer_ca"]
+        );
+        assert_eq!(
+            problem_keys(
+                &with(&format!("{ca_line}peer_name = \"not a name\"\n")),
+                &[]
+            ),
+            ["http.tls.peer_name"]
+        );
+        // A name with nothing to check it against says so.
+        assert_eq!(
+            problem_keys(&with("peer_name = \"chat.example.com\"\n"), &[]),
+            ["http.tls.peer_name"]
+        );
+        // And from the environment.
+        let env = [("HUBBUB_HTTP__TLS__PEER_CA", ca.0.to_str().expect("utf-8"))];
+        let settings = load(&base, &env).expect("valid");
+        assert_eq!(
+            settings.http.tls.and_then(|t| t.peer_ca).as_deref(),
+            Some(ca.0.as_path())
         );
     }
 

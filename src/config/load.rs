@@ -55,6 +55,8 @@ const OPTIONAL_SETTINGS: &[&str] = &[
     "cluster.tls.ca",
     "http.tls.cert",
     "http.tls.key",
+    "http.tls.peer_ca",
+    "http.tls.peer_name",
 ];
 
 /// Bytes of a frame that are envelope (type, room, ids) rather than message content.

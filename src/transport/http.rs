@@ -11,7 +11,6 @@ use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
-use tokio_rustls::rustls::ServerConfig;
 
 /// The chat page, embedded in the binary.
 const CHAT_PAGE: &str = include_str!("chat.html");
@@ -104,15 +103,20 @@ impl NotReady {
 pub fn serve(
     listener: TcpListener,
     state: AppState,
-    tls: Option<ServerConfig>,
+    tls: Option<super::tls::Https>,
     operator_routes: bool,
 ) -> std::io::Result<Server> {
     let workers = state.ctx.settings.node.thread_count();
     let api = state.api.clone().filter(|_| operator_routes);
     let socketio_enabled = state.ctx.settings.socketio.enabled;
+    let (tls, relay_tls) = match tls {
+        Some(https) => (Some(https.server), https.relay),
+        None => (None, None),
+    };
     let sio = web::Data::new(super::socketio::SocketIo::new(
         &state.ctx.settings,
         state.ctx.cluster.clone(),
+        relay_tls,
     ));
     let data = web::Data::new(state);
     let server = HttpServer::new(move || {

@@ -79,16 +79,18 @@ pub struct SocketIo {
 }
 
 impl SocketIo {
-    /// From validated settings (`[socketio]`, and `[[nodes]]` for relaying) and the
-    /// cluster handle (the HTTP addresses peers gossip).
+    /// From validated settings (`[socketio]`, and `[[nodes]]` for relaying), the
+    /// cluster handle (the HTTP addresses peers gossip) and, when the nodes serve
+    /// HTTPS, how to reach theirs (`http.tls.peer_ca`).
     pub fn new(
         all: &crate::config::Settings,
         cluster: Option<Arc<crate::cluster::Cluster>>,
+        relay_tls: Option<super::tls::RelayTls>,
     ) -> Self {
         let settings = &all.socketio;
         Self {
             registry: Registry::default(),
-            peers: super::socketio_forward::Peers::new(all, cluster),
+            peers: super::socketio_forward::Peers::new(all, cluster, relay_tls),
             // Validated settings: the names are good; none would refuse every CONNECT.
             namespaces: Arc::new(Namespaces::new(&settings.namespaces).unwrap_or_default()),
             ping_interval: Duration::from_millis(settings.ping_interval_ms),

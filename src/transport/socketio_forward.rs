@@ -1,5 +1,6 @@
 //! Socket.IO without sticky sessions: requests for a sid another node holds are
-//! relayed to that node, over HTTP between the nodes' listeners.
+//! relayed to that node, between the nodes' listeners: over HTTP, or over HTTPS when
+//! the nodes serve it and `http.tls.peer_ca` says whom to trust.
 //!
 //! An Engine.IO connection (its outbox, its Sessions, its upgrade state) lives on the
 //! node that answered its handshake, and stays there. That node's name is in the sid
@@ -37,9 +38,13 @@
 //! flow control, and behind a large poll answer the Raft and presence traffic would
 //! wait. One TCP connection per relayed request or WebSocket gives each its own.
 //!
-//! Not done: relaying when the nodes serve HTTPS (`[http.tls]`: no peers). Such
-//! sids get "Session ID unknown" elsewhere, as before: sticky sessions there.
+//! **Over HTTPS** (`[http.tls]`): each relayed request and upgrade dials the holder
+//! with TLS ([`RelayTls`]: the holder's certificate must chain to `http.tls.peer_ca`
+//! and name `http.tls.peer_name`, or the host dialled when that is not set). Without
+//! `peer_ca` nothing is relayed: such sids get "Session ID unknown" on other nodes,
+//! and the nodes need sticky sessions.
 
+use super::tls::RelayTls;
 use crate::cluster::Cluster;
 use actix_http::ws::{CloseCode, CloseReason};
 use actix_web::http::StatusCode;
@@ -52,8 +57,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -72,8 +78,10 @@ pub struct Peers {
     configured: HashMap<String, SocketAddr>,
     /// What peers gossiped for themselves (nodes known through `cluster.seeds`).
     cluster: Option<Arc<Cluster>>,
-    /// No relay at all: this node serves HTTPS.
+    /// No relay at all: this node serves HTTPS and `http.tls.peer_ca` is not set.
     off: bool,
+    /// Dial the holders with TLS (the nodes serve HTTPS).
+    tls: Option<RelayTls>,
     /// The largest answer relayed; past it the request fails (502).
     max_answer: usize,
 }
@@ -81,8 +89,13 @@ pub struct Peers {
 impl Peers {
     /// From the settings and the cluster handle: the `[[nodes]]` entries but this
     /// node, none whose address is unspecified (`0.0.0.0` cannot be dialled), then
-    /// the addresses peers gossip; nothing when the nodes serve HTTPS.
-    pub fn new(settings: &crate::config::Settings, cluster: Option<Arc<Cluster>>) -> Self {
+    /// the addresses peers gossip; over TLS with `tls`, and nothing when the nodes
+    /// serve HTTPS without it (`http.tls.peer_ca`).
+    pub fn new(
+        settings: &crate::config::Settings,
+        cluster: Option<Arc<Cluster>>,
+        tls: Option<RelayTls>,
+    ) -> Self {
         let configured = settings
             .nodes
             .iter()
@@ -96,7 +109,8 @@ impl Peers {
             node: settings.node.name.clone(),
             configured,
             cluster,
-            off: settings.http.tls.is_some(),
+            off: settings.http.tls.is_some() && tls.is_none(),
+            tls,
             max_answer: frame
                 .saturating_mul(2)
                 .saturating_add(512 * 1024)
@@ -148,7 +162,7 @@ pub async fn relay_polling(
         }
         bytes.extend_from_slice(&chunk);
     }
-    let exchange = exchange(req, &bytes, addr, peers.max_answer);
+    let exchange = exchange(req, &bytes, peers, addr);
     match tokio::time::timeout(deadline, exchange).await {
         Ok(Ok(response)) => response,
         Ok(Err(why)) => {
@@ -169,14 +183,42 @@ fn error(status: StatusCode) -> HttpResponse {
         .body(r#"{"code":3,"message":"Bad request"}"#)
 }
 
+/// A byte stream to a holder: TCP, or TLS over TCP.
+pub trait PeerIo: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> PeerIo for T {}
+
+/// A connection to the holder's listener at `addr` (`host:port`): TCP without delay,
+/// then TLS when the nodes serve HTTPS.
+async fn dial(peers: &Peers, addr: &str) -> std::io::Result<Box<dyn PeerIo>> {
+    let stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let Some(tls) = &peers.tls else {
+        return Ok(Box::new(stream));
+    };
+    let name = match &tls.name {
+        Some(name) => name.clone(),
+        None => dialled_name(addr)?,
+    };
+    Ok(Box::new(tls.connector.connect(name, stream).await?))
+}
+
+/// The name a holder's certificate is checked for when `http.tls.peer_name` is not
+/// set: the host of `addr` (`10.0.0.2:8080`, `[::1]:8080`, `node-b:8080`).
+fn dialled_name(addr: &str) -> std::io::Result<ServerName<'static>> {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    ServerName::try_from(host.to_owned())
+        .map_err(|_| std::io::Error::other(format!("{host:?} is not a name TLS can check")))
+}
+
 async fn exchange(
     req: &HttpRequest,
     body: &[u8],
+    peers: &Peers,
     addr: &str,
-    max_answer: usize,
 ) -> std::io::Result<HttpResponse> {
-    let mut stream = TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
+    let max_answer = peers.max_answer;
+    let mut stream = dial(peers, addr).await?;
     let target = req
         .uri()
         .path_and_query()
@@ -285,8 +327,7 @@ pub async fn relay_websocket(
         .max_message_size(Some(peers.max_answer))
         .max_frame_size(Some(peers.max_answer));
     let dial = async {
-        let stream = TcpStream::connect(addr).await.map_err(WsError::Io)?;
-        stream.set_nodelay(true).map_err(WsError::Io)?;
+        let stream = dial(peers, addr).await.map_err(WsError::Io)?;
         tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await
     };
     let upstream = match tokio::time::timeout(UPGRADE_DIAL_TIMEOUT, dial).await {
@@ -329,7 +370,7 @@ const UPGRADE_DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// interval, so only a frozen or cut-off holder is that quiet), or when a send waits
 /// that long.
 async fn relay(
-    upstream: tokio_tungstenite::WebSocketStream<TcpStream>,
+    upstream: tokio_tungstenite::WebSocketStream<Box<dyn PeerIo>>,
     session: actix_ws::Session,
     mut client: actix_ws::AggregatedMessageStream,
     silence: Duration,
@@ -421,7 +462,7 @@ mod tests {
 
     #[test]
     fn sids_name_their_node_and_lead_to_its_listener() {
-        let peers = Peers::new(&settings(), None);
+        let peers = Peers::new(&settings(), None, None);
         let sid = peers.new_sid();
         let (node, random) = sid.rsplit_once('.').unwrap();
         assert_eq!((node, random.len()), ("a", 32));
@@ -453,7 +494,7 @@ mod tests {
             3,
             Arc::new(crate::telemetry::Metrics::new()),
         ));
-        let peers = Peers::new(&settings(), Some(cluster.clone()));
+        let peers = Peers::new(&settings(), Some(cluster.clone()), None);
         let req = TestRequest::default().to_http_request();
         assert_eq!(peers.holder(&req, "e.0123"), None);
         cluster.set_http_addr("e", "node-e:8080");
@@ -473,22 +514,146 @@ mod tests {
         let mut single = Settings::default();
         single.node.name = "a".into();
         let req = TestRequest::default().to_http_request();
-        assert_eq!(Peers::new(&single, None).holder(&req, "b.0123"), None);
+        assert_eq!(Peers::new(&single, None, None).holder(&req, "b.0123"), None);
         let mut tls = settings();
         tls.http.tls = Some(crate::config::HttpTls {
             cert: "c.pem".into(),
             key: "k.pem".into(),
+            peer_ca: None,
+            peer_name: None,
         });
-        assert_eq!(Peers::new(&tls, None).holder(&req, "b.0123"), None);
+        assert_eq!(Peers::new(&tls, None, None).holder(&req, "b.0123"), None);
+    }
+
+    #[test]
+    fn the_name_checked_is_the_host_dialled() {
+        let name = |addr: &str| dialled_name(addr).map(|n| n.to_str().into_owned()).ok();
+        assert_eq!(name("10.0.0.2:8080").as_deref(), Some("10.0.0.2"));
+        assert_eq!(name("[::1]:8080").as_deref(), Some("::1"));
+        assert_eq!(
+            name("node-b.internal:8080").as_deref(),
+            Some("node-b.internal")
+        );
+        assert_eq!(name("bad name:8080"), None);
+    }
+
+    /// A TLS listener on 127.0.0.1 with a certificate `ca` signed for `names`,
+    /// answering each connection's first bytes with "ok" once the handshake is done.
+    async fn tls_listener(ca: &rcgen::Issuer<'static, rcgen::KeyPair>, names: &[&str]) -> String {
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .expect("params");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, ca).expect("signed");
+        let chain = vec![CertificateDer::from(cert.der().to_vec())];
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(Arc::new(
+            tokio_rustls::rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut tls) = acceptor.accept(tcp).await {
+                        let mut first = [0u8; 1];
+                        if tls.read(&mut first).await.is_ok() {
+                            let _ = tls.write_all(b"ok").await;
+                            let _ = tls.shutdown().await;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    fn authority(name: &str) -> (rcgen::Issuer<'static, rcgen::KeyPair>, String) {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("self-signed");
+        (rcgen::Issuer::new(params, key), cert.pem())
+    }
+
+    fn relay_peers(ca_pem: &str, peer_name: Option<&str>) -> (Peers, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = dir.path().join("peers.crt");
+        std::fs::write(&ca, ca_pem).expect("ca written");
+        let tls = crate::config::HttpTls {
+            cert: dir.path().join("unused.crt"),
+            key: dir.path().join("unused.key"),
+            peer_ca: Some(ca),
+            peer_name: peer_name.map(str::to_owned),
+        };
+        let relay = super::super::tls::relay_tls(&tls).expect("relay tls");
+        let mut settings = settings();
+        settings.http.tls = Some(tls);
+        (Peers::new(&settings, None, relay), dir)
+    }
+
+    async fn dial_says(peers: &Peers, addr: &str) -> Result<Vec<u8>, String> {
+        let mut stream = dial(peers, addr).await.map_err(|e| e.to_string())?;
+        stream.write_all(b"?").await.map_err(|e| e.to_string())?;
+        let mut answer = Vec::new();
+        stream
+            .read_to_end(&mut answer)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(answer)
+    }
+
+    #[tokio::test]
+    async fn over_https_the_holder_must_show_a_certificate_of_peer_ca_for_its_name() {
+        let (ours, ours_pem) = authority("ours");
+        let (_, theirs_pem) = authority("theirs");
+        let holder = tls_listener(&ours, &["127.0.0.1"]).await;
+        let shared_name = tls_listener(&ours, &["chat.example.com"]).await;
+
+        // Trusted authority, the dialled host named: relayed.
+        let (peers, _dir) = relay_peers(&ours_pem, None);
+        assert!(!peers.off);
+        let req = TestRequest::default().to_http_request();
+        assert_eq!(peers.holder(&req, "b.0123"), Some("127.0.0.1:8082".into()));
+        assert_eq!(dial_says(&peers, &holder).await.as_deref(), Ok(&b"ok"[..]));
+        // A certificate for another name than the host dialled...
+        let refused = dial_says(&peers, &shared_name).await;
+        assert!(refused.is_err(), "{refused:?}");
+        // ... is what http.tls.peer_name is for (one certificate on every node).
+        let (named, _dir) = relay_peers(&ours_pem, Some("chat.example.com"));
+        assert_eq!(
+            dial_says(&named, &shared_name).await.as_deref(),
+            Ok(&b"ok"[..])
+        );
+        // Another authority: refused, whatever the name.
+        let (strangers, _dir) = relay_peers(&theirs_pem, None);
+        let refused = dial_says(&strangers, &holder).await;
+        assert!(refused.is_err(), "{refused:?}");
     }
 
     #[test]
     fn the_answer_bound_covers_a_poll() {
         let mut settings = settings();
-        assert_eq!(Peers::new(&settings, None).max_answer, MIN_ANSWER_BYTES);
+        assert_eq!(
+            Peers::new(&settings, None, None).max_answer,
+            MIN_ANSWER_BYTES
+        );
         settings.limits.outbound_bytes = 8 * 1024 * 1024;
         assert_eq!(
-            Peers::new(&settings, None).max_answer,
+            Peers::new(&settings, None, None).max_answer,
             16 * 1024 * 1024 + 512 * 1024
         );
     }

@@ -392,11 +392,12 @@ impl NodeProcess {
         status
     }
 
-    /// A plain HTTP GET to the node (`/cluster` and `/metrics` to its admin listener
-    /// when it has one); None without a whole answer in time.
+    /// A plain HTTP GET to the node (`/cluster`, `/metrics` and the health checks to
+    /// its admin listener when it has one, which is plain HTTP also when the node
+    /// serves HTTPS); None without a whole answer in time.
     pub async fn get(&self, path: &str) -> Option<(u16, String)> {
         let addr = match (path, self.config.admin) {
-            ("/cluster" | "/metrics", Some(admin)) => admin,
+            ("/cluster" | "/metrics" | "/healthz" | "/readyz", Some(admin)) => admin,
             _ => self.http(),
         };
         try_http(addr, path).await

@@ -61,6 +61,8 @@ impl SelfSigned {
         HttpTls {
             cert: self.cert.clone(),
             key: self.key.clone(),
+            peer_ca: None,
+            peer_name: None,
         }
     }
 
@@ -304,6 +306,8 @@ fn start_up_error(cert: &Path, key: &Path) -> String {
     settings.http.tls = Some(HttpTls {
         cert: cert.to_owned(),
         key: key.to_owned(),
+        peer_ca: None,
+        peer_name: None,
     });
     match Application::build(settings) {
         Ok(_) => panic!("a node started with a bad [http.tls]"),
