@@ -9,9 +9,10 @@
 use bytestring::ByteString;
 use hubbub::actors::{Outbound, SharedFrame};
 use hubbub::protocol::{
-    encode, ChatMessage, DirectFrame, ErrorBody, ErrorCode, Member, Ref, ReplyData, Request,
-    RoomName, ServerFrame, UserInfo,
+    encode, ChatMessage, DirectFrame, ErrorBody, ErrorCode, Member, MessageData, Ref, ReplyData,
+    Request, RoomName, ServerFrame, UserInfo,
 };
+use hubbub::socketio::binary;
 use hubbub::socketio::drain::{drain, End};
 use hubbub::socketio::engine::{
     self, decode_packet, decode_payload, encode_binary, encode_open, encode_payload, Handshake,
@@ -434,4 +435,60 @@ fn a_broadcast_is_translated_once_and_shared() {
     );
     assert_eq!(packets, ["2"]);
     assert_eq!(end, End::Close(1012, "restart".into()));
+}
+
+// ---------------------------------------------------------------------------------
+// Binary attachments
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn an_observed_binary_event_becomes_a_publish_with_base64_data() {
+    // socket.io-client 4.8: `socket.emit("publish", {room, data: Buffer.from([1, 2, 3])}, ack)`.
+    let packet =
+        packet::decode(r#"51-9["publish",{"room":"r1","data":{"_placeholder":true,"num":0}}]"#)
+            .expect("a BINARY_EVENT");
+    assert_eq!(
+        (packet.kind, packet.attachments, packet.ack),
+        (PacketType::BinaryEvent, 1, Some(9))
+    );
+    let (name, args) = packet.event().expect("an event");
+    let mut args = Value::Array(args.to_vec());
+    binary::fill(&mut args, &[vec![1, 2, 3]]).expect("its one part");
+    let Value::Array(args) = args else {
+        unreachable!()
+    };
+    let all = spaces();
+    let frame = client_frame(name, &args, packet.ack, all.get("/").unwrap(), &all).expect("v1");
+    let Request::Publish { data, .. } = &frame.request else {
+        panic!("not a publish: {:?}", frame.request);
+    };
+    assert_eq!(
+        data.as_ref().map(|d| d.as_json_text()),
+        Some(r#"{"_binary":"AQID"}"#)
+    );
+}
+
+#[test]
+fn binary_data_goes_out_as_a_binary_event_and_its_attachment() {
+    let mut with_data = message("r1");
+    if let ServerFrame::Message(m) = &mut with_data {
+        m.data = MessageData::from_value(&json!({"file": {"_binary": "AQID"}, "n": 1}));
+    }
+    assert_eq!(
+        out(&with_data, "/"),
+        [
+            r#"451-["message",{"content":"hi","data":{"file":{"_placeholder":true,"num":0},"n":1},"from":{"id":"alice","name":"Alice"},"id":"m1","room":"r1","seq":7,"ts":5}]"#,
+            "bAQID",
+        ]
+    );
+    // With connection state recovery, the offset is the event's last argument; the
+    // attachment follows untouched.
+    let all = spaces();
+    let frame = SharedFrame::new(encode(&with_data));
+    let mut packets = Vec::new();
+    Recovery::fresh().shared(&frame, all.get("/").unwrap(), &mut packets);
+    assert_eq!(packets.len(), 2);
+    assert!(packets[0].ends_with(r#","r1=7"]"#), "{}", packets[0]);
+    assert_eq!(packets[1], "bAQID");
+    assert_eq!(binary::record_bytes(&packets[1]), Some(vec![1, 2, 3]));
 }

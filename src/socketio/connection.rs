@@ -117,8 +117,29 @@ pub struct Connection {
     /// The Session of each connected namespace, by name.
     sessions: HashMap<String, (Namespace, ActorRef<SessionMessage>)>,
     inflight: Arc<Semaphore>,
-    /// Binary attachments of a refused binary packet still to come.
-    skip_binary: u32,
+    /// A BINARY_EVENT waiting for its attachments, or a packet whose attachments are
+    /// skipped.
+    binary: Option<Attachments>,
+    /// The most bytes one event's attachments may take (`socketio.max_payload_bytes`).
+    max_attachment_bytes: usize,
+}
+
+/// What a binary packet announced and what of it came.
+struct Attachments {
+    /// The event to send on once every part is there; None: skip the parts.
+    event: Option<BinaryEvent>,
+    expected: usize,
+    /// Parts come so far; kept in `parts` while `event` is there.
+    received: usize,
+    parts: Vec<Vec<u8>>,
+    bytes: usize,
+}
+
+struct BinaryEvent {
+    namespace: String,
+    ack: Option<u64>,
+    name: String,
+    args: Vec<Value>,
 }
 
 impl Connection {
@@ -131,6 +152,8 @@ impl Connection {
         authorization: Option<Vec<u8>>,
         hook_input: Option<ConnectInput>,
     ) -> Self {
+        let max_attachment_bytes =
+            usize::try_from(ctx.settings.socketio.max_payload_bytes).unwrap_or(usize::MAX);
         Self {
             ctx,
             shared,
@@ -141,7 +164,8 @@ impl Connection {
             hook_input,
             sessions: HashMap::new(),
             inflight: Arc::new(Semaphore::new(MAX_INFLIGHT_FRAMES)),
-            skip_binary: 0,
+            binary: None,
+            max_attachment_bytes,
         }
     }
 
@@ -168,17 +192,13 @@ impl Connection {
                 Flow::Continue
             }
             EnginePacket::Upgrade | EnginePacket::Noop => Flow::Continue,
-            EnginePacket::Binary(_) if self.skip_binary > 0 => {
-                self.skip_binary -= 1;
-                Flow::Continue
-            }
-            EnginePacket::Binary(_) => self.protocol_error("binary message without a packet"),
+            EnginePacket::Binary(bytes) => self.on_attachment(bytes).await,
             EnginePacket::Message(text) => self.on_message(text).await,
         }
     }
 
     async fn on_message(&mut self, text: &str) -> Flow {
-        if self.skip_binary > 0 {
+        if self.binary.is_some() {
             return self.protocol_error("text message while attachments were due");
         }
         let packet = match packet::decode(text) {
@@ -214,35 +234,117 @@ impl Connection {
                 self.cast(&session, frame).await
             }
             PacketType::BinaryEvent => {
-                self.skip_binary = packet.attachments;
-                let connected = self.sessions.contains_key(packet.namespace);
-                if let Some(id) = packet.ack.filter(|_| connected) {
-                    let error = json!([{
-                        "ok": false,
-                        "error": {
-                            "code": "bad_request",
-                            "message": "binary attachments are not supported yet; send JSON",
-                        }
-                    }]);
-                    let ack = packet::encode(
-                        PacketType::Ack,
-                        packet.namespace,
-                        Some(id),
-                        &error.to_string(),
-                    );
-                    self.push_raw(ack);
-                }
-                Flow::Continue
+                let Some((name, args)) = packet.event() else {
+                    return self.protocol_error("an event needs a name");
+                };
+                // Events of namespaces not connected are ignored, their parts skipped.
+                let event = self
+                    .sessions
+                    .contains_key(packet.namespace)
+                    .then(|| BinaryEvent {
+                        namespace: packet.namespace.to_owned(),
+                        ack: packet.ack,
+                        name: name.to_owned(),
+                        args: args.to_vec(),
+                    });
+                self.binary = Some(Attachments {
+                    event,
+                    expected: packet.attachments as usize,
+                    received: 0,
+                    parts: Vec::new(),
+                    bytes: 0,
+                });
+                self.attachments_complete().await
             }
             // The server never asks for acks: one for an id never sent is ignored,
             // as socket.io does.
             PacketType::Ack => Flow::Continue,
             PacketType::BinaryAck => {
-                self.skip_binary = packet.attachments;
-                Flow::Continue
+                self.binary = Some(Attachments {
+                    event: None,
+                    expected: packet.attachments as usize,
+                    received: 0,
+                    parts: Vec::new(),
+                    bytes: 0,
+                });
+                self.attachments_complete().await
             }
             PacketType::ConnectError => self.protocol_error("CONNECT_ERROR from a client"),
         }
+    }
+
+    /// One binary message: the next part of the binary packet waiting for it.
+    async fn on_attachment(&mut self, bytes: Vec<u8>) -> Flow {
+        let max = self.max_attachment_bytes;
+        let Some(waiting) = &mut self.binary else {
+            return self.protocol_error("binary message without a packet");
+        };
+        waiting.received += 1;
+        waiting.bytes = waiting.bytes.saturating_add(bytes.len());
+        let mut refused = None;
+        if waiting.bytes > max {
+            // Past the bound the parts are counted, not kept; the event is refused.
+            refused = waiting.event.take();
+            waiting.parts = Vec::new();
+        }
+        if waiting.event.is_some() {
+            waiting.parts.push(bytes);
+        }
+        if let Some(event) = refused {
+            self.refuse_binary(
+                &event,
+                "too_long",
+                "the attachments of one event are larger than maxPayload",
+            );
+        }
+        self.attachments_complete().await
+    }
+
+    /// When every part of the waiting binary packet is there: its event, with each
+    /// placeholder replaced by its part as `{"_binary":"<base64>"}` (socketio::binary),
+    /// goes to its namespace's Session as an EVENT would.
+    async fn attachments_complete(&mut self) -> Flow {
+        let Some(waiting) = &self.binary else {
+            return Flow::Continue;
+        };
+        if waiting.received < waiting.expected {
+            return Flow::Continue;
+        }
+        let Some(waiting) = self.binary.take() else {
+            return Flow::Continue;
+        };
+        let Some(mut event) = waiting.event else {
+            return Flow::Continue;
+        };
+        let mut args = Value::Array(std::mem::take(&mut event.args));
+        if let Err(why) = super::binary::fill(&mut args, &waiting.parts) {
+            return self.protocol_error(&why);
+        }
+        let Value::Array(args) = args else {
+            return Flow::Continue;
+        };
+        let Some((namespace, session)) = self.sessions.get(&event.namespace) else {
+            return Flow::Continue;
+        };
+        let frame =
+            translate::client_frame(&event.name, &args, event.ack, namespace, &self.namespaces);
+        let session = session.clone();
+        self.cast(&session, frame).await
+    }
+
+    /// Answers a binary event's ack (when it asked for one) with an error.
+    fn refuse_binary(&self, event: &BinaryEvent, code: &str, message: &str) {
+        let Some(id) = event.ack else {
+            return;
+        };
+        let error = json!([{"ok": false, "error": {"code": code, "message": message}}]);
+        let ack = packet::encode(
+            PacketType::Ack,
+            &event.namespace,
+            Some(id),
+            &error.to_string(),
+        );
+        self.push_raw(ack);
     }
 
     async fn cast(

@@ -3,6 +3,8 @@
 //! actors as protocol v1 (docs/socketio.md).
 //!
 //! - [`engine`]: Engine.IO packets and polling payloads (pure).
+//! - [`binary`]: binary attachments between Socket.IO placeholders and v1's
+//!   `{"_binary":"<base64>"}` (pure).
 //! - [`packet`]: Socket.IO packets (pure).
 //! - [`translate`]: Socket.IO EVENTs to v1 requests and v1 server frames to
 //!   Socket.IO packets; namespaces as room-name prefixes (pure).
@@ -18,6 +20,7 @@
 //! the WebSocket frames. Nothing here reads `config` either: the transport hands in
 //! the values.
 
+pub mod binary;
 pub mod connection;
 pub mod drain;
 pub mod engine;

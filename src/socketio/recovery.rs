@@ -59,9 +59,13 @@ struct Pending {
     session: Option<String>,
     welcome: Vec<ByteString>,
     replay: Vec<ByteString>,
-    /// Frames that came meanwhile, with the room and seq of a message.
-    later: Vec<(Option<(String, u64)>, ByteString)>,
+    /// Frames that came meanwhile, each frame's packets together (an event and its
+    /// attachments), with the room and seq of a message.
+    later: Vec<(Option<RoomPosition>, Vec<ByteString>)>,
 }
+
+/// A room (as the namespace shows it) and a seq in it.
+type RoomPosition = (String, u64);
 
 #[derive(Deserialize)]
 struct Position {
@@ -137,8 +141,12 @@ impl Recovery {
     }
 
     /// An event packet (ending in `]`) with the offset as its last argument: one
-    /// allocation per packet (a message's is made for every member it reaches).
+    /// allocation per packet (a message's is made for every member it reaches). An
+    /// attachment (`b<base64>`) goes as it is.
     fn with_offset(&self, packet: &str) -> ByteString {
+        if packet.starts_with('b') {
+            return ByteString::from(packet);
+        }
         let body = packet.strip_suffix(']').unwrap_or(packet);
         let offset = self.offset();
         let mut text = String::with_capacity(body.len() + offset.len() + 4);
@@ -192,9 +200,7 @@ impl Recovery {
 
     fn deliver(&mut self, t: &Translation, namespace: &Namespace, out: &mut Vec<ByteString>) {
         if let Some(pending) = &mut self.pending {
-            pending
-                .later
-                .extend(t.packets.iter().map(|p| (t.position.clone(), p.clone())));
+            pending.later.push((t.position.clone(), t.packets.clone()));
             self.give_up_if_full(namespace, out);
             return;
         }
@@ -290,7 +296,7 @@ impl Recovery {
             None => packets,
         };
         match &mut self.pending {
-            Some(pending) => pending.later.extend(packets.into_iter().map(|p| (None, p))),
+            Some(pending) => pending.later.push((None, packets)),
             None => out.extend(packets),
         }
     }
@@ -334,11 +340,13 @@ impl Recovery {
                     if let Some(Value::String(r)) = message.get_mut("room") {
                         *r = room.clone();
                     }
-                    let packet = event_packet(namespace, &format!(r#"["message",{message}]"#));
+                    let mut packets = Vec::new();
+                    translate::message_event(message, namespace, &mut packets);
                     self.positions.insert(room.clone(), seq);
-                    let packet = self.with_offset(&packet);
+                    let packets: Vec<ByteString> =
+                        packets.iter().map(|p| self.with_offset(p)).collect();
                     if let Some(pending) = &mut self.pending {
-                        pending.replay.push(packet);
+                        pending.replay.extend(packets);
                     }
                 }
                 if let Some(seq) = d.get("seq").and_then(Value::as_u64) {
@@ -380,10 +388,10 @@ impl Recovery {
         ));
         out.extend(pending.welcome);
         out.extend(pending.replay);
-        for (position, packet) in pending.later {
+        for (position, packets) in pending.later {
             match position {
-                Some((room, seq)) => self.deliver_message(&room, seq, &[packet], out),
-                None => out.push(packet),
+                Some((room, seq)) => self.deliver_message(&room, seq, &packets, out),
+                None => out.extend(packets),
             }
         }
     }

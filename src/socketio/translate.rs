@@ -9,6 +9,9 @@
 //! namespace's CONNECT (`40{"sid":...}`) and a `welcome` event; every other frame
 //! `{"type":T,...}` becomes the event `42["T",{...}]`.
 //!
+//! Binary data (`{"_binary":"<base64>"}` in a v1 frame, [`binary`]) goes out as
+//! BINARY_EVENT or BINARY_ACK with its attachments after it (`b<base64>` records).
+//!
 //! Namespaces ([`Namespaces`], from `[socketio] namespaces`) map onto room-name
 //! prefixes: in `/chat` the room `r1` is the room `chat:r1` of every other client
 //! (v1 clients included), and names in frames going out lose the prefix again. In
@@ -17,6 +20,7 @@
 //!
 //! Must not know: sessions, transports, Engine.IO framing beyond the `4` of a message.
 
+use super::binary;
 use super::packet::{self, PacketType, DEFAULT_NAMESPACE};
 use crate::protocol::{decode_client_frame, ClientFrame, ErrorBody, ErrorCode, FrameError, Ref};
 use serde_json::{Map, Value};
@@ -201,10 +205,10 @@ pub fn server_frame(frame: &str, namespace: &Namespace, out: &mut Vec<String>) {
             if kind == "pong" {
                 fields.insert("ok".to_owned(), Value::Bool(true));
             }
-            let ack = format!("[{}]", Value::Object(fields));
-            out.push(message(PacketType::Ack, namespace, Some(id), &ack));
+            let ack = Value::Array(vec![Value::Object(fields)]);
+            with_attachments(PacketType::Ack, namespace, Some(id), ack, frame, out);
         }
-        _ if namespace.is_default() => {
+        _ if namespace.is_default() && !binary::may_hold(frame) => {
             // `{"type":"T"` then `,"field":...}` or `}`: the fields are spliced as
             // they are, not parsed again.
             let fields = match rest.strip_prefix(',') {
@@ -228,14 +232,55 @@ pub fn server_frame(frame: &str, namespace: &Namespace, out: &mut Vec<String>) {
             };
             fields.remove("type");
             strip_rooms(&mut fields, &namespace.prefix);
-            let event = format!(
-                "[{},{}]",
-                Value::String(kind.to_owned()),
-                Value::Object(fields)
-            );
-            out.push(message(PacketType::Event, namespace, None, &event));
+            let event = Value::Array(vec![Value::String(kind.to_owned()), Value::Object(fields)]);
+            with_attachments(PacketType::Event, namespace, None, event, frame, out);
         }
     }
+}
+
+/// Appends the packets of an EVENT (`kind` Event) or ACK (`kind` Ack) whose
+/// arguments are `args`: one message packet, or, when `args` hold binary data (the v1
+/// `frame` they came from says whether they may), the BINARY_EVENT or BINARY_ACK
+/// with placeholders and then one `b<base64>` record per attachment.
+fn with_attachments(
+    kind: PacketType,
+    namespace: &Namespace,
+    ack: Option<u64>,
+    mut args: Value,
+    frame: &str,
+    out: &mut Vec<String>,
+) {
+    let mut parts = Vec::new();
+    if binary::may_hold(frame) {
+        binary::extract(&mut args, &mut parts);
+    }
+    if parts.is_empty() {
+        out.push(message(kind, namespace, ack, &args.to_string()));
+        return;
+    }
+    let kind = match kind {
+        PacketType::Ack => PacketType::BinaryAck,
+        _ => PacketType::BinaryEvent,
+    };
+    let header = packet::header(kind, &namespace.name, ack);
+    let mut text = String::with_capacity(header.len() + 8);
+    text.push('4');
+    text.push(kind.digit());
+    text.push_str(&parts.len().to_string());
+    text.push('-');
+    // The header after its type digit: namespace and ack id.
+    text.push_str(header.get(1..).unwrap_or_default());
+    text.push_str(&args.to_string());
+    out.push(text);
+    out.extend(parts);
+}
+
+/// The packets of the event `["message", message]` replayed to a recovered
+/// connection: as [`server_frame`] makes a live one.
+pub fn message_event(message: Value, namespace: &Namespace, out: &mut Vec<String>) {
+    let event = Value::Array(vec![Value::String("message".to_owned()), message]);
+    let text = event.to_string();
+    with_attachments(PacketType::Event, namespace, None, event, &text, out);
 }
 
 fn message(kind: PacketType, namespace: &Namespace, ack: Option<u64>, json: &str) -> String {
@@ -326,6 +371,40 @@ mod tests {
                 room: crate::protocol::RoomName::parse("chat:r1").unwrap(),
                 since: None
             }
+        );
+    }
+
+    #[test]
+    fn binary_data_goes_out_as_attachments() {
+        let all = spaces();
+        let frame = r#"{"type":"message","room":"r1","id":"x","seq":1,"from":{"id":"a","name":"A"},"content":"","data":{"file":{"_binary":"AQID"}},"ts":5}"#;
+        let mut out = Vec::new();
+        server_frame(frame, all.get("/").unwrap(), &mut out);
+        assert_eq!(
+            out,
+            [
+                r#"451-["message",{"content":"","data":{"file":{"_placeholder":true,"num":0}},"from":{"id":"a","name":"A"},"id":"x","room":"r1","seq":1,"ts":5}]"#,
+                "bAQID"
+            ]
+        );
+        // In a namespace, and in a reply (a history) as a BINARY_ACK with its id.
+        let reply = r#"{"type":"reply","ref":7,"ok":true,"data":{"messages":[{"room":"chat:r1","data":{"_binary":"/w=="}}]}}"#;
+        let mut out = Vec::new();
+        server_frame(reply, all.get("/chat").unwrap(), &mut out);
+        assert_eq!(
+            out,
+            [
+                r#"461-/chat,7[{"data":{"messages":[{"data":{"_placeholder":true,"num":0},"room":"r1"}]},"ok":true}]"#,
+                "b/w=="
+            ]
+        );
+        // Not base64: data like any other.
+        let text = r#"{"type":"message","room":"r1","data":{"_binary":"??"}}"#;
+        let mut out = Vec::new();
+        server_frame(text, all.get("/").unwrap(), &mut out);
+        assert_eq!(
+            out,
+            [r#"42["message",{"data":{"_binary":"??"},"room":"r1"}]"#]
         );
     }
 

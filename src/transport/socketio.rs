@@ -30,7 +30,8 @@
 //! A polling request or an upgrade for a sid another node holds (sids name their
 //! node) is relayed there: socketio_forward.rs.
 //!
-//! Not yet: binary attachments.
+//! Binary attachments travel as binary frames on a WebSocket and as `b<base64>`
+//! records in a polling payload (socketio::binary).
 
 use super::gate::{Gate, IpSlot};
 use super::http::AppState;
@@ -656,7 +657,7 @@ impl MessageBody for SocketIoBody {
                     if let Poll::Ready(end) = poll_drain(cx, reader, &this.shared, &mut packets) {
                         progressed = true;
                         for packet in &packets {
-                            write_text(&mut buf, packet);
+                            write_packet(&mut buf, packet);
                         }
                         if let End::Close(code, reason) = end {
                             write_close(&mut buf, code, reason);
@@ -683,6 +684,15 @@ impl MessageBody for SocketIoBody {
 
 fn write_text(buf: &mut BytesMut, text: &str) {
     Parser::write_message(buf, text.as_bytes(), OpCode::Text, true, false);
+}
+
+/// A drained packet as its WebSocket frame: text, or, for an attachment (its polling
+/// record `b<base64>`, socketio::binary), the binary frame of its bytes.
+fn write_packet(buf: &mut BytesMut, packet: &str) {
+    match crate::socketio::binary::record_bytes(packet) {
+        Some(bytes) => Parser::write_message(buf, &bytes[..], OpCode::Binary, true, false),
+        None => write_text(buf, packet),
+    }
 }
 
 fn write_close(buf: &mut BytesMut, code: u16, mut reason: String) {

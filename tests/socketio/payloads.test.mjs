@@ -1,6 +1,7 @@
 // Structured data and the broadcast variants through socket.io-client, with a
 // protocol v1 client in the same rooms: `data` beside or instead of `content` both
-// ways and in history; `except_sender` (the sender's socket gets the ack but no
+// ways and in history; binary attachments (Buffers) end to end, over polling and
+// WebSocket, as `{"_binary": "<base64>"}` for v1, and refused past maxPayload; `except_sender` (the sender's socket gets the ack but no
 // `message` event, its other connection does); one publish to several rooms, in a
 // namespace (one id, each room its own seq). Every wait is a poll with a deadline.
 
@@ -44,6 +45,69 @@ describe('payloads and broadcast variants over Socket.IO', { timeout: TEST_TIMEO
     assert.equal(history.ok, true, JSON.stringify(history));
     assert.deepEqual(history.data.messages.map((m) => m.data), [card, [1, 'two', { three: 3 }]]);
     bob.close();
+  });
+
+  it('carries binary attachments end to end, over both transports, and to v1 as base64', async () => {
+    const room = uniq('binary');
+    const bytes = Buffer.from([0, 1, 2, 127, 128, 254, 255]);
+    const polling = sio(url, { transports: ['polling'], query: { user: 'bpoll' } });
+    const ws = sio(url, { transports: ['websocket'], query: { user: 'bws' } });
+    await Promise.all([connected(polling), connected(ws)]);
+    const bob = v1(node.addr, 'user=vbinary');
+    await bob.opened();
+    for (const s of [polling, ws]) assert.equal((await ack(s, 'join', room)).ok, true);
+    assert.equal((await bob.request({ type: 'join', room })).ok, true);
+
+    // From a polling client (its attachments in `b<base64>` records).
+    const sent = await ack(polling, 'publish', { room, data: { name: 'f.bin', file: bytes, parts: [Buffer.from('hi')] } });
+    assert.equal(sent.ok, true, JSON.stringify(sent));
+    const atWs = await until('the WebSocket client gets the bytes', () => ws.seen.message.find((m) => m.seq === sent.data.seq));
+    assert.ok(Buffer.isBuffer(atWs.data.file), `a Buffer, not ${JSON.stringify(atWs.data.file)}`);
+    assert.deepEqual([...atWs.data.file], [...bytes]);
+    assert.equal(Buffer.from(atWs.data.parts[0]).toString(), 'hi');
+    assert.equal(atWs.data.name, 'f.bin');
+    const atBob = await until('v1 gets base64', () => bob.messages().find((m) => m.seq === sent.data.seq));
+    assert.deepEqual(atBob.data.file, { _binary: bytes.toString('base64') });
+
+    // From v1, in the documented form, to both transports (binary frames, records).
+    const reply = await bob.request({ type: 'publish', room, data: { _binary: Buffer.from('from v1').toString('base64') } });
+    assert.equal(reply.ok, true, JSON.stringify(reply));
+    for (const s of [polling, ws]) {
+      const got = await until('Socket.IO gets v1\'s bytes', () => s.seen.message.find((m) => m.seq === reply.data.seq));
+      assert.equal(Buffer.from(got.data).toString(), 'from v1');
+    }
+
+    // From the WebSocket client, and in history (a BINARY_ACK).
+    const third = await ack(ws, 'publish', { room, data: Buffer.from([9, 9]) });
+    assert.equal(third.ok, true, JSON.stringify(third));
+    await until('the polling client gets it', () => polling.seen.message.find((m) => m.seq === third.data.seq));
+    const history = await ack(polling, 'history', { room });
+    assert.equal(history.ok, true, JSON.stringify(history));
+    const kept = history.data.messages.map((m) => m.data);
+    assert.deepEqual([...kept[0].file], [...bytes]);
+    assert.equal(Buffer.from(kept[1]).toString(), 'from v1');
+    assert.deepEqual([...kept[2]], [9, 9]);
+    for (const s of [polling, ws]) assert.equal(s.connected, true);
+    bob.close();
+  });
+
+  it('refuses binary attachments larger than maxPayload and stays connected', async () => {
+    const room = uniq('binbig');
+    const s = sio(url, { transports: ['websocket'], query: { user: 'bbig' } });
+    await connected(s);
+    assert.equal((await ack(s, 'join', room)).ok, true);
+    // Two parts of 600 kB: each fits maxPayload (1 MB), together they do not.
+    const half = Buffer.alloc(600_000, 7);
+    const refused = await ack(s, 'publish', { room, data: [half, half] });
+    assert.equal(refused.ok, false, JSON.stringify(refused).slice(0, 200));
+    assert.equal(refused.error.code, 'too_long');
+    // Within maxPayload but past the message size limit: refused by the limit.
+    const big = await ack(s, 'publish', { room, data: Buffer.alloc(100_000, 1) });
+    assert.equal(big.ok, false);
+    assert.equal(big.error.code, 'too_long');
+    const fine = await ack(s, 'publish', { room, data: Buffer.from([1]) });
+    assert.equal(fine.ok, true, JSON.stringify(fine));
+    assert.equal(s.connected, true);
   });
 
   it('except_sender: the ack but no message event for the sender, its other connection gets it', async () => {

@@ -1,8 +1,8 @@
 """python-socketio (the second Socket.IO client) against a real hubbub process.
 
 A smaller set than the Node tests (../socketio.test.mjs): both transports, auth in
-the CONNECT payload, acks and their error codes, a room shared by two clients, an
-unknown namespace. Run: python -m unittest tests/socketio/python/test_socketio.py
+the CONNECT payload, acks and their error codes, a room shared by two clients, binary
+data (bytes) over both transports, an unknown namespace. Run: python -m unittest tests/socketio/python/test_socketio.py
 (with the packages of requirements.txt; the node is target/debug/hubbub or
 $HUBBUB_BIN). Every wait is a poll with a deadline.
 """
@@ -149,6 +149,22 @@ class PythonSocketIoTest(unittest.TestCase):
             self.assertEqual(
                 [m["content"] for m in recorder.seen["message"]], ["from polling", "from ws"]
             )
+
+    def test_binary_data_arrives_as_bytes(self):
+        room = f"pybin-{time.monotonic_ns()}"
+        polling = self.connect(transports=["polling"], auth={"user": "pybp"})
+        websocket = self.connect(transports=["websocket"], auth={"user": "pybw"})
+        for recorder in (polling, websocket):
+            joined = recorder.client.call("join", {"room": room}, timeout=DEADLINE_S)
+            self.assertTrue(joined["ok"], joined)
+        payload = bytes([0, 1, 2, 253, 254, 255])
+        sent = websocket.client.call(
+            "publish", {"room": room, "data": {"blob": payload}}, timeout=DEADLINE_S
+        )
+        self.assertTrue(sent["ok"], sent)
+        for recorder in (polling, websocket):
+            until("the binary message", lambda r=recorder: r.seen["message"])
+            self.assertEqual(recorder.seen["message"][0]["data"]["blob"], payload)
 
     def test_default_transports_upgrade(self):
         recorder = self.connect(auth={"user": "pyu"})
