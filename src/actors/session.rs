@@ -1096,18 +1096,14 @@ pub(crate) fn check_publish(
     if !content.is_empty() {
         check_content(ctx, content)?;
     }
-    let limits = &ctx.settings.limits;
-    let chars_bytes = limits.max_message_chars.saturating_mul(4);
-    let bound = match limits.max_message_bytes {
-        0 => chars_bytes,
-        bytes => bytes.min(chars_bytes),
-    };
+    let bound = ctx.settings.limits.content_bytes_bound();
     if content.len().saturating_add(data.len()) > bound {
         ctx.metrics.content_refused("bytes");
         return Err(ErrorBody::new(
             ErrorCode::TooLong,
             format!(
-                "content and data (as compact JSON) are limited to {bound} bytes together;                  these are {} and {}",
+                "content and data (as compact JSON) are limited to {bound} bytes together; \
+                 these are {} and {}",
                 content.len(),
                 data.len()
             ),

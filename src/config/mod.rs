@@ -214,6 +214,19 @@ pub struct LimitSettings {
     pub directs_per_target_per_second: u32,
 }
 
+impl LimitSettings {
+    /// The byte bound of a message's content and data together: the smaller of
+    /// `max_message_bytes` (0: none of its own) and 4 bytes per character of
+    /// `max_message_chars` (docs/protocol.md, `publish`).
+    pub fn content_bytes_bound(&self) -> usize {
+        let chars_bytes = self.max_message_chars.saturating_mul(4);
+        match self.max_message_bytes {
+            0 => chars_bytes,
+            bytes => bytes.min(chars_bytes),
+        }
+    }
+}
+
 /// `[rooms]`: room history and lifetime.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

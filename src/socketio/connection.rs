@@ -120,7 +120,8 @@ pub struct Connection {
     /// A BINARY_EVENT waiting for its attachments, or a packet whose attachments are
     /// skipped.
     binary: Option<Attachments>,
-    /// The most bytes one event's attachments may take (`socketio.max_payload_bytes`).
+    /// The most bytes one event's attachments may take: `socketio.max_payload_bytes`,
+    /// or less when their base64 could not fit a message (`limits.max_message_bytes`).
     max_attachment_bytes: usize,
 }
 
@@ -152,8 +153,11 @@ impl Connection {
         authorization: Option<Vec<u8>>,
         hook_input: Option<ConnectInput>,
     ) -> Self {
-        let max_attachment_bytes =
-            usize::try_from(ctx.settings.socketio.max_payload_bytes).unwrap_or(usize::MAX);
+        // Parts larger than what their base64 could fit in a message's data are
+        // refused as they come, not kept: a connection holds at most this much.
+        let max_attachment_bytes = usize::try_from(ctx.settings.socketio.max_payload_bytes)
+            .unwrap_or(usize::MAX)
+            .min(ctx.settings.limits.content_bytes_bound() / 4 * 3);
         Self {
             ctx,
             shared,
@@ -291,11 +295,11 @@ impl Connection {
             waiting.parts.push(bytes);
         }
         if let Some(event) = refused {
-            self.refuse_binary(
-                &event,
-                "too_long",
-                "the attachments of one event are larger than maxPayload",
+            let why = format!(
+                "the attachments of one event are limited to {max} bytes here (as base64 \
+                 they count against the message size limit)"
             );
+            self.refuse_binary(&event, "too_long", &why);
         }
         self.attachments_complete().await
     }

@@ -559,6 +559,30 @@ mod tests {
     }
 
     #[test]
+    fn binary_messages_are_replayed_and_held_with_their_attachments() {
+        let mut recovery = Recovery::resuming("old-pid".into(), 1);
+        let welcome: ByteString = r#"{"type":"welcome","session":"s2","user":{"id":"a","name":"A"},"node":"n","protocol":1,"heartbeat_ms":1}"#.into();
+        // A live binary message comes while the join is out: held, with its part.
+        let live: ByteString = r#"{"type":"message","room":"chat:r1","id":"m7","seq":7,"from":{"id":"a","name":"A"},"content":"","data":{"_binary":"Bw=="},"ts":1}"#.into();
+        assert!(run(&mut recovery, &[welcome, live]).is_empty());
+        let back = format!(
+            r#"{{"type":"reply","ref":{RECOVERY_REF_BASE},"ok":true,"data":{{"room":"chat:r1","seq":6,"history":[{{"room":"chat:r1","id":"m6","seq":6,"from":{{"id":"a","name":"A"}},"content":"","data":{{"_binary":"Bg=="}},"ts":1}}],"members":[],"gap":false}}}}"#
+        );
+        let out = run(&mut recovery, &[back.into()]);
+        assert_eq!(out[0], r#"40/chat,{"pid":"old-pid","sid":"s2"}"#);
+        assert!(out[1].starts_with(r#"42/chat,["welcome""#));
+        // The replayed one: a BINARY_EVENT with the offset, then its part.
+        assert!(out[2].starts_with(r#"451-/chat,["message""#), "{}", out[2]);
+        assert!(out[2].ends_with(r#","r1=6"]"#), "{}", out[2]);
+        assert_eq!(out[3], "bBg==");
+        // The held live one, after it, with its part too.
+        assert!(out[4].starts_with(r#"451-/chat,["message""#), "{}", out[4]);
+        assert!(out[4].ends_with(r#","r1=7"]"#), "{}", out[4]);
+        assert_eq!(out[5], "bBw==");
+        assert_eq!(out.len(), 6, "{out:?}");
+    }
+
+    #[test]
     fn a_recovery_holds_the_connect_until_the_rooms_are_back_and_sends_nothing_twice() {
         let mut recovery = Recovery::resuming("old-pid".into(), 1);
         let welcome: ByteString = r#"{"type":"welcome","session":"s2","user":{"id":"a","name":"A"},"node":"n","protocol":1,"heartbeat_ms":1}"#.into();

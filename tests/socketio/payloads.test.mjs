@@ -1,7 +1,8 @@
 // Structured data and the broadcast variants through socket.io-client, with a
 // protocol v1 client in the same rooms: `data` beside or instead of `content` both
 // ways and in history; binary attachments (Buffers) end to end, over polling and
-// WebSocket, as `{"_binary": "<base64>"}` for v1, and refused past maxPayload; `except_sender` (the sender's socket gets the ack but no
+// WebSocket, as `{"_binary": "<base64>"}` for v1, and refused past what a message
+// holds; `except_sender` (the sender's socket gets the ack but no
 // `message` event, its other connection does); one publish to several rooms, in a
 // namespace (one id, each room its own seq). Every wait is a poll with a deadline.
 
@@ -91,20 +92,24 @@ describe('payloads and broadcast variants over Socket.IO', { timeout: TEST_TIMEO
     bob.close();
   });
 
-  it('refuses binary attachments larger than maxPayload and stays connected', async () => {
+  it('refuses attachments too large for a message as they come, and stays connected', async () => {
     const room = uniq('binbig');
     const s = sio(url, { transports: ['websocket'], query: { user: 'bbig' } });
     await connected(s);
     assert.equal((await ack(s, 'join', room)).ok, true);
-    // Two parts of 600 kB: each fits maxPayload (1 MB), together they do not.
+    // Two parts of 600 kB: each fits maxPayload (1 MB); neither fits a message
+    // (16 KiB of content and data by default, 12,288 bytes of attachments).
     const half = Buffer.alloc(600_000, 7);
     const refused = await ack(s, 'publish', { room, data: [half, half] });
     assert.equal(refused.ok, false, JSON.stringify(refused).slice(0, 200));
     assert.equal(refused.error.code, 'too_long');
-    // Within maxPayload but past the message size limit: refused by the limit.
-    const big = await ack(s, 'publish', { room, data: Buffer.alloc(100_000, 1) });
-    assert.equal(big.ok, false);
-    assert.equal(big.error.code, 'too_long');
+    assert.match(refused.error.message, /12288 bytes/);
+    // Under that bound in bytes, but with the rest of the publish over the limit.
+    const near = await ack(s, 'publish', { room, content: 'x'.repeat(8000), data: Buffer.alloc(12_000, 1) });
+    assert.equal(near.ok, false);
+    assert.equal(near.error.code, 'too_long');
+    const fits = await ack(s, 'publish', { room, data: Buffer.alloc(12_000, 1) });
+    assert.equal(fits.ok, true, JSON.stringify(fits));
     const fine = await ack(s, 'publish', { room, data: Buffer.from([1]) });
     assert.equal(fine.ok, true, JSON.stringify(fine));
     assert.equal(s.connected, true);
