@@ -539,6 +539,14 @@ describe('socket.io-client on a three-node cluster', { timeout: TEST_TIMEOUT_MS 
     for (const s of clients) {
       await until('the last message', () => s.seen.message.filter((m) => m.room === room).length === sent.length + 1);
     }
+    // Binary attachments through relayed polling requests (the POST's `b` records to
+    // the holder, the answers' records back) and relayed WebSockets (binary frames).
+    const bin = await clients[3].timeout(20_000).emitWithAck('publish', { room, data: { file: Buffer.from('poll') } });
+    assert.equal(bin.ok, true, JSON.stringify(bin));
+    for (const s of clients) {
+      const got = await until('the binary message', () => s.seen.message.find((m) => m.seq === bin.data.seq));
+      assert.equal(Buffer.from(got.data.file).toString(), 'poll');
+    }
     for (const s of clients) s.disconnect();
     v1c.close();
     proxy.close();
@@ -574,6 +582,14 @@ describe('socket.io-client on a three-node cluster', { timeout: TEST_TIMEOUT_MS 
     await until('every message', () => s.seen.message.length >= sent.length);
     assert.deepEqual(s.seen.message.map((m) => m.content), sent, 'each message exactly once, in order');
     assert.equal(s.io.engine.id.split('.')[0], 'a', 'still held by a');
+    // Binary both ways over the relayed WebSocket: the client's attachment to a, and
+    // a's binary frame back through b.
+    const bin = await s.timeout(20_000).emitWithAck('publish', { room, data: Buffer.from([1, 2, 3]) });
+    assert.equal(bin.ok, true, JSON.stringify(bin));
+    const back = await until('the binary message over the relay', () => s.seen.message.find((m) => m.seq === bin.data.seq));
+    assert.deepEqual([...back.data], [1, 2, 3]);
+    const atV1 = await until('v1 on c gets it as base64', () => v1c.of('message').find((m) => m.seq === bin.data.seq));
+    assert.deepEqual(atV1.data, { _binary: 'AQID' });
     // The client closes: a sees the Session go (presence), through the relay.
     s.disconnect();
     await until('the relayed Socket.IO client left', () => v1c.of('presence_diff').some((d) => (d.leaves || []).some((m) => m.id === 'relayed')));
