@@ -293,7 +293,7 @@ impl Default for SocketIoSettings {
             namespaces: vec!["/".to_owned()],
             ping_interval_ms: 25_000,
             ping_timeout_ms: 20_000,
-            max_payload_bytes: 1_000_000,
+            max_payload_bytes: 100_000,
             connect_timeout_ms: 45_000,
             recovery: false,
         }

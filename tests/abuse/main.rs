@@ -28,3 +28,4 @@ mod rename_storm;
 mod replies;
 mod room_flood;
 mod soak;
+mod socketio_stall;

@@ -724,6 +724,24 @@ pub fn masked_text(payload: &[u8]) -> Vec<u8> {
     frame
 }
 
+/// The head of a masked client frame of `opcode` announcing `len` payload bytes; its
+/// payload must follow masked with [`mask`].
+pub fn masked_head(opcode: u8, len: usize) -> Vec<u8> {
+    let mut frame = vec![0x80 | opcode, 0x80 | 127];
+    frame.extend_from_slice(&(len as u64).to_be_bytes());
+    frame.extend_from_slice(&MASK);
+    frame
+}
+
+/// `payload` masked as the bytes of a frame's payload starting at `offset`.
+pub fn mask(payload: &[u8], offset: usize) -> Vec<u8> {
+    payload
+        .iter()
+        .enumerate()
+        .map(|(i, b)| b ^ MASK[(offset + i) % 4])
+        .collect()
+}
+
 /// A TCP connection to `to` from `from` (port chosen by the kernel).
 pub async fn tcp_from(from: IpAddr, to: SocketAddr) -> std::io::Result<TcpStream> {
     let socket = TcpSocket::new_v4()?;
@@ -737,10 +755,19 @@ pub async fn tcp_from(from: IpAddr, to: SocketAddr) -> std::io::Result<TcpStream
 impl RawWs {
     /// Opens `/ws?{query}` from `from`, with extra request headers.
     pub async fn dial(node: SocketAddr, from: IpAddr, query: &str) -> Result<Self, DialError> {
+        Self::dial_path(node, from, &format!("/ws?{query}")).await
+    }
+
+    /// Opens the WebSocket at `target` (path and query: `/socket.io/?EIO=4&...`).
+    pub async fn dial_path(
+        node: SocketAddr,
+        from: IpAddr,
+        target: &str,
+    ) -> Result<Self, DialError> {
         let failed = |e: std::io::Error| DialError::Failed(e.to_string());
         let mut stream = tcp_from(from, node).await.map_err(failed)?;
         let request = format!(
-            "GET /ws?{query} HTTP/1.1\r\nHost: {node}\r\nUpgrade: websocket\r\n\
+            "GET {target} HTTP/1.1\r\nHost: {node}\r\nUpgrade: websocket\r\n\
              Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
              Sec-WebSocket-Version: 13\r\n\r\n"
         );

@@ -97,9 +97,9 @@ describe('payloads and broadcast variants over Socket.IO', { timeout: TEST_TIMEO
     const s = sio(url, { transports: ['websocket'], query: { user: 'bbig' } });
     await connected(s);
     assert.equal((await ack(s, 'join', room)).ok, true);
-    // Two parts of 600 kB: each fits maxPayload (1 MB); neither fits a message
+    // Two parts of 60 kB: each fits maxPayload (100 kB); neither fits a message
     // (16 KiB of content and data by default, 12,288 bytes of attachments).
-    const half = Buffer.alloc(600_000, 7);
+    const half = Buffer.alloc(60_000, 7);
     const refused = await ack(s, 'publish', { room, data: [half, half] });
     assert.equal(refused.ok, false, JSON.stringify(refused).slice(0, 200));
     assert.equal(refused.error.code, 'too_long');

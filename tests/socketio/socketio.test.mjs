@@ -305,7 +305,7 @@ describe('socket.io-client on one node', { timeout: TEST_TIMEOUT_MS }, () => {
     assert.equal(open[0], '0');
     const handshake = JSON.parse(open.slice(1));
     assert.deepEqual(handshake.upgrades, ['websocket']);
-    assert.equal(handshake.maxPayload, 1000000);
+    assert.equal(handshake.maxPayload, 100000);
     const base = `${url}/socket.io/?EIO=4&transport=polling&sid=${handshake.sid}`;
     // Two GETs at once: one waits, the other is refused and closes the connection,
     // which the waiting one learns as a close packet. Which is which is the server's.
