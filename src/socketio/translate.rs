@@ -137,6 +137,17 @@ pub fn client_frame(
             ))
         }
     };
+    // An attachment where text belongs (`content: buffer`): say where binary goes.
+    if fields
+        .get("content")
+        .and_then(Value::as_object)
+        .is_some_and(|c| c.contains_key(super::binary::KEY))
+    {
+        return Err(bad(
+            ErrorCode::BadRequest,
+            "content is text; put binary data in data (docs/socketio.md, Binary attachments)",
+        ));
+    }
     // `room`, and each of `rooms` (a publish to several rooms): in the namespace.
     let mut named: Vec<&mut String> = Vec::new();
     for (key, value) in fields.iter_mut() {
@@ -372,6 +383,17 @@ mod tests {
                 since: None
             }
         );
+    }
+
+    #[test]
+    fn binary_content_is_refused_with_where_binary_goes() {
+        let all = spaces();
+        let fields = json!({"room": "r1", "content": {"_binary": "AQI="}});
+        let refused =
+            client_frame("publish", &[fields], Some(2), all.get("/").unwrap(), &all).unwrap_err();
+        assert_eq!(refused.error.code, ErrorCode::BadRequest);
+        assert!(refused.error.message.contains("put binary data in data"));
+        assert!(refused.reference.is_some(), "answered as the failed ack");
     }
 
     #[test]

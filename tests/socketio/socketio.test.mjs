@@ -139,7 +139,7 @@ describe('socket.io-client on one node', { timeout: TEST_TIMEOUT_MS }, () => {
     // Binary goes in `data` (payloads.test.mjs); `content` is text.
     const binary = await s.timeout(10_000).emitWithAck('publish', { room: 'r', content: Buffer.from([1, 2]) });
     assert.equal(binary.error.code, 'bad_request');
-    assert.match(binary.error.message, /expected a string/);
+    assert.match(binary.error.message, /put binary data in data/);
     assert.equal(s.connected, true, 'errors keep the connection');
   });
 
