@@ -29,6 +29,10 @@ function jwt(claims) {
  * to a node picked at random (a node that is down: 502, or the upgrade's socket
  * closed), or by `route(isUpgrade)` (a node) when given. `hits` counts requests by
  * port; `upgrades` lists the ports upgrades went to. */
+const proxies = new Set();
+// A test that fails before closing its proxy must not keep the file's process alive.
+after(() => { for (const p of proxies) p.close(); });
+
 async function randomProxy(nodes, route) {
   const ports = nodes.map((n) => Number(n.addr.split(':')[1]));
   const hits = new Map();
@@ -58,7 +62,9 @@ async function randomProxy(nodes, route) {
     for (const s of [socket, up]) s.on('error', () => {}).on('close', () => { socket.destroy(); up.destroy(); });
   });
   await new Promise((r) => server.listen(0, '127.0.0.1', r));
-  return { url: `http://127.0.0.1:${server.address().port}`, hits, upgrades, close: () => { server.closeAllConnections?.(); server.close(); } };
+  const proxy = { url: `http://127.0.0.1:${server.address().port}`, hits, upgrades, close: () => { proxies.delete(proxy); server.closeAllConnections?.(); server.close(); } };
+  proxies.add(proxy);
+  return proxy;
 }
 
 describe('socket.io-client on one node', { timeout: TEST_TIMEOUT_MS }, () => {
