@@ -73,7 +73,7 @@ describe('the connect hook for Socket.IO connections', { timeout: TEST_TIMEOUT_M
     node = await startNode(`[socketio]\nnamespaces = ["/", "/chat"]\n\n[hooks]\nconnect_url = "${hook.url}"\npass_headers = ["x-app"]\n`);
     url = `http://${node.addr}`;
   });
-  after(async () => { await stopNode(node); hook.close(); });
+  after(async () => { await stopNode(node); hook?.close(); });
 
   it('allows with the backend\'s user and joins its rooms in the namespace', async () => {
     const s = sio(url, { auth: { ticket: 'ann' }, query: { user: 'mallory' }, extraHeaders: { 'x-app': 'web' } });
@@ -147,7 +147,7 @@ describe('a message reaches a Socket.IO client in a room the hook gave it', { ti
     // fail_open: the v1 publisher (no ticket: the hook answers 500) is let in as itself.
     node = await startNode(`[hooks]\nconnect_url = "${hook.url}"\nconnect_failure = "fail_open"\n`);
   });
-  after(async () => { await stopNode(node); hook.close(); });
+  after(async () => { await stopNode(node); hook?.close(); });
 
   it('delivers lobby messages without a join of its own', async () => {
     const s = sio(`http://${node.addr}`, { auth: { ticket: 'ann' } });

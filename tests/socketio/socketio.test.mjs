@@ -427,7 +427,7 @@ describe('socket.io-client with JWT auth', { timeout: TEST_TIMEOUT_MS }, () => {
 describe('socket.io-client on a three-node cluster', { timeout: TEST_TIMEOUT_MS }, () => {
   let cluster;
   before(async () => { cluster = await startCluster(['a', 'b', 'c'], '[socketio]\nrecovery = true\n'); });
-  after(() => cluster.stop());
+  after(() => cluster?.stop());
 
   it('shares a room across nodes with Socket.IO and v1 clients, each on its own node', async () => {
     const { a, b, c } = cluster.nodes;
@@ -663,7 +663,7 @@ describe('socket.io-client on a three-node cluster', { timeout: TEST_TIMEOUT_MS 
 describe('socket.io-client on a cluster described by seeds alone (no [[nodes]])', { timeout: TEST_TIMEOUT_MS }, () => {
   let cluster;
   before(async () => { cluster = await startSeededCluster(); });
-  after(() => cluster.stop());
+  after(() => cluster?.stop());
 
   it('relays through the HTTP addresses the nodes gossip: polling and upgrades to a random node', async () => {
     const nodes = Object.values(cluster.nodes);

@@ -3,11 +3,12 @@
 // is a poll with a deadline; nothing sleeps for a fixed time.
 
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
+import { after } from 'node:test';
 import { fileURLToPath } from 'node:url';
 
 const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
@@ -20,6 +21,10 @@ const started = new Set();
 process.once('exit', () => {
   for (const node of started) node.proc?.kill('SIGKILL');
 });
+// When the importing file's tests end, every node still running is killed, whatever
+// failed first: a node left running (and a client connected to it) would keep this
+// process, and the test run with it, waiting forever.
+after(() => Promise.all([...started].map((node) => node.kill9())));
 
 /** Polls `check` (sync or async) every 20 ms until it returns a truthy value, which it
  * returns; throws naming `what` after `deadlineMs`. */
@@ -36,13 +41,51 @@ export async function until(what, check, deadlineMs = DEADLINE_MS) {
   }
 }
 
-/** A port nothing listens on right now. */
-export async function freePort() {
+/** Where `freePort` hands out ports: below Linux's ephemeral range (32768 and up by
+ * default), so no `listen(0)` or outgoing connection can take a port between its
+ * choice and the node's bind (a cluster node once failed with "Address already in use"
+ * on a port from `listen(0)`), and below the Rust harness's 20000..32000
+ * (tests/common/hubbub_node.rs). */
+const PICKED_PORTS = [12_000, 20_000];
+/** Test processes run side by side (clients/js runs its files in parallel): a port is
+ * claimed across processes by creating its mark here with O_EXCL. Marks are removed
+ * when this process exits; one older than an hour is from a run that crashed and is
+ * taken over. */
+const PORT_MARKS = path.join(os.tmpdir(), 'hubbub-js-test-ports');
+const claimed = [];
+process.once('exit', () => { for (const mark of claimed) try { unlinkSync(mark); } catch { /* gone */ } });
+let nextPort = Math.floor(Math.random() * (PICKED_PORTS[1] - PICKED_PORTS[0]));
+
+function claim(mark) {
+  try {
+    writeFileSync(mark, String(process.pid), { flag: 'wx' });
+  } catch (e) {
+    if (e.code !== 'EEXIST') throw e;
+    let age = 0;
+    try { age = Date.now() - statSync(mark).mtimeMs; } catch { return false; }
+    if (age < 3_600_000) return false;
+    writeFileSync(mark, String(process.pid));
+  }
+  claimed.push(mark);
+  return true;
+}
+
+const canBind = (port) => new Promise((resolve) => {
   const server = net.createServer();
-  await new Promise((r) => server.listen(0, '127.0.0.1', r));
-  const { port } = server.address();
-  await new Promise((r) => server.close(r));
-  return port;
+  server.once('error', () => resolve(false));
+  server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)));
+});
+
+/** A port nothing listens on, that no other test of this run has been given. */
+export async function freePort() {
+  mkdirSync(PORT_MARKS, { recursive: true });
+  const span = PICKED_PORTS[1] - PICKED_PORTS[0];
+  for (let i = 0; i < span; i++) {
+    const port = PICKED_PORTS[0] + nextPort;
+    nextPort = (nextPort + 1) % span;
+    if (claim(path.join(PORT_MARKS, String(port))) && await canBind(port)) return port;
+  }
+  throw new Error(`no free port in ${PICKED_PORTS.join('..')}`);
 }
 
 /** A TCP server that accepts and never answers (a frozen node, a black hole). */
@@ -159,6 +202,20 @@ export async function startNode(extra = '') {
   return node.start();
 }
 
+/** Starts every node and waits until each is ready; if one fails, the others are killed
+ * and the dir removed before the error is thrown, so nothing is left running. */
+async function startAll(nodes, dir, onListening = () => {}) {
+  const all = Object.values(nodes);
+  try {
+    await Promise.all(all.map(async (n) => { await n.start(); onListening(n); }));
+    await Promise.all(all.map((n) => n.waitReady()));
+  } catch (e) {
+    await Promise.all(all.map((n) => n.kill9()));
+    rmSync(dir, { recursive: true, force: true });
+    throw e;
+  }
+}
+
 /** Three nodes a, b, c of one cluster (one `[[nodes]]` file, as cluster.toml), each ready;
  * `extra` is appended to the shared settings. */
 export async function startCluster(names = ['a', 'b', 'c'], extra = '') {
@@ -173,8 +230,7 @@ export async function startCluster(names = ['a', 'b', 'c'], extra = '') {
   writeFileSync(config, text);
   const nodes = {};
   for (const name of names) nodes[name] = new Node({ name, dir, config, args: ['--config', config, '--node', name] });
-  await Promise.all(Object.values(nodes).map((n) => n.start()));
-  await Promise.all(Object.values(nodes).map((n) => n.waitReady()));
+  await startAll(nodes, dir);
   return {
     nodes,
     dir,
@@ -204,10 +260,10 @@ export async function startSeededCluster(names = ['a', 'b', 'c'], extra = '') {
       + `[storage]\ndir = "${dir}/data-${name}"\n${BASE_CONFIG}\n${extra}\n`);
     nodes[name] = new Node({ name, dir, config, args: ['--config', config] });
   }
-  await Promise.all(Object.values(nodes).map((n) => n.start()));
-  // Listening on 0.0.0.0: reached on loopback.
-  for (const n of Object.values(nodes)) n.addr = n.addr.replace(/^0\.0\.0\.0:/, '127.0.0.1:');
-  await Promise.all(Object.values(nodes).map((n) => n.waitReady()));
+  await startAll(nodes, dir, (n) => {
+    // Listening on 0.0.0.0: reached on loopback.
+    n.addr = n.addr.replace(/^0\.0\.0\.0:/, '127.0.0.1:');
+  });
   return {
     nodes,
     dir,
@@ -218,8 +274,9 @@ export async function startSeededCluster(names = ['a', 'b', 'c'], extra = '') {
   };
 }
 
-/** Removes a single node's dir after it stopped. */
+/** Removes a single node's dir after it stopped (nothing when it never started). */
 export async function stopNode(node) {
+  if (!node) return;
   await node.kill9();
   rmSync(node.dir, { recursive: true, force: true });
 }
