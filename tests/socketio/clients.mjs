@@ -22,6 +22,20 @@ export function sio(url, options = {}) {
   return track(s);
 }
 
+/** `s.timeout(ms).emitWithAck(event, payload)`; a timeout's error says which socket,
+ * whether it is connected, on which transport, and the disconnects it saw (a socket
+ * that lost its connection gets no ack: the timeout is then all it reports). */
+export async function ack(s, event, payload, ms = 20_000) {
+  try {
+    return await s.timeout(ms).emitWithAck(event, payload);
+  } catch (e) {
+    const state = `${event} by ${JSON.stringify(s.io.opts.query ?? {})}: connected ${s.connected}, `
+      + `engine ${s.io.engine?.id} on ${s.io.engine?.transport?.name}, disconnects ${JSON.stringify(s.seen?.disconnect ?? [])}`;
+    if (e instanceof Error) e.message += ` (${state})`;
+    throw e;
+  }
+}
+
 /** Resolves once `s` is connected; throws at its first connect_error. */
 export const connected = (s) => until('the socket connects', () => {
   if (s.seen.connect_error.length) throw new Error(`connect_error: ${s.seen.connect_error[0].message}`);

@@ -14,8 +14,8 @@ import http from 'node:http';
 import net from 'node:net';
 import WebSocket from 'ws';
 import { Manager } from 'socket.io-client';
-import { connected, sio, track, uniq, v1 } from './clients.mjs';
-import { startCluster, startNode, startSeededCluster, stopNode, until } from '../../clients/js/test/nodes.mjs';
+import { ack, connected, sio, track, uniq, v1 } from './clients.mjs';
+import { startCluster, startNode, startSeededCluster, stopNode, until, withNodeLogs } from '../../clients/js/test/nodes.mjs';
 
 const TEST_TIMEOUT_MS = 120_000;
 const SECRET = 'socketio-tests-secret-of-at-least-32-bytes!';
@@ -428,8 +428,10 @@ describe('socket.io-client on a three-node cluster', { timeout: TEST_TIMEOUT_MS 
   let cluster;
   before(async () => { cluster = await startCluster(['a', 'b', 'c'], '[socketio]\nrecovery = true\n'); });
   after(() => cluster?.stop());
+  // A failed test's error ends with what each node logged last.
+  const itLogged = (name, fn) => it(name, () => withNodeLogs(() => cluster.nodes, fn));
 
-  it('shares a room across nodes with Socket.IO and v1 clients, each on its own node', async () => {
+  itLogged('shares a room across nodes with Socket.IO and v1 clients, each on its own node', async () => {
     const { a, b, c } = cluster.nodes;
     const room = uniq('spread');
     // WebSocket only, each client straight to its node (no proxy).
@@ -438,13 +440,13 @@ describe('socket.io-client on a three-node cluster', { timeout: TEST_TIMEOUT_MS 
     await Promise.all([connected(onA), connected(onB)]);
     const v1c = v1(c.addr, 'user=on-c');
     await v1c.opened();
-    for (const s of [onA, onB]) assert.equal((await s.timeout(20_000).emitWithAck('join', { room })).ok, true);
+    for (const s of [onA, onB]) assert.equal((await ack(s, 'join', { room })).ok, true);
     assert.equal((await v1c.request({ type: 'join', room })).ok, true);
     await until('presence of all three on a', async () => {
-      const p = await onA.timeout(20_000).emitWithAck('presence', { room });
+      const p = await ack(onA, 'presence', { room });
       return p.ok && p.data.members.length === 3;
     });
-    const pub = await onA.timeout(20_000).emitWithAck('publish', { room, content: 'from a' });
+    const pub = await ack(onA, 'publish', { room, content: 'from a' });
     assert.equal(pub.ok, true, JSON.stringify(pub));
     await v1c.request({ type: 'publish', room, content: 'from c' });
     for (const s of [onA, onB]) {
@@ -455,7 +457,7 @@ describe('socket.io-client on a three-node cluster', { timeout: TEST_TIMEOUT_MS 
     v1c.close();
   });
 
-  it('recovers a connection on another node: its rooms, what it missed, socket.recovered', async () => {
+  itLogged('recovers a connection on another node: its rooms, what it missed, socket.recovered', async () => {
     const { a, b, c } = cluster.nodes;
     const room = uniq('recover');
     // A proxy the client reaches the cluster through: to a first, then to b.
@@ -474,7 +476,7 @@ describe('socket.io-client on a three-node cluster', { timeout: TEST_TIMEOUT_MS 
     });
     await connected(s);
     assert.equal(s.recovered, false);
-    assert.equal((await s.timeout(20_000).emitWithAck('join', { room })).ok, true);
+    assert.equal((await ack(s, 'join', { room })).ok, true);
     const v1c = v1(c.addr, 'user=writer');
     await v1c.opened();
     await v1c.request({ type: 'join', room });
@@ -499,7 +501,7 @@ describe('socket.io-client on a three-node cluster', { timeout: TEST_TIMEOUT_MS 
     proxy.close();
   });
 
-  it('serves default-transport clients through a proxy that picks a random node per request', async () => {
+  itLogged('serves default-transport clients through a proxy that picks a random node per request', async () => {
     const proxy = await randomProxy(Object.values(cluster.nodes));
     const room = uniq('random');
     // Default transports (polling, then the upgrade), one on polling alone, and a v1
@@ -509,13 +511,13 @@ describe('socket.io-client on a three-node cluster', { timeout: TEST_TIMEOUT_MS 
     await Promise.all(clients.map(connected));
     const v1c = v1(cluster.nodes.c.addr, 'user=rnd-v1');
     await v1c.opened();
-    for (const s of clients) assert.equal((await s.timeout(20_000).emitWithAck('join', { room })).ok, true);
+    for (const s of clients) assert.equal((await ack(s, 'join', { room })).ok, true);
     assert.equal((await v1c.request({ type: 'join', room })).ok, true);
     const sent = [];
     for (let round = 1; round <= 3; round++) {
       for (const [i, s] of clients.entries()) {
         const content = `r${round}-s${i}`;
-        const pub = await s.timeout(20_000).emitWithAck('publish', { room, content });
+        const pub = await ack(s, 'publish', { room, content });
         assert.equal(pub.ok, true, JSON.stringify(pub));
         sent.push(content);
       }
@@ -540,14 +542,14 @@ describe('socket.io-client on a three-node cluster', { timeout: TEST_TIMEOUT_MS 
     }
     assert.equal(clients[3].io.engine.transport.name, 'polling');
     // Still live after the upgrades, with nothing repeated.
-    const last = await clients[3].timeout(20_000).emitWithAck('publish', { room, content: 'last' });
+    const last = await ack(clients[3], 'publish', { room, content: 'last' });
     assert.equal(last.ok, true);
     for (const s of clients) {
       await until('the last message', () => s.seen.message.filter((m) => m.room === room).length === sent.length + 1);
     }
     // Binary attachments through relayed polling requests (the POST's `b` records to
     // the holder, the answers' records back) and relayed WebSockets (binary frames).
-    const bin = await clients[3].timeout(20_000).emitWithAck('publish', { room, data: { file: Buffer.from('poll') } });
+    const bin = await ack(clients[3], 'publish', { room, data: { file: Buffer.from('poll') } });
     assert.equal(bin.ok, true, JSON.stringify(bin));
     for (const s of clients) {
       const got = await until('the binary message', () => s.seen.message.find((m) => m.seq === bin.data.seq));
@@ -558,7 +560,7 @@ describe('socket.io-client on a three-node cluster', { timeout: TEST_TIMEOUT_MS 
     proxy.close();
   });
 
-  it('relays an upgrade that lands on another node to the holder: WebSocket, nothing lost or repeated', async () => {
+  itLogged('relays an upgrade that lands on another node to the holder: WebSocket, nothing lost or repeated', async () => {
     const { a, b, c } = cluster.nodes;
     // Polling requests to a, the WebSocket upgrade to b.
     const proxy = await randomProxy(Object.values(cluster.nodes), (isUpgrade) => (isUpgrade ? b : a));
@@ -566,7 +568,7 @@ describe('socket.io-client on a three-node cluster', { timeout: TEST_TIMEOUT_MS 
     const s = sio(proxy.url, { query: { user: 'relayed' } });
     await connected(s);
     assert.match(s.io.engine.id, /^a\./, 'the session is held by a');
-    assert.equal((await s.timeout(20_000).emitWithAck('join', { room })).ok, true);
+    assert.equal((await ack(s, 'join', { room })).ok, true);
     const v1c = v1(c.addr, 'user=relay-v1');
     await v1c.opened();
     assert.equal((await v1c.request({ type: 'join', room })).ok, true);
@@ -582,7 +584,7 @@ describe('socket.io-client on a three-node cluster', { timeout: TEST_TIMEOUT_MS 
     await until('the upgrade to websocket', () => s.io.engine.transport.name === 'websocket');
     assert.deepEqual(proxy.upgrades, [Number(b.addr.split(':')[1])], 'the upgrade went to b');
     await writes;
-    const mine = await s.timeout(20_000).emitWithAck('publish', { room, content: 'over the relay' });
+    const mine = await ack(s, 'publish', { room, content: 'over the relay' });
     assert.equal(mine.ok, true, JSON.stringify(mine));
     sent.push('over the relay');
     await until('every message', () => s.seen.message.length >= sent.length);
@@ -590,7 +592,7 @@ describe('socket.io-client on a three-node cluster', { timeout: TEST_TIMEOUT_MS 
     assert.equal(s.io.engine.id.split('.')[0], 'a', 'still held by a');
     // Binary both ways over the relayed WebSocket: the client's attachment to a, and
     // a's binary frame back through b.
-    const bin = await s.timeout(20_000).emitWithAck('publish', { room, data: Buffer.from([1, 2, 3]) });
+    const bin = await ack(s, 'publish', { room, data: Buffer.from([1, 2, 3]) });
     assert.equal(bin.ok, true, JSON.stringify(bin));
     const back = await until('the binary message over the relay', () => s.seen.message.find((m) => m.seq === bin.data.seq));
     assert.deepEqual([...back.data], [1, 2, 3]);
@@ -603,7 +605,7 @@ describe('socket.io-client on a three-node cluster', { timeout: TEST_TIMEOUT_MS 
     proxy.close();
   });
 
-  it('answers a sid no node holds with "Session ID unknown", forwarded or not', async () => {
+  itLogged('answers a sid no node holds with "Session ID unknown", forwarded or not', async () => {
     const { a, b } = cluster.nodes;
     const open = JSON.parse((await (await fetch(`http://${a.addr}/socket.io/?EIO=4&transport=polling`)).text()).slice(1));
     assert.match(open.sid, /^a\./, 'the sid names its node');
@@ -614,7 +616,7 @@ describe('socket.io-client on a three-node cluster', { timeout: TEST_TIMEOUT_MS 
     assert.deepEqual(await nowhere.json(), { code: 1, message: 'Session ID unknown' });
   });
   // Last in this cluster: it kills a node.
-  it('reconnects a client whose holder is killed, through the random proxy, and goes on', async () => {
+  itLogged('reconnects a client whose holder is killed, through the random proxy, and goes on', async () => {
     const proxy = await randomProxy(Object.values(cluster.nodes));
     const room = uniq('killed');
     const s = sio(proxy.url, {
@@ -632,7 +634,7 @@ describe('socket.io-client on a three-node cluster', { timeout: TEST_TIMEOUT_MS 
     const holder = cluster.nodes[first.split('.')[0]];
     assert.ok(holder, `the sid ${first} names a node`);
     const writerNode = Object.values(cluster.nodes).find((n) => n !== holder);
-    assert.equal((await s.timeout(20_000).emitWithAck('join', { room })).ok, true);
+    assert.equal((await ack(s, 'join', { room })).ok, true);
     const writer = v1(writerNode.addr, 'user=writer');
     await writer.opened();
     assert.equal((await writer.request({ type: 'join', room })).ok, true);
@@ -664,8 +666,10 @@ describe('socket.io-client on a cluster described by seeds alone (no [[nodes]])'
   let cluster;
   before(async () => { cluster = await startSeededCluster(); });
   after(() => cluster?.stop());
+  // A failed test's error ends with what each node logged last.
+  const itLogged = (name, fn) => it(name, () => withNodeLogs(() => cluster.nodes, fn));
 
-  it('relays through the HTTP addresses the nodes gossip: polling and upgrades to a random node', async () => {
+  itLogged('relays through the HTTP addresses the nodes gossip: polling and upgrades to a random node', async () => {
     const nodes = Object.values(cluster.nodes);
     // Every node has heard every other's HTTP address once the view holds all three.
     for (const n of nodes) {
@@ -675,12 +679,12 @@ describe('socket.io-client on a cluster described by seeds alone (no [[nodes]])'
     const room = uniq('seeded');
     const clients = [1, 2, 3].map((i) => sio(proxy.url, { query: { user: `seeded-${i}` } }));
     await Promise.all(clients.map(connected));
-    for (const s of clients) assert.equal((await s.timeout(20_000).emitWithAck('join', { room })).ok, true);
+    for (const s of clients) assert.equal((await ack(s, 'join', { room })).ok, true);
     const sent = [];
     for (const [i, s] of clients.entries()) {
       for (let k = 1; k <= 2; k++) {
         const content = `s${i}-${k}`;
-        assert.equal((await s.timeout(20_000).emitWithAck('publish', { room, content })).ok, true);
+        assert.equal((await ack(s, 'publish', { room, content })).ok, true);
         sent.push(content);
       }
     }

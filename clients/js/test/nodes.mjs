@@ -3,7 +3,7 @@
 // is a poll with a deadline; nothing sleeps for a fixed time.
 
 import { spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
+import { createWriteStream, mkdirSync, mkdtempSync, rmSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -135,16 +135,19 @@ class Node {
     for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('HUBBUB_')) env[k] = v;
     const proc = spawn(HUBBUB_BIN, this.args, { env, stdio: ['ignore', 'ignore', 'pipe'] });
     this.proc = proc;
+    // Every line the node logs, in its dir, kept with HUBBUB_KEEP_TEST_DIRS=1.
+    const log = createWriteStream(path.join(this.dir, `${this.name}.log`), { flags: 'a' });
     started.add(this);
     await new Promise((resolve, reject) => {
-      const fail = (why) => { clearTimeout(timer); reject(new Error(`node ${this.name}: ${why}\n${this.logTail.join('\n')}`)); };
+      const fail = (why) => { clearTimeout(timer); reject(new Error(`node ${this.name}: ${why}\n${this.logTail.slice(-40).join('\n')}`)); };
       const timer = setTimeout(() => fail('did not say it is listening'), STARTUP_DEADLINE_MS);
       proc.once('error', (e) => fail(`cannot start ${HUBBUB_BIN}: ${e.message}`));
       proc.once('exit', (code, signal) => { if (this.proc === proc && !this.listening) fail(`exited (code ${code}, signal ${signal})`); });
       this.listening = false;
-      createInterface({ input: proc.stderr }).on('line', (line) => {
+      createInterface({ input: proc.stderr }).on('close', () => log.end()).on('line', (line) => {
+        log.write(`${line}\n`);
         this.logTail.push(line);
-        if (this.logTail.length > 40) this.logTail.shift();
+        if (this.logTail.length > 200) this.logTail.shift();
         if (this.listening) return;
         let entry;
         try { entry = JSON.parse(line); } catch { return; }
@@ -202,6 +205,34 @@ export async function startNode(extra = '') {
   return node.start();
 }
 
+/** The last `lines` lines each node logged, under its name: for a failed test's error. */
+export function nodeLogs(nodes, lines = 30) {
+  return Object.values(nodes)
+    .map((n) => `--- node ${n.name}, its last ${Math.min(lines, n.logTail.length)} log lines ---\n${n.logTail.slice(-lines).join('\n')}`)
+    .join('\n');
+}
+
+/** `fn`, and if it throws, the error with `nodeLogs(nodes())` appended. */
+export async function withNodeLogs(nodes, fn) {
+  try {
+    return await fn();
+  } catch (e) {
+    const logs = nodeLogs(nodes());
+    if (e instanceof Error) e.message += `\n${logs}`;
+    throw e;
+  }
+}
+
+/** Removes a test's dir (configs, data, node logs); with HUBBUB_KEEP_TEST_DIRS=1 it is
+ * kept and named, to read a failed test's node logs. */
+function removeDir(dir) {
+  if (process.env.HUBBUB_KEEP_TEST_DIRS) {
+    process.stderr.write(`node configs, data and logs kept in ${dir}\n`);
+  } else {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 /** Starts every node and waits until each is ready; if one fails, the others are killed
  * and the dir removed before the error is thrown, so nothing is left running. */
 async function startAll(nodes, dir, onListening = () => {}) {
@@ -211,7 +242,7 @@ async function startAll(nodes, dir, onListening = () => {}) {
     await Promise.all(all.map((n) => n.waitReady()));
   } catch (e) {
     await Promise.all(all.map((n) => n.kill9()));
-    rmSync(dir, { recursive: true, force: true });
+    removeDir(dir);
     throw e;
   }
 }
@@ -237,7 +268,7 @@ export async function startCluster(names = ['a', 'b', 'c'], extra = '') {
     urls: () => names.map((n) => nodes[n].url),
     async stop() {
       await Promise.all(Object.values(nodes).map((n) => n.kill9()));
-      rmSync(dir, { recursive: true, force: true });
+      removeDir(dir);
     },
   };
 }
@@ -269,7 +300,7 @@ export async function startSeededCluster(names = ['a', 'b', 'c'], extra = '') {
     dir,
     async stop() {
       await Promise.all(Object.values(nodes).map((n) => n.kill9()));
-      rmSync(dir, { recursive: true, force: true });
+      removeDir(dir);
     },
   };
 }
@@ -278,5 +309,5 @@ export async function startSeededCluster(names = ['a', 'b', 'c'], extra = '') {
 export async function stopNode(node) {
   if (!node) return;
   await node.kill9();
-  rmSync(node.dir, { recursive: true, force: true });
+  removeDir(node.dir);
 }
