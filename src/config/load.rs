@@ -997,6 +997,7 @@ impl Settings {
         check_log(&self.log, &mut problems);
         check_shutdown(&self.shutdown, &mut problems);
         check_socketio(&self.socketio, &mut problems);
+        check_inbound_bytes(&self.limits, &self.socketio, &mut problems);
         check_cluster(&self.cluster, &mut problems);
         check_cluster_port(&self.cluster, &mut problems);
         check_raft(&self.cluster, &self.nodes, &mut problems);
@@ -1328,6 +1329,28 @@ fn check_socketio(socketio: &super::SocketIoSettings, problems: &mut Problems) {
             format_args!(
                 "must be between 1024 and {MAX_FRAME_BYTES}, not {}",
                 socketio.max_payload_bytes
+            ),
+        );
+    }
+}
+
+/// `limits.node_inbound_bytes`: room for the largest message one client may send on
+/// either endpoint, or the budget would shed every such message alone.
+fn check_inbound_bytes(
+    limits: &LimitSettings,
+    socketio: &super::SocketIoSettings,
+    problems: &mut Problems,
+) {
+    let node = limits.node_inbound_bytes;
+    let largest = (limits.max_frame_bytes as u64).max(socketio.max_payload_bytes);
+    if node != 0 && node < largest {
+        problems.add(
+            "limits.node_inbound_bytes",
+            format_args!(
+                "must be 0 (no budget) or at least limits.max_frame_bytes ({}) and \
+                 socketio.max_payload_bytes ({}), not {node}: one client's message may \
+                 be that large",
+                limits.max_frame_bytes, socketio.max_payload_bytes
             ),
         );
     }
@@ -2546,6 +2569,23 @@ mod tests {
         assert_one_problem(
             &problems_after(|s| s.socketio.max_payload_bytes = 1023),
             "socketio.max_payload_bytes",
+        );
+    }
+
+    #[test]
+    fn node_inbound_bytes_is_zero_or_room_for_the_largest_message() {
+        assert!(problems_after(|s| s.limits.node_inbound_bytes = 0).is_empty());
+        assert!(problems_after(|s| s.limits.node_inbound_bytes = 100_000).is_empty());
+        assert_one_problem(
+            &problems_after(|s| s.limits.node_inbound_bytes = 99_999),
+            "limits.node_inbound_bytes",
+        );
+        assert_one_problem(
+            &problems_after(|s| {
+                s.socketio.max_payload_bytes = 1024;
+                s.limits.node_inbound_bytes = 65_535;
+            }),
+            "limits.node_inbound_bytes",
         );
     }
 

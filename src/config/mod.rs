@@ -179,6 +179,11 @@ pub struct LimitSettings {
     /// Bytes queued for all clients of this node together; past it the connections
     /// holding the most are closed with 4009 until the node is back under it. 0: off.
     pub node_outbound_bytes: u64,
+    /// Bytes of messages still arriving from all clients of this node together
+    /// (WebSocket frames begun, polling bodies being read); past it the connections
+    /// whose messages began first are closed (1013) until the node is back under it.
+    /// 0: off.
+    pub node_inbound_bytes: u64,
     /// Frames per second one connection may send, sustained; excess frames get a
     /// `rate_limited` reply. 0 turns the limit off.
     pub frames_per_second: u32,
@@ -560,6 +565,7 @@ impl Default for LimitSettings {
             outbound_queue: 1_024,
             outbound_bytes: 1_048_576,
             node_outbound_bytes: 268_435_456,
+            node_inbound_bytes: 67_108_864,
             frames_per_second: 50,
             frames_burst: 100,
             max_message_bytes: 16_384,

@@ -111,6 +111,9 @@ pub mod close {
     pub const INTERNAL_ERROR: u16 = 1011;
     /// RFC 6455: the node is restarting or draining; reconnect (to any node).
     pub const SERVICE_RESTART: u16 = 1012;
+    /// RFC 6455: try again later. The node holds as much of messages still arriving as
+    /// `limits.node_inbound_bytes` lets it, and this connection's was among the oldest.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
     /// The session's token expired (reserved for authentication).
     pub const TOKEN_EXPIRED: u16 = 4001;
     /// The client sent nothing, not even a pong, for `heartbeat.timeout_ms`.

@@ -168,6 +168,8 @@ pub struct Metrics {
     /// Handles into `hubbub_slow_consumer_disconnects`, in [`SlowConsumer::ALL`] order.
     slow_consumer_disconnects: Vec<Counter>,
     outbound_bytes: Gauge,
+    inbound_bytes: Gauge,
+    inbound_shed: Counter,
     rate_limited: Counter,
     auth_failures: Family<Labels1, Counter>,
     // The cluster port before authentication (cluster/membership/peer_port.rs).
@@ -312,6 +314,22 @@ impl Metrics {
              and what its writer took and has not yet written), as limits.node_outbound_bytes \
              counts them",
             outbound_bytes.clone(),
+        );
+        let inbound_bytes = Gauge::default();
+        registry.register(
+            "hubbub_inbound_bytes",
+            "Bytes of messages still arriving from clients on this node (WebSocket frames \
+             begun, at the size their header announces, and polling bodies being read), as \
+             limits.node_inbound_bytes counts them",
+            inbound_bytes.clone(),
+        );
+        let inbound_shed = Counter::default();
+        registry.register(
+            "hubbub_inbound_shed",
+            "Connections closed (1013, or HTTP 503 for a polling body) because the node was \
+             past limits.node_inbound_bytes and their message still arriving was among the \
+             oldest",
+            inbound_shed.clone(),
         );
         let rate_limited = Counter::default();
         registry.register(
@@ -476,6 +494,8 @@ impl Metrics {
             cluster_in_invalid,
             slow_consumer_disconnects,
             outbound_bytes,
+            inbound_bytes,
+            inbound_shed,
             rate_limited,
             auth_failures,
             peer_unauthenticated,
@@ -593,6 +613,17 @@ impl Metrics {
     }
 
     /// A client frame was refused with `rate_limited`.
+    /// Sets the bytes of messages still arriving (at scrape time).
+    pub fn set_inbound_bytes(&self, bytes: u64) {
+        self.inbound_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// A connection was closed for `limits.node_inbound_bytes`.
+    pub fn inbound_shed(&self) {
+        self.inbound_shed.inc();
+    }
+
     pub fn rate_limited(&self) {
         self.rate_limited.inc();
     }
@@ -1058,6 +1089,8 @@ mod tests {
         metrics.rate_limited();
         metrics.slow_consumer_disconnect(SlowConsumer::Bytes);
         metrics.set_outbound_bytes(4_096);
+        metrics.set_inbound_bytes(65_536);
+        metrics.inbound_shed();
         metrics.heartbeat_rtt(Duration::from_millis(1));
         metrics.set_presence_entries(12);
         let text = metrics.encode().unwrap();
@@ -1083,6 +1116,8 @@ mod tests {
                 0.0,
             ),
             ("hubbub_outbound_bytes", 4_096.0),
+            ("hubbub_inbound_bytes", 65_536.0),
+            ("hubbub_inbound_shed_total", 1.0),
             ("hubbub_cluster_heartbeat_rtt_seconds_count", 1.0),
             ("hubbub_presence_entries", 12.0),
         ] {

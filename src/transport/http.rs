@@ -1,6 +1,7 @@
 //! Routes and the actix-web server.
 
 use super::gate::Gate;
+use super::inbound_budget::InboundBudget;
 use super::websocket;
 use crate::actors::NodeContext;
 use crate::cluster::membership::MembershipMessage;
@@ -30,6 +31,8 @@ pub struct AppState {
     pub gate: Arc<Gate>,
     /// The server API (`/api/`), None when `[api] keys` is empty.
     pub api: Option<Arc<crate::api::Api>>,
+    /// Bytes of messages still arriving from clients, `limits.node_inbound_bytes`.
+    pub inbound: Arc<InboundBudget>,
 }
 
 impl AppState {
@@ -43,6 +46,10 @@ impl AppState {
         ctx.metrics.auth_failure_reasons(&reasons);
         let max = ctx.settings.limits.max_connections;
         Self {
+            inbound: InboundBudget::new(
+                ctx.settings.limits.node_inbound_bytes,
+                Some(ctx.metrics.clone()),
+            ),
             api: crate::api::Api::new(ctx.clone()),
             ctx,
             connections: Arc::new(Semaphore::new(max)),

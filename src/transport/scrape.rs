@@ -16,6 +16,7 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     metrics.set_connections(state.open_connections());
     metrics.set_rooms(state.ctx.room_directory().len());
     metrics.set_outbound_bytes(state.ctx.outbound.total());
+    metrics.set_inbound_bytes(state.inbound.total());
     match metrics.encode() {
         Ok(text) => HttpResponse::Ok().content_type(CONTENT_TYPE).body(text),
         Err(_) => HttpResponse::InternalServerError().finish(),

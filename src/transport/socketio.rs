@@ -33,9 +33,12 @@
 //! Binary attachments travel as binary frames on a WebSocket and as `b<base64>`
 //! records in a polling payload (socketio::binary).
 
+use super::frame_guard::{guarded, Tripped};
 use super::gate::{Gate, IpSlot};
 use super::http::AppState;
+use super::inbound_budget::Hold;
 use super::outbound::worker_relay;
+use super::polling_body::{self, BodyError};
 use crate::actors::{Outbox, OutboxBounds, OutboxReader};
 use crate::auth::{parse_query, Identity, Refusal};
 use crate::protocol::close;
@@ -51,10 +54,9 @@ use actix_http::ws::{CloseCode, CloseReason, OpCode, Parser};
 use actix_web::body::{BodySize, MessageBody};
 use actix_web::http::{header, Method};
 use actix_web::web::{Bytes, BytesMut};
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
 use actix_ws::AggregatedMessage;
 use bytestring::ByteString;
-use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -142,10 +144,12 @@ pub async fn endpoint(
         (Transport::Polling, Some(sid), Method::GET | Method::POST)
             if sio.registry.get(&sid).is_none() =>
         {
-            elsewhere(&req, &sio, &sid, body).await
+            elsewhere(&req, &sio, &sid, body, state.inbound.hold()).await
         }
         (Transport::Polling, Some(sid), Method::GET) => poll(&sio, &sid).await,
-        (Transport::Polling, Some(sid), Method::POST) => post(&sio, &sid, body).await,
+        (Transport::Polling, Some(sid), Method::POST) => {
+            post(&sio, &sid, body, state.inbound.hold()).await
+        }
         (Transport::WebSocket, sid, Method::GET) => {
             return websocket(req, body, state, sio, sid, params).await
         }
@@ -185,14 +189,23 @@ async fn elsewhere(
     sio: &SocketIo,
     sid: &str,
     body: web::Payload,
+    hold: Hold,
 ) -> HttpResponse {
     let Some(addr) = sio.peers.holder(req, sid) else {
         return engine_error(HttpError::UnknownSid);
     };
     // The holder answers a long poll by its next ping at the latest.
     let deadline = sio.ping_interval + sio.ping_timeout + Duration::from_secs(5);
-    super::socketio_forward::relay_polling(req, body, &sio.peers, &addr, sio.max_payload, deadline)
-        .await
+    super::socketio_forward::relay_polling(
+        req,
+        body,
+        &sio.peers,
+        &addr,
+        sio.max_payload,
+        hold,
+        deadline,
+    )
+    .await
 }
 
 fn engine_error(error: HttpError) -> HttpResponse {
@@ -369,7 +382,7 @@ async fn closed(
 }
 
 /// Packets from the client.
-async fn post(sio: &SocketIo, sid: &str, mut body: web::Payload) -> HttpResponse {
+async fn post(sio: &SocketIo, sid: &str, body: web::Payload, hold: Hold) -> HttpResponse {
     let Some(engine) = sio.registry.get(sid) else {
         return engine_error(HttpError::UnknownSid);
     };
@@ -377,19 +390,24 @@ async fn post(sio: &SocketIo, sid: &str, mut body: web::Payload) -> HttpResponse
         engine.inbound.lock().await.end();
         return engine_error(HttpError::BadRequest);
     };
-    let mut bytes = BytesMut::new();
-    while let Some(chunk) = body.next().await {
-        let Ok(chunk) = chunk else {
-            return engine_error(HttpError::BadRequest);
-        };
-        if (bytes.len() + chunk.len()) as u64 > sio.max_payload {
+    let bytes = match polling_body::read(body, sio.max_payload, hold).await {
+        Ok(bytes) => bytes,
+        Err(BodyError::Broken) => return engine_error(HttpError::BadRequest),
+        Err(BodyError::TooLarge) => {
             engine.inbound.lock().await.end();
             return HttpResponse::PayloadTooLarge()
                 .content_type("application/json")
                 .body(r#"{"code":3,"message":"Bad request"}"#);
         }
-        bytes.extend_from_slice(&chunk);
-    }
+        // The node holds all it may of bodies still arriving: this one goes, the
+        // connection with it (the client reconnects, and may recover).
+        Err(BodyError::Shed) => {
+            engine.inbound.lock().await.end();
+            return HttpResponse::ServiceUnavailable()
+                .content_type("application/json")
+                .body(r#"{"code":3,"message":"Bad request"}"#);
+        }
+    };
     let mut inbound = engine.inbound.lock().await;
     let Ok(text) = std::str::from_utf8(&bytes) else {
         inbound.end();
@@ -473,6 +491,10 @@ async fn websocket(
                 };
                 let max = usize::try_from(sio.max_payload).unwrap_or(usize::MAX);
                 let silence = sio.ping_interval + sio.ping_timeout + Duration::from_secs(5);
+                // Guarded as a WebSocket of this node's own (see frame_guard.rs).
+                let mut guarded_body =
+                    guarded(body.into_inner(), max, state.inbound.hold(), Tripped::new());
+                let body = web::Payload::from_request(&req, &mut guarded_body).await?;
                 return super::socketio_forward::relay_websocket(
                     req, body, &sio.peers, &addr, max, silence,
                 )
@@ -508,7 +530,15 @@ async fn websocket(
             return Err(error.into());
         }
     };
-    let stream = actix_ws::MessageStream::new(body.into_inner());
+    // Oversized frames refused from their headers, what is still arriving held against
+    // the node's budget (see frame_guard.rs); either ends the read loop below.
+    let max = usize::try_from(sio.max_payload).unwrap_or(usize::MAX);
+    let stream = actix_ws::MessageStream::new(guarded(
+        body.into_inner(),
+        max,
+        state.inbound.hold(),
+        Tripped::new(),
+    ));
     // Only an upgrade needs a channel to its body (a direct WebSocket holds the
     // reader from the start, and an idle connection should not hold a channel).
     let (tx, inputs) = match reader {
@@ -528,7 +558,6 @@ async fn websocket(
     if let Some(held) = held {
         actix_web::rt::spawn(keepalive(engine.clone(), sio.clone(), held));
     }
-    let max = usize::try_from(sio.max_payload).unwrap_or(usize::MAX);
     actix_web::rt::spawn(read_loop(stream, engine, tx, max));
     Ok(response)
 }

@@ -44,11 +44,13 @@
 //! `peer_ca` nothing is relayed: such sids get "Session ID unknown" on other nodes,
 //! and the nodes need sticky sessions.
 
+use super::inbound_budget::Hold;
+use super::polling_body::{self, BodyError};
 use super::tls::RelayTls;
 use crate::cluster::Cluster;
 use actix_http::ws::{CloseCode, CloseReason};
 use actix_web::http::StatusCode;
-use actix_web::web::{self, BytesMut};
+use actix_web::web;
 use actix_web::{HttpRequest, HttpResponse};
 use actix_ws::AggregatedMessage;
 use futures_util::SinkExt;
@@ -146,22 +148,19 @@ impl Peers {
 /// within `deadline`.
 pub async fn relay_polling(
     req: &HttpRequest,
-    mut body: web::Payload,
+    body: web::Payload,
     peers: &Peers,
     addr: &str,
     max_payload: u64,
+    hold: Hold,
     deadline: Duration,
 ) -> HttpResponse {
-    let mut bytes = BytesMut::new();
-    while let Some(chunk) = body.next().await {
-        let Ok(chunk) = chunk else {
-            return error(StatusCode::BAD_REQUEST);
-        };
-        if (bytes.len() + chunk.len()) as u64 > max_payload {
-            return error(StatusCode::PAYLOAD_TOO_LARGE);
-        }
-        bytes.extend_from_slice(&chunk);
-    }
+    let bytes = match polling_body::read(body, max_payload, hold).await {
+        Ok(bytes) => bytes,
+        Err(BodyError::Broken) => return error(StatusCode::BAD_REQUEST),
+        Err(BodyError::TooLarge) => return error(StatusCode::PAYLOAD_TOO_LARGE),
+        Err(BodyError::Shed) => return error(StatusCode::SERVICE_UNAVAILABLE),
+    };
     let exchange = exchange(req, &bytes, peers, addr);
     match tokio::time::timeout(deadline, exchange).await {
         Ok(Ok(response)) => response,

@@ -14,7 +14,7 @@
 //! reason. It then stops the Session; rooms and presence notice through their monitors.
 
 use super::connect_hook::ask_connect_hook;
-use super::frame_guard::FrameGuard;
+use super::frame_guard::{guarded, Trip, Tripped};
 use super::gate::{IpSlot, Refused};
 use super::http::AppState;
 use super::outbound::{worker_relay, OutboundBody};
@@ -24,11 +24,10 @@ use crate::actors::{
 use crate::auth::{Identity, Refusal};
 use crate::protocol::{close, decode_client_frame, ErrorBody, ErrorCode, FrameError};
 use actix_web::body::MessageBody;
-use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{AggregatedMessage, ProtocolError};
 use ractor::ActorRef;
 use serde_json::json;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -76,22 +75,19 @@ pub async fn upgrade(
     let Some(sessions) = state.ctx.sessions() else {
         return Ok(refuse_unavailable("the node is restarting its sessions"));
     };
-    // Refuse oversized frames from their headers (see frame_guard.rs).
-    let oversized = Arc::new(AtomicBool::new(false));
-    let guarded = FrameGuard::new(
+    // Refuse oversized frames from their headers, and hold what is still arriving
+    // against the node's budget (see frame_guard.rs).
+    let tripped = Tripped::new();
+    let body = guarded(
         body.into_inner(),
         state.ctx.settings.limits.max_frame_bytes,
-        oversized.clone(),
+        state.inbound.hold(),
+        tripped.clone(),
     );
-    let boxed: std::pin::Pin<
-        Box<dyn futures_util::Stream<Item = Result<web::Bytes, actix_web::error::PayloadError>>>,
-    > = Box::pin(guarded);
-    let mut guarded = actix_web::dev::Payload::Stream { payload: boxed };
-    let body = web::Payload::from_request(&req, &mut guarded).await?;
     // actix-ws reads (`MessageStream`); the response body is ours, drawn straight from
     // the outbox (outbound.rs), so actix-ws's own write half is never made.
     let mut handshake = actix_http::ws::handshake(req.head())?;
-    let stream = actix_ws::MessageStream::new(body.into_inner());
+    let stream = actix_ws::MessageStream::new(body);
     let settings = &state.ctx.settings;
     let bounds = OutboxBounds {
         frames: settings.limits.outbound_queue,
@@ -133,7 +129,7 @@ pub async fn upgrade(
     let limits = ReadLimits {
         max_frame_bytes: settings.limits.max_frame_bytes,
         silence: Duration::from_millis(settings.heartbeat.timeout_ms),
-        oversized,
+        tripped,
     };
     let held = Held {
         _connection: permit,
@@ -160,8 +156,8 @@ struct ReadLimits {
     max_frame_bytes: usize,
     /// `heartbeat.timeout_ms`: a client silent this long is closed with 4008.
     silence: Duration,
-    /// Set by the [`FrameGuard`] when it refused a frame by its header.
-    oversized: Arc<AtomicBool>,
+    /// Why the frame guard failed the stream, when it did.
+    tripped: Arc<Tripped>,
 }
 
 async fn read_loop(
@@ -210,19 +206,18 @@ async fn read_loop(
         let decoded = match next {
             None => break,
             Some(Err(error)) => {
-                let (code, reason) = match &error {
-                    _ if limits.oversized.load(Ordering::Acquire) => {
+                let (code, reason) = match (&error, limits.tripped.why()) {
+                    (_, Some(Trip::Oversized)) => (close::MESSAGE_TOO_BIG, "frame too big"),
+                    (_, Some(Trip::Shed)) => (close::TRY_AGAIN_LATER, "node inbound budget"),
+                    (ProtocolError::Overflow, _) => (close::MESSAGE_TOO_BIG, "frame too big"),
+                    (ProtocolError::Io(e), _) if e.to_string().contains("continuation size") => {
                         (close::MESSAGE_TOO_BIG, "frame too big")
                     }
-                    ProtocolError::Overflow => (close::MESSAGE_TOO_BIG, "frame too big"),
-                    ProtocolError::Io(e) if e.to_string().contains("continuation size") => {
-                        (close::MESSAGE_TOO_BIG, "frame too big")
-                    }
-                    ProtocolError::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    (ProtocolError::Io(e), _) if e.kind() == std::io::ErrorKind::InvalidData => {
                         (close::INVALID_PAYLOAD, "text frames must be UTF-8")
                     }
                     // The connection dropped mid-frame: the client is gone.
-                    ProtocolError::Io(_) => break,
+                    (ProtocolError::Io(_), _) => break,
                     _ => (close::PROTOCOL_ERROR, "protocol error"),
                 };
                 tracing::debug!(%error, code, "closing on a websocket protocol error");

@@ -29,3 +29,4 @@ mod replies;
 mod room_flood;
 mod soak;
 mod socketio_stall;
+mod ws_stall;

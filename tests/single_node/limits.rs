@@ -851,69 +851,172 @@ async fn health_and_readiness_answer_with_json() {
     .await;
 }
 
+/// A raw WebSocket to `target` (`/ws?...` or `/socket.io/?...`), upgraded; the bytes
+/// that came after the upgrade's head are kept for [`close_code`].
+async fn raw_ws(node: &TestNode, target: &str) -> (tokio::net::TcpStream, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+    let handshake = format!(
+        "GET {target} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        node.addr
+    );
+    tcp.write_all(handshake.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    loop {
+        if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&seen[..end]).into_owned();
+            assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+            seen.drain(..end + 4);
+            return (tcp, seen);
+        }
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(DEADLINE, tcp.read(&mut buf))
+            .await
+            .expect("the upgrade's answer")
+            .unwrap();
+        assert!(n > 0, "closed before the upgrade's answer");
+        seen.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// A masked client frame header: FIN and `opcode`, announcing `len` bytes.
+fn client_header(opcode: u8, len: u64) -> Vec<u8> {
+    let mut header = vec![0x80 | opcode, 0x80 | 127];
+    header.extend_from_slice(&len.to_be_bytes());
+    header.extend_from_slice(&[0, 0, 0, 0]);
+    header
+}
+
+/// Reads server frames (after `seen`) until the node's close frame: its code, or None
+/// when the connection ended without one. Panics if neither comes within DEADLINE.
+async fn close_code(tcp: &mut tokio::net::TcpStream, mut seen: Vec<u8>) -> Option<u16> {
+    use tokio::io::AsyncReadExt;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let mut i = 0;
+    loop {
+        // Server frames are unmasked; lengths over 125 use 2 (or 8) more bytes.
+        while i + 2 <= seen.len() {
+            let (len, head) = match seen[i + 1] & 0x7f {
+                126 if i + 4 <= seen.len() => {
+                    (u16::from_be_bytes([seen[i + 2], seen[i + 3]]) as usize, 4)
+                }
+                126 | 127 => break,
+                short => (short as usize, 2),
+            };
+            if i + head + len > seen.len() {
+                break;
+            }
+            if seen[i] == 0x88 {
+                return (len >= 2)
+                    .then(|| u16::from_be_bytes([seen[i + head], seen[i + head + 1]]));
+            }
+            i += head + len;
+        }
+        let mut buf = [0u8; 4096];
+        let n = match tokio::time::timeout_at(deadline, tcp.read(&mut buf))
+            .await
+            .expect("the node should close the connection")
+        {
+            Ok(n) => n,
+            Err(_) => return None,
+        };
+        if n == 0 {
+            return None;
+        }
+        seen.extend_from_slice(&buf[..n]);
+    }
+}
+
 /// actix-http buffers a whole frame before checking its size; the node's frame guard
 /// refuses it from its header. A client that announces 1 GiB and sends only the header
 /// must be closed with 1009 at once, not left waiting while the node buffers.
 #[tokio::test]
 async fn a_frame_announcing_too_much_is_refused_from_its_header() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let node = TestNode::start_adjusted(|s| s.limits.max_frame_bytes = 1024).await;
-    let mut tcp = tokio::net::TcpStream::connect(node.addr).await.unwrap();
-    let handshake = format!(
-        "GET /ws?user=raw HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        node.addr
-    );
-    tcp.write_all(handshake.as_bytes()).await.unwrap();
+    let (mut tcp, seen) = raw_ws(&node, "/ws?user=raw").await;
     // A masked text frame header announcing 1 GiB, and no payload.
-    let mut header = vec![0x81, 0x80 | 127];
-    header.extend_from_slice(&(1u64 << 30).to_be_bytes());
-    header.extend_from_slice(&[1, 2, 3, 4]);
-    tcp.write_all(&header).await.unwrap();
-    // Read until the server's close frame (0x88) arrives; its first two payload bytes
-    // are the close code.
-    let mut seen = Vec::new();
-    let deadline = tokio::time::Instant::now() + crate::support::DEADLINE;
-    let code = loop {
+    tcp.write_all(&client_header(0x1, 1 << 30)).await.unwrap();
+    assert_eq!(close_code(&mut tcp, seen).await, Some(1009));
+}
+
+/// The same on a Socket.IO WebSocket, bounded by `socketio.max_payload_bytes`: before
+/// the guard was there, a node buffered what such a frame announced (150 MiB of a 200
+/// MiB frame took a node from 40 to 190 MiB resident).
+#[tokio::test]
+async fn a_socketio_frame_announcing_too_much_is_refused_from_its_header() {
+    use tokio::io::AsyncWriteExt;
+    let node = TestNode::start().await;
+    let (mut tcp, seen) = raw_ws(&node, "/socket.io/?EIO=4&transport=websocket&user=raw").await;
+    tcp.write_all(&client_header(0x1, 1 << 30)).await.unwrap();
+    // The connection ends at once (close_code waits at most DEADLINE; a Socket.IO
+    // WebSocket closes with 1000, Engine.IO has no codes of its own). Without the guard
+    // the node waits for the 1 GiB.
+    let _ = close_code(&mut tcp, seen).await;
+}
+
+/// `limits.node_inbound_bytes`: frames begun and not finished are held at the length
+/// their header announces; one that takes the node past the budget closes the
+/// connection whose frame began first with 1013, and the others go on.
+#[tokio::test]
+async fn frames_stalled_past_the_node_inbound_budget_close_the_oldest_with_1013() {
+    use tokio::io::AsyncWriteExt;
+    const FRAME: u64 = 65_536;
+    // Most of each stalled frame is sent: what the node has read of it is held too.
+    const STALL_SENT: usize = 65_000;
+    // Room for three stalled frames of 64 KiB, not four.
+    let node = TestNode::start_adjusted(|s| s.limits.node_inbound_bytes = 200_000).await;
+    let mut stalled = Vec::new();
+    for i in 0..3 {
+        let (mut tcp, seen) = raw_ws(&node, &format!("/ws?user=stall-{i}")).await;
+        tcp.write_all(&client_header(0x1, FRAME)).await.unwrap();
+        tcp.write_all(&vec![b' '; STALL_SENT]).await.unwrap();
+        stalled.push((tcp, seen));
+        let held = (i + 1) as f64 * FRAME as f64;
+        eventually("the frame held", || async {
+            (scrape(&node).await.value("hubbub_inbound_bytes", &[]) == held).then_some(())
+        })
+        .await;
+    }
+    // A fourth: past 200,000, so the first goes.
+    let (mut fourth, fourth_seen) = raw_ws(&node, "/ws?user=stall-3").await;
+    fourth.write_all(&client_header(0x1, FRAME)).await.unwrap();
+    fourth.write_all(&vec![b' '; STALL_SENT]).await.unwrap();
+    let (mut first, first_seen) = stalled.remove(0);
+    assert_eq!(close_code(&mut first, first_seen).await, Some(1013));
+    let metrics = scrape(&node).await;
+    assert_eq!(metrics.value("hubbub_inbound_shed_total", &[]), 1.0);
+    assert_eq!(
+        metrics.value("hubbub_inbound_bytes", &[]),
+        3.0 * FRAME as f64
+    );
+    // The others are still there: the fourth finishes its frame (a JSON text of
+    // spaces and a ping, read as a bad frame), and gets its error, not a close.
+    let mut rest = vec![b' '; FRAME as usize - STALL_SENT - 2];
+    rest.splice(0..0, *b"{}");
+    fourth.write_all(&rest).await.unwrap();
+    let mut seen = fourth_seen;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !String::from_utf8_lossy(&seen).contains("bad_request") {
+        use tokio::io::AsyncReadExt;
         let mut buf = [0u8; 4096];
-        let n = tokio::time::timeout_at(deadline, tcp.read(&mut buf))
+        let n = tokio::time::timeout_at(deadline, fourth.read(&mut buf))
             .await
-            .expect("the node should close at once")
+            .expect("an error frame for the finished frame")
             .unwrap();
-        assert!(n > 0, "connection ended without a close frame");
+        assert!(n > 0, "the fourth connection was closed");
         seen.extend_from_slice(&buf[..n]);
-        let body_start = seen
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .map(|p| p + 4);
-        if let Some(start) = body_start {
-            // Skip server frames until a close frame.
-            let mut i = start;
-            let mut found = None;
-            while i + 2 <= seen.len() {
-                // Server frames are unmasked; lengths over 125 use 2 (or 8) more bytes.
-                let (len, head) = match seen[i + 1] & 0x7f {
-                    126 if i + 4 <= seen.len() => {
-                        (u16::from_be_bytes([seen[i + 2], seen[i + 3]]) as usize, 4)
-                    }
-                    126 | 127 => break,
-                    short => (short as usize, 2),
-                };
-                if i + head + len > seen.len() {
-                    break;
-                }
-                if seen[i] == 0x88 && len >= 2 {
-                    found = Some(u16::from_be_bytes([seen[i + head], seen[i + head + 1]]));
-                    break;
-                }
-                i += head + len;
-            }
-            if let Some(code) = found {
-                break code;
-            }
-        }
-    };
-    assert_eq!(code, 1009);
+    }
+    eventually("the finished frame released", || async {
+        let bytes = scrape(&node).await.value("hubbub_inbound_bytes", &[]);
+        (bytes == 2.0 * FRAME as f64).then_some(())
+    })
+    .await;
+    // And a client that sends what it starts is served as ever.
+    let mut alice = node.connect("alice", "Alice").await;
+    alice.ok(json!({"type": "join", "room": "lobby"})).await;
+    drop(stalled);
 }
 
 /// Typing is a cast the room fans out to every member; a client that floods it (with
@@ -942,4 +1045,63 @@ async fn a_typing_flood_reaches_the_room_at_most_once_a_second() {
         seen <= allowed,
         "{seen} typing events reached the room in {elapsed:?} (at most {allowed})"
     );
+}
+
+/// A polling body still arriving holds its bytes against `limits.node_inbound_bytes`
+/// too: two Socket.IO POSTs that stall past the budget, and the older gets 503 (and
+/// its connection ends) while the younger goes on.
+#[tokio::test]
+async fn polling_bodies_stalled_past_the_node_inbound_budget_answer_the_oldest_503() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SENT: usize = 60_000;
+    // Room for one such body, not two (the least the budget may be: maxPayload).
+    let node = TestNode::start_adjusted(|s| s.limits.node_inbound_bytes = 100_000).await;
+    let mut posts = Vec::new();
+    for i in 0..2 {
+        let (status, open) = node
+            .get(&format!(
+                "/socket.io/?EIO=4&transport=polling&user=poster-{i}"
+            ))
+            .await;
+        assert_eq!(status, 200, "{open}");
+        let sid = open
+            .split(r#""sid":""#)
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .expect("a sid in the OPEN packet")
+            .to_owned();
+        let mut tcp = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+        let head = format!(
+            "POST /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\nHost: {}\r\n\
+             Content-Type: text/plain\r\nContent-Length: 99000\r\n\r\n",
+            node.addr
+        );
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        tcp.write_all(&vec![b'4'; SENT]).await.unwrap();
+        posts.push(tcp);
+        if i == 0 {
+            eventually("the first body held", || async {
+                let held = scrape(&node).await.value("hubbub_inbound_bytes", &[]);
+                (held == SENT as f64).then_some(())
+            })
+            .await;
+        }
+    }
+    // The second took the node past 100,000: the first is answered 503.
+    let mut answer = Vec::new();
+    let mut first = posts.remove(0);
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(DEADLINE, first.read(&mut buf))
+            .await
+            .expect("an answer to the older POST")
+            .unwrap();
+        assert!(n > 0, "closed without an answer");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    let metrics = scrape(&node).await;
+    assert_eq!(metrics.value("hubbub_inbound_shed_total", &[]), 1.0);
+    assert_eq!(metrics.value("hubbub_inbound_bytes", &[]), SENT as f64);
 }
