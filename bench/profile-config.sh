@@ -10,6 +10,7 @@ bench_node_config() {
 
 [limits]
 max_connections = 20000
+max_http_connections = 24000
 frames_per_second = 0
 
 [rate_limit]

@@ -264,7 +264,7 @@ hubbub_config() {
     # Nodes that share the machine each get their share of its cores.
     if [[ -n $bind ]]; then printf 'threads = %s\n' "$(( $(nproc) / nodes > 0 ? $(nproc) / nodes : 1 ))"; fi
     printf '\n'
-    printf '[limits]\nmax_connections = 20000\nframes_per_second = 0\n\n'
+    printf '[limits]\nmax_connections = 20000\nmax_http_connections = 24000\nframes_per_second = 0\n\n'
     printf '[rate_limit]\nmessages_per_minute = 0\nconnections_per_ip = 0\nhandshakes_per_ip_per_sec = 0\n\n'
     printf '[log]\nlevel = "warn"\nformat = "json"\n\n'
     printf '[storage]\nengine = "%s"\n' "$engine"

@@ -1147,6 +1147,15 @@ fn check_reply_bounds(limits: &LimitSettings, problems: &mut Problems) {
 fn check_limits(limits: &LimitSettings, problems: &mut Problems) {
     if limits.max_connections < 1 {
         problems.add("limits.max_connections", "must be at least 1");
+    } else if limits.max_http_connections < limits.max_connections {
+        problems.add(
+            "limits.max_http_connections",
+            format_args!(
+                "must be at least limits.max_connections ({}), not {}: every WebSocket \
+                 is one of them",
+                limits.max_connections, limits.max_http_connections
+            ),
+        );
     }
     let frame_ok = (MIN_FRAME_BYTES..=MAX_FRAME_BYTES).contains(&limits.max_frame_bytes);
     if !frame_ok {
@@ -2569,6 +2578,15 @@ mod tests {
         assert_one_problem(
             &problems_after(|s| s.socketio.max_payload_bytes = 1023),
             "socketio.max_payload_bytes",
+        );
+    }
+
+    #[test]
+    fn max_http_connections_is_at_least_max_connections() {
+        assert!(problems_after(|s| s.limits.max_http_connections = 10_000).is_empty());
+        assert_one_problem(
+            &problems_after(|s| s.limits.max_http_connections = 9_999),
+            "limits.max_http_connections",
         );
     }
 

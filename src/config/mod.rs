@@ -164,6 +164,9 @@ impl NodeSettings {
 pub struct LimitSettings {
     /// Open WebSocket connections on this node; past it an upgrade gets HTTP 503.
     pub max_connections: usize,
+    /// TCP connections the client listener holds at once, WebSockets among them; past
+    /// it no more are accepted until one closes.
+    pub max_http_connections: usize,
     /// Largest WebSocket message a client may send; a larger one closes with 1009.
     pub max_frame_bytes: usize,
     /// Longest `content` of a publish or direct message, in characters.
@@ -559,6 +562,7 @@ impl Default for LimitSettings {
     fn default() -> Self {
         Self {
             max_connections: 10_000,
+            max_http_connections: 12_000,
             max_frame_bytes: 65_536,
             max_message_chars: 5_000,
             max_rooms_per_session: 100,

@@ -114,6 +114,14 @@ pub fn serve(
     operator_routes: bool,
 ) -> std::io::Result<Server> {
     let workers = state.ctx.settings.node.thread_count();
+    // actix-server counts connections per worker, and accepts for a worker only while
+    // it is under its share: `limits.max_http_connections` in all.
+    let per_worker = state
+        .ctx
+        .settings
+        .limits
+        .max_http_connections
+        .div_ceil(workers.max(1));
     let api = state.api.clone().filter(|_| operator_routes);
     let socketio_enabled = state.ctx.settings.socketio.enabled;
     let (tls, relay_tls) = match tls {
@@ -160,6 +168,7 @@ pub fn serve(
     // The Application owns shutdown (signals, then a drain of the WebSockets).
     .disable_signals()
     .shutdown_timeout(1)
+    .max_connections(per_worker)
     .workers(workers);
     let server = match tls {
         Some(config) => server.listen_rustls_0_23(listener, config)?,

@@ -1105,3 +1105,100 @@ async fn polling_bodies_stalled_past_the_node_inbound_budget_answer_the_oldest_5
     assert_eq!(metrics.value("hubbub_inbound_shed_total", &[]), 1.0);
     assert_eq!(metrics.value("hubbub_inbound_bytes", &[]), SENT as f64);
 }
+
+/// Sends `head` (the start of a request, or all of it) on a new connection and returns
+/// the status of the answer, or None if the connection closed without one.
+async fn status_after_head(node: &TestNode, head: &[u8]) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+    let _ = tcp.write_all(head).await;
+    let mut answer = Vec::new();
+    loop {
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(DEADLINE, tcp.read(&mut buf))
+            .await
+            .expect("an answer or a close")
+            .unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&buf[..n]);
+        if answer.windows(2).any(|w| w == b"\r\n") {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&answer)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+}
+
+/// A request head is read up to 16 KiB (Node's default): past it the node answers 431
+/// whether the head came whole or is still coming, so a connection that has not sent a
+/// whole head holds at most that much.
+#[tokio::test]
+async fn a_request_head_past_16_kib_gets_431() {
+    let node = TestNode::start().await;
+    let head = |pad: usize, end: bool| {
+        let mut head = format!(
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: {}",
+            "a".repeat(pad)
+        );
+        if end {
+            head.push_str("\r\n\r\n");
+        }
+        head.into_bytes()
+    };
+    assert_eq!(
+        status_after_head(&node, &head(15_000, true)).await,
+        Some(200)
+    );
+    assert_eq!(
+        status_after_head(&node, &head(17_000, true)).await,
+        Some(431)
+    );
+    // Never finished: refused once 16 KiB are in, not after the request timeout.
+    assert_eq!(
+        status_after_head(&node, &head(17_000, false)).await,
+        Some(431)
+    );
+}
+
+/// `limits.max_http_connections`: the listener holds at most that many connections at
+/// once; the next waits (in the kernel's backlog) until one of them closes.
+#[tokio::test]
+async fn past_max_http_connections_a_connection_waits_until_one_closes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const CAP: usize = 8;
+    let node = TestNode::start_adjusted(|s| {
+        // Two workers of four connections each.
+        s.node.threads = 2;
+        s.limits.max_connections = 4;
+        s.limits.max_http_connections = CAP;
+    })
+    .await;
+    // CAP connections that begin a request and stall (within the 5 s request timeout).
+    let mut stalled = Vec::new();
+    for _ in 0..CAP {
+        let mut tcp = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+        tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        stalled.push(tcp);
+    }
+    let mut next = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+    next.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 256];
+    // Proving a wait means watching for a while: 500 ms without an answer (the node
+    // answers /healthz in about a millisecond once it has accepted).
+    let early = tokio::time::timeout(Duration::from_millis(500), next.read(&mut buf)).await;
+    assert!(early.is_err(), "answered past the cap: {early:?}");
+    drop(stalled.pop());
+    let n = tokio::time::timeout(DEADLINE, next.read(&mut buf))
+        .await
+        .expect("answered once a connection closed")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+}
