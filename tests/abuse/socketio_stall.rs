@@ -8,8 +8,8 @@
 //! keeps (at most what a message can hold): docs/operations.md, "Memory under abuse".
 
 use crate::support::{
-    assert_withstood, loopback, mask, masked_head, AbuseNode, Conversation, DialError, Monitor,
-    RawWs, PER_ADDRESS,
+    assert_withstood, loopback, mask, masked_head, AbuseNode, Conversation, Monitor, RawWs,
+    PER_ADDRESS,
 };
 use std::time::{Duration, Instant};
 
@@ -38,15 +38,9 @@ async fn stall(
     until: Instant,
 ) -> Result<RawWs, String> {
     let target = format!("/socket.io/?EIO=4&transport=websocket&user=stall-{a}-{i}");
-    let mut ws = loop {
-        match RawWs::dial_path(node, loopback(120 + a), &target).await {
-            Ok(ws) => break ws,
-            Err(DialError::Refused(_) | DialError::Failed(_)) if Instant::now() < until => {
-                tokio::time::sleep(Duration::from_millis(50)).await
-            }
-            Err(e) => return Err(format!("{e:?}")),
-        }
-    };
+    let mut ws = RawWs::dial_path_until(node, loopback(120 + a), &target, until)
+        .await
+        .map_err(|e| format!("{e:?}"))?;
     let open = ws.next_text().await.map_err(|e| e.to_string())?;
     if !open.as_deref().is_some_and(|o| o.starts_with('0')) {
         return Err(format!("no OPEN packet: {open:?}"));

@@ -815,8 +815,18 @@ impl RawWs {
         query: &str,
         until: Instant,
     ) -> Result<Self, DialError> {
+        Self::dial_path_until(node, from, &format!("/ws?{query}"), until).await
+    }
+
+    /// [`RawWs::dial_until`] for the WebSocket at `target` (path and query).
+    pub async fn dial_path_until(
+        node: SocketAddr,
+        from: IpAddr,
+        target: &str,
+        until: Instant,
+    ) -> Result<Self, DialError> {
         loop {
-            match Self::dial(node, from, query).await {
+            match Self::dial_path(node, from, target).await {
                 Ok(ws) => return Ok(ws),
                 Err(_) if Instant::now() < until => {
                     tokio::time::sleep(Duration::from_millis(50)).await

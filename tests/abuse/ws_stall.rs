@@ -5,8 +5,8 @@
 //! `limits.node_inbound_bytes`: docs/operations.md, "Memory under abuse".
 
 use crate::support::{
-    assert_withstood, loopback, mask, masked_head, AbuseNode, Conversation, DialError, Monitor,
-    RawWs, PER_ADDRESS,
+    assert_withstood, loopback, mask, masked_head, AbuseNode, Conversation, Monitor, RawWs,
+    PER_ADDRESS,
 };
 use std::time::{Duration, Instant};
 
@@ -36,15 +36,9 @@ async fn stall(
     until: Instant,
 ) -> Result<RawWs, String> {
     let query = format!("user=stall-{a}-{i}");
-    let mut ws = loop {
-        match RawWs::dial(node, loopback(150 + a), &query).await {
-            Ok(ws) => break ws,
-            Err(DialError::Refused(_) | DialError::Failed(_)) if Instant::now() < until => {
-                tokio::time::sleep(Duration::from_millis(50)).await
-            }
-            Err(e) => return Err(format!("{e:?}")),
-        }
-    };
+    let mut ws = RawWs::dial_until(node, loopback(150 + a), &query, until)
+        .await
+        .map_err(|e| format!("{e:?}"))?;
     // The node's `welcome` first: what comes after it is the answer to the stall.
     let welcome = ws.next_text().await.map_err(|e| e.to_string())?;
     if !welcome.as_deref().is_some_and(|w| w.contains("welcome")) {
