@@ -45,7 +45,7 @@ fn chat_message(seq: u64, content: &str) -> ChatMessage {
         id: MESSAGE_ID.to_owned(),
         seq,
         from: user("alice", "Alice"),
-        content: content.to_owned(),
+        content: content.into(),
         ts: TS,
         data: None,
     }

@@ -47,7 +47,8 @@ pub use room::RoomMessage;
 pub use room_supervisor::RoomSupervisorMessage;
 pub(crate) use session::{check_content, check_publish};
 pub use session::{
-    InflightPermit, SessionAnswer, SessionArgs, SessionCall, SessionHandle, SessionMessage,
+    FrameHold, FrameHolds, InflightPermit, SessionAnswer, SessionArgs, SessionCall, SessionHandle,
+    SessionMessage,
 };
 pub use session_supervisor::SessionSupervisorMessage;
 

@@ -61,8 +61,40 @@ const JOIN_ATTEMPTS: usize = 3;
 
 /// Held while a frame waits in the Session's mailbox. The read loop takes one before
 /// it forwards a frame and stops reading while none is free, so a flooding client is
-/// slowed by TCP instead of growing the mailbox.
-pub type InflightPermit = OwnedSemaphorePermit;
+/// slowed by TCP instead of growing the mailbox; and the frame's bytes count in the
+/// node's inbound budget (`limits.node_inbound_bytes`) until the Session takes it.
+#[derive(Debug)]
+pub struct InflightPermit {
+    _slot: OwnedSemaphorePermit,
+    hold: Option<Box<dyn FrameHold>>,
+}
+
+impl InflightPermit {
+    /// A frame's place in its connection's queue, and what it holds of the budget.
+    pub fn new(slot: OwnedSemaphorePermit, hold: Option<Box<dyn FrameHold>>) -> Self {
+        Self { _slot: slot, hold }
+    }
+
+    /// The node shed this frame's connection to stay within its inbound budget.
+    fn is_shed(&self) -> bool {
+        self.hold.as_ref().is_some_and(|hold| hold.is_shed())
+    }
+}
+
+/// What a waiting frame holds of the node's inbound budget (the transport's), given
+/// back when dropped.
+pub trait FrameHold: std::fmt::Debug + Send + Sync + 'static {
+    /// The budget shed the frame's connection: the frame is not to be handled.
+    fn is_shed(&self) -> bool;
+}
+
+/// Where a connection's read loop takes the holds of the frames it hands its
+/// Session (the transport's inbound budget, one per connection).
+pub trait FrameHolds: Send + Sync + 'static {
+    /// A hold of `bytes` for a frame about to wait; None when the budget has shed
+    /// this connection (close it with 1013).
+    fn hold(&self, bytes: u64) -> Option<Box<dyn FrameHold>>;
+}
 
 /// What a Room or Presence keeps of a session: how to watch it and how to reach it.
 #[derive(Clone, Debug)]
@@ -364,6 +396,13 @@ impl SessionActor {
         state: &mut SessionState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
+            SessionMessage::Inbound(_, permit) if permit.is_shed() => {
+                // The node is past its inbound budget and this connection's frames
+                // have waited longest: it goes, and with it what it queued.
+                state
+                    .outbox
+                    .close_now(close::TRY_AGAIN_LATER, "node inbound budget");
+            }
             SessionMessage::Inbound(Ok(frame), _permit) => {
                 let (kind, received) = (frame.request.kind(), Instant::now());
                 self.ctx.metrics.frame_in(kind);

@@ -19,7 +19,7 @@ use super::raft::host::{NodeNames, ProposeError, ShardHost, Timing, Wiring};
 use super::raft::log_store::DB_FILE;
 use super::raft::members::{RoomEvent, RoomEventKind};
 use super::raft::network::RaftLink;
-use super::raft::state_machine::{ApplySink, Committed, Retention};
+use super::raft::state_machine::{ApplySink, Committed, Retention, Trimmed};
 use super::raft::types::{CommandOutcome, NodeId, ShardCommand, ShardId};
 use super::raft::LogDb;
 use super::shards::{node_id, shard_of, Placement};
@@ -401,6 +401,16 @@ impl ApplySink for RoomSink {
         }
     }
 
+    fn trimmed(&self, _shard: ShardId, trimmed: Vec<Trimmed>) {
+        for trim in trimmed {
+            if let Some(actor) = self.rooms.get(&trim.room) {
+                let _ = actor.cast(RoomMessage::Trimmed {
+                    first_held: trim.first_held,
+                });
+            }
+        }
+    }
+
     fn snapshot_installed(&self, shard: ShardId) {
         for room in self.rooms.names() {
             if shard_of(&room, self.shards) == shard {
@@ -485,6 +495,11 @@ pub async fn start_host(
     };
     let retention = Retention {
         max_age_ms: settings.rooms.history_max_age_secs.saturating_mul(1_000),
+        // Every node applies every shard, so each holds its share of the node's.
+        shard_bytes: match settings.rooms.history_bytes {
+            0 => 0,
+            bytes => (bytes / u64::from(placement.shards())).max(1),
+        },
         ..Retention::messages(settings.rooms.history)
     };
     let timing = match &cluster {
@@ -531,6 +546,7 @@ pub async fn start_host(
     if let Some(cluster) = &cluster {
         cluster.set_shard_host(host.clone());
     }
+    tokio::spawn(watch_history(Arc::downgrade(&host), metrics.clone()));
     if let Some(file) = file {
         tokio::spawn(watch_disk(Arc::downgrade(&host), file, metrics));
     }
@@ -566,6 +582,28 @@ async fn watch_disk(host: std::sync::Weak<ShardHost>, file: PathBuf, metrics: Ar
             metrics.set_storage_bytes(meta.len());
         }
         tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
+
+/// Reads what the shards' rooms hold into `hubbub_history_bytes`, and what they
+/// forgot into `hubbub_history_forgotten_total`, every second while the host runs.
+async fn watch_history(host: Weak<ShardHost>, metrics: Arc<Metrics>) {
+    let mut counted = 0;
+    loop {
+        let Some(host) = host.upgrade() else {
+            return;
+        };
+        let (mut bytes, mut forgotten) = (0, 0);
+        for shard in 0..host.placement().shards() {
+            if let Some(reader) = host.reader(shard) {
+                bytes += reader.held_bytes();
+                forgotten += reader.forgotten();
+            }
+        }
+        drop(host);
+        metrics.set_history(bytes, forgotten.saturating_sub(counted));
+        counted = counted.max(forgotten);
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

@@ -71,6 +71,9 @@ const MAX_OUTBOUND_QUEUE: usize = 1_000_000;
 const MIN_OUTBOUND_BYTES: u64 = 4_096;
 const MAX_OUTBOUND_BYTES: u64 = 1 << 30;
 const MAX_ROOM_HISTORY: usize = 100_000;
+/// The smallest bound on the rooms' history bytes: each of up to 64 shards then
+/// still holds a few of the largest messages.
+const MIN_HISTORY_BYTES: u64 = 1024 * 1024;
 /// The longest a large room gathers joins and leaves into one `presence_diff`: past
 /// ten seconds a member list shown to clients would be too stale to be useful.
 const MAX_PRESENCE_BATCH_MS: u64 = 10_000;
@@ -1253,6 +1256,15 @@ fn check_outbound_bytes(limits: &LimitSettings, problems: &mut Problems) {
 }
 
 fn check_rooms(rooms: &RoomSettings, problems: &mut Problems) {
+    if rooms.history_bytes != 0 && rooms.history_bytes < MIN_HISTORY_BYTES {
+        problems.add(
+            "rooms.history_bytes",
+            format_args!(
+                "must be 0 (no bound) or at least {MIN_HISTORY_BYTES}, not {}",
+                rooms.history_bytes
+            ),
+        );
+    }
     if !(1..=MAX_ROOM_HISTORY).contains(&rooms.history) {
         problems.add(
             "rooms.history",
@@ -2538,6 +2550,16 @@ mod tests {
             s.limits.frames_burst = 0;
         })
         .is_empty());
+    }
+
+    #[test]
+    fn history_bytes_is_off_or_at_least_a_mebibyte() {
+        assert_one_problem(
+            &problems_after(|s| s.rooms.history_bytes = 4096),
+            "rooms.history_bytes",
+        );
+        assert!(problems_after(|s| s.rooms.history_bytes = 0).is_empty());
+        assert!(problems_after(|s| s.rooms.history_bytes = 1024 * 1024).is_empty());
     }
 
     #[test]

@@ -244,6 +244,10 @@ pub struct RoomSettings {
     /// Seconds a message is kept, counted back from the room's newest message; 0:
     /// no age bound (only `history` drops messages).
     pub history_max_age_secs: u64,
+    /// Bytes the rooms' history may hold on a node, all shards together (each
+    /// shard holds its share); past it a shard forgets its oldest messages first.
+    /// 0: no bound (only `history` and `history_max_age_secs` drop messages).
+    pub history_bytes: u64,
     /// Seconds an empty room's actor keeps running before it stops (its history
     /// stays in the room log). 0 stops it at once.
     pub idle_ttl_secs: u64,
@@ -590,6 +594,7 @@ impl Default for RoomSettings {
         Self {
             history: 100,
             history_max_age_secs: 0,
+            history_bytes: 128 * 1024 * 1024,
             idle_ttl_secs: 300,
             presence_batch_members: 100,
             presence_batch_ms: 200,

@@ -37,8 +37,9 @@ pub struct ChatMessage {
     /// Position in the room: 1 for the first message, one more for each next.
     pub seq: u64,
     pub from: UserInfo,
-    /// The text; `""` when the publish carried only `data`.
-    pub content: String,
+    /// The text; `""` when the publish carried only `data`. Shared: the room's log,
+    /// the Room's ring and every delivery hold one copy of it.
+    pub content: std::sync::Arc<str>,
     /// Milliseconds since the Unix epoch, stamped by the room when it ordered the message.
     pub ts: u64,
     /// Protocol v1 addition: the publish's structured data, written back as the JSON

@@ -22,7 +22,8 @@ use super::packet::{self, PacketType};
 use super::recovery::{Recovery, RECOVERY_REF_BASE};
 use super::translate::{self, Namespace, Namespaces};
 use crate::actors::{
-    ask, NodeContext, Outbox, SessionArgs, SessionMessage, SessionSupervisorMessage,
+    ask, FrameHolds, InflightPermit, NodeContext, Outbox, SessionArgs, SessionMessage,
+    SessionSupervisorMessage,
 };
 use crate::actors::{OutboxBounds, OutboxReader};
 use crate::auth::{Identity, Refusal};
@@ -117,6 +118,9 @@ pub struct Connection {
     /// The Session of each connected namespace, by name.
     sessions: HashMap<String, (Namespace, ActorRef<SessionMessage>)>,
     inflight: Arc<Semaphore>,
+    /// Where the frames handed to a Session take their hold of the node's inbound
+    /// budget (`limits.node_inbound_bytes`) while they wait; None: they take none.
+    holds: Option<Box<dyn FrameHolds>>,
     /// A BINARY_EVENT waiting for its attachments, or a packet whose attachments are
     /// skipped.
     binary: Option<Attachments>,
@@ -168,9 +172,17 @@ impl Connection {
             hook_input,
             sessions: HashMap::new(),
             inflight: Arc::new(Semaphore::new(MAX_INFLIGHT_FRAMES)),
+            holds: None,
             binary: None,
             max_attachment_bytes,
         }
+    }
+
+    /// The same connection, its frames holding their bytes in `holds` while they
+    /// wait for their Session.
+    pub fn with_frame_holds(mut self, holds: Box<dyn FrameHolds>) -> Self {
+        self.holds = Some(holds);
+        self
     }
 
     /// Namespaces connected now (a Session runs for each).
@@ -235,7 +247,7 @@ impl Connection {
                 let frame =
                     translate::client_frame(name, args, packet.ack, namespace, &self.namespaces);
                 let session = session.clone();
-                self.cast(&session, frame).await
+                self.cast(&session, frame, text.len() as u64).await
             }
             PacketType::BinaryEvent => {
                 let Some((name, args)) = packet.event() else {
@@ -333,7 +345,8 @@ impl Connection {
         let frame =
             translate::client_frame(&event.name, &args, event.ack, namespace, &self.namespaces);
         let session = session.clone();
-        self.cast(&session, frame).await
+        let bytes = waiting.bytes as u64;
+        self.cast(&session, frame, bytes).await
     }
 
     /// Answers a binary event's ack (when it asked for one) with an error.
@@ -351,10 +364,13 @@ impl Connection {
         self.push_raw(ack);
     }
 
+    /// Hands `frame` (of about `bytes`, 0 for one the node made) to `session`, once
+    /// the connection has a place for it and the node's inbound budget its bytes.
     async fn cast(
         &mut self,
         session: &ActorRef<SessionMessage>,
         frame: Result<crate::protocol::ClientFrame, crate::protocol::FrameError>,
+        bytes: u64,
     ) -> Flow {
         let permit = tokio::select! {
             _ = self.shared.outbox.closed() => return Flow::Close,
@@ -363,8 +379,25 @@ impl Connection {
                 Err(_) => return Flow::Close,
             },
         };
+        let hold = match &self.holds {
+            Some(holds) if bytes > 0 => match holds.hold(bytes) {
+                Some(hold) => Some(hold),
+                None => {
+                    self.shared.outbox.close_now(
+                        crate::protocol::close::TRY_AGAIN_LATER,
+                        "node inbound budget",
+                    );
+                    self.end();
+                    return Flow::Close;
+                }
+            },
+            _ => None,
+        };
         if session
-            .cast(SessionMessage::Inbound(frame, permit))
+            .cast(SessionMessage::Inbound(
+                frame,
+                InflightPermit::new(permit, hold),
+            ))
             .is_err()
         {
             self.end();
@@ -541,7 +574,7 @@ impl Connection {
                         &namespace,
                         &self.namespaces,
                     );
-                    if self.cast(&session, frame).await == Flow::Close {
+                    if self.cast(&session, frame, 0).await == Flow::Close {
                         return;
                     }
                 }

@@ -187,6 +187,8 @@ pub struct Metrics {
     session_timers: Gauge,
     presence_entries: Gauge,
     storage_bytes: Gauge,
+    history_bytes: Gauge,
+    history_forgotten: Counter,
     storage_commit: DurationHistogram,
     storage_queued: DurationHistogram,
     /// The connect and publish hooks and the webhook endpoints (hook_metrics.rs).
@@ -459,6 +461,20 @@ impl Metrics {
              memory engine; read every 5 s",
             storage_bytes.clone(),
         );
+        let history_bytes = Gauge::default();
+        registry.register(
+            "hubbub_history_bytes",
+            "Bytes the rooms' history holds on this node, all shards together, as \
+             rooms.history_bytes counts them; read every second",
+            history_bytes.clone(),
+        );
+        let history_forgotten = Counter::default();
+        registry.register(
+            "hubbub_history_forgotten",
+            "Messages the room logs forgot, oldest first, to stay within \
+             rooms.history_bytes",
+            history_forgotten.clone(),
+        );
         let storage_commit = DurationHistogram::new(&LATENCY_BUCKETS);
         registry.register(
             "hubbub_storage_commit_duration_seconds",
@@ -511,6 +527,8 @@ impl Metrics {
             session_timers,
             presence_entries,
             storage_bytes,
+            history_bytes,
+            history_forgotten,
             storage_commit,
             storage_queued,
             hooks,
@@ -703,6 +721,16 @@ impl Metrics {
     pub fn set_storage_bytes(&self, bytes: u64) {
         self.storage_bytes
             .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// Sets what the rooms' history holds (see `hubbub_history_bytes`) and counts the
+    /// messages forgotten since the last call.
+    pub fn set_history(&self, bytes: u64, newly_forgotten: u64) {
+        self.history_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        if newly_forgotten > 0 {
+            self.history_forgotten.inc_by(newly_forgotten);
+        }
     }
 
     /// Sets the presence tracker's entries (see `hubbub_presence_entries`).

@@ -133,6 +133,30 @@ impl Hold {
             return Err(Shed);
         }
         self.signal.waker.register(cx.waker());
+        self.hold_bytes(bytes)
+    }
+
+    /// A hold of the same reader, holding nothing yet: shedding either sheds both
+    /// (and wakes whatever the first registered with [`set`](Self::set)). For a
+    /// complete message that waits, once read, for its connection's Session.
+    pub fn sibling(&self) -> Hold {
+        Hold {
+            budget: self.budget.clone(),
+            began: None,
+            signal: self.signal.clone(),
+        }
+    }
+
+    /// [`set`](Self::set) without a waker: a shed is seen by [`is_shed`](Self::is_shed)
+    /// and wakes the sibling that registered one.
+    pub fn set_waiting(&mut self, bytes: u64) -> Result<(), Shed> {
+        if self.is_shed() {
+            return Err(Shed);
+        }
+        self.hold_bytes(bytes)
+    }
+
+    fn hold_bytes(&mut self, bytes: u64) -> Result<(), Shed> {
         let budget = self.budget.clone();
         let mut holds = budget.lock();
         let key = *self
@@ -179,6 +203,22 @@ impl Hold {
     /// It was shed: its reader must fail and let its connection go.
     pub fn is_shed(&self) -> bool {
         self.signal.shed.load(Ordering::Acquire)
+    }
+}
+
+impl crate::actors::FrameHold for Hold {
+    fn is_shed(&self) -> bool {
+        Hold::is_shed(self)
+    }
+}
+
+/// A connection's holds for the frames waiting for its Session: siblings of this
+/// one (see [`Hold::sibling`]).
+impl crate::actors::FrameHolds for Hold {
+    fn hold(&self, bytes: u64) -> Option<Box<dyn crate::actors::FrameHold>> {
+        let mut hold = self.sibling();
+        hold.set_waiting(bytes).ok()?;
+        Some(Box::new(hold))
     }
 }
 

@@ -279,7 +279,8 @@ fn open(
         params,
         authorization,
         hook_input,
-    );
+    )
+    .with_frame_holds(Box::new(state.inbound.hold()));
     let engine = Arc::new(EngineConnection::new(shared, None, inbound));
     let held = Held {
         _connection: permit,

@@ -17,9 +17,11 @@ use super::connect_hook::ask_connect_hook;
 use super::frame_guard::{guarded, Trip, Tripped};
 use super::gate::{IpSlot, Refused};
 use super::http::AppState;
+use super::inbound_budget::Hold;
 use super::outbound::{worker_relay, OutboundBody};
 use crate::actors::{
-    ask, Outbox, OutboxBounds, SessionArgs, SessionMessage, SessionSupervisorMessage,
+    ask, FrameHolds, InflightPermit, Outbox, OutboxBounds, SessionArgs, SessionMessage,
+    SessionSupervisorMessage,
 };
 use crate::auth::{Identity, Refusal};
 use crate::protocol::{close, decode_client_frame, ErrorBody, ErrorCode, FrameError};
@@ -78,10 +80,13 @@ pub async fn upgrade(
     // Refuse oversized frames from their headers, and hold what is still arriving
     // against the node's budget (see frame_guard.rs).
     let tripped = Tripped::new();
+    let hold = state.inbound.hold();
+    // What the frames read and waiting for the Session hold: shed with the guard's.
+    let waiting = hold.sibling();
     let body = guarded(
         body.into_inner(),
         state.ctx.settings.limits.max_frame_bytes,
-        state.inbound.hold(),
+        hold,
         tripped.clone(),
     );
     // actix-ws reads (`MessageStream`); the response body is ours, drawn straight from
@@ -130,6 +135,7 @@ pub async fn upgrade(
         max_frame_bytes: settings.limits.max_frame_bytes,
         silence: Duration::from_millis(settings.heartbeat.timeout_ms),
         tripped,
+        waiting,
     };
     let held = Held {
         _connection: permit,
@@ -158,6 +164,9 @@ struct ReadLimits {
     silence: Duration,
     /// Why the frame guard failed the stream, when it did.
     tripped: Arc<Tripped>,
+    /// A sibling of the frame guard's hold: each frame read takes one of its own
+    /// until its Session takes the frame.
+    waiting: Hold,
 }
 
 async fn read_loop(
@@ -203,6 +212,8 @@ async fn read_loop(
             next = stream.recv() => next,
         };
         outbox.heard();
+        // What the frame holds while it waits: its text (decoded, about as much).
+        let mut read_bytes = 0;
         let decoded = match next {
             None => break,
             Some(Err(error)) => {
@@ -225,7 +236,10 @@ async fn read_loop(
                 break;
             }
             Some(Ok(message)) => match message {
-                AggregatedMessage::Text(text) => decode_client_frame(&text),
+                AggregatedMessage::Text(text) => {
+                    read_bytes = text.len() as u64;
+                    decode_client_frame(&text)
+                }
                 AggregatedMessage::Binary(_) => Err(FrameError {
                     reference: None,
                     error: ErrorBody::new(
@@ -244,9 +258,14 @@ async fn read_loop(
                 }
             },
         };
-        let Some(permit) = permit.take() else {
+        let Some(slot) = permit.take() else {
             break;
         };
+        let Some(waiting) = limits.waiting.hold(read_bytes) else {
+            outbox.close_now(close::TRY_AGAIN_LATER, "node inbound budget");
+            break;
+        };
+        let permit = InflightPermit::new(slot, Some(waiting));
         if session
             .cast(SessionMessage::Inbound(decoded, permit))
             .is_err()

@@ -23,6 +23,7 @@ mod ws_client;
 mod churn;
 mod cluster_port;
 mod direct_flood;
+mod history_fill;
 mod http_heads;
 mod reconnect;
 mod rename_storm;

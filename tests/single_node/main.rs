@@ -15,6 +15,7 @@ mod broadcast;
 mod chat;
 mod churn;
 mod data;
+mod history_bytes;
 mod idempotency;
 mod limits;
 mod metrics;

@@ -175,6 +175,11 @@ pub enum RoomMessage {
     Committed(Vec<ChatMessage>),
     /// This node's copy of the room's log jumped: catch up with a read.
     Reread,
+    /// The room's log forgot its messages below `first_held` to stay within
+    /// `rooms.history_bytes`: the ring forgets them too.
+    Trimmed {
+        first_held: u64,
+    },
     /// A join waiting for this node's copy of the log may have waited long enough.
     JoinDue,
     /// Other nodes' members changed (absolute counts; from the port).
@@ -458,6 +463,7 @@ impl Room {
                 self.catch_up();
                 self.answer_waiting_joins(myself);
             }
+            RoomMessage::Trimmed { first_held } => self.state.forget_before(first_held),
             RoomMessage::JoinDue => self.answer_waiting_joins(myself),
             RoomMessage::RemotePresence(changes) => self.remote_presence(myself, changes),
             RoomMessage::RemoteTyping(user) => self.state.push_typing(&user),

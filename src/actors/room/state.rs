@@ -307,6 +307,13 @@ impl RoomState {
         true
     }
 
+    /// Forgets the held messages below `first_held` (the log forgot them).
+    pub fn forget_before(&mut self, first_held: u64) {
+        while self.history.front().is_some_and(|m| m.seq < first_held) {
+            self.history.pop_front();
+        }
+    }
+
     /// Replaces the history with a merged copy (a new owner's).
     pub fn replace_history(&mut self, seq: u64, history: Vec<ChatMessage>) {
         let skip = history.len().saturating_sub(self.history_cap);
@@ -579,7 +586,7 @@ mod tests {
                     id: "alice".into(),
                     name: "Alice".into(),
                 },
-                content: "x".repeat(content_bytes),
+                content: "x".repeat(content_bytes).into(),
                 ts: 1,
                 data: None,
             });

@@ -25,8 +25,8 @@
 //!   the leaders to add it (a new node, or one replacing a dead one with an empty
 //!   data dir: two pristine voters of one shard bootstrapping on their own could
 //!   elect a leader without the rest).
-//! - **Proposing.** A proposal waits in its shard's queue (bounded: a full queue is
-//!   `unavailable` at once). The proposer takes everything queued, up to
+//! - **Proposing.** A proposal waits in its shard's queue (bounded in count,
+//!   [`QUEUE`], and in bytes, [`QUEUE_BYTES`]: a full queue is `unavailable` at once). The proposer takes everything queued, up to
 //!   [`MAX_BATCH`] commands and [`MAX_BATCH_BYTES`], as one log entry (openraft does not batch `client_write`,
 //!   and each entry costs a log write: batching is what keeps a shard fast with fsync
 //!   on), writes it on the leader (here, or forwarded to the leader over the cluster),
@@ -54,7 +54,7 @@ use openraft::raft::ClientWriteResponse;
 use openraft::ChangeMembers;
 use openraft::{Config, Raft, ServerState};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -67,6 +67,11 @@ pub const MAX_BATCH: usize = 256;
 pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
 /// Proposals one shard's queue holds; past it a proposal is refused at once.
 pub const QUEUE: usize = 4_096;
+/// Bytes of commands one shard's queue holds (as `ShardCommand::approx_bytes` counts
+/// them); past it a proposal is refused at once, as past [`QUEUE`] (a command alone
+/// in the queue always goes). With the batch of at most [`MAX_BATCH_BYTES`] being
+/// written, a shard holds about 5 MiB of proposals, 80 MiB for 16 shards.
+pub const QUEUE_BYTES: usize = 4 * 1024 * 1024;
 /// How long a proposal may wait for a leader before it is answered `unavailable`:
 /// under the 5 s a session waits for any answer (actors::ASK_TIMEOUT), so the client
 /// hears why.
@@ -117,12 +122,28 @@ pub struct StartError {
 struct Proposal {
     command: ShardCommand,
     reply: oneshot::Sender<Result<CommandOutcome, ProposeError>>,
+    /// Counted in its shard's queue until the proposer takes it into a batch.
+    _queued: Queued,
+}
+
+/// A command's bytes in its shard's queue ([`QUEUE_BYTES`]), given back when dropped.
+struct Queued {
+    bytes: Arc<AtomicUsize>,
+    size: usize,
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.bytes.fetch_sub(self.size, Ordering::AcqRel);
+    }
 }
 
 struct Shard {
     raft: Raft<ShardTc>,
     reader: ShardReader,
     queue: mpsc::Sender<Proposal>,
+    /// The bytes of the commands in `queue`.
+    queued: Arc<AtomicUsize>,
 }
 
 /// Node names by Raft id: every name this node has seen in a node list (configured or
@@ -267,6 +288,7 @@ impl ShardHost {
                     raft,
                     reader,
                     queue,
+                    queued: Arc::default(),
                 },
             );
             queues.push((shard, proposals));
@@ -651,11 +673,25 @@ impl ShardHost {
             .shards
             .get(&shard)
             .ok_or_else(|| ProposeError::Unavailable(format!("no shard {shard}")))?;
+        let overloaded = || ProposeError::Unavailable("the room's shard is overloaded".into());
+        let size = command.approx_bytes();
+        let held = state.queued.fetch_add(size, Ordering::AcqRel);
+        let queued = Queued {
+            bytes: state.queued.clone(),
+            size,
+        };
+        if held > 0 && held + size > QUEUE_BYTES {
+            return Err(overloaded());
+        }
         let (reply, answer) = oneshot::channel();
         state
             .queue
-            .try_send(Proposal { command, reply })
-            .map_err(|_| ProposeError::Unavailable("the room's shard is overloaded".into()))?;
+            .try_send(Proposal {
+                command,
+                reply,
+                _queued: queued,
+            })
+            .map_err(|_| overloaded())?;
         Ok(async move {
             answer
                 .await

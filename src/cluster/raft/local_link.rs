@@ -589,4 +589,75 @@ mod tests {
             "{refused:?}"
         );
     }
+
+    /// A shard's queue holds at most QUEUE_BYTES of commands while its proposer is
+    /// busy (here: waiting for a leader that never comes); past it a command is
+    /// refused at once, and one alone in the queue always goes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_shard_queue_refuses_past_its_bytes() {
+        use crate::cluster::raft::host::QUEUE_BYTES;
+        let net = LocalNet::new();
+        let all: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let placement = Placement::new(&all, SHARDS, 3).unwrap();
+        // b and c count as up, so writes wait for a leader instead of being refused.
+        let up = BTreeSet::from([node_id("a"), node_id("b"), node_id("c")]);
+        let (_reach, reach_rx) = watch::channel(up);
+        let host = ShardHost::start(
+            "a",
+            placement.clone(),
+            &LogDb::memory(),
+            Retention::messages(1000),
+            timing(),
+            Wiring {
+                sink: Arc::new(|_shard, _committed: Vec<Committed>| {}),
+                link: net.link(node_id("a")),
+                reach: Some(reach_rx),
+                names: Arc::default(),
+            },
+            false,
+        )
+        .await
+        .unwrap();
+        let shard = placement.shard_of("lobby");
+        let sized = |n: usize, bytes: usize| ShardCommand::Publish {
+            room: "lobby".into(),
+            from: UserInfo {
+                id: "u".into(),
+                name: "U".into(),
+            },
+            content: "x".repeat(bytes),
+            id: format!("id-{n}"),
+            ts: n as u64,
+            idempotency_key: None,
+        };
+        // Larger than the whole queue: alone, it goes (to the proposer, which waits).
+        let first = host
+            .enqueue(shard, sized(0, QUEUE_BYTES + 1))
+            .expect("alone, it goes");
+        let first = tokio::spawn(first);
+        until("the proposer took the first command", || {
+            host.enqueue(shard, sized(1, 1)).is_ok()
+        })
+        .await;
+        let quarter = QUEUE_BYTES / 4 - 1_000;
+        let mut queued = Vec::new();
+        for n in 2..5 {
+            let answer = host
+                .enqueue(shard, sized(n, quarter))
+                .expect("within the bytes");
+            queued.push(tokio::spawn(answer));
+        }
+        let refused = host.enqueue(shard, sized(9, 2 * quarter)).err();
+        assert!(
+            matches!(refused, Some(ProposeError::Unavailable(ref r)) if r.contains("overloaded")),
+            "{refused:?}"
+        );
+        // Every queued command is answered in the end (unavailable: no leader came).
+        let answered = tokio::time::timeout(3 * PROPOSE_DEADLINE, first).await;
+        assert!(matches!(answered, Ok(Ok(Err(_)))), "{answered:?}");
+        for answer in queued {
+            let answered = tokio::time::timeout(3 * PROPOSE_DEADLINE, answer).await;
+            assert!(matches!(answered, Ok(Ok(Err(_)))), "{answered:?}");
+        }
+    }
 }

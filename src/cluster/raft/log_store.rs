@@ -100,6 +100,13 @@ const META_SNAPSHOT: u8 = 4;
 /// The database's file inside `storage.dir`.
 pub const DB_FILE: &str = "raft.redb";
 
+/// The most the log database keeps of its pages in memory (its read cache and write
+/// buffer together). redb's default is 1 GiB, and it fills as the file grows: the
+/// room logs' file, under a flood of large messages, took a node past 512 MiB of
+/// resident memory (abuse attack 12). The log's reads come from each shard's tail in
+/// memory (log_tail.rs), so the cache serves mostly the B-tree's inner pages.
+pub const CACHE_BYTES: usize = 32 * 1024 * 1024;
+
 /// Under `fsync = "never"`, how often the writer still fsyncs (redb would keep
 /// nothing otherwise).
 const NEVER_SYNC_EVERY: Duration = Duration::from_secs(1);
@@ -279,7 +286,7 @@ impl LogDb {
     }
 
     /// [`LogDb::open`], the writer observing each commit in `timings` (the node's
-    /// metrics).
+    /// metrics). The database caches at most [`CACHE_BYTES`] of its pages.
     pub fn open_timed(
         dir: &Path,
         fsync: FsyncPolicy,
@@ -292,7 +299,10 @@ impl LogDb {
         };
         std::fs::create_dir_all(dir)
             .map_err(|e| fail(format!("cannot create the directory: {e}")))?;
-        let db = redb::Database::create(&path).map_err(|e| fail(e.to_string()))?;
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .map_err(|e| fail(e.to_string()))?;
         // Both tables exist from the start, so that readers never meet a missing one.
         let create = || -> Result<(), EngineError> {
             let txn = db.begin_write().map_err(|e| EngineError::new("begin", e))?;

@@ -149,6 +149,11 @@ impl ShardMembers {
             .collect()
     }
 
+    /// Whether any node holds a member of `room`.
+    pub fn holds(&self, room: &str) -> bool {
+        self.rooms.get(room).is_some_and(|r| !r.users.is_empty())
+    }
+
     /// The users of `room` as the lists hold them.
     pub fn users(&self, room: &str) -> Vec<UserInfo> {
         self.rooms.get(room).map_or_else(Vec::new, |r| {

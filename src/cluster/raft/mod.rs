@@ -9,6 +9,8 @@
 //!   keys), applied by a pure core, snapshotted, and wrapped for openraft; committed
 //!   messages leave through an [`ApplySink`], and the node reads rooms through a
 //!   [`ShardReader`].
+//! - [`history_budget`]: what the rooms' history costs against `rooms.history_bytes`,
+//!   and the seq floors of rooms the shard forgot.
 //! - [`members`]: the shard's room-wide member lists (part of its state), where the
 //!   membership webhook events come from, numbered alike on every replica.
 //! - [`host`]: every shard's Raft on this node: bootstrap, learners, and the
@@ -24,6 +26,7 @@
 //!
 //! The node starts it through cluster/room_log.rs (the actors' port).
 
+pub mod history_budget;
 pub mod host;
 pub mod local_link;
 pub mod log_store;

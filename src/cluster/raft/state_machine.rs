@@ -34,6 +34,7 @@
 //! travels in `snapshot_max_chunk_size` chunks, and its size is bounded by the
 //! history bound (and the number of rooms), not by a frame.
 
+use super::history_budget::{key_cost, message_cost, room_cost, SeqFloors};
 use super::log_store::{ShardLogStore, StoredSnapshot};
 use super::members::{At, NodeEpoch, RoomEvent, ShardMembers};
 use super::types::{
@@ -47,14 +48,17 @@ use openraft::{
     StorageError, StorageIOError, StoredMembership,
 };
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// The first byte of every snapshot: the version of its encoding.
-/// 4: the member lists and the webhook mark; 3: messages carry `data`; 2: the node list; 1 read as well.
-const SNAPSHOT_FORMAT: u8 = 4;
+/// 4: the member lists and the webhook mark; 3: messages carry `data`; 2: the node
+/// list; 1 read as well.
+/// 5: the seq floors of forgotten rooms;
+const SNAPSHOT_FORMAT: u8 = 5;
 
 /// How much of each room a shard keeps. The same on every node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +71,10 @@ pub struct Retention {
     /// Idempotency keys each room remembers besides those of the messages it
     /// holds: a retry of an older publish is ordered again.
     pub idempotency_keys: usize,
+    /// The bytes the shard's rooms may hold, as [`super::history_budget`] counts them (the
+    /// shard's share of `rooms.history_bytes`); 0: no bound. Past it the shard
+    /// forgets its oldest messages first (see [`ShardState::apply_entry`]).
+    pub shard_bytes: u64,
 }
 
 impl Retention {
@@ -76,6 +84,7 @@ impl Retention {
             history: history.max(1),
             max_age_ms: 0,
             idempotency_keys: history.max(1),
+            shard_bytes: 0,
         }
     }
 }
@@ -108,6 +117,11 @@ pub trait ApplySink: Send + Sync + 'static {
     /// The state was replaced by a snapshot from the leader: rooms may have jumped
     /// ahead, so their readers should read them again.
     fn snapshot_installed(&self, _shard: ShardId) {}
+
+    /// Rooms of the shard forgot their oldest messages to stay within the shard's
+    /// bytes (each [`Trimmed`] once per apply call, after its messages): copies of
+    /// their history held elsewhere on the node should forget them too.
+    fn trimmed(&self, _shard: ShardId, _trimmed: Vec<Trimmed>) {}
 }
 
 impl<F> ApplySink for F
@@ -176,17 +190,41 @@ impl IdempotencyKeys {
         self.order.get(at.checked_sub(self.dropped)?)
     }
 
-    fn remember(&mut self, original: Original, bound: usize) {
+    /// Remembers `original`, forgetting the oldest past `bound`; returns the bytes
+    /// it forgot.
+    fn remember(&mut self, original: Original, bound: usize) -> u64 {
         self.by_key
             .insert(original.key.clone(), self.dropped + self.order.len());
         self.order.push_back(original);
+        let mut freed = 0;
         while self.order.len() > bound {
-            if let Some(old) = self.order.pop_front() {
-                self.dropped += 1;
-                // A key is only pushed when absent, so this entry is the old one.
-                self.by_key.remove(&old.key);
-            }
+            freed += self.forget_oldest();
         }
+        freed
+    }
+
+    /// Forgets the keys of the messages up to `seq`; returns the bytes it forgot.
+    fn forget_through(&mut self, seq: u64) -> u64 {
+        let mut freed = 0;
+        while self.order.front().is_some_and(|o| o.seq <= seq) {
+            freed += self.forget_oldest();
+        }
+        freed
+    }
+
+    fn forget_oldest(&mut self) -> u64 {
+        let Some(old) = self.order.pop_front() else {
+            return 0;
+        };
+        self.dropped += 1;
+        // A key is only pushed when absent, so this entry is the old one.
+        self.by_key.remove(&old.key);
+        key_cost(&old.key, &old.id)
+    }
+
+    /// The bytes the keys are counted at.
+    fn bytes(&self) -> u64 {
+        self.order.iter().map(|o| key_cost(&o.key, &o.id)).sum()
     }
 }
 
@@ -210,7 +248,7 @@ struct StoredMessage {
     id: String,
     seq: u64,
     from: UserInfo,
-    content: String,
+    content: Arc<str>,
     ts: u64,
     data: Option<String>,
 }
@@ -296,12 +334,14 @@ impl From<RoomLogV2> for RoomLog {
                     id: m.id,
                     seq: m.seq,
                     from: m.from,
-                    content: m.content,
+                    content: m.content.into(),
                     ts: m.ts,
                     data: None,
                 })
                 .collect(),
             keys: old.keys,
+            // Recounted with the state that holds it (`ShardState::recount`).
+            bytes: 0,
         }
     }
 }
@@ -315,9 +355,35 @@ pub struct RoomLog {
     #[serde(with = "stored_history")]
     history: VecDeque<ChatMessage>,
     keys: IdempotencyKeys,
+    /// What `history` and `keys` are counted at ([`super::history_budget`]); not stored,
+    /// recounted when a snapshot is read.
+    #[serde(skip)]
+    bytes: u64,
 }
 
 impl RoomLog {
+    /// A room with no entry yet, whose next message is numbered past `floor`.
+    fn starting_at(floor: u64) -> Self {
+        Self {
+            seq: floor,
+            ..Self::default()
+        }
+    }
+
+    /// Counts `bytes` again from what the room holds.
+    fn recount(&mut self) {
+        self.bytes = self.history.iter().map(message_cost).sum::<u64>() + self.keys.bytes();
+    }
+
+    /// Forgets the oldest held message and the keys up to it; returns its seq and
+    /// the bytes freed.
+    fn forget_oldest(&mut self) -> Option<(u64, u64)> {
+        let message = self.history.pop_front()?;
+        let freed = message_cost(&message) + self.keys.forget_through(message.seq);
+        self.bytes = self.bytes.saturating_sub(freed);
+        Some((message.seq, freed))
+    }
+
     /// The last sequence number handed out.
     pub fn seq(&self) -> u64 {
         self.seq
@@ -349,9 +415,12 @@ impl RoomLog {
             seq: message.seq,
             ts: message.ts,
         };
+        let mut added = message_cost(&message);
+        let mut freed = 0;
         if let Some(key) = key {
             let bound = retention.history.saturating_add(retention.idempotency_keys);
-            self.keys.remember(
+            added += key_cost(&key, &message.id);
+            freed += self.keys.remember(
                 Original {
                     key,
                     id: message.id.clone(),
@@ -364,14 +433,15 @@ impl RoomLog {
         let newest_ts = message.ts;
         self.history.push_back(message);
         while self.history.len() > retention.history.max(1) {
-            self.history.pop_front();
+            freed += self.history.pop_front().as_ref().map_or(0, message_cost);
         }
         if retention.max_age_ms > 0 {
             let oldest_kept = newest_ts.saturating_sub(retention.max_age_ms);
             while self.history.front().is_some_and(|m| m.ts < oldest_kept) {
-                self.history.pop_front();
+                freed += self.history.pop_front().as_ref().map_or(0, message_cost);
             }
         }
+        self.bytes = (self.bytes + added).saturating_sub(freed);
         outcome
     }
 }
@@ -392,15 +462,32 @@ pub struct ShardState {
     /// Every webhook event of the shard stamped before this (ms) was delivered, as
     /// a leader last recorded (`WebhookMark`); 0: never recorded.
     webhook_mark: u64,
+    /// Where the rooms the shard forgot left their seqs (format 5).
+    floors: SeqFloors,
+    /// What the rooms hold, as [`super::history_budget`] counts it; not stored, recounted
+    /// when a snapshot is read.
+    #[serde(skip)]
+    held_bytes: u64,
 }
 
 /// What applying one entry gave: its outcome, the messages and the member events it
-/// committed.
+/// committed, and the rooms whose oldest messages it forgot.
 #[derive(Debug, Default)]
 pub struct Applied {
     pub outcome: ShardOutcome,
     pub committed: Vec<Committed>,
     pub events: Vec<RoomEvent>,
+    pub trimmed: Vec<Trimmed>,
+}
+
+/// A room whose oldest messages the shard forgot to stay within its bytes: it now
+/// holds none below `first_held` (a forgotten room: none at all).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trimmed {
+    pub room: String,
+    pub first_held: u64,
+    /// How many messages went.
+    pub messages: u64,
 }
 
 /// A node list a `SetNodes` may carry: some nodes, each a node name, none twice.
@@ -417,6 +504,17 @@ struct ShardStateV1 {
     last_applied: Option<LogId<NodeId>>,
     last_membership: StoredMembership<NodeId, ShardNode>,
     rooms: BTreeMap<String, RoomLogV2>,
+}
+
+/// A snapshot of format 4: no seq floors.
+#[derive(Deserialize)]
+struct ShardStateV4 {
+    last_applied: Option<LogId<NodeId>>,
+    last_membership: StoredMembership<NodeId, ShardNode>,
+    rooms: BTreeMap<String, RoomLog>,
+    nodes: Option<Vec<String>>,
+    members: ShardMembers,
+    webhook_mark: u64,
 }
 
 /// A snapshot of format 3: no member lists.
@@ -504,14 +602,103 @@ impl ShardState {
                         self.apply_command(entry.log_id.index, command, retention, &mut applied);
                     applied.outcome.0.push(outcome);
                 }
+                if retention.shard_bytes > 0 && self.held_bytes > retention.shard_bytes {
+                    applied.trimmed = self.forget_oldest(retention.shard_bytes);
+                }
                 applied
             }
         }
     }
 
-    /// A room's last message seq (0: none yet).
+    /// What the rooms hold, as [`super::history_budget`] counts it.
+    pub fn held_bytes(&self) -> u64 {
+        self.held_bytes
+    }
+
+    /// Counts `held_bytes` (and each room's bytes) again from what is held.
+    fn recount(&mut self) {
+        let mut held = 0;
+        for (name, log) in &mut self.rooms {
+            log.recount();
+            held += room_cost(name) + log.bytes;
+        }
+        self.held_bytes = held;
+    }
+
+    /// Brings what the rooms hold down to 7/8 of `budget` (so a shard under steady
+    /// pressure does this once per eighth of its budget, not on every entry):
+    /// - first it forgets the rooms that hold no message and have no member (their
+    ///   seq goes to their bucket's floor, [`SeqFloors`]);
+    /// - then the oldest held messages of the shard by `ts` (ties by room name),
+    ///   each with the idempotency keys up to it, forgetting a room that this
+    ///   empties and that has no member.
+    ///
+    /// Pure and deterministic: every replica forgets the same at the same entry.
+    fn forget_oldest(&mut self, budget: u64) -> Vec<Trimmed> {
+        let target = budget - budget / 8;
+        let mut trimmed: BTreeMap<String, Trimmed> = BTreeMap::new();
+        let idle: Vec<String> = self
+            .rooms
+            .iter()
+            .filter(|(name, log)| log.history.is_empty() && !self.members.holds(name))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in idle {
+            self.forget_room(&name, &mut trimmed);
+        }
+        let mut oldest: BinaryHeap<Reverse<(u64, String)>> = self
+            .rooms
+            .iter()
+            .filter_map(|(name, log)| log.history.front().map(|m| Reverse((m.ts, name.clone()))))
+            .collect();
+        while self.held_bytes > target {
+            let Some(Reverse((_, name))) = oldest.pop() else {
+                break;
+            };
+            let Some(log) = self.rooms.get_mut(&name) else {
+                continue;
+            };
+            let Some((seq, freed)) = log.forget_oldest() else {
+                continue;
+            };
+            self.held_bytes = self.held_bytes.saturating_sub(freed);
+            let next = log.history.front().map(|m| m.ts);
+            let entry = trimmed.entry(name.clone()).or_insert_with(|| Trimmed {
+                room: name.clone(),
+                first_held: 0,
+                messages: 0,
+            });
+            entry.first_held = seq + 1;
+            entry.messages += 1;
+            match next {
+                Some(ts) => oldest.push(Reverse((ts, name))),
+                None if !self.members.holds(&name) => self.forget_room(&name, &mut trimmed),
+                None => {}
+            }
+        }
+        trimmed.into_values().collect()
+    }
+
+    /// Forgets `room` (it holds no message): its seq goes to its floor.
+    fn forget_room(&mut self, room: &str, trimmed: &mut BTreeMap<String, Trimmed>) {
+        let Some(log) = self.rooms.remove(room) else {
+            return;
+        };
+        self.floors.raise(room, log.seq);
+        self.held_bytes = self.held_bytes.saturating_sub(room_cost(room) + log.bytes);
+        let entry = trimmed.entry(room.to_owned()).or_insert_with(|| Trimmed {
+            room: room.to_owned(),
+            first_held: 0,
+            messages: 0,
+        });
+        entry.first_held = log.seq + 1;
+    }
+
+    /// A room's last message seq (its floor when the shard holds no entry for it).
     fn message_seq(&self, room: &str) -> u64 {
-        self.rooms.get(room).map_or(0, RoomLog::seq)
+        self.rooms
+            .get(room)
+            .map_or_else(|| self.floors.of(room), RoomLog::seq)
     }
 
     fn apply_command(
@@ -551,8 +738,12 @@ impl ShardState {
                 ))
             }
             ShardCommand::NodeRejoin { node, epoch, ts } => {
-                let rooms = &self.rooms;
-                let message_seq = |room: &str| rooms.get(room).map_or(0, RoomLog::seq);
+                let (rooms, floors) = (&self.rooms, &self.floors);
+                let message_seq = |room: &str| {
+                    rooms
+                        .get(room)
+                        .map_or_else(|| floors.of(room), RoomLog::seq)
+                };
                 noted(
                     self.members
                         .rejoin(node, *epoch, &At { ts: *ts }, &message_seq, events),
@@ -563,8 +754,12 @@ impl ShardState {
                 CommandOutcome::Marked
             }
             ShardCommand::NodeGone { node, epoch, ts } => {
-                let rooms = &self.rooms;
-                let message_seq = |room: &str| rooms.get(room).map_or(0, RoomLog::seq);
+                let (rooms, floors) = (&self.rooms, &self.floors);
+                let message_seq = |room: &str| {
+                    rooms
+                        .get(room)
+                        .map_or_else(|| floors.of(room), RoomLog::seq)
+                };
                 noted(
                     self.members
                         .gone(node, *epoch, &At { ts: *ts }, &message_seq, events),
@@ -664,17 +859,28 @@ impl ShardState {
                 reason: Refusal::BadIdempotencyKey,
             };
         }
-        let log = self.rooms.entry(room.clone()).or_default();
+        if !self.rooms.contains_key(room) {
+            let log = RoomLog::starting_at(self.floors.of(room));
+            self.rooms.insert(room.clone(), log);
+            self.held_bytes += room_cost(room);
+        }
+        let Some(log) = self.rooms.get_mut(room) else {
+            return CommandOutcome::Refused {
+                reason: Refusal::BadRoom,
+            };
+        };
+        let before = log.bytes;
         let message = ChatMessage {
             room: room.clone(),
             id: id.clone(),
             seq: 0,
             from: from.clone(),
-            content: content.clone(),
+            content: Arc::from(content.as_str()),
             ts,
             data,
         };
         let outcome = log.publish(message, idempotency_key.clone(), retention);
+        self.held_bytes = (self.held_bytes + log.bytes).saturating_sub(before);
         if let CommandOutcome::Published { seq, .. } = &outcome {
             if let Some(message) = log.history.back().filter(|m| m.seq == *seq) {
                 committed.push(Committed {
@@ -691,10 +897,13 @@ impl ShardState {
     /// held one when `since` is None), with `gap` when some of those are gone.
     pub fn join(&self, room: &str, since: Option<u64>) -> Joined {
         let Some(log) = self.rooms.get(room) else {
+            // No message held: the room never had one, or the shard forgot it at
+            // its floor.
+            let seq = self.floors.of(room);
             return Joined {
-                seq: 0,
+                seq,
                 messages: Vec::new(),
-                gap: since.is_some_and(|since| since > 0),
+                gap: since.is_some_and(|since| since > 0 && since != seq),
             };
         };
         let Some(since) = since else {
@@ -747,9 +956,28 @@ impl ShardState {
     /// A state from snapshot bytes; an error for bytes of another format or
     /// truncated or corrupt ones.
     pub fn decode(bytes: &[u8]) -> Result<Self, SnapshotDecodeError> {
+        let mut state = Self::decode_format(bytes)?;
+        state.recount();
+        Ok(state)
+    }
+
+    fn decode_format(bytes: &[u8]) -> Result<Self, SnapshotDecodeError> {
         match bytes.split_first() {
             Some((&SNAPSHOT_FORMAT, body)) => {
                 postcard::from_bytes(body).map_err(SnapshotDecodeError::Corrupt)
+            }
+            Some((4, body)) => {
+                let old: ShardStateV4 =
+                    postcard::from_bytes(body).map_err(SnapshotDecodeError::Corrupt)?;
+                Ok(Self {
+                    last_applied: old.last_applied,
+                    last_membership: old.last_membership,
+                    rooms: old.rooms,
+                    nodes: old.nodes,
+                    members: old.members,
+                    webhook_mark: old.webhook_mark,
+                    ..Self::default()
+                })
             }
             Some((3, body)) => {
                 let old: ShardStateV3 =
@@ -759,8 +987,7 @@ impl ShardState {
                     last_membership: old.last_membership,
                     rooms: old.rooms,
                     nodes: old.nodes,
-                    members: ShardMembers::default(),
-                    webhook_mark: 0,
+                    ..Self::default()
                 })
             }
             Some((2, body)) => {
@@ -771,8 +998,7 @@ impl ShardState {
                     last_membership: old.last_membership,
                     rooms: old.rooms.into_iter().map(|(k, v)| (k, v.into())).collect(),
                     nodes: old.nodes,
-                    members: ShardMembers::default(),
-                    webhook_mark: 0,
+                    ..Self::default()
                 })
             }
             Some((1, body)) => {
@@ -783,8 +1009,7 @@ impl ShardState {
                     last_membership: old.last_membership,
                     rooms: old.rooms.into_iter().map(|(k, v)| (k, v.into())).collect(),
                     nodes: None,
-                    members: ShardMembers::default(),
-                    webhook_mark: 0,
+                    ..Self::default()
                 })
             }
             Some((&other, _)) => Err(SnapshotDecodeError::Format(other)),
@@ -809,6 +1034,8 @@ pub enum SnapshotDecodeError {
 #[derive(Debug, Clone, Default)]
 pub struct ShardReader {
     state: Arc<RwLock<ShardState>>,
+    /// Messages forgotten for the bytes bound, counted as they apply.
+    forgotten: Arc<AtomicU64>,
 }
 
 impl ShardReader {
@@ -822,9 +1049,21 @@ impl ShardReader {
         self.state.write().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A room's last seq (0 if it never had a message).
+    /// A room's last seq (0 if it never had a message; its floor if the shard
+    /// forgot it).
     pub fn seq(&self, room: &str) -> u64 {
-        self.read().room(room).map_or(0, RoomLog::seq)
+        self.read().message_seq(room)
+    }
+
+    /// What the shard's rooms hold, as [`super::history_budget`] counts it.
+    pub fn held_bytes(&self) -> u64 {
+        self.read().held_bytes
+    }
+
+    /// How many messages this node's copy of the shard forgot to stay within
+    /// `Retention::shard_bytes` since the node started.
+    pub fn forgotten(&self) -> u64 {
+        self.forgotten.load(Ordering::Relaxed)
     }
 
     /// See [`ShardState::join`].
@@ -995,6 +1234,7 @@ impl RaftStateMachine<ShardTc> for ShardStateMachine {
         let mut outcomes = Vec::new();
         let mut committed = Vec::new();
         let mut events = Vec::new();
+        let mut trimmed = Vec::new();
         {
             let mut state = self.reader.write();
             for entry in entries {
@@ -1002,11 +1242,17 @@ impl RaftStateMachine<ShardTc> for ShardStateMachine {
                 outcomes.push(applied.outcome);
                 committed.append(&mut applied.committed);
                 events.append(&mut applied.events);
+                trimmed.append(&mut applied.trimmed);
             }
         }
         // After the lock is released and before the next batch: in log order.
         if !committed.is_empty() || !events.is_empty() {
             self.sink.applied(self.shard, committed, events);
+        }
+        if !trimmed.is_empty() {
+            let messages: u64 = trimmed.iter().map(|t| t.messages).sum();
+            self.reader.forgotten.fetch_add(messages, Ordering::Relaxed);
+            self.sink.trimmed(self.shard, trimmed);
         }
         Ok(outcomes)
     }
@@ -1192,7 +1438,7 @@ mod tests {
             .map(|c| (c.log_index, c.room.as_str(), c.message.seq))
             .collect();
         assert_eq!(delivered, vec![(1, "a", 1), (1, "b", 1), (1, "a", 2)]);
-        assert_eq!(committed[2].message.content, "content of m3");
+        assert_eq!(&*committed[2].message.content, "content of m3");
         state.apply(&normal(2, vec![publish("a", "m4", 13, None)]), &retention);
         assert_eq!(seqs(&state, "a"), vec![1, 2, 3]);
         assert_eq!(state.room("b").map(RoomLog::seq), Some(1));
@@ -1245,6 +1491,7 @@ mod tests {
             history: 2,
             max_age_ms: 0,
             idempotency_keys: 1,
+            shard_bytes: 0,
         };
         for i in 1..=4 {
             let key = format!("k{i}");
@@ -1304,6 +1551,7 @@ mod tests {
             history: 100,
             max_age_ms: 1_000,
             idempotency_keys: 0,
+            shard_bytes: 0,
         };
         state.apply(
             &normal(1, vec![publish("a", "m1", 10_000, None)]),
@@ -1723,10 +1971,7 @@ mod tests {
         let state = ShardState::decode(&bytes).expect("a format 2 snapshot decodes");
         let held = state.join("a", None).messages;
         assert_eq!(held.len(), 1);
-        assert_eq!(
-            (held[0].content.as_str(), held[0].data.clone()),
-            ("old", None)
-        );
+        assert_eq!((&*held[0].content, held[0].data.clone()), ("old", None));
         assert_eq!(state.last_applied, Some(log_id(4)));
     }
 
@@ -1854,5 +2099,155 @@ mod tests {
             postcard_bytes.len(),
             json_bytes.len()
         );
+    }
+
+    /// What the rooms hold, counted from scratch.
+    fn recounted(state: &ShardState) -> u64 {
+        let mut copy = state.clone();
+        copy.recount();
+        copy.held_bytes
+    }
+
+    /// Past its bytes a shard forgets its oldest messages first, whichever room
+    /// holds them, down to 7/8 of the bound, at the same entry on every replica;
+    /// its count always matches what it holds.
+    #[test]
+    fn a_shard_forgets_its_oldest_messages_past_its_bytes() {
+        let retention = Retention {
+            shard_bytes: 5_000,
+            ..Retention::messages(100)
+        };
+        let mut state = ShardState::default();
+        let mut replica = ShardState::default();
+        let mut trims = Vec::new();
+        for i in 1..=60u64 {
+            let room = ["a", "b", "c"][(i % 3) as usize];
+            let entry = normal(i, vec![publish(room, &format!("m{i}"), 1_000 + i, None)]);
+            let applied = state.apply_entry(&entry, &retention);
+            replica.apply_entry(&entry, &retention);
+            assert!(state.held_bytes() <= 5_000, "{} at {i}", state.held_bytes());
+            assert_eq!(state.held_bytes(), recounted(&state), "at {i}");
+            trims.extend(applied.trimmed);
+        }
+        assert_eq!(state, replica, "replicas forget alike");
+        assert!(!trims.is_empty(), "the bound was reached");
+        // What is held is the newest of the shard: every held message is newer than
+        // every forgotten one.
+        let held: Vec<u64> = state
+            .rooms()
+            .flat_map(|(_, log)| log.history().map(|m| m.ts))
+            .collect();
+        let oldest_held = *held.iter().min().expect("some held");
+        assert_eq!(held.len() as u64, 1_060 - oldest_held + 1);
+        // Each trim says where its room's history now starts, and numbers go on.
+        for trim in &trims {
+            let log = state.room(&trim.room).expect("rooms with messages stay");
+            let front = log.history().next().map_or(log.seq() + 1, |m| m.seq);
+            assert!(front >= trim.first_held, "{trim:?}");
+        }
+        assert_eq!(state.room("a").map(RoomLog::seq), Some(20));
+        let restored = ShardState::decode(&state.encode().expect("encode")).expect("decode");
+        assert_eq!(restored, state);
+        // Without a bound nothing is forgotten.
+        let mut unbounded = ShardState::default();
+        for i in 1..=60u64 {
+            let entry = normal(i, vec![publish("a", &format!("m{i}"), i, None)]);
+            unbounded.apply_entry(&entry, &Retention::messages(100));
+        }
+        assert_eq!(seqs(&unbounded, "a").len(), 60);
+    }
+
+    /// A room left with no message and no member is forgotten, and when it returns it
+    /// numbers on past the seq it had; a room with a member keeps its entry.
+    #[test]
+    fn a_forgotten_room_numbers_on_past_its_floor() {
+        let retention = Retention {
+            shard_bytes: 4_000,
+            ..Retention::messages(100)
+        };
+        let mut state = ShardState::default();
+        let rejoin = ShardCommand::NodeRejoin {
+            node: "n".to_owned(),
+            epoch: 1,
+            ts: 1,
+        };
+        let first = vec![
+            rejoin,
+            publish("idle", "i1", 2, Some("k1")),
+            publish("idle", "i2", 3, None),
+            publish("idle", "i3", 4, None),
+            publish("kept", "k1", 5, None),
+            member("n", 1, "kept", "al", true),
+        ];
+        state.apply_entry(&normal(1, first), &retention);
+        let mut forgotten = BTreeMap::new();
+        for i in 2..=40u64 {
+            let entry = normal(i, vec![publish("busy", &format!("b{i}"), 100 + i, None)]);
+            for trim in state.apply_entry(&entry, &retention).trimmed {
+                forgotten.insert(trim.room.clone(), trim);
+            }
+        }
+        assert!(state.room("idle").is_none(), "forgotten");
+        assert_eq!(forgotten["idle"].first_held, 4);
+        assert_eq!(forgotten["idle"].messages, 3);
+        assert_eq!(seqs(&state, "kept"), Vec::<u64>::new());
+        assert_eq!(
+            state.room("kept").map(RoomLog::seq),
+            Some(1),
+            "kept: a member"
+        );
+        assert_eq!(state.held_bytes(), recounted(&state));
+        // A join of the forgotten room starts at its floor: a client that saw 3 has
+        // missed nothing; one that saw 1 is told of a gap.
+        let joined = state.join("idle", Some(3));
+        assert_eq!((joined.seq, joined.gap), (3, false));
+        assert!(state.join("idle", Some(1)).gap);
+        assert!(!state.join("idle", None).gap);
+        // The floors survive a snapshot, and the room numbers on from them.
+        let mut restored = ShardState::decode(&state.encode().expect("encode")).expect("decode");
+        assert_eq!(restored, state);
+        let (outcome, committed) = restored.apply(
+            &normal(41, vec![publish("idle", "i4", 500, None)]),
+            &retention,
+        );
+        assert!(
+            matches!(outcome.0[0], CommandOutcome::Published { seq: 4, .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(committed[0].message.seq, 4);
+    }
+
+    /// A format 4 snapshot (no floors) is read with none.
+    #[test]
+    fn a_format_4_snapshot_is_read() {
+        let mut state = ShardState::default();
+        state.apply(
+            &normal(1, vec![publish("r", "m1", 10, Some("key"))]),
+            &Retention::messages(10),
+        );
+        #[derive(Serialize)]
+        struct V4<'a> {
+            last_applied: Option<LogId<NodeId>>,
+            last_membership: StoredMembership<NodeId, ShardNode>,
+            rooms: &'a BTreeMap<String, RoomLog>,
+            nodes: Option<Vec<String>>,
+            members: &'a ShardMembers,
+            webhook_mark: u64,
+        }
+        let mut bytes = vec![4];
+        bytes.extend(
+            postcard::to_allocvec(&V4 {
+                last_applied: state.last_applied,
+                last_membership: state.last_membership.clone(),
+                rooms: &state.rooms,
+                nodes: None,
+                members: &state.members,
+                webhook_mark: 0,
+            })
+            .expect("encode"),
+        );
+        let old = ShardState::decode(&bytes).expect("a format 4 snapshot decodes");
+        assert_eq!(old, state);
+        assert_eq!(old.held_bytes(), state.held_bytes());
     }
 }
