@@ -9,7 +9,7 @@
 //! abuse".
 
 use crate::support::{
-    assert_withstood, loopback, masked_text, AbuseNode, Conversation, Monitor, RawWs, MIB,
+    assert_withstood, loopback, masked_text, paced, AbuseNode, Conversation, Monitor, RawWs, MIB,
     PER_ADDRESS,
 };
 use serde_json::json;
@@ -36,9 +36,10 @@ const OPENING: Duration = Duration::from_secs(60);
 const BUDGET: f64 = (128 * MIB) as f64;
 
 /// One publishing connection: joins `room`, publishes its burst and then at the
-/// rate limit until `ends`, reading (and dropping) whatever the node sends. Returns
+/// rate limit for [`ATTACK`], reading (and dropping) whatever the node sends. Returns
 /// how many publishes it sent, or why it could not start.
-async fn fill(node: std::net::SocketAddr, a: u8, i: usize, ends: Instant) -> Result<u64, String> {
+async fn fill(node: std::net::SocketAddr, a: u8, i: usize) -> Result<u64, String> {
+    let ends = Instant::now() + ATTACK;
     let room = format!("fill-{a}-{i}");
     let query = format!("user=fill-{a}-{i}");
     let mut ws = RawWs::dial_until(node, loopback(40 + a), &query, Instant::now() + OPENING)
@@ -80,20 +81,11 @@ async fn filling_every_room_with_the_largest_messages() {
     let node = AbuseNode::start("history-fill").await;
     let monitor = Monitor::start(&node);
     let conversation = Conversation::start(&node, "lobby").await;
-    let mut fillers = Vec::new();
-    for a in 0..ADDRESSES {
-        for i in 0..PER_ADDRESS {
-            let addr = node.http;
-            let start = Instant::now() + PACE * i as u32;
-            fillers.push(tokio::spawn(async move {
-                tokio::time::sleep_until(start.into()).await;
-                fill(addr, a, i, Instant::now() + ATTACK).await
-            }));
-        }
-    }
+    let addr = node.http;
+    let fillers = paced(ADDRESSES, PER_ADDRESS, PACE, |a, i| fill(addr, a, i)).await;
     let (mut sent, mut failed) = (0u64, Vec::new());
     for filler in fillers {
-        match filler.await {
+        match filler {
             Ok(Ok(n)) => sent += n,
             Ok(Err(why)) => failed.push(why),
             Err(e) => failed.push(e.to_string()),

@@ -9,8 +9,10 @@
 //! 431s show the bound (without it these heads would wait for the timeout, 408).
 //! docs/operations.md, "Memory under abuse".
 
-use crate::support::{assert_withstood, loopback, tcp_from, AbuseNode, Conversation, Monitor};
-use std::time::{Duration, Instant};
+use crate::support::{
+    assert_withstood, loopback, paced, tcp_from, AbuseNode, Conversation, Monitor,
+};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Source addresses.
@@ -55,22 +57,13 @@ async fn connections_that_never_finish_their_request_head() {
     let node = AbuseNode::start("http-heads").await;
     let monitor = Monitor::start(&node);
     let conversation = Conversation::start(&node, "lobby").await;
-    let mut attacks = Vec::new();
-    for a in 0..ADDRESSES {
-        for i in 0..PER_ADDRESS {
-            // Paced: 1,000 heads a second, 40 MB/s: a test of what is held, not a flood.
-            let start = Instant::now() + PACE * i as u32;
-            let addr = node.http;
-            attacks.push(tokio::spawn(async move {
-                tokio::time::sleep_until(start.into()).await;
-                stall(addr, a).await
-            }));
-        }
-    }
+    // Paced: 1,000 heads a second, 40 MB/s: a test of what is held, not a flood.
+    let addr = node.http;
+    let attacks = paced(ADDRESSES, PER_ADDRESS, PACE, |a, _| stall(addr, a)).await;
     let mut answered_431 = 0;
     let mut other = Vec::new();
     for attack in attacks {
-        match attack.await {
+        match attack {
             Ok(Ok(Some(431))) => answered_431 += 1,
             Ok(result) => other.push(format!("{result:?}")),
             Err(e) => other.push(e.to_string()),

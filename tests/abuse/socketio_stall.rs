@@ -8,7 +8,7 @@
 //! keeps (at most what a message can hold): docs/operations.md, "Memory under abuse".
 
 use crate::support::{
-    assert_withstood, loopback, mask, masked_head, AbuseNode, Conversation, Monitor, RawWs,
+    assert_withstood, loopback, mask, masked_head, paced, AbuseNode, Conversation, Monitor, RawWs,
     PER_ADDRESS,
 };
 use std::time::{Duration, Instant};
@@ -73,17 +73,15 @@ async fn socket_io_connections_that_stall_their_messages() {
     let monitor = Monitor::start(&node);
     let conversation = Conversation::start(&node, "lobby").await;
     let opening_ends = Instant::now() + OPENING;
-    let mut dials = Vec::new();
-    for a in 0..ADDRESSES {
-        for i in 0..PER_ADDRESS {
-            let addr = node.http;
-            dials.push(tokio::spawn(stall(addr, a, i, opening_ends)));
-        }
-    }
+    let addr = node.http;
+    let dials = paced(ADDRESSES, PER_ADDRESS, Duration::ZERO, |a, i| {
+        stall(addr, a, i, opening_ends)
+    })
+    .await;
     let mut held = Vec::new();
     let mut failed = Vec::new();
     for dial in dials {
-        match dial.await {
+        match dial {
             Ok(Ok(ws)) => held.push(ws),
             Ok(Err(why)) => failed.push(why),
             Err(e) => failed.push(e.to_string()),

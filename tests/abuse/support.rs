@@ -64,6 +64,41 @@ pub const PER_ADDRESS: usize = 90;
 /// on parallel threads; nextest runs them one at a time through the `abuse` group).
 pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// Runs `each(a, i)` for the `i`th of `per_address` connections from each of
+/// `addresses` source addresses, each address's `i`th `pace × i` after the call, all
+/// addresses at once; returns what each returned, in order (Err: its task panicked).
+/// `each` makes its future at once and the future runs when due, so what it must
+/// measure from its own start it reads inside.
+pub async fn paced<T, F, Fut>(
+    addresses: u8,
+    per_address: usize,
+    pace: Duration,
+    each: F,
+) -> Vec<Result<T, String>>
+where
+    F: Fn(u8, usize) -> Fut,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for a in 0..addresses {
+        for i in 0..per_address {
+            let due = started + pace * i as u32;
+            let run = each(a, i);
+            tasks.push(tokio::spawn(async move {
+                tokio::time::sleep_until(due.into()).await;
+                run.await
+            }));
+        }
+    }
+    let mut done = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        done.push(task.await.map_err(|e| e.to_string()));
+    }
+    done
+}
+
 /// The `i`th loopback source address: 127.0.0.`i` (1 is the ordinary 127.0.0.1).
 pub fn loopback(i: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, i))

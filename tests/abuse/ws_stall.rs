@@ -5,7 +5,7 @@
 //! `limits.node_inbound_bytes`: docs/operations.md, "Memory under abuse".
 
 use crate::support::{
-    assert_withstood, loopback, mask, masked_head, AbuseNode, Conversation, Monitor, RawWs,
+    assert_withstood, loopback, mask, masked_head, paced, AbuseNode, Conversation, Monitor, RawWs,
     PER_ADDRESS,
 };
 use std::time::{Duration, Instant};
@@ -56,23 +56,17 @@ async fn websocket_connections_that_stall_their_frames() {
     let monitor = Monitor::start(&node);
     let conversation = Conversation::start(&node, "lobby").await;
     let opening_ends = Instant::now() + OPENING;
-    let mut dials = Vec::new();
-    for a in 0..ADDRESSES {
-        for i in 0..PER_ADDRESS {
-            let addr = node.http;
-            // Paced, so that opening 9,000 connections does not starve the node of CPU
-            // by itself: what is measured is what they hold once in.
-            let start = Instant::now() + PACE * i as u32;
-            dials.push(tokio::spawn(async move {
-                tokio::time::sleep_until(start.into()).await;
-                stall(addr, a, i, opening_ends).await
-            }));
-        }
-    }
+    // Paced, so that opening 9,000 connections does not starve the node of CPU by
+    // itself: what is measured is what they hold once in.
+    let addr = node.http;
+    let dials = paced(ADDRESSES, PER_ADDRESS, PACE, |a, i| {
+        stall(addr, a, i, opening_ends)
+    })
+    .await;
     let mut held = Vec::new();
     let mut failed = Vec::new();
     for dial in dials {
-        match dial.await {
+        match dial {
             Ok(Ok(ws)) => held.push(ws),
             Ok(Err(why)) => failed.push(why),
             Err(e) => failed.push(e.to_string()),

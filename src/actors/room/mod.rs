@@ -460,6 +460,11 @@ impl Room {
                 self.answer_waiting_joins(myself);
             }
             RoomMessage::Reread => {
+                // The log was replaced by a snapshot: what it no longer holds (it may
+                // have forgotten some, rooms.history_bytes) goes from the ring too.
+                let held = self.ports.log.read(self.state.name.as_str(), None);
+                self.state
+                    .forget_before(held.messages.first().map_or(held.seq + 1, |m| m.seq));
                 self.catch_up();
                 self.answer_waiting_joins(myself);
             }

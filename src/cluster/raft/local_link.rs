@@ -554,13 +554,16 @@ mod tests {
         .await;
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_node_that_has_not_yet_seen_a_majority_says_it_is_starting() {
+    /// Node "a" of the three-node list a, b, c, started alone (nobody answers its
+    /// calls), its failure detector counting the nodes of `up` as up (keep the
+    /// sender: dropped, the host stops hearing changes).
+    async fn lone_voter(
+        up: &[&str],
+    ) -> (Arc<ShardHost>, Placement, watch::Sender<BTreeSet<NodeId>>) {
         let net = LocalNet::new();
         let all: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
         let placement = Placement::new(&all, SHARDS, 3).unwrap();
-        // As at a real start: the failure detector counts no peer yet.
-        let (_reach, reach_rx) = watch::channel(BTreeSet::from([node_id("a")]));
+        let (reach, reach_rx) = watch::channel(up.iter().map(|n| node_id(n)).collect());
         let host = ShardHost::start(
             "a",
             placement.clone(),
@@ -577,6 +580,13 @@ mod tests {
         )
         .await
         .unwrap();
+        (host, placement, reach)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_node_that_has_not_yet_seen_a_majority_says_it_is_starting() {
+        // As at a real start: the failure detector counts no peer yet.
+        let (host, placement, _reach) = lone_voter(&["a"]).await;
         let shard = placement.shard_of("lobby");
         let reason = host.unavailable(shard).expect("unavailable");
         assert!(
@@ -596,28 +606,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_shard_queue_refuses_past_its_bytes() {
         use crate::cluster::raft::host::QUEUE_BYTES;
-        let net = LocalNet::new();
-        let all: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
-        let placement = Placement::new(&all, SHARDS, 3).unwrap();
         // b and c count as up, so writes wait for a leader instead of being refused.
-        let up = BTreeSet::from([node_id("a"), node_id("b"), node_id("c")]);
-        let (_reach, reach_rx) = watch::channel(up);
-        let host = ShardHost::start(
-            "a",
-            placement.clone(),
-            &LogDb::memory(),
-            Retention::messages(1000),
-            timing(),
-            Wiring {
-                sink: Arc::new(|_shard, _committed: Vec<Committed>| {}),
-                link: net.link(node_id("a")),
-                reach: Some(reach_rx),
-                names: Arc::default(),
-            },
-            false,
-        )
-        .await
-        .unwrap();
+        let (host, placement, _reach) = lone_voter(&["a", "b", "c"]).await;
         let shard = placement.shard_of("lobby");
         let sized = |n: usize, bytes: usize| ShardCommand::Publish {
             room: "lobby".into(),
