@@ -147,6 +147,19 @@ mod tests {
         nodes
     }
 
+    /// [`cluster`] with every node keeping its shards' rooms to `retention`.
+    async fn cluster_retaining(
+        net: &Arc<LocalNet>,
+        names: &[&str],
+        retention: Retention,
+    ) -> Vec<Node> {
+        let mut nodes = Vec::new();
+        for name in names {
+            nodes.push(start_node_retaining(net, name, names, names, 3, false, retention).await);
+        }
+        nodes
+    }
+
     /// Starts node `name` with `listed` as its configured node list, believing every
     /// node of `up` is up.
     async fn start_node(
@@ -156,6 +169,20 @@ mod tests {
         up: &[&str],
         replicas: usize,
         join: bool,
+    ) -> Node {
+        let retention = Retention::messages(1000);
+        start_node_retaining(net, name, listed, up, replicas, join, retention).await
+    }
+
+    /// [`start_node`] keeping its shards' rooms to `retention`.
+    async fn start_node_retaining(
+        net: &Arc<LocalNet>,
+        name: &str,
+        listed: &[&str],
+        up: &[&str],
+        replicas: usize,
+        join: bool,
+        retention: Retention,
     ) -> Node {
         let all: Vec<String> = listed.iter().map(|s| s.to_string()).collect();
         let placement = Placement::new(&all, SHARDS, replicas).unwrap();
@@ -170,7 +197,7 @@ mod tests {
             name,
             placement,
             &LogDb::memory(),
-            Retention::messages(1000),
+            retention,
             timing(),
             Wiring {
                 sink: Arc::new(sink),
@@ -272,6 +299,62 @@ mod tests {
             );
             let reader = node.host.reader(shard).unwrap();
             assert_eq!(reader.seq(room), 60);
+        }
+    }
+
+    /// Past a shard's bytes, every replica forgets the same messages at the same
+    /// entry: three nodes end with the same rooms, seqs and held bytes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_replica_forgets_the_same_past_the_shards_bytes() {
+        let net = LocalNet::new();
+        let retention = Retention {
+            shard_bytes: 6_000,
+            ..Retention::messages(1000)
+        };
+        let nodes = cluster_retaining(&net, &["a", "b", "c"], retention).await;
+        every_shard_led(&nodes).await;
+        let placement = nodes[0].host.placement().clone();
+        let shard = placement.shard_of("lobby");
+        // Three rooms of the one shard.
+        let rooms: Vec<String> = (0..)
+            .map(|i| format!("room-{i}"))
+            .filter(|r| placement.shard_of(r) == shard)
+            .take(3)
+            .collect();
+        for i in 0..90 {
+            let host = nodes[i % 3].host.clone();
+            let outcome = host.propose(shard, publish(&rooms[i % 3], i)).await;
+            assert!(
+                matches!(outcome, Ok(CommandOutcome::Published { .. })),
+                "{outcome:?}"
+            );
+        }
+        let view = |node: &Node| {
+            let reader = node.host.reader(shard).unwrap();
+            let rooms: Vec<(u64, Vec<u64>)> = rooms
+                .iter()
+                .map(|r| {
+                    let joined = reader.join(r, None);
+                    (joined.seq, joined.messages.iter().map(|m| m.seq).collect())
+                })
+                .collect();
+            (reader.last_applied(), reader.held_bytes(), rooms)
+        };
+        until("every node to apply the last publish", || {
+            nodes
+                .iter()
+                .all(|n| view(n).2.iter().all(|(seq, _)| *seq == 30))
+        })
+        .await;
+        let first = view(&nodes[0]);
+        assert!(first.1 <= 6_000, "{} bytes held", first.1);
+        let held: usize = first.2.iter().map(|(_, m)| m.len()).sum();
+        assert!(held < 90, "nothing was forgotten: {held} held");
+        for node in &nodes[1..] {
+            until(&format!("{} to agree with a", node.name), || {
+                view(node) == view(&nodes[0])
+            })
+            .await;
         }
     }
 
