@@ -170,7 +170,7 @@ impl Actor for RoomSupervisor {
             }
             SupervisionEvent::ActorFailed(cell, error) => {
                 if let Some(room) = state.forget(&self.ctx, &cell.get_id()) {
-                    tracing::error!(room = %room, error = %error, "room failed; it starts afresh on the next join");
+                    tracing::error!(room = %room, error = %error, "room failed; the next join starts it again from its log");
                 }
             }
             _ => {}

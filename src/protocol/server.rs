@@ -34,7 +34,8 @@ pub struct ChatMessage {
     /// A UUIDv7, unique within the room: one publish to several rooms (protocol v1
     /// `publish.rooms`, server API `broadcast`) has the same id in each.
     pub id: String,
-    /// Position in the room: 1 for the first message, one more for each next.
+    /// Position in the room: 1 for the first message, one more for each next; never
+    /// handed out twice (a room the log forgot goes on past its floor).
     pub seq: u64,
     pub from: UserInfo,
     /// The text; `""` when the publish carried only `data`. Shared: the room's log,
