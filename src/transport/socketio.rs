@@ -388,14 +388,14 @@ async fn post(sio: &SocketIo, sid: &str, body: web::Payload, hold: Hold) -> Http
         return engine_error(HttpError::UnknownSid);
     };
     let Some(_claim) = engine.claim(&engine.posting) else {
-        engine.inbound.lock().await.end();
+        end_now(sio, &engine).await;
         return engine_error(HttpError::BadRequest);
     };
     let bytes = match polling_body::read(body, sio.max_payload, hold).await {
         Ok(bytes) => bytes,
         Err(BodyError::Broken) => return engine_error(HttpError::BadRequest),
         Err(BodyError::TooLarge) => {
-            engine.inbound.lock().await.end();
+            end_now(sio, &engine).await;
             return HttpResponse::PayloadTooLarge()
                 .content_type("application/json")
                 .body(r#"{"code":3,"message":"Bad request"}"#);
@@ -403,7 +403,7 @@ async fn post(sio: &SocketIo, sid: &str, body: web::Payload, hold: Hold) -> Http
         // The node holds all it may of bodies still arriving: this one goes, the
         // connection with it (the client reconnects, and may recover).
         Err(BodyError::Shed) => {
-            engine.inbound.lock().await.end();
+            end_now(sio, &engine).await;
             return HttpResponse::ServiceUnavailable()
                 .content_type("application/json")
                 .body(r#"{"code":3,"message":"Bad request"}"#);
@@ -411,10 +411,12 @@ async fn post(sio: &SocketIo, sid: &str, body: web::Payload, hold: Hold) -> Http
     };
     let mut inbound = engine.inbound.lock().await;
     let Ok(text) = std::str::from_utf8(&bytes) else {
+        sio.registry.remove(&engine.shared.sid);
         inbound.end();
         return engine_error(HttpError::BadRequest);
     };
     let Ok(packets) = engine::decode_payload(text) else {
+        sio.registry.remove(&engine.shared.sid);
         inbound.end();
         return engine_error(HttpError::BadRequest);
     };
@@ -424,6 +426,14 @@ async fn post(sio: &SocketIo, sid: &str, body: web::Payload, hold: Hold) -> Http
         }
     }
     HttpResponse::Ok().content_type("text/html").body("ok")
+}
+
+/// Ends a polling connection whose POST broke the rules, out of the registry at once:
+/// the client's next request learns it is gone (400, unknown sid) instead of finding
+/// it still there until its keepalive task notices.
+async fn end_now(sio: &SocketIo, engine: &EngineConnection) {
+    sio.registry.remove(&engine.shared.sid);
+    engine.inbound.lock().await.end();
 }
 
 /// Pings, pongs, the connect deadline; the connection's end.
