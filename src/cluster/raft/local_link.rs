@@ -142,7 +142,7 @@ mod tests {
     async fn cluster(net: &Arc<LocalNet>, names: &[&str], replicas: usize) -> Vec<Node> {
         let mut nodes = Vec::new();
         for name in names {
-            nodes.push(start_node(net, name, names, names, replicas, false).await);
+            nodes.push(start_node(net, name, names, names, replicas, false, None).await);
         }
         nodes
     }
@@ -155,13 +155,14 @@ mod tests {
     ) -> Vec<Node> {
         let mut nodes = Vec::new();
         for name in names {
-            nodes.push(start_node_retaining(net, name, names, names, 3, false, retention).await);
+            nodes.push(start_node(net, name, names, names, 3, false, Some(retention)).await);
         }
         nodes
     }
 
     /// Starts node `name` with `listed` as its configured node list, believing every
-    /// node of `up` is up.
+    /// node of `up` is up; its shards keep their rooms to `retention` (None: 1,000
+    /// messages a room).
     async fn start_node(
         net: &Arc<LocalNet>,
         name: &str,
@@ -169,21 +170,9 @@ mod tests {
         up: &[&str],
         replicas: usize,
         join: bool,
+        retention: Option<Retention>,
     ) -> Node {
-        let retention = Retention::messages(1000);
-        start_node_retaining(net, name, listed, up, replicas, join, retention).await
-    }
-
-    /// [`start_node`] keeping its shards' rooms to `retention`.
-    async fn start_node_retaining(
-        net: &Arc<LocalNet>,
-        name: &str,
-        listed: &[&str],
-        up: &[&str],
-        replicas: usize,
-        join: bool,
-        retention: Retention,
-    ) -> Node {
+        let retention = retention.unwrap_or(Retention::messages(1000));
         let all: Vec<String> = listed.iter().map(|s| s.to_string()).collect();
         let placement = Placement::new(&all, SHARDS, replicas).unwrap();
         let everyone: BTreeSet<NodeId> = up.iter().map(|n| node_id(n)).collect();
@@ -386,7 +375,7 @@ mod tests {
         let four = ["a", "b", "c", "d"];
         let mut nodes = Vec::new();
         for name in ["a", "b", "c"] {
-            nodes.push(start_node(&net, name, &["a", "b", "c"], &four, 3, false).await);
+            nodes.push(start_node(&net, name, &["a", "b", "c"], &four, 3, false, None).await);
         }
         every_shard_led(&nodes).await;
         let room = "lobby";
@@ -401,7 +390,7 @@ mod tests {
 
         // d joins (its own list already names it) and bootstraps nothing; then the
         // list is changed on b, and every shard moves to the four-node placement.
-        nodes.push(start_node(&net, "d", &four, &four, 3, true).await);
+        nodes.push(start_node(&net, "d", &four, &four, 3, true, None).await);
         assert!(
             (0..SHARDS).all(|s| members(&nodes[3], s).is_empty()),
             "a joining node bootstraps no shard"
