@@ -261,11 +261,18 @@ async fn read_loop(
         let Some(slot) = permit.take() else {
             break;
         };
-        let Some(waiting) = limits.waiting.hold(read_bytes) else {
-            outbox.close_now(close::TRY_AGAIN_LATER, "node inbound budget");
-            break;
+        // A binary or empty frame waits with nothing to count.
+        let waiting = match read_bytes {
+            0 => None,
+            bytes => match limits.waiting.hold(bytes) {
+                Some(waiting) => Some(waiting),
+                None => {
+                    outbox.close_now(close::TRY_AGAIN_LATER, "node inbound budget");
+                    break;
+                }
+            },
         };
-        let permit = InflightPermit::new(slot, Some(waiting));
+        let permit = InflightPermit::new(slot, waiting);
         if session
             .cast(SessionMessage::Inbound(decoded, permit))
             .is_err()
