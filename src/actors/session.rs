@@ -86,6 +86,9 @@ impl InflightPermit {
 pub trait FrameHold: std::fmt::Debug + Send + Sync + 'static {
     /// The budget shed the frame's connection: the frame is not to be handled.
     fn is_shed(&self) -> bool;
+    /// Holds `bytes` from now on instead (a message still being put together grew);
+    /// false when the budget has shed this connection.
+    fn resize(&mut self, bytes: u64) -> bool;
 }
 
 /// Where a connection's read loop takes the holds of the frames it hands its

@@ -22,7 +22,7 @@ use super::packet::{self, PacketType};
 use super::recovery::{Recovery, RECOVERY_REF_BASE};
 use super::translate::{self, Namespace, Namespaces};
 use crate::actors::{
-    ask, FrameHolds, InflightPermit, NodeContext, Outbox, SessionArgs, SessionMessage,
+    ask, FrameHold, FrameHolds, InflightPermit, NodeContext, Outbox, SessionArgs, SessionMessage,
     SessionSupervisorMessage,
 };
 use crate::actors::{OutboxBounds, OutboxReader};
@@ -138,6 +138,8 @@ struct Attachments {
     received: usize,
     parts: Vec<Vec<u8>>,
     bytes: usize,
+    /// What the kept parts hold of the node's inbound budget while the rest come.
+    hold: Option<Box<dyn FrameHold>>,
 }
 
 struct BinaryEvent {
@@ -269,6 +271,7 @@ impl Connection {
                     received: 0,
                     parts: Vec::new(),
                     bytes: 0,
+                    hold: None,
                 });
                 self.attachments_complete().await
             }
@@ -282,6 +285,7 @@ impl Connection {
                     received: 0,
                     parts: Vec::new(),
                     bytes: 0,
+                    hold: None,
                 });
                 self.attachments_complete().await
             }
@@ -302,9 +306,24 @@ impl Connection {
             // Past the bound the parts are counted, not kept; the event is refused.
             refused = waiting.event.take();
             waiting.parts = Vec::new();
+            waiting.hold = None;
         }
         if waiting.event.is_some() {
             waiting.parts.push(bytes);
+            // Kept parts count in the node's inbound budget until the last one comes:
+            // a connection that never sends it holds them, and thousands could.
+            let bytes = waiting.bytes as u64;
+            let held = match (&mut waiting.hold, &self.holds) {
+                (Some(hold), _) => hold.resize(bytes),
+                (None, Some(holds)) => holds
+                    .hold(bytes)
+                    .map(|hold| waiting.hold = Some(hold))
+                    .is_some(),
+                (None, None) => true,
+            };
+            if !held {
+                return self.shed();
+            }
         }
         if let Some(event) = refused {
             let why = format!(
@@ -326,9 +345,11 @@ impl Connection {
         if waiting.received < waiting.expected {
             return Flow::Continue;
         }
-        let Some(waiting) = self.binary.take() else {
+        let Some(mut waiting) = self.binary.take() else {
             return Flow::Continue;
         };
+        // The parts are now the frame's, which `cast` holds in the budget.
+        waiting.hold = None;
         let Some(mut event) = waiting.event else {
             return Flow::Continue;
         };
@@ -347,6 +368,16 @@ impl Connection {
         let session = session.clone();
         let bytes = waiting.bytes as u64;
         self.cast(&session, frame, bytes).await
+    }
+
+    /// The node's inbound budget shed this connection: it closes with 1013.
+    fn shed(&mut self) -> Flow {
+        self.shared.outbox.close_now(
+            crate::protocol::close::TRY_AGAIN_LATER,
+            "node inbound budget",
+        );
+        self.end();
+        Flow::Close
     }
 
     /// Answers a binary event's ack (when it asked for one) with an error.
@@ -382,14 +413,7 @@ impl Connection {
         let hold = match &self.holds {
             Some(holds) if bytes > 0 => match holds.hold(bytes) {
                 Some(hold) => Some(hold),
-                None => {
-                    self.shared.outbox.close_now(
-                        crate::protocol::close::TRY_AGAIN_LATER,
-                        "node inbound budget",
-                    );
-                    self.end();
-                    return Flow::Close;
-                }
+                None => return self.shed(),
             },
             _ => None,
         };
@@ -608,6 +632,7 @@ impl Connection {
 
     /// Ends the connection: every Session stops, every outbox closes.
     pub fn end(&mut self) {
+        self.binary = None;
         for (_, (_, session)) in self.sessions.drain() {
             session.stop(Some("connection closed".to_owned()));
         }

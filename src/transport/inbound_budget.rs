@@ -200,6 +200,13 @@ impl Hold {
         self.budget.total.store(holds.total, Ordering::Relaxed);
     }
 
+    /// `waker` is woken when this hold, or a sibling, is shed: for a reader that is
+    /// not polled while its bytes wait (a Socket.IO event's attachments, parked until
+    /// the rest of them come), so that the shed still ends its connection.
+    pub fn wake_on_shed(&self, waker: &std::task::Waker) {
+        self.signal.waker.register(waker);
+    }
+
     /// It was shed: its reader must fail and let its connection go.
     pub fn is_shed(&self) -> bool {
         self.signal.shed.load(Ordering::Acquire)
@@ -209,6 +216,10 @@ impl Hold {
 impl crate::actors::FrameHold for Hold {
     fn is_shed(&self) -> bool {
         Hold::is_shed(self)
+    }
+
+    fn resize(&mut self, bytes: u64) -> bool {
+        self.set_waiting(bytes).is_ok()
     }
 }
 
@@ -330,6 +341,28 @@ mod tests {
         assert_eq!(stalled.set(950, &cx), Err(Shed));
         assert!(!live.is_shed());
         assert_eq!(budget.total(), 100);
+    }
+
+    #[test]
+    fn a_shed_sibling_wakes_what_waits_on_the_first() {
+        let budget = InboundBudget::new(1000, None);
+        let (woken, on_shed) = waker();
+        let (_, w) = waker();
+        let cx = Context::from_waker(&w);
+        // A connection's holds: nothing polls them, but a shed must reach it.
+        let connection = budget.hold();
+        connection.wake_on_shed(&on_shed);
+        let mut parked = connection.sibling();
+        parked.set_waiting(600).unwrap();
+        let mut other = budget.hold();
+        other.set(500, &cx).unwrap();
+        assert!(parked.is_shed() && connection.is_shed());
+        assert_eq!(woken.0.load(Ordering::SeqCst), 1);
+        assert!(
+            !crate::actors::FrameHold::resize(&mut parked, 10),
+            "a shed hold cannot grow again"
+        );
+        assert_eq!(budget.total(), 500);
     }
 
     #[test]

@@ -280,7 +280,7 @@ fn open(
         authorization,
         hook_input,
     )
-    .with_frame_holds(Box::new(state.inbound.hold()));
+    .with_frame_holds(Box::new(frame_holds(state, &shared.outbox)));
     let engine = Arc::new(EngineConnection::new(shared, None, inbound));
     let held = Held {
         _connection: permit,
@@ -724,6 +724,26 @@ impl MessageBody for SocketIoBody {
 
 fn write_text(buf: &mut BytesMut, text: &str) {
     Parser::write_message(buf, text.as_bytes(), OpCode::Text, true, false);
+}
+
+/// Where a Socket.IO connection's frames and parked attachments hold their bytes
+/// in the node's inbound budget. Nothing polls a hold while its bytes wait (unlike
+/// a `/ws` frame guard's), so a shed closes the connection's outbox (1013) at once,
+/// whichever transport it is on, rather than when its Session or its next packet
+/// looks.
+fn frame_holds(state: &AppState, outbox: &Outbox) -> Hold {
+    struct CloseOnShed(Outbox);
+    impl std::task::Wake for CloseOnShed {
+        fn wake(self: Arc<Self>) {
+            self.0
+                .close_now(close::TRY_AGAIN_LATER, "node inbound budget");
+        }
+    }
+    let holds = state.inbound.hold();
+    holds.wake_on_shed(&std::task::Waker::from(Arc::new(CloseOnShed(
+        outbox.clone(),
+    ))));
+    holds
 }
 
 /// A drained packet as its WebSocket frame: text, or, for an attachment (its polling

@@ -1,11 +1,14 @@
 //! Attack 9: Socket.IO connections that make the node hold what they send. From
 //! [`ADDRESSES`] addresses, [`PER_ADDRESS`] Socket.IO WebSockets each connect to `/`,
 //! send a BINARY_EVENT announcing [`PARTS`] attachments and parts past what a message
-//! can hold (the node counts and drops them), then start one binary WebSocket message
-//! as large as `socketio.max_payload_bytes` allows, send all of it but its last bytes,
-//! and stall until the attack ends. What each connection can make the node hold is
-//! bounded by `maxPayload` (a message still arriving) plus the parts of one event it
-//! keeps (at most what a message can hold): docs/operations.md, "Memory under abuse".
+//! can hold (the node counts and drops them), then a second BINARY_EVENT of two
+//! attachments, its first part within that bound (the node keeps it until the second
+//! comes), then start the second as one binary WebSocket message as large as
+//! `socketio.max_payload_bytes` allows, send all of it but its last bytes, and stall
+//! until the attack ends. What each connection can make the node hold is bounded by
+//! `maxPayload` (a message still arriving) plus the parts of one event it keeps (at
+//! most what a message can hold), and both count in `limits.node_inbound_bytes`:
+//! docs/operations.md, "Memory under abuse".
 
 use crate::support::{
     assert_withstood, loopback, mask, masked_head, paced, AbuseNode, Conversation, Monitor, RawWs,
@@ -19,6 +22,9 @@ const ADDRESSES: u8 = 6;
 const PARTS: usize = 8;
 /// Bytes of each attachment: alone past what a message can hold (12,288 by default).
 const PART_BYTES: usize = 13_000;
+/// Bytes of the part each connection's second event has the node keep: within what a
+/// message can hold.
+const KEPT_BYTES: usize = 12_000;
 /// `socketio.max_payload_bytes` at its default: the stalled message's announced size.
 const MAX_PAYLOAD: usize = 100_000;
 /// Bytes of the stalled message held back.
@@ -60,7 +66,12 @@ async fn stall(
         frame.extend(mask(&part, 0));
         ws.send_bytes(&frame).await.map_err(|e| e.to_string())?;
     }
-    // The message that never ends.
+    // An event whose first part is kept, and whose second never ends.
+    let event = r#"452-2["publish",{"room":"lobby","data":[{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]}]"#;
+    ws.send(event).await.map_err(|e| e.to_string())?;
+    let mut frame = masked_head(0x2, KEPT_BYTES);
+    frame.extend(mask(&vec![0xcd; KEPT_BYTES], 0));
+    ws.send_bytes(&frame).await.map_err(|e| e.to_string())?;
     let mut frame = masked_head(0x2, MAX_PAYLOAD);
     frame.extend(mask(&vec![0x5a; MAX_PAYLOAD - HELD_BACK], 0));
     ws.send_bytes(&frame).await.map_err(|e| e.to_string())?;
@@ -90,6 +101,8 @@ async fn socket_io_connections_that_stall_their_messages() {
     let opened_in = monitor.elapsed();
     // The attack's length: the connections hold their messages meanwhile.
     tokio::time::sleep(ATTACK).await;
+    // What the node holds of the budget now: every stalled message and kept part.
+    let inbound = node.metric("hubbub_inbound_bytes").await;
     // Each is still open (its message still held), and its event was refused for its
     // parts (`too_long` in the ack), not kept.
     // All at once: the node's keepalive closes them later (no pong comes).
@@ -120,7 +133,8 @@ async fn socket_io_connections_that_stall_their_messages() {
         &health,
         &format!(
             "{stalled} connections stalled ({} failed to open), all open after {opened_in:?}, \
-             {open} still open at the end, {refused} events refused for their parts; {}",
+             {open} still open at the end, {refused} events refused for their parts, \
+             hubbub_inbound_bytes {inbound:?}; {}",
             failed.len(),
             report.summary()
         ),
@@ -140,5 +154,13 @@ async fn socket_io_connections_that_stall_their_messages() {
     assert_eq!(
         refused, stalled,
         "each event's parts past a message's bound are refused"
+    );
+    // Each connection's stalled message and kept part are in the node's budget.
+    let inbound = inbound.expect("hubbub_inbound_bytes in /metrics");
+    let held = (stalled * (MAX_PAYLOAD + KEPT_BYTES)) as f64;
+    assert!(
+        inbound >= held,
+        "hubbub_inbound_bytes {inbound} < {held}: what the stalled connections hold is not \
+         all counted in limits.node_inbound_bytes"
     );
 }

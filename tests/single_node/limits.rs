@@ -1106,6 +1106,117 @@ async fn polling_bodies_stalled_past_the_node_inbound_budget_answer_the_oldest_5
     assert_eq!(metrics.value("hubbub_inbound_bytes", &[]), SENT as f64);
 }
 
+/// The attachments of a Socket.IO event that have come, kept until the rest come, hold
+/// their bytes against `limits.node_inbound_bytes` too: connections that each park a
+/// part and never send the next, and the one that takes the node past the budget
+/// closes the connection that parked first, with 1013, while the others stay.
+#[tokio::test]
+async fn socketio_attachments_parked_past_the_node_inbound_budget_close_the_oldest_with_1013() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Within what one message's data can hold (12,288 bytes of base64 by default).
+    const PART: usize = 12_000;
+    // Eight parked parts fit in 100,000 bytes (the least the budget may be), nine not.
+    const FIT: usize = 8;
+    let node = TestNode::start_adjusted(|s| s.limits.node_inbound_bytes = 100_000).await;
+    let event = r#"452-2["publish",{"room":"r","data":[{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]}]"#;
+    let mut parked = Vec::new();
+    for i in 0..=FIT {
+        let target = format!("/socket.io/?EIO=4&transport=websocket&user=parker-{i}");
+        let (mut tcp, mut seen) = raw_ws(&node, &target).await;
+        tcp.write_all(&client_frame(0x1, b"40")).await.unwrap();
+        // Connected (`40{"sid":…}`) before the event, so that it is not ignored.
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while !String::from_utf8_lossy(&seen).contains("40{") {
+            let mut buf = [0u8; 4096];
+            let n = tokio::time::timeout_at(deadline, tcp.read(&mut buf))
+                .await
+                .expect("a CONNECT answer")
+                .unwrap();
+            assert!(n > 0, "closed before connecting");
+            seen.extend_from_slice(&buf[..n]);
+        }
+        // Joined, so that the event, once whole, is published.
+        tcp.write_all(&client_frame(0x1, br#"421["join",{"room":"r"}]"#))
+            .await
+            .unwrap();
+        while !acked(&seen, "431[") {
+            let mut buf = [0u8; 4096];
+            let n = tokio::time::timeout_at(deadline, tcp.read(&mut buf))
+                .await
+                .expect("the join's ack")
+                .unwrap();
+            assert!(n > 0, "closed before joining");
+            seen.extend_from_slice(&buf[..n]);
+        }
+        tcp.write_all(&client_frame(0x1, event.as_bytes()))
+            .await
+            .unwrap();
+        tcp.write_all(&client_frame(0x2, &[0xab; PART]))
+            .await
+            .unwrap();
+        parked.push((tcp, seen));
+        if i < FIT {
+            let held = ((i + 1) * PART) as f64;
+            eventually("the part held", || async {
+                (scrape(&node).await.value("hubbub_inbound_bytes", &[]) == held).then_some(())
+            })
+            .await;
+        }
+    }
+    // The ninth took the node past 100,000: the first goes.
+    let (mut first, first_seen) = parked.remove(0);
+    assert_eq!(close_code(&mut first, first_seen).await, Some(1013));
+    let metrics = scrape(&node).await;
+    assert_eq!(metrics.value("hubbub_inbound_shed_total", &[]), 1.0);
+    assert_eq!(
+        metrics.value("hubbub_inbound_bytes", &[]),
+        (FIT * PART) as f64
+    );
+    // The others are still open: the second sends its last part, its event is
+    // published (the ack says so), and what it held is given back.
+    let (second, seen) = &mut parked[0];
+    second.write_all(&client_frame(0x2, b"end")).await.unwrap();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !acked(seen, "432[") {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout_at(deadline, second.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "no ack of the completed event; seen: {}",
+                    String::from_utf8_lossy(seen)
+                )
+            })
+            .unwrap();
+        assert!(n > 0, "the second connection was closed");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    eventually("the completed event released", || async {
+        let bytes = scrape(&node).await.value("hubbub_inbound_bytes", &[]);
+        (bytes == ((FIT - 1) * PART) as f64).then_some(())
+    })
+    .await;
+}
+
+/// True when `seen` holds a Socket.IO ack starting with `prefix` that says `ok`.
+fn acked(seen: &[u8], prefix: &str) -> bool {
+    String::from_utf8_lossy(seen)
+        .split(prefix)
+        .skip(1)
+        .any(|ack| {
+            ack.split(r#""ok":"#)
+                .nth(1)
+                .is_some_and(|ok| ok.starts_with("true"))
+        })
+}
+
+/// A whole masked client frame (mask key 0, so the payload goes as it is).
+fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut frame = client_header(opcode, payload.len() as u64);
+    frame.extend_from_slice(payload);
+    frame
+}
+
 /// Sends `head` (the start of a request, or all of it) on a new connection and returns
 /// the status of the answer, or None if the connection closed without one.
 async fn status_after_head(node: &TestNode, head: &[u8]) -> Option<u16> {
