@@ -5,6 +5,7 @@ use super::message_rate::MessageRate;
 use super::outbound_budget::OutboundBudget;
 use super::port::Ports;
 use super::presence::PresenceMessage;
+use super::room::backlog::{self, Admit, NodeBacklog, RoomBacklog};
 use super::room::RoomMessage;
 use super::room_supervisor::RoomSupervisorMessage;
 use super::session_supervisor::SessionSupervisorMessage;
@@ -14,6 +15,7 @@ use crate::cluster::membership::MembershipMessage;
 use crate::cluster::Cluster;
 use crate::config::Settings;
 use crate::hooks::Hooks;
+use crate::protocol::ChatMessage;
 use crate::telemetry::Metrics;
 use ractor::ActorRef;
 use std::collections::HashMap;
@@ -65,6 +67,7 @@ impl NodeContext {
         let message_rate = MessageRate::new(&settings.rate_limit);
         let outbound = Arc::new(OutboundBudget::new(settings.limits.node_outbound_bytes));
         let hooks = Arc::new(Hooks::new(&settings, &metrics));
+        let rooms_by_name = RoomDirectory::new(settings.rooms.delivery_backlog_bytes);
         Self {
             settings,
             behaviours,
@@ -75,7 +78,7 @@ impl NodeContext {
             outbound,
             hooks,
             refs: RwLock::new(Refs::default()),
-            rooms_by_name: RoomDirectory::default(),
+            rooms_by_name,
         }
     }
 
@@ -144,22 +147,80 @@ impl NodeContext {
     }
 }
 
-/// Read and (for the RoomSupervisor) write access to the running rooms by name.
-#[derive(Clone, Default)]
-pub struct RoomDirectory(Arc<RwLock<HashMap<String, ActorRef<RoomMessage>>>>);
+/// Read and (for the RoomSupervisor) write access to the running rooms by name, and
+/// the way committed messages reach them (bounded in bytes: room/backlog.rs).
+#[derive(Clone)]
+pub struct RoomDirectory(Arc<Directory>);
+
+struct Directory {
+    rooms: RwLock<HashMap<String, Running>>,
+    backlog: NodeBacklog,
+}
+
+#[derive(Clone)]
+struct Running {
+    actor: ActorRef<RoomMessage>,
+    backlog: Arc<RoomBacklog>,
+}
+
+/// A directory with the default delivery backlog (for tests that need no node).
+impl Default for RoomDirectory {
+    fn default() -> Self {
+        Self::new(crate::config::RoomSettings::default().delivery_backlog_bytes)
+    }
+}
 
 impl RoomDirectory {
+    /// No room yet; committed messages queued to the rooms' actors up to
+    /// `backlog_bytes` (`rooms.delivery_backlog_bytes`).
+    pub fn new(backlog_bytes: u64) -> Self {
+        Self(Arc::new(Directory {
+            rooms: RwLock::new(HashMap::new()),
+            backlog: NodeBacklog::new(backlog_bytes),
+        }))
+    }
+
     /// The room's actor, if it runs on this node.
     pub fn get(&self, room: &str) -> Option<ActorRef<RoomMessage>> {
+        self.running(room).map(|running| running.actor)
+    }
+
+    fn running(&self, room: &str) -> Option<Running> {
         self.0
+            .rooms
             .read()
             .ok()
             .and_then(|rooms| rooms.get(room).cloned())
     }
 
+    /// Hands messages committed in `room`'s log, in log order, to its actor if it
+    /// runs here: queued while the delivery backlog has room for them, else the room
+    /// is told it is behind and reads them from the log (room/backlog.rs).
+    pub fn deliver(&self, room: &str, messages: Vec<ChatMessage>, metrics: &Metrics) {
+        let Some(running) = self.running(room) else {
+            return;
+        };
+        let bytes = messages.iter().map(backlog::cost).sum();
+        match self.0.backlog.admit(&running.backlog, bytes) {
+            Admit::Queue(queued) => {
+                let _ = running.actor.cast(RoomMessage::Committed(messages, queued));
+            }
+            Admit::Behind => {
+                metrics.delivery_behind();
+                let _ = running.actor.cast(RoomMessage::Behind(running.backlog));
+            }
+            Admit::Skip => {}
+        }
+    }
+
+    /// What the rooms' mailboxes hold of committed messages (room/backlog.rs).
+    pub fn backlog_bytes(&self) -> u64 {
+        self.0.backlog.total()
+    }
+
     /// How many rooms run on this node.
     pub fn len(&self) -> usize {
-        self.0.read().map(|rooms| rooms.len()).unwrap_or(0)
+        self.0.rooms.read().map(|rooms| rooms.len()).unwrap_or(0)
     }
 
     /// Whether no room runs on this node.
@@ -170,20 +231,22 @@ impl RoomDirectory {
     /// The names of the running rooms.
     pub fn names(&self) -> Vec<String> {
         self.0
+            .rooms
             .read()
             .map(|rooms| rooms.keys().cloned().collect())
             .unwrap_or_default()
     }
 
     pub(crate) fn insert(&self, room: &str, actor: ActorRef<RoomMessage>) {
-        if let Ok(mut rooms) = self.0.write() {
-            rooms.insert(room.to_owned(), actor);
+        if let Ok(mut rooms) = self.0.rooms.write() {
+            let backlog = Arc::new(RoomBacklog::default());
+            rooms.insert(room.to_owned(), Running { actor, backlog });
         }
     }
 
     pub(crate) fn remove(&self, room: &str, id: ractor::ActorId) {
-        if let Ok(mut rooms) = self.0.write() {
-            if rooms.get(room).map(|r| r.get_id()) == Some(id) {
+        if let Ok(mut rooms) = self.0.rooms.write() {
+            if rooms.get(room).map(|r| r.actor.get_id()) == Some(id) {
                 rooms.remove(room);
             }
         }

@@ -8,9 +8,12 @@
 //!
 //! What the implementations send back to a Room (through the room directory of
 //! [`super::NodeContext`]):
-//! - `RoomMessage::Committed(messages)`: messages of the room committed in its log,
-//!   in log order. A Room delivers each once, in `seq` order; on a gap (a message
-//!   whose seq is not the next one) it catches up with [`RoomLog::read`] first.
+//! - committed messages of the room, in log order, through
+//!   [`super::RoomDirectory::deliver`]: `RoomMessage::Committed` while the node's
+//!   delivery backlog has room for them, else one `RoomMessage::Behind`
+//!   (room/backlog.rs). A Room delivers each once, in `seq` order; on a gap (a
+//!   message whose seq is not the next one) or `Behind` it catches up with
+//!   [`RoomLog::read`] first.
 //! - `RoomMessage::Reread`: this node's copy of the log jumped (a snapshot was
 //!   installed); the Room catches up with [`RoomLog::read`].
 //! - `RoomMessage::RemotePresence(changes)`: other nodes' members changed (absolute

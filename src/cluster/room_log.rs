@@ -177,6 +177,8 @@ impl RoomLog for RaftRoomLog {
 /// member lists' events (`join`, `leave`, `room_created`, `room_emptied`).
 pub struct RoomSink {
     rooms: RoomDirectory,
+    /// `hubbub_delivery_behind` counts the rooms told to catch up.
+    metrics: Arc<Metrics>,
     shards: u32,
     events: Arc<Webhooks>,
     /// The host, once started: who leads each shard.
@@ -395,9 +397,7 @@ impl ApplySink for RoomSink {
             by_room.entry(entry.room).or_default().push(entry.message);
         }
         for (room, messages) in by_room {
-            if let Some(actor) = self.rooms.get(&room) {
-                let _ = actor.cast(RoomMessage::Committed(messages));
-            }
+            self.rooms.deliver(&room, messages, &self.metrics);
         }
     }
 
@@ -521,6 +521,7 @@ pub async fn start_host(
     };
     let sink = Arc::new(RoomSink {
         rooms,
+        metrics: metrics.clone(),
         shards: placement.shards(),
         events: events.clone(),
         host: OnceLock::new(),

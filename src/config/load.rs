@@ -1256,6 +1256,12 @@ fn check_outbound_bytes(limits: &LimitSettings, problems: &mut Problems) {
 }
 
 fn check_rooms(rooms: &RoomSettings, problems: &mut Problems) {
+    if rooms.delivery_backlog_bytes == 0 {
+        problems.add(
+            "rooms.delivery_backlog_bytes",
+            "must be at least 1 (1 sends every committed message through a read of the log)",
+        );
+    }
     if rooms.history_bytes != 0 && rooms.history_bytes < MIN_HISTORY_BYTES {
         problems.add(
             "rooms.history_bytes",
@@ -2550,6 +2556,15 @@ mod tests {
             s.limits.frames_burst = 0;
         })
         .is_empty());
+    }
+
+    #[test]
+    fn delivery_backlog_bytes_is_at_least_one() {
+        assert_one_problem(
+            &problems_after(|s| s.rooms.delivery_backlog_bytes = 0),
+            "rooms.delivery_backlog_bytes",
+        );
+        assert!(problems_after(|s| s.rooms.delivery_backlog_bytes = 1).is_empty());
     }
 
     #[test]

@@ -248,6 +248,10 @@ pub struct RoomSettings {
     /// shard holds its share); past it a shard forgets its oldest messages first.
     /// 0: no bound (only `history` and `history_max_age_secs` drop messages).
     pub history_bytes: u64,
+    /// Bytes of committed messages that may wait in the mailboxes of this node's
+    /// Room actors, all rooms together (each room an eighth of it); past it a room
+    /// reads what it was not sent from the log instead (src/actors/room/backlog.rs).
+    pub delivery_backlog_bytes: u64,
     /// Seconds an empty room's actor keeps running before it stops (its history
     /// stays in the room log). 0 stops it at once.
     pub idle_ttl_secs: u64,
@@ -595,6 +599,7 @@ impl Default for RoomSettings {
             history: 100,
             history_max_age_secs: 0,
             history_bytes: 128 * 1024 * 1024,
+            delivery_backlog_bytes: 64 * 1024 * 1024,
             idle_ttl_secs: 300,
             presence_batch_members: 100,
             presence_batch_ms: 200,

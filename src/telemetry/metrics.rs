@@ -183,6 +183,7 @@ pub struct Metrics {
     limit_refusals: Vec<Counter>,
     presence_batches: Counter,
     delivery_gaps: Counter,
+    delivery_behind: Counter,
     room_state_entries: Gauge,
     session_timers: Gauge,
     presence_entries: Gauge,
@@ -426,6 +427,14 @@ impl Metrics {
             "Times a room caught up from the log and found messages no longer held (its connections got a gap frame)",
             delivery_gaps.clone(),
         );
+        let delivery_behind = Counter::default();
+        registry.register(
+            "hubbub_delivery_behind",
+            "Times a room's committed messages were not queued to its actor, the node's \
+             delivery backlog (rooms.delivery_backlog_bytes) being full, and the room \
+             caught up from the log instead",
+            delivery_behind.clone(),
+        );
         let presence_batches = Counter::default();
         registry.register(
             "hubbub_presence_batches",
@@ -523,6 +532,7 @@ impl Metrics {
             limit_refusals,
             presence_batches,
             delivery_gaps,
+            delivery_behind,
             room_state_entries,
             session_timers,
             presence_entries,
@@ -696,6 +706,11 @@ impl Metrics {
     /// A room caught up and found messages no longer held.
     pub fn delivery_gap(&self) {
         self.delivery_gaps.inc();
+    }
+
+    /// A room caught up from the log because its delivery backlog was full.
+    pub fn delivery_behind(&self) {
+        self.delivery_behind.inc();
     }
 
     /// A room sent one `presence_diff` for a batch of joins and leaves.

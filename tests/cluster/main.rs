@@ -18,6 +18,7 @@ mod support;
 #[path = "../common/ws_client.rs"]
 mod ws_client;
 
+mod backlog;
 mod broadcast;
 mod chat;
 mod data;

@@ -1313,3 +1313,70 @@ async fn past_max_http_connections_a_connection_waits_until_one_closes() {
         .unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
 }
+
+/// `rooms.delivery_backlog_bytes`: committed messages that do not fit on their way to
+/// a room's actor are not queued there; the room reads them from the log instead. At
+/// the least bound (1 byte: every batch goes that way), two publishers that fire 100
+/// publishes each without waiting still reach every member with every message once,
+/// in seq order, without a gap (the log holds them all: `rooms.history` 1,000). Here
+/// each publish's own append also makes the room read the log; a room that has only
+/// the bound's way to its messages is tested in tests/cluster/backlog.rs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_least_delivery_backlog_every_member_gets_every_message_once_in_order() {
+    const EACH: usize = 100;
+    let node = TestNode::start_adjusted(|s| {
+        s.rooms.delivery_backlog_bytes = 1;
+        // The log holds every message of the test: a room behind reads them all.
+        s.rooms.history = 1_000;
+        s.limits.frames_per_second = 0;
+        s.rate_limit.messages_per_minute = 0;
+    })
+    .await;
+    let mut members = Vec::new();
+    for i in 0..3 {
+        let mut member = node.connect(&format!("member-{i}"), "Member").await;
+        member.join("lobby").await;
+        members.push(member);
+    }
+    let mut publishers = Vec::new();
+    for i in 0..2 {
+        let mut publisher = node.connect(&format!("pub-{i}"), "Pub").await;
+        publisher.join("lobby").await;
+        publishers.push(publisher);
+    }
+    let mut refs = Vec::new();
+    for n in 0..EACH {
+        for (i, publisher) in publishers.iter_mut().enumerate() {
+            let content = format!("{i}-{n}");
+            let reference = publisher
+                .send_request(json!({"type": "publish", "room": "lobby", "content": content}))
+                .await;
+            refs.push((i, reference));
+        }
+    }
+    for (i, reference) in refs {
+        let reply = publishers[i].reply_to(&reference).await;
+        assert_eq!(reply["ok"], true, "{reply}");
+    }
+    let total = (2 * EACH) as u64;
+    for member in &mut members {
+        let mut seqs = Vec::new();
+        while seqs.len() < total as usize {
+            let frame = member
+                .expect(
+                    |f| f["type"] == "message" || f["type"] == "gap",
+                    "every message",
+                )
+                .await;
+            assert_eq!(frame["type"], "message", "no gap may come: {frame}");
+            seqs.push(frame["seq"].as_u64().expect("a seq"));
+        }
+        assert_eq!(seqs, (1..=total).collect::<Vec<_>>());
+    }
+    // They went the way the bound sends them, and the rooms hold nothing on their way.
+    let metrics = scrape(&node).await;
+    assert!(
+        metrics.value("hubbub_delivery_behind_total", &[]) >= 1.0,
+        "the room was never told to catch up"
+    );
+}

@@ -32,6 +32,7 @@
 //! In a room with more than `rooms.presence_batch_members` members, joins and leaves
 //! are gathered for `rooms.presence_batch_ms` and go out as one `presence_diff`.
 
+pub mod backlog;
 mod presence_batch;
 mod state;
 
@@ -171,8 +172,12 @@ pub enum RoomMessage {
     AckDue {
         seq: u64,
     },
-    /// Messages committed in the room's log, in log order (from the port).
-    Committed(Vec<ChatMessage>),
+    /// Messages committed in the room's log, in log order (from the port), and what
+    /// they count in the node's delivery backlog until handled (backlog.rs).
+    Committed(Vec<ChatMessage>, backlog::Queued),
+    /// Committed messages were not queued here, the delivery backlog being full
+    /// (backlog.rs): catch up from the log.
+    Behind(Arc<backlog::RoomBacklog>),
     /// This node's copy of the room's log jumped: catch up with a read.
     Reread,
     /// The room's log forgot its messages below `first_held` to stay within
@@ -453,10 +458,17 @@ impl Room {
                 reply,
             } => self.appended(myself, &sent, result, reply),
             RoomMessage::AckDue { seq } => self.release_acks(seq),
-            RoomMessage::Committed(messages) => {
+            RoomMessage::Committed(messages, _queued) => {
                 for message in messages {
                     self.committed(message);
                 }
+                self.answer_waiting_joins(myself);
+            }
+            RoomMessage::Behind(backlog) => {
+                // First, so that what is not queued from now on sends `Behind` again,
+                // and what was not queued before is in the read.
+                backlog.catching_up();
+                self.catch_up();
                 self.answer_waiting_joins(myself);
             }
             RoomMessage::Reread => {
