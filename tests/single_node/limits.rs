@@ -997,17 +997,13 @@ async fn frames_stalled_past_the_node_inbound_budget_close_the_oldest_with_1013(
     rest.splice(0..0, *b"{}");
     fourth.write_all(&rest).await.unwrap();
     let mut seen = fourth_seen;
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while !String::from_utf8_lossy(&seen).contains("bad_request") {
-        use tokio::io::AsyncReadExt;
-        let mut buf = [0u8; 4096];
-        let n = tokio::time::timeout_at(deadline, fourth.read(&mut buf))
-            .await
-            .expect("an error frame for the finished frame")
-            .unwrap();
-        assert!(n > 0, "the fourth connection was closed");
-        seen.extend_from_slice(&buf[..n]);
-    }
+    read_until(
+        &mut fourth,
+        &mut seen,
+        "an error frame for the finished frame",
+        |seen| String::from_utf8_lossy(seen).contains("bad_request"),
+    )
+    .await;
     eventually("the finished frame released", || async {
         let bytes = scrape(&node).await.value("hubbub_inbound_bytes", &[]);
         (bytes == 2.0 * FRAME as f64).then_some(())
@@ -1112,7 +1108,7 @@ async fn polling_bodies_stalled_past_the_node_inbound_budget_answer_the_oldest_5
 /// closes the connection that parked first, with 1013, while the others stay.
 #[tokio::test]
 async fn socketio_attachments_parked_past_the_node_inbound_budget_close_the_oldest_with_1013() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     // Within what one message's data can hold (12,288 bytes of base64 by default).
     const PART: usize = 12_000;
     // Eight parked parts fit in 100,000 bytes (the least the budget may be), nine not.
@@ -1125,29 +1121,18 @@ async fn socketio_attachments_parked_past_the_node_inbound_budget_close_the_olde
         let (mut tcp, mut seen) = raw_ws(&node, &target).await;
         tcp.write_all(&client_frame(0x1, b"40")).await.unwrap();
         // Connected (`40{"sid":…}`) before the event, so that it is not ignored.
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        while !String::from_utf8_lossy(&seen).contains("40{") {
-            let mut buf = [0u8; 4096];
-            let n = tokio::time::timeout_at(deadline, tcp.read(&mut buf))
-                .await
-                .expect("a CONNECT answer")
-                .unwrap();
-            assert!(n > 0, "closed before connecting");
-            seen.extend_from_slice(&buf[..n]);
-        }
+        read_until(&mut tcp, &mut seen, "a CONNECT answer", |seen| {
+            String::from_utf8_lossy(seen).contains("40{")
+        })
+        .await;
         // Joined, so that the event, once whole, is published.
         tcp.write_all(&client_frame(0x1, br#"421["join",{"room":"r"}]"#))
             .await
             .unwrap();
-        while !acked(&seen, "431[") {
-            let mut buf = [0u8; 4096];
-            let n = tokio::time::timeout_at(deadline, tcp.read(&mut buf))
-                .await
-                .expect("the join's ack")
-                .unwrap();
-            assert!(n > 0, "closed before joining");
-            seen.extend_from_slice(&buf[..n]);
-        }
+        read_until(&mut tcp, &mut seen, "the join's ack", |seen| {
+            acked(seen, "431[")
+        })
+        .await;
         tcp.write_all(&client_frame(0x1, event.as_bytes()))
             .await
             .unwrap();
@@ -1176,26 +1161,39 @@ async fn socketio_attachments_parked_past_the_node_inbound_budget_close_the_olde
     // published (the ack says so), and what it held is given back.
     let (second, seen) = &mut parked[0];
     second.write_all(&client_frame(0x2, b"end")).await.unwrap();
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while !acked(seen, "432[") {
-        let mut buf = [0u8; 4096];
-        let n = tokio::time::timeout_at(deadline, second.read(&mut buf))
-            .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "no ack of the completed event; seen: {}",
-                    String::from_utf8_lossy(seen)
-                )
-            })
-            .unwrap();
-        assert!(n > 0, "the second connection was closed");
-        seen.extend_from_slice(&buf[..n]);
-    }
+    read_until(second, seen, "the ack of the completed event", |seen| {
+        acked(seen, "432[")
+    })
+    .await;
     eventually("the completed event released", || async {
         let bytes = scrape(&node).await.value("hubbub_inbound_bytes", &[]);
         (bytes == ((FIT - 1) * PART) as f64).then_some(())
     })
     .await;
+}
+
+/// Reads from `tcp` into `seen` until `done(seen)`; panics with `what` and what was
+/// seen if the connection ends or DEADLINE passes first.
+async fn read_until(
+    tcp: &mut tokio::net::TcpStream,
+    seen: &mut Vec<u8>,
+    what: &str,
+    done: impl Fn(&[u8]) -> bool,
+) {
+    use tokio::io::AsyncReadExt;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !done(seen) {
+        let mut buf = [0u8; 4096];
+        let read = tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await;
+        let n = match read {
+            Ok(Ok(n)) if n > 0 => n,
+            other => panic!(
+                "no {what} ({other:?}); seen: {}",
+                String::from_utf8_lossy(seen)
+            ),
+        };
+        seen.extend_from_slice(&buf[..n]);
+    }
 }
 
 /// True when `seen` holds a Socket.IO ack starting with `prefix` that says `ok`.
