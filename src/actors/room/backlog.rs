@@ -14,6 +14,9 @@
 //! copy of the log by seq, as it does after any gap. Nothing is skipped silently: a
 //! message the log forgot meanwhile reaches the connections as a `gap` frame.
 //!
+//! The node's total is read and then added, not in one atomic step: shards applying
+//! at the same moment can take it past its bound by one batch each.
+//!
 //! Owns: the counts and the decision. Must not know: actors, the log.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
